@@ -1,0 +1,401 @@
+"""The Redis transport: signed envelopes over pub/sub, request/reply with deadlines, reconnects.
+
+One client (``bus.redis``) serves commands and publishing; subscriptions run on their own connection inside a
+receive loop that survives Redis restarts: it reconnects with capped backoff, re-subscribes every channel and
+exposes ``connected`` (and ``on_state`` callbacks). Requests carry ``reply_to``; the answer comes back on
+``{ns}:reply:{node}`` and callers always get a value, a :class:`RemoteError` or a :class:`RequestTimeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .connection import create_redis, display_url
+from .errors import BusError, ProtocolError, RemoteError, RequestTimeout
+from .keys import Keys
+from .protocol import DEFAULT_MAX_BYTES, DEFAULT_WINDOW, Codec, Envelope, MessageType
+
+if TYPE_CHECKING:
+    from .config import RedisSettings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Envelope], Awaitable[Any]]
+StateCallback = Callable[[bool], Any]
+
+#: a handler returns this to send no reply to a request (e.g. a broadcast meant for others)
+NO_REPLY: Any = object()
+
+_DROP_WARN_INTERVAL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One target's outcome in a fan-out: a value, an error, or a timeout."""
+
+    target: str
+    status: Literal["ok", "error", "timeout"]
+    value: Any = None
+    error: str | None = None
+    error_type: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "status": self.status, "value": self.value,
+                "error": self.error, "error_type": self.error_type}
+
+
+class _Collector:
+    """Gathers replies for one request id until every expected sender answered."""
+
+    def __init__(self, expected: set[str] | None) -> None:
+        self.expected = expected
+        self.replies: dict[str, Envelope] = {}
+        self.done = asyncio.Event()
+
+    def add(self, env: Envelope) -> None:
+        self.replies[env.sender] = env
+        if self.expected is None or self.expected.issubset(self.replies):
+            self.done.set()
+
+
+class Bus:
+    """A node's connection to the letsfrag bus (see module docstring)."""
+
+    def __init__(
+        self,
+        redis: RedisSettings | str,
+        *,
+        node_id: str,
+        namespace: str = "letsfrag",
+        secret: str | None = None,
+        window: float = DEFAULT_WINDOW,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        request_timeout: float = 10.0,
+        reconnect_max: float = 5.0,
+    ) -> None:
+        self.node_id = node_id
+        self.keys = Keys(namespace)
+        self.codec = Codec(secret, window=window, max_bytes=max_bytes)
+        self.request_timeout = request_timeout
+        self.reconnect_max = reconnect_max
+        self.redis: aioredis.Redis = create_redis(redis)
+        # raw bytes on the subscription side: a message that is not UTF-8 must be dropped, not crash the decoder
+        self._sub_redis: aioredis.Redis = create_redis(redis, decode_responses=False)
+        self.address = display_url(redis)
+        self.connected = False
+        self.dropped: Counter[str] = Counter()
+        self.received = 0
+        self._handlers: dict[str, Handler] = {}
+        self._pending: dict[str, _Collector] = {}
+        self._state_callbacks: list[StateCallback] = []
+        self._pubsub: Any = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._subscribed = asyncio.Event()
+        self._closing = False
+        self._last_warning: dict[str, float] = {}
+
+    # lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self, wait: float | None = 10.0) -> None:
+        """Start the receive loop; wait up to ``wait`` seconds for the first subscription (None: don't wait)."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._receive_loop(), name=f"bus-{self.node_id}")
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), wait)
+            if not self.connected:
+                raise BusError(f"cannot reach Redis at {self.address}")
+
+    async def close(self) -> None:
+        """Stop the receive loop, fail pending requests and close connections."""
+        self._closing = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop_task
+            self._loop_task = None
+        for task in list(self._tasks):
+            task.cancel()
+        for collector in self._pending.values():
+            collector.done.set()
+        for client in (self.redis, self._sub_redis):
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    async def __aenter__(self) -> Bus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def on_state(self, callback: StateCallback) -> None:
+        """Call ``callback(connected)`` whenever the subscription connection goes up or down."""
+        self._state_callbacks.append(callback)
+
+    # subscriptions -----------------------------------------------------------------------------------
+
+    @property
+    def reply_channel(self) -> str:
+        return self.keys.reply(self.node_id)
+
+    async def subscribe(self, channel: str, handler: Handler) -> None:
+        """Route every valid envelope on ``channel`` to ``handler``; a request's return value is its reply."""
+        self._handlers[channel] = handler
+        if self._pubsub is not None and self.connected:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._handlers.pop(channel, None)
+        if self._pubsub is not None and self.connected:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(channel)
+
+    async def _receive_loop(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.reply_channel, *self._handlers)
+                self._pubsub = pubsub
+                self._set_connected(True)
+                delay = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        channel = message["channel"]
+                        self._on_raw(channel.decode() if isinstance(channel, bytes) else channel, message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self.connected:
+                    log.warning("lost Redis at %s (%s); reconnecting", self.address, type(exc).__name__)
+                self._set_connected(False)
+            finally:
+                self._pubsub = None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            if self._closing:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max)
+
+    def _set_connected(self, up: bool) -> None:
+        if up == self.connected:
+            if up:
+                self._subscribed.set()
+            return
+        self.connected = up
+        if up:
+            log.info("connected to Redis at %s", self.address)
+            self._subscribed.set()
+        for callback in self._state_callbacks:
+            try:
+                result = callback(up)
+                if asyncio.iscoroutine(result):
+                    self._spawn(result)
+            except Exception:
+                log.exception("bus state callback failed")
+
+    # receiving ---------------------------------------------------------------------------------------
+
+    def _on_raw(self, channel: str, data: Any) -> None:
+        try:
+            env = self.codec.decode(data)
+        except ProtocolError as exc:
+            self._count_drop(exc, data)
+            return
+        except Exception:  # the decoder promises ProtocolError only; never let anything out of the loop
+            log.exception("decoder failed unexpectedly")
+            self.dropped["malformed"] += 1
+            return
+        self.received += 1
+        if env.type is MessageType.REPLY:
+            if env.corr and env.corr in self._pending:
+                self._pending[env.corr].add(env)
+            return
+        handler = self._handlers.get(channel)
+        if handler is not None:
+            self._spawn(self._handle(handler, env))
+
+    def _count_drop(self, exc: ProtocolError, data: Any) -> None:
+        self.dropped[exc.reason] += 1
+        sender = "unknown"
+        with contextlib.suppress(Exception):
+            parsed = json.loads(data)
+            if isinstance(parsed, dict) and isinstance(parsed.get("sender"), str):
+                sender = parsed["sender"][:64]
+        now = time.monotonic()
+        if now - self._last_warning.get(sender, -_DROP_WARN_INTERVAL) >= _DROP_WARN_INTERVAL:
+            self._last_warning[sender] = now
+            log.warning("dropped a message from %s: %s (further drops from it are counted quietly)", sender, exc)
+
+    async def _handle(self, handler: Handler, env: Envelope) -> None:
+        try:
+            value = await handler(env)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not env.reply_to:
+                log.exception("handler for %s failed", env.type)
+                return
+            await self._reply(env, {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}})
+            return
+        if env.reply_to and value is not NO_REPLY:
+            await self._reply(env, {"ok": True, "value": value})
+
+    async def _reply(self, request: Envelope, payload: dict[str, Any]) -> None:
+        assert request.reply_to is not None
+        try:
+            await self.publish(self.keys.reply(request.reply_to), MessageType.REPLY, payload, corr=request.id)
+        except (BusError, TypeError, ValueError) as exc:
+            if isinstance(exc, TypeError | ValueError):
+                error = {"type": "TypeError", "message": f"result is not JSON-serialisable: {exc}"}
+                with contextlib.suppress(BusError):
+                    await self.publish(self.keys.reply(request.reply_to), MessageType.REPLY,
+                                       {"ok": False, "error": error}, corr=request.id)
+            else:
+                log.warning("could not reply to %s: %s", request.sender, exc)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # sending -----------------------------------------------------------------------------------------
+
+    def envelope(self, type: MessageType, payload: dict[str, Any] | None = None, **fields: Any) -> Envelope:
+        return Envelope(type=type, sender=self.node_id, payload=payload or {}, **fields)
+
+    async def publish(
+        self,
+        channel: str,
+        type: MessageType,
+        payload: dict[str, Any] | None = None,
+        *,
+        target: str | None = None,
+        corr: str | None = None,
+        reply_to: str | None = None,
+        message_id: str | None = None,
+    ) -> int:
+        """Publish one envelope; return how many subscribers received it. Raises ``BusError`` when offline."""
+        fields: dict[str, Any] = {"target": target, "corr": corr, "reply_to": reply_to}
+        if message_id:
+            fields["id"] = message_id
+        data = self.codec.encode(self.envelope(type, payload, **fields))
+        try:
+            return int(await self.redis.publish(channel, data))
+        except (RedisError, OSError) as exc:
+            raise BusError(f"cannot publish to {channel}: Redis at {self.address} unavailable ({exc})") from exc
+
+    async def request(
+        self,
+        channel: str,
+        type: MessageType,
+        payload: dict[str, Any] | None = None,
+        *,
+        target: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send a request to one target and return its value; raise ``RemoteError`` or ``RequestTimeout``."""
+        name = target or channel
+        result = (await self._collect(channel, type, payload, {name}, target, timeout, single=True))[name]
+        if result.status == "ok":
+            return result.value
+        if result.status == "error":
+            raise RemoteError(result.error_type or "Error", result.error or "")
+        raise RequestTimeout(result.error or f"no reply from {name}")
+
+    async def broadcast(
+        self,
+        channel: str,
+        type: MessageType,
+        payload: dict[str, Any] | None = None,
+        *,
+        expected: Iterable[str],
+        timeout: float | None = None,
+    ) -> dict[str, Result]:
+        """Publish once on a shared channel and gather a :class:`Result` per expected sender (partial results)."""
+        return await self._collect(channel, type, payload, set(expected), None, timeout, single=False)
+
+    async def gather(
+        self,
+        targets: dict[str, str],
+        type: MessageType,
+        payload: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Result]:
+        """Send the same request to several targets (``{target: channel}``) and gather every outcome."""
+        calls = [
+            self._collect(channel, type, payload, {name}, name, timeout, single=True)
+            for name, channel in targets.items()
+        ]
+        merged: dict[str, Result] = {}
+        for part in await asyncio.gather(*calls):
+            merged.update(part)
+        return merged
+
+    async def _collect(
+        self,
+        channel: str,
+        type: MessageType,
+        payload: dict[str, Any] | None,
+        expected: set[str],
+        target: str | None,
+        timeout: float | None,
+        *,
+        single: bool,
+    ) -> dict[str, Result]:
+        deadline = self.request_timeout if timeout is None else timeout
+        env_id = self.envelope(type).id
+        collector = _Collector(None if single else expected)
+        self._pending[env_id] = collector
+        try:
+            try:
+                receivers = await self.publish(channel, type, payload, target=target,
+                                               reply_to=self.node_id, message_id=env_id)
+            except BusError as exc:
+                return {name: Result(name, "timeout", error=str(exc)) for name in expected}
+            if receivers == 0:
+                return {name: Result(name, "timeout", error=f"nobody is listening on {channel}")
+                        for name in expected}
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(collector.done.wait(), deadline)
+        finally:
+            self._pending.pop(env_id, None)
+        results: dict[str, Result] = {}
+        replies = collector.replies
+        if single and replies:
+            replies = {next(iter(expected)): next(iter(replies.values()))}
+        for name, env in replies.items():
+            results[name] = _result_from(name, env)
+        for name in expected - results.keys():
+            results[name] = Result(name, "timeout", error=f"no reply from {name} within {deadline:g}s")
+        return results
+
+
+def _result_from(name: str, env: Envelope) -> Result:
+    payload = env.payload
+    if payload.get("ok") is True:
+        return Result(name, "ok", value=payload.get("value"))
+    raw_error = payload.get("error")
+    error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
+    return Result(name, "error", error=str(error.get("message", "")), error_type=str(error.get("type", "Error")))

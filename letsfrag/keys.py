@@ -1,0 +1,108 @@
+"""Every Redis key and channel name letsfrag uses, derived from the namespace.
+
+Truth lives in keys; pub/sub channels are only doorbells (see ``docs/redis.md``).
+
+Keys
+    ``{ns}:layout``               hash  shard_count, shards_per_cluster, cluster_count, max_concurrency,
+                                        identify_window, lease_ttl, lease_grace, heartbeat_interval (seconds)
+    ``{ns}:hosts``                set   ids of registered hosts
+    ``{ns}:host:{id}``            hash  host record (hostname, pid, version, capacity, state, cpu, rss, ...)
+    ``{ns}:lease:{id}``           str   host lease, value = host incarnation, TTL = lease ttl
+    ``{ns}:assignment``           hash  cluster id -> JSON {"host": id, "epoch": n}
+    ``{ns}:epoch``                int   last epoch handed out (INCR)
+    ``{ns}:status:cluster:{id}``  hash  cluster status written by its supervisor
+    ``{ns}:status:shards:{id}``   hash  shard id -> JSON shard status written by the cluster
+    ``{ns}:errors:cluster:{id}``  list  recent error texts (tracebacks) of a cluster, newest first
+    ``{ns}:events``               stream capped event log (time, severity, kind, message, ...)
+    ``{ns}:leader``               str   broker leader lock, value = broker id, TTL = leader ttl
+    ``{ns}:broker``               hash  leader broker info (id, since, identify depth, budget ...)
+    ``{ns}:identify:*``           identify coordinator state (see ``letsfrag.broker.identify``)
+
+Channels
+    ``{ns}:cb``             broker inbox
+    ``{ns}:cm:{host}``      host (supervisor) inbox
+    ``{ns}:cluster:{id}``   cluster inbox
+    ``{ns}:broadcast``      every cluster
+    ``{ns}:reply:{node}``   replies to requests sent by ``node``
+    ``{ns}:doorbell``       "state changed, look" for dashboards
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key and channel names for one namespace."""
+
+    ns: str = "letsfrag"
+
+    # keys
+    @property
+    def layout(self) -> str:
+        return f"{self.ns}:layout"
+
+    @property
+    def hosts(self) -> str:
+        return f"{self.ns}:hosts"
+
+    def host(self, host_id: str) -> str:
+        return f"{self.ns}:host:{host_id}"
+
+    def lease(self, host_id: str) -> str:
+        return f"{self.ns}:lease:{host_id}"
+
+    @property
+    def assignment(self) -> str:
+        return f"{self.ns}:assignment"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.ns}:epoch"
+
+    def cluster_status(self, cluster_id: int) -> str:
+        return f"{self.ns}:status:cluster:{cluster_id}"
+
+    def shard_status(self, cluster_id: int) -> str:
+        return f"{self.ns}:status:shards:{cluster_id}"
+
+    def cluster_errors(self, cluster_id: int) -> str:
+        return f"{self.ns}:errors:cluster:{cluster_id}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.ns}:events"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.ns}:leader"
+
+    @property
+    def broker(self) -> str:
+        return f"{self.ns}:broker"
+
+    def identify(self, suffix: str) -> str:
+        return f"{self.ns}:identify:{suffix}"
+
+    # channels
+    @property
+    def broker_inbox(self) -> str:
+        return f"{self.ns}:cb"
+
+    def host_inbox(self, host_id: str) -> str:
+        return f"{self.ns}:cm:{host_id}"
+
+    def cluster_inbox(self, cluster_id: int) -> str:
+        return f"{self.ns}:cluster:{cluster_id}"
+
+    @property
+    def broadcast(self) -> str:
+        return f"{self.ns}:broadcast"
+
+    def reply(self, node_id: str) -> str:
+        return f"{self.ns}:reply:{node_id}"
+
+    @property
+    def doorbell(self) -> str:
+        return f"{self.ns}:doorbell"

@@ -1,0 +1,71 @@
+"""Parsing of human durations (``500ms``, ``10s``, ``5m``) and sizes (``512MiB``, ``2GiB``)."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB|TiB|K|M|G)?\s*$", re.IGNORECASE)
+_SIZE_FACTORS = {
+    "b": 1, "k": 1024, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3, "tib": 1024**4,
+}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Return seconds for ``500ms``, ``10s``, ``5m``, ``1h``, ``2d`` or a bare number of seconds.
+
+    Raises ``ValueError`` with the expected format when the text is not a duration.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 500ms, 10s or 5m, found {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, found {value!r}")
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"expected a duration like 500ms, 10s or 5m, found {value!r}")
+    number, unit = match.groups()
+    return float(number) * _DURATION_FACTORS[unit]
+
+
+def parse_size(value: str | int) -> int:
+    """Return bytes for ``512MiB``, ``2GiB``, ``100MB`` or a bare number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like 512MiB or 2GiB, found {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, found {value!r}")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"expected a size like 512MiB or 2GiB, found {value!r}")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_FACTORS[(unit or "b").lower()])
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds compactly for tables: ``850ms``, ``12s``, ``3m05s``, ``2h10m``, ``3d4h``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h"
+
+
+def format_size(size: float) -> str:
+    """Render bytes compactly: ``512B``, ``1.5KiB``, ``88MiB``, ``2.0GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f}{unit}" if unit in ("B", "MiB") else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}GiB"

@@ -1,0 +1,192 @@
+"""The Redis transport against a real redis-server: request/reply, partial fan-out, drops, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from helpers import wait_until
+
+from letsfrag.bus import NO_REPLY, Bus
+from letsfrag.errors import RemoteError, RequestTimeout
+from letsfrag.protocol import Codec, Envelope, MessageType
+from letsfrag.redis_server import RedisServer
+
+SECRET = "bus-test-secret"
+
+
+@pytest.fixture
+async def make_bus(redis_url: str) -> AsyncIterator[Any]:
+    buses: list[Bus] = []
+
+    async def factory(node_id: str, secret: str | None = SECRET, **kw: Any) -> Bus:
+        bus = Bus(redis_url, node_id=node_id, namespace="t", secret=secret, **kw)
+        await bus.start()
+        buses.append(bus)
+        return bus
+
+    yield factory
+    for bus in buses:
+        await bus.close()
+
+
+async def test_request_reply(make_bus: Any) -> None:
+    server, client = await make_bus("server"), await make_bus("client")
+
+    async def handler(env: Envelope) -> Any:
+        if env.payload.get("fail"):
+            raise ValueError("asked to fail")
+        return {"echo": env.payload["n"], "from": env.sender}
+
+    await server.subscribe("t:svc", handler)
+    assert await client.request("t:svc", MessageType.RPC, {"n": 7}, timeout=2) == {"echo": 7, "from": "client"}
+    with pytest.raises(RemoteError) as err:
+        await client.request("t:svc", MessageType.RPC, {"fail": True}, timeout=2)
+    assert err.value.error_type == "ValueError" and "asked to fail" in err.value.message
+
+
+async def test_request_to_nobody_fails_fast(make_bus: Any) -> None:
+    client = await make_bus("client")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(RequestTimeout, match="nobody is listening"):
+        await client.request("t:void", MessageType.RPC, {}, timeout=5)
+    assert loop.time() - started < 1.0
+
+
+async def test_broadcast_partial_results_across_three_subscribers(make_bus: Any) -> None:
+    client = await make_bus("client")
+    release = asyncio.Event()
+
+    def make_handler(name: str) -> Any:
+        async def handler(env: Envelope) -> Any:
+            if name == "c-fail":
+                raise RuntimeError("boom")
+            if name == "c-slow":
+                await release.wait()
+            return name.upper()
+
+        return handler
+
+    for name in ("c-ok", "c-fail", "c-slow"):
+        bus = await make_bus(name)
+        await bus.subscribe("t:broadcast", make_handler(name))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = await client.broadcast(
+        "t:broadcast", MessageType.RPC, {}, expected=["c-ok", "c-fail", "c-slow"], timeout=0.5
+    )
+    elapsed = loop.time() - started
+    release.set()
+    assert results["c-ok"].status == "ok" and results["c-ok"].value == "C-OK"
+    assert results["c-fail"].status == "error" and results["c-fail"].error_type == "RuntimeError"
+    assert results["c-slow"].status == "timeout"
+    assert 0.45 <= elapsed < 2.0
+
+
+async def test_gather_to_distinct_channels(make_bus: Any) -> None:
+    client = await make_bus("client")
+    for name in ("a", "b"):
+        bus = await make_bus(name)
+
+        async def handler(env: Envelope, name: str = name) -> Any:
+            return name
+
+        await bus.subscribe(f"t:inbox:{name}", handler)
+    results = await client.gather(
+        {"a": "t:inbox:a", "b": "t:inbox:b", "c": "t:inbox:c"}, MessageType.PING, timeout=0.5
+    )
+    assert {k: r.status for k, r in results.items()} == {"a": "ok", "b": "ok", "c": "timeout"}
+    assert results["a"].value == "a"
+
+
+async def test_no_reply_sentinel(make_bus: Any) -> None:
+    server, client = await make_bus("server"), await make_bus("client")
+
+    async def handler(env: Envelope) -> Any:
+        return NO_REPLY
+
+    await server.subscribe("t:quiet", handler)
+    with pytest.raises(RequestTimeout):
+        await client.request("t:quiet", MessageType.RPC, {}, timeout=0.3)
+
+
+async def test_unsigned_and_forged_messages_are_dropped_and_counted(make_bus: Any, redis_url: str) -> None:
+    server = await make_bus("server")
+    seen: list[Envelope] = []
+
+    async def handler(env: Envelope) -> Any:
+        seen.append(env)
+        return None
+
+    await server.subscribe("t:inbox", handler)
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        await raw.publish("t:inbox", Codec().encode(Envelope(MessageType.COMMAND, "intruder")))
+        await raw.publish("t:inbox", Codec("wrong").encode(Envelope(MessageType.COMMAND, "intruder")))
+        await raw.publish("t:inbox", Codec(SECRET).encode(Envelope(MessageType.COMMAND, "friend")))
+    finally:
+        await raw.aclose()
+    await wait_until(lambda: len(seen) == 1, message="the signed message")
+    await wait_until(lambda: server.dropped["unsigned"] == 1 and server.dropped["bad_signature"] == 1)
+    assert seen[0].sender == "friend"
+
+
+async def test_receive_loop_survives_5000_malformed_messages(make_bus: Any, redis_url: str) -> None:
+    server, client = await make_bus("server"), await make_bus("client")
+
+    async def handler(env: Envelope) -> Any:
+        return "alive"
+
+    await server.subscribe("t:inbox", handler)
+    rng = random.Random(1234)
+    valid = json.loads(Codec(SECRET).encode(Envelope(MessageType.RPC, "fuzz")))
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        pipe = raw.pipeline(transaction=False)
+        for i in range(5000):
+            kind = i % 4
+            if kind == 0:
+                data = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
+            elif kind == 1:
+                body = dict(valid)
+                body[rng.choice(list(body))] = rng.choice([None, 1, "x", [], {}, 1e308, -1, True])
+                data = json.dumps(body).encode()
+            elif kind == 2:
+                data = json.dumps({**valid, "type": "reply", "corr": "unknown"}).encode()
+            else:
+                encoded = bytearray(json.dumps(valid).encode())
+                encoded[rng.randrange(len(encoded))] = rng.getrandbits(8)
+                data = bytes(encoded)
+            pipe.publish("t:inbox", data)
+        await pipe.execute()
+    finally:
+        await raw.aclose()
+    await wait_until(lambda: server.received + sum(server.dropped.values()) >= 5000, timeout=30,
+                     message="all 5000 processed")
+    assert await client.request("t:inbox", MessageType.RPC, {}, timeout=2) == "alive"
+
+
+async def test_reconnects_after_a_real_redis_restart(redis_server: RedisServer, make_bus: Any) -> None:
+    server, client = await make_bus("server", reconnect_max=0.5), await make_bus("client", reconnect_max=0.5)
+    states: list[bool] = []
+    server.on_state(states.append)
+
+    async def handler(env: Envelope) -> Any:
+        return "pong"
+
+    await server.subscribe("t:svc", handler)
+    assert await client.request("t:svc", MessageType.PING, timeout=2) == "pong"
+    redis_server.stop()
+    await wait_until(lambda: not server.connected and not client.connected, message="disconnect observed")
+    with pytest.raises(RequestTimeout):
+        await client.request("t:svc", MessageType.PING, timeout=0.5)
+    redis_server.start()
+    await wait_until(lambda: server.connected and client.connected, timeout=15, message="reconnect")
+    assert await client.request("t:svc", MessageType.PING, timeout=2) == "pong"
+    assert states[:2] == [False, True]
