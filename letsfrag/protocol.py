@@ -166,7 +166,7 @@ class Codec:
             if not isinstance(sig, str):
                 raise ProtocolError("unsigned", f"from {env.sender}")
             expected = sign(canonical_bytes(body), self._secret)
-            if not hmac.compare_digest(sig, expected):
+            if not hmac.compare_digest(sig.encode("utf-8", "replace"), expected.encode()):
                 raise ProtocolError("bad_signature", f"from {env.sender}")
             now = time.time() if now is None else now
             if abs(now - env.ts) > self.window:

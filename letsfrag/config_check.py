@@ -1,0 +1,15 @@
+"""``letsfrag config check FILE``: validate a config and print it with secrets masked."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import check_config_file
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the effective config (exit 0) or one line per problem (exit 2)."""
+    code, text = check_config_file(args.file)
+    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code

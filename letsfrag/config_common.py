@@ -1,0 +1,248 @@
+"""Building blocks shared by every config document: value types, Redis and Discord settings, common keys.
+
+Import them from :mod:`letsfrag.config`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from letsfrag.config_source import KeyProblems, mask_url
+from letsfrag.units import parse_duration, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds; accepts ``500ms``, ``10s``, ``5m``, ``1h``, ``2d`` or a bare number of seconds."""
+Size = Annotated[int, BeforeValidator(parse_size)]
+"""Bytes; accepts ``512MiB``, ``2GiB``, ``100MB`` or a bare number of bytes."""
+
+_SECRET_ENV_WORDS = ("TOKEN", "PASSWORD", "PASSWD", "SECRET", "KEY", "CREDENTIAL")
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _name(value: str) -> str:
+    if not value or not all(c.isascii() and (c.isalnum() or c in "_.-") for c in value):
+        raise ValueError(f"expected letters, digits, '_', '.' or '-' only, found {value!r}")
+    return value
+
+
+def _optional_secret(value: Any) -> Any:
+    """An empty string (``${VAR:-}``) means "not set"."""
+    return None if value == "" else value
+
+
+def non_empty_secret(value: SecretStr) -> SecretStr:
+    """Reject an empty secret (for required secrets such as ``bot.token``)."""
+    if not value.get_secret_value():
+        raise ValueError("expected a non-empty value, found an empty string")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_optional_secret)]
+
+
+# ------------------------------------------------------------------------------------------------- redis
+
+
+def _host_port(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, found {value!r}")
+    return value
+
+
+def _redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"expected a URL starting with redis://, rediss:// or unix://, found {mask_url(value)!r}")
+    return value
+
+
+class TlsSettings(StrictModel):
+    """TLS for the Redis connection (needs a ``rediss://`` URL)."""
+
+    ca_file: str | None = Field(default=None, description="CA bundle to verify the server; default: system CAs")
+    cert_file: str | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: str | None = Field(default=None, description="client private key (mutual TLS)")
+    verify: bool = Field(default=True, description="verify the server certificate and host name")
+
+
+class SentinelSettings(StrictModel):
+    """Find the Redis master through Redis Sentinel."""
+
+    master: str = Field(description="name of the monitored master (required)")
+    nodes: list[Annotated[str, AfterValidator(_host_port)]] = Field(
+        min_length=1, description="sentinel addresses as host:port (at least one)"
+    )
+    password: OptionalSecret = Field(default=None, description="password of the sentinels (not of the master)")
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """``nodes`` as ``(host, port)`` pairs for ``redis.asyncio.Sentinel``."""
+        return [(host, int(port)) for host, _, port in (node.rpartition(":") for node in self.nodes)]
+
+
+class RedisSettings(StrictModel):
+    """Where Redis is. In a file: a URL string (shorthand for ``{url: ...}``), a mapping, or ``embedded``."""
+
+    url: Annotated[str, AfterValidator(_redis_url)] = Field(
+        default="redis://127.0.0.1:6379/0", description="redis://, rediss:// (TLS) or unix:// URL"
+    )
+    username: str | None = Field(default=None, description="ACL user name")
+    password: OptionalSecret = Field(default=None, description="password (overrides one inside the URL)")
+    tls: TlsSettings | None = Field(default=None, description="TLS files and verification (with rediss://)")
+    sentinel: SentinelSettings | None = Field(default=None, description="use Sentinel to find the master")
+    _embedded: bool = False
+
+    @classmethod
+    def for_embedded(cls) -> RedisSettings:
+        """Settings meaning "start a private redis-server" (the literal ``embedded`` in a local config)."""
+        settings = cls()
+        settings._embedded = True
+        return settings
+
+    @property
+    def embedded(self) -> bool:
+        """True only when the config said ``redis: embedded``."""
+        return self._embedded
+
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> RedisSettings:
+        if self.tls is not None and not self.url.startswith("rediss://"):
+            raise KeyProblems([(("tls",), f"needs a rediss:// url, found url {mask_url(self.url)!r}")])
+        return self
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name == "url" else value
+
+    @field_serializer("url")
+    def _serialize_url(self, url: str, info: SerializationInfo) -> str:
+        return mask_url(url) if (info.context or {}).get("mask") else url
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``redis.asyncio.Redis.from_url(self.url, **kwargs)``."""
+        kwargs: dict[str, Any] = {}
+        if self.username is not None:
+            kwargs["username"] = self.username
+        if self.password is not None:
+            kwargs["password"] = self.password.get_secret_value()
+        if self.tls is not None:
+            kwargs["ssl_cert_reqs"] = "required" if self.tls.verify else "none"
+            kwargs["ssl_check_hostname"] = self.tls.verify
+            for key, value in (
+                ("ssl_ca_certs", self.tls.ca_file),
+                ("ssl_certfile", self.tls.cert_file),
+                ("ssl_keyfile", self.tls.key_file),
+            ):
+                if value is not None:
+                    kwargs[key] = value
+        return kwargs
+
+    def display_url(self) -> str:
+        """Where Redis is, for logs and the TUI; never shows a password."""
+        if self.embedded:
+            return "embedded"
+        if self.sentinel is not None:
+            return f"sentinel://{','.join(self.sentinel.nodes)}/{self.sentinel.master}"
+        return mask_url(self.url)
+
+
+class DiscordSettings(StrictModel):
+    """Discord endpoints; leave both unset for the real Discord, set both to use the simulator."""
+
+    api_url: str | None = Field(default=None, description="REST base URL, e.g. http://127.0.0.1:8080/api/v10")
+    gateway_url: str | None = Field(default=None, description="gateway URL, e.g. ws://127.0.0.1:8080/")
+
+    @field_validator("api_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, found {value!r}")
+        return value
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _ws(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("ws://", "wss://")):
+            raise ValueError(f"expected a ws:// or wss:// URL, found {value!r}")
+        return value
+
+
+# ------------------------------------------------------------------------------------------------ common
+
+
+def mask_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the values of secret-looking names (``*TOKEN*``, ``*PASSWORD*``, ``*KEY*``...) as ``***``."""
+    return {k: "***" if any(word in k.upper() for word in _SECRET_ENV_WORDS) else v for k, v in env.items()}
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(v) for v in value]
+    return value
+
+
+class CommonSettings(StrictModel):
+    """Keys every config has."""
+
+    _allow_embedded: ClassVar[bool] = False
+
+    redis: RedisSettings = Field(
+        default_factory=RedisSettings,
+        description="a redis://, rediss:// or unix:// URL, or a mapping; local config: also `embedded` (default)",
+    )
+    namespace: Name = Field(default="letsfrag", description="prefix of every Redis key and channel")
+    secret: OptionalSecret = Field(default=None, description="HMAC key signing bus messages; unset: unsigned")
+    signature_window: Duration = Field(default=30.0, gt=0, description="signed messages older than this are rejected")
+    max_message_bytes: Size = Field(default=1024 * 1024, ge=1, description="largest bus message accepted")
+    allow_eval: bool = Field(default=False, description="allow remote code evaluation in clusters (dangerous)")
+    discord: DiscordSettings = Field(default_factory=DiscordSettings, description="Discord endpoints")
+
+    @field_validator("redis", mode="before")
+    @classmethod
+    def _redis_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip() == "embedded":
+                if not cls._allow_embedded:
+                    raise ValueError(
+                        "'embedded' is only allowed in a local config (letsfrag run); "
+                        "expected a redis://, rediss:// or unix:// URL, found 'embedded'"
+                    )
+                return RedisSettings.for_embedded()
+            return {"url": value}
+        return value
+
+    @field_serializer("redis", mode="wrap")
+    def _serialize_redis(self, value: RedisSettings, handler: SerializerFunctionWrapHandler) -> Any:
+        return "embedded" if value.embedded else handler(value)
+
+    def masked_dict(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets (and URL passwords, secret-looking env) as ``***``."""
+        data = _mask(self.model_dump(context={"mask": True}))
+        bot = data.get("bot")
+        if isinstance(bot, dict) and isinstance(bot.get("env"), dict):
+            bot["env"] = mask_env(bot["env"])
+        assert isinstance(data, dict)
+        return data

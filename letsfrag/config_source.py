@@ -1,0 +1,305 @@
+"""Reading a config file: YAML with line numbers, ``${VAR}`` expansion, and one-line problem reports.
+
+This module knows nothing about the config models; :mod:`letsfrag.config` feeds it pydantic errors and model
+classes. Every problem is one line: ``file:line: dotted.key: what was expected, what was found``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from letsfrag.errors import ConfigError
+
+Loc = tuple[str | int, ...]
+
+#: key names whose values are secrets: never shown in problems
+SECRET_NAMES = frozenset({"token", "password", "secret"})
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@:]*:)([^/@]*)(@)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: the key path it concerns, the message, and (if different) the path to take its line from."""
+
+    loc: Loc
+    message: str
+    line_loc: Loc | None = None
+
+
+@dataclass
+class Source:
+    """A parsed config document: its data, where each key path sits, and problems found so far."""
+
+    name: str
+    data: dict[str, Any]
+    lines: dict[Loc, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def line_of(self, loc: Loc) -> int | None:
+        """Line of ``loc`` in the file, or of its nearest ancestor that appears there."""
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return None
+
+    def add(self, loc: Loc, message: str, line_loc: Loc | None = None) -> None:
+        """Record a problem about ``loc``."""
+        self.problems.append(Problem(loc, message, line_loc))
+
+    def format(self, problem: Problem) -> str:
+        """One problem line: ``file:line: key.path: message``."""
+        line = self.line_of(problem.loc if problem.line_loc is None else problem.line_loc)
+        where = f"{self.name}:{line}" if line is not None else self.name
+        path = dotted(problem.loc)
+        return f"{where}: {path}: {problem.message}" if path else f"{where}: {problem.message}"
+
+    def formatted_problems(self) -> list[str]:
+        """Problems collected so far, in file order (problems without a line first)."""
+
+        def order(p: Problem) -> tuple[int, str]:
+            return (self.line_of(p.loc if p.line_loc is None else p.line_loc) or 0, dotted(p.loc))
+
+        return [self.format(p) for p in sorted(self.problems, key=order)]
+
+
+def dotted(loc: Loc) -> str:
+    """``('bot', 'command', 0)`` -> ``bot.command[0]``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of a ``scheme://user:password@host`` URL by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***\3", url)
+
+
+def is_secret(loc: Loc) -> bool:
+    """True when ``loc`` names a secret value (token, password, secret)."""
+    return any(isinstance(part, str) and part in SECRET_NAMES for part in loc)
+
+
+def describe(value: Any, loc: Loc = ()) -> str:
+    """Render a found value for a problem line, masking secrets and URL passwords."""
+    if is_secret(loc) and value is not None:
+        return "***"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, str):
+        if value == "":
+            return "an empty string"
+        text = mask_url(value)
+        return repr(text if len(text) <= 60 else text[:57] + "...")
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_source(path: str | Path, env: Mapping[str, str] | None = None) -> Source:
+    """Read and parse ``path``, expand ``${VAR}`` references; raise :class:`ConfigError` if unreadable.
+
+    Problems in variable references are recorded on the returned source (so validation can still report
+    the rest of the file in the same go).
+    """
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{name}: no such file"], name) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{name}: is a directory, expected a YAML file"], name) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})"], name) from None
+    except OSError as exc:
+        raise ConfigError([f"{name}: cannot read: {exc.strerror}"], name) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{name}:{mark.line + 1}" if mark is not None else name
+        raise ConfigError([f"{where}: YAML syntax error: {exc.problem or exc.context}"], name) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{name}: YAML error: {exc}"], name) from None
+    if node is None or data is None:
+        raise ConfigError([f"{name}: the file is empty, expected a mapping of settings"], name)
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else describe(data)
+        line = node.start_mark.line + 1
+        raise ConfigError([f"{name}:{line}: expected a mapping of settings at the top level, found {kind}"], name)
+    source = Source(name=name, data=data)
+    _collect_lines(node, (), source)
+    source.data = expand_env(data, os.environ if env is None else env, source)
+    return source
+
+
+def _collect_lines(node: yaml.Node, loc: Loc, source: Source) -> None:
+    """Record the line of every key path under ``node``; report duplicate keys."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key: Any = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                source.add(loc, f"duplicate key '{key}' on lines {seen[key]} and {line}", (*loc, key))
+            seen[key] = line
+            source.lines[(*loc, key)] = line
+            _collect_lines(value_node, (*loc, key), source)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            source.lines[(*loc, index)] = item.start_mark.line + 1
+            _collect_lines(item, (*loc, index), source)
+
+
+def expand_env(value: Any, env: Mapping[str, str], source: Source, loc: Loc = ()) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string value; ``$${`` is a literal ``${``."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, env, source, (*loc, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, env, source, (*loc, i)) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    return "${".join(_expand_piece(piece, env, source, loc) for piece in value.split("$${"))
+
+
+def _expand_piece(text: str, env: Mapping[str, str], source: Source, loc: Loc) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = env.get(name)
+        if found is not None and (found != "" or default is None):
+            return found
+        if default is not None:
+            return default
+        source.add(loc, f"environment variable {name} is not set (set it, or write ${{{name}:-default}})")
+        return ""
+
+    result = _VAR.sub(replace, text)
+    if "${" in _VAR.sub("", text):
+        source.add(loc, "malformed variable reference: expected ${NAME} or ${NAME:-default}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------- validating
+
+
+class KeyProblems(ValueError):
+    """Raised by cross-field validators: several ``(key path, message)`` problems at once."""
+
+    def __init__(self, problems: Sequence[tuple[Loc, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{dotted(loc)}: {msg}" for loc, msg in self.problems))
+
+
+def validate(model: type[BaseModel], source: Source) -> BaseModel:
+    """Validate ``source.data`` against ``model``; raise :class:`ConfigError` with every problem."""
+    try:
+        result = model.model_validate(source.data)
+    except ValidationError as exc:
+        env_locs = [p.loc for p in source.problems]
+        for error in exc.errors(include_url=False):
+            for problem in _explain(model, error):
+                if not any(problem.loc[: len(bad)] == bad for bad in env_locs):
+                    source.problems.append(problem)
+        raise ConfigError(source.formatted_problems(), source.name) from None
+    if source.problems:
+        raise ConfigError(source.formatted_problems(), source.name)
+    return result
+
+
+_EXPECTED = {
+    "missing": "required key is missing",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "list_type": "expected a list",
+    "greater_than_equal": "expected a number >= {ge}",
+    "greater_than": "expected a number > {gt}",
+    "less_than_equal": "expected a number <= {le}",
+    "less_than": "expected a number < {lt}",
+    "literal_error": "expected {expected}",
+    "too_short": "expected at least {min_length} item(s)",
+    "string_too_short": "expected at least {min_length} character(s)",
+}
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _explain(model: type[BaseModel], error: Any) -> list[Problem]:
+    """Turn one pydantic error into problems."""
+    loc: Loc = tuple(error["loc"])
+    kind, found, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        key = loc[-1]
+        message = f"unknown key '{key}'"
+        allowed = allowed_keys(model, loc[:-1])
+        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        if close:
+            message += f" (did you mean '{close[0]}'?)"
+        return [Problem(loc[:-1], message, loc)]
+    if kind == "value_error" and isinstance(ctx.get("error"), KeyProblems):
+        return [Problem((*loc, *sub), msg) for sub, msg in ctx["error"].problems]
+    if kind in ("value_error", "assertion_error"):
+        text = str(ctx.get("error", error["msg"]))
+        return [Problem(loc, text if "found" in text else f"{text}, found {describe(found, loc)}")]
+    if kind == "missing":
+        return [Problem(loc, _EXPECTED[kind])]
+    template = _EXPECTED.get(kind)
+    if template is None:
+        return [Problem(loc, f"{error['msg'].lower()}, found {describe(found, loc)}")]
+    expected = template.format(**{k: _number(v) for k, v in ctx.items()})
+    return [Problem(loc, f"{expected}, found {describe(found, loc)}")]
+
+
+def allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
+    """Field names of the (nested) model found at ``loc`` below ``model``; empty if unknown."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return []
+        current = _model_of(current.model_fields[str(part)].annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_of(annotation: Any) -> Any:
+    """The BaseModel class inside ``X``, ``X | None`` or ``Annotated[X, ...]``, else ``annotation``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation

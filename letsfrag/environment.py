@@ -1,0 +1,134 @@
+"""The environment contract between a supervisor and the cluster process it spawns.
+
+Secrets (bot token, Redis password, signing secret) travel in the environment, never on the command line.
+
+=================================  =============================================================
+``LETSFRAG_CLUSTER_ID``            cluster id (int)
+``LETSFRAG_SHARD_IDS``             comma list of shard ids, e.g. ``8,9,10,11``
+``LETSFRAG_SHARD_COUNT``           total shards of the bot
+``LETSFRAG_HOST_ID``               host (supervisor) id
+``LETSFRAG_HOST_INCARNATION``      the supervisor run's incarnation (its lease value)
+``LETSFRAG_EPOCH``                 epoch of the grant this process runs under
+``LETSFRAG_REDIS_URL``             Redis URL without credentials
+``LETSFRAG_REDIS``                 JSON of the full Redis settings (username, password, TLS, Sentinel)
+``LETSFRAG_NAMESPACE``             key and channel prefix
+``LETSFRAG_SECRET``                signing secret (optional)
+``LETSFRAG_TOKEN``                 the bot token
+``LETSFRAG_DISCORD_API_URL``       REST base, e.g. ``http://127.0.0.1:8090/api/v10`` (optional)
+``LETSFRAG_DISCORD_GATEWAY_URL``   gateway URL, e.g. ``ws://127.0.0.1:8090/`` (optional)
+``LETSFRAG_HEARTBEAT_INTERVAL``    seconds between heartbeats
+``LETSFRAG_LEASE_TTL``             host lease TTL in seconds (the dispatch guard's horizon)
+``LETSFRAG_MAX_CONCURRENCY``       Discord's identify max_concurrency
+``LETSFRAG_IDENTIFY_WINDOW``       seconds per identify window
+``LETSFRAG_ALLOW_EVAL``            ``1`` when both broker and host allow ``broadcast_eval``
+``LETSFRAG_IPC_FD``                the cluster's end of the supervisor socketpair
+=================================  =============================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import NotInClusterError
+
+PREFIX = "LETSFRAG_"
+
+HOW_TO_RUN = (
+    "this bot takes its shards from a letsfrag supervisor: start it with "
+    "`letsfrag supervise configs/host.yaml` (with a broker) or `letsfrag run configs/local.yaml`"
+)
+
+
+@dataclass(frozen=True)
+class ClusterEnvironment:
+    """Everything a cluster process learns from its supervisor."""
+
+    cluster_id: int
+    shard_ids: tuple[int, ...]
+    shard_count: int
+    host_id: str
+    host_incarnation: str
+    epoch: int
+    redis: dict[str, Any]
+    namespace: str = "letsfrag"
+    token: str = field(default="", repr=False)
+    secret: str | None = field(default=None, repr=False)
+    discord_api_url: str | None = None
+    discord_gateway_url: str | None = None
+    heartbeat_interval: float = 2.0
+    lease_ttl: float = 10.0
+    max_concurrency: int = 1
+    identify_window: float = 5.0
+    allow_eval: bool = False
+
+    @property
+    def redis_url(self) -> str:
+        return str(self.redis.get("url", "redis://127.0.0.1:6379/0"))
+
+    def redis_settings(self) -> Any:
+        """The Redis settings as a ``RedisSettings`` model."""
+        from .config import RedisSettings
+
+        return RedisSettings.model_validate(self.redis)
+
+    def to_env(self) -> dict[str, str]:
+        """The variables a supervisor sets for the child (merge with ``os.environ`` and ``bot.env``)."""
+        env = {
+            "LETSFRAG_CLUSTER_ID": str(self.cluster_id),
+            "LETSFRAG_SHARD_IDS": ",".join(str(s) for s in self.shard_ids),
+            "LETSFRAG_SHARD_COUNT": str(self.shard_count),
+            "LETSFRAG_HOST_ID": self.host_id,
+            "LETSFRAG_HOST_INCARNATION": self.host_incarnation,
+            "LETSFRAG_EPOCH": str(self.epoch),
+            "LETSFRAG_REDIS_URL": self.redis_url,
+            "LETSFRAG_REDIS": json.dumps(self.redis),
+            "LETSFRAG_NAMESPACE": self.namespace,
+            "LETSFRAG_TOKEN": self.token,
+            "LETSFRAG_HEARTBEAT_INTERVAL": repr(self.heartbeat_interval),
+            "LETSFRAG_LEASE_TTL": repr(self.lease_ttl),
+            "LETSFRAG_MAX_CONCURRENCY": str(self.max_concurrency),
+            "LETSFRAG_IDENTIFY_WINDOW": repr(self.identify_window),
+            "LETSFRAG_ALLOW_EVAL": "1" if self.allow_eval else "0",
+        }
+        if self.secret:
+            env["LETSFRAG_SECRET"] = self.secret
+        if self.discord_api_url:
+            env["LETSFRAG_DISCORD_API_URL"] = self.discord_api_url
+        if self.discord_gateway_url:
+            env["LETSFRAG_DISCORD_GATEWAY_URL"] = self.discord_gateway_url
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClusterEnvironment:
+        """Read the contract; raise ``NotInClusterError`` (one clear sentence) when it is missing or broken."""
+        env = os.environ if environ is None else environ
+        if "LETSFRAG_CLUSTER_ID" not in env:
+            raise NotInClusterError(HOW_TO_RUN)
+        try:
+            redis_json = env.get("LETSFRAG_REDIS")
+            redis = json.loads(redis_json) if redis_json else {"url": env["LETSFRAG_REDIS_URL"]}
+            return cls(
+                cluster_id=int(env["LETSFRAG_CLUSTER_ID"]),
+                shard_ids=tuple(int(s) for s in env["LETSFRAG_SHARD_IDS"].split(",") if s.strip()),
+                shard_count=int(env["LETSFRAG_SHARD_COUNT"]),
+                host_id=env["LETSFRAG_HOST_ID"],
+                host_incarnation=env.get("LETSFRAG_HOST_INCARNATION", ""),
+                epoch=int(env["LETSFRAG_EPOCH"]),
+                redis=redis,
+                namespace=env.get("LETSFRAG_NAMESPACE", "letsfrag"),
+                token=env.get("LETSFRAG_TOKEN", ""),
+                secret=env.get("LETSFRAG_SECRET") or None,
+                discord_api_url=env.get("LETSFRAG_DISCORD_API_URL") or None,
+                discord_gateway_url=env.get("LETSFRAG_DISCORD_GATEWAY_URL") or None,
+                heartbeat_interval=float(env.get("LETSFRAG_HEARTBEAT_INTERVAL", "2")),
+                lease_ttl=float(env.get("LETSFRAG_LEASE_TTL", "10")),
+                max_concurrency=int(env.get("LETSFRAG_MAX_CONCURRENCY", "1")),
+                identify_window=float(env.get("LETSFRAG_IDENTIFY_WINDOW", "5")),
+                allow_eval=env.get("LETSFRAG_ALLOW_EVAL") == "1",
+            )
+        except (KeyError, ValueError) as exc:
+            raise NotInClusterError(f"the letsfrag environment is incomplete or invalid ({exc}); {HOW_TO_RUN}") from exc
