@@ -7,9 +7,12 @@ Exit codes: 0 success, 1 a runtime failure (or "degraded" for ``status``), 2 bad
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
+import inspect
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 from .errors import ConfigError, LetsfragError
@@ -23,7 +26,7 @@ HANDLERS: dict[str, str] = {
     "demo": "letsfrag.demo:run",
     "status": "letsfrag.status:run",
     "top": "letsfrag.tui.app:run_from_args",
-    "sim": "letsfrag.sim.cli:main",
+    "sim": "letsfrag.sim.cli:run",
     "config check": "letsfrag.config_check:run",
     "restart": "letsfrag.commands:run_restart",
     "drain": "letsfrag.commands:run_drain",
@@ -128,7 +131,7 @@ def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser)
 
 
-def _resolve(command: str) -> Callable[[argparse.Namespace], int] | None:
+def _resolve(command: str) -> Callable[[argparse.Namespace], Any] | None:
     target = HANDLERS.get(command)
     if target is None:
         return None
@@ -161,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"letsfrag {command}: not implemented yet", file=sys.stderr)
         return 2
     try:
-        return int(handler(args) or 0)
+        result = handler(args)
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
     except ConfigError as exc:
         where = f"{exc.source}: " if exc.source else ""
         for problem in exc.problems:

@@ -1,0 +1,10 @@
+"""``python -m letsfrag.sim``: run the simulated Discord."""
+
+from __future__ import annotations
+
+import sys
+
+from letsfrag.sim.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

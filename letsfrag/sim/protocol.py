@@ -1,0 +1,62 @@
+"""Discord gateway protocol constants the simulator speaks (API v10, JSON encoding)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Op(enum.IntEnum):
+    """Gateway opcodes."""
+
+    DISPATCH = 0
+    HEARTBEAT = 1
+    IDENTIFY = 2
+    PRESENCE_UPDATE = 3
+    VOICE_STATE_UPDATE = 4
+    RESUME = 6
+    RECONNECT = 7
+    REQUEST_GUILD_MEMBERS = 8
+    INVALID_SESSION = 9
+    HELLO = 10
+    HEARTBEAT_ACK = 11
+
+
+class CloseCode(enum.IntEnum):
+    """Close codes the simulator sends (Discord's gateway close event codes)."""
+
+    UNKNOWN_ERROR = 4000
+    UNKNOWN_OPCODE = 4001
+    DECODE_ERROR = 4002
+    NOT_AUTHENTICATED = 4003
+    AUTHENTICATION_FAILED = 4004
+    ALREADY_AUTHENTICATED = 4005
+    INVALID_SEQ = 4007
+    RATE_LIMITED = 4008
+    SESSION_TIMED_OUT = 4009
+    INVALID_SHARD = 4010
+    SHARDING_REQUIRED = 4011
+    INVALID_API_VERSION = 4012
+    INVALID_INTENTS = 4013
+    DISALLOWED_INTENTS = 4014
+
+
+class Intent(enum.IntFlag):
+    """The gateway intents the simulator looks at (the privileged ones)."""
+
+    GUILDS = 1 << 0
+    GUILD_MEMBERS = 1 << 1
+    GUILD_PRESENCES = 1 << 8
+    MESSAGE_CONTENT = 1 << 15
+
+
+PRIVILEGED_INTENTS = Intent.GUILD_MEMBERS | Intent.GUILD_PRESENCES | Intent.MESSAGE_CONTENT
+#: Every intent bit Discord defines (bits 0-16, 20, 21, 24, 25) — ``discord.Intents.all().value`` in 2.7.
+VALID_INTENTS = 0b11_0011_0001_1111_1111_1111_1111
+
+#: Gateway API versions the simulator accepts in the ``v`` query parameter.
+SUPPORTED_API_VERSIONS = frozenset({"9", "10"})
+#: Transport compressions the simulator accepts in the ``compress`` query parameter.
+SUPPORTED_COMPRESSIONS = frozenset({"zlib-stream", "zstd-stream"})
+
+#: Client close codes after which Discord forgets the session (anything else keeps it resumable).
+NON_RESUMABLE_CLIENT_CLOSE = frozenset({1000, 1001})
