@@ -1,0 +1,473 @@
+"""``ClusterShardClient`` and ``ClusterShardBot``: discord.py's sharded client and bot run as one letsfrag cluster.
+
+::
+
+    client = ClusterShardClient(intents=discord.Intents.default())
+    client.run()   # token, shards, Redis and Discord URLs come from the supervisor's environment
+
+What the mixin adds to discord.py 2.7 (see also :mod:`.gateway`):
+
+- shards, shard count, token and the Discord URLs from :class:`~letsfrag.environment.ClusterEnvironment`;
+  outside a supervisor ``run()`` prints one sentence and exits 78 (EX_CONFIG).
+- every IDENTIFY waits for the global identify queue (:mod:`letsfrag.identify`). On first launch the wait happens
+  *before* the socket is opened (outside discord.py's connect timeout) and the shards of this process launch
+  concurrently, so different buckets identify in the same window; re-identifies wait in the hook.
+- ownership is checked before every IDENTIFY and RESUME and every heartbeat; a fenced process closes its
+  sessions, tells the supervisor (IPC ``fenced``) and exits 75.
+- the dispatch guard (:mod:`.guard`) holds every parse and dispatch past the lease horizon.
+- health to the supervisor and Redis, fatal close codes -> exit 77, graceful stop on SIGTERM or IPC ``stop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import discord
+import discord.http
+import yarl
+from discord.ext import commands
+from discord.gateway import DiscordWebSocket
+from discord.shard import EventType
+from redis.exceptions import RedisError
+
+from ..bus import Bus
+from ..clock import Clock, SystemClock
+from ..connection import create_redis
+from ..environment import ClusterEnvironment
+from ..errors import FencedError, NotInClusterError
+from ..events import Severity, emit
+from ..exitcodes import FATAL_CLOSE_CODES, ExitCode
+from ..identify import IdentifyCoordinator, IdentifyTimeout
+from ..ipc import IpcChannel
+from ..keys import Keys
+from ..logs import register_secret
+from ..rpc import RpcCaller, cluster_node
+from . import gateway
+from .context import ClusterContext
+from .guard import DispatchGuard, Verdict, default_margin
+from .health import HealthReporter, ShardTracker
+from .ownership import OwnershipChecker
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    _Base = discord.AutoShardedClient
+else:
+    _Base = object
+
+#: re-identify waits stay below discord.py's hard-coded ``wait_for(60 s)``
+_REIDENTIFY_WAIT = 50.0
+
+
+def apply_discord_urls(env: ClusterEnvironment) -> None:
+    """Point discord.py at ``LETSFRAG_DISCORD_API_URL`` / ``LETSFRAG_DISCORD_GATEWAY_URL`` when set."""
+    if env.discord_api_url:
+        discord.http.Route.BASE = env.discord_api_url.rstrip("/")
+    if env.discord_gateway_url:
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(env.discord_gateway_url)
+
+
+class ClusterMixin(_Base):
+    """The letsfrag behaviour shared by :class:`ClusterShardClient` and :class:`ClusterShardBot`."""
+
+    def __init__(
+        self,
+        *args: Any,
+        environment: ClusterEnvironment | None = None,
+        ipc_socket: socket.socket | None = None,
+        clock: Clock | None = None,
+        guard_margin: float | None = None,
+        identify_margin: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        error: NotInClusterError | None = None
+        if environment is None:
+            try:
+                environment = ClusterEnvironment.from_env()
+            except NotInClusterError as exc:
+                error = exc
+        if environment is not None:
+            kwargs.setdefault("shard_ids", list(environment.shard_ids))
+            kwargs.setdefault("shard_count", environment.shard_count)
+            apply_discord_urls(environment)
+            for secret in (environment.token, environment.secret, environment.redis.get("password")):
+                register_secret(secret if isinstance(secret, str) else None)
+        super().__init__(*args, **kwargs)
+        self.cluster = ClusterContext(self, environment, error)
+        self._lf_env = environment
+        self._lf_clock: Clock = clock or SystemClock()
+        lease_ttl = environment.lease_ttl if environment else 10.0
+        margin = default_margin(lease_ttl) if guard_margin is None else guard_margin
+        self._lf_guard = DispatchGuard(self._lf_clock, margin=margin)
+        self._lf_tracker = ShardTracker(environment.shard_ids if environment else ())
+        self._lf_identify_margin = identify_margin
+        self._lf_ipc_socket = ipc_socket
+        self._lf_active = False
+        self._lf_fencing = False
+        self._lf_handle_signals = False
+        self._lf_pregrant: dict[int, float] = {}
+        self._lf_tasks: set[asyncio.Task[Any]] = set()
+        self._lf_launching: list[asyncio.Task[Any]] = []
+        self._lf_check_task: asyncio.Task[Any] | None = None
+        self._lf_ready_sent = False
+        self._lf_ipc: IpcChannel | None = None
+        self._lf_redis: Any = None
+        self._lf_bus: Bus | None = None
+        self._lf_checker: OwnershipChecker | None = None
+        self._lf_identify: IdentifyCoordinator | None = None
+        self._lf_health: HealthReporter | None = None
+
+    # --- running ------------------------------------------------------------------------------------------
+    def run(self, token: str | None = None, **kwargs: Any) -> None:  # type: ignore[override]
+        """Run until stopped; exit 78 outside a supervisor, 75 when fenced, 77 on a fatal gateway close."""
+        try:
+            env = self.cluster.environment
+        except NotInClusterError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(int(ExitCode.CONFIG)) from None
+        with contextlib.suppress(AttributeError, ValueError, RuntimeError):
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
+        self._lf_handle_signals = True
+        if "log_handler" not in kwargs:
+            from ..logs import _SecretFilter
+
+            handler = logging.StreamHandler(sys.stderr)
+            handler.addFilter(_SecretFilter())
+            kwargs["log_handler"] = handler
+            kwargs.setdefault("root_logger", True)
+        try:
+            super().run(token or env.token, **kwargs)
+        except Exception:
+            traceback.print_exc()
+            raise SystemExit(int(ExitCode.FAILURE)) from None
+        if self.cluster.exit_code:
+            raise SystemExit(int(self.cluster.exit_code))
+
+    async def start(self, token: str | None = None, *, reconnect: bool = True) -> None:  # type: ignore[override]
+        """Check ownership, then log in and connect; returns when stopped, fenced or after a fatal close."""
+        env = self.cluster.environment
+        await self._lf_setup(env)
+        try:
+            if await self._lf_verify() is not True:
+                if not self._lf_guard.fenced:
+                    raise RuntimeError(f"cannot confirm ownership of cluster {env.cluster_id} in Redis")
+                return
+            self._lf_spawn(self._lf_heartbeat_loop())
+            if self._lf_ipc is not None:
+                self._lf_spawn(self._lf_ipc_loop(self._lf_ipc))
+            await super().start(token or env.token, reconnect=reconnect)
+        except FencedError:
+            self.cluster.exit_code = self.cluster.exit_code or ExitCode.FENCED
+        except discord.LoginFailure as exc:
+            await self._lf_fatal(4004, str(exc) or "authentication failed")
+        except discord.PrivilegedIntentsRequired as exc:
+            await self._lf_fatal(4014, str(exc))
+        except discord.ConnectionClosed as exc:
+            if exc.code not in FATAL_CLOSE_CODES:
+                await self._lf_report(traceback.format_exc())
+                raise
+            await self._lf_fatal(exc.code, exc.reason or f"gateway closed with {exc.code}")
+        except Exception:
+            if not self._lf_guard.fenced:
+                self.cluster.exit_code = self.cluster.exit_code or ExitCode.FAILURE
+                await self._lf_report(traceback.format_exc())
+                raise
+        finally:
+            await self._lf_teardown()
+
+    async def _lf_setup(self, env: ClusterEnvironment) -> None:
+        keys = Keys(env.namespace)
+        settings = env.redis_settings()
+        self._lf_redis = create_redis(settings)
+        bus = Bus(settings, node_id=cluster_node(env.cluster_id), namespace=env.namespace, secret=env.secret)
+        await bus.subscribe(keys.cluster_inbox(env.cluster_id), self.cluster.server.on_envelope)
+        await bus.subscribe(keys.broadcast, self.cluster.server.on_envelope)
+        await bus.start()
+        self._lf_bus = bus
+        self.cluster.caller = RpcCaller(bus, allow_eval=env.allow_eval)
+        self._lf_checker = OwnershipChecker(
+            self._lf_redis, keys, cluster_id=env.cluster_id, host_id=env.host_id, epoch=env.epoch,
+            incarnation=env.host_incarnation, lease_ttl=env.lease_ttl, clock=self._lf_clock)
+        self._lf_identify = IdentifyCoordinator(
+            self._lf_redis, keys, max_concurrency=env.max_concurrency, window=env.identify_window,
+            margin=self._lf_identify_margin, source=cluster_node(env.cluster_id))
+        if self._lf_ipc_socket is not None:
+            self._lf_ipc = await IpcChannel.from_socket(self._lf_ipc_socket)
+        else:
+            self._lf_ipc = await IpcChannel.from_env()
+        self._lf_health = HealthReporter(self, self._lf_redis, keys, env.cluster_id, self._lf_tracker, self._lf_ipc)
+        gateway.install()
+        gateway.wrap_parsers(self._connection.parsers, self._lf_admit)
+        self._lf_active = True
+        if self._lf_ipc is not None:
+            await self._lf_ipc.send("hello", pid=os.getpid(), epoch=env.epoch)
+        if self._lf_handle_signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(
+                    signal.SIGTERM, lambda: self._lf_spawn(self._lf_shutdown("SIGTERM")))
+
+    async def _lf_teardown(self) -> None:
+        if not self.is_closed():
+            with contextlib.suppress(Exception):
+                await self.close()
+        current = asyncio.current_task()
+        for task in [*self._lf_tasks, *self._lf_launching]:
+            if task is not current:
+                task.cancel()
+        if self._lf_identify is not None:
+            with contextlib.suppress(Exception):
+                await self._lf_identify.close()
+        if self._lf_bus is not None:
+            await self._lf_bus.close()
+        if self._lf_redis is not None:
+            with contextlib.suppress(Exception):
+                await self._lf_redis.aclose()
+        if self._lf_ipc is not None:
+            await self._lf_ipc.close()
+
+    def _lf_spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._lf_tasks.add(task)
+        task.add_done_callback(self._lf_tasks.discard)
+        return task
+
+    # --- shards: identify queue, concurrent launch, concurrent re-identify --------------------------------
+    async def launch_shards(self) -> None:
+        if not self._lf_active:
+            return await super().launch_shards()
+        if self.is_closed():
+            return
+        assert self.shard_count is not None
+        self._connection.shard_count = self.shard_count
+        shard_ids = self.shard_ids or list(range(self.shard_count))
+        self._connection.shard_ids = shard_ids
+        await self._lf_ensure_budget()
+        gateway_url = DiscordWebSocket.DEFAULT_GATEWAY
+        self._lf_launching = [
+            asyncio.create_task(self.launch_shard(gateway_url, sid, initial=index == 0))
+            for index, sid in enumerate(shard_ids)
+        ]
+        await asyncio.gather(*self._lf_launching, return_exceptions=True)
+
+    async def launch_shard(self, gateway: yarl.URL, shard_id: int, *, initial: bool = False) -> None:
+        # discord.py's own retry after a failed launch calls this method again: it queues once more
+        if not self._lf_active:
+            return await super().launch_shard(gateway, shard_id, initial=initial)
+        if self.is_closed() or self._lf_guard.fenced:
+            return
+        assert self._lf_identify is not None
+        self._lf_tracker.set(shard_id, "identifying")
+        while True:
+            try:
+                await self._lf_identify.acquire(shard_id, self._lf_holder(shard_id), timeout=60.0)
+                break
+            except IdentifyTimeout:
+                continue
+        self._lf_pregrant[shard_id] = self._lf_clock.monotonic()
+        await super().launch_shard(gateway, shard_id, initial=initial)
+
+    async def connect(self, *, reconnect: bool = True) -> None:
+        """discord.py's loop, except that re-identifies and reconnects run concurrently: one shard waiting in
+        the identify queue must not hold up the RESUME of another (discord.py awaits them one by one)."""
+        if not self._lf_active:
+            return await super().connect(reconnect=reconnect)
+        self._reconnect = reconnect
+        await self.launch_shards()
+        queue = self._AutoShardedClient__queue  # type: ignore[attr-defined]
+        while not self.is_closed():
+            item = await queue.get()
+            if item.type == EventType.close:
+                await self.close()
+                if isinstance(item.error, discord.ConnectionClosed):
+                    if item.error.code == 4014:
+                        raise discord.PrivilegedIntentsRequired(item.shard.id) from None
+                    if item.error.code != 1000:
+                        raise item.error
+                return
+            if item.type in (EventType.identify, EventType.resume):
+                self._lf_spawn(item.shard.reidentify(item.error))
+            elif item.type == EventType.reconnect:
+                self._lf_spawn(item.shard.reconnect())
+            elif item.type == EventType.terminate:
+                await self.close()
+                raise item.error
+            elif item.type == EventType.clean_close:
+                return
+
+    def _lf_holder(self, shard_id: int) -> str:
+        return f"{self.cluster.id}:{shard_id}"
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        if not self._lf_active:
+            return await super().before_identify_hook(shard_id, initial=initial)
+        assert self._lf_identify is not None and self._lf_env is not None
+        sid = shard_id or 0
+        granted_at = self._lf_pregrant.pop(sid, None)
+        if granted_at is None or self._lf_clock.monotonic() - granted_at > self._lf_env.identify_window:
+            self._lf_tracker.set(sid, "identifying")
+            await self._lf_identify.acquire(sid, self._lf_holder(sid), timeout=_REIDENTIFY_WAIT)
+        await self._lf_require_owner(f"IDENTIFY of shard {sid}")
+
+    async def _lf_before_resume(self, shard_id: int | None) -> None:
+        self._lf_tracker.set(shard_id, "resuming")
+        await self._lf_require_owner(f"RESUME of shard {shard_id}")
+
+    async def _lf_require_owner(self, what: str) -> None:
+        if self._lf_guard.fenced:
+            raise FencedError(f"{what} refused: cluster {self.cluster.id} is fenced")
+        assert self._lf_checker is not None
+        try:
+            result = await self._lf_checker.check()
+        except (RedisError, OSError) as exc:
+            raise ConnectionError(f"{what} postponed: cannot check ownership in Redis ({exc})") from exc
+        if not result.ownership.owner:
+            self._lf_spawn(self._lf_fence(result.ownership.reason))
+            raise FencedError(f"{what} refused: {result.ownership.reason}")
+        self._lf_guard.confirm(result.sent_at, result.ownership.ttl)
+
+    async def _lf_ensure_budget(self) -> None:
+        assert self._lf_identify is not None
+        try:
+            if not await self._lf_identify.has_budget():
+                _, _, limits = await self.http.get_bot_gateway()
+                await self._lf_identify.ensure_budget(dict(limits))
+        except Exception as exc:
+            log.warning("could not record the identify budget: %s", exc)
+
+    # --- the dispatch guard ------------------------------------------------------------------------------
+    def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
+        if not self._lf_active:
+            return super().dispatch(event, *args, **kwargs)
+        if self._lf_tracker.on_event(event, args):
+            self._lf_shard_state_changed()
+        parent = super().dispatch
+        self._lf_admit(lambda: parent(event, *args, **kwargs))
+
+    def _lf_admit(self, thunk: Any) -> None:
+        if self._lf_guard.admit(thunk) is Verdict.HOLD:
+            self._lf_request_check()
+
+    def _lf_request_check(self) -> None:
+        if self._lf_check_task is None or self._lf_check_task.done():
+            self._lf_check_task = self._lf_spawn(self._lf_check_held())
+
+    async def _lf_check_held(self) -> None:
+        while self._lf_guard.held and not self._lf_guard.fenced and not self.is_closed():
+            verdict = await self._lf_verify()
+            if verdict is None:
+                await asyncio.sleep(0.2)
+            elif self._lf_guard.held:
+                await asyncio.sleep(0.05)
+
+    async def _lf_verify(self) -> bool | None:
+        """Check ownership now: True owner (held events released), False fenced, None Redis unreachable."""
+        assert self._lf_checker is not None
+        try:
+            result = await self._lf_checker.check()
+        except (RedisError, OSError) as exc:
+            log.warning("cannot check ownership of cluster %s in Redis: %s", self.cluster.id, exc)
+            return None
+        if not result.ownership.owner:
+            await self._lf_fence(result.ownership.reason)
+            return False
+        self._lf_guard.confirm(result.sent_at, result.ownership.ttl)
+        self._lf_guard.release(lambda exc: log.error("a held event failed", exc_info=exc))
+        return True
+
+    def _lf_shard_state_changed(self) -> None:
+        ready = self._lf_tracker.all_ready
+        self.cluster.ready = ready
+        if ready and not self._lf_ready_sent:
+            self._lf_ready_sent = True
+            if self._lf_ipc is not None:
+                self._lf_spawn(self._lf_ipc.send("ready"))
+        elif not ready:
+            self._lf_ready_sent = False
+
+    # --- outcomes -----------------------------------------------------------------------------------------
+    async def _lf_fence(self, reason: str) -> None:
+        if self._lf_fencing:
+            return
+        self._lf_fencing = True
+        dropped = self._lf_guard.fence()
+        self.cluster.exit_code = ExitCode.FENCED
+        env = self.cluster.environment
+        for task in self._lf_launching:
+            task.cancel()
+        if self._lf_ipc is not None:
+            await self._lf_ipc.send("fenced", reason=reason)
+        await emit(self._lf_redis, Keys(env.namespace), Severity.WARNING, "cluster_fenced",
+                   f"cluster {env.cluster_id} fenced, closing its sessions: {reason} ({dropped} held events dropped)",
+                   source=cluster_node(env.cluster_id),
+                   cluster=env.cluster_id, host=env.host_id, epoch=env.epoch, dropped=dropped)
+        await self.close()
+
+    async def _lf_fatal(self, code: int, reason: str) -> None:
+        self.cluster.exit_code = ExitCode.FATAL_GATEWAY
+        env = self.cluster.environment
+        log.error("cluster %s: fatal gateway close %s (%s); not restarting", env.cluster_id, code, reason)
+        if self._lf_ipc is not None:
+            await self._lf_ipc.send("fatal", code=code, reason=reason)
+        await emit(self._lf_redis, Keys(env.namespace), Severity.ERROR, "fatal_gateway",
+                   f"cluster {env.cluster_id}: Discord closed with {code} ({reason})",
+                   source=cluster_node(env.cluster_id), cluster=env.cluster_id, code=code)
+
+    async def _lf_report(self, text: str) -> None:
+        if self._lf_health is not None:
+            await self._lf_health.report_error(text)
+
+    async def _lf_shutdown(self, reason: str) -> None:
+        log.info("cluster %s stopping: %s", self.cluster.id, reason)
+        if self.cluster.exit_code is None:
+            self.cluster.exit_code = ExitCode.OK
+        await self.close()
+
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        await super().on_error(event_method, *args, **kwargs)
+        await self._lf_report(f"in {event_method}:\n{traceback.format_exc()}")
+
+    # --- background ---------------------------------------------------------------------------------------
+    async def _lf_heartbeat_loop(self) -> None:
+        assert self._lf_env is not None and self._lf_health is not None
+        interval = self._lf_env.heartbeat_interval
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while not self.is_closed():
+            lag = max(0.0, loop.time() - due)
+            await self._lf_verify()
+            if self._lf_guard.fenced:
+                return
+            try:
+                await self._lf_health.beat(lag)
+            except Exception:
+                log.exception("heartbeat failed")
+            due = max(due + interval, loop.time())
+            await asyncio.sleep(max(0.0, due - loop.time()))
+
+    async def _lf_ipc_loop(self, ipc: IpcChannel) -> None:
+        while True:
+            message = await ipc.receive()
+            if message is None:
+                await self._lf_shutdown("the supervisor is gone (IPC closed)")
+                return
+            if message.get("op") == "stop":
+                await self._lf_shutdown(str(message.get("reason") or "stop requested by the supervisor"))
+                return
+
+
+class ClusterShardClient(ClusterMixin, discord.AutoShardedClient):
+    """``discord.AutoShardedClient`` running the shards a letsfrag supervisor gave this process."""
+
+
+class ClusterShardBot(ClusterMixin, commands.AutoShardedBot):
+    """``commands.AutoShardedBot`` running the shards a letsfrag supervisor gave this process."""

@@ -1,0 +1,134 @@
+"""Helpers for the cluster tests: play broker and supervisor in Redis, and run clients against a Simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import discord
+import redis.asyncio as aioredis
+
+from letsfrag.cluster import ClusterMixin, ClusterShardClient
+from letsfrag.environment import ClusterEnvironment
+from letsfrag.keys import Keys
+from letsfrag.sim import Simulator
+
+NS = "lftest"
+KEYS = Keys(NS)
+
+
+def make_env(
+    redis_url: str,
+    sim: Simulator | None,
+    cluster_id: int,
+    shard_ids: tuple[int, ...],
+    shard_count: int,
+    **overrides: Any,
+) -> ClusterEnvironment:
+    """A cluster environment as a supervisor would write it."""
+    values: dict[str, Any] = {
+        "cluster_id": cluster_id,
+        "shard_ids": shard_ids,
+        "shard_count": shard_count,
+        "host_id": "h1",
+        "host_incarnation": "inc-1",
+        "epoch": 1,
+        "redis": {"url": redis_url},
+        "namespace": NS,
+        "token": "test-token",
+        "discord_api_url": sim.api_url if sim else None,
+        "discord_gateway_url": sim.gateway_url if sim else None,
+        "heartbeat_interval": 0.5,
+        "lease_ttl": 5.0,
+        "max_concurrency": 1,
+        "identify_window": 0.5,
+    }
+    values.update(overrides)
+    return ClusterEnvironment(**values)
+
+
+async def write_layout(r: aioredis.Redis, shard_count: int, shards_per_cluster: int) -> None:
+    """``{ns}:layout`` as the broker writes it."""
+    await r.hset(KEYS.layout, mapping={  # type: ignore[misc]
+        "shard_count": shard_count,
+        "shards_per_cluster": shards_per_cluster,
+        "cluster_count": -(-shard_count // shards_per_cluster),
+    })
+
+
+async def grant(r: aioredis.Redis, cluster_id: int, host: str = "h1", epoch: int = 1) -> None:
+    """The broker's grant of ``cluster_id`` to ``host`` with ``epoch``."""
+    await r.hset(KEYS.assignment, str(cluster_id), json.dumps({"host": host, "epoch": epoch}))  # type: ignore[misc]
+
+
+@contextlib.asynccontextmanager
+async def lease_kept(r: aioredis.Redis, host: str = "h1", incarnation: str = "inc-1",
+                     ttl: float = 5.0, every: float = 0.5) -> AsyncIterator[asyncio.Event]:
+    """Renew ``{ns}:lease:{host}`` like a supervisor until the block ends or the yielded event is set."""
+    stop = asyncio.Event()
+
+    async def renew() -> None:
+        while not stop.is_set():
+            await r.set(KEYS.lease(host), incarnation, px=int(ttl * 1000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+
+    await r.set(KEYS.lease(host), incarnation, px=int(ttl * 1000))
+    task = asyncio.create_task(renew())
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await task
+
+
+def intents() -> discord.Intents:
+    value = discord.Intents.default()
+    value.members = False
+    value.message_content = True
+    return value
+
+
+class RecordingClient(ClusterShardClient):
+    """Counts messages, answers ``!ping <n>`` and serves a ``stats`` RPC."""
+
+    def __init__(self, env: ClusterEnvironment, **kwargs: Any) -> None:
+        kwargs.setdefault("guild_ready_timeout", 0.1)
+        super().__init__(intents=intents(), environment=env, **kwargs)
+        self.messages: list[str] = []
+        self.shards_ready: list[int] = []
+
+        @self.cluster.handler("stats")
+        async def stats() -> dict[str, Any]:
+            return {"cluster": self.cluster.id, "guilds": len(self.guilds), "messages": len(self.messages)}
+
+        @self.cluster.handler()
+        async def add(a: int, b: int = 0) -> int:
+            return a + b
+
+        @self.cluster.handler()
+        async def boom() -> None:
+            raise ValueError("boom on purpose")
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        self.shards_ready.append(shard_id)
+
+    async def on_message(self, message: discord.Message) -> None:
+        self.messages.append(message.content)
+        if message.content.startswith("!ping "):
+            await message.reply("pong " + message.content.split()[1])
+
+
+@contextlib.asynccontextmanager
+async def running(client: ClusterMixin) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``client.start()`` in a task; close it and collect the task on exit."""
+    task = asyncio.create_task(client.start())
+    try:
+        yield task
+    finally:
+        await client.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, timeout=10)

@@ -1,0 +1,136 @@
+"""Cross-cluster RPC between two live clusters, and from outside a bot with RpcClient."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from cluster_support import NS, RecordingClient, grant, lease_kept, make_env, running, write_layout
+from helpers import wait_until
+
+from letsfrag.cluster.rpc import RpcRefused, resolve_path
+from letsfrag.errors import BusError, LetsfragError, RemoteError, RequestTimeout
+from letsfrag.rpc import Layout, RpcClient
+from letsfrag.sim import Simulator
+
+SHARDS = 4
+
+
+@contextlib.asynccontextmanager
+async def two_clusters(redis_url: str, r: aioredis.Redis, *, cluster_count: int = 2,
+                       **env: object) -> AsyncIterator[tuple[Simulator, RecordingClient, RecordingClient]]:
+    """Clusters 0 (shards 0-1) and 1 (shards 2-3) ready; the layout may announce more clusters than run."""
+    async with Simulator(shards=SHARDS, guilds=16, max_concurrency=2, identify_window=0.1, heartbeat_interval=30.0,
+                         ack_delay=0.005) as sim:
+        await write_layout(r, SHARDS, 2)
+        if cluster_count != 2:
+            await r.hset("lftest:layout", "cluster_count", cluster_count)  # type: ignore[misc]
+        await grant(r, 0)
+        await grant(r, 1)
+        async with lease_kept(r):
+            c0 = RecordingClient(make_env(redis_url, sim, 0, (0, 1), SHARDS, max_concurrency=2,
+                                          identify_window=0.1, **env))
+            c1 = RecordingClient(make_env(redis_url, sim, 1, (2, 3), SHARDS, max_concurrency=2,
+                                          identify_window=0.1, **env))
+            async with running(c0), running(c1):
+                await wait_until(lambda: c0.cluster.ready and c1.cluster.ready, timeout=15, message="ready")
+                yield sim, c0, c1
+
+
+async def test_request_broadcast_request_guild_and_fetch(redis_url: str, r: aioredis.Redis) -> None:
+    async with two_clusters(redis_url, r) as (sim, c0, c1):
+        assert await c0.cluster.request(1, "add", 2, b=3) == 5
+        assert (await c0.cluster.request(1, "stats"))["cluster"] == 1
+
+        results = await c0.cluster.broadcast("stats", timeout=3)
+        assert sorted(results) == [0, 1]
+        assert all(res.ok for res in results.values())
+        assert sum(res.value["guilds"] for res in results.values()) == 16
+
+        guild_on_shard_3 = sim.guild_ids(shard_id=3)[0]
+        assert (await c0.cluster.request_guild(guild_on_shard_3, "stats"))["cluster"] == 1
+        guild_on_shard_0 = sim.guild_ids(shard_id=0)[0]
+        assert (await c1.cluster.request_guild(guild_on_shard_0, "stats"))["cluster"] == 0
+
+        with pytest.raises(RemoteError) as err:
+            await c0.cluster.request(1, "boom")
+        assert err.value.error_type == "ValueError" and "boom on purpose" in err.value.message
+        with pytest.raises(RemoteError, match="no RPC handler named 'nope'"):
+            await c0.cluster.request(1, "nope")
+
+        counts = await c1.cluster.fetch_client_values("guilds", length=True)
+        assert {cid: res.value for cid, res in counts.items()} == {0: len(c0.guilds), 1: len(c1.guilds)}
+        ids = await c1.cluster.fetch_client_values("shard_ids")
+        assert ids[0].value == [0, 1] and ids[1].value == [2, 3]
+        private = await c1.cluster.fetch_client_values("_lf_guard")
+        assert private[0].status == "error" and "not a public attribute" in (private[0].error or "")
+
+        # eval is refused by default, on the calling side and on the answering side
+        with pytest.raises(LetsfragError, match="broadcast_eval is disabled"):
+            await c0.cluster.broadcast_eval("len(client.guilds)")
+        async with RpcClient(redis_url, namespace=NS, allow_eval=True, secret=None) as rpc:
+            with pytest.raises(LetsfragError, match="signing secret"):
+                await rpc.broadcast_eval("1")
+
+
+async def test_broadcast_with_an_unreachable_cluster_times_out_for_that_one(redis_url: str, r: aioredis.Redis) -> None:
+    async with two_clusters(redis_url, r, cluster_count=3) as (_, c0, _c1):
+        started = time.monotonic()
+        results = await c0.cluster.broadcast("stats", timeout=1.0)
+        elapsed = time.monotonic() - started
+        assert elapsed < 2.0
+        assert results[0].ok and results[1].ok
+        assert results[2].status == "timeout"
+        with pytest.raises(RequestTimeout):
+            await c0.cluster.request(2, "stats", timeout=0.5)
+
+
+async def test_rpc_client_from_outside_and_opt_in_eval(redis_url: str, r: aioredis.Redis) -> None:
+    async with two_clusters(redis_url, r, secret="s3cret-value", allow_eval=True) as (_, c0, c1):
+        async with RpcClient(redis_url, namespace=NS, secret="s3cret-value", allow_eval=True) as rpc:
+            assert await rpc.request(0, "add", 40, 2) == 42
+            results = await rpc.broadcast_eval("len(client.guilds)")
+            assert {cid: res.value for cid, res in results.items()} == {0: len(c0.guilds), 1: len(c1.guilds)}
+            pings = await rpc.ping()
+            assert pings[1].value["shard_ids"] == [2, 3] and pings[1].value["ready"] is True
+        async with RpcClient(redis_url, namespace=NS, secret="wrong") as forged:
+            with pytest.raises(RequestTimeout):  # unsigned for them: dropped, never answered
+                await forged.request(0, "add", 1, timeout=0.5)
+
+
+async def test_eval_refused_by_a_cluster_without_permission(redis_url: str, r: aioredis.Redis) -> None:
+    async with two_clusters(redis_url, r, secret="s3cret-value") as _:
+        async with RpcClient(redis_url, namespace=NS, secret="s3cret-value", allow_eval=True) as rpc:
+            results = await rpc.broadcast_eval("1 + 1")
+            assert all(res.status == "error" and "eval is disabled" in (res.error or "")
+                       for res in results.values())
+
+
+async def test_layout_missing_is_a_clear_error(redis_url: str) -> None:
+    async with RpcClient(redis_url, namespace="empty") as rpc:
+        with pytest.raises(BusError, match="is a broker running for namespace 'empty'"):
+            await rpc.broadcast("stats")
+
+
+def test_layout_routes_guilds_to_clusters() -> None:
+    layout = Layout(shard_count=8, shards_per_cluster=4, cluster_count=2)
+    assert layout.cluster_of_guild(3 << 22) == 0
+    assert layout.cluster_of_guild(5 << 22) == 1
+
+
+def test_resolve_path_uses_getattr_only() -> None:
+    class Thing:
+        value = {1, 2}
+        name = "x"
+
+        def method(self) -> None: ...
+
+    thing = Thing()
+    assert sorted(resolve_path(thing, "value")) == [1, 2]
+    assert resolve_path(thing, "value", length=True) == 2
+    for bad in ("", "__class__", "name.__len__", "a-b", "method"):
+        with pytest.raises(RpcRefused):
+            resolve_path(thing, bad)
