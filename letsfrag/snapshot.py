@@ -1,0 +1,519 @@
+"""One consistent picture of a deployment, read from the Redis keys of ``docs/redis.md``.
+
+:func:`read_snapshot` costs two pipelined round trips whatever the size of the deployment (layout, members,
+assignment, leader and events first; then every host record, lease TTL, cluster status, shard status and
+identify queue). :func:`read_cluster_detail` reads one cluster's shards, errors, restarts and metrics.
+Everything derived (host state, ages, heartbeat colours, counts) is computed here from an injected ``now``, so
+``letsfrag status``, ``letsfrag-top`` and the tests agree and can be made deterministic.
+``Snapshot.to_json()`` is the stable document of ``letsfrag status --json`` (see ``docs/status.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from .events import Event, Severity
+from .keys import Keys
+from .supervisor.policy import heartbeat_colour
+
+__all__ = [
+    "RUNNING_STATES", "SCHEMA_VERSION", "ClusterDetail", "ClusterRow", "HostRow", "Layout", "LeaderInfo",
+    "ShardRow", "Snapshot", "count_errors", "format_range", "metrics_key", "read_cluster_detail", "read_snapshot",
+    "restarts_key",
+]
+
+#: version of the ``to_json()`` document; bumped only on incompatible changes
+SCHEMA_VERSION = 1
+#: cluster states in which its shards' own reports are believed
+RUNNING_STATES = frozenset({"starting", "ready", "degraded"})
+ERROR_WINDOW = 600.0
+
+
+def restarts_key(keys: Keys, cluster_id: int) -> str:
+    """``{ns}:restarts:cluster:{cid}`` (docs/redis.md; not yet in :class:`Keys`)."""
+    return f"{keys.ns}:restarts:cluster:{cluster_id}"
+
+
+def metrics_key(keys: Keys, cluster_id: int) -> str:
+    """``{ns}:metrics:cluster:{cid}`` (docs/redis.md; not yet in :class:`Keys`)."""
+    return f"{keys.ns}:metrics:cluster:{cluster_id}"
+
+
+def _float(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    number = _float(value)
+    return None if number is None else int(number)
+
+
+def _json(value: Any) -> Any:
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _age(now: float, ts: float | None) -> float | None:
+    return None if ts is None else max(0.0, now - ts)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """``{ns}:layout``: how shards are split into clusters, and the timing everyone uses."""
+
+    shard_count: int
+    shards_per_cluster: int
+    cluster_count: int
+    max_concurrency: int = 1
+    identify_window: float = 5.0
+    lease_ttl: float = 10.0
+    lease_grace: float = 2.0
+    heartbeat_interval: float = 2.0
+    updated_at: float | None = None
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> Layout | None:
+        shards, per = _int(data.get("shard_count")), _int(data.get("shards_per_cluster"))
+        if not shards or not per:
+            return None
+        count = _int(data.get("cluster_count")) or -(-shards // per)
+        return cls(shards, per, count, _int(data.get("max_concurrency")) or 1,
+                   _float(data.get("identify_window")) or 5.0, _float(data.get("lease_ttl")) or 10.0,
+                   _float(data.get("lease_grace")) or 0.0, _float(data.get("heartbeat_interval")) or 2.0,
+                   _float(data.get("updated_at")))
+
+    def shard_ids(self, cluster_id: int) -> range:
+        """The contiguous block of shards of ``cluster_id``."""
+        first = cluster_id * self.shards_per_cluster
+        return range(first, min(first + self.shards_per_cluster, self.shard_count))
+
+
+def format_range(shards: range | list[int]) -> str:
+    """``24–31`` (en dash), ``5`` for one shard, ``–`` for none."""
+    if not shards:
+        return "–"
+    return str(shards[0]) if len(shards) == 1 else f"{shards[0]}–{shards[-1]}"
+
+
+@dataclass(slots=True)
+class LeaderInfo:
+    """The leader broker (``{ns}:leader`` and ``{ns}:broker``)."""
+
+    id: str | None
+    state: str | None = None
+    since: float | None = None
+    heartbeat_age: float | None = None
+    identify_depth: int | None = None
+    standbys: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class HostRow:
+    """One host: its record, lease and derived state (``up``, ``lost``, ``leaving``, ``draining``)."""
+
+    id: str
+    hostname: str
+    state: str
+    lease: bool
+    lease_age: float | None
+    lease_ttl_left: float | None
+    capacity: int | None
+    clusters: list[int]
+    shards: int
+    cpu_percent: float | None
+    rss: int | None
+    uptime: float | None
+    pid: int | None
+    version: str
+    running: dict[str, int]
+
+    @property
+    def problem(self) -> bool:
+        return self.state != "up"
+
+
+@dataclass(slots=True)
+class ShardRow:
+    """One shard as its cluster last reported it (``status`` is ``down`` when the cluster is not running)."""
+
+    id: int
+    cluster: int
+    status: str
+    latency: float | None
+    guilds: int | None
+    last_event_age: float | None
+    report_age: float | None
+
+
+@dataclass(slots=True)
+class ClusterRow:
+    """One cluster joined from the assignment, its status hash and its shards' reports."""
+
+    id: int
+    host: str | None
+    epoch: int | None
+    state: str
+    shard_range: str
+    shard_ids: list[int]
+    pid: int | None
+    restarts: int
+    uptime: float | None
+    cpu_percent: float | None
+    rss: int | None
+    guilds: int | None
+    latency: float | None
+    heartbeat_age: float | None
+    heartbeat_colour: str
+    last_error: str
+    reason: str
+    exit_code: int | None
+    next_restart_in: float | None
+    shards_ready: int
+    shards: list[ShardRow] = field(default_factory=list)
+
+    @property
+    def assigned(self) -> bool:
+        return self.host is not None
+
+    @property
+    def problem(self) -> bool:
+        """Not assigned, not ready, or its heartbeat is late."""
+        return (not self.assigned or self.state != "ready" or self.heartbeat_colour != "green"
+                or self.shards_ready < len(self.shard_ids))
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The whole deployment at ``taken_at``."""
+
+    namespace: str
+    taken_at: float
+    layout: Layout | None
+    leader: LeaderInfo
+    hosts: list[HostRow]
+    clusters: list[ClusterRow]
+    events: list[Event]
+    identify_depth: int
+    errors_10m: int
+
+    @property
+    def hosts_up(self) -> int:
+        return sum(1 for h in self.hosts if h.state in ("up", "draining"))
+
+    @property
+    def clusters_ready(self) -> int:
+        return sum(1 for c in self.clusters if c.state == "ready" and c.assigned)
+
+    @property
+    def shards_total(self) -> int:
+        return self.layout.shard_count if self.layout else 0
+
+    @property
+    def shards_ready(self) -> int:
+        return sum(c.shards_ready for c in self.clusters)
+
+    @property
+    def healthy(self) -> bool:
+        """True when there is a layout and every shard is READY."""
+        return self.shards_total > 0 and self.shards_ready == self.shards_total
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "hosts_up": self.hosts_up, "hosts_total": len(self.hosts),
+            "clusters_ready": self.clusters_ready, "clusters_total": len(self.clusters),
+            "clusters_unassigned": sum(1 for c in self.clusters if not c.assigned),
+            "shards_ready": self.shards_ready, "shards_total": self.shards_total,
+            "identify_depth": self.identify_depth, "errors_10m": self.errors_10m,
+        }
+
+    def to_json(self, *, shards: bool = False, events: int = 20) -> dict[str, Any]:
+        """The document of ``letsfrag status --json`` (schema in ``docs/status.md``)."""
+        clusters = []
+        for c in self.clusters:
+            row = {k: v for k, v in asdict(c).items() if k != "shards"}
+            row["assigned"] = c.assigned
+            if shards:
+                row["shards"] = [asdict(s) for s in c.shards]
+            clusters.append(row)
+        return {
+            "schema": SCHEMA_VERSION,
+            "namespace": self.namespace,
+            "taken_at": round(self.taken_at, 3),
+            "summary": self.summary(),
+            "layout": asdict(self.layout) if self.layout else None,
+            "leader": asdict(self.leader),
+            "hosts": [asdict(h) for h in self.hosts],
+            "clusters": clusters,
+            "events": [e.to_dict() for e in self.events[:events]],
+        }
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+
+def count_errors(events: list[Event], now: float, window: float = ERROR_WINDOW) -> int:
+    """How many ``error`` events happened in the ``window`` seconds before ``now``."""
+    return sum(1 for e in events if e.severity is Severity.ERROR and now - e.ts <= window)
+
+
+def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: Layout | None, clusters: list[int],
+              now: float) -> HostRow:
+    lease = (pttl is not None and pttl > 0) or pttl == -1
+    record_state = data.get("state") or "up"
+    state = "lost" if not lease or record_state == "lost" else record_state
+    running = _json(data.get("running"))
+    shards = sum(len(layout.shard_ids(c)) for c in clusters) if layout else 0
+    return HostRow(
+        id=host_id, hostname=data.get("hostname", ""), state=state, lease=lease,
+        lease_age=_age(now, _float(data.get("heartbeat_at"))),
+        lease_ttl_left=pttl / 1000 if pttl and pttl > 0 else None,
+        capacity=_int(data.get("capacity")), clusters=clusters, shards=shards,
+        cpu_percent=_float(data.get("cpu_percent")), rss=_int(data.get("rss")),
+        uptime=_age(now, _float(data.get("started_at"))), pid=_int(data.get("pid")),
+        version=data.get("version", ""), running=running if isinstance(running, dict) else {},
+    )
+
+
+def _shard_rows(cid: int, raw: dict[str, Any], running: bool, now: float) -> list[ShardRow]:
+    rows = []
+    for key, value in raw.items():
+        data = _json(value) if isinstance(value, str) else value
+        if not isinstance(data, dict) or not str(key).isdigit():
+            continue
+        rows.append(ShardRow(int(key), cid, str(data.get("status", "?")) if running else "down",
+                             _float(data.get("latency")), _int(data.get("guilds")),
+                             _float(data.get("last_event_age")), _age(now, _float(data.get("ts")))))
+    rows.sort(key=lambda r: r.id)
+    return rows
+
+
+def _cluster_row(cid: int, claim: Any, status: dict[str, str], shards_raw: dict[str, Any] | int,
+                 layout: Layout | None, now: float) -> ClusterRow:
+    """Join one cluster's claim, status and shard reports (a dict of reports, or only their READY count)."""
+    host = claim.get("host") if isinstance(claim, dict) else None
+    epoch = _int(claim.get("epoch")) if isinstance(claim, dict) else None
+    state = (status.get("state") or "pending") if host else "unassigned"
+    listed = _json(status.get("shard_ids"))
+    ids = [int(i) for i in listed] if isinstance(listed, list) else list(layout.shard_ids(cid)) if layout else []
+    running = state in RUNNING_STATES
+    shards = _shard_rows(cid, shards_raw, running, now) if isinstance(shards_raw, dict) else []
+    if not running:
+        ready = 0
+    elif isinstance(shards_raw, int):
+        ready = shards_raw
+    else:
+        ready = sum(1 for s in shards if s.status == "ready")
+    interval = layout.heartbeat_interval if layout else 2.0
+    beat_age = _age(now, _float(status.get("last_heartbeat")))
+    started = _float(status.get("started_at"))
+    next_restart = _float(status.get("next_restart_at"))
+    error = str(status.get("last_error") or "")
+    return ClusterRow(
+        id=cid, host=host, epoch=epoch, state=state,
+        shard_range=status.get("shard_range") or format_range(ids), shard_ids=ids,
+        pid=_int(status.get("pid")), restarts=_int(status.get("restarts")) or 0,
+        uptime=_age(now, started) if running else None,
+        cpu_percent=_float(status.get("cpu_percent")), rss=_int(status.get("rss")),
+        guilds=_int(status.get("guilds")), latency=_float(status.get("latency")),
+        heartbeat_age=beat_age,
+        heartbeat_colour=heartbeat_colour(beat_age, interval) if running else "red",
+        last_error=error.splitlines()[0] if error else "",
+        reason=str(status.get("reason") or ""), exit_code=_int(status.get("exit_code")),
+        next_restart_in=None if next_restart is None else max(0.0, next_restart - now),
+        shards_ready=ready, shards=shards,
+    )
+
+
+#: returns, per (status key, shards key) pair, one JSON text {"s": {status hash}, "h": {shard id: raw JSON}}
+#: (ARGV[1] == "full") or {"s": {...}, "r": <shards reporting "ready">} -- so that a thousand clusters cost a
+#: thousand small replies instead of ~80,000 (redis-py's reply parser is the bottleneck of a big read)
+_PACK_LUA = """
+local full = ARGV[1] == 'full'
+local out = {}
+for i = 1, #KEYS, 2 do
+  local st = redis.call('HGETALL', KEYS[i])
+  local parts = {}
+  for j = 1, #st, 2 do parts[#parts + 1] = cjson.encode(st[j]) .. ':' .. cjson.encode(st[j + 1]) end
+  local sh = redis.call('HGETALL', KEYS[i + 1])
+  local tail
+  if full then
+    local sp = {}
+    for j = 1, #sh, 2 do sp[#sp + 1] = cjson.encode(sh[j]) .. ':' .. sh[j + 1] end
+    tail = '"h":{' .. table.concat(sp, ',') .. '}'
+  else
+    local ready = 0
+    for j = 2, #sh, 2 do
+      if string.find(sh[j], '"status"%s*:%s*"ready"') then ready = ready + 1 end
+    end
+    tail = '"r":' .. ready
+  end
+  out[#out + 1] = '{"s":{' .. table.concat(parts, ',') .. '},' .. tail .. '}'
+end
+return out
+"""
+#: clusters per script call: keeps each call short for Redis (other clients wait while a script runs)
+PACK_BATCH = 200
+
+
+async def _read_clusters(redis: aioredis.Redis, keys: Keys, cluster_ids: list[int],
+                         full: bool) -> list[tuple[dict[str, str], dict[str, Any] | int]]:
+    """(status hash, shards hash or READY count) per cluster: packed by a script, or plain HGETALLs."""
+    if not cluster_ids:
+        return []
+    try:
+        script = redis.register_script(_PACK_LUA)
+        pipe = redis.pipeline(transaction=False)
+        for start in range(0, len(cluster_ids), PACK_BATCH):
+            batch_keys = []
+            for cid in cluster_ids[start:start + PACK_BATCH]:
+                batch_keys += [keys.cluster_status(cid), keys.shard_status(cid)]
+            await script(keys=batch_keys, args=["full" if full else "summary"], client=pipe)
+        packed = [blob for batch in await pipe.execute() for blob in batch]
+    except ResponseError:  # scripting disabled or denied by an ACL
+        packed = [None] * len(cluster_ids)
+    out: list[tuple[dict[str, str], dict[str, Any] | int] | None] = []
+    for blob in packed:
+        data = _json(blob)
+        if not isinstance(data, dict) or not isinstance(data.get("s"), dict):
+            out.append(None)
+        elif isinstance(data.get("h"), dict):
+            out.append((data["s"], data["h"]))
+        elif isinstance(data.get("r"), int):
+            out.append((data["s"], data["r"]))
+        else:
+            out.append(None)
+    missing = [i for i, item in enumerate(out) if item is None]
+    if missing:  # a malformed shard report makes a packed reply unparsable: read those clusters plainly
+        pipe = redis.pipeline(transaction=False)
+        for i in missing:
+            pipe.hgetall(keys.cluster_status(cluster_ids[i]))
+            pipe.hgetall(keys.shard_status(cluster_ids[i]))
+        plain = await pipe.execute()
+        for n, i in enumerate(missing):
+            out[i] = (plain[2 * n] or {}, plain[2 * n + 1] or {})
+    return [item if item is not None else ({}, {}) for item in out]
+
+
+async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None = None,
+                        events: int = 200, events_after: str | None = None, shards: bool = False) -> Snapshot:
+    """Read the deployment in two pipelined round trips; raises ``RedisError``/``OSError`` when unreachable.
+
+    ``now`` (epoch seconds, default the wall clock) is the instant ages are computed against; ``events`` how
+    many of the newest events to load (errors of the last 10 minutes are counted among them); ``shards``
+    also builds every :class:`ShardRow` (otherwise only the READY counts, much cheaper at 16,000 shards).
+    ``events_after`` (a stream id) loads only newer events: a dashboard keeps its own history and counts its
+    errors with :func:`count_errors`.
+    """
+    now = time.time() if now is None else now
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(keys.layout)
+    pipe.smembers(keys.hosts)
+    pipe.hgetall(keys.assignment)
+    pipe.get(keys.leader)
+    pipe.hgetall(keys.broker)
+    pipe.xrevrange(keys.events, min=f"({events_after}" if events_after else "-", count=events)
+    layout_raw, members, assignment_raw, leader_id, broker, entries = await pipe.execute()
+    layout = Layout.from_hash(layout_raw or {})
+
+    claims: dict[int, Any] = {}
+    for field_name, value in (assignment_raw or {}).items():
+        if str(field_name).isdigit():
+            claims[int(field_name)] = _json(value)
+    cluster_ids = sorted(set(range(layout.cluster_count) if layout else ()) | claims.keys())
+    host_ids = set(members or ())
+    host_ids.update(c["host"] for c in claims.values() if isinstance(c, dict) and isinstance(c.get("host"), str))
+    hosts_sorted = sorted(host_ids)
+
+    pipe = redis.pipeline(transaction=False)
+    for host_id in hosts_sorted:
+        pipe.hgetall(keys.host(host_id))
+        pipe.pttl(keys.lease(host_id))
+    buckets = layout.max_concurrency if layout else 0
+    for bucket in range(buckets):
+        pipe.zcard(keys.identify(f"queue:{bucket}"))
+    results, packed = await asyncio.gather(pipe.execute(), _read_clusters(redis, keys, cluster_ids, shards))
+
+    by_host: dict[str, list[int]] = {h: [] for h in hosts_sorted}
+    for cid, claim in sorted(claims.items()):
+        if isinstance(claim, dict) and claim.get("host") in by_host:
+            by_host[claim["host"]].append(cid)
+    hosts = [_host_row(h, results[2 * i] or {}, results[2 * i + 1], layout, by_host[h], now)
+             for i, h in enumerate(hosts_sorted)]
+    depth = sum(int(n or 0) for n in results[2 * len(hosts_sorted):])
+    clusters = [_cluster_row(cid, claims.get(cid), status, shard_map, layout, now)
+                for cid, (status, shard_map) in zip(cluster_ids, packed, strict=True)]
+
+    event_list = [Event.from_stream(str(eid), dict(data)) for eid, data in entries or []]
+    errors = count_errors(event_list, now)
+    broker = broker or {}
+    standbys = _json(broker.get("standbys"))
+    leader = LeaderInfo(
+        id=leader_id, state=broker.get("state") if leader_id else None,
+        since=_float(broker.get("since")), heartbeat_age=_age(now, _float(broker.get("heartbeat_at"))),
+        identify_depth=_int(broker.get("identify_depth")),
+        standbys=[str(s) for s in standbys] if isinstance(standbys, list) else [],
+    )
+    return Snapshot(keys.ns, now, layout, leader, hosts, clusters, event_list, depth, errors)
+
+
+# ------------------------------------------------------------------------------------------ cluster detail
+
+
+@dataclass(slots=True)
+class ClusterDetail:
+    """One cluster in depth: its row, shards, recent errors, restart history and metric samples."""
+
+    cluster: ClusterRow
+    errors: list[dict[str, Any]]
+    restarts: list[dict[str, Any]]
+    metrics: list[dict[str, Any]]
+
+    @property
+    def cpu_series(self) -> list[float]:
+        """CPU % samples, oldest first."""
+        return [float(m.get("cpu") or 0) for m in reversed(self.metrics)]
+
+    @property
+    def rss_series(self) -> list[float]:
+        """RSS samples in bytes, oldest first."""
+        return [float(m.get("rss") or 0) for m in reversed(self.metrics)]
+
+
+def _json_list(items: list[str] | None) -> list[dict[str, Any]]:
+    parsed = (_json(item) for item in items or [])
+    return [item for item in parsed if isinstance(item, dict)]
+
+
+async def read_cluster_detail(redis: aioredis.Redis, keys: Keys, cluster_id: int, *,
+                              now: float | None = None) -> ClusterDetail:
+    """Read one cluster's status, shards, errors (newest first), restarts and metrics in one round trip."""
+    now = time.time() if now is None else now
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(keys.layout)
+    pipe.hget(keys.assignment, str(cluster_id))
+    pipe.hgetall(keys.cluster_status(cluster_id))
+    pipe.hgetall(keys.shard_status(cluster_id))
+    pipe.lrange(keys.cluster_errors(cluster_id), 0, 19)
+    pipe.lrange(restarts_key(keys, cluster_id), 0, 49)
+    pipe.lrange(metrics_key(keys, cluster_id), 0, 119)
+    layout_raw, claim, status, shards, errors, restarts, metrics = await pipe.execute()
+    layout = Layout.from_hash(layout_raw or {})
+    row = _cluster_row(cluster_id, _json(claim), status or {}, shards or {}, layout, now)
+    return ClusterDetail(row, _json_list(errors), _json_list(restarts), _json_list(metrics))

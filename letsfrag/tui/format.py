@@ -1,0 +1,148 @@
+"""Pure formatting of snapshot rows into table cells, shared by ``letsfrag-top`` and ``letsfrag status``.
+
+No Textual here: only :mod:`rich` text, so the status command does not import the TUI framework.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.text import Text
+
+from ..events import Event
+from ..snapshot import ClusterRow, HostRow, Snapshot
+from ..units import format_duration, format_size
+
+__all__ = [
+    "CLUSTER_COLUMNS", "CLUSTER_SORTS", "HOST_COLUMNS", "cluster_cells", "event_cells", "host_cells",
+    "matches", "state_style", "summary_text",
+]
+
+STATE_STYLES: dict[str, str] = {
+    "ready": "green", "up": "green", "starting": "cyan", "pending": "cyan", "leaving": "cyan",
+    "degraded": "yellow", "backoff": "yellow", "draining": "yellow", "stopping": "dim", "stopped": "dim",
+    "failed": "bold red", "unassigned": "bold red", "lost": "bold red",
+}
+SEVERITY_STYLES = {"info": "", "warning": "yellow", "error": "bold red"}
+
+#: (column key, label) in display order
+HOST_COLUMNS: list[tuple[str, str]] = [
+    ("id", "Host"), ("hostname", "Hostname"), ("state", "State"), ("lease", "Lease age"),
+    ("clusters", "Clusters"), ("shards", "Shards"), ("cpu", "CPU %"), ("rss", "RSS"), ("uptime", "Uptime"),
+]
+CLUSTER_COLUMNS: list[tuple[str, str]] = [
+    ("id", "#"), ("host", "Host"), ("range", "Shards"), ("ready", "Ready"), ("state", "State"), ("pid", "PID"),
+    ("restarts", "Restarts"), ("uptime", "Uptime"), ("cpu", "CPU %"), ("rss", "RSS"), ("guilds", "Guilds"),
+    ("latency", "Latency"), ("heartbeat", "Heartbeat"), ("error", "Last error"),
+]
+
+_STATE_ORDER = {s: i for i, s in enumerate(
+    ["unassigned", "failed", "backoff", "degraded", "stopping", "stopped", "pending", "starting", "ready"])}
+
+#: sort name -> key over a cluster row (``s`` in the dashboard cycles through them)
+CLUSTER_SORTS: dict[str, Callable[[ClusterRow], Any]] = {
+    "id": lambda c: c.id,
+    "state": lambda c: (_STATE_ORDER.get(c.state, 50), c.id),
+    "host": lambda c: (c.host or "", c.id),
+    "restarts": lambda c: (-c.restarts, c.id),
+    "cpu": lambda c: (-(c.cpu_percent or 0), c.id),
+    "rss": lambda c: (-(c.rss or 0), c.id),
+    "latency": lambda c: (-(c.latency or 0), c.id),
+}
+
+
+def state_style(state: str) -> str:
+    return STATE_STYLES.get(state, "")
+
+
+def _dur(value: float | None) -> str:
+    return "–" if value is None else format_duration(value)
+
+
+def _num(value: float | int | None, fmt: str = "{:.0f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def host_cells(host: HostRow) -> tuple[Text | str, ...]:
+    """Cells of one hosts-table row, in :data:`HOST_COLUMNS` order."""
+    capacity = f"/{host.capacity}" if host.capacity is not None else ""
+    return (
+        host.id, host.hostname, Text(host.state, style=state_style(host.state)),
+        Text(_dur(host.lease_age), style="" if host.lease else "red"),
+        f"{len(host.clusters)}{capacity}", str(host.shards), _num(host.cpu_percent, "{:.1f}"),
+        "–" if host.rss is None else format_size(host.rss), _dur(host.uptime),
+    )
+
+
+def cluster_cells(cluster: ClusterRow) -> tuple[Text | str, ...]:
+    """Cells of one clusters-table row, in :data:`CLUSTER_COLUMNS` order (unassigned rows are all red)."""
+    total = len(cluster.shard_ids)
+    ready_style = "green" if total and cluster.shards_ready == total else "yellow" if cluster.shards_ready else "red"
+    if not cluster.assigned:
+        red = "bold red"
+        return (Text(str(cluster.id), style=red), Text("–", style=red), Text(cluster.shard_range, style=red),
+                Text(f"0/{total}", style=red), Text("unassigned", style=red), "", "", "", "", "", "", "", "",
+                Text("no host has capacity for it" if not cluster.last_error else cluster.last_error, style=red))
+    latency = "–" if cluster.latency is None else f"{cluster.latency * 1000:.0f}ms"
+    beat = Text(_dur(cluster.heartbeat_age), style=cluster.heartbeat_colour)
+    error = cluster.last_error or (cluster.reason if cluster.state != "ready" else "")
+    return (
+        str(cluster.id), cluster.host or "–", cluster.shard_range, Text(f"{cluster.shards_ready}/{total}",
+                                                                        style=ready_style),
+        Text(cluster.state, style=state_style(cluster.state)), _num(cluster.pid) if cluster.pid else "–",
+        Text(str(cluster.restarts), style="yellow" if cluster.restarts else ""), _dur(cluster.uptime),
+        _num(cluster.cpu_percent, "{:.1f}"), "–" if cluster.rss is None else format_size(cluster.rss),
+        _num(cluster.guilds), latency, beat, Text(error[:80], style="red" if error else ""),
+    )
+
+
+def event_cells(event: Event, *, utc: bool = False) -> tuple[Text | str, ...]:
+    """(time, severity, source, message) of one event; the time is HH:MM:SS, local or ``utc``."""
+    clock = time.gmtime(event.ts) if utc else time.localtime(event.ts)
+    style = SEVERITY_STYLES.get(str(event.severity), "")
+    return (time.strftime("%H:%M:%S", clock), Text(str(event.severity), style=style), event.source,
+            Text(event.message, style=style))
+
+
+def matches(cells: tuple[Text | str, ...], needle: str) -> bool:
+    """True when ``needle`` (lower-case) occurs in any cell."""
+    return not needle or any(needle in str(cell).lower() for cell in cells)
+
+
+def summary_text(snapshot: Snapshot | None, address: str, *, connected: bool = True,
+                 data_age: float | None = None, paused: bool = False) -> Text:
+    """The one-line header: namespace, Redis, leader, hosts, clusters, shards, identify queue, errors."""
+    text = Text()
+    if snapshot is None:
+        text.append(f"Redis {address} ", style="bold")
+        text.append("connecting…" if connected else "unreachable", style="yellow" if connected else "bold red")
+        return text
+    s = snapshot.summary()
+    text.append(f"{snapshot.namespace}", style="bold")
+    text.append("  Redis ")
+    text.append(address, style="bold")
+    text.append(" ")
+    if connected:
+        text.append("●", style="green")
+    else:
+        text.append(f"● down (data {_dur(data_age)} old)", style="bold red")
+    leader = snapshot.leader.id
+    text.append("  leader ")
+    text.append(leader or "none", style="bold" if leader else "bold red")
+
+    def ratio(label: str, good: int, total: int) -> None:
+        text.append(f"  {label} ")
+        text.append(f"{good}/{total}", style="green" if good == total and total else "yellow" if good else "red")
+
+    ratio("hosts", s["hosts_up"], s["hosts_total"])
+    ratio("clusters", s["clusters_ready"], s["clusters_total"])
+    ratio("shards", s["shards_ready"], s["shards_total"])
+    text.append("  identify queue ")
+    text.append(str(s["identify_depth"]), style="yellow" if s["identify_depth"] else "")
+    text.append("  errors 10m ")
+    text.append(str(s["errors_10m"]), style="bold red" if s["errors_10m"] else "green")
+    if paused:
+        text.append("  PAUSED", style="bold reverse yellow")
+    return text

@@ -1,0 +1,158 @@
+"""Pilot tests of letsfrag-top against a real redis-server seeded with 3 hosts and 12 clusters."""
+
+from __future__ import annotations
+
+from helpers import wait_until
+from rich.text import Text
+from textual.widgets import Input, Static
+from tui_support import SIZE, FakeInbox, make_app, seed_url
+
+from letsfrag.redis_server import RedisServer
+from letsfrag.tui.screens.cluster import ClusterScreen
+from letsfrag.tui.screens.confirm import ConfirmScreen
+from letsfrag.tui.widgets.events import EventsPane
+from letsfrag.tui.widgets.header import ConnectionBanner, SummaryHeader
+from letsfrag.tui.widgets.tables import ClustersTable, HostsTable, RestartsTable, ShardsTable
+
+
+def _clusters(app) -> ClustersTable:  # type: ignore[no-untyped-def]
+    return app.main_screen.query_one("#clusters", ClustersTable)
+
+
+async def _loaded(app, pilot) -> None:  # type: ignore[no-untyped-def]
+    await wait_until(lambda: app.reads >= 1 and len(_clusters(app).row_keys) > 0, message="first snapshot")
+    await pilot.pause()
+
+
+async def test_rows_ranges_states_and_header(redis_url: str) -> None:
+    await seed_url(redis_url)
+    app = make_app(redis_url)
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(app, pilot)
+        table = _clusters(app)
+        assert table.row_keys == [str(i) for i in range(12)]
+        assert str(table.cells_of("3")[2]) == "12–15"  # type: ignore[index]
+        failed = table.cells_of("4")
+        assert failed is not None and str(failed[4]) == "failed" and "JSONDecodeError" in str(failed[-1])
+        unassigned = table.cells_of("11")
+        assert unassigned is not None and str(unassigned[4]) == "unassigned"
+        assert isinstance(unassigned[0], Text) and "red" in str(unassigned[0].style)
+        hosts = app.main_screen.query_one("#hosts", HostsTable)
+        assert hosts.row_keys == ["host-01", "host-02", "host-03"]
+        header = str(app.main_screen.query_one("#summary", SummaryHeader).render())
+        for part in ("leader broker-a", "hosts 3/3", "clusters 10/12", "shards 40/48", "identify queue 2"):
+            assert part in header, header
+        events = app.main_screen.query_one("#events", EventsPane)
+        first = events.cells_of(events.row_keys[0])
+        assert first is not None and "cluster 11 has no host" in str(first[3])
+
+
+async def test_filter_sort_and_problems(redis_url: str) -> None:
+    await seed_url(redis_url)
+    app = make_app(redis_url)
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(app, pilot)
+        await pilot.press("slash")
+        assert app.main_screen.query_one("#filter", Input).has_focus
+        await pilot.press(*"host-02")
+        await pilot.pause()
+        assert _clusters(app).row_keys == ["1", "4", "7", "10"]
+        assert app.main_screen.query_one("#hosts", HostsTable).row_keys == ["host-02"]
+        await pilot.press("escape")
+        await pilot.pause()
+        assert len(_clusters(app).row_keys) == 12
+        await pilot.press("e")
+        await pilot.pause()
+        problems = _clusters(app).row_keys
+        assert "4" in problems and "11" in problems and "1" not in problems
+        await pilot.press("e", "s")  # sort by state: unassigned, then failed first
+        await pilot.pause()
+        assert _clusters(app).row_keys[:2] == ["11", "4"]
+
+
+async def test_enter_opens_cluster_screen_with_traceback(redis_url: str) -> None:
+    await seed_url(redis_url)
+    app = make_app(redis_url)
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(app, pilot)
+        _clusters(app).move_cursor(row=4)
+        await pilot.press("enter")
+        await wait_until(lambda: isinstance(app.screen, ClusterScreen) and app.screen.detail is not None)
+        screen = app.screen
+        assert isinstance(screen, ClusterScreen) and screen.cluster_id == 4
+        await pilot.pause()
+        errors = str(screen.query_one("#errors", Static).render())
+        assert "Traceback (most recent call last)" in errors and "load_playlists" in errors
+        assert len(screen.query_one("#restarts", RestartsTable).row_keys) == 6
+        assert screen.query_one("#shards", ShardsTable).row_keys == ["16", "17", "18", "19"]
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.main_screen
+
+
+async def test_restart_asks_then_sends_the_command(redis_url: str) -> None:
+    await seed_url(redis_url)
+    reply = {"ok": True, "message": "restarting cluster 4"}
+    async with FakeInbox(redis_url, lambda k: k.host_inbox("host-02"), "host:host-02", reply) as inbox:
+        app = make_app(redis_url)
+        async with app.run_test(size=SIZE) as pilot:
+            await _loaded(app, pilot)
+            _clusters(app).move_cursor(row=4)
+            await pilot.press("r")
+            await wait_until(lambda: isinstance(app.screen, ConfirmScreen), message="confirmation")
+            assert inbox.received == []
+            await pilot.press("y")
+            await wait_until(lambda: inbox.received, message="restart command")
+            assert inbox.received == [{"action": "restart", "cluster": 4}]
+            await wait_until(lambda: any("restarting cluster 4" in n.message for n in app._notifications),
+                             message="outcome notification")
+
+
+async def test_drain_answer_no_sends_nothing(redis_url: str) -> None:
+    await seed_url(redis_url)
+    async with FakeInbox(redis_url, lambda k: k.broker_inbox, "broker:a", {"ok": True, "message": "x"}) as inbox:
+        app = make_app(redis_url)
+        async with app.run_test(size=SIZE) as pilot:
+            await _loaded(app, pilot)
+            _clusters(app).move_cursor(row=1)
+            await pilot.press("d")
+            await wait_until(lambda: isinstance(app.screen, ConfirmScreen), message="confirmation")
+            await pilot.press("n")
+            await pilot.press("d")
+            await wait_until(lambda: isinstance(app.screen, ConfirmScreen), message="confirmation")
+            await pilot.press("y")
+            await wait_until(lambda: inbox.received, message="drain command")
+            assert inbox.received == [{"action": "drain", "host": "host-02"}]
+
+
+async def test_readonly_refuses_actions(redis_url: str) -> None:
+    await seed_url(redis_url)
+    reply = {"ok": True, "message": "restarting"}
+    async with FakeInbox(redis_url, lambda k: k.host_inbox("host-02"), "host:host-02", reply) as inbox:
+        app = make_app(redis_url, readonly=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await _loaded(app, pilot)
+            _clusters(app).move_cursor(row=4)
+            await pilot.press("r", "R", "d")
+            await pilot.pause()
+            assert not isinstance(app.screen, ConfirmScreen)
+            messages = [n.message for n in app._notifications]
+            assert sum("read-only" in m for m in messages) == 3, messages
+            assert inbox.received == []
+
+
+async def test_redis_outage_shows_banner_and_recovers(redis_server: RedisServer) -> None:
+    await seed_url(redis_server.url)
+    app = make_app(redis_server.url, refresh=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(app, pilot)
+        banner = app.main_screen.query_one("#banner", ConnectionBanner)
+        assert not banner.display
+        redis_server.stop()
+        await wait_until(lambda: banner.display, message="outage banner")
+        assert "unreachable" in str(banner.render())
+        assert len(_clusters(app).row_keys) == 12  # the last data stays on screen
+        redis_server.start()
+        await seed_url(redis_server.url, clusters=8)
+        await wait_until(lambda: not banner.display and len(_clusters(app).row_keys) == 8, message="recovery")
+        assert app.source.connected
