@@ -1,0 +1,141 @@
+"""Host supervisor overhead: CPU and RSS with 16 idle clusters, and crash-to-respawn latency.
+
+Run ``python -m benchmarks.supervisor [--clusters 16 --idle 20 --crashes 10]``. One ``ClusterManager`` runs the
+stand-in cluster program of the tests (``tests/supervisor/programs/stub.py``, heartbeating every second like an
+idle bot) against a private redis-server; the benchmark writes the layout and grants as the broker would.
+Goals: supervisor CPU < 2 % of a core at the default sample interval; respawn latency beyond the backoff delay
+< 150 ms (median and max). Writes ``benchmarks/results/supervisor.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis.asyncio as aioredis
+
+from letsfrag.config import HostConfig
+from letsfrag.keys import Keys
+from letsfrag.redis_server import RedisServer
+from letsfrag.supervisor import ClusterManager, ClusterState, ClusterView
+
+NS = "bench"
+KEYS = Keys(NS)
+ROOT = Path(__file__).resolve().parent.parent
+STUB = ROOT / "tests" / "supervisor" / "programs" / "stub.py"
+RESULTS = Path(__file__).resolve().parent / "results"
+BACKOFF = 0.5
+
+
+def _config(redis_url: str, work: Path) -> HostConfig:
+    return HostConfig.model_validate({
+        "redis": redis_url, "namespace": NS, "host": {"id": "bench", "capacity": 64},
+        "bot": {"command": [sys.executable, str(STUB)], "token": "bench-token",
+                "env": {"STUB_DIR": str(work), "STUB_MODE": "well", "STUB_HB": "1.0"}},
+        "restart": {"backoff": {"initial": BACKOFF, "factor": 1.0, "max": BACKOFF, "jitter": 0.0},
+                    "max_restarts": 1000, "window": 60},
+        "logs": {"dir": str(work / "logs")},
+        # sample_interval and limits stay at their defaults (2 s, hang 30 s, stop 10 s)
+    })
+
+
+async def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="letsfrag-bench-supervisor-"))
+    server = RedisServer(data_dir=work / "redis")
+    server.start()
+    r = aioredis.Redis.from_url(server.url, decode_responses=True)
+    me = psutil.Process()
+    result: dict[str, Any] = {"clusters": args.clusters, "idle_seconds": args.idle, "sample_interval": 2.0}
+    try:
+        await r.hset(KEYS.layout, mapping={  # type: ignore[misc]
+            "shard_count": args.clusters, "shards_per_cluster": 1, "cluster_count": args.clusters,
+            "max_concurrency": 1, "identify_window": 5, "lease_ttl": 10, "lease_grace": 2, "heartbeat_interval": 2})
+        for cid in range(args.clusters):
+            await r.hset(KEYS.assignment, str(cid), json.dumps({"host": "bench", "epoch": 1}))  # type: ignore[misc]
+        created: dict[int, list[float]] = {}
+
+        def on_create(view: ClusterView) -> None:
+            created.setdefault(view.cluster_id, []).append(time.perf_counter())
+
+        manager = ClusterManager(_config(server.url, work))
+        manager.on("cluster_create", on_create)
+        started = time.perf_counter()
+        async with manager:
+            await _wait(lambda: len(manager.clusters) == args.clusters and all(
+                v.state is ClusterState.READY for v in manager.clusters.values()), 60, "clusters READY")
+            result["all_ready_seconds"] = round(time.perf_counter() - started, 3)
+            await asyncio.sleep(3)  # settle: first samples, status writes
+
+            # idle overhead of the supervisor process
+            cpu_before = sum(me.cpu_times()[:2])
+            wall_before = time.perf_counter()
+            await asyncio.sleep(args.idle)
+            cpu = (sum(me.cpu_times()[:2]) - cpu_before) / (time.perf_counter() - wall_before) * 100
+            result["supervisor_cpu_percent"] = round(cpu, 3)
+            result["supervisor_rss_mib"] = round(me.memory_info().rss / 1024 / 1024, 1)
+            result["clusters_rss_mib"] = round(sum(v.rss for v in manager.clusters.values()) / 1024 / 1024, 1)
+
+            # crash-to-respawn: SIGKILL a cluster, time until its new process was spawned, minus the backoff
+            latencies: list[float] = []
+            for i in range(args.crashes):
+                cid = i % args.clusters
+                view = manager.clusters[cid]
+                before = len(created.get(cid, []))
+                assert view.pid is not None
+                killed_at = time.perf_counter()
+                os.kill(view.pid, signal.SIGKILL)
+                await _wait(lambda cid=cid, before=before: len(created.get(cid, [])) > before, 10, "respawn")
+                latencies.append((created[cid][-1] - killed_at - BACKOFF) * 1000)
+                await _wait(lambda cid=cid: manager.clusters[cid].state is ClusterState.READY, 10, "ready")
+            result["respawn_beyond_backoff_ms"] = {
+                "median": round(statistics.median(latencies), 1), "max": round(max(latencies), 1),
+                "min": round(min(latencies), 1), "backoff_seconds": BACKOFF, "crashes": len(latencies)}
+        result["goals"] = {
+            "cpu_below_2_percent": result["supervisor_cpu_percent"] < 2.0,
+            "respawn_below_150_ms": result["respawn_beyond_backoff_ms"]["max"] < 150.0,
+        }
+    finally:
+        await r.aclose()
+        server.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def write_result(data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "supervisor.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.ERROR)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--clusters", type=int, default=16)
+    parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle measurement")
+    parser.add_argument("--crashes", type=int, default=10)
+    outcome = asyncio.run(main(parser.parse_args()))
+    out = write_result(outcome)
+    for key, value in outcome.items():
+        print(f"{key:>28}: {value}")
+    print(f"written to {out}")

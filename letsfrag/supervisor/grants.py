@@ -1,0 +1,116 @@
+"""Grants and fencing for ``ClusterManager``: make the processes match ``{ns}:assignment``.
+
+Runs inside the manager's decision loop. A grant naming this host with a newer epoch starts the cluster; a
+cluster no longer granted here (or under another epoch) is stopped and confirmed with ``cluster_stopped``.
+Self-fencing forgets every grant and stops everything within the rest of the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from letsfrag.events import Severity
+from letsfrag.protocol import MessageType
+from letsfrag.supervisor import policy
+from letsfrag.supervisor.host import Layout
+from letsfrag.supervisor.state import ClusterRecord, ClusterState, StopIntent
+
+if TYPE_CHECKING:
+    from letsfrag.supervisor.manager import ClusterManager
+
+__all__ = ["Grants"]
+
+log = logging.getLogger(__name__)
+
+_UNTIL_EXIT = (StopIntent.REVOKE, StopIntent.FENCE, StopIntent.SHUTDOWN)
+
+
+class Grants:
+    """Applies grants and fencing to the manager's records (a part of :class:`ClusterManager`)."""
+
+    def __init__(self, manager: ClusterManager) -> None:
+        self.m = manager
+
+    async def apply(self, layout: Layout, grants: dict[int, int]) -> None:
+        """Take the grants read from Redis (``{cluster id: epoch}`` naming this host) and reconcile."""
+        if self.m._closing:
+            return
+        self.m._layout = layout
+        valid = {cid: epoch for cid, epoch in grants.items() if layout.shards_of(cid)}
+        for cid in grants.keys() - valid.keys():
+            log.warning("cluster %d is granted to this host but is outside the layout; ignored", cid)
+        self.m._desired = valid
+        await self.reconcile()
+
+    def record(self, cluster_id: int) -> ClusterRecord:
+        """The record of ``cluster_id``, created (with its restart tracker) on first use."""
+        record = self.m._records.get(cluster_id)
+        if record is None:
+            restart = self.m.config.restart
+            b = restart.backoff
+            settings = policy.RestartSettings(
+                policy=restart.policy, max_restarts=restart.max_restarts, window=restart.window,
+                backoff=policy.BackoffSettings(initial=b.initial, factor=b.factor, max=b.max,
+                                               jitter=min(b.jitter, 0.99), reset_after=b.reset_after))
+            assert self.m._layout is not None
+            record = ClusterRecord(cluster_id, self.m._layout.shards_of(cluster_id),
+                                   policy.RestartTracker(settings, self.m._rng),
+                                   policy.MemoryWatch(self.m.config.limits.max_memory))
+            self.m._records[cluster_id] = record
+        return record
+
+    async def reconcile(self) -> None:
+        """Make the processes match the grants: spawn newer epochs, stop what is no longer ours."""
+        for cid, epoch in sorted(self.m._desired.items()):
+            record = self.record(cid)
+            if record.process is not None:
+                if record.epoch != epoch and record.stop_intent not in _UNTIL_EXIT:
+                    self.m._begin_stop(record, StopIntent.REVOKE, f"epoch {record.epoch} replaced by {epoch}")
+                continue
+            if record.state is ClusterState.BACKOFF and record.epoch == epoch:
+                continue
+            if record.epoch is not None and epoch < record.epoch:
+                continue  # a stale grant: epochs only grow
+            if epoch == record.epoch and (record.state is ClusterState.FAILED or record.done_epoch == epoch):
+                continue
+            self.m._cancel_backoff(record)
+            if self.m._layout is not None:
+                record.shard_ids = self.m._layout.shards_of(cid)
+            if record.epoch != epoch:
+                record.restarts = 0
+            self.m._set_state(record, ClusterState.PENDING, f"granted to this host (epoch {epoch})")
+            await self.m._spawn(record, epoch)
+        for cid, record in sorted(self.m._records.items()):
+            if cid in self.m._desired:
+                continue
+            if record.process is not None:
+                if record.stop_intent not in _UNTIL_EXIT:
+                    self.m._begin_stop(record, StopIntent.REVOKE, "no longer assigned to this host")
+            elif record.state is ClusterState.BACKOFF:
+                self.m._cancel_backoff(record)
+                self.m._set_state(record, ClusterState.STOPPED, "revoked during backoff")
+                self.confirm_stopped(record)
+
+    def confirm_stopped(self, record: ClusterRecord) -> None:
+        """A revoke is complete: update ``running`` in the host record, then tell the broker."""
+        assert self.m.publisher is not None
+        self.m.publisher.host_fields({"running": self.m._running_json()})
+        self.m.publisher.message(MessageType.CLUSTER_STOPPED,
+                                 {"host": self.m.host_id, "cluster": record.cluster_id, "epoch": record.epoch})
+
+    def fence_all(self, reason: str) -> None:
+        """This host may have lost its lease: stop everything now, within the rest of the lease."""
+        log.error("host %s fenced itself: %s; stopping every cluster", self.m.host_id, reason)
+        self.m._event(Severity.ERROR, "host_fenced", f"host {self.m.host_id} fenced itself: {reason}")
+        self.m._desired = {}
+        hb = self.m._layout.heartbeat_interval if self.m._layout else 1.0
+        budget = max(hb, 1.0) / 2
+        for record in self.m._records.values():
+            record.done_epoch = None
+            if record.process is not None:
+                self.m._begin_stop(record, StopIntent.FENCE, reason,
+                                   timeout=min(self.m.config.limits.stop_timeout, budget))
+            elif record.state is ClusterState.BACKOFF:
+                self.m._cancel_backoff(record)
+                self.m._set_state(record, ClusterState.STOPPED, f"fenced: {reason}")

@@ -1,0 +1,324 @@
+"""This host's membership in Redis: wait for the layout, register, renew the lease, read grants, self-fence.
+
+Every Redis call is bounded by a timeout so a dead Redis never stalls the decisions. The lease loop checks the
+fencing deadline *before* each renewal, so a supervisor that was frozen (SIGSTOP, a long pause) fences itself
+on waking instead of renewing a lease the broker may already have given up on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from letsfrag import __version__
+from letsfrag.bus import Bus
+from letsfrag.clock import Clock
+from letsfrag.errors import BusError
+from letsfrag.protocol import MessageType
+
+__all__ = ["HostAgent", "Layout", "fence_after", "parse_assignment"]
+
+log = logging.getLogger(__name__)
+
+WAITING_LOG_INTERVAL = 10.0
+LAYOUT_POLL = 0.25
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError, BusError)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The broker's ``{ns}:layout`` hash, parsed."""
+
+    shard_count: int
+    shards_per_cluster: int
+    cluster_count: int
+    max_concurrency: int
+    identify_window: float
+    lease_ttl: float
+    lease_grace: float
+    heartbeat_interval: float
+
+    @classmethod
+    def from_hash(cls, data: Mapping[str, str]) -> Layout:
+        """Parse the hash; ``ValueError`` names the missing or malformed field."""
+        ints = ("shard_count", "shards_per_cluster", "cluster_count", "max_concurrency")
+        floats = ("identify_window", "lease_ttl", "lease_grace", "heartbeat_interval")
+        values: dict[str, Any] = {}
+        for name in ints + floats:
+            raw = data.get(name)
+            if raw is None:
+                raise ValueError(f"layout field {name!r} is missing")
+            try:
+                values[name] = int(raw) if name in ints else float(raw)
+            except ValueError:
+                raise ValueError(f"layout field {name!r} is not a number: {raw!r}") from None
+        layout = cls(**values)
+        if layout.shard_count < 1 or layout.shards_per_cluster < 1 or layout.heartbeat_interval <= 0:
+            raise ValueError(f"layout has impossible values: {values}")
+        if layout.lease_ttl <= 0:
+            raise ValueError(f"layout lease_ttl must be positive, found {layout.lease_ttl!r}")
+        return layout
+
+    def shards_of(self, cluster_id: int) -> tuple[int, ...]:
+        """The contiguous block of shards of ``cluster_id`` (empty when outside the layout)."""
+        start = cluster_id * self.shards_per_cluster
+        return tuple(range(start, min(start + self.shards_per_cluster, self.shard_count)))
+
+
+def parse_assignment(data: Mapping[str, str], host_id: str) -> dict[int, int]:
+    """``{cluster id: epoch}`` of the grants naming ``host_id``; malformed fields are skipped (and logged)."""
+    grants: dict[int, int] = {}
+    for field, raw in data.items():
+        try:
+            cluster_id = int(field)
+            value = json.loads(raw)
+            host, epoch = value["host"], value["epoch"]
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring malformed assignment field %r: %r", field, raw[:200] if isinstance(raw, str) else raw)
+            continue
+        if host == host_id and isinstance(epoch, int) and not isinstance(epoch, bool):
+            grants[cluster_id] = epoch
+    return grants
+
+
+def fence_after(lease_ttl: float, heartbeat_interval: float) -> float:
+    """Seconds without a successful renewal after which a host stops its clusters: ``ttl - max(hb, 1s)``."""
+    return max(lease_ttl - max(heartbeat_interval, 1.0), 0.0)
+
+
+GrantsCallback = Callable[[Layout, dict[int, int]], None]
+
+
+class HostAgent:
+    """Registers this host, keeps its lease and record fresh, reads grants and decides when to fence."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        host_id: str,
+        capacity: int,
+        clock: Clock,
+        *,
+        on_grants: GrantsCallback,
+        on_fence: Callable[[str], None],
+        record_fields: Callable[[], dict[str, str]],
+    ) -> None:
+        self.bus = bus
+        self.redis = bus.redis
+        self.keys = bus.keys
+        self.host_id = host_id
+        self.capacity = capacity
+        self.clock = clock
+        self._on_grants = on_grants
+        self._on_fence = on_fence
+        self._record_fields = record_fields
+        self.incarnation = ""
+        self.layout: Layout | None = None
+        self.fenced = False
+        self.registered = False
+        self.started_at = clock.time()
+        self.registered_at = 0.0
+        self.last_renewal: float | None = None  # monotonic, when the last successful renewal was sent
+        self.renewals = 0
+        self._poke = asyncio.Event()
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.layout.heartbeat_interval if self.layout else 2.0
+
+    @property
+    def lease_ttl(self) -> float:
+        return self.layout.lease_ttl if self.layout else 10.0
+
+    def _static_fields(self) -> dict[str, str]:
+        return {
+            "id": self.host_id,
+            "hostname": socket.gethostname(),
+            "pid": str(os.getpid()),
+            "version": __version__,
+            "capacity": str(self.capacity),
+            "incarnation": self.incarnation,
+            "registered_at": f"{self.registered_at:.3f}",
+            "started_at": f"{self.started_at:.3f}",
+        }
+
+    def poke(self) -> None:
+        """Read the assignment soon (an ``assign`` doorbell arrived)."""
+        self._poke.set()
+
+    # ------------------------------------------------------------------------------------- layout, register
+
+    async def wait_for_layout(self) -> Layout:
+        """Poll ``{ns}:layout`` until the broker wrote it (logging every 10 s while waiting)."""
+        next_log = self.clock.monotonic()
+        while True:
+            problem = "no layout yet"
+            try:
+                async with asyncio.timeout(2.0):
+                    data: dict[str, str] = await self.redis.hgetall(self.keys.layout)  # type: ignore[misc,assignment]
+                if data:
+                    try:
+                        self.layout = Layout.from_hash(data)
+                        return self.layout
+                    except ValueError as exc:
+                        problem = str(exc)
+            except _REDIS_ERRORS as exc:
+                problem = f"Redis at {self.bus.address} unavailable ({type(exc).__name__})"
+            now = self.clock.monotonic()
+            if now >= next_log:
+                log.info("host %s: waiting for the broker to write %s (%s)", self.host_id, self.keys.layout, problem)
+                next_log = now + WAITING_LOG_INTERVAL
+            await asyncio.sleep(LAYOUT_POLL)
+
+    async def register(self) -> None:
+        """Write the host record with a new incarnation, join the host set, take the lease, say hello."""
+        self.incarnation = uuid.uuid4().hex
+        self.registered_at = self.clock.time()
+        sent = self.clock.monotonic()
+        async with asyncio.timeout(max(self.heartbeat_interval, 1.0) * 2):
+            current = await self.redis.hget(self.keys.host(self.host_id), "state")  # type: ignore[misc]
+            fields: dict[Any, Any] = {**self._static_fields(), **self._record_fields(),
+                      "state": "draining" if current == "draining" else "up",
+                      "heartbeat_at": f"{self.clock.time():.3f}"}
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(self.keys.host(self.host_id), mapping=fields)
+            pipe.sadd(self.keys.hosts, self.host_id)
+            pipe.set(self.keys.lease(self.host_id), self.incarnation, px=int(self.lease_ttl * 1000))
+            await pipe.execute()
+        self.last_renewal = sent
+        self.registered = True
+        self.fenced = False
+        log.info("host %s registered (incarnation %s, capacity %d)", self.host_id, self.incarnation[:8], self.capacity)
+        with contextlib.suppress(*_REDIS_ERRORS):
+            await self.bus.publish(self.keys.broker_inbox, MessageType.HOST_HELLO,
+                                   {"host": self.host_id, "incarnation": self.incarnation})
+
+    # ------------------------------------------------------------------------------------------ lease loop
+
+    def fence_deadline(self) -> float | None:
+        if self.last_renewal is None:
+            return None
+        return self.last_renewal + fence_after(self.lease_ttl, self.heartbeat_interval)
+
+    async def _heartbeat(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Renew the lease and the record; return the layout and assignment hashes read in the same trip."""
+        key = self.keys.host(self.host_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.lease(self.host_id), self.incarnation, px=int(self.lease_ttl * 1000))
+        fields: dict[Any, Any] = {**self._static_fields(), **self._record_fields(),
+                                  "heartbeat_at": f"{self.clock.time():.3f}"}
+        pipe.hset(key, mapping=fields)
+        pipe.hsetnx(key, "state", "up")
+        pipe.sadd(self.keys.hosts, self.host_id)
+        pipe.hgetall(self.keys.layout)
+        pipe.hgetall(self.keys.assignment)
+        results = await pipe.execute()
+        return results[4], results[5]
+
+    def _deliver(self, layout_hash: Mapping[str, str], assignment: Mapping[str, str]) -> None:
+        if self.fenced or not self.registered:
+            return
+        if not layout_hash:
+            # Redis lost its data (or was flushed): keep running and wait for the broker to restore the layout
+            # and adopt our clusters from the record's ``running``; an empty assignment here is not a revoke.
+            return
+        try:
+            self.layout = Layout.from_hash(layout_hash)
+        except ValueError as exc:
+            log.warning("host %s: ignoring a malformed layout (%s)", self.host_id, exc)
+            return
+        self._on_grants(self.layout, parse_assignment(assignment, self.host_id))
+
+    async def run(self) -> None:
+        """The lease loop: renew every heartbeat interval, fence when renewals fail too long, re-register."""
+        next_beat = self.clock.monotonic()
+        while True:
+            now = self.clock.monotonic()
+            deadline = self.fence_deadline()
+            if not self.fenced and deadline is not None and now >= deadline:
+                self.fenced = True
+                since = now - (self.last_renewal or now)
+                self._on_fence(f"lease not renewed for {since:.1f}s")
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_interval
+                await self._beat()
+            wait = next_beat - self.clock.monotonic()
+            deadline = self.fence_deadline()
+            if not self.fenced and deadline is not None:
+                wait = min(wait, deadline - self.clock.monotonic())
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._poke.wait()
+            if self._poke.is_set():
+                self._poke.clear()
+                if not self.fenced:
+                    with contextlib.suppress(*_REDIS_ERRORS):
+                        await self._read_grants()
+
+    async def _beat(self) -> None:
+        """One renewal (or, while fenced, one attempt to register again)."""
+        if self.fenced:
+            try:
+                await self.register()
+                await self._read_grants()
+            except _REDIS_ERRORS as exc:
+                log.debug("host %s: re-register failed: %s", self.host_id, exc)
+            return
+        sent = self.clock.monotonic()
+        deadline = self.fence_deadline()
+        budget = self.heartbeat_interval if deadline is None else min(self.heartbeat_interval, deadline - sent)
+        try:
+            async with asyncio.timeout(max(budget, 0.05)):
+                layout_hash, assignment = await self._heartbeat()
+        except _REDIS_ERRORS as exc:
+            log.debug("host %s: lease renewal failed: %s", self.host_id, exc)
+            return
+        self.last_renewal = sent
+        self.renewals += 1
+        self._deliver(layout_hash, assignment)
+
+    async def _read_grants(self) -> None:
+        async with asyncio.timeout(max(self.heartbeat_interval, 1.0)):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(self.keys.layout)
+            pipe.hgetall(self.keys.assignment)
+            layout_hash, assignment = await pipe.execute()
+        self._deliver(layout_hash, assignment)
+
+    async def set_state(self, state: str) -> None:
+        """Write the record's ``state`` (``leaving`` on shutdown); errors are logged, not raised."""
+        try:
+            async with asyncio.timeout(2.0):
+                await self.redis.hset(self.keys.host(self.host_id), "state", state)  # type: ignore[misc]
+        except _REDIS_ERRORS as exc:
+            log.warning("host %s: could not set state %s: %s", self.host_id, state, exc)
+
+    async def leave(self) -> None:
+        """Clean exit: record shows nothing running, lease removed, ``host_leave`` published."""
+        if not self.registered:
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.hset(self.keys.host(self.host_id), mapping={"running": "{}", "state": "leaving",
+                                                                 "heartbeat_at": f"{self.clock.time():.3f}"})
+                pipe.delete(self.keys.lease(self.host_id))
+                await pipe.execute()
+                await self.bus.publish(self.keys.broker_inbox, MessageType.HOST_LEAVE,
+                                       {"host": self.host_id, "incarnation": self.incarnation})
+        except _REDIS_ERRORS as exc:
+            log.warning("host %s: could not announce leaving: %s", self.host_id, exc)
+        self.registered = False

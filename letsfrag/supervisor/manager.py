@@ -1,0 +1,510 @@
+"""``ClusterManager``: the host supervisor. It runs the clusters the broker granted to this host.
+
+Tasks report, one loop decides: process watchers, timers, the lease loop, the sampler tick and bus commands
+put events on one queue; :meth:`ClusterManager._handle` is the only place where a cluster's state changes.
+Redis I/O never happens inside that loop (the :class:`Publisher` and :class:`HostAgent` do it), so a slow or
+dead Redis cannot delay a restart or a stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import random
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from letsfrag.bus import NO_REPLY, Bus
+from letsfrag.clock import Clock, SystemClock
+from letsfrag.config import HostConfig
+from letsfrag.errors import BusError
+from letsfrag.events import Severity
+from letsfrag.protocol import Envelope, MessageType
+from letsfrag.supervisor import policy
+from letsfrag.supervisor.commands import CommandHandler
+from letsfrag.supervisor.grants import Grants
+from letsfrag.supervisor.host import HostAgent, Layout
+from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, register_config_secrets
+from letsfrag.supervisor.logfile import ClusterLog, log_path
+from letsfrag.supervisor.process import ClusterProcess
+from letsfrag.supervisor.publish import Publisher
+from letsfrag.supervisor.reactions import Reactions
+from letsfrag.supervisor.state import (
+    ALIVE_STATES,
+    Call,
+    ClusterRecord,
+    ClusterState,
+    ClusterView,
+    IpcMessage,
+    ProcessExited,
+    RestartDue,
+    StopIntent,
+)
+from letsfrag.supervisor.watch import TreeSampler
+
+__all__ = ["EVENT_NAMES", "ClusterManager"]
+
+log = logging.getLogger(__name__)
+
+EVENT_NAMES = frozenset({"cluster_create", "cluster_ready", "cluster_exit", "cluster_failed", "ready"})
+_UNTIL_EXIT = (StopIntent.REVOKE, StopIntent.FENCE, StopIntent.SHUTDOWN)
+
+
+class ClusterManager:
+    """Runs this host's clusters: register, take grants, spawn, watch, restart, stop, report (docs/redis.md)."""
+
+    def __init__(
+        self,
+        config: HostConfig,
+        *,
+        clock: Clock | None = None,
+        handle_signals: bool = False,
+        host_id: str | None = None,
+        capacity: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.host_id = host_id or config.host.id
+        self.capacity = config.host.capacity if capacity is None else capacity
+        self.clock: Clock = clock or SystemClock()
+        self.handle_signals = handle_signals
+        self._rng = rng or random.Random()
+        self._records: dict[int, ClusterRecord] = {}
+        self._desired: dict[int, int] = {}
+        self._layout: Layout | None = None
+        self._logs: dict[int, ClusterLog] = {}
+        self._callbacks: dict[str, list[Callable[..., Any]]] = {name: [] for name in EVENT_NAMES}
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._changed = asyncio.Event()
+        self._sampler = TreeSampler()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        #: tasks confirming that ended clusters left no process behind (awaited on close)
+        self._confirming: set[asyncio.Future[None]] = set()
+        self._started = False
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._all_ready = False
+        self._next_sample = 0.0
+        self._signals = 0
+        self.host_cpu = 0.0
+        self.host_rss = 0
+        self._bus: Bus | None = None
+        self.agent: HostAgent | None = None
+        self.publisher: Publisher | None = None
+        self.commands = CommandHandler(self)
+        self.reactions = Reactions(self)
+        self.grants = Grants(self)
+        self.argv = build_argv(config)
+
+    # ------------------------------------------------------------------------------------------ public API
+
+    def on(self, event: str, callback: Callable[..., Any]) -> None:
+        """Call ``callback(view)`` on ``cluster_*`` events and ``callback()`` on ``ready`` (all clusters READY)."""
+        if event not in EVENT_NAMES:
+            raise ValueError(f"unknown event {event!r}; expected one of {', '.join(sorted(EVENT_NAMES))}")
+        self._callbacks[event].append(callback)
+
+    @property
+    def clusters(self) -> dict[int, ClusterView]:
+        """A snapshot of every cluster this host ran or runs."""
+        return {cid: rec.view() for cid, rec in sorted(self._records.items())}
+
+    @property
+    def bus(self) -> Bus:
+        """The supervisor's bus connection (``bus.redis``, ``bus.keys``); available once :meth:`start` ran."""
+        if self._bus is None:
+            raise RuntimeError("the ClusterManager is not started yet: call `await manager.start()` first")
+        return self._bus
+
+    @property
+    def incarnation(self) -> str:
+        return self.agent.incarnation if self.agent else ""
+
+    @property
+    def assigned(self) -> dict[int, int]:
+        """``{cluster id: epoch}`` granted to this host, as last read."""
+        return dict(self._desired)
+
+    def running(self) -> dict[int, int]:
+        """``{cluster id: epoch}`` of clusters this host holds now (the record's ``running``)."""
+        return {cid: rec.epoch for cid, rec in sorted(self._records.items())
+                if rec.epoch is not None and (rec.state in ALIVE_STATES or rec.process is not None)}
+
+    async def start(self) -> None:
+        """Connect, wait for the broker's layout, register and start taking grants."""
+        if self._started:
+            return
+        self._started = True
+        register_config_secrets(self.config)
+        cfg = self.config
+        bus = self._bus = Bus(cfg.redis, node_id=f"host:{self.host_id}", namespace=cfg.namespace,
+                              secret=cfg.secret.get_secret_value() if cfg.secret else None,
+                              window=cfg.signature_window, max_bytes=cfg.max_message_bytes)
+        self.publisher = Publisher(bus, self.host_id, self._view_of, self.clock.time)
+        self.agent = HostAgent(bus, self.host_id, self.capacity, self.clock, on_grants=self._on_grants,
+                               on_fence=self._on_fence, record_fields=self._record_fields)
+        await bus.start(wait=None)
+        await bus.subscribe(bus.keys.host_inbox(self.host_id), self._on_inbox)
+        self._tasks.append(asyncio.create_task(self._loop(), name="supervisor-loop"))
+        if self.handle_signals:
+            self._install_signals()
+        self._layout = await self.agent.wait_for_layout()
+        while True:
+            try:
+                await self.agent.register()
+                break
+            except (RedisError, OSError, TimeoutError, BusError) as exc:  # Redis left between layout and register
+                log.warning("host %s: registration failed (%s); retrying", self.host_id, exc)
+                await asyncio.sleep(0.5)
+        self._tasks += [
+            asyncio.create_task(self.agent.run(), name="supervisor-lease"),
+            asyncio.create_task(self.publisher.run(), name="supervisor-publish"),
+            asyncio.create_task(self.reactions._ticker(), name="supervisor-tick"),
+        ]
+        self.agent.poke()
+
+    async def close(self, *, force: bool = False) -> None:
+        """Stop every cluster (gracefully unless ``force``), leave the host set's lease and disconnect."""
+        if self._closing:
+            if force:
+                self._kill_everything()
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            await self._shutdown(force)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for record in self._records.values():
+                if record.process is not None:
+                    record.process.cancel_tasks()
+            for task in list(self._background):
+                task.cancel()
+            if self._bus is not None:
+                await self._bus.close()
+            for log_file in self._logs.values():
+                log_file.close()
+            if self.handle_signals:
+                self._remove_signals()
+            self._closed.set()
+
+    async def __aenter__(self) -> ClusterManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def serve_forever(self) -> None:
+        """Start (if needed) and run until :meth:`close` finished (e.g. after SIGTERM with handle_signals).
+
+        A close during the start (still waiting for the broker's layout) ends the wait too.
+        """
+        starting = asyncio.ensure_future(self.start())
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            done, _ = await asyncio.wait({starting, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if starting in done:
+                starting.result()
+                await closed
+        finally:
+            for task in (starting, closed):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` is true, re-checking at every state change; False after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
+        return True
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` inside the decision loop and return its result."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(Call(fn, future))
+        return await future
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    async def _loop(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                await self._handle(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("supervisor loop: handling %r failed", type(item).__name__)
+                if isinstance(item, Call) and item.future and not item.future.done():
+                    item.future.set_exception(RuntimeError("internal error; see the supervisor log"))
+
+    async def _handle(self, item: Any) -> None:
+        if isinstance(item, Call):
+            try:
+                result = item.fn()
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(exc)
+                    return
+                raise
+            if item.future is not None and not item.future.done():
+                item.future.set_result(result)
+            return
+        record = self._records.get(item.cluster_id)
+        if record is None or record.token != item.token:
+            return  # a late event of a process that was replaced
+        if isinstance(item, IpcMessage):
+            self.reactions._on_ipc(record, item.message)
+        elif isinstance(item, ProcessExited):
+            await self.reactions._on_exit(record, item.returncode)
+            if self.publisher is not None:
+                self.publisher.host_fields({"running": self._running_json()})
+        elif isinstance(item, RestartDue):
+            record.restart_handle = None
+            if record.state is ClusterState.BACKOFF and not self._closing:
+                await self._spawn(record)
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def _set_state(self, record: ClusterRecord, state: ClusterState, reason: str) -> None:
+        changed = record.state is not state
+        record.state = state
+        record.reason = reason
+        if changed:
+            log.info("cluster %d: %s (%s)", record.cluster_id, state, reason)
+        if self.publisher is not None:
+            self.publisher.status(record.cluster_id)
+            if changed:
+                self.publisher.host_fields({"running": self._running_json()})
+        self._pulse()
+
+    def _pulse(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+        ready = bool(self._desired) and all(
+            (r := self._records.get(cid)) is not None and r.state is ClusterState.READY for cid in self._desired)
+        if ready and not self._all_ready:
+            self._fire("ready")
+        self._all_ready = ready
+
+    def _fire(self, name: str, *args: Any) -> None:
+        for callback in self._callbacks[name]:
+            try:
+                result = callback(*args)
+                if inspect.isawaitable(result):
+                    self._spawn_bg(result)
+            except Exception:
+                log.exception("%s callback failed", name)
+
+    def _spawn_bg(self, awaitable: Any) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _event(self, severity: Severity, kind: str, message: str, **context: Any) -> None:
+        if self.publisher is not None:
+            self.publisher.event(severity, kind, message, **context)
+
+    def _view_of(self, cluster_id: int) -> ClusterView | None:
+        record = self._records.get(cluster_id)
+        return record.view() if record else None
+
+    def _running_json(self) -> str:
+        return json.dumps({str(cid): epoch for cid, epoch in self.running().items()})
+
+    def _record_fields(self) -> dict[str, str]:
+        return {"cpu_percent": f"{self.host_cpu:.1f}", "rss": str(self.host_rss), "running": self._running_json()}
+
+    # ------------------------------------------------------------------------------------------ grants
+
+    def _on_grants(self, layout: Layout, grants: dict[int, int]) -> None:
+        self._queue.put_nowait(Call(lambda: self.grants.apply(layout, grants)))
+
+    def _on_fence(self, reason: str) -> None:
+        self._queue.put_nowait(Call(lambda: self.grants.fence_all(reason)))
+
+    async def _reconcile(self) -> None:
+        await self.grants.reconcile()
+
+    def _confirm_stopped(self, record: ClusterRecord) -> None:
+        self.grants.confirm_stopped(record)
+
+    # ------------------------------------------------------------------------------------------ spawning
+
+    def _log_for(self, cluster_id: int) -> ClusterLog:
+        log_file = self._logs.get(cluster_id)
+        if log_file is None:
+            logs = self.config.logs
+            # a relative logs.dir is relative to the supervisor's working directory (docs/config.md)
+            log_file = ClusterLog(log_path(Path(logs.dir), cluster_id), logs.max_bytes, logs.backups)
+            self._logs[cluster_id] = log_file
+        return log_file
+
+    async def _spawn(self, record: ClusterRecord, epoch: int | None = None) -> None:
+        assert self._layout is not None and self.agent is not None
+        if epoch is not None:
+            record.epoch = epoch
+        assert record.epoch is not None
+        layout = self._layout
+        record.token += 1
+        record.spawns += 1
+        if record.spawns > 1 and record.state is not ClusterState.PENDING:
+            record.restarts += 1
+        for name in ("fatal_reason", "stop_intent", "stop_cause", "stop_task", "ready_at", "last_heartbeat",
+                     "last_heartbeat_mono", "exit_code", "exit_signal", "next_restart_at", "guilds", "latency"):
+            setattr(record, name, None)
+        record.hang_signalled = False
+        record.memory.reset()
+        environment = cluster_environment(
+            self.config, cluster_id=record.cluster_id, shard_ids=record.shard_ids, shard_count=layout.shard_count,
+            host_id=self.host_id, incarnation=self.agent.incarnation, epoch=record.epoch,
+            heartbeat_interval=layout.heartbeat_interval, lease_ttl=layout.lease_ttl,
+            max_concurrency=layout.max_concurrency, identify_window=layout.identify_window)
+        process = ClusterProcess(
+            record.cluster_id, record.token, argv=self.argv, cwd=self.config.bot.cwd,
+            env_for_fd=lambda fd: build_env(self.config, environment, fd),
+            log_file=self._log_for(record.cluster_id), sink=self._queue.put_nowait)
+        record.started_at = self.clock.time()
+        record.started_mono = self.clock.monotonic()
+        try:
+            await process.start()
+        except OSError as exc:
+            self._log_for(record.cluster_id).note(f"cannot start {self.argv[0]}: {exc}")
+            record.last_error = f"cannot start {self.argv[0]}: {exc}"
+            self.reactions._decide(record, policy.ExitInfo(code=127, signal=None), cause=f"cannot start: {exc}")
+            return
+        record.process = process
+        self._set_state(record, ClusterState.STARTING, f"started pid {process.pid} (epoch {record.epoch})")
+        self._fire("cluster_create", record.view())
+
+    def _cancel_backoff(self, record: ClusterRecord) -> None:
+        if record.restart_handle is not None:
+            record.restart_handle.cancel()
+            record.restart_handle = None
+        record.next_restart_at = None
+
+    # ------------------------------------------------------------------------------------------ stopping
+
+    def _begin_stop(self, record: ClusterRecord, intent: StopIntent, reason: str, *, cause: str | None = None,
+                    ask: bool = True, timeout: float | None = None) -> None:
+        process = record.process
+        if process is None:
+            return
+        if record.stop_task is not None and not record.stop_task.done():
+            # already stopping: a stronger purpose (revoke, fence, shutdown) replaces a weaker one
+            if intent in _UNTIL_EXIT and record.stop_intent not in _UNTIL_EXIT:
+                record.stop_intent, record.stop_cause = intent, cause
+            if timeout is not None:
+                self._spawn_bg(process.stop(ask=False, reason=str(intent), stop_timeout=timeout))
+            return
+        record.stop_intent, record.stop_cause = intent, cause
+        if record.state is not ClusterState.FAILED:
+            self._set_state(record, ClusterState.STOPPING, reason)
+        stop_timeout = self.config.limits.stop_timeout if timeout is None else timeout
+        record.stop_task = asyncio.create_task(
+            self._run_stop(process, ask=ask, reason=str(intent), stop_timeout=stop_timeout))
+
+    @staticmethod
+    async def _run_stop(process: ClusterProcess, *, ask: bool, reason: str, stop_timeout: float) -> None:
+        try:
+            how = await process.stop(ask=ask, reason=reason, stop_timeout=stop_timeout)
+            log.debug("cluster %d stopped (%s)", process.cluster_id, how)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("cluster %d: stop sequence failed; killing it", process.cluster_id)
+            process.kill_all()
+
+    def _kill_everything(self) -> None:
+        for record in self._records.values():
+            if record.process is not None:
+                record.process.kill_all()
+
+    async def _shutdown(self, force: bool) -> None:
+        if self.agent is not None and self.agent.registered:
+            await self.agent.set_state("leaving")
+
+        def stop_all() -> None:
+            self._desired = {}
+            for record in self._records.values():
+                if record.process is not None:
+                    self._begin_stop(record, StopIntent.SHUTDOWN, "supervisor shutting down")
+                elif record.state is ClusterState.BACKOFF:
+                    self._cancel_backoff(record)
+                    self._set_state(record, ClusterState.STOPPED, "supervisor shutting down")
+            if force:
+                self._kill_everything()
+
+        if self._tasks:
+            await self.call(stop_all)
+            limit = self.config.limits.stop_timeout * 1.5 + 5.0
+            if not await self.wait_for(lambda: all(r.process is None for r in self._records.values()), limit):
+                self._kill_everything()
+                await self.wait_for(lambda: all(r.process is None for r in self._records.values()), 5.0)
+        pending = [task for task in self._confirming if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=3.0)
+        for task in self._tasks:
+            if task.get_name() in ("supervisor-lease", "supervisor-tick"):
+                task.cancel()
+        if self.publisher is not None:
+            await self.publisher.drain(2.0)
+        if self.agent is not None:
+            await self.agent.leave()
+
+    # ------------------------------------------------------------------------------------------ signals
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("received %s: stopping every cluster (again to force)", signal.Signals(sig).name)
+            self._spawn_bg(self.close())
+        else:
+            log.warning("received %s again: killing every cluster now", signal.Signals(sig).name)
+            self._kill_everything()
+
+    # ------------------------------------------------------------------------------------------ bus inbox
+
+    async def _on_inbox(self, envelope: Envelope) -> Any:
+        if envelope.type is MessageType.ASSIGN:
+            if self.agent is not None:
+                self.agent.poke()
+            return NO_REPLY
+        if envelope.type is MessageType.COMMAND:
+            return await self.commands.handle(envelope.payload)
+        if envelope.type is MessageType.PING:
+            return {"ok": True, "host": self.host_id, "incarnation": self.incarnation}
+        return NO_REPLY

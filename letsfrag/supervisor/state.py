@@ -1,0 +1,203 @@
+"""Cluster states, the per-cluster record the manager's loop owns, and the events that feed that loop.
+
+Per-process tasks (IPC reader, exit waiter, timers) never change a record themselves: they put one of the
+event dataclasses below on the manager's queue, and the manager's single loop decides (see ``manager.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from letsfrag.supervisor.policy import MemoryWatch, RestartTracker
+
+if TYPE_CHECKING:
+    from letsfrag.supervisor.process import ClusterProcess
+
+__all__ = [
+    "ALIVE_STATES",
+    "Call",
+    "ClusterRecord",
+    "ClusterState",
+    "ClusterView",
+    "IpcMessage",
+    "ProcessExited",
+    "RestartDue",
+    "StopIntent",
+]
+
+
+class ClusterState(StrEnum):
+    """Where one cluster is in its life on this host (the ``state`` field of its status key)."""
+
+    PENDING = "pending"
+    STARTING = "starting"
+    READY = "ready"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+
+
+#: states in which this host holds the cluster (it appears in the host record's ``running``)
+ALIVE_STATES = frozenset({
+    ClusterState.PENDING, ClusterState.STARTING, ClusterState.READY, ClusterState.DEGRADED,
+    ClusterState.STOPPING, ClusterState.BACKOFF,
+})
+
+
+class StopIntent(StrEnum):
+    """Why the supervisor is stopping a cluster process; decides what follows its exit."""
+
+    REVOKE = "revoked"      # no longer assigned here (or another epoch): stopped, confirm with cluster_stopped
+    FENCE = "fenced"        # this host lost its lease: stopped, may be granted again after re-registering
+    SHUTDOWN = "shutdown"   # the supervisor is leaving
+    RESTART = "restart"     # an operator asked: start again at once, not counted by the restart policy
+    HUNG = "hung"           # no heartbeat: counted by the restart policy
+    MEMORY = "memory"       # RSS over the limit: counted by the restart policy
+    FATAL = "fatal"         # the cluster reported a fatal gateway close: FAILED
+
+    @property
+    def requested(self) -> bool:
+        """True when the exit is on purpose and must not count toward backoff or FAILED."""
+        return self in (StopIntent.REVOKE, StopIntent.FENCE, StopIntent.SHUTDOWN, StopIntent.RESTART)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """A read-only snapshot of one cluster, as ``ClusterManager.clusters`` returns it.
+
+    Times are wall-clock epoch seconds (``None`` when unknown).
+    """
+
+    cluster_id: int
+    state: ClusterState
+    epoch: int | None
+    pid: int | None
+    shard_ids: tuple[int, ...]
+    restarts: int
+    reason: str
+    started_at: float | None
+    ready_at: float | None
+    last_heartbeat: float | None
+    exit_code: int | None
+    exit_signal: int | None
+    last_error: str
+    next_restart_at: float | None
+    cpu_percent: float
+    rss: int
+    threads: int
+    guilds: int | None
+    latency: float | None
+    spawns: int
+
+    @property
+    def shard_range(self) -> str:
+        """``"24–31"`` (en dash), one id for a single shard, ``""`` without shards."""
+        if not self.shard_ids:
+            return ""
+        first, last = self.shard_ids[0], self.shard_ids[-1]
+        return str(first) if first == last else f"{first}–{last}"
+
+
+@dataclass(eq=False)
+class ClusterRecord:
+    """Everything the manager knows about one cluster; changed only by the manager's loop."""
+
+    cluster_id: int
+    shard_ids: tuple[int, ...]
+    tracker: RestartTracker
+    memory: MemoryWatch
+    state: ClusterState = ClusterState.PENDING
+    #: epoch of the current (or last) run
+    epoch: int | None = None
+    #: an epoch whose run ended for good here (fenced exit, FAILED, policy stop): not started again
+    done_epoch: int | None = None
+    process: ClusterProcess | None = None
+    #: increases with every spawn; events carry it so late events of an old process are ignored
+    token: int = 0
+    spawns: int = 0
+    restarts: int = 0
+    reason: str = ""
+    started_at: float | None = None
+    started_mono: float = 0.0
+    ready_at: float | None = None
+    last_heartbeat: float | None = None
+    last_heartbeat_mono: float | None = None
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    last_error: str = ""
+    next_restart_at: float | None = None
+    restart_handle: asyncio.TimerHandle | None = None
+    stop_intent: StopIntent | None = None
+    stop_cause: str | None = None
+    stop_task: asyncio.Task[None] | None = None
+    fatal_reason: str | None = None
+    hang_signalled: bool = False
+    cpu_percent: float = 0.0
+    rss: int = 0
+    threads: int = 0
+    guilds: int | None = None
+    latency: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """A process exists (possibly stopping)."""
+        return self.process is not None
+
+    def view(self) -> ClusterView:
+        """The snapshot handed to callers and the publisher."""
+        return ClusterView(
+            cluster_id=self.cluster_id, state=self.state, epoch=self.epoch, pid=self.pid,
+            shard_ids=self.shard_ids, restarts=self.restarts, reason=self.reason, started_at=self.started_at,
+            ready_at=self.ready_at, last_heartbeat=self.last_heartbeat, exit_code=self.exit_code,
+            exit_signal=self.exit_signal, last_error=self.last_error, next_restart_at=self.next_restart_at,
+            cpu_percent=self.cpu_percent, rss=self.rss, threads=self.threads, guilds=self.guilds,
+            latency=self.latency, spawns=self.spawns,
+        )
+
+
+# ------------------------------------------------------------------------------------ loop events
+
+
+@dataclass(frozen=True)
+class IpcMessage:
+    """A message a cluster process sent over its IPC pipe."""
+
+    cluster_id: int
+    token: int
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ProcessExited:
+    """A cluster process ended (it was reaped); ``returncode`` negative = killed by that signal."""
+
+    cluster_id: int
+    token: int
+    returncode: int | None
+
+
+@dataclass(frozen=True)
+class RestartDue:
+    """The backoff delay of a cluster is over."""
+
+    cluster_id: int
+    token: int
+
+
+@dataclass(frozen=True)
+class Call:
+    """Run ``fn`` inside the loop (grants, commands, fencing) and resolve ``future`` with its result."""
+
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any] | None = None

@@ -1,0 +1,62 @@
+"""Commands over the bus ({ns}:cm:{host}): restart, restart_all, rolling_restart, with acknowledgement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from helpers import wait_until
+from support import HOST, KEYS, grant, host_config, set_modes, starts, write_layout
+
+from letsfrag.bus import Bus
+from letsfrag.protocol import MessageType
+from letsfrag.supervisor import ClusterManager, ClusterState
+
+
+async def test_restart_and_rolling_restart_over_the_bus(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
+    set_modes(tmp_path, default="well")
+    config = host_config(redis_url, tmp_path)
+    await write_layout(r)
+    for cid in (0, 1, 2):
+        await grant(r, cid, epoch=1)
+    async with ClusterManager(config) as manager, Bus(redis_url, node_id="tool:test", namespace="t") as tool:
+        await wait_until(lambda: len(manager.clusters) == 3 and all(
+            v.state is ClusterState.READY for v in manager.clusters.values()), message="3 clusters ready")
+        inbox = KEYS.host_inbox(HOST)
+
+        async def command(payload: dict[str, object]) -> dict[str, object]:
+            return await tool.request(inbox, MessageType.COMMAND, payload, timeout=15)  # type: ignore[no-any-return]
+
+        # restart one cluster: acknowledged once it is READY again, with a new process
+        old = manager.clusters[1].pid
+        reply = await command({"action": "restart", "cluster": 1})
+        assert reply["ok"] is True and "ready" in str(reply["message"]), reply
+        assert manager.clusters[1].pid != old and manager.clusters[1].state is ClusterState.READY
+        assert manager.clusters[0].spawns == 1 and manager.clusters[2].spawns == 1
+
+        # bad requests get a clear answer, not an error
+        assert (await command({"action": "restart", "cluster": 9}))["ok"] is False
+        bad = await command({"action": "explode"})
+        assert bad["ok"] is False and "rolling_restart" in str(bad["message"])
+
+        # rolling: one at a time, each waits for the previous to be READY again
+        before = {cid: len(starts(tmp_path, cid)) for cid in (0, 1, 2)}
+        reply = await command({"action": "rolling_restart"})
+        assert reply["ok"] is True and reply["restarted"] == [0, 1, 2], reply
+        new = {cid: starts(tmp_path, cid)[before[cid]] for cid in (0, 1, 2)}
+        ready = {cid: manager.clusters[cid].ready_at or 0 for cid in (0, 1, 2)}
+        assert ready[0] < new[1]["ts"] and ready[1] < new[2]["ts"]
+
+        # a rolling restart stops at the first cluster that does not come back, and says which
+        set_modes(tmp_path, default="well", **{"1": "config"})
+        spawns2 = manager.clusters[2].spawns
+        reply = await command({"action": "rolling_restart", "timeout": 10})
+        assert reply["ok"] is False and reply["failed"] == 1 and reply["restarted"] == [0], reply
+        assert "cluster 1" in str(reply["message"]) and "configuration error" in str(reply["message"])
+        assert manager.clusters[2].spawns == spawns2 and manager.clusters[1].state is ClusterState.FAILED
+
+        # restart_all: the fixed cluster 1 comes back from FAILED with the others
+        set_modes(tmp_path, default="well")
+        reply = await command({"action": "restart_all"})
+        assert reply["ok"] is True and reply["clusters"] == [0, 1, 2], reply
+        assert all(v.state is ClusterState.READY for v in manager.clusters.values())

@@ -1,0 +1,106 @@
+"""The supervisor as its own process (`letsfrag supervise`): SIGTERM leaves cleanly, SIGKILL leaves no orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import yaml
+from helpers import wait_until
+from support import HOST, KEYS, STUB, TOKEN, gone, grant, set_modes, status, write_layout
+
+
+def _write_config(redis_url: str, tmp_path: Path, stop_timeout: str = "1s") -> Path:
+    stub_dir = tmp_path / "stub"
+    stub_dir.mkdir(exist_ok=True)
+    data = {
+        "redis": redis_url, "namespace": "t", "host": {"id": "placeholder", "capacity": 2},
+        "bot": {"command": [sys.executable, str(STUB)], "token": "${STUB_TOKEN}",
+                "env": {"STUB_DIR": str(stub_dir), "STUB_MODE_FILE": str(stub_dir / "modes.json")}},
+        "limits": {"stop_timeout": stop_timeout}, "logs": {"dir": str(tmp_path / "logs")}, "sample_interval": "200ms",
+    }
+    path = tmp_path / "host.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _start(config: Path) -> subprocess.Popen[bytes]:
+    code = "import sys; from letsfrag.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, "--log-format", "plain", "supervise", str(config),
+                             "--host-id", HOST], env={**os.environ, "STUB_TOKEN": TOKEN},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+async def _ready_pids(r: aioredis.Redis, clusters: list[int]) -> list[int] | None:
+    pids = []
+    for cid in clusters:
+        st = await status(r, cid)
+        if st.get("state") != "ready" or not st.get("pid"):
+            return None
+        pids.append(int(st["pid"]))
+    return pids
+
+
+async def test_sigterm_then_sigkill(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
+    set_modes(tmp_path, default="well")
+    config = _write_config(redis_url, tmp_path)
+    await write_layout(r)
+    await grant(r, 0, epoch=1)
+    await grant(r, 1, epoch=1)
+
+    # 1. SIGTERM: every cluster stopped, lease removed, exit 0
+    proc = _start(config)
+    try:
+        pids = await wait_until(lambda: _ready_pids(r, [0, 1]), timeout=15, message="clusters ready")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    assert all(gone(pid) for pid in pids)
+    assert await r.get(KEYS.lease(HOST)) is None
+    assert TOKEN not in output and "registered" in output
+    assert json.loads(await r.hget(KEYS.host(HOST), "running")) == {}
+
+    # 2. SIGKILL: no chance to clean up, yet the clusters exit by themselves (IPC EOF + parent-death signal)
+    await r.delete(KEYS.cluster_status(0), KEYS.cluster_status(1))
+    proc = _start(config)
+    try:
+        pids = await wait_until(lambda: _ready_pids(r, [0, 1]), timeout=15, message="clusters ready again")
+        proc.kill()
+        proc.wait(timeout=5)
+        await wait_until(lambda: all(gone(pid) for pid in pids), timeout=5, message="no orphan cluster process")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def test_second_sigint_forces(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
+    set_modes(tmp_path, default="ignore_term")  # would take 15 s to stop gracefully
+    config = _write_config(redis_url, tmp_path, stop_timeout="10s")
+    await write_layout(r)
+    await grant(r, 0, epoch=1)
+    proc = _start(config)
+    try:
+        pids = await wait_until(lambda: _ready_pids(r, [0]), timeout=15, message="cluster ready")
+        proc.send_signal(signal.SIGINT)
+        await wait_until(lambda: _state_is(r, 0, "stopping"), message="stopping after the first SIGINT")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - started < 4
+        assert gone(pids[0])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def _state_is(r: aioredis.Redis, cluster_id: int, state: str) -> bool:
+    return (await status(r, cluster_id)).get("state") == state
