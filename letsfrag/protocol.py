@@ -11,7 +11,8 @@ An envelope is a JSON object::
   node whose reply channel (``{ns}:reply:{node}``) gets the answer.
 - ``ts`` sender's wall clock (seconds); with a secret, messages older or newer than the window are ``stale``.
 - ``sig`` HMAC-SHA256 (hex) over the canonical bytes: the envelope without ``sig``, JSON with sorted keys and no
-  spaces, UTF-8. Required whenever a secret is configured (``unsigned`` / ``bad_signature`` otherwise).
+  spaces, non-ASCII as ``\\u`` escapes. Required whenever a secret is configured (``unsigned`` /
+  ``bad_signature`` otherwise).
 
 Decoding never raises anything but :class:`~letsfrag.errors.ProtocolError`, whose ``reason`` is one of
 :data:`DROP_REASONS`; receivers count drops and carry on.
@@ -107,8 +108,8 @@ class Envelope:
 
 
 def canonical_bytes(body: dict[str, Any]) -> bytes:
-    """The bytes that are signed: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes that are signed: sorted keys, no whitespace, non-ASCII escaped (so any str encodes)."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def sign(body: bytes, secret: bytes) -> str:

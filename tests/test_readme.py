@@ -1,0 +1,32 @@
+"""The README tells the truth about the commands and the test command CI runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from letsfrag.cli import HANDLERS, build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    assert "pip install -e '.[dev]' && python -m pytest" in README
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python -m pip install --quiet -e '.[dev]'" in ci
+    assert ci.rstrip().endswith("python -m pytest")
+
+
+def test_every_command_is_documented() -> None:
+    for command in HANDLERS:
+        assert f"letsfrag {command}" in README, f"README does not document `letsfrag {command}`"
+
+
+def test_every_command_has_help() -> None:
+    parser = build_parser()
+    for command in HANDLERS:
+        words = command.split()
+        try:
+            parser.parse_args([*words, "--help"])
+        except SystemExit as exc:
+            assert exc.code == 0, command
