@@ -109,7 +109,9 @@ class Rehearsal:
             raise LetsfragError("redis is not started")
         return self.redis.url
 
-    def _log(self, name: str) -> IO[bytes]:
+    def log_file(self, name: str) -> IO[bytes]:
+        """An append-mode log file ``<workdir>/<name>.log`` that :meth:`close` closes."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
         handle = open(self.workdir / f"{name}.log", "ab")
         self._files.append(handle)
         return handle
@@ -120,6 +122,7 @@ class Rehearsal:
         return env
 
     def start_sim(self, timeout: float = 20.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
         s = self.settings
         argv = [
             sys.executable, "-m", "letsfrag.sim", "--port", "0", "--shards", str(s.shards),
@@ -128,7 +131,7 @@ class Rehearsal:
             "--ack-delay", f"{s.sim_ack_delay}s", "--traffic-rate", str(s.traffic_rate), "--token", self.token,
         ]
         self.sim = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=self._log("sim"), start_new_session=True)
+                                    stderr=self.log_file("sim"), start_new_session=True)
         assert self.sim.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -137,7 +140,7 @@ class Rehearsal:
                 raise LetsfragError(f"the simulator exited at start; see {self.workdir / 'sim.log'}")
             if "listening on " in line:
                 self.sim_url = line.rsplit("listening on ", 1)[1].strip()
-                threading.Thread(target=_drain, args=(self.sim.stdout, self._log("sim-stdout")),
+                threading.Thread(target=_drain, args=(self.sim.stdout, self.log_file("sim-stdout")),
                                  daemon=True).start()
                 return
         raise LetsfragError(f"the simulator did not start within {timeout:.0f}s")
@@ -183,7 +186,7 @@ class Rehearsal:
 
     def _letsfrag(self, *args: str, name: str) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "letsfrag", "--log-format", "plain", *args]
-        return subprocess.Popen(argv, env=self.env(), stdin=subprocess.DEVNULL, stdout=self._log(name),
+        return subprocess.Popen(argv, env=self.env(), stdin=subprocess.DEVNULL, stdout=self.log_file(name),
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_broker(self, broker_id: str = "b0") -> subprocess.Popen[bytes]:
@@ -244,6 +247,20 @@ class Rehearsal:
         for process in self.hosts.values():
             pids += [p.pid for p in self.tree(process)[1:]]
         return pids
+
+    def assignment(self, client: Any = None) -> dict[int, tuple[str, int]]:
+        """The broker's current assignment: cluster id -> (host, epoch); ``client``: a sync redis client to reuse."""
+        import redis
+
+        own = client is None
+        client = client or redis.Redis.from_url(self.redis_url, decode_responses=True)
+        try:
+            raw: dict[str, str] = client.hgetall(f"{self.settings.namespace}:assignment")
+        finally:
+            if own:
+                client.close()
+        grants = {int(cid): json.loads(value) for cid, value in raw.items()}
+        return {cid: (str(grant["host"]), int(grant["epoch"])) for cid, grant in grants.items()}
 
     # -------------------------------------------------------------------------------------------- sim
 

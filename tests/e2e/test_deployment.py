@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,18 +16,9 @@ from letsfrag.rehearsal import Rehearsal
 pytestmark = pytest.mark.integration
 
 
-def assignment(deployment: Rehearsal) -> dict[int, tuple[str, int]]:
-    client = redis.Redis.from_url(deployment.redis_url, decode_responses=True)
-    try:
-        raw = client.hgetall(f"{deployment.settings.namespace}:assignment")
-    finally:
-        client.close()
-    return {int(k): (json.loads(v)["host"], int(json.loads(v)["epoch"])) for k, v in raw.items()}
-
-
 def hosts_of(deployment: Rehearsal) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for host, _ in assignment(deployment).values():
+    for host, _ in deployment.assignment().values():
         counts[host] = counts.get(host, 0) + 1
     return counts
 
@@ -48,17 +38,17 @@ def test_two_hosts_sixteen_shards_all_ready(rehearsal: Callable[..., Rehearsal])
 def test_host_sigkill_fails_over_within_the_bound(rehearsal: Callable[..., Rehearsal]) -> None:
     deployment = rehearsal(hosts=2, shards=16, shards_per_cluster=4, lease_ttl=3.0, lease_grace=1.0).start()
     wait_until_sync(deployment.all_ready, timeout=60, interval=0.25, message="16 shards READY")
-    before = assignment(deployment)
+    before = deployment.assignment()
     killed_at = time.monotonic()
     deployment.kill_host("h0")
     # right after the kill the lease is still valid: nothing may have moved
-    assert {c: h for c, (h, _) in assignment(deployment).items()} == {c: h for c, (h, _) in before.items()}
+    assert {c: h for c, (h, _) in deployment.assignment().items()} == {c: h for c, (h, _) in before.items()}
     wait_until_sync(lambda: hosts_of(deployment) == {"h1": 4} and deployment.all_ready(), timeout=60,
                     interval=0.25, message="all clusters READY on h1")
     elapsed = time.monotonic() - killed_at
     # bound: ttl + grace + identify time (8 shards over 4 buckets, 1 s window) + process start slack
     assert elapsed < 3.0 + 1.0 + 2.0 + 10.0
-    after = assignment(deployment)
+    after = deployment.assignment()
     assert all(after[c][1] > before[c][1] for c, (h, _) in before.items() if h == "h0"), "epochs must grow"
     assert referee(deployment) == (0, 0)
 
@@ -87,7 +77,7 @@ def test_broker_restart_changes_nothing_and_new_host_gets_clusters(rehearsal: Ca
     deployment = rehearsal(hosts=2, shards=16, shards_per_cluster=4, rebalance="on-join").start()
     wait_until_sync(deployment.all_ready, timeout=60, interval=0.25, message="16 shards READY")
     pids = sorted(deployment.cluster_pids())
-    before = assignment(deployment)
+    before = deployment.assignment()
     deployment.kill_broker("b0")
     deployment.start_broker("b1")
 
@@ -99,7 +89,7 @@ def test_broker_restart_changes_nothing_and_new_host_gets_clusters(rehearsal: Ca
             client.close()
 
     wait_until_sync(broker_took_over, timeout=30, message="restarted broker leads")
-    assert assignment(deployment) == before
+    assert deployment.assignment() == before
     assert sorted(deployment.cluster_pids()) == pids, "no cluster restarted"
     deployment.start_host("h2")
     wait_until_sync(lambda: sorted(hosts_of(deployment).values()) in ([1, 1, 2], [1, 2, 1]) and

@@ -1,0 +1,193 @@
+"""Failover: a host is SIGKILLed; how long until all its clusters are READY on the other host.
+
+Run ``python -m benchmarks.failover [--repeats 3]`` from the repository root. Each repeat starts a fresh
+deployment (``letsfrag.rehearsal``: redis-server, the simulator, ``letsfrag broker``, two ``letsfrag supervise``
+running ``examples/bot.py``; 32 shards, 8 per cluster), waits for all READY, then SIGKILLs host ``h0`` with
+its cluster processes (a machine dying) and measures, separately:
+
+* **detection**: kill → every cluster of ``h0`` is assigned to another host in Redis (``{ns}:assignment``);
+* **re-identify**: that moment → every shard READY again at the simulator (one session each).
+
+The bound is ``lease.ttl + lease.grace + identify time``, where identify time is
+``(most moved shards in one bucket - 1) × window``; the broker may not move anything before the lease expired
+plus the grace, and the moved shards cannot identify faster than their buckets allow. Goal: the total is
+≤ 1.2 × that bound, with 0 identify violations and 0 duplicate sessions. Writes
+``benchmarks/results/failover.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from benchmarks.report import fmt_spread, print_rich_table, spread, write_result
+from letsfrag.rehearsal import Rehearsal, RehearsalSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+GOAL_FACTOR = 1.2
+COMMAND = "python -m benchmarks.failover"
+VICTIM, SURVIVOR = "h0", "h1"
+
+
+def _settings(args: argparse.Namespace) -> RehearsalSettings:
+    return RehearsalSettings(hosts=2, shards=args.shards, shards_per_cluster=args.per_cluster,
+                             max_concurrency=args.max_concurrency, identify_window=args.window,
+                             lease_ttl=args.lease_ttl, lease_grace=args.lease_grace,
+                             heartbeat_interval=args.heartbeat_interval, guilds_per_shard=4,
+                             namespace="bench-failover")
+
+
+def _poll(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> float:
+    """Poll ``predicate`` until true; return the monotonic time it first held."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic()
+
+
+def identify_time(shards: list[int], max_concurrency: int, window: float) -> float:
+    """Seconds the moved shards need at least: ``(most shards in one bucket - 1) × window``."""
+    if not shards:
+        return 0.0
+    per_bucket = Counter(shard % max_concurrency for shard in shards)
+    return (max(per_bucket.values()) - 1) * window
+
+
+def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """One deployment, one SIGKILL; timings in seconds from the kill."""
+    settings = _settings(args)
+    deployment = Rehearsal(settings, workdir)
+    client: redis.Redis | None = None
+    try:
+        deployment.start()
+        client = redis.Redis.from_url(deployment.redis_url, decode_responses=True)
+        clusters = settings.clusters
+        _poll(lambda: len(deployment.assignment(client)) == clusters and deployment.all_ready(), args.timeout,
+              "all shards READY before the kill", interval=0.1)
+        before = deployment.assignment(client)
+        victims = sorted(cid for cid, (host, _) in before.items() if host == VICTIM)
+        if not victims:
+            raise RuntimeError(f"host {VICTIM} runs no cluster; assignment {before}")
+        moved = [s for cid in victims for s in range(cid * settings.shards_per_cluster,
+                                                      min(settings.shards, (cid + 1) * settings.shards_per_cluster))]
+        killed = time.monotonic()
+        deployment.kill_host(VICTIM)
+
+        def reassigned() -> bool:
+            now = deployment.assignment(client)
+            return all(cid in now and now[cid][0] != VICTIM for cid in victims)
+
+        detected = _poll(reassigned, args.timeout, f"{VICTIM}'s clusters reassigned")
+        ready = _poll(deployment.all_ready, args.timeout, "all shards READY after the failover", interval=0.05)
+        after = deployment.assignment(client)
+        stats = deployment.sim_stats()
+        bound_identify = identify_time(moved, settings.max_concurrency, settings.identify_window)
+        return {
+            "detection": detected - killed, "reidentify": ready - detected, "total": ready - killed,
+            "bound": settings.lease_ttl + settings.lease_grace + bound_identify, "identify_time": bound_identify,
+            "moved_clusters": victims, "moved_shards": len(moved),
+            "epochs_grew": all(after[c][1] > before[c][1] for c in victims),
+            "violations": int(stats["identify_violations"]["total"]),
+            "duplicates": int(stats["duplicate_sessions"]["count"]),
+        }
+    finally:
+        if client is not None:
+            client.close()
+        deployment.close()
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="letsfrag-bench-failover-"))
+    samples: list[dict[str, Any]] = []
+    try:
+        for index in range(args.repeats):
+            sample = run_once(args, root / f"run-{index}")
+            samples.append(sample)
+            print(f"  repeat {index + 1}: detection {sample['detection']:.2f} s, re-identify "
+                  f"{sample['reidentify']:.2f} s, total {sample['total']:.2f} s", file=sys.stderr)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    bound = max(s["bound"] for s in samples)
+    total = spread([s["total"] for s in samples])
+    violations = max(s["violations"] for s in samples)
+    duplicates = max(s["duplicates"] for s in samples)
+    goal = round(GOAL_FACTOR * bound, 3)
+    return {
+        "goal": {"text": f"kill → all READY ≤ {GOAL_FACTOR} × (lease.ttl + lease.grace + identify time), "
+                         "0 violations, 0 duplicate sessions", "seconds": goal},
+        "measured": total, "met": total["median"] <= goal and violations == 0 and duplicates == 0,
+        "bound_seconds": round(bound, 3),
+        "detection": spread([s["detection"] for s in samples]),
+        "reidentify": spread([s["reidentify"] for s in samples]),
+        "identify_time_seconds": round(max(s["identify_time"] for s in samples), 3),
+        "moved_shards": samples[0]["moved_shards"], "identify_violations": violations,
+        "duplicate_sessions": duplicates, "epochs_grew": all(s["epochs_grew"] for s in samples),
+        "parameters": {"hosts": 2, "shards": args.shards, "shards_per_cluster": args.per_cluster,
+                       "max_concurrency": args.max_concurrency, "identify_window": args.window,
+                       "lease_ttl": args.lease_ttl, "lease_grace": args.lease_grace,
+                       "heartbeat_interval": args.heartbeat_interval, "repeats": args.repeats},
+    }
+
+
+def _print(result: dict[str, Any]) -> None:
+    p = result["parameters"]
+    body = [
+        ["lease.ttl + lease.grace", f"{p['lease_ttl'] + p['lease_grace']:.2f} s", fmt_spread(result["detection"])],
+        ["identify time", f"{result['identify_time_seconds']:.2f} s", fmt_spread(result["reidentify"])],
+        ["total", f"{result['bound_seconds']:.2f} s", fmt_spread(result["measured"])],
+    ]
+    print_rich_table(f"failover: SIGKILL one of 2 hosts, {result['moved_shards']} of {p['shards']} shards move "
+                     "(median, min–max)", ["phase", "bound", "measured"], body)
+    print(f"identify violations {result['identify_violations']}, duplicate sessions {result['duplicate_sessions']}, "
+          f"epochs grew: {result['epochs_grew']}")
+    print(f"goal {result['goal']['text']} (≤ {result['goal']['seconds']:.2f} s): "
+          f"{'met' if result['met'] else 'NOT met'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.failover", description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shards", type=int, default=32)
+    parser.add_argument("--per-cluster", type=int, default=8)
+    parser.add_argument("--max-concurrency", type=int, default=16)
+    parser.add_argument("--window", type=float, default=1.0, help="identify window in seconds")
+    parser.add_argument("--lease-ttl", type=float, default=4.0)
+    parser.add_argument("--lease-grace", type=float, default=1.0)
+    parser.add_argument("--heartbeat-interval", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each phase")
+    parser.add_argument("--keep", action="store_true", help="keep the work folders (logs)")
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/failover.json")
+    args = parser.parse_args(argv)
+    if min(args.repeats, args.shards, args.per_cluster, args.max_concurrency) < 1:
+        parser.error("--repeats, --shards, --per-cluster and --max-concurrency must be ≥ 1")
+    if args.shards <= args.per_cluster:
+        parser.error("--shards must exceed --per-cluster so that both hosts run a cluster")
+    result = run_benchmark(args)
+    _print(result)
+    if not args.no_write:
+        p = result["parameters"]
+        path = write_result(
+            "failover", result,
+            what=f"SIGKILL 1 of 2 hosts → its clusters READY elsewhere ({p['shards']} shards, lease "
+                 f"{p['lease_ttl']:g}+{p['lease_grace']:g} s, window {p['identify_window']:g} s)",
+            measured=f"{fmt_spread(result['measured'])} (detection {fmt_spread(result['detection'])}, re-identify "
+                     f"{fmt_spread(result['reidentify'])}); bound {result['bound_seconds']:.1f} s",
+            goal=f"≤ {GOAL_FACTOR} × bound ({result['goal']['seconds']:.2f} s), 0 violations",
+            met=result["met"], command=COMMAND)
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

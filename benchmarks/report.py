@@ -1,0 +1,204 @@
+"""Benchmark results: the shared JSON format, and the README table built from ``benchmarks/results/*.json``.
+
+Run ``python -m benchmarks.report`` to print the markdown table (benchmark, what, measured, goal, met?,
+command) for the README; the lead calls :func:`render_markdown`. Results written by :func:`write_result`
+carry a ``summary`` block with those columns; the older results (``coldstart_client``, ``rpc``, ``sim_load``,
+``supervisor``, ``tui``) are summarised by small adapters here, and any other file gets a generic row.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+__all__ = ["RESULTS", "Row", "load_results", "render_markdown", "rows", "spread", "write_result"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of the README benchmark table."""
+
+    benchmark: str
+    what: str
+    measured: str
+    goal: str
+    met: bool | None
+    command: str
+
+
+def spread(samples: Sequence[float], digits: int = 3) -> dict[str, Any]:
+    """Median, min and max of ``samples`` (the machine is noisy: never a single number)."""
+    if not samples:
+        raise ValueError("spread() needs at least one sample")
+    return {"median": round(statistics.median(samples), digits), "min": round(min(samples), digits),
+            "max": round(max(samples), digits), "samples": [round(s, digits) for s in samples]}
+
+
+def fmt_spread(value: dict[str, Any], unit: str = "s", digits: int = 2) -> str:
+    """``"3.41 s (3.30–3.62)"`` from a :func:`spread` dict (no range for a single sample)."""
+    text = f"{value['median']:.{digits}f} {unit}".rstrip()
+    if len(value.get("samples", [])) > 1 or value["min"] != value["max"]:
+        text += f" ({value['min']:.{digits}f}–{value['max']:.{digits}f})"
+    return text
+
+
+def write_result(name: str, data: dict[str, Any], *, what: str, measured: str, goal: str, met: bool | None,
+                 command: str, results: Path = RESULTS) -> Path:
+    """Write ``results/<name>.json`` with a ``summary`` block (the README row) and machine facts."""
+    document = {
+        "benchmark": name,
+        "summary": {"what": what, "measured": measured, "goal": goal, "met": met, "command": command},
+        **data,
+        "machine": {"cpu_count": psutil.cpu_count(), "python": platform.python_version(),
+                    "platform": sys.platform},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}.json"
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def load_results(results: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    """Every ``*.json`` in ``results`` by file stem, sorted by name."""
+    loaded: dict[str, dict[str, Any]] = {}
+    for path in sorted(results.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"benchmark result {path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"benchmark result {path} is not a JSON object")
+        loaded[path.stem] = data
+    return loaded
+
+
+# ------------------------------------------------------------------------------- adapters for older results
+
+def _coldstart_client(d: dict[str, Any]) -> Row:
+    limit, seconds = d["physical_limit"], d["seconds_to_all_ready"]
+    return Row("coldstart_client", f"{d['shards']} shards in {d['clusters']} in-process cluster clients → all "
+               f"READY (max_concurrency {d['max_concurrency']}, window {d['window']:g} s)",
+               f"{seconds:.2f} s, {d['identify_violations']} violations", f"report (limit {limit:.2f} s)", None,
+               "python -m benchmarks.coldstart_client")
+
+
+def _rpc(d: dict[str, Any]) -> Row:
+    return Row("rpc", f"RPC round trip over Redis, {d['clusters']} clusters",
+               f"request p50 {d['request']['p50_ms']:.2f} ms / p99 {d['request']['p99_ms']:.2f} ms; broadcast "
+               f"p50 {d['broadcast']['p50_ms']:.2f} ms", "report", None, "python -m benchmarks.rpc")
+
+
+def _sim_load(d: dict[str, Any]) -> Row:
+    steady = max(d["sim_cpu_percent_idle"], d["sim_cpu_percent_traffic"])
+    return Row("sim_load", f"simulator CPU, {d['shards']} shards / {d['guilds']} guilds, "
+               f"{d['traffic_rate_per_second']:g} !ping/s", f"{steady:.1f} % of a core",
+               f"< {d['cpu_goal_percent']:g} %", bool(d["goal_met"]), "python -m benchmarks.sim_load")
+
+
+def _supervisor(d: dict[str, Any]) -> Row:
+    respawn = d["respawn_beyond_backoff_ms"]
+    return Row("supervisor", f"supervisor with {d['clusters']} idle clusters: CPU, respawn beyond backoff",
+               f"{d['supervisor_cpu_percent']:.2f} % CPU; respawn {respawn['median']:.1f} ms "
+               f"(max {respawn['max']:.1f})", "< 2 % CPU; respawn < 150 ms", all(d["goals"].values()),
+               "python -m benchmarks.supervisor")
+
+
+def _tui(d: dict[str, Any]) -> Row:
+    dep, total = d["deployment"], d["total"]
+    return Row("tui", f"letsfrag-top snapshot + refresh, {dep['hosts']} hosts / {dep['clusters']} clusters / "
+               f"{dep['shards']} shards", f"{total['median_ms']:.0f} ms ({total['min_ms']:.0f}–"
+               f"{total['max_ms']:.0f})", f"< {d['goal_ms']:g} ms", bool(d["meets_goal"]),
+               "python -m benchmarks.tui")
+
+
+_ADAPTERS: dict[str, Callable[[dict[str, Any]], Row]] = {
+    "coldstart_client": _coldstart_client, "rpc": _rpc, "sim_load": _sim_load, "supervisor": _supervisor,
+    "tui": _tui,
+}
+
+
+def _row(name: str, data: dict[str, Any]) -> Row:
+    summary = data.get("summary")
+    if isinstance(summary, dict):
+        met = summary.get("met")
+        return Row(name, str(summary.get("what", "")), str(summary.get("measured", "")),
+                   str(summary.get("goal", "")), met if isinstance(met, bool) else None,
+                   str(summary.get("command", f"python -m benchmarks.{name}")))
+    adapter = _ADAPTERS.get(name)
+    if adapter is not None:
+        try:
+            return adapter(data)
+        except (KeyError, TypeError, ValueError):
+            pass  # an older or newer shape: fall through to the generic row
+    met = data.get("goal_met", data.get("meets_goal"))
+    return Row(name, "see the JSON file", "see the JSON file", "—", met if isinstance(met, bool) else None,
+               f"python -m benchmarks.{name}")
+
+
+def rows(results: Path = RESULTS) -> list[Row]:
+    """One :class:`Row` per result file."""
+    return [_row(name, data) for name, data in load_results(results).items()]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _met(value: bool | None) -> str:
+    return "—" if value is None else ("yes" if value else "**no**")
+
+
+def render_markdown(results: Path = RESULTS) -> str:
+    """The README benchmark table in markdown, one row per JSON file in ``results``."""
+    lines = ["| benchmark | what | measured | goal | met? | command |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows(results):
+        lines.append(f"| `{row.benchmark}` | {_cell(row.what)} | {_cell(row.measured)} | {_cell(row.goal)} | "
+                     f"{_met(row.met)} | `{row.command}` |")
+    return "\n".join(lines) + "\n"
+
+
+def print_rich_table(title: str, columns: Sequence[str], body: Sequence[Sequence[str]]) -> None:
+    """Print a rich table to the terminal (used by the benchmarks for their own results)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for line in body:
+        table.add_row(*line)
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the markdown table of every result."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of result JSON files")
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        print(f"error: results folder {args.results} does not exist", file=sys.stderr)
+        return 2
+    try:
+        sys.stdout.write(render_markdown(args.results))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
