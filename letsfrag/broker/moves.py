@@ -1,0 +1,126 @@
+"""Pure bookkeeping of cluster moves between live hosts (rebalance, drain, shrinking capacity).
+
+A move between two live hosts is: revoke on the old host, wait until it no longer lists the cluster in its
+``running`` (or sends ``cluster_stopped``, or is no longer alive), then grant to the new host. While a move is
+pending the cluster counts as still on its old host, so the planner grants it nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .assignment import HostView
+
+__all__ = ["HostFacts", "Move", "Moves", "pick_drain_move", "planning_views"]
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One cluster on its way from ``source`` to ``target`` (``None``: wherever the planner puts it)."""
+
+    cluster: int
+    source: str
+    target: str | None
+    reason: str
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What the move bookkeeping needs to know about one host."""
+
+    alive: bool
+    running: frozenset[int]
+
+
+class Moves:
+    """Pending moves; ``timeout`` seconds to wait for the old host's confirmation."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.pending: dict[int, Move] = {}
+        self._stopped: set[tuple[int, str]] = set()
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def __contains__(self, cluster: object) -> bool:
+        return cluster in self.pending
+
+    def begin(self, move: Move) -> None:
+        """Record a revoke that waits for confirmation."""
+        self.pending[move.cluster] = move
+        self._stopped.discard((move.cluster, move.source))
+
+    def confirm_stopped(self, cluster: int, host: str) -> None:
+        """A ``cluster_stopped`` message: the host says it stopped the cluster."""
+        if cluster in self.pending and self.pending[cluster].source == host:
+            self._stopped.add((cluster, host))
+
+    def clear(self) -> None:
+        """Forget everything (a new leadership term re-reads the world)."""
+        self.pending.clear()
+        self._stopped.clear()
+
+    def settle(self, now: float, hosts: Mapping[str, HostFacts]) -> tuple[list[Move], list[Move]]:
+        """Return ``(done, expired)`` and forget both: confirmed moves and moves that waited too long."""
+        done: list[Move] = []
+        expired: list[Move] = []
+        for cluster, move in sorted(self.pending.items()):
+            facts = hosts.get(move.source)
+            if facts is None or not facts.alive or cluster not in facts.running or (cluster, move.source) in \
+                    self._stopped:
+                done.append(move)
+            elif now - move.started > self.timeout:
+                expired.append(move)
+        for move in done + expired:
+            del self.pending[move.cluster]
+            self._stopped.discard((move.cluster, move.source))
+        return done, expired
+
+
+def planning_views(
+    capacities: Mapping[str, int],
+    alive: Mapping[str, bool],
+    frozen: set[str],
+    current: Mapping[int, str | None],
+) -> dict[str, HostView]:
+    """Host views for the planner. A *frozen* host (draining or leaving) keeps what it holds but gets nothing
+    new: its capacity counts as what it holds, so the planner neither adds to it nor revokes from it at once
+    (its clusters leave one move at a time)."""
+    held: dict[str, int] = {}
+    for host in current.values():
+        if host is not None:
+            held[host] = held.get(host, 0) + 1
+    views: dict[str, HostView] = {}
+    for host, capacity in capacities.items():
+        cap = min(capacity, held.get(host, 0)) if host in frozen else capacity
+        views[host] = HostView(host, cap, alive=alive.get(host, False))
+    return views
+
+
+def pick_drain_move(
+    draining: Sequence[str],
+    capacities: Mapping[str, int],
+    eligible: set[str],
+    current: Mapping[int, str | None],
+) -> tuple[int, str, str] | None:
+    """One move ``(cluster, from, to)`` out of a draining host, to the eligible host with the lowest load
+    ratio that has room; ``None`` when no draining host holds anything or no host has room."""
+    load: dict[str, int] = dict.fromkeys(capacities, 0)
+    for host in current.values():
+        if host is not None and host in load:
+            load[host] += 1
+    targets = sorted(
+        (Fraction(load[h], capacities[h]), h) for h in eligible
+        if h not in draining and capacities.get(h, 0) > load.get(h, 0)
+    )
+    if not targets:
+        return None
+    for source in sorted(draining):
+        clusters = sorted(c for c, h in current.items() if h == source)
+        if clusters:
+            return clusters[-1], source, targets[0][1]
+    return None

@@ -1,0 +1,133 @@
+"""Leader and standby brokers, the write fence, Redis restarts and signed commands."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from broker_support import Deployment, make_config
+from helpers import wait_until
+
+from letsfrag.broker.store import Grant, NotLeader
+from letsfrag.bus import Bus
+from letsfrag.errors import RequestTimeout
+from letsfrag.protocol import MessageType
+from letsfrag.redis_server import RedisServer
+
+
+async def test_standby_takes_over_within_leader_ttl_and_never_writes(deployment: Deployment) -> None:
+    dep = deployment
+    config = make_config(dep.url, leader_ttl=1.0)
+    leader = await dep.broker(config, broker_id="b1")
+    await wait_until(lambda: leader.is_leader, message="b1 leads")
+    standby = await dep.broker(config, broker_id="b2")
+    roles: list[bool] = []
+    standby.on("leader", roles.append)
+    await dep.host("h1")
+    await dep.host("h2")
+    await wait_until(lambda: dep.settled({"h1": 2, "h2": 2}))
+    for _ in range(3):
+        await standby.wait_tick(1.0)
+    assert not standby.is_leader and standby.store.writes == 0, "a standby never writes"
+    assert await dep.redis.get(f"{dep.keys.ns}:brokers:b2") == "standby"
+    info = await dep.redis.hgetall(dep.keys.broker)
+    assert info["id"] == "b1" and "b2" in info["standbys"]
+    # a standby's fenced write is refused by the script itself
+    with pytest.raises(NotLeader):
+        await standby.store.grant(0, "h2")
+    with pytest.raises(NotLeader):
+        await standby.store.adopt(9, Grant("h2", 1))
+    assert await dep.redis.hget(dep.keys.assignment, "9") is None
+    before = await dep.assignment()
+    # crash the leader: its loop dies without releasing the lock
+    assert leader._loop_task is not None
+    leader._loop_task.cancel()
+    crashed = time.monotonic()
+    await wait_until(lambda: standby.is_leader, timeout=3, interval=0.02, message="b2 takes over")
+    assert time.monotonic() - crashed <= config.leader_ttl + standby.interval + 0.3
+    assert roles == [True]
+    for _ in range(3):
+        await standby.wait_tick(1.0)
+    assert await dep.assignment() == before, "a new leader changes nothing on healthy hosts"
+    assert await dep.redis.get(dep.keys.leader) == "b2"
+    assert [e["message"] for e in await dep.events("leader_acquired")][-1] == "broker b2 is the leader"
+
+
+async def test_clean_close_hands_over_at_once(deployment: Deployment) -> None:
+    dep = deployment
+    config = make_config(dep.url, leader_ttl=5.0, hosts={"expected": 0})
+    first = await dep.broker(config, broker_id="b1")
+    await wait_until(lambda: first.is_leader)
+    second = await dep.broker(config, broker_id="b2")
+    await second.wait_tick(1.0)
+    started = time.monotonic()
+    await first.close()
+    await wait_until(lambda: second.is_leader, timeout=3)
+    assert time.monotonic() - started < 2.0, "a released lock is taken without waiting for its ttl"
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(data_dir=tmp_path / "redis-aof", persist=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def test_redis_restart_causes_no_reassignment(persistent_redis: RedisServer) -> None:
+    dep = Deployment(persistent_redis.url)
+    try:
+        broker = await dep.broker(make_config(dep.url, lease={"ttl": 1.0, "grace": 0.6}))
+        await dep.host("h1")
+        await dep.host("h2")
+        await wait_until(lambda: dep.settled({"h1": 2, "h2": 2}))
+        before = await dep.assignment()
+        persistent_redis.stop()
+        down = time.monotonic()
+        await wait_until(lambda: time.monotonic() - down > 2.5 and not broker._redis_ok, timeout=5, interval=0.1,
+                         message="an outage longer than ttl + grace")
+        persistent_redis.start()
+        await wait_until(lambda: broker._redis_ok, timeout=10, message="broker back on Redis")
+        for _ in range(20):  # two seconds of ticks after the restart: more than ttl + grace
+            await broker.wait_tick(1.0)
+        assert await dep.assignment() == before
+        assert await dep.events("host_lost") == []
+        assert dep.ledger.violations == []
+    finally:
+        await dep.close()
+
+
+async def test_unsigned_and_forged_commands_are_dropped(redis_url: str) -> None:
+    dep = Deployment(redis_url)
+    try:
+        secret = "s3cret-for-tests"
+        broker = await dep.broker(make_config(redis_url, secret=secret, hosts={"expected": 1}))
+        await dep.host("h1", secret=secret)
+        await dep.host("h2", secret=secret)
+        await wait_until(lambda: dep.settled({"h1": 2, "h2": 2}))
+        for bad_secret in (None, "wrong-secret"):
+            async with Bus(redis_url, node_id="tool:evil", secret=bad_secret) as tool:
+                with pytest.raises(RequestTimeout):
+                    await tool.request(dep.keys.broker_inbox, MessageType.COMMAND,
+                                       {"action": "drain", "host": "h1"}, timeout=0.5)
+        assert broker.bus.dropped["unsigned"] == 1 and broker.bus.dropped["bad_signature"] == 1
+        assert await dep.counts() == {"h1": 2, "h2": 2}
+        assert await dep.redis.hget(dep.keys.host("h1"), "state") == "up"
+        async with Bus(redis_url, node_id="tool:ok", secret=secret) as tool:
+            reply = await tool.request(dep.keys.broker_inbox, MessageType.COMMAND, {"action": "rebalance"})
+        assert reply["ok"] is True
+        assert await dep.events("no_secret") == []
+    finally:
+        await dep.close()
+
+
+async def test_no_secret_warns_once(deployment: Deployment) -> None:
+    dep = deployment
+    broker = await dep.broker(make_config(dep.url, hosts={"expected": 0}))
+    await broker.wait_tick(1.0)
+    events = await dep.events("no_secret")
+    assert len(events) == 1 and events[0]["severity"] == "warning"
