@@ -9,17 +9,31 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ClusterShardBot", "ClusterShardClient", "RpcClient", "__version__"]
+__all__ = [
+    "ClusterBroker",
+    "ClusterManager",
+    "ClusterShardBot",
+    "ClusterShardClient",
+    "LetsfragError",
+    "RpcClient",
+    "__version__",
+]
 
 _LAZY = {
+    "ClusterBroker": "letsfrag.broker",
+    "ClusterManager": "letsfrag.supervisor",
+    "LetsfragError": "letsfrag.errors",
     "ClusterShardClient": "letsfrag.cluster.client",
     "ClusterShardBot": "letsfrag.cluster.client",
     "RpcClient": "letsfrag.rpc",
 }
 
 if TYPE_CHECKING:
+    from .broker import ClusterBroker
     from .cluster.client import ClusterShardBot, ClusterShardClient
+    from .errors import LetsfragError
     from .rpc import RpcClient
+    from .supervisor import ClusterManager
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,10 @@ import letsfrag
 
 
 def test_all_is_the_public_api() -> None:
-    assert sorted(letsfrag.__all__) == ["ClusterShardBot", "ClusterShardClient", "RpcClient", "__version__"]
+    assert sorted(letsfrag.__all__) == [
+        "ClusterBroker", "ClusterManager", "ClusterShardBot", "ClusterShardClient", "LetsfragError", "RpcClient",
+        "__version__",
+    ]
     for name in letsfrag.__all__:
         assert getattr(letsfrag, name) is not None
     assert isinstance(letsfrag.__version__, str) and letsfrag.__version__.count(".") == 2
@@ -25,6 +28,15 @@ def test_exports_are_the_discord_subclasses_and_the_rpc_client() -> None:
     assert issubclass(letsfrag.ClusterShardClient, discord.AutoShardedClient)
     assert issubclass(letsfrag.ClusterShardBot, commands.AutoShardedBot)
     assert letsfrag.RpcClient is RpcClient
+
+
+def test_seed_names_for_the_broker_and_the_manager() -> None:
+    from letsfrag.broker.broker import ClusterBroker
+    from letsfrag.supervisor.manager import ClusterManager
+
+    assert letsfrag.ClusterBroker is ClusterBroker
+    assert letsfrag.ClusterManager is ClusterManager
+    assert issubclass(letsfrag.LetsfragError, Exception)
 
 
 def test_unknown_attribute() -> None:
