@@ -274,19 +274,22 @@ def plan_rebalance_step(
         if host_id is not None:
             held[host_id].append(cluster_id)
 
+    # gain(source, target) = (2a - 1)/ca - (2b + 1)/cb: the source's push minus the target's pull, so the
+    # check is O(hosts) when nothing can improve (the steady state), instead of comparing every pair
+    push = {h: Fraction(2 * len(c) - 1, hosts[h].capacity) for h, c in held.items() if c}
+    pull = {h: Fraction(2 * len(c) + 1, hosts[h].capacity) for h, c in held.items() if len(c) < hosts[h].capacity}
+    if not push or not pull or max(push.values()) <= min(pull.values()):
+        return None
+    # a best pair has its source among the two highest pushes and its target among the two lowest pulls (with
+    # multiplicity): otherwise a pair avoiding the one excluded host would gain strictly more
+    push_floor = sorted(push.values(), reverse=True)[:2][-1]
+    pull_ceiling = sorted(pull.values())[:2][-1]
     best: tuple[Fraction, tuple[_HostKey, _HostKey], str, str] | None = None
-    for source, clusters in held.items():
-        if not clusters:
-            continue
-        source_cap = hosts[source].capacity
-        for target, target_clusters in held.items():
-            target_cap = hosts[target].capacity
-            if target == source or len(target_clusters) >= target_cap:
+    for source in (h for h, p in push.items() if p >= push_floor):
+        for target in (h for h, p in pull.items() if p <= pull_ceiling):
+            if target == source or push[source] <= pull[target]:
                 continue
-            gap = Fraction(len(clusters), source_cap) - Fraction(len(target_clusters), target_cap)
-            gain = 2 * gap - Fraction(1, source_cap) - Fraction(1, target_cap)
-            if gain <= 0:
-                continue
+            gain = push[source] - pull[target]
             order = (_host_key(source), _host_key(target))
             if best is None or gain > best[0] or (gain == best[0] and order < best[1]):
                 best = (gain, order, source, target)
