@@ -264,6 +264,7 @@ class ClusterBroker:
         if leading == self._leading:
             return
         self._leading = leading
+        self._fire("leader", leading)  # at once, so is_leader and the callback never disagree
         if leading:
             self._since = self.clock.time()
             await self._event(Severity.INFO, "leader_acquired", f"broker {self.broker_id} is the leader")
@@ -272,7 +273,6 @@ class ClusterBroker:
                 self._reconciler.moves.clear()
             await self._event(Severity.WARNING, "leader_lost",
                               f"broker {self.broker_id} is no longer the leader ({reason}); now a standby")
-        self._fire("leader", leading)
 
     async def _write_info(self, rec: Reconciler) -> None:
         prefix = f"{self.keys.ns}:brokers:"
