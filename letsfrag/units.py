@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -60,6 +61,14 @@ def format_duration(seconds: float) -> str:
         return f"{hours}h{minutes:02d}m"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours}h"
+
+
+def format_shard_range(shard_ids: Sequence[int], empty: str = "") -> str:
+    """Contiguous shards for people: ``"24–31"`` (en dash), ``"5"`` for one shard, ``empty`` for none."""
+    if not shard_ids:
+        return empty
+    first, last = shard_ids[0], shard_ids[-1]
+    return str(first) if first == last else f"{first}–{last}"
 
 
 def format_size(size: float) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import pairwise
 
+from ..units import format_shard_range
+
 __all__ = [
     "ClusterSpec",
     "HostView",
@@ -40,11 +42,8 @@ class ClusterSpec:
 
     @property
     def shard_range(self) -> str:
-        """The shards for people: ``"24–31"`` (en dash), ``"5"`` for a single shard."""
-        if not self.shard_ids:
-            return ""
-        first, last = self.shard_ids[0], self.shard_ids[-1]
-        return str(first) if first == last else f"{first}–{last}"
+        """``"24–31"`` (en dash), one id for a single shard, ``""`` without shards."""
+        return format_shard_range(self.shard_ids)
 
 
 def _require_positive(name: str, value: int) -> None:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from letsfrag.supervisor.policy import MemoryWatch, RestartTracker
 
+from ..units import format_shard_range
+
 if TYPE_CHECKING:
     from letsfrag.supervisor.process import ClusterProcess
 
@@ -98,10 +100,7 @@ class ClusterView:
     @property
     def shard_range(self) -> str:
         """``"24–31"`` (en dash), one id for a single shard, ``""`` without shards."""
-        if not self.shard_ids:
-            return ""
-        first, last = self.shard_ids[0], self.shard_ids[-1]
-        return str(first) if first == last else f"{first}–{last}"
+        return format_shard_range(self.shard_ids)
 
 
 @dataclass(eq=False)
