@@ -25,6 +25,7 @@ from typing import IO, Any
 import psutil
 
 from .errors import LetsfragError
+from .events import Event
 from .redis_server import RedisServer
 
 EXAMPLE_BOT = Path(__file__).resolve().parent.parent / "examples" / "bot.py"
@@ -59,6 +60,15 @@ class RehearsalSettings:
     max_memory: str | None = None
     redis_persist: bool = False
     extra_host_yaml: str = ""
+    #: per-host replacement of ``bot_command`` (a host running a faulty bot, for chaos tests)
+    host_bot_commands: dict[str, list[str]] = field(default_factory=dict)
+    #: extra environment of every cluster process (``bot.env``)
+    bot_env: dict[str, str] = field(default_factory=dict)
+    #: ``restart.max_restarts`` / ``restart.window`` of the hosts (unset: the config defaults)
+    max_restarts: int | None = None
+    restart_window: float | None = None
+    #: the whole ``redis:`` entry of every config as YAML (e.g. a Sentinel mapping); unset: the rehearsal's URL
+    redis_yaml: str | None = None
 
     @property
     def clusters(self) -> int:
@@ -85,13 +95,16 @@ class Rehearsal:
     sim_url: str = ""
     brokers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     hosts: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: a Redis this rehearsal did not start (e.g. the current master behind Sentinel); ``start(redis=False)``
+    external_redis_url: str | None = None
     _files: list[IO[bytes]] = field(default_factory=list)
 
     # -------------------------------------------------------------------------------------------- start
 
-    def start(self) -> Rehearsal:
-        """Redis, simulator, one broker and ``settings.hosts`` hosts."""
-        self.start_redis()
+    def start(self, *, redis: bool = True) -> Rehearsal:
+        """Redis (unless ``redis=False``: set ``external_redis_url``), simulator, one broker and the hosts."""
+        if redis:
+            self.start_redis()
         self.start_sim()
         self.start_broker("b0")
         for index in range(self.settings.hosts):
@@ -103,8 +116,22 @@ class Rehearsal:
         self.redis = RedisServer(data_dir=self.workdir / "redis", persist=self.settings.redis_persist)
         self.redis.start()
 
+    def stop_redis(self) -> None:
+        """Stop Redis (SIGTERM: with ``redis_persist`` its data is flushed to the append-only file)."""
+        if self.redis is None:
+            raise LetsfragError("redis is not started")
+        self.redis.stop()
+
+    def resume_redis(self) -> None:
+        """Start the stopped Redis again on the same port and data folder."""
+        if self.redis is None:
+            raise LetsfragError("redis was never started")
+        self.redis.start()
+
     @property
     def redis_url(self) -> str:
+        if self.external_redis_url is not None:
+            return self.external_redis_url
         if self.redis is None:
             raise LetsfragError("redis is not started")
         return self.redis.url
@@ -147,7 +174,8 @@ class Rehearsal:
 
     def _common_yaml(self) -> str:
         s = self.settings
-        text = f"redis: {self.redis_url}\nnamespace: {s.namespace}\n"
+        redis_entry = s.redis_yaml if s.redis_yaml is not None else f"redis: {self.redis_url}\n"
+        text = f"{redis_entry.rstrip()}\nnamespace: {s.namespace}\n"
         if s.secret:
             text += "secret: ${REHEARSAL_SECRET}\n"
         return text
@@ -166,7 +194,7 @@ class Rehearsal:
 
     def host_yaml(self, host_id: str, capacity: int | None = None) -> str:
         s = self.settings
-        command = s.bot_command or [sys.executable, str(EXAMPLE_BOT)]
+        command = s.host_bot_commands.get(host_id) or s.bot_command or [sys.executable, str(EXAMPLE_BOT)]
         capacity = capacity if capacity is not None else (s.capacity if s.capacity is not None else s.clusters)
         limits = f"limits:\n  hang_timeout: {s.hang_timeout}s\n  stop_timeout: {s.stop_timeout}s\n"
         if s.max_memory:
@@ -175,9 +203,12 @@ class Rehearsal:
             self._common_yaml()
             + f"host:\n  id: {host_id}\n  capacity: {capacity}\n"
             + f"bot:\n  command: {json.dumps(command)}\n  token: ${{BOT_TOKEN}}\n"
+            + (f"  env: {json.dumps(s.bot_env)}\n" if s.bot_env else "")
             + f"discord:\n  api_url: {self.sim_url}/api/v10\n"
             + f"  gateway_url: {self.sim_url.replace('http://', 'ws://')}/\n"
             + f"restart:\n  backoff:\n    initial: {s.restart_initial}s\n"
+            + (f"  max_restarts: {s.max_restarts}\n" if s.max_restarts is not None else "")
+            + (f"  window: {s.restart_window}s\n" if s.restart_window is not None else "")
             + limits
             + f"logs:\n  dir: {self.workdir / 'logs' / host_id}\n"
             + f"sample_interval: {s.sample_interval}s\n"
@@ -236,6 +267,14 @@ class Rehearsal:
     def thaw_host(self, host_id: str) -> int:
         return self.signal_tree(self.hosts[host_id], signal.SIGCONT)
 
+    def kill_supervisor(self, host_id: str) -> list[int]:
+        """SIGKILL only a host's supervisor, not its clusters; return the cluster pids it left behind."""
+        process = self.hosts[host_id]
+        orphans = [p.pid for p in self.tree(process)[1:]]
+        process.kill()
+        process.wait()
+        return orphans
+
     def kill_broker(self, broker_id: str = "b0") -> None:
         process = self.brokers[broker_id]
         process.kill()
@@ -261,6 +300,28 @@ class Rehearsal:
                 client.close()
         grants = {int(cid): json.loads(value) for cid, value in raw.items()}
         return {cid: (str(grant["host"]), int(grant["epoch"])) for cid, grant in grants.items()}
+
+    def redis_client(self) -> Any:
+        """A synchronous redis-py client of the deployment's Redis (close it after use)."""
+        import redis
+
+        return redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=5)
+
+    def events(self, count: int = 1000) -> list[Event]:
+        """The newest ``count`` entries of ``{ns}:events``, oldest first."""
+        client = self.redis_client()
+        try:
+            entries: Any = client.xrevrange(f"{self.settings.namespace}:events", count=count)
+        finally:
+            client.close()
+        return [Event.from_stream(str(entry_id), dict(data)) for entry_id, data in reversed(entries or [])]
+
+    def letsfrag_cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run ``letsfrag ARGS --redis URL --namespace NS`` (a tool command such as ``status``) and wait."""
+        argv = [sys.executable, "-m", "letsfrag", *args, "--redis", self.redis_url,
+                "--namespace", self.settings.namespace]
+        return subprocess.run(argv, env=self.env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout, check=False)
 
     # -------------------------------------------------------------------------------------------- sim
 

@@ -1,0 +1,65 @@
+"""The example bot with one fault switched on for one cluster (a test program for the chaos suite).
+
+Environment (set through the host config's ``bot.env``):
+
+``CHAOS_FAULT``    ``crash`` (exit 1 after READY), ``hang`` (block the event loop with ``time.sleep`` after
+                   READY) or ``memory`` (grow RSS by ``CHAOS_MEMORY_STEP`` bytes every 0.1 s after READY)
+``CHAOS_CLUSTER``  the cluster id the fault applies to (compared with ``LETSFRAG_CLUSTER_ID``)
+``CHAOS_FLAG``     a file; the fault fires only while it exists. ``hang`` and ``memory`` delete it when they
+                   fire, so the restarted process behaves; ``crash`` keeps firing until the test removes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import runpy
+import sys
+import time
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "bot.py"
+
+namespace = runpy.run_path(str(EXAMPLE), run_name="faulty_bot")
+client = namespace["client"]
+FAULT = os.environ.get("CHAOS_FAULT", "")
+TARGET = os.environ.get("CHAOS_CLUSTER", "")
+FLAG = Path(os.environ.get("CHAOS_FLAG", "/nonexistent"))
+STEP = int(os.environ.get("CHAOS_MEMORY_STEP", str(16 * 1024 * 1024)))
+hoard: list[bytes] = []
+
+
+def _armed() -> bool:
+    return bool(FAULT) and os.environ.get("LETSFRAG_CLUSTER_ID") == TARGET and FLAG.exists()
+
+
+def _consume() -> None:
+    try:
+        FLAG.unlink()
+    except FileNotFoundError:
+        pass
+
+
+async def _grow() -> None:
+    while len(hoard) * STEP < 4 * 1024**3:
+        hoard.append(os.urandom(1024) * (STEP // 1024))
+        await asyncio.sleep(0.1)
+
+
+@client.event
+async def on_ready() -> None:
+    if not _armed():
+        return
+    print(f"chaos: cluster {TARGET} fault {FAULT}", file=sys.stderr, flush=True)
+    if FAULT == "crash":
+        os._exit(1)
+    elif FAULT == "hang":
+        _consume()
+        time.sleep(3600)  # noqa: ASYNC251 - the fault: block the event loop, no more heartbeats
+    elif FAULT == "memory":
+        _consume()
+        asyncio.get_running_loop().create_task(_grow())
+
+
+if __name__ == "__main__":
+    client.run()
