@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -60,17 +61,27 @@ class Result:
 
 
 class _Collector:
-    """Gathers replies for one request id until every expected sender answered."""
+    """Gathers replies for one request id until every expected sender answered.
+
+    ``done`` is a bare future (not an ``asyncio.Event``): ``wait_for`` on a future needs no extra task.
+    """
 
     def __init__(self, expected: set[str] | None) -> None:
         self.expected = expected
+        self.missing = len(expected) if expected is not None else 1
         self.replies: dict[str, Envelope] = {}
-        self.done = asyncio.Event()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def add(self, env: Envelope) -> None:
+        if env.sender not in self.replies and (self.expected is None or env.sender in self.expected):
+            self.missing -= 1
         self.replies[env.sender] = env
-        if self.expected is None or self.expected.issubset(self.replies):
-            self.done.set()
+        if self.missing <= 0:
+            self.finish()
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 class Bus:
@@ -86,7 +97,7 @@ class Bus:
         window: float = DEFAULT_WINDOW,
         max_bytes: int = DEFAULT_MAX_BYTES,
         request_timeout: float = 10.0,
-        reconnect_max: float = 5.0,
+        reconnect_max: float = 1.0,
     ) -> None:
         self.node_id = node_id
         self.keys = Keys(namespace)
@@ -133,7 +144,7 @@ class Bus:
         for task in list(self._tasks):
             task.cancel()
         for collector in self._pending.values():
-            collector.done.set()
+            collector.finish()
         for client in (self.redis, self._sub_redis):
             with contextlib.suppress(Exception):
                 await client.aclose()
@@ -178,7 +189,8 @@ class Bus:
                 self._set_connected(True)
                 delay = 0.1
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                    # block without a timeout: a timed read costs a timer and a cancel scope per message
+                    message = await pubsub.get_message(timeout=None)
                     if message is not None and message.get("type") == "message":
                         channel = message["channel"]
                         self._on_raw(channel.decode() if isinstance(channel, bytes) else channel, message["data"])
@@ -365,7 +377,7 @@ class Bus:
         single: bool,
     ) -> dict[str, Result]:
         deadline = self.request_timeout if timeout is None else timeout
-        env_id = self.envelope(type).id
+        env_id = uuid.uuid4().hex
         collector = _Collector(None if single else expected)
         self._pending[env_id] = collector
         try:
@@ -378,7 +390,7 @@ class Bus:
                 return {name: Result(name, "timeout", error=f"nobody is listening on {channel}")
                         for name in expected}
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(collector.done.wait(), deadline)
+                await asyncio.wait_for(collector.done, deadline)
         finally:
             self._pending.pop(env_id, None)
         results: dict[str, Result] = {}

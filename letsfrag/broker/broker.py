@@ -136,6 +136,7 @@ class ClusterBroker:
         self._reconciler = Reconciler(self.config, self._layout, self.store, event=self._event, fire=self._fire,
                                       notify=self._notify, move_timeout=self.move_timeout, clock=self.clock)
         self._commands = CommandHandler(self, self._reconciler)
+        self._redis_lost_at: float | None = None
         self.bus.on_state(self._on_bus_state)
         await self.bus.subscribe(self.keys.broker_inbox, self._on_inbox)
         try:
@@ -285,9 +286,18 @@ class ClusterBroker:
             "standbys": json.dumps(standbys),
         })
 
-    def _on_bus_state(self, up: bool) -> None:
-        if not up and self._reconciler is not None:
-            self._reconciler.membership.reset()
+    def _on_bus_state(self, up: bool) -> Any:
+        if not up:
+            self._redis_lost_at = self.clock.monotonic()
+            if self._reconciler is not None:
+                self._reconciler.membership.reset()
+            return None
+        if self._redis_lost_at is None:
+            return None
+        outage, self._redis_lost_at = self.clock.monotonic() - self._redis_lost_at, None
+        return self._event(Severity.WARNING, "redis_reconnected",
+                           f"broker {self.broker_id} reconnected to Redis after {outage:.1f}s; "
+                           "leases are judged afresh, with grace")
 
     # messages -------------------------------------------------------------------------------------------
 

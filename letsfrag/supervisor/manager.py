@@ -97,6 +97,7 @@ class ClusterManager:
         self.host_cpu = 0.0
         self.host_rss = 0
         self._bus: Bus | None = None
+        self._redis_lost_at: float | None = None
         self.agent: HostAgent | None = None
         self.publisher: Publisher | None = None
         self.commands = CommandHandler(self)
@@ -151,6 +152,7 @@ class ClusterManager:
         self.publisher = Publisher(bus, self.host_id, self._view_of, self.clock.time)
         self.agent = HostAgent(bus, self.host_id, self.capacity, self.clock, on_grants=self._on_grants,
                                on_fence=self._on_fence, record_fields=self._record_fields)
+        bus.on_state(self._on_bus_state)
         await bus.start(wait=None)
         await bus.subscribe(bus.keys.host_inbox(self.host_id), self._on_inbox)
         self._tasks.append(asyncio.create_task(self._loop(), name="supervisor-loop"))
@@ -322,6 +324,14 @@ class ClusterManager:
         task = asyncio.ensure_future(awaitable)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _on_bus_state(self, up: bool) -> None:
+        if not up:
+            self._redis_lost_at = self._redis_lost_at or self.clock.monotonic()
+        elif self._redis_lost_at is not None:
+            outage, self._redis_lost_at = self.clock.monotonic() - self._redis_lost_at, None
+            self._event(Severity.WARNING, "redis_reconnected",
+                        f"host {self.host_id} reconnected to Redis after {outage:.1f}s", host=self.host_id)
 
     def _event(self, severity: Severity, kind: str, message: str, **context: Any) -> None:
         if self.publisher is not None:

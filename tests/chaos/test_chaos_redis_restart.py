@@ -45,6 +45,8 @@ def test_redis_restart_keeps_sessions_and_assignment(rehearsal: Callable[..., Re
             client.close()
 
     wait_until_sync(reconnected, timeout=20, interval=0.25, message="supervisors and broker write to Redis again")
+    wait_until_sync(lambda: kinds(deployment.events(), since=down_at).count("redis_reconnected") >= 3, timeout=20,
+                    message="the broker and both hosts report their reconnect in the events stream")
     assert all(beats[h] < down_at for h in beats), "the heartbeats before the outage were recorded"
     events = assert_clean_end(deployment)
     assert sorted(deployment.cluster_pids()) == pids, "no cluster process restarted"
