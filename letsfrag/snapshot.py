@@ -304,14 +304,35 @@ def _shard_rows(cid: int, raw: dict[str, Any], running: bool, now: float) -> lis
     return rows
 
 
+_LISTED: dict[str, tuple[int, ...] | None] = {}
+
+
+def _listed_shards(text: Any) -> tuple[int, ...] | None:
+    """A status hash's ``shard_ids`` JSON list (None when absent or malformed), memoised: the same few
+    thousand texts come back on every read of a dashboard."""
+    if not isinstance(text, str):
+        return None
+    if text in _LISTED:
+        return _LISTED[text]
+    listed = _json(text)
+    try:
+        ids = tuple(int(i) for i in listed) if isinstance(listed, list) else None
+    except (TypeError, ValueError):
+        ids = None
+    if len(_LISTED) >= 8192:
+        _LISTED.clear()
+    _LISTED[text] = ids
+    return ids
+
+
 def _cluster_row(cid: int, claim: Any, status: dict[str, str], shards_raw: dict[str, Any] | int,
                  layout: Layout | None, now: float) -> ClusterRow:
     """Join one cluster's claim, status and shard reports (a dict of reports, or only their READY count)."""
     host = claim.get("host") if isinstance(claim, dict) else None
     epoch = _int(claim.get("epoch")) if isinstance(claim, dict) else None
     state = (status.get("state") or "pending") if host else "unassigned"
-    listed = _json(status.get("shard_ids"))
-    ids = [int(i) for i in listed] if isinstance(listed, list) else list(layout.shard_ids(cid)) if layout else []
+    listed = _listed_shards(status.get("shard_ids"))
+    ids = list(listed) if listed is not None else list(layout.shard_ids(cid)) if layout else []
     running = state in RUNNING_STATES
     shards = _shard_rows(cid, shards_raw, running, now) if isinstance(shards_raw, dict) else []
     if not running:
@@ -341,9 +362,10 @@ def _cluster_row(cid: int, claim: Any, status: dict[str, str], shards_raw: dict[
     )
 
 
-#: returns, per (status key, shards key) pair, one JSON text {"s": {status hash}, "h": {shard id: raw JSON}}
-#: (ARGV[1] == "full") or {"s": {...}, "r": <shards reporting "ready">} -- so that a thousand clusters cost a
-#: thousand small replies instead of ~80,000 (redis-py's reply parser is the bottleneck of a big read)
+#: per (status key, shards key) pair, one JSON object {"s": {status hash}, "h": {shard id: raw JSON}}
+#: (ARGV[1] == "full") or {"s": {...}, "r": <shards reporting "ready">}, all of them joined into ONE JSON array
+#: text: a thousand clusters cost a handful of replies instead of ~80,000 (redis-py's pure-Python reply parser
+#: is the bottleneck of a big read) and one ``json.loads`` per batch
 _PACK_LUA = """
 local full = ARGV[1] == 'full'
 local out = {}
@@ -366,41 +388,71 @@ for i = 1, #KEYS, 2 do
   end
   out[#out + 1] = '{"s":{' .. table.concat(parts, ',') .. '},' .. tail .. '}'
 end
-return out
+return '[' .. table.concat(out, ',') .. ']'
+"""
+#: per (host key, lease key) pair, [{host hash}, lease PTTL], joined into one JSON array text
+_PACK_HOSTS_LUA = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local h = redis.call('HGETALL', KEYS[i])
+  local parts = {}
+  for j = 1, #h, 2 do parts[#parts + 1] = cjson.encode(h[j]) .. ':' .. cjson.encode(h[j + 1]) end
+  out[#out + 1] = '[{' .. table.concat(parts, ',') .. '},' .. redis.call('PTTL', KEYS[i + 1]) .. ']'
+end
+return '[' .. table.concat(out, ',') .. ']'
+"""
+#: the assignment hash as one JSON object text {cluster id: claim}; the claims (JSON themselves) go in raw,
+#: so a malformed claim makes the text unparsable and the reader falls back to a plain HGETALL
+_PACK_ASSIGNMENT_LUA = """
+local a = redis.call('HGETALL', KEYS[1])
+local parts = {}
+for j = 1, #a, 2 do parts[#parts + 1] = cjson.encode(a[j]) .. ':' .. a[j + 1] end
+return '{' .. table.concat(parts, ',') .. '}'
 """
 #: clusters per script call: keeps each call short for Redis (other clients wait while a script runs)
 PACK_BATCH = 200
 
+Packed = tuple[dict[str, str], dict[str, Any] | int]
 
-async def _read_clusters(redis: aioredis.Redis, keys: Keys, cluster_ids: list[int],
-                         full: bool) -> list[tuple[dict[str, str], dict[str, Any] | int]]:
+
+def _unpack_clusters(blob: Any, count: int) -> list[Packed | None]:
+    """One packed batch -> (status, shards) per cluster; all None when the text is not what was expected."""
+    data = _json(blob) if isinstance(blob, str) else None
+    if not isinstance(data, list) or len(data) != count:
+        return [None] * count
+    out: list[Packed | None] = []
+    for item in data:
+        if not isinstance(item, dict) or not isinstance(item.get("s"), dict):
+            out.append(None)
+        elif isinstance(item.get("h"), dict):
+            out.append((item["s"], item["h"]))
+        elif isinstance(item.get("r"), int):
+            out.append((item["s"], item["r"]))
+        else:
+            out.append(None)
+    return out
+
+
+async def _read_clusters(redis: aioredis.Redis, keys: Keys, cluster_ids: list[int], full: bool) -> list[Packed]:
     """(status hash, shards hash or READY count) per cluster: packed by a script, or plain HGETALLs."""
     if not cluster_ids:
         return []
+    batches = [cluster_ids[start:start + PACK_BATCH] for start in range(0, len(cluster_ids), PACK_BATCH)]
+    out: list[Packed | None] = []
     try:
         script = redis.register_script(_PACK_LUA)
         pipe = redis.pipeline(transaction=False)
-        for start in range(0, len(cluster_ids), PACK_BATCH):
+        for batch in batches:
             batch_keys = []
-            for cid in cluster_ids[start:start + PACK_BATCH]:
+            for cid in batch:
                 batch_keys += [keys.cluster_status(cid), keys.shard_status(cid)]
             await script(keys=batch_keys, args=["full" if full else "summary"], client=pipe)
-        packed = [blob for batch in await pipe.execute() for blob in batch]
+        for batch, blob in zip(batches, await pipe.execute(), strict=True):
+            out += _unpack_clusters(blob, len(batch))
     except ResponseError:  # scripting disabled or denied by an ACL
-        packed = [None] * len(cluster_ids)
-    out: list[tuple[dict[str, str], dict[str, Any] | int] | None] = []
-    for blob in packed:
-        data = _json(blob)
-        if not isinstance(data, dict) or not isinstance(data.get("s"), dict):
-            out.append(None)
-        elif isinstance(data.get("h"), dict):
-            out.append((data["s"], data["h"]))
-        elif isinstance(data.get("r"), int):
-            out.append((data["s"], data["r"]))
-        else:
-            out.append(None)
+        out = [None] * len(cluster_ids)
     missing = [i for i, item in enumerate(out) if item is None]
-    if missing:  # a malformed shard report makes a packed reply unparsable: read those clusters plainly
+    if missing:  # a malformed shard report makes a packed batch unparsable: read those clusters plainly
         pipe = redis.pipeline(transaction=False)
         for i in missing:
             pipe.hgetall(keys.cluster_status(cluster_ids[i]))
@@ -411,9 +463,44 @@ async def _read_clusters(redis: aioredis.Redis, keys: Keys, cluster_ids: list[in
     return [item if item is not None else ({}, {}) for item in out]
 
 
+async def _read_hosts(redis: aioredis.Redis, keys: Keys, host_ids: list[str]) -> list[tuple[dict[str, str], int]]:
+    """(host hash, lease PTTL) per host: packed into one reply by a script, or plain HGETALL + PTTL."""
+    if not host_ids:
+        return []
+    pairs = [key for h in host_ids for key in (keys.host(h), keys.lease(h))]
+    try:
+        blob = await redis.register_script(_PACK_HOSTS_LUA)(keys=pairs)
+    except ResponseError:
+        blob = None
+    data = _json(blob) if isinstance(blob, str) else None
+    if isinstance(data, list) and len(data) == len(host_ids) and all(
+            isinstance(item, list) and len(item) == 2 and isinstance(item[0], dict) and isinstance(item[1], int)
+            for item in data):
+        return [(item[0], item[1]) for item in data]
+    pipe = redis.pipeline(transaction=False)
+    for host_id in host_ids:
+        pipe.hgetall(keys.host(host_id))
+        pipe.pttl(keys.lease(host_id))
+    plain = await pipe.execute()
+    return [(plain[2 * i] or {}, plain[2 * i + 1]) for i in range(len(host_ids))]
+
+
+async def _read_assignment(redis: aioredis.Redis, keys: Keys) -> dict[int, Any]:
+    """cluster id -> claim (parsed JSON, None when unparsable) from the assignment hash."""
+    try:
+        blob = await redis.register_script(_PACK_ASSIGNMENT_LUA)(keys=[keys.assignment])
+    except ResponseError:
+        blob = None
+    packed = _json(blob) if isinstance(blob, str) else None
+    if isinstance(packed, dict):
+        return {int(k): v for k, v in packed.items() if str(k).isdigit()}
+    raw = await redis.hgetall(keys.assignment)  # type: ignore[misc]
+    return {int(k): _json(v) for k, v in (raw or {}).items() if str(k).isdigit()}
+
+
 async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None = None,
                         events: int = 200, events_after: str | None = None, shards: bool = False) -> Snapshot:
-    """Read the deployment in two pipelined round trips; raises ``RedisError``/``OSError`` when unreachable.
+    """Read the deployment in two rounds of pipelined requests; raises ``RedisError``/``OSError`` when unreachable.
 
     ``now`` (epoch seconds, default the wall clock) is the instant ages are computed against; ``events`` how
     many of the newest events to load (errors of the last 10 minutes are counted among them); ``shards``
@@ -425,38 +512,32 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
     pipe = redis.pipeline(transaction=False)
     pipe.hgetall(keys.layout)
     pipe.smembers(keys.hosts)
-    pipe.hgetall(keys.assignment)
     pipe.get(keys.leader)
     pipe.hgetall(keys.broker)
     pipe.xrevrange(keys.events, min=f"({events_after}" if events_after else "-", count=events)
-    layout_raw, members, assignment_raw, leader_id, broker, entries = await pipe.execute()
+    (layout_raw, members, leader_id, broker, entries), claims = await asyncio.gather(
+        pipe.execute(), _read_assignment(redis, keys))
     layout = Layout.from_hash(layout_raw or {})
 
-    claims: dict[int, Any] = {}
-    for field_name, value in (assignment_raw or {}).items():
-        if str(field_name).isdigit():
-            claims[int(field_name)] = _json(value)
     cluster_ids = sorted(set(range(layout.cluster_count) if layout else ()) | claims.keys())
     host_ids = set(members or ())
     host_ids.update(c["host"] for c in claims.values() if isinstance(c, dict) and isinstance(c.get("host"), str))
     hosts_sorted = sorted(host_ids)
 
     pipe = redis.pipeline(transaction=False)
-    for host_id in hosts_sorted:
-        pipe.hgetall(keys.host(host_id))
-        pipe.pttl(keys.lease(host_id))
     buckets = layout.max_concurrency if layout else 0
     for bucket in range(buckets):
         pipe.zcard(keys.identify(f"queue:{bucket}"))
-    results, packed = await asyncio.gather(pipe.execute(), _read_clusters(redis, keys, cluster_ids, shards))
+    depths, host_data, packed = await asyncio.gather(
+        pipe.execute(), _read_hosts(redis, keys, hosts_sorted), _read_clusters(redis, keys, cluster_ids, shards))
 
     by_host: dict[str, list[int]] = {h: [] for h in hosts_sorted}
     for cid, claim in sorted(claims.items()):
         if isinstance(claim, dict) and claim.get("host") in by_host:
             by_host[claim["host"]].append(cid)
-    hosts = [_host_row(h, results[2 * i] or {}, results[2 * i + 1], layout, by_host[h], now)
-             for i, h in enumerate(hosts_sorted)]
-    depth = sum(int(n or 0) for n in results[2 * len(hosts_sorted):])
+    hosts = [_host_row(h, data, pttl, layout, by_host[h], now)
+             for h, (data, pttl) in zip(hosts_sorted, host_data, strict=True)]
+    depth = sum(int(n or 0) for n in depths)
     clusters = [_cluster_row(cid, claims.get(cid), status, shard_map, layout, now)
                 for cid, (status, shard_map) in zip(cluster_ids, packed, strict=True)]
 

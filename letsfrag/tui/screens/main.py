@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import ComposeResult
@@ -44,6 +44,7 @@ class MainScreen(Screen[None]):
         self.sort_index = 0
         self.problems_only = False
         self.paused = False
+        self._clusters_title = ""
 
     @property
     def top(self) -> LetsfragTop:
@@ -105,25 +106,29 @@ class MainScreen(Screen[None]):
         return " · ".join(parts)
 
     def _show_tables(self, snapshot: Snapshot) -> None:
+        # without a filter the tables get the rows themselves and format only what is on screen
         needle = self.needle.lower()
-        hosts = []
-        for host in snapshot.hosts:
-            if self.problems_only and not host.problem:
-                continue
-            cells = host_cells(host)
-            if matches(cells, needle):
-                hosts.append((host.id, cells))
-        self.query_one("#hosts", HostsTable).sync(hosts)
-        clusters = []
-        for cluster in sorted(snapshot.clusters, key=CLUSTER_SORTS[SORTS[self.sort_index]]):
-            if self.problems_only and not cluster.problem:
-                continue
-            cells = cluster_cells(cluster)
-            if matches(cells, needle):
-                clusters.append((str(cluster.id), cells))
-        self.query_one("#clusters", ClustersTable).sync(clusters)
-        self.query_one("#clusters-title", Label).update(
-            f"Clusters ({len(clusters)} of {len(snapshot.clusters)} shown)")
+        hosts = [host for host in snapshot.hosts if not self.problems_only or host.problem]
+        hosts_table = self.query_one("#hosts", HostsTable)
+        if needle:
+            hosts_table.sync([(host.id, cells) for host in hosts if matches(cells := host_cells(host), needle)])
+        else:
+            hosts_table.sync([(host.id, host) for host in hosts], host_cells)
+        clusters = sorted((cluster for cluster in snapshot.clusters if not self.problems_only or cluster.problem),
+                          key=CLUSTER_SORTS[SORTS[self.sort_index]])
+        clusters_table = self.query_one("#clusters", ClustersTable)
+        shown: list[tuple[str, Any]]
+        if needle:
+            shown = [(str(cluster.id), cells) for cluster in clusters
+                     if matches(cells := cluster_cells(cluster), needle)]
+            clusters_table.sync(shown)
+        else:
+            shown = [(str(cluster.id), cluster) for cluster in clusters]
+            clusters_table.sync(shown, cluster_cells)
+        title = f"Clusters ({len(shown)} of {len(snapshot.clusters)} shown)"
+        if title != self._clusters_title:  # an update re-lays out the screen: only when it changed
+            self._clusters_title = title
+            self.query_one("#clusters-title", Label).update(title)
         self.query_one("#events", EventsPane).show(snapshot.events)
 
     # --------------------------------------------------------------------------------------------- actions

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.text import Text
+
 from ...events import Event
 from ..format import event_cells
 from .tables import EventsTable
@@ -18,4 +20,7 @@ class EventsPane(EventsTable):
         self.utc = utc
 
     def show(self, events: Sequence[Event]) -> None:
-        self.sync([(e.id, event_cells(e, utc=self.utc)) for e in events[: self.limit]])
+        self.sync([(e.id, e) for e in events[: self.limit]], self._cells_of_event)
+
+    def _cells_of_event(self, event: Event) -> tuple[Text | str, ...]:
+        return event_cells(event, utc=self.utc)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -13,12 +15,17 @@ from ..format import summary_text
 class SummaryHeader(Static):
     """Namespace, Redis address and state, leader, hosts/clusters/shards ready, identify queue, errors."""
 
+    _shown: tuple[str, list[Any]] | None = None
+
     def show(self, snapshot: Snapshot | None, address: str, *, connected: bool, data_age: float | None,
              paused: bool, extra: str = "") -> None:
         text = summary_text(snapshot, address, connected=connected, data_age=data_age, paused=paused)
         if extra:
             text.append(f"  {extra}", style="dim")
-        self.update(text)
+        shown = (text.plain, text.spans)
+        if shown != self._shown:  # an update re-lays out the screen: only when the line changed
+            self._shown = shown
+            self.update(text)
 
 
 class ConnectionBanner(Static):
