@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 from .events import Event, Severity
 from .keys import Keys
 from .supervisor.policy import heartbeat_colour
+from .units import format_shard_range
 
 __all__ = [
     "RUNNING_STATES", "SCHEMA_VERSION", "ClusterDetail", "ClusterRow", "HostRow", "Layout", "LeaderInfo",
@@ -106,9 +107,7 @@ class Layout:
 
 def format_range(shards: range | list[int]) -> str:
     """``24–31`` (en dash), ``5`` for one shard, ``–`` for none."""
-    if not shards:
-        return "–"
-    return str(shards[0]) if len(shards) == 1 else f"{shards[0]}–{shards[-1]}"
+    return format_shard_range(shards, empty="–")
 
 
 @dataclass(slots=True)
