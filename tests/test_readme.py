@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from letsfrag.cli import HANDLERS, build_parser
@@ -30,3 +31,12 @@ def test_every_command_has_help() -> None:
             parser.parse_args([*words, "--help"])
         except SystemExit as exc:
             assert exc.code == 0, command
+
+
+def test_benchmark_table_is_generated_from_the_results() -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.report import render_markdown
+
+    start = README.index("<!-- benchmarks:start -->") + len("<!-- benchmarks:start -->")
+    end = README.index("<!-- benchmarks:end -->")
+    assert README[start:end].strip() == render_markdown().strip(), "run python -m benchmarks.report and paste it"
