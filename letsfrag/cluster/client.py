@@ -410,7 +410,7 @@ class ClusterMixin(_Base):
                    f"cluster {env.cluster_id} fenced, closing its sessions: {reason} ({dropped} held events dropped)",
                    source=cluster_node(env.cluster_id),
                    cluster=env.cluster_id, host=env.host_id, epoch=env.epoch, dropped=dropped)
-        await self.close()
+        await asyncio.shield(self.close())  # teardown cancels this task; never cancel the close itself
 
     async def _lf_fatal(self, code: int, reason: str) -> None:
         self.cluster.exit_code = ExitCode.FATAL_GATEWAY
@@ -430,7 +430,7 @@ class ClusterMixin(_Base):
         log.info("cluster %s stopping: %s", self.cluster.id, reason)
         if self.cluster.exit_code is None:
             self.cluster.exit_code = ExitCode.OK
-        await self.close()
+        await asyncio.shield(self.close())  # teardown cancels this task; never cancel the close itself
 
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
         await super().on_error(event_method, *args, **kwargs)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import re
 
+from letsfrag.broker.main import check_redis_credentials
 from letsfrag.config import HostConfig, load_host_config
 from letsfrag.errors import ConfigError
 from letsfrag.supervisor.manager import ClusterManager
@@ -27,6 +28,7 @@ def _overrides(args: argparse.Namespace) -> tuple[str | None, int | None]:
 
 async def serve(config: HostConfig, *, host_id: str | None = None, capacity: int | None = None) -> int:
     """Run a supervisor with signal handling until it was asked to stop; return the exit code."""
+    await check_redis_credentials(config.redis)
     manager = ClusterManager(config, handle_signals=True, host_id=host_id, capacity=capacity)
     try:
         await manager.serve_forever()

@@ -1,0 +1,292 @@
+"""Support for the chaos tests of part B: handling counters, cluster states, a deployment with Redis ACL.
+
+The handling referee of the simulator counts every ``!ping <n>`` it sent and every answer the bot posted;
+these helpers read it, drive ``/_sim/traffic`` and read the cluster states from Redis (docs/redis.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+from helpers import wait_until_sync
+
+from letsfrag.keys import Keys
+from letsfrag.redis_server import RedisServer, find_redis_server
+from letsfrag.rehearsal import Rehearsal, RehearsalSettings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------------------ deployments
+
+
+@dataclass
+class SecuredRehearsal(Rehearsal):
+    """A rehearsal whose Redis may require an ACL user/password and whose bus window may be short.
+
+    The configs then say ``redis: {url, username, password: ${REDIS_PASSWORD}}``; the password reaches the
+    processes only through their environment.
+    """
+
+    redis_username: str | None = None
+    redis_password: str | None = None
+    signature_window: float | None = None
+
+    def start_redis(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        extra: list[str] = []
+        if self.redis_username and self.redis_password:
+            # the default user is switched off: only the named ACL user may connect
+            extra = [
+                "--user",
+                "default",
+                "off",
+                "--user",
+                self.redis_username,
+                "on",
+                f">{self.redis_password}",
+                "~*",
+                "&*",
+                "+@all",
+            ]
+        self.redis = RedisServer(
+            data_dir=self.workdir / "redis", persist=self.settings.redis_persist, extra_args=extra
+        )
+        if self.redis_username and self.redis_password:
+            _start_acl_server(self.redis, self.redis_username, self.redis_password)
+        else:
+            self.redis.start()
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.redis_password:
+            env["REDIS_PASSWORD"] = self.redis_password
+        return env
+
+    def _common_yaml(self) -> str:
+        text = super()._common_yaml()
+        if self.redis_username:
+            text = text.replace(
+                f"redis: {self.redis_url}\n",
+                f"redis:\n  url: {self.redis_url}\n  username: {self.redis_username}\n"
+                "  password: ${REDIS_PASSWORD}\n",
+            )
+        if self.signature_window is not None:
+            text += f"signature_window: {self.signature_window}s\n"
+        return text
+
+    def redis_client(self) -> redis.Redis:
+        """A sync client (str responses) that may connect whatever the ACL."""
+        return redis.Redis.from_url(
+            self.redis_url, decode_responses=True, username=self.redis_username, password=self.redis_password
+        )
+
+    def assignment(self, client: Any = None) -> dict[int, tuple[str, int]]:
+        if client is None and self.redis_password:
+            client = self.redis_client()
+            try:
+                return super().assignment(client)
+            finally:
+                client.close()
+        return super().assignment(client)
+
+
+def _start_acl_server(server: RedisServer, username: str, password: str, timeout: float = 10.0) -> None:
+    """Start ``server`` and wait until the ACL user can PING (RedisServer's own probe knows no usernames)."""
+    server.data_dir.mkdir(parents=True, exist_ok=True)
+    server.process = subprocess.Popen(
+        server._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    def answers() -> bool:
+        client = redis.Redis(
+            host="127.0.0.1", port=server.port, username=username, password=password, socket_timeout=0.5
+        )
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            assert server.process is not None and server.process.poll() is None, "redis-server exited"
+            return False
+        finally:
+            client.close()
+
+    wait_until_sync(answers, timeout=timeout, interval=0.05, message="ACL redis-server answers")
+
+
+def deployment_factory(tmp_path: Path) -> Iterator[Callable[..., SecuredRehearsal]]:
+    """Factory fixture body: ``make(redis_username=.., signature_window=.., **settings)``, torn down after."""
+    made: list[SecuredRehearsal] = []
+
+    def make(
+        *,
+        redis_username: str | None = None,
+        redis_password: str | None = None,
+        signature_window: float | None = None,
+        **settings: Any,
+    ) -> SecuredRehearsal:
+        deployment = SecuredRehearsal(
+            RehearsalSettings(**settings),
+            tmp_path / f"deployment-{len(made)}",
+            redis_username=redis_username,
+            redis_password=redis_password,
+            signature_window=signature_window,
+        )
+        made.append(deployment)
+        return deployment
+
+    yield make
+    for deployment in made:
+        leftovers = deployment.close()
+        assert leftovers == [], f"processes survived the graceful stop: {leftovers}"
+
+
+# ------------------------------------------------------------------------------------------ readings
+
+
+def handling(deployment: Rehearsal) -> dict[str, int]:
+    """The simulator's handling counters (sent, answered_once, answered_twice_or_more, ...)."""
+    return {k: int(v) for k, v in deployment.sim_stats()["handling"].items()}
+
+
+def start_traffic(deployment: Rehearsal, rate: float, seconds: float | None = None) -> None:
+    query = f"rate={rate}" + (f"&seconds={seconds}" if seconds is not None else "")
+    deployment.sim_post(f"/_sim/traffic?{query}")
+
+
+def stop_traffic(deployment: Rehearsal) -> None:
+    deployment.sim_post("/_sim/traffic/stop")
+
+
+def reset_referee(deployment: Rehearsal) -> None:
+    deployment.sim_post("/_sim/reset")
+
+
+def settle(deployment: Rehearsal, timeout: float = 20.0) -> dict[str, int]:
+    """Wait until no message is pending (each one answered, or older than the answer timeout)."""
+    return dict(
+        wait_until_sync(
+            lambda: (h := handling(deployment))["pending"] == 0 and h,
+            timeout=timeout,
+            interval=0.2,
+            message="no pending message at the simulator",
+        )
+    )
+
+
+def cluster_states(deployment: Rehearsal, client: redis.Redis) -> dict[int, tuple[str, str, int]]:
+    """cluster id -> (host, state, pid) from ``{ns}:status:cluster:{cid}``."""
+    keys = Keys(deployment.settings.namespace)
+    states = {}
+    for cid in range(deployment.settings.clusters):
+        raw = client.hgetall(keys.cluster_status(cid))
+        if raw:
+            states[cid] = (str(raw.get("host", "")), str(raw.get("state", "")), int(raw.get("pid") or 0))
+    return states
+
+
+def all_clusters_ready(deployment: Rehearsal, client: redis.Redis, host: str | None = None) -> bool:
+    """Every cluster READY (on ``host`` when given) and placed where the assignment says."""
+    states = cluster_states(deployment, client)
+    grants = deployment.assignment(client)
+    if len(states) != deployment.settings.clusters or len(grants) != deployment.settings.clusters:
+        return False
+    return all(
+        state == "ready" and grants[cid][0] == owner and (host is None or owner == host)
+        for cid, (owner, state, _) in states.items()
+    )
+
+
+def live_pids(pids: list[int]) -> list[int]:
+    """The pids of ``pids`` that still run (zombies count as gone)."""
+    alive = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+    return alive
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def letsfrag_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m letsfrag ARGS`` to completion (text output)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "letsfrag", "--log-format", "plain", *args],
+        env=full_env,
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def redis_cli() -> str | None:
+    """The ``redis-cli`` binary next to redis-server, or on PATH (None: use redis-py)."""
+    with contextlib.suppress(Exception):
+        beside = Path(find_redis_server()).with_name("redis-cli")
+        if beside.exists():
+            return str(beside)
+    return shutil.which("redis-cli")
+
+
+def publish_raw(deployment: Rehearsal, channel: str, payload: str | bytes) -> None:
+    """PUBLISH without the secret: with ``redis-cli`` if present (an outsider's tool), else redis-py."""
+    binary = redis_cli()
+    port = deployment.redis.port if deployment.redis is not None else 6379
+    if binary is not None and isinstance(payload, str) and "\x00" not in payload:
+        done = subprocess.run(
+            [binary, "-h", "127.0.0.1", "-p", str(port), "PUBLISH", channel, payload],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert done.returncode == 0, done.stderr
+        return
+    client = redis.Redis.from_url(deployment.redis_url)
+    try:
+        client.publish(channel, payload)
+    finally:
+        client.close()
+
+
+def forged(
+    kind: str,
+    sender: str,
+    payload: dict[str, Any],
+    *,
+    target: str | None = None,
+    reply_to: str | None = None,
+    ts: float | None = None,
+) -> str:
+    """An envelope as an outsider would write it: right shape, no signature."""
+    return json.dumps(
+        {
+            "v": 1,
+            "type": kind,
+            "id": os.urandom(8).hex(),
+            "corr": None,
+            "reply_to": reply_to,
+            "sender": sender,
+            "target": target,
+            "ts": time.time() if ts is None else ts,
+            "payload": payload,
+        }
+    )
