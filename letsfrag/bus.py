@@ -39,6 +39,8 @@ StateCallback = Callable[[bool], Any]
 NO_REPLY: Any = object()
 
 _DROP_WARN_INTERVAL = 60.0
+#: at most this many drop warnings per interval in all (senders are chosen by whoever publishes)
+_DROP_WARN_BUDGET = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +257,17 @@ class Bus:
             if isinstance(parsed, dict) and isinstance(parsed.get("sender"), str):
                 sender = parsed["sender"][:64]
         now = time.monotonic()
-        if now - self._last_warning.get(sender, -_DROP_WARN_INTERVAL) >= _DROP_WARN_INTERVAL:
-            self._last_warning[sender] = now
+        if now - self._last_warning.get(sender, -_DROP_WARN_INTERVAL) < _DROP_WARN_INTERVAL:
+            return
+        # forget senders warned about more than an interval ago, so forged sender names cannot grow this
+        self._last_warning = {k: t for k, t in self._last_warning.items() if now - t < _DROP_WARN_INTERVAL}
+        if len(self._last_warning) >= _DROP_WARN_BUDGET:
+            return
+        self._last_warning[sender] = now
+        if len(self._last_warning) == _DROP_WARN_BUDGET:
+            log.warning("dropped a message from %s: %s; more than %d senders in a minute: further drops are only "
+                        "counted", sender, exc, _DROP_WARN_BUDGET)
+        else:
             log.warning("dropped a message from %s: %s (further drops from it are counted quietly)", sender, exc)
 
     async def _handle(self, handler: Handler, env: Envelope) -> None:
@@ -266,7 +277,8 @@ class Bus:
             raise
         except Exception as exc:
             if not env.reply_to:
-                log.exception("handler for %s failed", env.type)
+                log.warning("%s from %s refused: %s: %s", env.type, env.sender, type(exc).__name__, exc)
+                log.debug("handler traceback", exc_info=True)
                 return
             await self._reply(env, {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}})
             return

@@ -190,3 +190,26 @@ async def test_reconnects_after_a_real_redis_restart(redis_server: RedisServer, 
     await wait_until(lambda: server.connected and client.connected, timeout=15, message="reconnect")
     assert await client.request("t:svc", MessageType.PING, timeout=2) == "pong"
     assert states[:2] == [False, True]
+
+
+async def test_drop_warnings_are_bounded_whatever_the_sender_names(
+    make_bus: Any, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await make_bus("server")
+
+    async def handler(env: Envelope) -> Any:
+        return None
+
+    await server.subscribe("t:inbox", handler)
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        pipe = raw.pipeline(transaction=False)
+        for i in range(300):
+            pipe.publish("t:inbox", Codec().encode(Envelope(MessageType.COMMAND, f"forger-{i}")))
+        await pipe.execute()
+    finally:
+        await raw.aclose()
+    await wait_until(lambda: server.dropped["unsigned"] == 300, message="all 300 forgeries dropped")
+    warnings = [r for r in caplog.records if r.name == "letsfrag.bus" and "dropped a message" in r.getMessage()]
+    assert 1 <= len(warnings) <= 20
+    assert len(server._last_warning) <= 20
