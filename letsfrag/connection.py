@@ -8,8 +8,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .config import RedisSettings
@@ -68,3 +71,25 @@ def display_url(settings: RedisSettings | str) -> str:
             return urlunsplit(parts._replace(netloc=netloc))
         return settings
     return settings.display_url()
+
+
+_AUTH_REPLIES = ("WRONGPASS", "NOAUTH", "NOPERM")
+
+
+async def check_redis_credentials(settings: RedisSettings | str) -> None:
+    """Raise ``ConfigError`` (exit 2) when Redis rejects the configured user/password.
+
+    An unreachable Redis is not an error here: components wait for it. Wrong credentials never heal, so they
+    fail at once with one line (the password is never part of it)."""
+    client = create_redis(settings)
+    try:
+        await client.ping()
+    except (AuthenticationError, ResponseError) as exc:
+        if isinstance(exc, ResponseError) and not str(exc).upper().startswith(_AUTH_REPLIES):
+            return
+        raise ConfigError(f"redis: authentication failed at {display_url(settings)} ({exc}); "
+                          "check redis.username and redis.password") from None
+    except (RedisError, OSError):
+        return
+    finally:
+        await client.aclose()

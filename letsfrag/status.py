@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .cli_connection import connection_from_args
-from .connection import create_redis, display_url
+from .connection import check_redis_credentials, create_redis, display_url
 from .errors import ConfigError
 from .keys import Keys
 from .snapshot import Snapshot, read_snapshot
@@ -74,6 +74,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "watch", False):
             return await _watch(redis, keys, address, console, bool(getattr(args, "json", False)))
+        await check_redis_credentials(settings)
         try:
             snapshot = await _read(redis, keys)
         except (RedisError, OSError) as exc:

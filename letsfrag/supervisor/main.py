@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import re
 
-from letsfrag.broker.main import check_redis_credentials
 from letsfrag.config import HostConfig, load_host_config
+from letsfrag.connection import check_redis_credentials
 from letsfrag.errors import ConfigError
 from letsfrag.supervisor.manager import ClusterManager
 
