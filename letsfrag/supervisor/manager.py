@@ -146,6 +146,9 @@ class ClusterManager:
         self._started = True
         register_config_secrets(self.config)
         cfg = self.config
+        if cfg.secret is None:
+            log.warning("host %s: no secret is configured: bus messages are unsigned and anyone with access to "
+                        "Redis can control this host (set `secret`)", self.host_id)
         bus = self._bus = Bus(cfg.redis, node_id=f"host:{self.host_id}", namespace=cfg.namespace,
                               secret=cfg.secret.get_secret_value() if cfg.secret else None,
                               window=cfg.signature_window, max_bytes=cfg.max_message_bytes)
