@@ -34,6 +34,9 @@ __all__ = [
 SCHEMA_VERSION = 1
 #: cluster states in which its shards' own reports are believed
 RUNNING_STATES = frozenset({"starting", "ready", "degraded"})
+#: a running cluster whose last heartbeat is older than this many heartbeat intervals is shown as ``stale``:
+#: its supervisor stopped reporting (host dead, frozen or cut off) and its READY can no longer be trusted
+STALE_AFTER_INTERVALS = 5.0
 ERROR_WINDOW = 600.0
 
 
@@ -332,6 +335,10 @@ def _cluster_row(cid: int, claim: Any, status: dict[str, str], shards_raw: dict[
     state = (status.get("state") or "pending") if host else "unassigned"
     listed = _listed_shards(status.get("shard_ids"))
     ids = list(listed) if listed is not None else list(layout.shard_ids(cid)) if layout else []
+    interval = layout.heartbeat_interval if layout else 2.0
+    beat_age = _age(now, _float(status.get("last_heartbeat")))
+    if state in RUNNING_STATES and beat_age is not None and beat_age > STALE_AFTER_INTERVALS * interval:
+        state = "stale"
     running = state in RUNNING_STATES
     shards = _shard_rows(cid, shards_raw, running, now) if isinstance(shards_raw, dict) else []
     if not running:
@@ -340,8 +347,6 @@ def _cluster_row(cid: int, claim: Any, status: dict[str, str], shards_raw: dict[
         ready = shards_raw
     else:
         ready = sum(1 for s in shards if s.status == "ready")
-    interval = layout.heartbeat_interval if layout else 2.0
-    beat_age = _age(now, _float(status.get("last_heartbeat")))
     started = _float(status.get("started_at"))
     next_restart = _float(status.get("next_restart_at"))
     error = str(status.get("last_error") or "")

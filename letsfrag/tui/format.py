@@ -22,7 +22,8 @@ __all__ = [
 
 STATE_STYLES: dict[str, str] = {
     "ready": "green", "up": "green", "starting": "cyan", "pending": "cyan", "leaving": "cyan",
-    "degraded": "yellow", "backoff": "yellow", "draining": "yellow", "stopping": "dim", "stopped": "dim",
+    "degraded": "yellow", "stale": "yellow", "backoff": "yellow", "draining": "yellow",
+    "stopping": "dim", "stopped": "dim",
     "failed": "bold red", "unassigned": "bold red", "lost": "bold red",
 }
 SEVERITY_STYLES = {"info": "", "warning": "yellow", "error": "bold red"}
@@ -39,7 +40,7 @@ CLUSTER_COLUMNS: list[tuple[str, str]] = [
 ]
 
 _STATE_ORDER = {s: i for i, s in enumerate(
-    ["unassigned", "failed", "backoff", "degraded", "stopping", "stopped", "pending", "starting", "ready"])}
+    ["unassigned", "failed", "backoff", "stale", "degraded", "stopping", "stopped", "pending", "starting", "ready"])}
 
 #: sort name -> key over a cluster row (``s`` in the dashboard cycles through them)
 CLUSTER_SORTS: dict[str, Callable[[ClusterRow], Any]] = {

@@ -50,3 +50,18 @@ async def test_a_malformed_claim_or_host_field_does_not_break_the_read(redis_url
     assert by_id[5].host is None and by_id[5].state == "unassigned"  # the unreadable claim counts as none
     assert by_id[0].host == "host-01" and by_id[1].host == "host-02"
     assert {h.id: h for h in snapshot.hosts}["host-01"].hostname == 'quo"te\\back\nslash ünï'
+
+
+async def test_a_ready_cluster_whose_heartbeats_stopped_is_stale_not_ready(redis_url: str) -> None:
+    redis = create_redis(redis_url)
+    await seed(redis, now=NOW)
+    keys = Keys()
+    fresh = await read_snapshot(redis, keys, now=NOW)
+    cluster = next(c for c in fresh.clusters if c.state == "ready")
+    interval = float(await redis.hget(keys.layout, "heartbeat_interval") or 2.0)  # type: ignore[misc]
+    await redis.hset(keys.cluster_status(cluster.id), "last_heartbeat", f"{NOW - 6 * interval:.3f}")  # type: ignore[misc]
+    later = await read_snapshot(redis, keys, now=NOW)
+    await redis.aclose()
+    stale = {c.id: c for c in later.clusters}[cluster.id]
+    assert stale.state == "stale" and stale.shards_ready == 0
+    assert later.summary()["shards_ready"] == fresh.summary()["shards_ready"] - cluster.shards_ready
