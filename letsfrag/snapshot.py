@@ -213,6 +213,8 @@ class Snapshot:
     events: list[Event]
     identify_depth: int
     errors_10m: int
+    #: ``{ns}:identify:budget`` (Discord's daily session-start budget): total, remaining, reset_at; None if unknown
+    identify_budget: dict[str, float] | None = None
 
     @property
     def hosts_up(self) -> int:
@@ -243,6 +245,7 @@ class Snapshot:
             "clusters_unassigned": sum(1 for c in self.clusters if not c.assigned),
             "shards_ready": self.shards_ready, "shards_total": self.shards_total,
             "identify_depth": self.identify_depth, "errors_10m": self.errors_10m,
+            "identify_budget": self.identify_budget,
         }
 
     def to_json(self, *, shards: bool = False, events: int = 20) -> dict[str, Any]:
@@ -519,7 +522,8 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
     pipe.get(keys.leader)
     pipe.hgetall(keys.broker)
     pipe.xrevrange(keys.events, min=f"({events_after}" if events_after else "-", count=events)
-    (layout_raw, members, leader_id, broker, entries), claims = await asyncio.gather(
+    pipe.hgetall(keys.identify("budget"))
+    (layout_raw, members, leader_id, broker, entries, budget_raw), claims = await asyncio.gather(
         pipe.execute(), _read_assignment(redis, keys))
     layout = Layout.from_hash(layout_raw or {})
 
@@ -555,7 +559,15 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
         identify_depth=_int(broker.get("identify_depth")),
         standbys=[str(s) for s in standbys] if isinstance(standbys, list) else [],
     )
-    return Snapshot(keys.ns, now, layout, leader, hosts, clusters, event_list, depth, errors)
+    return Snapshot(keys.ns, now, layout, leader, hosts, clusters, event_list, depth, errors, _budget(budget_raw))
+
+
+def _budget(raw: dict[str, str] | None) -> dict[str, float] | None:
+    """The identify budget hash as numbers, or None when nobody has fetched it from Discord yet."""
+    values = {name: _float((raw or {}).get(name)) for name in ("total", "remaining", "reset_at")}
+    if values["total"] is None or values["remaining"] is None:
+        return None
+    return {name: value for name, value in values.items() if value is not None}
 
 
 # ------------------------------------------------------------------------------------------ cluster detail

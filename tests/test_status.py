@@ -42,7 +42,7 @@ async def test_json_schema_and_degraded_exit_code(redis_url: str, capsys: pytest
     assert doc["summary"] == {
         "healthy": False, "hosts_up": 3, "hosts_total": 3, "clusters_ready": 10, "clusters_total": 12,
         "clusters_unassigned": 1, "shards_ready": 40, "shards_total": 48, "identify_depth": 2,
-        "errors_10m": 2,
+        "errors_10m": 2, "identify_budget": None,
     }
     assert doc["layout"]["shards_per_cluster"] == 4 and doc["leader"]["id"] == "broker-a"
     clusters = {c["id"]: c for c in doc["clusters"]}

@@ -142,6 +142,11 @@ def summary_text(snapshot: Snapshot | None, address: str, *, connected: bool = T
     ratio("shards", s["shards_ready"], s["shards_total"])
     text.append("  identify queue ")
     text.append(str(s["identify_depth"]), style="yellow" if s["identify_depth"] else "")
+    budget = s.get("identify_budget")
+    if budget:
+        remaining, total = int(budget["remaining"]), int(budget["total"])
+        text.append("  budget ")
+        text.append(f"{remaining}/{total}", style="bold red" if remaining < total * 0.1 else "")
     text.append("  errors 10m ")
     text.append(str(s["errors_10m"]), style="bold red" if s["errors_10m"] else "green")
     if paused:

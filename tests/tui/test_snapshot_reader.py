@@ -65,3 +65,18 @@ async def test_a_ready_cluster_whose_heartbeats_stopped_is_stale_not_ready(redis
     stale = {c.id: c for c in later.clusters}[cluster.id]
     assert stale.state == "stale" and stale.shards_ready == 0
     assert later.summary()["shards_ready"] == fresh.summary()["shards_ready"] - cluster.shards_ready
+
+
+async def test_the_identify_budget_is_read_and_shown_in_the_header(redis_url: str) -> None:
+    from letsfrag.tui.format import summary_text
+
+    redis = create_redis(redis_url)
+    await seed(redis, now=NOW)
+    keys = Keys()
+    assert (await read_snapshot(redis, keys, now=NOW)).identify_budget is None
+    await redis.hset(keys.identify("budget"), mapping={"total": "1000", "remaining": "42",  # type: ignore[misc]
+                                                       "reset_at": f"{NOW + 3600}"})
+    snapshot = await read_snapshot(redis, keys, now=NOW)
+    await redis.aclose()
+    assert snapshot.summary()["identify_budget"] == {"total": 1000.0, "remaining": 42.0, "reset_at": NOW + 3600}
+    assert "budget 42/1000" in summary_text(snapshot, "redis://x").plain
