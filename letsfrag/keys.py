@@ -13,6 +13,8 @@ Keys
     ``{ns}:status:cluster:{id}``  hash  cluster status written by its supervisor
     ``{ns}:status:shards:{id}``   hash  shard id -> JSON shard status written by the cluster
     ``{ns}:errors:cluster:{id}``  list  recent error texts (tracebacks) of a cluster, newest first
+    ``{ns}:restarts:cluster:{id}`` list restart history of a cluster, newest first
+    ``{ns}:metrics:cluster:{id}`` list  CPU/RSS samples of a cluster, newest first
     ``{ns}:events``               stream capped event log (time, severity, kind, message, ...)
     ``{ns}:leader``               str   broker leader lock, value = broker id, TTL = leader ttl
     ``{ns}:broker``               hash  leader broker info (id, since, identify depth, budget ...)
@@ -69,6 +71,12 @@ class Keys:
 
     def cluster_errors(self, cluster_id: int) -> str:
         return f"{self.ns}:errors:cluster:{cluster_id}"
+
+    def cluster_restarts(self, cluster_id: int) -> str:
+        return f"{self.ns}:restarts:cluster:{cluster_id}"
+
+    def cluster_metrics(self, cluster_id: int) -> str:
+        return f"{self.ns}:metrics:cluster:{cluster_id}"
 
     @property
     def events(self) -> str:

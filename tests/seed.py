@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from letsfrag.keys import Keys
-from letsfrag.snapshot import metrics_key, restarts_key
 
 #: the fixed "now" of the seeded test deployment (2026-01-01T00:00:00Z)
 NOW = 1_767_225_600.0
@@ -136,10 +135,10 @@ def _seed_cluster(pipe: aioredis.client.Pipeline, keys: Keys, cid: int, info: Se
         for i in range(3):
             pipe.rpush(keys.cluster_errors(cid), json.dumps({"ts": now - 60 - i * 30, "text": TRACEBACK}))
         for i in range(6):
-            pipe.rpush(restarts_key(keys, cid), json.dumps({"ts": now - 60 - i * 30, "reason": "exited with code 1",
+            pipe.rpush(keys.cluster_restarts(cid), json.dumps({"ts": now - 60 - i * 30, "reason": "exited with code 1",
                                                             "exit_code": 1, "exit_signal": None, "delay": 2 ** i}))
     for i in range(samples):
-        pipe.rpush(metrics_key(keys, cid), json.dumps({"ts": now - i * 2, "cpu": round(10 + (i * 7 + cid) % 25, 1),
+        pipe.rpush(keys.cluster_metrics(cid), json.dumps({"ts": now - i * 2, "cpu": round(10 + (i * 7 + cid) % 25, 1),
                                                       "rss": (120 + cid * 5 + i % 7) * 1024 * 1024}))
 
 

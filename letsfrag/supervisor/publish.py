@@ -36,16 +36,6 @@ MAX_PENDING = 5000
 _ERRORS = (RedisError, OSError, TimeoutError, BusError)
 
 
-def restarts_key(ns: str, cluster_id: int) -> str:
-    """``{ns}:restarts:cluster:{cid}`` (documented in docs/redis.md; not in keys.py yet)."""
-    return f"{ns}:restarts:cluster:{cluster_id}"
-
-
-def metrics_key(ns: str, cluster_id: int) -> str:
-    """``{ns}:metrics:cluster:{cid}`` (documented in docs/redis.md; not in keys.py yet)."""
-    return f"{ns}:metrics:cluster:{cluster_id}"
-
-
 def _num(value: float | int | None, digits: int = 3) -> str:
     if value is None:
         return ""
@@ -110,11 +100,11 @@ class Publisher:
         self._kick()
 
     def restart(self, cluster_id: int, entry: dict[str, Any]) -> None:
-        self._lists.append((restarts_key(self.keys.ns, cluster_id), json.dumps(entry), RESTARTS_KEEP))
+        self._lists.append((self.keys.cluster_restarts(cluster_id), json.dumps(entry), RESTARTS_KEEP))
         self._kick()
 
     def metric(self, cluster_id: int, entry: dict[str, Any]) -> None:
-        self._lists.append((metrics_key(self.keys.ns, cluster_id), json.dumps(entry), METRICS_KEEP))
+        self._lists.append((self.keys.cluster_metrics(cluster_id), json.dumps(entry), METRICS_KEEP))
         self._kick()
 
     def error(self, cluster_id: int, text: str) -> None:
