@@ -18,6 +18,7 @@ Keys
     ``{ns}:events``               stream capped event log (time, severity, kind, message, ...)
     ``{ns}:leader``               str   broker leader lock, value = broker id, TTL = leader ttl
     ``{ns}:broker``               hash  leader broker info (id, since, identify depth, budget ...)
+    ``{ns}:brokers:{id}``         str   every running broker's role (leader/standby), TTL = leader ttl
     ``{ns}:identify:*``           identify coordinator state (see ``letsfrag.broker.identify``)
 
 Channels
@@ -89,6 +90,9 @@ class Keys:
     @property
     def broker(self) -> str:
         return f"{self.ns}:broker"
+
+    def broker_role(self, broker_id: str) -> str:
+        return f"{self.ns}:brokers:{broker_id}"
 
     def identify(self, suffix: str) -> str:
         return f"{self.ns}:identify:{suffix}"

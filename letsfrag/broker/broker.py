@@ -40,7 +40,7 @@ from .commands import CommandHandler
 from .layout import GatewayBot, Layout, fetch_gateway_bot, resolve_layout
 from .leader import LeaderLock, Term
 from .reconcile import Reconciler
-from .store import NotLeader, Store, brokers_key
+from .store import NotLeader, Store
 
 __all__ = ["ClusterBroker"]
 
@@ -166,7 +166,7 @@ class ClusterBroker:
             with contextlib.suppress(RedisError, OSError):
                 if self._leading:
                     await self.lock.release()
-                await self.bus.redis.delete(brokers_key(self.keys, self.broker_id))
+                await self.bus.redis.delete(self.keys.broker_role(self.broker_id))
             if self._leading:
                 self._leading = False
                 self._fire("leader", False)
@@ -241,7 +241,7 @@ class ClusterBroker:
         now = self.clock.monotonic()
         term = await self.lock.hold(self._leading)
         role = "standby" if term is Term.NONE else "leader"
-        await self.bus.redis.set(brokers_key(self.keys, self.broker_id), role, px=self.lock.ttl_ms)
+        await self.bus.redis.set(self.keys.broker_role(self.broker_id), role, px=self.lock.ttl_ms)
         if term is Term.NONE:
             if self._leading:
                 await self._set_leading(False, "another broker holds the leader lock")
@@ -276,7 +276,7 @@ class ClusterBroker:
                               f"broker {self.broker_id} is no longer the leader ({reason}); now a standby")
 
     async def _write_info(self, rec: Reconciler) -> None:
-        prefix = f"{self.keys.ns}:brokers:"
+        prefix = self.keys.broker_role("")
         standbys = sorted({
             key[len(prefix):] async for key in self.bus.redis.scan_iter(match=f"{prefix}*", count=200)
         } - {self.broker_id})

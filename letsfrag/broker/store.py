@@ -17,14 +17,9 @@ import redis.asyncio as aioredis
 
 from letsfrag.keys import Keys
 
-__all__ = ["Grant", "HostRecord", "NotLeader", "Snapshot", "Store", "brokers_key"]
+__all__ = ["Grant", "HostRecord", "NotLeader", "Snapshot", "Store"]
 
 log = logging.getLogger(__name__)
-
-
-def brokers_key(keys: Keys, broker_id: str) -> str:
-    """``{ns}:brokers:{id}`` (documented in docs/redis.md; not in ``letsfrag.keys``)."""
-    return f"{keys.ns}:brokers:{broker_id}"
 
 
 class NotLeader(Exception):
