@@ -14,7 +14,7 @@ from letsfrag.events import Severity
 from letsfrag.protocol import MessageType
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.host import Layout
-from letsfrag.supervisor.state import ClusterRecord, ClusterState, StopIntent
+from letsfrag.supervisor.state import FINAL_STOP_INTENTS, ClusterRecord, ClusterState, StopIntent
 
 if TYPE_CHECKING:
     from letsfrag.supervisor.manager import ClusterManager
@@ -23,7 +23,6 @@ __all__ = ["Grants"]
 
 log = logging.getLogger(__name__)
 
-_UNTIL_EXIT = (StopIntent.REVOKE, StopIntent.FENCE, StopIntent.SHUTDOWN)
 
 
 class Grants:
@@ -65,7 +64,7 @@ class Grants:
         for cid, epoch in sorted(self.m._desired.items()):
             record = self.record(cid)
             if record.process is not None:
-                if record.epoch != epoch and record.stop_intent not in _UNTIL_EXIT:
+                if record.epoch != epoch and record.stop_intent not in FINAL_STOP_INTENTS:
                     self.m._begin_stop(record, StopIntent.REVOKE, f"epoch {record.epoch} replaced by {epoch}")
                 continue
             if record.state is ClusterState.BACKOFF and record.epoch == epoch:
@@ -85,7 +84,7 @@ class Grants:
             if cid in self.m._desired:
                 continue
             if record.process is not None:
-                if record.stop_intent not in _UNTIL_EXIT:
+                if record.stop_intent not in FINAL_STOP_INTENTS:
                     self.m._begin_stop(record, StopIntent.REVOKE, "no longer assigned to this host")
             elif record.state is ClusterState.BACKOFF:
                 self.m._cancel_backoff(record)

@@ -14,7 +14,6 @@ import inspect
 import json
 import logging
 import random
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from letsfrag.supervisor.state import (
     RestartDue,
     StopIntent,
 )
+from letsfrag.supervisor.stopping import Stopper
 from letsfrag.supervisor.watch import TreeSampler
 
 __all__ = ["EVENT_NAMES", "ClusterManager"]
@@ -54,7 +54,6 @@ __all__ = ["EVENT_NAMES", "ClusterManager"]
 log = logging.getLogger(__name__)
 
 EVENT_NAMES = frozenset({"cluster_create", "cluster_ready", "cluster_exit", "cluster_failed", "ready"})
-_UNTIL_EXIT = (StopIntent.REVOKE, StopIntent.FENCE, StopIntent.SHUTDOWN)
 
 
 class ClusterManager:
@@ -93,7 +92,6 @@ class ClusterManager:
         self._closed = asyncio.Event()
         self._all_ready = False
         self._next_sample = 0.0
-        self._signals = 0
         self.host_cpu = 0.0
         self.host_rss = 0
         self._bus: Bus | None = None
@@ -103,6 +101,7 @@ class ClusterManager:
         self.commands = CommandHandler(self)
         self.reactions = Reactions(self)
         self.grants = Grants(self)
+        self.stopper = Stopper(self)
         self.argv = build_argv(config)
 
     # ------------------------------------------------------------------------------------------ public API
@@ -160,7 +159,7 @@ class ClusterManager:
         await bus.subscribe(bus.keys.host_inbox(self.host_id), self._on_inbox)
         self._tasks.append(asyncio.create_task(self._loop(), name="supervisor-loop"))
         if self.handle_signals:
-            self._install_signals()
+            self.stopper.install_signals()
         self._layout = await self.agent.wait_for_layout()
         while True:
             try:
@@ -178,32 +177,7 @@ class ClusterManager:
 
     async def close(self, *, force: bool = False) -> None:
         """Stop every cluster (gracefully unless ``force``), leave the host set's lease and disconnect."""
-        if self._closing:
-            if force:
-                self._kill_everything()
-            await self._closed.wait()
-            return
-        self._closing = True
-        try:
-            await self._shutdown(force)
-        finally:
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            for record in self._records.values():
-                if record.process is not None:
-                    record.process.cancel_tasks()
-            for task in list(self._background):
-                task.cancel()
-            if self._bus is not None:
-                await self._bus.close()
-            for log_file in self._logs.values():
-                log_file.close()
-            if self.handle_signals:
-                self._remove_signals()
-            self._closed.set()
+        await self.stopper.close(force=force)
 
     async def __aenter__(self) -> ClusterManager:
         await self.start()
@@ -422,92 +396,7 @@ class ClusterManager:
 
     def _begin_stop(self, record: ClusterRecord, intent: StopIntent, reason: str, *, cause: str | None = None,
                     ask: bool = True, timeout: float | None = None) -> None:
-        process = record.process
-        if process is None:
-            return
-        if record.stop_task is not None and not record.stop_task.done():
-            # already stopping: a stronger purpose (revoke, fence, shutdown) replaces a weaker one
-            if intent in _UNTIL_EXIT and record.stop_intent not in _UNTIL_EXIT:
-                record.stop_intent, record.stop_cause = intent, cause
-            if timeout is not None:
-                self._spawn_bg(process.stop(ask=False, reason=str(intent), stop_timeout=timeout))
-            return
-        record.stop_intent, record.stop_cause = intent, cause
-        if record.state is not ClusterState.FAILED:
-            self._set_state(record, ClusterState.STOPPING, reason)
-        stop_timeout = self.config.limits.stop_timeout if timeout is None else timeout
-        record.stop_task = asyncio.create_task(
-            self._run_stop(process, ask=ask, reason=str(intent), stop_timeout=stop_timeout))
-
-    @staticmethod
-    async def _run_stop(process: ClusterProcess, *, ask: bool, reason: str, stop_timeout: float) -> None:
-        try:
-            how = await process.stop(ask=ask, reason=reason, stop_timeout=stop_timeout)
-            log.debug("cluster %d stopped (%s)", process.cluster_id, how)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("cluster %d: stop sequence failed; killing it", process.cluster_id)
-            process.kill_all()
-
-    def _kill_everything(self) -> None:
-        for record in self._records.values():
-            if record.process is not None:
-                record.process.kill_all()
-
-    async def _shutdown(self, force: bool) -> None:
-        if self.agent is not None and self.agent.registered:
-            await self.agent.set_state("leaving")
-
-        def stop_all() -> None:
-            self._desired = {}
-            for record in self._records.values():
-                if record.process is not None:
-                    self._begin_stop(record, StopIntent.SHUTDOWN, "supervisor shutting down")
-                elif record.state is ClusterState.BACKOFF:
-                    self._cancel_backoff(record)
-                    self._set_state(record, ClusterState.STOPPED, "supervisor shutting down")
-            if force:
-                self._kill_everything()
-
-        if self._tasks:
-            await self.call(stop_all)
-            limit = self.config.limits.stop_timeout * 1.5 + 5.0
-            if not await self.wait_for(lambda: all(r.process is None for r in self._records.values()), limit):
-                self._kill_everything()
-                await self.wait_for(lambda: all(r.process is None for r in self._records.values()), 5.0)
-        pending = [task for task in self._confirming if not task.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=3.0)
-        for task in self._tasks:
-            if task.get_name() in ("supervisor-lease", "supervisor-tick"):
-                task.cancel()
-        if self.publisher is not None:
-            await self.publisher.drain(2.0)
-        if self.agent is not None:
-            await self.agent.leave()
-
-    # ------------------------------------------------------------------------------------------ signals
-
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
-
-    def _remove_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-
-    def _on_signal(self, sig: int) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            log.info("received %s: stopping every cluster (again to force)", signal.Signals(sig).name)
-            self._spawn_bg(self.close())
-        else:
-            log.warning("received %s again: killing every cluster now", signal.Signals(sig).name)
-            self._kill_everything()
+        self.stopper.begin_stop(record, intent, reason, cause=cause, ask=ask, timeout=timeout)
 
     # ------------------------------------------------------------------------------------------ bus inbox
 

@@ -69,6 +69,10 @@ class StopIntent(StrEnum):
         return self in (StopIntent.REVOKE, StopIntent.FENCE, StopIntent.SHUTDOWN, StopIntent.RESTART)
 
 
+#: stop intents after which the cluster is not started again on this host; they override any other intent
+FINAL_STOP_INTENTS = frozenset({StopIntent.REVOKE, StopIntent.FENCE, StopIntent.SHUTDOWN})
+
+
 @dataclass(frozen=True)
 class ClusterView:
     """A read-only snapshot of one cluster, as ``ClusterManager.clusters`` returns it.

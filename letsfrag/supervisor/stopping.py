@@ -1,0 +1,163 @@
+"""Stopping for ``ClusterManager``: one cluster's stop sequence, and the host's shutdown.
+
+:meth:`Stopper.begin_stop` runs inside the manager's decision loop (restart, revoke, fence, hang, memory and
+shutdown all stop a cluster through it). :meth:`Stopper.close` is the graceful leave: mark the host
+``leaving``, stop every cluster through the loop, wait for them (killing what outlives the limit), cancel the
+lease, publish the last changes and leave the host set. SIGTERM/SIGINT start that close; a second one kills
+every cluster at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+from letsfrag.supervisor.state import FINAL_STOP_INTENTS, ClusterRecord, ClusterState, StopIntent
+
+if TYPE_CHECKING:
+    from letsfrag.supervisor.manager import ClusterManager
+    from letsfrag.supervisor.process import ClusterProcess
+
+__all__ = ["Stopper"]
+
+log = logging.getLogger(__name__)
+
+
+
+class Stopper:
+    """Stops the manager's clusters, one or all, and shuts the host down (a part of :class:`ClusterManager`)."""
+
+    def __init__(self, manager: ClusterManager) -> None:
+        self.m = manager
+        self._signals = 0
+
+    # ------------------------------------------------------------------------------------------ one cluster
+
+    def begin_stop(self, record: ClusterRecord, intent: StopIntent, reason: str, *, cause: str | None = None,
+                   ask: bool = True, timeout: float | None = None) -> None:
+        """Start stopping ``record``'s process for ``intent`` (a no-op without a process)."""
+        process = record.process
+        if process is None:
+            return
+        if record.stop_task is not None and not record.stop_task.done():
+            # already stopping: a stronger purpose (revoke, fence, shutdown) replaces a weaker one
+            if intent in FINAL_STOP_INTENTS and record.stop_intent not in FINAL_STOP_INTENTS:
+                record.stop_intent, record.stop_cause = intent, cause
+            if timeout is not None:
+                self.m._spawn_bg(process.stop(ask=False, reason=str(intent), stop_timeout=timeout))
+            return
+        record.stop_intent, record.stop_cause = intent, cause
+        if record.state is not ClusterState.FAILED:
+            self.m._set_state(record, ClusterState.STOPPING, reason)
+        stop_timeout = self.m.config.limits.stop_timeout if timeout is None else timeout
+        record.stop_task = asyncio.create_task(
+            self._run_stop(process, ask=ask, reason=str(intent), stop_timeout=stop_timeout))
+
+    @staticmethod
+    async def _run_stop(process: ClusterProcess, *, ask: bool, reason: str, stop_timeout: float) -> None:
+        try:
+            how = await process.stop(ask=ask, reason=reason, stop_timeout=stop_timeout)
+            log.debug("cluster %d stopped (%s)", process.cluster_id, how)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("cluster %d: stop sequence failed; killing it", process.cluster_id)
+            process.kill_all()
+
+    def kill_everything(self) -> None:
+        """SIGKILL every cluster's process tree now."""
+        for record in self.m._records.values():
+            if record.process is not None:
+                record.process.kill_all()
+
+    # ------------------------------------------------------------------------------------------ the host
+
+    async def close(self, *, force: bool = False) -> None:
+        """Stop every cluster (gracefully unless ``force``), leave the host set's lease and disconnect."""
+        m = self.m
+        if m._closing:
+            if force:
+                self.kill_everything()
+            await m._closed.wait()
+            return
+        m._closing = True
+        try:
+            await self._shutdown(force)
+        finally:
+            for task in m._tasks:
+                task.cancel()
+            for task in m._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for record in m._records.values():
+                if record.process is not None:
+                    record.process.cancel_tasks()
+            for task in list(m._background):
+                task.cancel()
+            if m._bus is not None:
+                await m._bus.close()
+            for log_file in m._logs.values():
+                log_file.close()
+            if m.handle_signals:
+                self.remove_signals()
+            m._closed.set()
+
+    async def _shutdown(self, force: bool) -> None:
+        m = self.m
+        if m.agent is not None and m.agent.registered:
+            await m.agent.set_state("leaving")
+
+        def stop_all() -> None:
+            m._desired = {}
+            for record in m._records.values():
+                if record.process is not None:
+                    self.begin_stop(record, StopIntent.SHUTDOWN, "supervisor shutting down")
+                elif record.state is ClusterState.BACKOFF:
+                    m._cancel_backoff(record)
+                    m._set_state(record, ClusterState.STOPPED, "supervisor shutting down")
+            if force:
+                self.kill_everything()
+
+        if m._tasks:
+            await m.call(stop_all)
+            limit = m.config.limits.stop_timeout * 1.5 + 5.0
+            if not await m.wait_for(lambda: all(r.process is None for r in m._records.values()), limit):
+                self.kill_everything()
+                await m.wait_for(lambda: all(r.process is None for r in m._records.values()), 5.0)
+        pending = [task for task in m._confirming if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=3.0)
+        for task in m._tasks:
+            if task.get_name() in ("supervisor-lease", "supervisor-tick"):
+                task.cancel()
+        if m.publisher is not None:
+            await m.publisher.drain(2.0)
+        if m.agent is not None:
+            await m.agent.leave()
+
+    # ------------------------------------------------------------------------------------------ signals
+
+    def install_signals(self) -> None:
+        """SIGTERM/SIGINT close the manager; a second one kills every cluster."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def remove_signals(self) -> None:
+        """Undo :meth:`install_signals`."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("received %s: stopping every cluster (again to force)", signal.Signals(sig).name)
+            self.m._spawn_bg(self.m.close())
+        else:
+            log.warning("received %s again: killing every cluster now", signal.Signals(sig).name)
+            self.kill_everything()
