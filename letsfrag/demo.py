@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -131,4 +133,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(problems)
     settings = RehearsalSettings(hosts=args.hosts, shards=args.shards, shards_per_cluster=args.shards_per_cluster,
                                  traffic_rate=5.0, namespace="demo")
-    return asyncio.run(run_demo(settings, duration=duration, kill_after=kill_after, headless=args.headless))
+    return asyncio.run(_until_signalled(run_demo(settings, duration=duration, kill_after=kill_after,
+                                                 headless=args.headless)))
+
+
+async def _until_signalled(demo: Coroutine[Any, Any, int]) -> int:
+    """Run the demo; SIGTERM or SIGHUP (a closed terminal) cancel it, so its cleanup still stops everything."""
+    task = asyncio.ensure_future(demo)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return 130

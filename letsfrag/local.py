@@ -34,13 +34,13 @@ def start_embedded_redis(config: LocalConfig) -> RedisServer:
 
 
 async def run_local(config: LocalConfig, *, progress: bool = True, stop: asyncio.Event | None = None) -> int:
-    """Run broker and supervisor until ``stop`` is set (or SIGINT/SIGTERM); return the exit code."""
+    """Run broker and supervisor until ``stop`` is set (or SIGINT/SIGTERM/SIGHUP); return the exit code."""
     from .broker import ClusterBroker
     from .supervisor import ClusterManager
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     server: RedisServer | None = None

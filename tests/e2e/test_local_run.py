@@ -78,3 +78,25 @@ def test_demo_headless_end_to_end() -> None:
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "demo passed" in demo.stdout
     assert "killed host" in demo.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
+def test_demo_interrupted_leaves_nothing_behind(sig: signal.Signals) -> None:
+    demo = subprocess.Popen([sys.executable, "-m", "letsfrag", "demo", "--headless", "--duration", "120s"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        assert demo.stdout is not None
+        started = wait_until_sync(lambda: "shards READY" in (demo.stdout.readline() if demo.stdout else ""),
+                                  timeout=60, message="the demo's first progress line")
+        assert started
+        tree = [psutil.Process(demo.pid), *psutil.Process(demo.pid).children(recursive=True)]
+        assert len(tree) >= 5, "redis, simulator, broker and two hosts were started"
+        demo.send_signal(sig)
+        assert demo.wait(timeout=60) == 130
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        assert alive == [], f"left behind: {alive}"
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
