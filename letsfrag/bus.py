@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from .connection import create_redis, display_url
 from .errors import BusError, ProtocolError, RemoteError, RequestTimeout
 from .keys import Keys
-from .protocol import DEFAULT_MAX_BYTES, DEFAULT_WINDOW, Codec, Envelope, MessageType
+from .protocol import DEFAULT_MAX_BYTES, DEFAULT_WINDOW, Codec, Envelope, MessageType, ReplayGuard
 
 if TYPE_CHECKING:
     from .config import RedisSettings
@@ -104,6 +104,7 @@ class Bus:
         self.node_id = node_id
         self.keys = Keys(namespace)
         self.codec = Codec(secret, window=window, max_bytes=max_bytes)
+        self.replays = ReplayGuard(window)
         self.request_timeout = request_timeout
         self.reconnect_max = reconnect_max
         self.redis: aioredis.Redis = create_redis(redis)
@@ -233,6 +234,7 @@ class Bus:
     def _on_raw(self, channel: str, data: Any) -> None:
         try:
             env = self.codec.decode(data)
+            self.replays.check(env, time.monotonic())
         except ProtocolError as exc:
             self._count_drop(exc, data)
             return

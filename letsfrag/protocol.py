@@ -15,7 +15,8 @@ An envelope is a JSON object::
   ``bad_signature`` otherwise).
 
 Decoding never raises anything but :class:`~letsfrag.errors.ProtocolError`, whose ``reason`` is one of
-:data:`DROP_REASONS`; receivers count drops and carry on.
+:data:`DROP_REASONS`; receivers count drops and carry on. A receiver also drops a second copy of a message id
+it accepted within the window (:class:`ReplayGuard`, reason ``replayed``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ DROP_REASONS = (
     "unsigned",
     "bad_signature",
     "stale",
+    "replayed",
 )
 
 
@@ -173,6 +175,29 @@ class Codec:
             if abs(now - env.ts) > self.window:
                 raise ProtocolError("stale", f"from {env.sender}, {now - env.ts:.1f}s old")
         return env
+
+
+class ReplayGuard:
+    """Remembers the ids of messages accepted within the signature window; a second copy is a replay.
+
+    Together with the window check this makes a captured signed message useless: too old, it is ``stale``;
+    young enough, its id was already seen. Memory is bounded by the messages of one window.
+    """
+
+    def __init__(self, window: float = DEFAULT_WINDOW) -> None:
+        self.window = window
+        self._seen: dict[str, float] = {}
+        self._next_prune = 0.0
+
+    def check(self, envelope: Envelope, now: float) -> None:
+        """Raise ``ProtocolError("replayed")`` for an id seen within the window; remember it otherwise."""
+        if now >= self._next_prune:
+            horizon = now - 2 * self.window
+            self._seen = {ident: ts for ident, ts in self._seen.items() if ts >= horizon}
+            self._next_prune = now + self.window / 4
+        if envelope.id in self._seen:
+            raise ProtocolError("replayed", f"from {envelope.sender}")
+        self._seen[envelope.id] = now
 
 
 def _envelope_from(body: dict[str, Any]) -> Envelope:

@@ -213,3 +213,24 @@ async def test_drop_warnings_are_bounded_whatever_the_sender_names(
     warnings = [r for r in caplog.records if r.name == "letsfrag.bus" and "dropped a message" in r.getMessage()]
     assert 1 <= len(warnings) <= 20
     assert len(server._last_warning) <= 20
+
+
+async def test_a_replayed_signed_message_inside_the_window_is_dropped(make_bus: Any, redis_url: str) -> None:
+    server = await make_bus("server")
+    seen: list[Envelope] = []
+
+    async def handler(env: Envelope) -> Any:
+        seen.append(env)
+        return None
+
+    await server.subscribe("t:inbox", handler)
+    captured = Codec(SECRET).encode(Envelope(MessageType.COMMAND, "operator", {"action": "restart"}))
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        await raw.publish("t:inbox", captured)
+        await wait_until(lambda: len(seen) == 1, message="the genuine message")
+        await raw.publish("t:inbox", captured)
+        await raw.publish("t:inbox", Codec(SECRET).encode(Envelope(MessageType.COMMAND, "operator")))
+    finally:
+        await raw.aclose()
+    await wait_until(lambda: len(seen) == 2 and server.dropped["replayed"] == 1, message="replay dropped")

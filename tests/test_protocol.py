@@ -133,3 +133,16 @@ def test_decoder_survives_mutated_valid_messages(data: st.DataObject) -> None:
         codec.decode(bytes(raw))
     except ProtocolError:
         pass
+
+
+def test_replay_guard_remembers_ids_for_the_window() -> None:
+    from letsfrag.protocol import ReplayGuard
+
+    guard = ReplayGuard(window=30.0)
+    env = _env(id="abc")
+    guard.check(env, now=100.0)
+    with pytest.raises(ProtocolError) as err:
+        guard.check(env, now=120.0)
+    assert err.value.reason == "replayed"
+    guard.check(_env(id="other"), now=200.0)  # prunes ids older than two windows
+    guard.check(env, now=200.0)  # by now the codec's window would call it stale anyway
