@@ -40,3 +40,14 @@ def test_benchmark_table_is_generated_from_the_results() -> None:
     start = README.index("<!-- benchmarks:start -->") + len("<!-- benchmarks:start -->")
     end = README.index("<!-- benchmarks:end -->")
     assert README[start:end].strip() == render_markdown().strip(), "run python -m benchmarks.report and paste it"
+
+
+def test_every_config_key_is_documented_in_the_readme() -> None:
+    from letsfrag.config import config_reference_markdown
+
+    reference = config_reference_markdown()
+    tables = reference[reference.index("## Common keys"):].strip().replace("\n## ", "\n### ")
+    tables = "#" + tables
+    start = README.index("<!-- config:start -->") + len("<!-- config:start -->")
+    end = README.index("<!-- config:end -->")
+    assert README[start:end].strip() == tables, "regenerate the README's config tables from the models"
