@@ -47,17 +47,24 @@ def handle_command(core: SimCore, link: Link, op: Any, data: Any) -> None:
         core.close_link(link, CloseCode.UNKNOWN_OPCODE, f"Unknown opcode {op!r}.")
 
 
+def _authenticated(core: SimCore, link: Link, data: Any, op: str) -> bool:
+    """An IDENTIFY/RESUME payload must be an object carrying an accepted token; close the link otherwise."""
+    if not isinstance(data, dict):
+        core.close_link(link, CloseCode.DECODE_ERROR, f"{op} payload must be an object.")
+        return False
+    if not token_ok(core, data.get("token")):
+        core.close_link(link, CloseCode.AUTHENTICATION_FAILED, "Authentication failed.")
+        return False
+    return True
+
+
 def identify(core: SimCore, link: Link, data: Any) -> None:
     """IDENTIFY: validate, apply the identify window and session budget, then READY + GUILD_CREATEs."""
     options = core.options
     if link.session is not None:
         core.close_link(link, CloseCode.ALREADY_AUTHENTICATED, "Already authenticated.")
         return
-    if not isinstance(data, dict):
-        core.close_link(link, CloseCode.DECODE_ERROR, "IDENTIFY payload must be an object.")
-        return
-    if not token_ok(core, data.get("token")):
-        core.close_link(link, CloseCode.AUTHENTICATION_FAILED, "Authentication failed.")
+    if not _authenticated(core, link, data, "IDENTIFY"):
         return
     shard = data.get("shard")
     if shard is None:
@@ -104,11 +111,7 @@ def resume(core: SimCore, link: Link, data: Any) -> None:
     if link.session is not None and link.session.link is link:
         core.close_link(link, CloseCode.ALREADY_AUTHENTICATED, "Already authenticated.")
         return
-    if not isinstance(data, dict):
-        core.close_link(link, CloseCode.DECODE_ERROR, "RESUME payload must be an object.")
-        return
-    if not token_ok(core, data.get("token")):
-        core.close_link(link, CloseCode.AUTHENTICATION_FAILED, "Authentication failed.")
+    if not _authenticated(core, link, data, "RESUME"):
         return
     session_id = data.get("session_id")
     core.resume_session(link, session_id if isinstance(session_id, str) else None, data.get("seq"))
