@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -49,6 +51,15 @@ def make_client(redis_url: str, sim: Simulator, cid: int, per_cluster: int, shar
     intents.members = False
     return ClusterShardClient(intents=intents, environment=environment, guild_ready_timeout=0.2,
                               chunk_guilds_at_startup=False)
+
+
+async def close_clients(clients: list[ClusterShardClient], tasks: list[asyncio.Task[Any]]) -> None:
+    """Close the in-process cluster clients and wait (bounded) for their run tasks to end."""
+    for client in clients:
+        await client.close()
+    for task in tasks:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:

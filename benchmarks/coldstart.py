@@ -36,7 +36,7 @@ from typing import Any
 import redis
 
 from benchmarks.report import fmt_spread, print_rich_table, spread, write_result
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
+from letsfrag.rehearsal import Rehearsal, RehearsalSettings, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_FACTOR = 1.25
@@ -174,15 +174,7 @@ def run_plain(args: argparse.Namespace, workdir: Path, pacing: str, spawn_delay:
 
         return _wait_all_ready(deployment, started, args.timeout, spawn_due)
     finally:
-        for proc in clients:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in clients:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(clients)
         deployment.close()
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import time
 
 import redis.asyncio as aioredis
 
-from benchmarks._cluster_common import make_client, prepare, start_redis, write_result
+from benchmarks._cluster_common import close_clients, make_client, prepare, start_redis, write_result
 from letsfrag.sim import Simulator
 
 
@@ -36,11 +35,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
                 await asyncio.sleep(0.05)
             elapsed = time.monotonic() - started
             stats = sim.stats()
-            for client in clients:
-                await client.close()
-            for task in tasks:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, 10)
+            await close_clients(clients, tasks)
     finally:
         await r.aclose()
         server.cleanup()

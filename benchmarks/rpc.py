@@ -24,7 +24,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from benchmarks._cluster_common import NS, make_client, prepare, start_redis
+from benchmarks._cluster_common import NS, close_clients, make_client, prepare, start_redis
 from benchmarks.report import write_result
 from letsfrag.rpc import RpcClient
 from letsfrag.sim import Simulator
@@ -131,11 +131,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 result["broadcast_one_unreachable"] = {
                     "seconds": round(time.perf_counter() - started, 3), "timeout": 1.0,
                     "statuses": {str(cid): res.status for cid, res in partial.items()}}
-            for client in clients:
-                await client.close()
-            for task in tasks:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, 10)
+            await close_clients(clients, tasks)
     finally:
         await r.aclose()
         server.cleanup()

@@ -24,6 +24,8 @@ from typing import Any
 
 import psutil
 
+from letsfrag.rehearsal import stop_processes
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "sim_load.json"
 CPU_GOAL_PERCENT = 25.0
@@ -135,19 +137,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             _wait(lambda: _get(stats_url)["handling"]["answered_once"] >= expected, 15, "answers")
         stats = _get(stats_url)
     finally:
-        for proc in clients:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in clients:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        sim.send_signal(signal.SIGTERM)
-        try:
-            sim.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            sim.kill()
+        stop_processes([*clients, sim])
     steady = max(idle_cpu, traffic_cpu)
     return {
         "shards": args.shards,

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -73,6 +74,19 @@ class RehearsalSettings:
     @property
     def clusters(self) -> int:
         return math.ceil(self.shards / self.shards_per_cluster)
+
+
+def stop_processes(processes: Sequence[subprocess.Popen[Any]], timeout: float = 10.0) -> None:
+    """SIGTERM every process, wait up to ``timeout`` for each, SIGKILL and reap the ones still running."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _drain(stream: IO[bytes], sink: IO[bytes]) -> None:
