@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+
+def time_scale() -> float:
+    """How much slower than a quiet 2-core machine this one is allowed to be (``LETSFRAG_TEST_TIME_SCALE``).
+
+    Every deadline of :func:`wait_until` / :func:`wait_until_sync` is multiplied by it, so a busy CI machine
+    can run the suite with e.g. ``LETSFRAG_TEST_TIME_SCALE=2`` without editing a test. Default 1.
+    """
+    try:
+        value = float(os.environ.get("LETSFRAG_TEST_TIME_SCALE", "1"))
+    except ValueError:
+        return 1.0
+    return value if 1.0 <= value <= 100.0 else 1.0
 
 
 async def wait_until(
@@ -15,7 +29,8 @@ async def wait_until(
     interval: float = 0.05,
     message: str = "condition",
 ) -> Any:
-    """Poll ``predicate`` (sync or async) until it returns a truthy value; fail after ``timeout``."""
+    """Poll ``predicate`` (sync or async) until it returns a truthy value; fail after ``timeout`` (scaled)."""
+    timeout *= time_scale()
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -33,6 +48,7 @@ def wait_until_sync(
     predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, message: str = "condition"
 ) -> Any:
     """The blocking twin of :func:`wait_until`."""
+    timeout *= time_scale()
     deadline = time.monotonic() + timeout
     while True:
         last = predicate()
