@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from letsfrag.config_source import KeyProblems, mask_url
-from letsfrag.units import parse_duration, parse_size
+from letsfrag.units import parse_duration, parse_listen, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds; accepts ``500ms``, ``10s``, ``5m``, ``1h``, ``2d`` or a bare number of seconds."""
@@ -186,6 +186,21 @@ class DiscordSettings(StrictModel):
         return value
 
 
+class MetricsSettings(StrictModel):
+    """The Prometheus endpoint and probes of a broker or a supervisor (``/metrics``, ``/healthz``, ``/readyz``)."""
+
+    listen: str | None = Field(
+        default=None, description="HOST:PORT to serve /metrics, /healthz and /readyz on; unset: no listener"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+
 # ------------------------------------------------------------------------------------------------ common
 
 
@@ -219,6 +234,9 @@ class CommonSettings(StrictModel):
     max_message_bytes: Size = Field(default=1024 * 1024, ge=1, description="largest bus message accepted")
     allow_eval: bool = Field(default=False, description="allow remote code evaluation in clusters (dangerous)")
     discord: DiscordSettings = Field(default_factory=DiscordSettings, description="Discord endpoints")
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="Prometheus metrics and health probes (local: the host's)"
+    )
 
     @field_validator("redis", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_va
 from letsfrag.config_common import (
     CommonSettings,
     Duration,
+    MetricsSettings,
     Name,
     OptionalSecret,
     RedisSettings,
@@ -272,6 +273,7 @@ class LocalConfig(LocalSettings, HostSettings, BrokerSettings, CommonSettings):
         """The broker part (token defaults to bot.token); ``redis`` replaces an embedded server's settings."""
         data = {name: getattr(self, name) for name in BrokerConfig.model_fields}
         data["token"] = self.effective_token()
+        data["metrics"] = MetricsSettings()  # a local config's listener is the host's
         if redis is not None:
             data["redis"] = redis
         return BrokerConfig.model_validate(data)

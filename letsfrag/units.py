@@ -78,3 +78,17 @@ def format_size(size: float) -> str:
             return f"{size:.0f}{unit}" if unit in ("B", "MiB") else f"{size:.1f}{unit}"
         size /= 1024
     return f"{size:.1f}GiB"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"`` / ``"[::1]:9464"`` / ``":9464"`` -> (host, port); ValueError naming the problem."""
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9464), found {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"expected a port 0-65535 after ':', found {port_text!r} in {value!r}")
+    if any(c.isspace() for c in host):
+        raise ValueError(f"expected a host name or address before ':', found {host!r}")
+    return host, int(port_text)

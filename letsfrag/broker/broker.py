@@ -33,12 +33,14 @@ from letsfrag.config import BrokerConfig
 from letsfrag.errors import BusError, DiscordSetupError, LetsfragError
 from letsfrag.events import Severity, emit
 from letsfrag.logs import register_secret
+from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
 
 from .assignment import ClusterSpec
 from .commands import CommandHandler
 from .layout import GatewayBot, Layout, fetch_gateway_bot, resolve_layout
 from .leader import LeaderLock, Term
+from .metrics import BrokerMetrics
 from .reconcile import Reconciler
 from .store import NotLeader, Store
 
@@ -92,6 +94,7 @@ class ClusterBroker:
         self._loop_task: asyncio.Task[None] | None = None
         self._budget_task: asyncio.Task[None] | None = None
         self._started = False
+        self._metrics: MetricsServer | None = None
 
     # public API ----------------------------------------------------------------------------------------
 
@@ -119,6 +122,20 @@ class ClusterBroker:
             return {}
         grants = self._reconciler.assignment
         return {c: (grants[c].host if c in grants else None) for c in self._layout.cluster_ids}
+
+    @property
+    def buckets(self) -> int:
+        """IDENTIFY buckets of the layout (0 before :meth:`start`)."""
+        return self._layout.max_concurrency if self._layout else 0
+
+    @property
+    def synced(self) -> bool:
+        """True once started and while Redis answered the last tick (leader or standby)."""
+        return self._loop_task is not None and not self._loop_task.done() and self._redis_ok
+
+    def dead_loops(self) -> list[str]:
+        """Names of the broker's loops (decision tick, budget refresh) that ended; empty while all run."""
+        return [task.get_name() for task in (self._loop_task, self._budget_task) if task is not None and task.done()]
 
     @property
     def reconciler(self) -> Reconciler | None:
@@ -154,10 +171,14 @@ class ClusterBroker:
         self._loop_task = asyncio.create_task(self._run(), name=f"broker-{self.broker_id}")
         if self.config.token is not None:
             self._budget_task = asyncio.create_task(self._budget_loop(), name="broker-budget")
+        self._metrics = await start_metrics(self.config.metrics.listen, lambda: BrokerMetrics(self))
 
     async def close(self) -> None:
         """Stop the loop, release the leader lock (a standby takes over at once) and disconnect."""
         self._stop.set()
+        if self._metrics is not None:
+            await self._metrics.close()
+            self._metrics = None
         for task in (self._loop_task, self._budget_task, *self._tasks):
             if task is not None:
                 await _cancel(task)

@@ -29,6 +29,8 @@ class GuardedWebSocket(DiscordWebSocket):
     """``DiscordWebSocket`` that asks its letsfrag client before every RESUME (see module docstring)."""
 
     letsfrag_last_receive: float | None = None
+    #: gateway messages received on this connection (``messages`` in the shard status; a Prometheus counter)
+    letsfrag_messages: int = 0
 
     async def resume(self) -> None:
         client = _client_of(self)
@@ -39,6 +41,7 @@ class GuardedWebSocket(DiscordWebSocket):
 
     async def received_message(self, msg: Any, /) -> None:
         self.letsfrag_last_receive = time.monotonic()
+        self.letsfrag_messages += 1
         await super().received_message(msg)
 
 

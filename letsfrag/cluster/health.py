@@ -67,15 +67,17 @@ def shard_reports(client: Any, tracker: ShardTracker, now_wall: float, now_mono:
     reports: dict[int, dict[str, Any]] = {}
     for sid, state in tracker.states.items():
         info = shards.get(sid)
-        latency = last_age = None
+        latency = last_age = messages = None
         if info is not None:
             latency = _finite(info.latency)
             ws = getattr(getattr(info, "_parent", None), "ws", None)
             last = getattr(ws, "letsfrag_last_receive", None)
             if isinstance(last, float):
                 last_age = round(max(0.0, now_mono - last), 3)
+            count = getattr(ws, "letsfrag_messages", None)
+            messages = count if isinstance(count, int) else None
         reports[sid] = {"status": state, "latency": latency, "guilds": guilds[sid], "last_event_age": last_age,
-                        "ts": round(now_wall, 3)}
+                        "messages": messages, "ts": round(now_wall, 3)}
     return reports
 
 

@@ -25,6 +25,7 @@ from letsfrag.clock import Clock, SystemClock
 from letsfrag.config import HostConfig
 from letsfrag.errors import BusError
 from letsfrag.events import Severity
+from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.commands import CommandHandler
@@ -32,6 +33,7 @@ from letsfrag.supervisor.grants import Grants
 from letsfrag.supervisor.host import HostAgent, Layout
 from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, register_config_secrets
 from letsfrag.supervisor.logfile import ClusterLog, log_path
+from letsfrag.supervisor.metrics import HostMetrics
 from letsfrag.supervisor.process import ClusterProcess
 from letsfrag.supervisor.publish import Publisher
 from letsfrag.supervisor.reactions import Reactions
@@ -97,6 +99,7 @@ class ClusterManager:
         self._bus: Bus | None = None
         self._redis_lost_at: float | None = None
         self.agent: HostAgent | None = None
+        self._metrics: MetricsServer | None = None
         self.publisher: Publisher | None = None
         self.commands = CommandHandler(self)
         self.reactions = Reactions(self)
@@ -138,6 +141,10 @@ class ClusterManager:
         return {cid: rec.epoch for cid, rec in sorted(self._records.items())
                 if rec.epoch is not None and (rec.state in ALIVE_STATES or rec.process is not None)}
 
+    def dead_loops(self) -> list[str]:
+        """Names of the core loops (decision, lease, publish, tick) that ended; empty while all run."""
+        return [task.get_name() for task in self._tasks if task.done()]
+
     async def start(self) -> None:
         """Connect, wait for the broker's layout, register and start taking grants."""
         if self._started:
@@ -174,10 +181,14 @@ class ClusterManager:
             asyncio.create_task(self.reactions._ticker(), name="supervisor-tick"),
         ]
         self.agent.poke()
+        self._metrics = await start_metrics(cfg.metrics.listen, lambda: HostMetrics(self))
 
     async def close(self, *, force: bool = False) -> None:
         """Stop every cluster (gracefully unless ``force``), leave the host set's lease and disconnect."""
         await self.stopper.close(force=force)
+        if self._metrics is not None:
+            await self._metrics.close()
+            self._metrics = None
 
     async def __aenter__(self) -> ClusterManager:
         await self.start()
