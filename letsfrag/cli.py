@@ -32,6 +32,7 @@ HANDLERS: dict[str, str] = {
     "drain": "letsfrag.commands:run_drain",
     "rebalance": "letsfrag.commands:run_rebalance",
     "bench": "letsfrag.bench:run",
+    "logs": "letsfrag.logtail:run",
 }
 
 
@@ -116,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rebalance", help="move clusters until hosts are balanced by capacity")
     add_connection_args(p)
     p.add_argument("--timeout", default="60s", help="how long to wait for the outcome (default 60s)")
+
+    p = sub.add_parser("logs", help="this host's cluster logs: the last lines, -f to follow through rotations")
+    add_connection_args(p)
+    p.add_argument("--dir", metavar="DIR", help="the log directory (default: logs.dir of the config)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--cluster", type=int, metavar="N", help="one cluster (names its host if it runs elsewhere)")
+    which.add_argument("--host", metavar="H", help="every cluster of host H (must be this host)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C stops)")
+    p.add_argument("-n", "--lines", type=int, default=20, metavar="LINES", help="lines to show first (default 20)")
 
     p = sub.add_parser("bench", help="run a benchmark from benchmarks/ and print its table")
     p.add_argument("name", help="benchmark name, e.g. coldstart, failover, rpc, supervisor, broker_scale, tui")
