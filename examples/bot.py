@@ -1,4 +1,5 @@
-"""A small letsfrag bot: ``!ping <n>`` answers ``pong <n>``; every cluster serves a ``stats`` RPC.
+"""A small letsfrag bot: ``!ping <n>`` answers ``pong <n>``, a member who joins is welcomed in the guild's
+system channel; every cluster serves a ``stats`` RPC.
 
 Start it under a supervisor (``bot.module: examples.bot``): shards, token, Redis and the Discord URLs come
 from the environment the supervisor sets. Ask all clusters at once from anywhere with
@@ -11,7 +12,8 @@ from letsfrag import ClusterShardClient
 
 intents = discord.Intents.default()
 intents.message_content = True
-client = ClusterShardClient(intents=intents)
+intents.members = True  # member joins (privileged: enable "Server Members Intent" for the real bot)
+client = ClusterShardClient(intents=intents, chunk_guilds_at_startup=False)
 messages = 0
 
 
@@ -23,6 +25,13 @@ async def on_message(message: discord.Message) -> None:
     messages += 1
     if message.content.startswith("!ping "):
         await message.reply(f"pong {message.content.split()[1]}")
+
+
+@client.event
+async def on_member_join(member: discord.Member) -> None:
+    channel = member.guild.system_channel
+    if channel is not None:
+        await channel.send(f"welcome {member.name}")
 
 
 @client.cluster.handler("stats")

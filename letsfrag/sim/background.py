@@ -75,11 +75,15 @@ class Background:
                 break
             await asyncio.sleep(tick)
 
-    def start_traffic(self, rate: float, seconds: float | None) -> asyncio.Task[None]:
-        """Send ``rate`` ``!ping`` messages per second for ``seconds`` (None = until stopped)."""
+    def start_traffic(self, rate: float, seconds: float | None, joins: float = 0.0) -> asyncio.Task[None]:
+        """Send ``rate`` events per second for ``seconds`` (None = until stopped): ``!ping`` messages, and member
+        joins for a ``joins`` share of them (0 to 1)."""
         if rate <= 0:
             raise ValueError(f"traffic rate must be positive, found {rate}")
-        task = self._spawn(self._paced(rate, seconds, self.core.send_ping, "traffic"), "sim-traffic")
+        if not 0 <= joins <= 1:
+            raise ValueError(f"joins must be a share between 0 and 1, found {joins}")
+        task = self._spawn(self._paced(rate, seconds, lambda: self.core.send_event(joins), "traffic"),
+                           "sim-traffic")
         self._traffic.add(task)
         task.add_done_callback(self._traffic.discard)
         return task

@@ -151,10 +151,11 @@ async def traffic(request: web.Request) -> web.Response:
         rate = _number(_param(request, body, "rate", 1), "rate")
         raw_seconds = _param(request, body, "seconds")
         seconds = None if raw_seconds in (None, "", "inf") else _number(raw_seconds, "seconds", duration=True)
-        _background(request).start_traffic(rate, seconds)
+        joins = _number(_param(request, body, "joins", 0), "joins")
+        _background(request).start_traffic(rate, seconds, joins)
     except ValueError as exc:
         return _error(str(exc))
-    return json_response({"traffic": True, "rate": rate, "seconds": seconds})
+    return json_response({"traffic": True, "rate": rate, "seconds": seconds, "joins": joins})
 
 
 async def traffic_stop(request: web.Request) -> web.Response:

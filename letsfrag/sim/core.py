@@ -17,7 +17,7 @@ from letsfrag.sim.options import SimulatorOptions
 from letsfrag.sim.protocol import CloseCode, Intent, Op
 from letsfrag.sim.referee import Referee
 from letsfrag.sim.sessions import Link, Session, SessionRegistry
-from letsfrag.sim.world import World
+from letsfrag.sim.world import Guild, World
 
 _GUILD_MESSAGES = 1 << 9
 
@@ -59,6 +59,7 @@ class SimCore:
         self._ids = itertools.count(1)
         self._ping_guilds = itertools.count()
         self._ping_authors = itertools.count()
+        self._traffic_index = itertools.count()
 
     # --- ids ------------------------------------------------------------------------------------------
     def new_message_id(self) -> int:
@@ -194,14 +195,7 @@ class SimCore:
 
     def send_ping(self, guild_id: int | None = None) -> int:
         """Send ``!ping <n>`` from a member in a guild's text channel to its shard; return ``n``."""
-        if not self.world.guilds:
-            raise ValueError("the simulator has no guilds to send a ping to")
-        if guild_id is None:
-            guild_ids = list(self.world.guilds)
-            guild_id = guild_ids[next(self._ping_guilds) % len(guild_ids)]
-        guild = self.world.guilds.get(guild_id)
-        if guild is None:
-            raise ValueError(f"unknown guild {guild_id}")
+        guild = self._traffic_guild(guild_id)
         handling = self.referee.handling
         n = handling.take_n()
         message_id = self.new_message_id()
@@ -234,6 +228,41 @@ class SimCore:
             delivered |= session.dispatch("MESSAGE_CREATE", encoded[with_content], tag=message_id)
         handling.sent(n, message_id, self.clock(), delivered=delivered)
         return n
+
+    def send_join(self, guild_id: int | None = None) -> int:
+        """A new user ``joiner-<n>`` joins a guild: GUILD_MEMBER_ADD to its shard's sessions (those with the
+        GUILD_MEMBERS intent); return ``n``. A bot answers it with ``welcome joiner-<n>``."""
+        guild = self._traffic_guild(guild_id)
+        handling = self.referee.handling
+        n = handling.take_n()
+        user_id = self.new_message_id()
+        body = {**payloads.member(payloads.user(user_id, f"joiner-{n}"), []), "guild_id": str(guild.id),
+                "joined_at": payloads.iso_timestamp(self.wall())}
+        encoded = payloads.dumps(body)
+        delivered = False
+        for session in self.sessions.for_shard(guild.shard_id):
+            if session.intents & Intent.GUILD_MEMBERS:
+                delivered |= session.dispatch("GUILD_MEMBER_ADD", encoded, tag=user_id)
+        handling.sent(n, user_id, self.clock(), delivered=delivered, kind="join")
+        return n
+
+    def send_event(self, join_ratio: float = 0.0) -> int:
+        """The next traffic event: a member join for a ``join_ratio`` share of them (spread evenly), else a ping."""
+        index = next(self._traffic_index)
+        if join_ratio > 0 and int((index + 1) * join_ratio) > int(index * join_ratio):
+            return self.send_join()
+        return self.send_ping()
+
+    def _traffic_guild(self, guild_id: int | None) -> Guild:
+        if not self.world.guilds:
+            raise ValueError("the simulator has no guilds to send traffic to")
+        if guild_id is None:
+            guild_ids = list(self.world.guilds)
+            guild_id = guild_ids[next(self._ping_guilds) % len(guild_ids)]
+        guild = self.world.guilds.get(guild_id)
+        if guild is None:
+            raise ValueError(f"unknown guild {guild_id}")
+        return guild
 
     def post_message(self, channel_id: int, body: dict[str, Any]) -> dict[str, Any] | None:
         """A bot posted a message: record it for the handling referee and answer like Discord (None: 404)."""

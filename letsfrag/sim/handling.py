@@ -1,22 +1,30 @@
-"""The handling referee: was every ``!ping <n>`` answered exactly once? (pure; time passed in)."""
+"""The handling referee: was every ``!ping <n>`` and every member join answered exactly once? (pure; time passed in).
+
+Two kinds of handled events share one numbering ``n``: a ``!ping <n>`` message (answered ``pong <n>``) and a
+member join of a user named ``joiner-<n>`` (answered ``welcome joiner-<n>``), the event bots answer that
+carries no snowflake of its own.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-_PONG = re.compile(r"\bpong (\d+)\b", re.IGNORECASE)
+_ANSWER = re.compile(r"\b(?:pong |welcome joiner-)(\d+)\b", re.IGNORECASE)
+#: the kinds of handled events
+KINDS = ("ping", "join")
 
 
 @dataclass(slots=True)
 class SentMessage:
-    """One ``!ping <n>`` the simulator sent."""
+    """One handled event the simulator sent: a ``!ping <n>`` (``kind`` ping) or a member join (``kind`` join)."""
 
     n: int
     message_id: int
     sent_at: float
     delivered_at: float | None
     answers: int = 0
+    kind: str = "ping"
 
 
 class HandlingReferee:
@@ -48,9 +56,11 @@ class HandlingReferee:
         self.next_n += 1
         return n
 
-    def sent(self, n: int, message_id: int, now: float, *, delivered: bool) -> None:
-        """Record a ping; ``delivered`` = at least one live session got it."""
-        record = SentMessage(n=n, message_id=message_id, sent_at=now, delivered_at=now if delivered else None)
+    def sent(self, n: int, message_id: int, now: float, *, delivered: bool, kind: str = "ping") -> None:
+        """Record a sent event; ``delivered`` = at least one live session got it; ``message_id`` is its tag
+        (the message id of a ping, the joining user's id of a join)."""
+        record = SentMessage(n=n, message_id=message_id, sent_at=now, delivered_at=now if delivered else None,
+                             kind=kind)
         self.by_id[message_id] = record
         self.by_n[n] = record
 
@@ -65,7 +75,7 @@ class HandlingReferee:
         self.replies += 1
         record = self.by_id.get(referenced_id) if referenced_id is not None else None
         if record is None:
-            match = _PONG.search(content or "")
+            match = _ANSWER.search(content or "")
             if match:
                 record = self.by_n.get(int(match.group(1)))
         if record is None:
@@ -77,7 +87,9 @@ class HandlingReferee:
     def snapshot(self, now: float) -> dict[str, int]:
         """Classify every message at time ``now``."""
         once = twice = unanswered = pending = undeliverable = 0
+        per_kind = dict.fromkeys(KINDS, 0)
         for record in self.by_id.values():
+            per_kind[record.kind] = per_kind.get(record.kind, 0) + 1
             if record.answers == 1:
                 once += 1
             elif record.answers > 1:
@@ -97,4 +109,5 @@ class HandlingReferee:
             "undeliverable": undeliverable,
             "replies": self.replies,
             "unattributed_replies": self.unattributed,
+            **{f"sent_{kind}": count for kind, count in per_kind.items()},
         }

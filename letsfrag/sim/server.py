@@ -146,9 +146,10 @@ class Simulator:
         """Send one ``!ping <n>`` (next guild in turn unless given); return ``n``."""
         return self.core.send_ping(guild_id)
 
-    def start_traffic(self, rate: float, seconds: float | None = None) -> asyncio.Task[None]:
-        """``!ping`` traffic at ``rate`` per second for ``seconds`` (None = until ``stop_traffic``)."""
-        return self.background.start_traffic(rate, seconds)
+    def start_traffic(self, rate: float, seconds: float | None = None, joins: float = 0.0) -> asyncio.Task[None]:
+        """Traffic at ``rate`` events per second for ``seconds`` (None = until ``stop_traffic``): ``!ping``
+        messages, and member joins for a ``joins`` share of them."""
+        return self.background.start_traffic(rate, seconds, joins)
 
     def stop_traffic(self) -> int:
         """Stop every traffic run; return how many were running."""

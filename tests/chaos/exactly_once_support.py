@@ -160,8 +160,9 @@ def handling(deployment: Rehearsal) -> dict[str, int]:
     return {k: int(v) for k, v in deployment.sim_stats()["handling"].items()}
 
 
-def start_traffic(deployment: Rehearsal, rate: float, seconds: float | None = None) -> None:
-    query = f"rate={rate}" + (f"&seconds={seconds}" if seconds is not None else "")
+def start_traffic(deployment: Rehearsal, rate: float, seconds: float | None = None, joins: float = 0.0) -> None:
+    """``rate`` events a second at the simulator: ``!ping`` messages, member joins for a ``joins`` share."""
+    query = f"rate={rate}&joins={joins}" + (f"&seconds={seconds}" if seconds is not None else "")
     deployment.sim_post(f"/_sim/traffic?{query}")
 
 

@@ -74,7 +74,7 @@ def test_oversubscribed_cpu_loses_no_lease_and_moves_nothing(deploy: Callable[..
         since = str(last[0][0]) if last else "0-0"  # type: ignore[index]
         reset_referee(deployment)
         hogs = _busy_loops(os.cpu_count() or 2)
-        start_traffic(deployment, RATE)
+        start_traffic(deployment, RATE, joins=0.3)
         started = time.monotonic()
         wait_until_sync(
             lambda: time.monotonic() - started >= SECONDS,
@@ -99,7 +99,7 @@ def test_oversubscribed_cpu_loses_no_lease_and_moves_nothing(deploy: Callable[..
             hog.wait()
         client.close()
     print(f"oversubscribed {SECONDS:.0f}s: handling {counts}")
-    assert counts["sent"] >= RATE * SECONDS * 0.5, counts
+    assert counts["sent"] >= RATE * SECONDS * 0.5 and counts["sent_join"] > 0, counts
     assert counts["answered_twice_or_more"] == 0, counts
     assert counts["unanswered_live"] == 0 and counts["undeliverable"] == 0, counts
     assert counts["answered_once"] == counts["sent"], counts

@@ -39,6 +39,10 @@ class FastClient(discord.AutoShardedClient):
     async def on_ready(self) -> None:
         self.ready_count += 1
 
+    async def on_member_join(self, member: discord.Member) -> None:
+        if self.reply_to_pings and member.guild.system_channel is not None:
+            await member.guild.system_channel.send(f"welcome {member.name}")
+
     async def on_message(self, message: discord.Message) -> None:
         self.messages.append(message)
         if self.reply_to_pings and message.content.startswith("!ping "):

@@ -179,6 +179,33 @@ async def test_traffic_is_answered_exactly_once(point_discord: Point) -> None:
             assert handling["answered_twice_or_more"] == handling["unanswered_live"] == 0
 
 
+async def test_member_joins_are_welcomed_once_and_counted_beside_pings(point_discord: Point) -> None:
+    async with Simulator(**FAST) as sim:
+        point_discord(sim)
+        client = FastClient(shard_ids=list(range(8)), shard_count=8, intents=intents(members=True),
+                            chunk_guilds_at_startup=False)
+        client.reply_to_pings = True
+        async with running(client):
+            await wait_until(lambda: client.ready_count == 1)
+            await sim.start_traffic(rate=40, seconds=0.5, joins=0.5)
+            await wait_until(lambda: sim.stats()["handling"]["answered_once"] == 20, message="20 answers")
+            handling = sim.stats()["handling"]
+            assert handling["sent"] == 20 and handling["sent_join"] == 10 and handling["sent_ping"] == 10
+            assert handling["answered_twice_or_more"] == handling["unanswered_live"] == 0
+            joined = [m for g in client.guilds for m in g.members if m.name.startswith("joiner-")]
+            assert len(joined) == 10
+
+
+async def test_a_join_is_not_delivered_without_the_members_intent(point_discord: Point) -> None:
+    async with Simulator(**FAST) as sim:
+        point_discord(sim)
+        client = FastClient(shard_ids=list(range(8)), shard_count=8, intents=intents(members=False))
+        async with running(client):
+            await wait_until(lambda: client.ready_count == 1)
+            sim.core.send_join()
+            assert sim.stats()["handling"]["undeliverable"] == 1
+
+
 async def test_bad_token_is_login_failure(point_discord: Point) -> None:
     async with Simulator(**FAST, token="the-right-token") as sim:
         point_discord(sim)

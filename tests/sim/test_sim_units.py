@@ -114,8 +114,12 @@ def test_handling_verdicts() -> None:
     snap = handling.snapshot(now=6.0)
     assert snap == {
         "sent": 5, "answered_once": 1, "answered_twice_or_more": 1, "unanswered_live": 2, "pending": 0,
-        "undeliverable": 1, "replies": 4, "unattributed_replies": 1,
+        "undeliverable": 1, "replies": 4, "unattributed_replies": 1, "sent_ping": 5, "sent_join": 0,
     }
+    handling.sent(handling.take_n(), message_id=200, now=6.0, delivered=True, kind="join")
+    assert handling.reply(None, "welcome joiner-6") is not None  # a join answered by name
+    assert handling.reply(None, "welcome joiner-99") is None
+    assert handling.snapshot(now=6.0)["sent_join"] == 1
     handling.delivered(104, now=5.5)  # replayed by a RESUME later
     assert handling.snapshot(now=6.0)["pending"] == 1
 
