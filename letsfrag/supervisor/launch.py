@@ -74,8 +74,13 @@ def cluster_environment(
     lease_ttl: float,
     max_concurrency: int,
     identify_window: float,
+    broker_allows_eval: bool = False,
 ) -> ClusterEnvironment:
-    """The environment contract of one cluster process (see :mod:`letsfrag.environment`)."""
+    """The environment contract of one cluster process (see :mod:`letsfrag.environment`).
+
+    The cluster's bus gets this host's ``signature_window`` and ``max_message_bytes``; ``allow_eval`` is set only
+    when both this host's config and the broker's (``broker_allows_eval``, from ``{ns}:layout``) allow it.
+    """
     return ClusterEnvironment(
         cluster_id=cluster_id,
         shard_ids=shard_ids,
@@ -93,7 +98,9 @@ def cluster_environment(
         lease_ttl=lease_ttl,
         max_concurrency=max_concurrency,
         identify_window=identify_window,
-        allow_eval=config.allow_eval,
+        signature_window=config.signature_window,
+        max_message_bytes=config.max_message_bytes,
+        allow_eval=config.allow_eval and broker_allows_eval,
     )
 
 
