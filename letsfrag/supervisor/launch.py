@@ -44,9 +44,15 @@ def _unwrap(value: Any) -> Any:
 
 
 def plain_redis_settings(config: HostConfig) -> dict[str, Any]:
-    """The Redis settings as plain JSON-able data, passwords included (for the child's environment only)."""
+    """The Redis settings of cluster processes as plain JSON-able data, passwords included (for the child's
+    environment only): the host's, with ``bot.redis_username``/``bot.redis_password`` when set."""
     data = _unwrap(config.redis.model_dump())
     assert isinstance(data, dict)
+    if config.bot.redis_username is not None:
+        data["username"] = config.bot.redis_username
+        data.pop("password", None)
+        if config.bot.redis_password is not None:
+            data["password"] = config.bot.redis_password.get_secret_value()
     return data
 
 
@@ -57,6 +63,8 @@ def register_config_secrets(config: HostConfig) -> None:
         register_secret(config.secret.get_secret_value())
     if config.redis.password is not None:
         register_secret(config.redis.password.get_secret_value())
+    if config.bot.redis_password is not None:
+        register_secret(config.bot.redis_password.get_secret_value())
     if config.redis.sentinel is not None and config.redis.sentinel.password is not None:
         register_secret(config.redis.sentinel.password.get_secret_value())
 

@@ -129,6 +129,17 @@ def test_cluster_environment_carries_the_bus_settings_and_both_eval_opt_ins(
     assert back.allow_eval is (host_allows and broker_allows)
 
 
+def test_cluster_processes_may_get_their_own_redis_user(tmp_path: Path) -> None:
+    config = host_config("redis://127.0.0.1:1/0", tmp_path, redis={"url": "redis://127.0.0.1:1/0",
+                         "username": "letsfrag-host", "password": "host-pw"},
+                         bot={"module": "examples.bot", "command": None, "redis_username": "letsfrag-cluster",
+                              "redis_password": "cluster-pw"})
+    assert plain_redis_settings(config) == {"url": "redis://127.0.0.1:1/0", "username": "letsfrag-cluster",
+                                                 "password": "cluster-pw"}
+    with pytest.raises(ValueError, match=r"needs bot\.redis_username"):
+        host_config("redis://127.0.0.1:1/0", tmp_path, bot={"redis_password": "orphan"})
+
+
 def test_layout_reads_the_brokers_eval_opt_in() -> None:
     fields = {"shard_count": "2", "shards_per_cluster": "2", "cluster_count": "1", "max_concurrency": "1",
               "identify_window": "5", "lease_ttl": "3", "lease_grace": "1", "heartbeat_interval": "1"}
