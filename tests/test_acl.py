@@ -212,3 +212,8 @@ def test_cluster_and_host_users_are_denied_what_they_do_not_need(deployment: Acl
         for client in (cluster, host, broker):
             with contextlib.suppress(Exception):
                 client.close()
+
+
+def test_the_security_doc_shows_the_acl_file_verbatim() -> None:
+    doc = (ACL_FILE.parents[1] / "docs" / "security.md").read_text()
+    assert f"```\n{ACL_FILE.read_text()}```" in doc, "docs/security.md must quote deploy/redis-acl.conf as it is"
