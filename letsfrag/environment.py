@@ -70,6 +70,12 @@ class ClusterEnvironment:
     max_message_bytes: int = DEFAULT_MAX_BYTES
     allow_eval: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.signature_window > 0:
+            raise ValueError(f"LETSFRAG_SIGNATURE_WINDOW must be positive, found {self.signature_window!r}")
+        if self.max_message_bytes < 1:
+            raise ValueError(f"LETSFRAG_MAX_MESSAGE_BYTES must be at least 1, found {self.max_message_bytes!r}")
+
     @property
     def redis_url(self) -> str:
         return str(self.redis.get("url", "redis://127.0.0.1:6379/0"))

@@ -13,7 +13,7 @@ from helpers import wait_until_sync
 from support import TOKEN, host_config
 
 from letsfrag.environment import ClusterEnvironment
-from letsfrag.errors import ConfigError
+from letsfrag.errors import ConfigError, NotInClusterError
 from letsfrag.ipc import ENV_IPC_FD
 from letsfrag.supervisor import ClusterState, ClusterView
 from letsfrag.supervisor.host import Layout, fence_after, parse_assignment
@@ -127,6 +127,9 @@ def test_cluster_environment_carries_the_bus_settings_and_both_eval_opt_ins(
     back = ClusterEnvironment.from_env(env)
     assert (back.signature_window, back.max_message_bytes, back.secret) == (3.0, 4096, "bus-secret")
     assert back.allow_eval is (host_allows and broker_allows)
+    for name, bad in (("LETSFRAG_SIGNATURE_WINDOW", "0"), ("LETSFRAG_MAX_MESSAGE_BYTES", "lots")):
+        with pytest.raises(NotInClusterError, match=name if bad == "0" else "invalid literal"):
+            ClusterEnvironment.from_env({**env, name: bad})
 
 
 def test_cluster_processes_may_get_their_own_redis_user(tmp_path: Path) -> None:
