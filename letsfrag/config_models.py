@@ -162,6 +162,10 @@ class BotSettings(StrictModel):
     token: Annotated[SecretStr, AfterValidator(non_empty_secret)] = Field(
         description="the bot token (required; write ${BOT_TOKEN})"
     )
+    redis_username: str | None = Field(
+        default=None, description="Redis ACL user of cluster processes (unset: the host's own; docs/security.md)"
+    )
+    redis_password: OptionalSecret = Field(default=None, description="password of `bot.redis_username`")
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
@@ -173,6 +177,8 @@ class BotSettings(StrictModel):
             raise KeyProblems([((), "expected exactly one of command or module, found both")])
         if self.command is None and self.module is None:
             raise KeyProblems([((), "expected exactly one of command or module, found neither")])
+        if self.redis_password is not None and self.redis_username is None:
+            raise KeyProblems([(("redis_password",), "needs bot.redis_username (the ACL user it belongs to)")])
         return self
 
 

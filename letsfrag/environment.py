@@ -20,6 +20,8 @@ Secrets (bot token, Redis password, signing secret) travel in the environment, n
 ``LETSFRAG_LEASE_TTL``             host lease TTL in seconds (the dispatch guard's horizon)
 ``LETSFRAG_MAX_CONCURRENCY``       Discord's identify max_concurrency
 ``LETSFRAG_IDENTIFY_WINDOW``       seconds per identify window
+``LETSFRAG_SIGNATURE_WINDOW``      the host's ``signature_window`` in seconds (the bus's age limit)
+``LETSFRAG_MAX_MESSAGE_BYTES``     the host's ``max_message_bytes`` (the bus's size cap)
 ``LETSFRAG_ALLOW_EVAL``            ``1`` when both broker and host allow ``broadcast_eval``
 ``LETSFRAG_IPC_FD``                the cluster's end of the supervisor socketpair
 =================================  =============================================================
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NotInClusterError
+from .protocol import DEFAULT_MAX_BYTES, DEFAULT_WINDOW
 
 PREFIX = "LETSFRAG_"
 
@@ -63,7 +66,15 @@ class ClusterEnvironment:
     lease_ttl: float = 10.0
     max_concurrency: int = 1
     identify_window: float = 5.0
+    signature_window: float = DEFAULT_WINDOW
+    max_message_bytes: int = DEFAULT_MAX_BYTES
     allow_eval: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.signature_window > 0:
+            raise ValueError(f"LETSFRAG_SIGNATURE_WINDOW must be positive, found {self.signature_window!r}")
+        if self.max_message_bytes < 1:
+            raise ValueError(f"LETSFRAG_MAX_MESSAGE_BYTES must be at least 1, found {self.max_message_bytes!r}")
 
     @property
     def redis_url(self) -> str:
@@ -92,6 +103,8 @@ class ClusterEnvironment:
             "LETSFRAG_LEASE_TTL": repr(self.lease_ttl),
             "LETSFRAG_MAX_CONCURRENCY": str(self.max_concurrency),
             "LETSFRAG_IDENTIFY_WINDOW": repr(self.identify_window),
+            "LETSFRAG_SIGNATURE_WINDOW": repr(self.signature_window),
+            "LETSFRAG_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
             "LETSFRAG_ALLOW_EVAL": "1" if self.allow_eval else "0",
         }
         if self.secret:
@@ -128,6 +141,8 @@ class ClusterEnvironment:
                 lease_ttl=float(env.get("LETSFRAG_LEASE_TTL", "10")),
                 max_concurrency=int(env.get("LETSFRAG_MAX_CONCURRENCY", "1")),
                 identify_window=float(env.get("LETSFRAG_IDENTIFY_WINDOW", "5")),
+                signature_window=float(env.get("LETSFRAG_SIGNATURE_WINDOW", repr(DEFAULT_WINDOW))),
+                max_message_bytes=int(env.get("LETSFRAG_MAX_MESSAGE_BYTES", str(DEFAULT_MAX_BYTES))),
                 allow_eval=env.get("LETSFRAG_ALLOW_EVAL") == "1",
             )
         except (KeyError, ValueError) as exc:

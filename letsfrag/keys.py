@@ -4,7 +4,8 @@ Truth lives in keys; pub/sub channels are only doorbells (see ``docs/redis.md``)
 
 Keys
     ``{ns}:layout``               hash  shard_count, shards_per_cluster, cluster_count, max_concurrency,
-                                        identify_window, lease_ttl, lease_grace, heartbeat_interval (seconds)
+                                        identify_window, lease_ttl, lease_grace, heartbeat_interval (seconds),
+                                        allow_eval (1/0: the broker's opt-in to ``broadcast_eval``)
     ``{ns}:hosts``                set   ids of registered hosts
     ``{ns}:host:{id}``            hash  host record (hostname, pid, version, capacity, state, cpu, rss, ...)
     ``{ns}:lease:{id}``           str   host lease, value = host incarnation, TTL = lease ttl

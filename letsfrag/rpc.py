@@ -14,8 +14,13 @@ A broadcast always returns one :class:`~letsfrag.bus.Result` per cluster of ``{n
 error (type and message) or a timeout — within the deadline, never a hang.
 
 ``broadcast_eval`` evaluates Python source in every cluster. It is dangerous (whoever can publish on the bus
-runs code in your bot) and therefore off unless the caller passes ``allow_eval=True`` *and* a signing secret is
-configured; each cluster additionally refuses unless its supervisor set ``LETSFRAG_ALLOW_EVAL=1`` and a secret.
+runs code in your bot) and therefore off unless the caller passes ``allow_eval=True``, a signing secret is
+configured and the broker allows it (``allow_eval: true`` in its config, published as ``allow_eval`` in
+``{ns}:layout``); each cluster additionally refuses unless its supervisor set ``LETSFRAG_ALLOW_EVAL=1`` (both
+the broker's and the host's config allow it) and it has a secret.
+
+``fetch_client_values`` reads only an allow-list of paths (``letsfrag.cluster.rpc.FETCHABLE``): counts and ids
+such as ``guilds``, ``latencies``, ``shard_ids``, ``cluster.id``; nothing holding a token or secret.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class Layout:
     shard_count: int
     shards_per_cluster: int
     cluster_count: int
+    #: the broker's ``allow_eval`` (``broadcast_eval`` is refused without it)
+    allow_eval: bool = False
 
     def cluster_of_guild(self, guild_id: int) -> int:
         """The cluster running the shard Discord routes ``guild_id`` to."""
@@ -67,7 +74,8 @@ class RpcCaller:
         if self._layout is None or refresh:
             raw: Any = await self.bus.redis.hgetall(self.bus.keys.layout)  # type: ignore[misc]
             try:
-                layout = Layout(int(raw["shard_count"]), int(raw["shards_per_cluster"]), int(raw["cluster_count"]))
+                layout = Layout(int(raw["shard_count"]), int(raw["shards_per_cluster"]), int(raw["cluster_count"]),
+                                allow_eval=raw.get("allow_eval") == "1")
             except (KeyError, ValueError) as exc:
                 raise BusError(
                     f"no usable layout at {self.bus.keys.layout} ({exc!r} missing or invalid): is a broker running "
@@ -107,7 +115,8 @@ class RpcCaller:
         return await self.request(layout.cluster_of_guild(guild_id), name, *args, timeout=timeout, **kwargs)
 
     async def fetch_client_values(self, path: str, *, length: bool = False, timeout: float = 5.0) -> dict[int, Result]:
-        """Gather ``client.<path>`` (dotted attribute path, getattr only) from every cluster;
+        """Gather ``client.<path>`` from every cluster, for the allow-listed paths of
+        ``letsfrag.cluster.rpc.FETCHABLE`` (others come back as error results naming the path);
         ``length=True`` returns ``len()`` of the value (e.g. ``fetch_client_values("guilds", length=True)``)."""
         return await self._broadcast(MessageType.FETCH, {"path": path, "length": length}, timeout)
 
@@ -117,6 +126,11 @@ class RpcCaller:
             raise LetsfragError(
                 "broadcast_eval is disabled: it needs allow_eval (LETSFRAG_ALLOW_EVAL=1 in a cluster) and a signing "
                 "secret, because it runs arbitrary code in every cluster"
+            )
+        if not (await self.layout(refresh=True)).allow_eval:
+            raise LetsfragError(
+                f"broadcast_eval is disabled: the broker of namespace {self.bus.keys.ns!r} does not allow it "
+                "(`allow_eval: true` is needed in the broker config as well as in the host configs)"
             )
         return await self._broadcast(MessageType.EVAL, {"code": code}, timeout)
 

@@ -90,7 +90,8 @@ class Reconciler:
             "shard_count": lay.shard_count, "shards_per_cluster": lay.shards_per_cluster,
             "cluster_count": len(lay.clusters), "max_concurrency": lay.max_concurrency,
             "identify_window": c.identify_window, "lease_ttl": c.lease.ttl, "lease_grace": c.lease.grace,
-            "heartbeat_interval": c.heartbeat_interval, "updated_at": f"{self.clock.time():.3f}",
+            "heartbeat_interval": c.heartbeat_interval, "allow_eval": "1" if c.allow_eval else "0",
+            "updated_at": f"{self.clock.time():.3f}",
         })
 
     # one tick -----------------------------------------------------------------------------------------

@@ -189,7 +189,8 @@ class ClusterMixin(_Base):
         keys = Keys(env.namespace)
         settings = env.redis_settings()
         self._lf_redis = create_redis(settings)
-        bus = Bus(settings, node_id=cluster_node(env.cluster_id), namespace=env.namespace, secret=env.secret)
+        bus = Bus(settings, node_id=cluster_node(env.cluster_id), namespace=env.namespace, secret=env.secret,
+                  window=env.signature_window, max_bytes=env.max_message_bytes)
         await bus.subscribe(keys.cluster_inbox(env.cluster_id), self.cluster.server.on_envelope)
         await bus.subscribe(keys.broadcast, self.cluster.server.on_envelope)
         await bus.start()

@@ -1,8 +1,11 @@
 """Cross-cluster RPC, the answering side: a registry of named async handlers and the request dispatcher.
 
 Requests arrive on ``{ns}:cluster:{cid}`` and ``{ns}:broadcast`` (see :mod:`letsfrag.rpc` for the format).
-``fetch`` resolves a dotted attribute path on the client with ``getattr`` only (no calls, no private names);
-``eval`` runs only when this cluster allows it (``LETSFRAG_ALLOW_EVAL=1``) and messages are signed.
+``fetch`` reads only the paths of :data:`FETCHABLE` (an allow-list: nothing that holds the bot token, the Redis
+password, the signing secret or the environment is reachable), resolved with ``getattr`` only and returned as
+JSON (discord objects as their ids); anything else is refused with an error reply naming the path. To expose
+another value, register a handler. ``eval`` runs only when this cluster allows it (``LETSFRAG_ALLOW_EVAL=1``,
+which its supervisor sets only when both the broker and the host config allow it) and messages are signed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import builtins
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
 from ..errors import LetsfragError
@@ -21,19 +25,59 @@ H = TypeVar("H", bound=RpcHandler)
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
+#: Every attribute path ``fetch`` may read on a cluster's client. Kept small on purpose: ``http``, ``ws``,
+#: ``cluster.environment`` and the like hold the token, the Redis password and the signing secret.
+FETCHABLE: frozenset[str] = frozenset({
+    # discord.py's client (lists of objects come back as their ids; ``length=True`` gives counts)
+    "guilds", "users", "emojis", "stickers", "private_channels", "cached_messages",
+    "latency", "latencies", "shards", "shard_ids", "shard_count", "application_id", "status",
+    "user", "user.id", "user.name", "user.display_name",
+    # letsfrag's identity of this process
+    "cluster.id", "cluster.shard_ids", "cluster.shard_count", "cluster.host_id", "cluster.epoch",
+    "cluster.ready",
+})
+_PLAIN = (str, int, float, bool, type(None))
+
 
 class RpcRefused(LetsfragError):
     """A request this cluster will not serve (unknown handler, bad path, eval disabled)."""
 
 
-def resolve_path(root: Any, path: str, *, length: bool = False) -> Any:
-    """``root.a.b`` for ``path="a.b"`` with getattr only; ``len()`` of it when ``length``; JSON-friendly."""
+def plain(value: Any) -> Any:
+    """``value`` as JSON: scalars as they are, enums as their value, objects with an ``id`` as that id,
+    sequences and sets as lists, mappings with string keys; anything else as ``str()``."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence | AbstractSet):  # lists, tuples, sets, discord.py's SequenceProxy
+        items = [plain(item) for item in value]
+        unordered = isinstance(value, AbstractSet)
+        return sorted(items) if unordered and all(isinstance(i, int) for i in items) else items
+    ident = getattr(value, "id", None)
+    if isinstance(ident, int) and not isinstance(ident, bool):
+        return ident
+    enum_value = getattr(value, "value", None)
+    if isinstance(enum_value, str | int) and not isinstance(enum_value, bool):
+        return enum_value
+    return str(value)
+
+
+def resolve_path(root: Any, path: str, *, length: bool = False, allowed: Collection[str] = FETCHABLE) -> Any:
+    """``root.a.b`` for ``path="a.b"`` when ``path`` is in ``allowed``, with getattr only; ``len()`` of it when
+    ``length``; JSON-friendly (see :func:`plain`). Raises :class:`RpcRefused` naming the path otherwise."""
     if not isinstance(path, str) or not path:
         raise RpcRefused("fetch needs a non-empty attribute path such as 'guilds' or 'user.name'")
-    value = root
     for part in path.split("."):
         if not _NAME.match(part):
             raise RpcRefused(f"attribute path {path!r}: {part!r} is not a public attribute name")
+    if path not in allowed:
+        raise RpcRefused(
+            f"attribute path {path!r} is not fetchable; fetch reads only {', '.join(sorted(allowed))} "
+            "(register an RPC handler to expose anything else)"
+        )
+    value = root
+    for part in path.split("."):
         try:
             value = getattr(value, part)
         except AttributeError as exc:
@@ -41,10 +85,11 @@ def resolve_path(root: Any, path: str, *, length: bool = False) -> Any:
     if callable(value) and not isinstance(value, type):
         raise RpcRefused(f"attribute path {path!r} names a method; only values can be fetched")
     if length:
-        return len(value)
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    return value
+        try:
+            return len(value)
+        except TypeError:
+            raise RpcRefused(f"attribute path {path!r} has no length (fetch it without length=True)") from None
+    return plain(value)
 
 
 class RpcServer:
@@ -101,7 +146,8 @@ class RpcServer:
     async def _eval(self, code: Any) -> Any:
         if not self.allow_eval:
             raise RpcRefused(
-                f"eval is disabled on cluster {self.cluster_id} (needs LETSFRAG_ALLOW_EVAL=1 and a signing secret)"
+                f"eval is disabled on cluster {self.cluster_id}: it needs `allow_eval: true` in both the broker "
+                "and the host config (LETSFRAG_ALLOW_EVAL=1) and a signing secret"
             )
         if not isinstance(code, str):
             raise RpcRefused("eval needs a string of Python source")

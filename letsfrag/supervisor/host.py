@@ -47,6 +47,8 @@ class Layout:
     lease_ttl: float
     lease_grace: float
     heartbeat_interval: float
+    #: the broker's ``allow_eval`` (field absent: false)
+    allow_eval: bool = False
 
     @classmethod
     def from_hash(cls, data: Mapping[str, str]) -> Layout:
@@ -62,7 +64,7 @@ class Layout:
                 values[name] = int(raw) if name in ints else float(raw)
             except ValueError:
                 raise ValueError(f"layout field {name!r} is not a number: {raw!r}") from None
-        layout = cls(**values)
+        layout = cls(**values, allow_eval=data.get("allow_eval") == "1")
         if layout.shard_count < 1 or layout.shards_per_cluster < 1 or layout.heartbeat_interval <= 0:
             raise ValueError(f"layout has impossible values: {values}")
         if layout.lease_ttl <= 0:

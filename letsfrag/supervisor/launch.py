@@ -44,9 +44,15 @@ def _unwrap(value: Any) -> Any:
 
 
 def plain_redis_settings(config: HostConfig) -> dict[str, Any]:
-    """The Redis settings as plain JSON-able data, passwords included (for the child's environment only)."""
+    """The Redis settings of cluster processes as plain JSON-able data, passwords included (for the child's
+    environment only): the host's, with ``bot.redis_username``/``bot.redis_password`` when set."""
     data = _unwrap(config.redis.model_dump())
     assert isinstance(data, dict)
+    if config.bot.redis_username is not None:
+        data["username"] = config.bot.redis_username
+        data.pop("password", None)
+        if config.bot.redis_password is not None:
+            data["password"] = config.bot.redis_password.get_secret_value()
     return data
 
 
@@ -57,6 +63,8 @@ def register_config_secrets(config: HostConfig) -> None:
         register_secret(config.secret.get_secret_value())
     if config.redis.password is not None:
         register_secret(config.redis.password.get_secret_value())
+    if config.bot.redis_password is not None:
+        register_secret(config.bot.redis_password.get_secret_value())
     if config.redis.sentinel is not None and config.redis.sentinel.password is not None:
         register_secret(config.redis.sentinel.password.get_secret_value())
 
@@ -74,8 +82,13 @@ def cluster_environment(
     lease_ttl: float,
     max_concurrency: int,
     identify_window: float,
+    broker_allows_eval: bool = False,
 ) -> ClusterEnvironment:
-    """The environment contract of one cluster process (see :mod:`letsfrag.environment`)."""
+    """The environment contract of one cluster process (see :mod:`letsfrag.environment`).
+
+    The cluster's bus gets this host's ``signature_window`` and ``max_message_bytes``; ``allow_eval`` is set only
+    when both this host's config and the broker's (``broker_allows_eval``, from ``{ns}:layout``) allow it.
+    """
     return ClusterEnvironment(
         cluster_id=cluster_id,
         shard_ids=shard_ids,
@@ -93,7 +106,9 @@ def cluster_environment(
         lease_ttl=lease_ttl,
         max_concurrency=max_concurrency,
         identify_window=identify_window,
-        allow_eval=config.allow_eval,
+        signature_window=config.signature_window,
+        max_message_bytes=config.max_message_bytes,
+        allow_eval=config.allow_eval and broker_allows_eval,
     )
 
 

@@ -379,7 +379,8 @@ class ClusterManager:
             self.config, cluster_id=record.cluster_id, shard_ids=record.shard_ids, shard_count=layout.shard_count,
             host_id=self.host_id, incarnation=self.agent.incarnation, epoch=record.epoch,
             heartbeat_interval=layout.heartbeat_interval, lease_ttl=layout.lease_ttl,
-            max_concurrency=layout.max_concurrency, identify_window=layout.identify_window)
+            max_concurrency=layout.max_concurrency, identify_window=layout.identify_window,
+            broker_allows_eval=layout.allow_eval)
         process = ClusterProcess(
             record.cluster_id, record.token, argv=self.argv, cwd=self.config.bot.cwd,
             env_for_fd=lambda fd: build_env(self.config, environment, fd),

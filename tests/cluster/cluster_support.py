@@ -50,12 +50,14 @@ def make_env(
     return ClusterEnvironment(**values)
 
 
-async def write_layout(r: aioredis.Redis, shard_count: int, shards_per_cluster: int) -> None:
+async def write_layout(r: aioredis.Redis, shard_count: int, shards_per_cluster: int, *,
+                       allow_eval: bool = False) -> None:
     """``{ns}:layout`` as the broker writes it."""
     await r.hset(KEYS.layout, mapping={  # type: ignore[misc]
         "shard_count": shard_count,
         "shards_per_cluster": shards_per_cluster,
         "cluster_count": -(-shard_count // shards_per_cluster),
+        "allow_eval": "1" if allow_eval else "0",
     })
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from cluster_support import NS, RecordingClient, grant, lease_kept, make_env, running, write_layout
 from helpers import wait_until
 
-from letsfrag.cluster.rpc import RpcRefused, resolve_path
+from letsfrag.cluster.rpc import FETCHABLE, RpcRefused, resolve_path
 from letsfrag.errors import BusError, LetsfragError, RemoteError, RequestTimeout
 from letsfrag.rpc import Layout, RpcClient
 from letsfrag.sim import Simulator
@@ -20,12 +21,12 @@ SHARDS = 4
 
 
 @contextlib.asynccontextmanager
-async def two_clusters(redis_url: str, r: aioredis.Redis, *, cluster_count: int = 2,
+async def two_clusters(redis_url: str, r: aioredis.Redis, *, cluster_count: int = 2, broker_allows_eval: bool = False,
                        **env: object) -> AsyncIterator[tuple[Simulator, RecordingClient, RecordingClient]]:
     """Clusters 0 (shards 0-1) and 1 (shards 2-3) ready; the layout may announce more clusters than run."""
     async with Simulator(shards=SHARDS, guilds=16, max_concurrency=2, identify_window=0.1, heartbeat_interval=30.0,
                          ack_delay=0.005) as sim:
-        await write_layout(r, SHARDS, 2)
+        await write_layout(r, SHARDS, 2, allow_eval=broker_allows_eval)
         if cluster_count != 2:
             await r.hset("lftest:layout", "cluster_count", cluster_count)  # type: ignore[misc]
         await grant(r, 0)
@@ -89,7 +90,8 @@ async def test_broadcast_with_an_unreachable_cluster_times_out_for_that_one(redi
 
 
 async def test_rpc_client_from_outside_and_opt_in_eval(redis_url: str, r: aioredis.Redis) -> None:
-    async with two_clusters(redis_url, r, secret="s3cret-value", allow_eval=True) as (_, c0, c1):
+    async with two_clusters(redis_url, r, secret="s3cret-value", allow_eval=True,
+                            broker_allows_eval=True) as (_, c0, c1):
         async with RpcClient(redis_url, namespace=NS, secret="s3cret-value", allow_eval=True) as rpc:
             assert await rpc.request(0, "add", 40, 2) == 42
             results = await rpc.broadcast_eval("len(client.guilds)")
@@ -102,7 +104,7 @@ async def test_rpc_client_from_outside_and_opt_in_eval(redis_url: str, r: aiored
 
 
 async def test_eval_refused_by_a_cluster_without_permission(redis_url: str, r: aioredis.Redis) -> None:
-    async with two_clusters(redis_url, r, secret="s3cret-value") as _:
+    async with two_clusters(redis_url, r, secret="s3cret-value", broker_allows_eval=True) as _:
         async with RpcClient(redis_url, namespace=NS, secret="s3cret-value", allow_eval=True) as rpc:
             results = await rpc.broadcast_eval("1 + 1")
             assert all(res.status == "error" and "eval is disabled" in (res.error or "")
@@ -129,8 +131,17 @@ def test_resolve_path_uses_getattr_only() -> None:
         def method(self) -> None: ...
 
     thing = Thing()
-    assert sorted(resolve_path(thing, "value")) == [1, 2]
-    assert resolve_path(thing, "value", length=True) == 2
-    for bad in ("", "__class__", "name.__len__", "a-b", "method"):
+    allowed = {"value", "name", "method", "__class__", "name.__len__", "a-b", "nothing"}
+    assert resolve_path(thing, "value", allowed=allowed) == [1, 2]
+    assert resolve_path(thing, "value", length=True, allowed=allowed) == 2
+    for bad in ("", "__class__", "name.__len__", "a-b", "method", "nothing"):
         with pytest.raises(RpcRefused):
-            resolve_path(thing, bad)
+            resolve_path(thing, bad, allowed=allowed)
+    with pytest.raises(RpcRefused, match="'name' is not fetchable"):
+        resolve_path(thing, "name")
+
+
+def test_readme_lists_every_fetchable_path() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [path for path in sorted(FETCHABLE) if f"`{path}`" not in readme]
+    assert not missing, f"README.md does not list the fetchable paths {missing}"

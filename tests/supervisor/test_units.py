@@ -12,7 +12,8 @@ import pytest
 from helpers import wait_until_sync
 from support import TOKEN, host_config
 
-from letsfrag.errors import ConfigError
+from letsfrag.environment import ClusterEnvironment
+from letsfrag.errors import ConfigError, NotInClusterError
 from letsfrag.ipc import ENV_IPC_FD
 from letsfrag.supervisor import ClusterState, ClusterView
 from letsfrag.supervisor.host import Layout, fence_after, parse_assignment
@@ -109,6 +110,45 @@ def test_launch_environment_and_argv(tmp_path: Path) -> None:
     assert env["LETSFRAG_TOKEN"] == TOKEN and env["PATH"] == "/bin" and env["STUB_DIR"]
     assert json.loads(env["LETSFRAG_REDIS"])["url"].startswith("redis://:pw-secret@")
     assert "password" not in plain_redis_settings(config)
+
+
+@pytest.mark.parametrize(("host_allows", "broker_allows"), [(False, False), (True, False), (False, True),
+                                                          (True, True)])
+def test_cluster_environment_carries_the_bus_settings_and_both_eval_opt_ins(
+        tmp_path: Path, host_allows: bool, broker_allows: bool) -> None:
+    config = host_config("redis://127.0.0.1:1/0", tmp_path, signature_window="3s", max_message_bytes="4KiB",
+                         allow_eval=host_allows, secret="bus-secret")
+    model = cluster_environment(config, cluster_id=0, shard_ids=(0,), shard_count=1, host_id="h",
+                                incarnation="inc", epoch=1, heartbeat_interval=0.5, lease_ttl=3,
+                                max_concurrency=1, identify_window=5, broker_allows_eval=broker_allows)
+    env = build_env(config, model, 3, base={})
+    assert (env["LETSFRAG_SIGNATURE_WINDOW"], env["LETSFRAG_MAX_MESSAGE_BYTES"]) == ("3.0", "4096")
+    assert env["LETSFRAG_ALLOW_EVAL"] == ("1" if host_allows and broker_allows else "0")
+    back = ClusterEnvironment.from_env(env)
+    assert (back.signature_window, back.max_message_bytes, back.secret) == (3.0, 4096, "bus-secret")
+    assert back.allow_eval is (host_allows and broker_allows)
+    for name, bad in (("LETSFRAG_SIGNATURE_WINDOW", "0"), ("LETSFRAG_MAX_MESSAGE_BYTES", "lots")):
+        with pytest.raises(NotInClusterError, match=name if bad == "0" else "invalid literal"):
+            ClusterEnvironment.from_env({**env, name: bad})
+
+
+def test_cluster_processes_may_get_their_own_redis_user(tmp_path: Path) -> None:
+    config = host_config("redis://127.0.0.1:1/0", tmp_path, redis={"url": "redis://127.0.0.1:1/0",
+                         "username": "letsfrag-host", "password": "host-pw"},
+                         bot={"module": "examples.bot", "command": None, "redis_username": "letsfrag-cluster",
+                              "redis_password": "cluster-pw"})
+    assert plain_redis_settings(config) == {"url": "redis://127.0.0.1:1/0", "username": "letsfrag-cluster",
+                                                 "password": "cluster-pw"}
+    with pytest.raises(ValueError, match=r"needs bot\.redis_username"):
+        host_config("redis://127.0.0.1:1/0", tmp_path, bot={"redis_password": "orphan"})
+
+
+def test_layout_reads_the_brokers_eval_opt_in() -> None:
+    fields = {"shard_count": "2", "shards_per_cluster": "2", "cluster_count": "1", "max_concurrency": "1",
+              "identify_window": "5", "lease_ttl": "3", "lease_grace": "1", "heartbeat_interval": "1"}
+    assert Layout.from_hash(fields).allow_eval is False  # a broker that does not write the field: off
+    assert Layout.from_hash({**fields, "allow_eval": "0"}).allow_eval is False
+    assert Layout.from_hash({**fields, "allow_eval": "1"}).allow_eval is True
 
 
 def test_supervise_overrides_are_checked() -> None:
