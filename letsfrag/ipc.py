@@ -10,7 +10,9 @@ child -> supervisor
 supervisor -> child
     ``stop`` {reason}: close the gateway sessions and exit 0
 
-EOF on the child's side means the supervisor is gone: the child must exit at once.
+EOF on the child's side means the supervisor is gone: the child must exit at once. The child's end, opened with
+:meth:`IpcChannel.from_env`, also starts the :mod:`letsfrag.orphan` watchdog, which kills the process when its
+event loop is blocked and cannot see the EOF.
 
 A line longer than :data:`MAX_LINE` bytes is dropped (with a warning and the channel's ``dropped`` count): the
 reader skips to the next newline and the stream goes on, so one huge message cannot break the channel.
@@ -26,6 +28,8 @@ import os
 import socket
 from collections.abc import Callable
 from typing import Any
+
+from letsfrag import orphan
 
 ENV_IPC_FD = "LETSFRAG_IPC_FD"
 #: the longest line a reader accepts (bytes, newline excluded); longer ones are skipped
@@ -128,8 +132,12 @@ class IpcChannel:
         return cls(reader, writer, on_drop)
 
     @classmethod
-    async def from_env(cls) -> IpcChannel | None:
-        """The child's end, from ``LETSFRAG_IPC_FD``; ``None`` when not started by a supervisor."""
+    async def from_env(cls, *, watch_parent: bool = True) -> IpcChannel | None:
+        """The child's end, from ``LETSFRAG_IPC_FD``; ``None`` when not started by a supervisor.
+
+        With ``watch_parent`` the :mod:`letsfrag.orphan` watchdog ends this process when the supervisor is gone
+        and the event loop did not stop within :data:`letsfrag.orphan.GRACE` seconds.
+        """
         raw = os.environ.get(ENV_IPC_FD)
         if not raw or not raw.isdigit():
             return None
@@ -137,6 +145,8 @@ class IpcChannel:
             sock = socket.socket(fileno=int(raw))
         except OSError:
             return None
+        if watch_parent:
+            orphan.watch(sock.fileno())
         return await cls.from_socket(sock)
 
     async def send(self, op: str, **fields: Any) -> bool:

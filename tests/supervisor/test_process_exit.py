@@ -82,6 +82,38 @@ async def test_sigterm_then_sigkill(redis_url: str, r: aioredis.Redis, tmp_path:
             proc.kill()
 
 
+async def _heartbeat_age(r: aioredis.Redis, cluster_id: int) -> float:
+    last = (await status(r, cluster_id)).get("last_heartbeat")
+    return time.time() - float(last) if last else float("inf")
+
+
+async def test_sigkill_with_a_hung_cluster_leaves_no_process(redis_url: str, r: aioredis.Redis,
+                                                            tmp_path: Path) -> None:
+    """A blocked event loop sees neither the parent-death SIGTERM nor the IPC EOF: the orphan watchdog ends it."""
+    set_modes(tmp_path, default="well", **{"0": "hang"})
+    config = _write_config(redis_url, tmp_path)
+    await write_layout(r)
+    await grant(r, 0, epoch=1)
+    await grant(r, 1, epoch=1)
+    proc = _start(config)
+    try:
+        pids = await wait_until(lambda: _ready_pids(r, [0, 1]), timeout=15, message="clusters ready")
+
+        async def hung() -> bool:
+            return await _heartbeat_age(r, 0) > 1.5 and await _heartbeat_age(r, 1) < 1.0
+
+        await wait_until(hung, timeout=15, message="cluster 0's event loop blocked, cluster 1 beating")
+        proc.kill()
+        proc.wait(timeout=5)
+        killed_at = time.monotonic()
+        await wait_until(lambda: gone(pids[1]), timeout=5, message="the healthy cluster exits at once")
+        await wait_until(lambda: gone(pids[0]), timeout=15, message="the hung cluster is gone within 15 s")
+        assert time.monotonic() - killed_at < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 async def test_second_sigint_forces(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
     set_modes(tmp_path, default="ignore_term")  # would take 15 s to stop gracefully
     config = _write_config(redis_url, tmp_path, stop_timeout="10s")
