@@ -47,12 +47,18 @@ async def _ready_pids(r: aioredis.Redis, clusters: list[int]) -> list[int] | Non
     return pids
 
 
-async def test_sigterm_then_sigkill(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
-    set_modes(tmp_path, default="well")
+async def _two_clusters(redis_url: str, r: aioredis.Redis, tmp_path: Path, **modes: str) -> Path:
+    """Stub modes set, the layout written and clusters 0 and 1 granted; returns the config path."""
+    set_modes(tmp_path, default="well", **modes)
     config = _write_config(redis_url, tmp_path)
     await write_layout(r)
     await grant(r, 0, epoch=1)
     await grant(r, 1, epoch=1)
+    return config
+
+
+async def test_sigterm_then_sigkill(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
+    config = await _two_clusters(redis_url, r, tmp_path)
 
     # 1. SIGTERM: every cluster stopped, lease removed, exit 0
     proc = _start(config)
@@ -90,11 +96,7 @@ async def _heartbeat_age(r: aioredis.Redis, cluster_id: int) -> float:
 async def test_sigkill_with_a_hung_cluster_leaves_no_process(redis_url: str, r: aioredis.Redis,
                                                             tmp_path: Path) -> None:
     """A blocked event loop sees neither the parent-death SIGTERM nor the IPC EOF: the orphan watchdog ends it."""
-    set_modes(tmp_path, default="well", **{"0": "hang"})
-    config = _write_config(redis_url, tmp_path)
-    await write_layout(r)
-    await grant(r, 0, epoch=1)
-    await grant(r, 1, epoch=1)
+    config = await _two_clusters(redis_url, r, tmp_path, **{"0": "hang"})
     proc = _start(config)
     try:
         pids = await wait_until(lambda: _ready_pids(r, [0, 1]), timeout=15, message="clusters ready")
