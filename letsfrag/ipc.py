@@ -30,6 +30,8 @@ from collections.abc import Callable
 from typing import Any
 
 from letsfrag import orphan
+from letsfrag.environment import ClusterEnvironment
+from letsfrag.errors import NotInClusterError
 
 ENV_IPC_FD = "LETSFRAG_IPC_FD"
 #: the longest line a reader accepts (bytes, newline excluded); longer ones are skipped
@@ -136,7 +138,7 @@ class IpcChannel:
         """The child's end, from ``LETSFRAG_IPC_FD``; ``None`` when not started by a supervisor.
 
         With ``watch_parent`` the :mod:`letsfrag.orphan` watchdog ends this process when the supervisor is gone
-        and the event loop did not stop within :data:`letsfrag.orphan.GRACE` seconds.
+        and the event loop did not stop within :func:`letsfrag.orphan.grace_for` the lease TTL.
         """
         raw = os.environ.get(ENV_IPC_FD)
         if not raw or not raw.isdigit():
@@ -146,7 +148,11 @@ class IpcChannel:
         except OSError:
             return None
         if watch_parent:
-            orphan.watch(sock.fileno())
+            try:
+                lease_ttl: float | None = ClusterEnvironment.from_env().lease_ttl
+            except NotInClusterError:
+                lease_ttl = None
+            orphan.watch(sock.fileno(), grace=orphan.grace_for(lease_ttl))
         return await cls.from_socket(sock)
 
     async def send(self, op: str, **fields: Any) -> bool:

@@ -4,9 +4,14 @@ A cluster process learns of its supervisor's death twice on its event loop: the 
 on the IPC pipe. Both need a running loop; a loop blocked by a handler (``time.sleep``, a CPU-bound call)
 sees neither, and the process would run forever with ppid 1. This thread does not need the loop: it waits
 in ``poll()`` on a duplicate of the IPC socket for the peer's hang-up (nothing is read, every byte stays for
-the loop) and checks the parent pid once a second. When the supervisor is gone it gives the process
-:data:`GRACE` seconds to end by itself (the graceful close), then SIGKILLs the process group it leads (the
-cluster and the children that stayed in its group) or, when it leads none, ``os._exit(70)``.
+the loop) and checks the parent pid once a second. When the supervisor is gone it gives the process a grace
+(:func:`grace_for`: :data:`GRACE` seconds, at most half the lease TTL) to end by itself (the graceful close),
+then SIGKILLs the process group it leads (the cluster and the children that stayed in its group) or, when it
+leads none, ``os._exit(70)``.
+
+Half the lease TTL: the broker moves a dead host's clusters no earlier than ``ttl - heartbeat_interval +
+lease.grace`` after the supervisor's death, and ``heartbeat_interval < ttl / 2``; so a hung orphan is gone
+before the new owner of its shards can identify.
 
 :class:`letsfrag.ipc.IpcChannel` starts it for the child's end (``IpcChannel.from_env``), so every cluster
 program speaking the IPC protocol has it, whether it uses ``ClusterShardClient`` or not.
@@ -21,9 +26,9 @@ import signal
 import threading
 import time
 
-__all__ = ["GRACE", "POLL_INTERVAL", "parent_gone", "watch"]
+__all__ = ["GRACE", "POLL_INTERVAL", "grace_for", "parent_gone", "watch"]
 
-#: seconds between noticing the supervisor's death and killing a process that did not end by itself
+#: the longest wait between noticing the supervisor's death and killing a process that did not end by itself
 GRACE = 5.0
 #: how often the parent pid is compared (the hang-up of the IPC socket is noticed at once)
 POLL_INTERVAL = 1.0
@@ -33,6 +38,13 @@ EXIT_CODE = 70
 _HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
 
 
+def grace_for(lease_ttl: float | None) -> float:
+    """:data:`GRACE`, or half the host lease TTL when that is shorter (``None``: TTL unknown)."""
+    if lease_ttl is None or lease_ttl <= 0:
+        return GRACE
+    return min(GRACE, lease_ttl / 2)
+
+
 def parent_gone(events: list[tuple[int, int]], parent: int, ppid: int) -> bool:
     """True when ``poll()`` reported a hang-up of the IPC socket or the parent pid is no longer ``parent``."""
     return any(mask & _HANGUP for _, mask in events) or ppid != parent
@@ -40,8 +52,8 @@ def parent_gone(events: list[tuple[int, int]], parent: int, ppid: int) -> bool:
 
 def _end_process() -> None:
     with contextlib.suppress(OSError):
-        os.write(2, b"letsfrag: the supervisor is gone and this process did not end within "
-                    + f"{GRACE:g}s (blocked event loop?); killing it\n".encode())
+        os.write(2, b"letsfrag: the supervisor is gone and this process did not end by itself "
+                    b"(blocked event loop?); killing it\n")
     if os.getpgrp() == os.getpid():
         with contextlib.suppress(OSError):
             os.killpg(os.getpid(), signal.SIGKILL)

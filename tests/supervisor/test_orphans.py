@@ -71,3 +71,8 @@ def test_a_healthy_loop_closes_gracefully_first(tmp_path: Path) -> None:
 def test_parent_gone_decision(mask: int, ppid: int, expected: bool) -> None:
     events = [(3, mask)] if mask else []
     assert orphan.parent_gone(events, parent=10, ppid=ppid) is expected
+
+
+def test_the_grace_is_at_most_half_the_lease() -> None:
+    assert orphan.grace_for(None) == orphan.GRACE == orphan.grace_for(60.0)
+    assert orphan.grace_for(4.0) == 2.0
