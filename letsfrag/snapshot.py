@@ -167,6 +167,8 @@ class ClusterRow:
     exit_code: int | None
     next_restart_in: float | None
     shards_ready: int
+    #: writes to the cluster's log file that failed (its output was dropped; the cluster kept running)
+    log_errors: int = 0
     shards: list[ShardRow] = field(default_factory=list)
 
     @property
@@ -345,7 +347,7 @@ def _cluster_row(cid: int, claim: Any, status: dict[str, str], shards_raw: dict[
         last_error=error.splitlines()[0] if error else "",
         reason=str(status.get("reason") or ""), exit_code=_int(status.get("exit_code")),
         next_restart_in=None if next_restart is None else max(0.0, next_restart - now),
-        shards_ready=ready, shards=shards,
+        shards_ready=ready, log_errors=_int(status.get("log_errors")) or 0, shards=shards,
     )
 
 

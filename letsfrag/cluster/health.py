@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 #: per-shard states reported to the supervisor and Redis
 SHARD_STATES = ("connecting", "identifying", "ready", "resuming", "disconnected")
 
+#: the longest error text sent to the supervisor and Redis (characters; the middle of a longer one is cut)
+ERROR_TEXT_MAX = 8000
+
 #: discord.py events that change a shard's state (event name -> new state)
 _EVENT_STATES = {"shard_ready": "ready", "shard_resumed": "ready", "shard_disconnect": "disconnected"}
 
@@ -49,6 +52,15 @@ class ShardTracker:
     def all_ready(self) -> bool:
         """Every shard of the cluster is READY (or RESUMED)."""
         return bool(self.states) and all(s == "ready" for s in self.states.values())
+
+
+def clip_middle(text: str, limit: int = ERROR_TEXT_MAX) -> str:
+    """``text`` cut to at most ``limit`` characters, keeping its start and end (a traceback's both ends)."""
+    if len(text) <= limit:
+        return text
+    template = "\n[... {} characters cut ...]\n"
+    keep = max(limit - len(template.format(len(text))), 0)  # the count has at most as many digits as len(text)
+    return text[:keep // 2] + template.format(len(text) - keep) + text[len(text) - (keep - keep // 2):]
 
 
 def _finite(value: float | None) -> float | None:
@@ -124,13 +136,18 @@ class HealthReporter:
         return heartbeat
 
     async def report_error(self, text: str) -> None:
-        """An unhandled exception: IPC ``error`` and ``{ns}:errors:cluster:{cid}`` (newest first, 20 kept)."""
+        """An unhandled exception: IPC ``error`` and ``{ns}:errors:cluster:{cid}`` (newest first, 20 kept).
+
+        A text longer than :data:`ERROR_TEXT_MAX` loses its middle (a huge exception message must not flood
+        the IPC pipe or Redis).
+        """
+        text = clip_middle(text)
         if self.ipc is not None:
             await self.ipc.send("error", text=text)
         key = self.keys.cluster_errors(self.cluster_id)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.lpush(key, json.dumps({"ts": round(time.time(), 3), "text": text[-8000:]}))
+                pipe.lpush(key, json.dumps({"ts": round(time.time(), 3), "text": text}))
                 pipe.ltrim(key, 0, 19)
                 await pipe.execute()
         except (RedisError, OSError) as exc:

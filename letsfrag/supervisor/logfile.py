@@ -4,11 +4,17 @@ The supervisor pipes each cluster's stdout and stderr here as raw bytes. When th
 ``max_bytes`` it is rotated (``.log`` -> ``.log.1`` -> ... -> ``.log.<backups>``, the oldest dropped), so a
 process that floods its output costs bounded disk. The last lines of stderr (and of stdout, as a fallback)
 are kept in memory for crash reports.
+
+Writing never raises: a full disk, a log that cannot be opened or a write error is counted
+(:attr:`ClusterLog.write_errors`, :attr:`ClusterLog.last_write_error`), logged once per streak, and the data is
+dropped; the next write tries again (reopening the file). The cluster keeps running and its output pipes keep
+draining, so a logging problem never blocks a cluster or stops the supervisor.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections import deque
@@ -16,6 +22,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 __all__ = ["ClusterLog", "log_path"]
+
+log = logging.getLogger(__name__)
 
 MAX_TAIL_LINE = 2000
 
@@ -63,6 +71,12 @@ class ClusterLog:
         self.max_bytes = max_bytes
         self.backups = backups
         self.rotations = 0
+        #: writes (output chunks and notes) that failed and were dropped
+        self.write_errors = 0
+        #: the last write error (``""`` before any)
+        self.last_write_error = ""
+        #: True while the last write failed
+        self.failing = False
         self._stderr = _LineTail(tail_lines)
         self._stdout = _LineTail(tail_lines)
         self._file: BinaryIO | None = None
@@ -71,9 +85,32 @@ class ClusterLog:
     def _open(self) -> BinaryIO:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab")
+            self._file = open(self.path, "ab", buffering=0)  # unbuffered: a failed write leaves nothing queued
             self._size = self._file.tell()
         return self._file
+
+    def _put(self, handle: BinaryIO, data: memoryview) -> None:
+        while data:
+            written = handle.write(data)
+            if not written:
+                raise OSError(f"cannot write {self.path}: the write made no progress")
+            self._size += written
+            data = data[written:]
+
+    def _failed(self, exc: OSError) -> None:
+        self.write_errors += 1
+        self.last_write_error = f"{type(exc).__name__}: {exc}" if not exc.strerror else \
+            f"[Errno {exc.errno}] {exc.strerror}"
+        if not self.failing:
+            log.warning("cannot write the cluster log %s (%s); its output is dropped until writing works again",
+                        self.path, self.last_write_error)
+        self.failing = True
+        self.close()  # the next write reopens the file (the disk may have room again, the path may be fixed)
+
+    def _succeeded(self) -> None:
+        if self.failing:
+            log.info("writing the cluster log %s works again (%d writes were lost)", self.path, self.write_errors)
+        self.failing = False
 
     def _rotate(self) -> None:
         if self._file is not None:
@@ -93,35 +130,40 @@ class ClusterLog:
         self._open()
 
     def write(self, data: bytes, *, stderr: bool = False) -> None:
-        """Append output of the cluster (rotating as needed) and remember its last lines."""
+        """Append output of the cluster (rotating as needed) and remember its last lines; never raises."""
         if not data:
             return
         (self._stderr if stderr else self._stdout).feed(data)
-        handle = self._open()
-        view = memoryview(data)
-        while view:
-            room = self.max_bytes - self._size
-            if room <= 0:
-                self._rotate()
-                handle = self._open()
-                room = self.max_bytes
-            chunk = view[:room]
-            handle.write(chunk)
-            self._size += len(chunk)
-            view = view[len(chunk):]
-        handle.flush()
+        try:
+            handle = self._open()
+            view = memoryview(data)
+            while view:
+                room = self.max_bytes - self._size
+                if room <= 0:
+                    self._rotate()
+                    handle = self._open()
+                    room = self.max_bytes
+                self._put(handle, view[:room])
+                view = view[room:]
+        except OSError as exc:
+            self._failed(exc)
+        else:
+            self._succeeded()
 
     def note(self, text: str) -> None:
-        """A line from the supervisor itself (``--- letsfrag: started pid 123 ...``)."""
+        """A line from the supervisor itself (``--- letsfrag: started pid 123 ...``); never raises."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         data = f"--- letsfrag {stamp}: {text}\n".encode()
-        handle = self._open()
-        if self._size + len(data) > self.max_bytes and self._size > 0:
-            self._rotate()
+        try:
             handle = self._open()
-        handle.write(data)
-        handle.flush()
-        self._size += len(data)
+            if self._size + len(data) > self.max_bytes and self._size > 0:
+                self._rotate()
+                handle = self._open()
+            self._put(handle, memoryview(data))
+        except OSError as exc:
+            self._failed(exc)
+        else:
+            self._succeeded()
 
     def tail(self) -> list[str]:
         """The last stderr lines (the last stdout lines when stderr said nothing)."""

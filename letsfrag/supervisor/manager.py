@@ -333,7 +333,8 @@ class ClusterManager:
         return json.dumps({str(cid): epoch for cid, epoch in self.running().items()})
 
     def _record_fields(self) -> dict[str, str]:
-        return {"cpu_percent": f"{self.host_cpu:.1f}", "rss": str(self.host_rss), "running": self._running_json()}
+        return {"cpu_percent": f"{self.host_cpu:.1f}", "rss": str(self.host_rss), "running": self._running_json(),
+                "log_write_errors": str(sum(log_file.write_errors for log_file in self._logs.values()))}
 
     # ------------------------------------------------------------------------------------------ grants
 
@@ -394,7 +395,8 @@ class ClusterManager:
             record.last_error = f"cannot start {self.argv[0]}: {exc}"
             self.reactions._decide(record, policy.ExitInfo(code=127, signal=None), cause=f"cannot start: {exc}")
             return
-        record.process = process
+        record.process = process  # recorded before anything is written about it (a log write may fail)
+        process.log.note(f"started pid {process.pid} (cluster {record.cluster_id})")
         self._set_state(record, ClusterState.STARTING, f"started pid {process.pid} (epoch {record.epoch})")
         self._fire("cluster_create", record.view())
 

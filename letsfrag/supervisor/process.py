@@ -68,7 +68,10 @@ class ClusterProcess:
     # start -----------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Spawn the process; raise ``OSError`` when it cannot be started (missing program, bad cwd...)."""
+        """Spawn the process; raise ``OSError`` when it cannot be started (missing program, bad cwd...).
+
+        Nothing is written to the log here: the caller records the process first, then notes its start.
+        """
         loop = asyncio.get_running_loop()
         parent, child = ipc.create_pair()
         try:
@@ -93,17 +96,22 @@ class ClusterProcess:
         self._transport = transport
         self.pid = transport.get_pid()
         self.log.reset_tail()
-        self.log.note(f"started pid {self.pid} (cluster {self.cluster_id})")
-        self.channel = await ipc.IpcChannel.from_socket(parent)
+        try:
+            self.channel = await ipc.IpcChannel.from_socket(parent, on_drop=self._ipc_line_dropped)
+        except BaseException:  # never leave a child nobody tracks
+            self.kill_all()
+            raise
         self._tasks = [asyncio.create_task(self._read_ipc(), name=f"c{self.cluster_id}-ipc")]
         if self._exit_seen:  # it ended before the channel was ready
             self._tasks.append(asyncio.create_task(self._report_exit()))
 
     def _output(self, fd: int, data: bytes) -> None:
-        try:
-            self.log.write(data, stderr=fd == 2)
-        except OSError as exc:  # a full disk must not stop the supervisor
-            log.warning("cluster %d: cannot write its log (%s)", self.cluster_id, exc)
+        self.log.write(data, stderr=fd == 2)  # never raises: a full disk is counted, not fatal
+
+    def _ipc_line_dropped(self, size: int) -> None:
+        log.warning("cluster %d: skipped an IPC line of %d bytes (longer than %d)", self.cluster_id, size,
+                    ipc.MAX_LINE)
+        self.log.note(f"skipped an IPC line of {size} bytes (longer than {ipc.MAX_LINE})")
 
     def _pipe_closed(self, fd: int) -> None:
         self._open_pipes.discard(fd)

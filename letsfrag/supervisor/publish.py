@@ -68,6 +68,7 @@ def status_fields(view: ClusterView, host_id: str, now: float) -> dict[str, str]
         "next_restart_at": _num(view.next_restart_at),
         "guilds": _num(view.guilds),
         "latency": _num(view.latency, 4),
+        "log_errors": str(view.log_errors),
         "updated_at": f"{now:.3f}",
     }
 

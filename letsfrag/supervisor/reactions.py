@@ -238,9 +238,31 @@ class Reactions:
                 self.m._event(Severity.WARNING, "cluster_hung", f"cluster {record.cluster_id} {cause}",
                             cluster=record.cluster_id)
                 self.m._begin_stop(record, StopIntent.HUNG, cause, cause=cause, ask=False)
+        self._check_logs()
         if now >= self.m._next_sample:
             self.m._next_sample = now + self.m.config.sample_interval
             self._sample()
+
+    def _check_logs(self) -> None:
+        """Publish new log write errors; the start of a streak is a warning event and the cluster's last error.
+
+        A cluster whose log cannot be written keeps running (its output is dropped, its last lines are still kept
+        in memory for crash reports): a full log disk must not stop the bot.
+        """
+        for cid, record in self.m._records.items():
+            log_file = self.m._logs.get(cid)
+            if log_file is None or log_file.write_errors == record.log_errors:
+                continue
+            lost = log_file.write_errors - record.log_errors
+            record.log_errors = log_file.write_errors
+            if not record.extra.get("log_failing"):
+                record.last_error = f"cannot write its log: {log_file.last_write_error} ({log_file.path})"
+                self.m._event(Severity.WARNING, "cluster_log_error",
+                              f"cluster {cid} {record.last_error} ({lost} writes lost); it keeps running",
+                              cluster=cid)
+            record.extra["log_failing"] = log_file.failing
+            if self.m.publisher is not None:
+                self.m.publisher.status(cid)
 
     def _sample(self) -> None:
         roots = {cid: r.process.pid for cid, r in self.m._records.items()

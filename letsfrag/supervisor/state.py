@@ -100,6 +100,8 @@ class ClusterView:
     guilds: int | None
     latency: float | None
     spawns: int
+    #: writes to the cluster's log file that failed (full disk, unwritable path); the output was dropped
+    log_errors: int = 0
 
     @property
     def shard_range(self) -> str:
@@ -146,6 +148,7 @@ class ClusterRecord:
     threads: int = 0
     guilds: int | None = None
     latency: float | None = None
+    log_errors: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -165,7 +168,7 @@ class ClusterRecord:
             ready_at=self.ready_at, last_heartbeat=self.last_heartbeat, exit_code=self.exit_code,
             exit_signal=self.exit_signal, last_error=self.last_error, next_restart_at=self.next_restart_at,
             cpu_percent=self.cpu_percent, rss=self.rss, threads=self.threads, guilds=self.guilds,
-            latency=self.latency, spawns=self.spawns,
+            latency=self.latency, spawns=self.spawns, log_errors=self.log_errors,
         )
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pytest
-from chaos_checks import SMALL, assert_clean_end, wait_ready
+from chaos_checks import FAULTY_BOT, SMALL, assert_clean_end, cluster_pids_by_id, status_of, wait_ready
 from helpers import wait_until_sync
 
 from letsfrag.rehearsal import Rehearsal
@@ -48,3 +49,31 @@ def test_orphaned_clusters_exit_and_move(rehearsal: Callable[..., Rehearsal]) ->
     assert lost[0].ts - killed_at >= SMALL["lease_ttl"] - SMALL["heartbeat_interval"], "not before the lease ran out"
     # h1's own clusters were never touched
     assert all(pid in deployment.cluster_pids() for pid in survivors)
+
+
+def test_orphaned_hung_cluster_is_killed_before_its_shards_move(rehearsal: Callable[..., Rehearsal],
+                                                               tmp_path: Path) -> None:
+    """A blocked event loop sees neither the parent-death SIGTERM nor the IPC EOF: the orphan watchdog kills it
+    within half the lease TTL, before the broker moves its shards (no duplicate session at the referee)."""
+    victim, flag = 0, tmp_path / "hang.flag"
+    deployment = rehearsal(**SMALL, bot_command=FAULTY_BOT, hang_timeout=60.0,
+                           bot_env={"CHAOS_FAULT": "hang", "CHAOS_CLUSTER": str(victim), "CHAOS_FLAG": str(flag)})
+    deployment.start()
+    wait_ready(deployment)
+    host = status_of(deployment, victim)["host"]
+    flag.touch()
+    restart = deployment.letsfrag_cli("restart", "--cluster", str(victim), "--secret-env", "REHEARSAL_SECRET")
+    assert restart.returncode == 0, restart.stderr
+    wait_until_sync(lambda: not flag.exists(), timeout=30, interval=0.1, message="the bot blocks its event loop")
+    hung = cluster_pids_by_id(deployment)[victim]
+
+    killed_at = time.time()
+    orphans = deployment.kill_supervisor(host)
+    assert hung in orphans and len(orphans) > 1
+    others = [pid for pid in orphans if pid != hung]
+    wait_until_sync(lambda: _gone(others), timeout=3.0, interval=0.05, message="the healthy orphans exit at once")
+    wait_until_sync(lambda: _gone([hung]), timeout=15.0, interval=0.05, message="the hung orphan is killed")
+    took = time.time() - killed_at
+    assert took < SMALL["lease_ttl"] - SMALL["heartbeat_interval"], f"gone after {took:.1f}s: before any move"
+    events = assert_clean_end(deployment, ["host_lost", "cluster_moved"], since=killed_at)
+    assert any(e.kind == "host_lost" and e.fields.get("host") == host for e in events)

@@ -47,12 +47,18 @@ async def _ready_pids(r: aioredis.Redis, clusters: list[int]) -> list[int] | Non
     return pids
 
 
-async def test_sigterm_then_sigkill(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
-    set_modes(tmp_path, default="well")
+async def _two_clusters(redis_url: str, r: aioredis.Redis, tmp_path: Path, **modes: str) -> Path:
+    """Stub modes set, the layout written and clusters 0 and 1 granted; returns the config path."""
+    set_modes(tmp_path, default="well", **modes)
     config = _write_config(redis_url, tmp_path)
     await write_layout(r)
     await grant(r, 0, epoch=1)
     await grant(r, 1, epoch=1)
+    return config
+
+
+async def test_sigterm_then_sigkill(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
+    config = await _two_clusters(redis_url, r, tmp_path)
 
     # 1. SIGTERM: every cluster stopped, lease removed, exit 0
     proc = _start(config)
@@ -77,6 +83,34 @@ async def test_sigterm_then_sigkill(redis_url: str, r: aioredis.Redis, tmp_path:
         proc.kill()
         proc.wait(timeout=5)
         await wait_until(lambda: all(gone(pid) for pid in pids), timeout=5, message="no orphan cluster process")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def _heartbeat_age(r: aioredis.Redis, cluster_id: int) -> float:
+    last = (await status(r, cluster_id)).get("last_heartbeat")
+    return time.time() - float(last) if last else float("inf")
+
+
+async def test_sigkill_with_a_hung_cluster_leaves_no_process(redis_url: str, r: aioredis.Redis,
+                                                            tmp_path: Path) -> None:
+    """A blocked event loop sees neither the parent-death SIGTERM nor the IPC EOF: the orphan watchdog ends it."""
+    config = await _two_clusters(redis_url, r, tmp_path, **{"0": "hang"})
+    proc = _start(config)
+    try:
+        pids = await wait_until(lambda: _ready_pids(r, [0, 1]), timeout=15, message="clusters ready")
+
+        async def hung() -> bool:
+            return await _heartbeat_age(r, 0) > 1.5 and await _heartbeat_age(r, 1) < 1.0
+
+        await wait_until(hung, timeout=15, message="cluster 0's event loop blocked, cluster 1 beating")
+        proc.kill()
+        proc.wait(timeout=5)
+        killed_at = time.monotonic()
+        await wait_until(lambda: gone(pids[1]), timeout=5, message="the healthy cluster exits at once")
+        await wait_until(lambda: gone(pids[0]), timeout=15, message="the hung cluster is gone within 15 s")
+        assert time.monotonic() - killed_at < 15
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -14,6 +14,7 @@ fork          ready; forks a grandchild that leaves the group (setsid) and ignor
 hang          ready; then blocks its event loop (no more heartbeats)
 memory        ready; then grows RSS by ``STUB_GROW_MB`` MiB
 flood         ready; writes ``STUB_FLOOD_MB`` MiB to stdout as fast as it can, then idles
+huge_line     ready; sends one IPC ``error`` line of ``STUB_LINE_MB`` MiB (default 2), then heartbeats on
 
 Every start appends ``{"pid", "epoch", "incarnation", "mode", "argv"}`` to ``$STUB_DIR/starts-<cid>.jsonl``;
 the ``fork`` grandchild writes its pid to ``$STUB_DIR/grandchild-<cid>-<pid>.pid``.
@@ -127,6 +128,9 @@ async def main() -> int:
             hoard.append(bytearray(os.urandom(1024 * 1024)))
             await asyncio.sleep(0.005)
         state["hoard"] = bool(hoard)
+    elif current == "huge_line":
+        text = "x" * int(float(os.environ.get("STUB_LINE_MB", "2")) * 1024 * 1024)
+        await channel.send("error", text=f"Traceback (most recent call last):\nValueError: {text}")
     elif current == "flood":
         line = b"x" * 1023 + b"\n"
         block = line * 64
