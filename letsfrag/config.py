@@ -40,8 +40,9 @@ from letsfrag.config_models import (
     LogsSettings,
     RestartSettings,
 )
+from letsfrag.config_program import program_problems
 from letsfrag.config_reference import reference_markdown
-from letsfrag.config_source import read_source, validate
+from letsfrag.config_source import Source, read_source, validate
 from letsfrag.errors import ConfigError
 
 __all__ = [
@@ -71,6 +72,11 @@ def detect_kind(data: Mapping[str, Any]) -> ConfigKind:
 
 
 def _load(kind: ConfigKind | None, path: str | Path, env: Mapping[str, str] | None) -> AnyConfig:
+    return _load_with_source(kind, path, env)[0]
+
+
+def _load_with_source(kind: ConfigKind | None, path: str | Path,
+                      env: Mapping[str, str] | None) -> tuple[AnyConfig, Source]:
     source = read_source(path, env)
     detected = detect_kind(source.data)
     try:
@@ -81,7 +87,7 @@ def _load(kind: ConfigKind | None, path: str | Path, env: Mapping[str, str] | No
             exc.args = ("\n".join(exc.problems),)
         raise
     assert isinstance(result, BrokerConfig | HostConfig | LocalConfig)
-    return result
+    return result, source
 
 
 def load_broker_config(path: str | Path, env: Mapping[str, str] | None = None) -> BrokerConfig:
@@ -119,11 +125,20 @@ def kind_of(config: CommonSettings) -> ConfigKind:
 
 
 def check_config_file(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[int, str]:
-    """``(0, header + effective config as YAML, secrets masked)`` or ``(2, one line per problem)``."""
+    """``(0, header + effective config as YAML, secrets masked)`` or ``(2, one line per problem)``.
+
+    Beyond loading, a host or local config's bot program must exist on this machine
+    (:func:`letsfrag.config_program.program_problems`).
+    """
     try:
-        config = load_config_file(path, env)
+        config, source = _load_with_source(None, path, env)
     except ConfigError as exc:
         return 2, "\n".join(exc.problems)
+    if isinstance(config, HostConfig | LocalConfig):
+        for loc, message in program_problems(config.bot):
+            source.add(loc, message)
+        if source.problems:
+            return 2, "\n".join(source.formatted_problems())
     body = yaml.safe_dump(config.masked_dict(), sort_keys=False, allow_unicode=True)
     return 0, f"{path}: valid {kind_of(config)} config\n{body}"
 

@@ -32,7 +32,7 @@ def resolve_path(root: Any, path: str, *, length: bool = False) -> Any:
         raise RpcRefused("fetch needs a non-empty attribute path such as 'guilds' or 'user.name'")
     value = root
     for part in path.split("."):
-        if not _NAME.match(part):
+        if not _NAME.fullmatch(part):
             raise RpcRefused(f"attribute path {path!r}: {part!r} is not a public attribute name")
         try:
             value = getattr(value, part)
