@@ -184,3 +184,17 @@ t letsfrag drain --timeout 5s --
     assert "-l log-format -x -a 'auto rich plain json'" in text
     code, text, err = zsh
     assert code == 0 and "bashcompinit" in text and "complete -o filenames -F _letsfrag letsfrag" in text
+
+
+@pytest.mark.parametrize("name", ["broker", "host", "local"])
+def test_the_command_in_each_sample_config_header_parses(name: str) -> None:
+    import re
+    import shlex
+
+    from letsfrag.cli import resolve_config
+
+    header = (ROOT / "configs" / f"{name}.yaml").read_text().splitlines()[0]
+    command = re.search(r"`letsfrag ([^`]+)`", header)
+    assert command is not None, header
+    args = build_parser().parse_args(shlex.split(command.group(1)))
+    assert resolve_config(args) == f"configs/{name}.yaml"
