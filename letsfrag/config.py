@@ -42,7 +42,7 @@ from letsfrag.config_models import (
 )
 from letsfrag.config_program import program_problems
 from letsfrag.config_reference import reference_markdown
-from letsfrag.config_source import Source, read_source, validate
+from letsfrag.config_source import read_source, validate
 from letsfrag.errors import ConfigError
 
 __all__ = [
@@ -71,12 +71,8 @@ def detect_kind(data: Mapping[str, Any]) -> ConfigKind:
     return "broker"
 
 
-def _load(kind: ConfigKind | None, path: str | Path, env: Mapping[str, str] | None) -> AnyConfig:
-    return _load_with_source(kind, path, env)[0]
-
-
-def _load_with_source(kind: ConfigKind | None, path: str | Path,
-                      env: Mapping[str, str] | None) -> tuple[AnyConfig, Source]:
+def _load(kind: ConfigKind | None, path: str | Path, env: Mapping[str, str] | None,
+          check_program: bool = False) -> AnyConfig:
     source = read_source(path, env)
     detected = detect_kind(source.data)
     try:
@@ -87,7 +83,12 @@ def _load_with_source(kind: ConfigKind | None, path: str | Path,
             exc.args = ("\n".join(exc.problems),)
         raise
     assert isinstance(result, BrokerConfig | HostConfig | LocalConfig)
-    return result, source
+    if check_program and isinstance(result, HostConfig | LocalConfig):
+        for loc, message in program_problems(result.bot):
+            source.add(loc, message)
+        if source.problems:
+            raise ConfigError(source.formatted_problems(), source.name)
+    return result
 
 
 def load_broker_config(path: str | Path, env: Mapping[str, str] | None = None) -> BrokerConfig:
@@ -97,16 +98,24 @@ def load_broker_config(path: str | Path, env: Mapping[str, str] | None = None) -
     return result
 
 
-def load_host_config(path: str | Path, env: Mapping[str, str] | None = None) -> HostConfig:
-    """Load a host config; ``env`` replaces ``os.environ`` for ``${VAR}``. Raises ConfigError."""
-    result = _load("host", path, env)
+def load_host_config(path: str | Path, env: Mapping[str, str] | None = None, *,
+                     check_program: bool = False) -> HostConfig:
+    """Load a host config; ``env`` replaces ``os.environ`` for ``${VAR}``. Raises ConfigError.
+
+    ``check_program``: also require the bot program on this machine (:mod:`letsfrag.config_program`).
+    """
+    result = _load("host", path, env, check_program)
     assert isinstance(result, HostConfig)
     return result
 
 
-def load_local_config(path: str | Path, env: Mapping[str, str] | None = None) -> LocalConfig:
-    """Load a local config; ``env`` replaces ``os.environ`` for ``${VAR}``. Raises ConfigError."""
-    result = _load("local", path, env)
+def load_local_config(path: str | Path, env: Mapping[str, str] | None = None, *,
+                      check_program: bool = False) -> LocalConfig:
+    """Load a local config; ``env`` replaces ``os.environ`` for ``${VAR}``. Raises ConfigError.
+
+    ``check_program``: also require the bot program on this machine (:mod:`letsfrag.config_program`).
+    """
+    result = _load("local", path, env, check_program)
     assert isinstance(result, LocalConfig)
     return result
 
@@ -131,14 +140,9 @@ def check_config_file(path: str | Path, env: Mapping[str, str] | None = None) ->
     (:func:`letsfrag.config_program.program_problems`).
     """
     try:
-        config, source = _load_with_source(None, path, env)
+        config = _load(None, path, env, check_program=True)
     except ConfigError as exc:
         return 2, "\n".join(exc.problems)
-    if isinstance(config, HostConfig | LocalConfig):
-        for loc, message in program_problems(config.bot):
-            source.add(loc, message)
-        if source.problems:
-            return 2, "\n".join(source.formatted_problems())
     body = yaml.safe_dump(config.masked_dict(), sort_keys=False, allow_unicode=True)
     return 0, f"{path}: valid {kind_of(config)} config\n{body}"
 

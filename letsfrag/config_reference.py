@@ -24,7 +24,8 @@ Three YAML documents: `broker.yaml` (`letsfrag broker`), `host.yaml` (`letsfrag 
 Check a file with `letsfrag config check FILE`: it prints every problem (one line each, with the file, line
 and key) or the effective config with secrets masked. For a host or local config it also checks that the bot
 program exists on this machine: `bot.cwd` is a directory, `bot.command` is on `PATH` (or an executable file
-relative to `bot.cwd`), `bot.module` is found from `bot.cwd` as `python -m` would find it (nothing is run).
+relative to `bot.cwd`), `bot.module` is found from `bot.cwd` as `python -m` would find it (nothing is run);
+`letsfrag supervise` and `letsfrag run` make the same check and refuse to start (exit 2).
 
 - Unknown keys are errors (with a suggestion for typos).
 - **duration**: `500ms`, `10s`, `5m`, `1h`, `2d`, combined largest unit first (`3m05s`, `1h02m`, as the tools

@@ -153,6 +153,18 @@ def test_config_check_refuses_what_would_fail_later(tmp_path: Path) -> None:
         assert code == 2 and needle in err and "Traceback" not in out + err, f"{name}: {code}\n{err}"
 
 
+def test_supervise_and_run_refuse_a_missing_bot_program_before_starting(tmp_path: Path) -> None:
+    (tmp_path / "host.yaml").write_text("redis: redis://127.0.0.1:1/0\nbot:\n  command: [./nope.sh]\n  token: t\n")
+    (tmp_path / "local.yaml").write_text("shards: 2\nbot:\n  module: no_such_bot_xyz\n  token: t\n")
+    (supervise, run) = run_all([["supervise", "host.yaml"], ["run", "--no-progress", "-c", "local.yaml"]], tmp_path)
+    code, _out, err = supervise
+    assert code == 2 and "host.yaml:3: bot.command: the program './nope.sh' does not exist" in err, err
+    code, _out, err = run
+    assert code == 2 and "local.yaml:3: bot.module: the module 'no_such_bot_xyz' is not found" in err, err
+    assert "Traceback" not in supervise[2] + run[2]
+    assert not (tmp_path / ".letsfrag").exists() and not (tmp_path / "logs").exists(), "nothing was started"
+
+
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_bash_completion_completes_commands_options_and_values(tmp_path: Path) -> None:
     (script_result, fish, zsh) = run_all([["completion", "bash"], ["completion", "fish"], ["completion", "zsh"]],

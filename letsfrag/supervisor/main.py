@@ -39,6 +39,6 @@ async def serve(config: HostConfig, *, host_id: str | None = None, capacity: int
 
 def run(args: argparse.Namespace) -> int:
     """The ``supervise`` subcommand (see :data:`letsfrag.cli.HANDLERS`)."""
-    config = load_host_config(args.config)
+    config = load_host_config(args.config, check_program=True)
     host_id, capacity = _overrides(args)
     return asyncio.run(serve(config, host_id=host_id, capacity=capacity))
