@@ -33,47 +33,109 @@ HANDLERS: dict[str, str] = {
     "rebalance": "letsfrag.commands:run_rebalance",
     "bench": "letsfrag.bench:run",
     "logs": "letsfrag.logtail:run",
+    "completion": "letsfrag.cli_completion:run",
 }
 
 
+def version_text() -> str:
+    """What ``--version`` prints, for ``letsfrag`` and ``letsfrag-top`` alike."""
+    return f"letsfrag {__version__}"
+
+
+def add_global_args(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
+    """``--version``, ``-v``, ``-q``, ``--log-format``; accepted before and (``after_command``) after the command.
+
+    After the command the defaults are suppressed, so they do not overwrite what came before it; ``-v`` given
+    after the command counts into ``verbose_after`` and adds up with the ``-v`` before it.
+    """
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if after_command else value
+
+    group = parser.add_argument_group("global options") if after_command else parser
+    group.add_argument("--version", action="version", version=version_text())
+    group.add_argument("-v", "--verbose", action="count", dest="verbose_after" if after_command else "verbose",
+                       default=default(0), help="more logging (-vv: discord.py too)")
+    group.add_argument("-q", "--quiet", action="store_true", default=default(False), help="only warnings and errors")
+    group.add_argument("--log-format", choices=["auto", "rich", "plain", "json"], default=default("auto"),
+                       help="log output: rich on a terminal, plain otherwise (auto), or JSON lines")
+
+
+def add_config_arg(parser: argparse.ArgumentParser, *, required: bool, default: str | None = None,
+                   help_text: str = "a broker, host or local config") -> None:
+    """The config file, positionally (``CONFIG``) or as ``-c/--config FILE``; :func:`resolve_config` merges them."""
+    parser.add_argument("config_file", metavar="CONFIG", nargs="?", default=None,
+                        help=help_text + ("" if default is None else f" (default {default})"))
+    parser.add_argument("-c", "--config", metavar="FILE", default=None, help="the same as CONFIG")
+    parser.set_defaults(config_required=required, config_default=default)
+
+
+def resolve_config(args: argparse.Namespace) -> str | None:
+    """``args.config`` from ``CONFIG`` or ``-c``; the usage problem (for exit 2) as ``ValueError``."""
+    positional, option = getattr(args, "config_file", None), getattr(args, "config", None)
+    if positional and option and positional != option:
+        raise ValueError(f"the config is given twice ({positional} and -c {option}); give CONFIG or -c FILE")
+    config = option or positional or getattr(args, "config_default", None)
+    if config is None and getattr(args, "config_required", False):
+        raise ValueError("the config is required: give CONFIG or -c FILE")
+    return config
+
+
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
-    """``--config``/``--redis``/``--namespace``: how a tool finds the deployment."""
+    """``[CONFIG]``/``-c``/``--redis``/``--namespace``/``--secret-env``: how a tool finds the deployment."""
+    add_config_arg(parser, required=False,
+                   help_text="a broker, host or local config to take redis, namespace and secret from")
     group = parser.add_argument_group("connection")
-    group.add_argument("-c", "--config", metavar="FILE",
-                       help="a broker, host or local config to take redis, namespace and secret from")
     group.add_argument("--redis", metavar="URL", help="Redis URL (overrides the config; default redis://127.0.0.1:6379/0)")
     group.add_argument("--namespace", metavar="NS", help="key and channel prefix (default letsfrag)")
     group.add_argument("--secret-env", metavar="VAR", default="LETSFRAG_SECRET",
                        help="environment variable holding the signing secret (default LETSFRAG_SECRET)")
 
 
+def add_top_args(parser: argparse.ArgumentParser) -> None:
+    """The dashboard's arguments (``letsfrag top`` and ``letsfrag-top``)."""
+    add_connection_args(parser)
+    parser.add_argument("--readonly", action="store_true", help="refuse restart/drain actions")
+    parser.add_argument("--refresh", default="1s", help="refresh interval (default 1s)")
+
+
+def _id_arg(value: str) -> str:
+    """An id given on the command line: the whole text must be letters, digits, '_', '.', '-'."""
+    from .config_common import check_name
+
+    try:
+        return check_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``letsfrag`` command line (also walked by ``letsfrag completion``)."""
     parser = argparse.ArgumentParser(
         prog="letsfrag",
         description="Run one discord.py bot across many processes and machines, coordinated through Redis.",
     )
-    parser.add_argument("--version", action="version", version=f"letsfrag {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: discord.py too)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    parser.add_argument("--log-format", choices=["auto", "rich", "plain", "json"], default="auto",
-                        help="log output: rich on a terminal, plain otherwise (auto), or JSON lines")
+    add_global_args(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("broker", help="run the ClusterBroker (layout, leases, assignment, failover)")
-    p.add_argument("config", metavar="CONFIG", help="broker config, e.g. configs/broker.yaml")
-    p.add_argument("--broker-id", help="this broker's id among standbys (default hostname-pid)")
+    def command(name: str, help_text: str, parent: Any = sub) -> argparse.ArgumentParser:
+        new = parent.add_parser(name, help=help_text)
+        add_global_args(new, after_command=True)
+        return new
 
-    p = sub.add_parser("supervise", help="run the host supervisor: spawn and watch this host's clusters")
-    p.add_argument("config", metavar="CONFIG", help="host config, e.g. configs/host.yaml")
-    p.add_argument("--host-id", help="override host.id")
+    p = command("broker", "run the ClusterBroker (layout, leases, assignment, failover)")
+    add_config_arg(p, required=True, help_text="broker config, e.g. configs/broker.yaml")
+    p.add_argument("--broker-id", type=_id_arg, help="this broker's id among standbys (default hostname-pid)")
+
+    p = command("supervise", "run the host supervisor: spawn and watch this host's clusters")
+    add_config_arg(p, required=True, help_text="host config, e.g. configs/host.yaml")
+    p.add_argument("--host-id", type=_id_arg, help="override host.id")
     p.add_argument("--capacity", type=int, help="override host.capacity (clusters)")
 
-    p = sub.add_parser("run", help="broker and supervisor in one command for a single machine")
-    p.add_argument("config", metavar="CONFIG", nargs="?", default="configs/local.yaml",
-                   help="local config (both roles), default configs/local.yaml")
+    p = command("run", "broker and supervisor in one command for a single machine")
+    add_config_arg(p, required=False, default="configs/local.yaml", help_text="local config (both roles)")
     p.add_argument("--no-progress", action="store_true", help="no live progress line, only logs")
 
-    p = sub.add_parser("demo", help="everything on this machine: embedded Redis, simulated Discord, N hosts")
+    p = command("demo", "everything on this machine: embedded Redis, simulated Discord, N hosts")
     p.add_argument("--hosts", type=int, default=2, help="host supervisors to start (default 2)")
     p.add_argument("--shards", type=int, default=16, help="shard count (default 16)")
     p.add_argument("--shards-per-cluster", type=int, default=4, help="shards per cluster (default 4)")
@@ -83,42 +145,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", default="30s", help="how long the demo runs (default 30s)")
     p.add_argument("--kill-after", default="20s", help="when one host is killed to show failover (default 20s)")
 
-    p = sub.add_parser("status", help="the deployment as a table or JSON (exit 0 ready, 1 degraded, 2 no Redis)")
+    p = command("status", "the deployment as a table or JSON (exit 0 ready, 1 degraded, 2 no Redis)")
     add_connection_args(p)
     p.add_argument("--json", action="store_true", help="stable JSON document (see docs/status.md)")
     p.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
 
-    p = sub.add_parser("top", help="the live Textual dashboard (same as letsfrag-top)")
-    add_connection_args(p)
-    p.add_argument("--readonly", action="store_true", help="refuse restart/drain actions")
-    p.add_argument("--refresh", default="1s", help="refresh interval (default 1s)")
+    p = command("top", "the live Textual dashboard (same as letsfrag-top)")
+    add_top_args(p)
 
-    p = sub.add_parser("sim", help="run the simulated Discord (REST + gateway) for rehearsals and tests")
+    p = command("sim", "run the simulated Discord (REST + gateway) for rehearsals and tests")
     _add_sim_arguments(p)
 
-    p = sub.add_parser("config", help="configuration tools")
+    p = command("config", "configuration tools")
     config_sub = p.add_subparsers(dest="config_command", metavar="ACTION")
-    check = config_sub.add_parser("check", help="validate a config and print it with secrets masked")
-    check.add_argument("file", metavar="FILE", help="a broker, host or local YAML config")
+    check = command("check", "validate a config and print it with secrets masked", config_sub)
+    add_config_arg(check, required=True, help_text="a broker, host or local YAML config")
 
-    p = sub.add_parser("restart", help="restart one cluster, or every cluster of a host (optionally rolling)")
+    p = command("restart", "restart one cluster, or every cluster of a host (optionally rolling)")
     add_connection_args(p)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--cluster", type=int, metavar="N", help="cluster id (also clears FAILED)")
-    target.add_argument("--host", metavar="H", help="host id")
+    target.add_argument("--host", metavar="H", type=_id_arg, help="host id")
     p.add_argument("--rolling", action="store_true", help="with --host: one cluster at a time, each waits for READY")
     p.add_argument("--timeout", default="120s", help="how long to wait for the outcome (default 120s)")
 
-    p = sub.add_parser("drain", help="stop a host's clusters and hand them to other hosts (capacity 0)")
-    add_connection_args(p)
-    p.add_argument("host", metavar="HOST", help="host id")
-    p.add_argument("--timeout", default="60s", help="how long to wait for the outcome (default 60s)")
-
-    p = sub.add_parser("rebalance", help="move clusters until hosts are balanced by capacity")
+    p = command("drain", "stop a host's clusters and hand them to other hosts (capacity 0)")
+    p.add_argument("host", metavar="HOST", type=_id_arg, help="host id")
     add_connection_args(p)
     p.add_argument("--timeout", default="60s", help="how long to wait for the outcome (default 60s)")
 
-    p = sub.add_parser("logs", help="this host's cluster logs: the last lines, -f to follow through rotations")
+    p = command("rebalance", "move clusters until hosts are balanced by capacity")
+    add_connection_args(p)
+    p.add_argument("--timeout", default="60s", help="how long to wait for the outcome (default 60s)")
+
+    p = command("logs", "this host's cluster logs: the last lines, -f to follow through rotations")
     add_connection_args(p)
     p.add_argument("--dir", metavar="DIR", help="the log directory (default: logs.dir of the config)")
     which = p.add_mutually_exclusive_group()
@@ -127,8 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C stops)")
     p.add_argument("-n", "--lines", type=int, default=20, metavar="LINES", help="lines to show first (default 20)")
 
-    p = sub.add_parser("bench", help="run a benchmark from benchmarks/ and print its table")
+    p = command("bench", "run a benchmark from benchmarks/ and print its table")
     p.add_argument("name", help="benchmark name, e.g. coldstart, failover, rpc, supervisor, broker_scale, tui")
+
+    p = command("completion", "print a shell completion script (bash, zsh or fish)")
+    p.add_argument("shell", choices=["bash", "zsh", "fish"],
+                   help="e.g. `letsfrag completion bash > ~/.local/share/bash-completion/completions/letsfrag`")
     return parser
 
 
@@ -168,7 +232,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.config_command is None:
             parser.parse_args(["config", "--help"])
         command = f"config {args.config_command}"
-    setup_logging(-1 if args.quiet else args.verbose, args.log_format)
+    return run_command(command, args)
+
+
+def run_command(command: str, args: argparse.Namespace, prog: str | None = None) -> int:
+    """Run a parsed ``command`` (a :data:`HANDLERS` key): config argument, logging, errors as exit codes."""
+    prog = prog or f"letsfrag {command}"
+    try:
+        args.config = resolve_config(args)
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    verbose = int(getattr(args, "verbose", 0) or 0) + int(getattr(args, "verbose_after", 0) or 0)
+    setup_logging(-1 if args.quiet else verbose, args.log_format)
     handler = _resolve(command)
     if handler is None:
         print(f"letsfrag {command}: not implemented yet", file=sys.stderr)

@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 from .config import LocalConfig, RedisSettings, load_config_file
+from .config_common import check_redis_url
 from .errors import ConfigError
 from .logs import register_secret
 
@@ -66,10 +67,10 @@ def connection_from_args(args: argparse.Namespace) -> tuple[RedisSettings | str,
         else:
             redis = config.redis
     if getattr(args, "redis", None):
-        url = str(args.redis)
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"--redis: expected a URL starting with redis://, rediss:// or unix://, found {url!r}")
-        redis = url
+        try:
+            redis = check_redis_url(str(args.redis))
+        except ValueError as exc:
+            raise ConfigError(f"--redis: {exc}") from None
     if getattr(args, "namespace", None):
         namespace = str(args.namespace)
     env_name = getattr(args, "secret_env", None) or "LETSFRAG_SECRET"

@@ -40,6 +40,7 @@ from letsfrag.config_models import (
     LogsSettings,
     RestartSettings,
 )
+from letsfrag.config_program import program_problems
 from letsfrag.config_reference import reference_markdown
 from letsfrag.config_source import read_source, validate
 from letsfrag.errors import ConfigError
@@ -70,7 +71,8 @@ def detect_kind(data: Mapping[str, Any]) -> ConfigKind:
     return "broker"
 
 
-def _load(kind: ConfigKind | None, path: str | Path, env: Mapping[str, str] | None) -> AnyConfig:
+def _load(kind: ConfigKind | None, path: str | Path, env: Mapping[str, str] | None,
+          check_program: bool = False) -> AnyConfig:
     source = read_source(path, env)
     detected = detect_kind(source.data)
     try:
@@ -81,6 +83,11 @@ def _load(kind: ConfigKind | None, path: str | Path, env: Mapping[str, str] | No
             exc.args = ("\n".join(exc.problems),)
         raise
     assert isinstance(result, BrokerConfig | HostConfig | LocalConfig)
+    if check_program and isinstance(result, HostConfig | LocalConfig):
+        for loc, message in program_problems(result.bot):
+            source.add(loc, message)
+        if source.problems:
+            raise ConfigError(source.formatted_problems(), source.name)
     return result
 
 
@@ -91,16 +98,24 @@ def load_broker_config(path: str | Path, env: Mapping[str, str] | None = None) -
     return result
 
 
-def load_host_config(path: str | Path, env: Mapping[str, str] | None = None) -> HostConfig:
-    """Load a host config; ``env`` replaces ``os.environ`` for ``${VAR}``. Raises ConfigError."""
-    result = _load("host", path, env)
+def load_host_config(path: str | Path, env: Mapping[str, str] | None = None, *,
+                     check_program: bool = False) -> HostConfig:
+    """Load a host config; ``env`` replaces ``os.environ`` for ``${VAR}``. Raises ConfigError.
+
+    ``check_program``: also require the bot program on this machine (:mod:`letsfrag.config_program`).
+    """
+    result = _load("host", path, env, check_program)
     assert isinstance(result, HostConfig)
     return result
 
 
-def load_local_config(path: str | Path, env: Mapping[str, str] | None = None) -> LocalConfig:
-    """Load a local config; ``env`` replaces ``os.environ`` for ``${VAR}``. Raises ConfigError."""
-    result = _load("local", path, env)
+def load_local_config(path: str | Path, env: Mapping[str, str] | None = None, *,
+                      check_program: bool = False) -> LocalConfig:
+    """Load a local config; ``env`` replaces ``os.environ`` for ``${VAR}``. Raises ConfigError.
+
+    ``check_program``: also require the bot program on this machine (:mod:`letsfrag.config_program`).
+    """
+    result = _load("local", path, env, check_program)
     assert isinstance(result, LocalConfig)
     return result
 
@@ -119,9 +134,13 @@ def kind_of(config: CommonSettings) -> ConfigKind:
 
 
 def check_config_file(path: str | Path, env: Mapping[str, str] | None = None) -> tuple[int, str]:
-    """``(0, header + effective config as YAML, secrets masked)`` or ``(2, one line per problem)``."""
+    """``(0, header + effective config as YAML, secrets masked)`` or ``(2, one line per problem)``.
+
+    Beyond loading, a host or local config's bot program must exist on this machine
+    (:func:`letsfrag.config_program.program_problems`).
+    """
     try:
-        config = load_config_file(path, env)
+        config = _load(None, path, env, check_program=True)
     except ConfigError as exc:
         return 2, "\n".join(exc.problems)
     body = yaml.safe_dump(config.masked_dict(), sort_keys=False, allow_unicode=True)

@@ -6,6 +6,7 @@ Import them from :mod:`letsfrag.config`.
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -21,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from letsfrag.config_source import KeyProblems, mask_url
+from letsfrag.config_source import KeyProblems, describe, mask_url
 from letsfrag.units import parse_duration, parse_listen, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -33,12 +34,43 @@ _SECRET_ENV_WORDS = ("TOKEN", "PASSWORD", "PASSWD", "SECRET", "KEY", "CREDENTIAL
 
 
 class StrictModel(BaseModel):
-    """Base of every config model: unknown keys are errors."""
+    """Base of every config model: unknown keys are errors, and so are infinite or NaN numbers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-def _name(value: str) -> str:
+def _whole_number(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted ``yes``/``on`` as true; a count must not quietly become 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number, found {describe(value)}")
+    return value
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, found {describe(value)}")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    """``true``/``false`` only (also as text, from ``${VAR}``); not 1, 0, ``"yes"`` or ``"on"``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"expected true or false, found {describe(value)}")
+
+
+Int = Annotated[int, BeforeValidator(_whole_number)]
+"""A whole number; booleans (YAML's unquoted ``yes``, ``on``...) are refused."""
+Number = Annotated[float, BeforeValidator(_number)]
+"""A finite number; booleans are refused."""
+Flag = Annotated[bool, BeforeValidator(_flag)]
+"""``true`` or ``false`` (numbers and words like ``on`` are refused)."""
+
+
+def check_name(value: str) -> str:
+    """``value`` if it is a usable id or namespace (letters, digits, ``_``, ``.``, ``-``); else ``ValueError``."""
     if not value or not all(c.isascii() and (c.isalnum() or c in "_.-") for c in value):
         raise ValueError(f"expected letters, digits, '_', '.' or '-' only, found {value!r}")
     return value
@@ -56,7 +88,7 @@ def non_empty_secret(value: SecretStr) -> SecretStr:
     return value
 
 
-Name = Annotated[str, AfterValidator(_name)]
+Name = Annotated[str, AfterValidator(check_name)]
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_optional_secret)]
 
 
@@ -70,9 +102,25 @@ def _host_port(value: str) -> str:
     return value
 
 
-def _redis_url(value: str) -> str:
+def check_redis_url(value: str) -> str:
+    """``value`` if it is a usable Redis URL (scheme, port 1-65535, database number); else ``ValueError``."""
+    shown = repr(mask_url(value))
     if not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"expected a URL starting with redis://, rediss:// or unix://, found {mask_url(value)!r}")
+        raise ValueError(f"expected a URL starting with redis://, rediss:// or unix://, found {shown}")
+    parts = urlsplit(value)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"expected a socket path like unix:///run/redis.sock, found {shown}")
+        return value
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or parts.netloc.endswith(":"):
+        raise ValueError(f"expected a port from 1 to 65535 after the host (redis://host:6379/0), found {shown}")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ValueError(f"expected a database number after the host (redis://host:6379/0), found {shown}")
     return value
 
 
@@ -82,7 +130,7 @@ class TlsSettings(StrictModel):
     ca_file: str | None = Field(default=None, description="CA bundle to verify the server; default: system CAs")
     cert_file: str | None = Field(default=None, description="client certificate (mutual TLS)")
     key_file: str | None = Field(default=None, description="client private key (mutual TLS)")
-    verify: bool = Field(default=True, description="verify the server certificate and host name")
+    verify: Flag = Field(default=True, description="verify the server certificate and host name")
 
 
 class SentinelSettings(StrictModel):
@@ -102,7 +150,7 @@ class SentinelSettings(StrictModel):
 class RedisSettings(StrictModel):
     """Where Redis is. In a file: a URL string (shorthand for ``{url: ...}``), a mapping, or ``embedded``."""
 
-    url: Annotated[str, AfterValidator(_redis_url)] = Field(
+    url: Annotated[str, AfterValidator(check_redis_url)] = Field(
         default="redis://127.0.0.1:6379/0", description="redis://, rediss:// (TLS) or unix:// URL"
     )
     username: str | None = Field(default=None, description="ACL user name")
@@ -232,7 +280,7 @@ class CommonSettings(StrictModel):
     secret: OptionalSecret = Field(default=None, description="HMAC key signing bus messages; unset: unsigned")
     signature_window: Duration = Field(default=30.0, gt=0, description="signed messages older than this are rejected")
     max_message_bytes: Size = Field(default=1024 * 1024, ge=1, description="largest bus message accepted")
-    allow_eval: bool = Field(default=False, description="allow remote code evaluation in clusters (dangerous)")
+    allow_eval: Flag = Field(default=False, description="allow remote code evaluation in clusters (dangerous)")
     discord: DiscordSettings = Field(default_factory=DiscordSettings, description="Discord endpoints")
     metrics: MetricsSettings = Field(
         default_factory=MetricsSettings, description="Prometheus metrics and health probes (local: the host's)"

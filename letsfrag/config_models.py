@@ -20,8 +20,10 @@ from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_va
 from letsfrag.config_common import (
     CommonSettings,
     Duration,
+    Int,
     MetricsSettings,
     Name,
+    Number,
     OptionalSecret,
     RedisSettings,
     Size,
@@ -52,7 +54,7 @@ IntOrAuto = Annotated[int | Literal["auto"], BeforeValidator(_int_or_auto)]
 class HostsSettings(StrictModel):
     """How many hosts the broker waits for before the first assignment."""
 
-    expected: int = Field(default=1, ge=0, description="hosts to wait for before assigning clusters on a cold start")
+    expected: Int = Field(default=1, ge=0, description="hosts to wait for before assigning clusters on a cold start")
     startup_grace: Duration = Field(default=10.0, ge=0, description="longest wait for `expected` hosts")
 
 
@@ -67,7 +69,7 @@ class BrokerSettings(StrictModel):
     """Keys of the broker (also part of a local config)."""
 
     shards: IntOrAuto = Field(default="auto", description="total shard count, or 'auto' to ask Discord (needs token)")
-    shards_per_cluster: int = Field(default=8, ge=1, description="shards per cluster process (contiguous blocks)")
+    shards_per_cluster: Int = Field(default=8, ge=1, description="shards per cluster process (contiguous blocks)")
     max_concurrency: IntOrAuto = Field(
         default=1, description="IDENTIFY buckets, or 'auto' to ask Discord (needs token)"
     )
@@ -81,7 +83,7 @@ class BrokerSettings(StrictModel):
         default="on-join", description="'on-join': move clusters to a host that joins; 'manual': only on request"
     )
     identify_window: Duration = Field(default=5.0, gt=0, description="Discord's IDENTIFY rate window per bucket")
-    identify_reserve: float = Field(default=0.1, ge=0, le=1, description="share of the daily session budget kept back")
+    identify_reserve: Number = Field(default=0.1, ge=0, le=1, description="share of the daily session budget kept back")
     leader_ttl: Duration = Field(default=10.0, gt=0, description="lifetime of the broker leader lock")
     broker_id: str | None = Field(default=None, description="id of this broker process; unset: hostname and pid")
 
@@ -122,13 +124,6 @@ def _command(value: Any) -> Any:
     return value
 
 
-def _env_value(value: Any) -> Any:
-    """Environment values are strings; numbers and booleans pass as their YAML text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value) if isinstance(value, int | float) else value
-
-
 def _module_path(value: str) -> str:
     if not all(part.isidentifier() for part in value.split(".")):
         raise ValueError(f"expected a Python module path like examples.bot, found {value!r}")
@@ -143,7 +138,7 @@ class HostIdentity(StrictModel):
         description="host id in Redis (letters, digits, '_', '.', '-')",
         json_schema_extra={"default_text": "the machine's hostname"},
     )
-    capacity: int = Field(default=4, ge=0, description="most clusters run at once (0: a standby host)")
+    capacity: Int = Field(default=4, ge=0, description="most clusters run at once (0: a standby host)")
 
 
 class BotSettings(StrictModel):
@@ -156,8 +151,9 @@ class BotSettings(StrictModel):
         default=None, description="Python module run as `python -m module` with the supervisor's Python"
     )
     cwd: str | None = Field(default=None, description="working directory of cluster processes; unset: current")
-    env: dict[str, Annotated[str, BeforeValidator(_env_value)]] = Field(
-        default_factory=dict, description="extra environment variables of cluster processes"
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra environment variables of cluster processes (quote numbers and yes/no/on/off)",
     )
     token: Annotated[SecretStr, AfterValidator(non_empty_secret)] = Field(
         description="the bot token (required; write ${BOT_TOKEN})"
@@ -186,9 +182,9 @@ class BackoffSettings(StrictModel):
     """Delay between restarts of a crashed cluster: initial × factor^n, capped at max, with jitter."""
 
     initial: Duration = Field(default=1.0, ge=0, description="first restart delay")
-    factor: float = Field(default=2.0, ge=1, description="multiplier per consecutive failure")
+    factor: Number = Field(default=2.0, ge=1, description="multiplier per consecutive failure")
     max: Duration = Field(default=60.0, ge=0, description="largest delay")
-    jitter: float = Field(default=0.2, ge=0, le=1, description="random spread as a fraction (0.2 = ±20 %)")
+    jitter: Number = Field(default=0.2, ge=0, le=1, description="random spread as a fraction (0.2 = ±20 %)")
     reset_after: Duration = Field(default=600.0, ge=0, description="healthy time after which delays start over")
 
     @model_validator(mode="after")
@@ -205,7 +201,7 @@ class RestartSettings(StrictModel):
         default="always", description="restart after any exit, only after a failure, or never"
     )
     backoff: BackoffSettings = Field(default_factory=BackoffSettings, description="restart delays")
-    max_restarts: int = Field(default=5, ge=0, description="restarts allowed within `window` before giving up")
+    max_restarts: Int = Field(default=5, ge=0, description="restarts allowed within `window` before giving up")
     window: Duration = Field(default=600.0, gt=0, description="sliding window counted by max_restarts")
 
 
@@ -222,7 +218,7 @@ class LogsSettings(StrictModel):
 
     dir: str = Field(default="logs", description="directory of the log files (relative: to the working directory)")
     max_bytes: Size = Field(default=10 * 1024 * 1024, ge=1, description="rotate a log file at this size")
-    backups: int = Field(default=3, ge=0, description="rotated files kept per cluster")
+    backups: Int = Field(default=3, ge=0, description="rotated files kept per cluster")
 
 
 class HostSettings(StrictModel):
@@ -243,7 +239,7 @@ class EmbeddedSettings(StrictModel):
     """The private redis-server of ``letsfrag run`` when ``redis: embedded``."""
 
     dir: str = Field(default=".letsfrag", description="directory for its socket, pid and log files")
-    port: int = Field(default=0, ge=0, le=65535, description="TCP port on 127.0.0.1; 0: pick a free one")
+    port: Int = Field(default=0, ge=0, le=65535, description="TCP port on 127.0.0.1; 0: pick a free one")
 
 
 class LocalSettings(StrictModel):

@@ -22,11 +22,19 @@ _INTRO = """\
 Three YAML documents: `broker.yaml` (`letsfrag broker`), `host.yaml` (`letsfrag supervise`) and `local.yaml`
 (`letsfrag run`: the broker and one host in one flat document). Commented examples are in `configs/`.
 Check a file with `letsfrag config check FILE`: it prints every problem (one line each, with the file, line
-and key) or the effective config with secrets masked.
+and key) or the effective config with secrets masked. For a host or local config it also checks that the bot
+program exists on this machine: `bot.cwd` is a directory, `bot.command` is on `PATH` (or an executable file
+relative to `bot.cwd`), `bot.module` is found from `bot.cwd` as `python -m` would find it (nothing is run);
+`letsfrag supervise` and `letsfrag run` make the same check and refuse to start (exit 2).
 
 - Unknown keys are errors (with a suggestion for typos).
-- **duration**: `500ms`, `10s`, `5m`, `1h`, `2d` or a number of seconds. **size**: `512KiB`, `10MiB`, `2GiB`,
-  `100MB` or a number of bytes. **secret**: a string never printed (shown as `***`).
+- **duration**: `500ms`, `10s`, `5m`, `1h`, `2d`, combined largest unit first (`3m05s`, `1h02m`, as the tools
+  print them) or a number of seconds; finite and not negative. **size**: `512KiB`, `10MiB`, `2GiB` (or `512Ki`,
+  `2Gi`), `100MB` or a number of bytes. **secret**: a string never printed (shown as `***`).
+- Values are strict: a whole number is not `yes` (YAML reads an unquoted `yes`/`no`/`on`/`off` as true/false),
+  a bool is `true` or `false` only, `.inf`/`.nan` are refused. A string key given an unquoted value that YAML
+  reads as something else (`bot.env: {DEBUG: on, PIN: 01234}`) is an error asking to quote it.
+- A document may nest 32 levels and hold 10000 values with its aliases expanded (no "billion laughs").
 - Any string value may use `${VAR}` (an error if unset) and `${VAR:-default}` (default if unset or empty);
   `$${` is a literal `${`.
 - `redis` is a URL string (`redis://`, `rediss://`, `unix://`), a mapping with the keys below, or, in a local

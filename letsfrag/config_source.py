@@ -24,6 +24,7 @@ Loc = tuple[str | int, ...]
 #: key names whose values are secrets: never shown in problems
 SECRET_NAMES = frozenset({"token", "password", "secret"})
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_STR_TAG = "tag:yaml.org,2002:str"
 _URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@:]*:)([^/@]*)(@)", re.IGNORECASE)
 
 
@@ -44,6 +45,8 @@ class Source:
     data: dict[str, Any]
     lines: dict[Loc, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    #: the text of every unquoted value YAML read as something else than a string (``on``, ``01234``)
+    unquoted: dict[Loc, str] = field(default_factory=dict)
 
     def line_of(self, loc: Loc) -> int | None:
         """Line of ``loc`` in the file, or of its nearest ancestor that appears there."""
@@ -136,8 +139,11 @@ def read_source(path: str | Path, env: Mapping[str, str] | None = None) -> Sourc
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read: {exc.strerror}"], name) from None
     try:
+        _check_depth(text, name)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        if node is not None:
+            _check_expanded_size(node, name)
+        data = None if node is None else yaml.SafeLoader("").construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{name}:{mark.line + 1}" if mark is not None else name
@@ -156,6 +162,67 @@ def read_source(path: str | Path, env: Mapping[str, str] | None = None) -> Sourc
     return source
 
 
+#: deepest nesting of mappings and lists accepted (a config needs 4; deeper input only costs recursion)
+MAX_DEPTH = 32
+#: most values a document may hold once aliases are expanded (a config has a few hundred; "billion laughs")
+MAX_VALUES = 10_000
+
+
+def _check_depth(text: str, name: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` before composing (the composer recurses per level)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                where = f"{name}:{event.start_mark.line + 1}" if event.start_mark is not None else name
+                raise ConfigError(
+                    [f"{where}: mappings and lists nested deeper than {MAX_DEPTH} levels; "
+                     "a config needs a handful"], name)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _check_expanded_size(root: yaml.Node, name: str) -> None:
+    """Refuse a document that holds more than :data:`MAX_VALUES` values once aliases are expanded, or an
+    alias inside its own anchor; counted on the node graph (each shared node once), so it is quick."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    aliased = False
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > MAX_VALUES:
+                line = node.start_mark.line + 1
+                what = "aliases expand it to" if aliased else "it holds"
+                raise ConfigError(
+                    [f"{name}:{line}: {what} more than {MAX_VALUES} values; a config needs far fewer "
+                     "(write the values out instead of nesting aliases)"], name)
+            continue
+        if key in sizes:
+            aliased = True
+            continue
+        if key in open_nodes:
+            line = node.start_mark.line + 1
+            raise ConfigError([f"{name}:{line}: an alias refers to the mapping or list it is inside of"], name)
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def _collect_lines(node: yaml.Node, loc: Loc, source: Source) -> None:
     """Record the line of every key path under ``node``; report duplicate keys."""
     if isinstance(node, yaml.MappingNode):
@@ -172,6 +239,8 @@ def _collect_lines(node: yaml.Node, loc: Loc, source: Source) -> None:
         for index, item in enumerate(node.value):
             source.lines[(*loc, index)] = item.start_mark.line + 1
             _collect_lines(item, (*loc, index), source)
+    elif isinstance(node, yaml.ScalarNode) and node.style is None and node.tag != _STR_TAG:
+        source.unquoted[loc] = node.value
 
 
 def expand_env(value: Any, env: Mapping[str, str], source: Source, loc: Loc = ()) -> Any:
@@ -220,7 +289,7 @@ def validate(model: type[BaseModel], source: Source) -> BaseModel:
     except ValidationError as exc:
         env_locs = [p.loc for p in source.problems]
         for error in exc.errors(include_url=False):
-            for problem in _explain(model, error):
+            for problem in _explain(model, error, source):
                 if not any(problem.loc[: len(bad)] == bad for bad in env_locs):
                     source.problems.append(problem)
         raise ConfigError(source.formatted_problems(), source.name) from None
@@ -236,6 +305,7 @@ _EXPECTED = {
     "int_from_float": "expected a whole number",
     "float_type": "expected a number",
     "float_parsing": "expected a number",
+    "finite_number": "expected a finite number",
     "bool_type": "expected true or false",
     "bool_parsing": "expected true or false",
     "string_type": "expected a string",
@@ -257,8 +327,43 @@ def _number(value: Any) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def _explain(model: type[BaseModel], error: Any) -> list[Problem]:
-    """Turn one pydantic error into problems."""
+def _explain(model: type[BaseModel], error: Any, source: Source) -> list[Problem]:
+    """Turn one pydantic error into problems, saying so when YAML read an unquoted value as a non-string."""
+    loc: Loc = tuple(error["loc"])
+    text = source.unquoted.get(loc)
+    if text is None:
+        return _explain_value(model, error)
+    value = error.get("input")
+    read_as = _yaml_reading(value)
+    if error["type"] == "string_type":
+        if is_secret(loc):
+            kind = "a boolean" if isinstance(value, bool) else "a number" if isinstance(value, int | float) \
+                else "a non-string"
+            return [Problem(loc, f"YAML reads the unquoted value as {kind}, expected a string; quote it")]
+        if text == "":
+            return [Problem(loc, f"the value is empty (YAML reads it as null), expected a string; "
+                                 f"write {loc[-1]}: '' for an empty string")]
+        return [Problem(loc, f"YAML reads the unquoted {text} as {read_as}, expected a string; "
+                             f"quote it: {loc[-1]}: {text!r}")]
+    problems = _explain_value(model, error)
+    if isinstance(value, bool) and text.lower() not in ("true", "false") and not is_secret(loc):
+        problems = [Problem(p.loc, f"{p.message} (YAML reads the unquoted {text} as {read_as})", p.line_loc)
+                    for p in problems]
+    return problems
+
+
+def _yaml_reading(value: Any) -> str:
+    """What YAML made of an unquoted scalar: ``the boolean true``, ``the number 668``, ``a date``."""
+    if isinstance(value, bool):
+        return f"the boolean {describe(value)}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if value is None:
+        return "null"
+    return f"a {type(value).__name__}"
+
+
+def _explain_value(model: type[BaseModel], error: Any) -> list[Problem]:
     loc: Loc = tuple(error["loc"])
     kind, found, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     if kind == "extra_forbidden":

@@ -68,5 +68,5 @@ async def run_local(config: LocalConfig, *, progress: bool = True, stop: asyncio
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``letsfrag run CONFIG``."""
-    config = load_local_config(args.config)
+    config = load_local_config(args.config, check_program=True)
     return asyncio.run(run_local(config, progress=not args.no_progress))

@@ -1,54 +1,81 @@
-"""Parsing of human durations (``500ms``, ``10s``, ``5m``) and sizes (``512MiB``, ``2GiB``)."""
+"""Human durations (``500ms``, ``10s``, ``3m05s``, ``1h02m``) and sizes (``512MiB``, ``2Gi``), both ways.
+
+Every duration :func:`format_duration` prints is read back by :func:`parse_duration` (to the printed
+precision), and every size :func:`format_size` prints by :func:`parse_size`.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB|TiB|K|M|G)?\s*$", re.IGNORECASE)
+_DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: one ``number unit`` part of a duration; ``ms`` before ``m`` so ``500ms`` is not ``500m`` + ``s``
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_BARE_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB|Ki|Mi|Gi|Ti|K|M|G|T)?", re.IGNORECASE)
 _SIZE_FACTORS = {
-    "b": 1, "k": 1024, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-    "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3, "tib": 1024**4,
+    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4,
+    "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
+_DURATION_HELP = "expected a duration like 500ms, 10s or 5m"
+_SIZE_HELP = "expected a size like 512MiB or 2GiB"
 
 
 def parse_duration(value: str | int | float) -> float:
-    """Return seconds for ``500ms``, ``10s``, ``5m``, ``1h``, ``2d`` or a bare number of seconds.
+    """Return seconds for ``500ms``, ``10s``, ``5m``, ``1h``, ``2d``, ``3m05s``, ``1h02m`` or bare seconds.
 
-    Raises ``ValueError`` with the expected format when the text is not a duration.
+    Raises ``ValueError`` with the expected format when the text is not a finite, non-negative duration.
     """
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 500ms, 10s or 5m, found {value!r}")
+        raise ValueError(f"{_DURATION_HELP}, found {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"{_DURATION_HELP} (a finite number), found {value!r}")
         if value < 0:
             raise ValueError(f"a duration cannot be negative, found {value!r}")
         return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"expected a duration like 500ms, 10s or 5m, found {value!r}")
-    number, unit = match.groups()
-    return float(number) * _DURATION_FACTORS[unit]
+    text = str(value).strip()
+    if _BARE_NUMBER.fullmatch(text):
+        return float(text)
+    total, position, units = 0.0, 0, []
+    for match in _DURATION_PART.finditer(text):
+        if text[position:match.start()].strip():
+            break
+        total += float(match.group(1)) * _DURATION_FACTORS[match.group(2)]
+        units.append(match.group(2))
+        position = match.end()
+    ordered = [_DURATION_FACTORS[u] for u in units]
+    if not units or text[position:].strip() or ordered != sorted(set(ordered), reverse=True):
+        raise ValueError(f"{_DURATION_HELP}, found {value!r}")
+    return total
 
 
-def parse_size(value: str | int) -> int:
-    """Return bytes for ``512MiB``, ``2GiB``, ``100MB`` or a bare number of bytes."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a size like 512MiB or 2GiB, found {value!r}")
+def parse_size(value: str | int | float) -> int:
+    """Return bytes for ``512MiB``, ``512Mi``, ``2GiB``, ``100MB``, ``1.5KiB`` or a bare number of bytes."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"{_SIZE_HELP}, found {value!r}")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"a size cannot be negative, found {value!r}")
         return value
-    match = _SIZE.match(str(value))
+    match = _SIZE.fullmatch(value.strip())
     if not match:
-        raise ValueError(f"expected a size like 512MiB or 2GiB, found {value!r}")
+        raise ValueError(f"{_SIZE_HELP}, found {value!r}")
     number, unit = match.groups()
     return int(float(number) * _SIZE_FACTORS[(unit or "b").lower()])
 
 
 def format_duration(seconds: float) -> str:
-    """Render seconds compactly for tables: ``850ms``, ``12s``, ``3m05s``, ``2h10m``, ``3d4h``."""
+    """Render seconds compactly for tables: ``850ms``, ``12s``, ``3m05s``, ``2h10m``, ``3d4h``.
+
+    :func:`parse_duration` reads every result back (within the shown precision).
+    """
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
@@ -72,7 +99,7 @@ def format_shard_range(shard_ids: Sequence[int], empty: str = "") -> str:
 
 
 def format_size(size: float) -> str:
-    """Render bytes compactly: ``512B``, ``1.5KiB``, ``88MiB``, ``2.0GiB``."""
+    """Render bytes compactly: ``512B``, ``1.5KiB``, ``88MiB``, ``2.0GiB`` (:func:`parse_size` reads them)."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
             return f"{size:.0f}{unit}" if unit in ("B", "MiB") else f"{size:.1f}{unit}"

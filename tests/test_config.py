@@ -94,6 +94,39 @@ BAD_INPUTS = [
     ("backoff max below initial", HOST_OK + "restart:\n  backoff: {initial: 10s, max: 5s}\n",
      "F:5: restart.backoff.max: expected at least initial (10s), found 5s"),
     ("mapping expected", "shards: 1\nlease: 10s\n", "F:2: lease: expected a mapping, found '10s'"),
+    ("infinite duration", "shards: 1\nlease: {ttl: .inf}\n",
+     "F:2: lease.ttl: expected a duration like 500ms, 10s or 5m (a finite number), found inf"),
+    ("nan duration", "shards: 1\nleader_ttl: .nan\n",
+     "F:2: leader_ttl: expected a duration like 500ms, 10s or 5m (a finite number), found nan"),
+    ("infinite number", HOST_OK + "restart:\n  backoff: {factor: .inf}\n",
+     "F:5: restart.backoff.factor: expected a finite number, found inf"),
+    ("redis port out of range", "shards: 1\nredis: redis://h:99999/0\n",
+     "F:2: redis.url: expected a port from 1 to 65535 after the host (redis://host:6379/0), found 'redis://h:99999/0'"),
+    ("redis port not a number", "shards: 1\nredis: redis://h:abc/0\n",
+     "F:2: redis.url: expected a port from 1 to 65535 after the host (redis://host:6379/0), found 'redis://h:abc/0'"),
+    ("redis database not a number", "shards: 1\nredis: redis://h:6379/zero\n",
+     "F:2: redis.url: expected a database number after the host (redis://host:6379/0), found 'redis://h:6379/zero'"),
+    ("unix url without path", "shards: 1\nredis: 'unix://'\n",
+     "F:2: redis.url: expected a socket path like unix:///run/redis.sock, found 'unix://'"),
+    ("yes is not a count", HOST_OK + "host:\n  capacity: yes\n",
+     "F:5: host.capacity: expected a whole number, found true (YAML reads the unquoted yes as the boolean true)"),
+    ("on is not a number", HOST_OK + "restart:\n  backoff: {jitter: on}\n",
+     "F:5: restart.backoff.jitter: expected a number, found true (YAML reads the unquoted on as the boolean true)"),
+    ("1 is not a flag", "shards: 1\nallow_eval: 1\n", "F:2: allow_eval: expected true or false, found 1"),
+    ("quoted yes is not a flag", "shards: 1\nallow_eval: 'yes'\n",
+     "F:2: allow_eval: expected true or false, found 'yes'"),
+    ("env value read as a boolean", HOST_OK + "  env: {DEBUG: on}\n",
+     "F:4: bot.env.DEBUG: YAML reads the unquoted on as the boolean true, expected a string; quote it: DEBUG: 'on'"),
+    ("env value read as octal", HOST_OK + "  env:\n    PIN: 01234\n",
+     "F:5: bot.env.PIN: YAML reads the unquoted 01234 as the number 668, expected a string; quote it: PIN: '01234'"),
+    ("env value read as a float", HOST_OK + "  env:\n    RATE: 1.0e+3\n",
+     "F:5: bot.env.RATE: YAML reads the unquoted 1.0e+3 as the number 1000.0, expected a string; "
+     "quote it: RATE: '1.0e+3'"),
+    ("env value empty", HOST_OK + "  env:\n    EMPTY:\n",
+     "F:5: bot.env.EMPTY: the value is empty (YAML reads it as null), expected a string; "
+     "write EMPTY: '' for an empty string"),
+    ("unquoted number as a string key", "shards: 1\nnamespace: 2024\n",
+     "F:2: namespace: YAML reads the unquoted 2024 as the number 2024, expected a string; quote it: namespace: '2024'"),
 ]
 
 
@@ -178,7 +211,7 @@ def test_secrets_never_appear_in_problems(tmp_path: Path) -> None:
     lines = problems(path)
     assert "hunter2" not in "\n".join(lines) and "12345" not in "\n".join(lines)
     assert "F:2: secret: expected a string, found ***" in lines
-    assert "F:6: token: expected a string, found ***" in lines
+    assert "F:6: token: YAML reads the unquoted value as a number, expected a string; quote it" in lines
     assert "F:4: redis.url: expected a URL starting with redis://, rediss:// or unix://, found " \
            "'http://user:***@h:1/0'" in lines
 
@@ -225,7 +258,7 @@ def test_secrets_are_masked(tmp_path: Path) -> None:
         bot:
           command: python bot.py --fast
           token: bottoken
-          env: {API_KEY: apikey, LOG_LEVEL: debug, WORKERS: 4}
+          env: {API_KEY: apikey, LOG_LEVEL: debug, WORKERS: "4"}
         """)
     config = load_host_config(path, env={})
     masked = config.masked_dict()
@@ -354,3 +387,78 @@ def test_public_interface() -> None:
                  "Duration", "Size", "detect_kind", "config_reference_markdown"):
         assert name in config_module.__all__ and hasattr(config_module, name)
     assert all(hasattr(config_module, name) for name in config_module.__all__)
+
+
+# ------------------------------------------------------------------------------- hostile YAML documents
+
+
+def _alias_bomb(levels: int) -> str:
+    text = 'a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]\n'
+    for level in range(1, levels):
+        text += f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 10) + "]\n"
+    return text
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    import time
+
+    path = write(tmp_path, _alias_bomb(7))  # 10**7 strings once expanded
+    started = time.monotonic()
+    assert problems(path) == [
+        "F:4: aliases expand it to more than 10000 values; a config needs far fewer "
+        "(write the values out instead of nesting aliases)"
+    ]
+    assert time.monotonic() - started < 2
+    assert check_config_file(path)[0] == 2
+
+
+def test_ordinary_aliases_still_work(tmp_path: Path) -> None:
+    path = write(tmp_path, "shards: 2\nlease: &l {ttl: 20s}\nhosts: {expected: 1}\n")
+    assert load_broker_config(path, env={}).lease.ttl == 20.0
+
+
+def test_recursive_alias_and_deep_nesting_are_refused(tmp_path: Path) -> None:
+    assert problems(write(tmp_path, "shards: &a [*a]\n")) == [
+        "F:1: an alias refers to the mapping or list it is inside of"
+    ]
+    deep = "shards: " + "[" * 100_000 + "]" * 100_000 + "\n"
+    assert problems(write(tmp_path, deep)) == [
+        "F:1: mappings and lists nested deeper than 32 levels; a config needs a handful"
+    ]
+
+
+# ------------------------------------------------------------------------------------ the bot program
+
+
+def test_config_check_finds_a_missing_bot_program(tmp_path: Path) -> None:
+    token = "  token: t0ken-value\n"
+    cases = {
+        "bot:\n  module: no_such_module_xyz.bot\n" + token:
+            f"F:2: bot.module: the module 'no_such_module_xyz.bot' is not found from '{tmp_path}'",
+        "bot:\n  module: examples.nope\n  cwd: " + str(ROOT) + "\n" + token:
+            f"F:2: bot.module: the module 'examples.nope' is not found from '{ROOT}'",
+        "bot:\n  module: json\n  cwd: missing-dir\n" + token:
+            f"F:3: bot.cwd: the working directory '{tmp_path / 'missing-dir'}' does not exist",
+        "bot:\n  command: no-such-program-xyz --flag\n" + token:
+            "F:2: bot.command: the program 'no-such-program-xyz' is not found on PATH",
+        "bot:\n  command: [./bot.sh]\n" + token:
+            f"F:2: bot.command: the program './bot.sh' does not exist (looked for '{tmp_path / 'bot.sh'}')",
+        "bot:\n  module: email\n" + token:
+            "F:2: bot.module: the module 'email' is a package without __main__.py",
+    }
+    import os
+
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        for text, expected in cases.items():
+            path = write(tmp_path, text)
+            code, output = check_config_file(path, env={})
+            assert code == 2, text
+            assert output.replace(str(path), "F").startswith(expected), output
+        for ok in ("bot:\n  module: examples.bot\n  cwd: " + str(ROOT) + "\n" + token,
+                   "bot:\n  command: [python, -c, pass]\n" + token, "bot:\n  module: json.tool\n" + token):
+            code, output = check_config_file(write(tmp_path, ok), env={})
+            assert code == 0, output
+    finally:
+        os.chdir(cwd)

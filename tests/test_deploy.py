@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from letsfrag.cli import build_parser
+from letsfrag.cli import build_parser, resolve_config
 from letsfrag.config import load_broker_config, load_host_config
 from letsfrag.units import parse_listen
 
@@ -64,9 +64,11 @@ def _parse_cli(args: list[str]) -> Any:
     """Parse ``args`` as the container's ENTRYPOINT (``letsfrag --log-format json``) would get them."""
     expanded = [re.sub(r"\$\((\w+)\)", lambda m: ENV[m.group(1)], arg) for arg in args]
     try:
-        return build_parser().parse_args(["--log-format", "json", *expanded])
-    except SystemExit as exc:
+        parsed = build_parser().parse_args(["--log-format", "json", *expanded])
+        parsed.config = resolve_config(parsed)
+    except (SystemExit, ValueError) as exc:
         raise AssertionError(f"letsfrag does not accept {args}") from exc
+    return parsed
 
 
 def test_every_manifest_parses_and_is_labelled() -> None:

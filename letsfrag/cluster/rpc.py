@@ -69,7 +69,7 @@ def resolve_path(root: Any, path: str, *, length: bool = False, allowed: Collect
     if not isinstance(path, str) or not path:
         raise RpcRefused("fetch needs a non-empty attribute path such as 'guilds' or 'user.name'")
     for part in path.split("."):
-        if not _NAME.match(part):
+        if not _NAME.fullmatch(part):
             raise RpcRefused(f"attribute path {path!r}: {part!r} is not a public attribute name")
     if path not in allowed:
         raise RpcRefused(

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 
 from letsfrag.config import HostConfig, load_host_config
+from letsfrag.config_common import check_name
 from letsfrag.connection import check_redis_credentials
 from letsfrag.errors import ConfigError
 from letsfrag.supervisor.manager import ClusterManager
 
 __all__ = ["run", "serve"]
 
-_HOST_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
 def _overrides(args: argparse.Namespace) -> tuple[str | None, int | None]:
     host_id = getattr(args, "host_id", None)
     capacity = getattr(args, "capacity", None)
-    if host_id is not None and not _HOST_ID.match(host_id):
-        raise ConfigError(f"--host-id: expected letters, digits, '_', '.' or '-' only, found {host_id!r}")
+    if host_id is not None:
+        try:
+            check_name(host_id)
+        except ValueError as exc:
+            raise ConfigError(f"--host-id: {exc}") from None
     if capacity is not None and capacity < 0:
         raise ConfigError(f"--capacity: expected a whole number >= 0, found {capacity}")
     return host_id, capacity
@@ -39,6 +39,6 @@ async def serve(config: HostConfig, *, host_id: str | None = None, capacity: int
 
 def run(args: argparse.Namespace) -> int:
     """The ``supervise`` subcommand (see :data:`letsfrag.cli.HANDLERS`)."""
-    config = load_host_config(args.config)
+    config = load_host_config(args.config, check_program=True)
     host_id, capacity = _overrides(args)
     return asyncio.run(serve(config, host_id=host_id, capacity=capacity))

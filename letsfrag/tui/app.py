@@ -192,15 +192,12 @@ class LetsfragTop(App[None]):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``letsfrag-top`` command line."""
+    """The ``letsfrag-top`` command line: the arguments of ``letsfrag top`` plus the global options."""
+    from letsfrag.cli import add_global_args, add_top_args
+
     parser = argparse.ArgumentParser(prog="letsfrag-top", description="Live dashboard of a letsfrag deployment.")
-    parser.add_argument("--redis", metavar="URL", help="Redis URL (overrides the config)")
-    parser.add_argument("--namespace", metavar="NS", help="key and channel prefix (default letsfrag)")
-    parser.add_argument("-c", "--config", metavar="FILE", help="broker, host or local config to read redis from")
-    parser.add_argument("--secret-env", metavar="VAR", default="LETSFRAG_SECRET",
-                        help="environment variable holding the signing secret (default LETSFRAG_SECRET)")
-    parser.add_argument("--readonly", action="store_true", help="refuse restart/drain actions")
-    parser.add_argument("--refresh", default="1s", help="refresh interval (default 1s)")
+    add_global_args(parser)
+    add_top_args(parser)
     return parser
 
 
@@ -231,8 +228,10 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``letsfrag-top`` console script."""
-    return run_from_args(build_parser().parse_args(argv))
+    """Entry point of the ``letsfrag-top`` console script (the same as ``letsfrag top``)."""
+    from letsfrag.cli import run_command
+
+    return run_command("top", build_parser().parse_args(argv), prog="letsfrag-top")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,18 @@ CASES = [
     Case("namespace-with-space", "broker", BROKER_OK + "namespace: 'my ns'\n", "namespace"),
     Case("max-message-bytes-bad", "broker", BROKER_OK + "max_message_bytes: lots\n", "max_message_bytes"),
     Case("missing-env-var", "broker", BROKER_OK + "secret: ${LETSFRAG_NO_SUCH_VAR_XYZ}\n", "secret"),
+    Case("inf-duration", "broker", BROKER_OK + "lease:\n  ttl: .inf\n", "lease.ttl"),
+    Case(
+        "alias-bomb",
+        "broker",
+        BROKER_OK + "x0: &x0 [a, a, a, a, a, a, a, a, a, a]\n"
+        + "".join(f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 10)}]\n" for i in range(1, 7)),
+        "aliases expand it to more than 10000 values",
+    ),
+    Case("deep-nesting", "broker", BROKER_OK + "x: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested deeper"),
     # host configs
+    Case("capacity-yes", "host", HOST_OK.replace("capacity: 2", "capacity: yes"), "host.capacity"),
+    Case("env-unquoted-on", "host", HOST_OK + "  env: {DEBUG: on}\n", "bot.env.DEBUG"),
     Case("host-capacity-negative", "host", HOST_OK.replace("capacity: 2", "capacity: -1"), "host.capacity"),
     Case("host-unknown-key", "host", HOST_OK + "hots: 1\n", "hots"),
     Case("bot-both-module-and-command", "host", HOST_OK + "  command: [python, bot.py]\n", "bot"),
