@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import LocalConfig, RedisSettings, load_config_file
 from .errors import ConfigError
-from .logs import register_secret
+from .logs import mask_urls, register_secrets_in
 
 __all__ = ["DEFAULT_REDIS_URL", "connection_from_args", "embedded_url", "tool_node_id"]
 
@@ -68,11 +68,12 @@ def connection_from_args(args: argparse.Namespace) -> tuple[RedisSettings | str,
     if getattr(args, "redis", None):
         url = str(args.redis)
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"--redis: expected a URL starting with redis://, rediss:// or unix://, found {url!r}")
+            raise ConfigError("--redis: expected a URL starting with redis://, rediss:// or unix://, "
+                              f"found {mask_urls(url)!r}")
         redis = url
     if getattr(args, "namespace", None):
         namespace = str(args.namespace)
     env_name = getattr(args, "secret_env", None) or "LETSFRAG_SECRET"
     secret = os.environ.get(env_name) or secret
-    register_secret(secret)
+    register_secrets_in({"secret": secret, "redis": redis})
     return redis, namespace, secret

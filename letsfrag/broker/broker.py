@@ -32,7 +32,7 @@ from letsfrag.clock import Clock, SystemClock
 from letsfrag.config import BrokerConfig
 from letsfrag.errors import BusError, DiscordSetupError, LetsfragError
 from letsfrag.events import Severity, emit
-from letsfrag.logs import register_secret
+from letsfrag.logs import register_secrets_in
 from letsfrag.protocol import Envelope, MessageType
 
 from .assignment import ClusterSpec
@@ -68,9 +68,7 @@ class ClusterBroker:
         self.budget_interval = budget_interval
         self.command_wait = command_wait
         secret = config.secret.get_secret_value() if config.secret else None
-        register_secret(secret)
-        if config.token is not None:
-            register_secret(config.token.get_secret_value())
+        register_secrets_in(config)
         self.bus = Bus(config.redis, node_id=f"broker:{self.broker_id}", namespace=config.namespace, secret=secret,
                        window=config.signature_window, max_bytes=config.max_message_bytes)
         self.keys = self.bus.keys

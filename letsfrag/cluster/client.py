@@ -50,7 +50,7 @@ from ..exitcodes import FATAL_CLOSE_CODES, ExitCode
 from ..identify import IdentifyCoordinator, IdentifyTimeout
 from ..ipc import IpcChannel
 from ..keys import Keys
-from ..logs import register_secret
+from ..logs import register_secrets_in
 from ..rpc import RpcCaller, cluster_node
 from . import gateway
 from .context import ClusterContext
@@ -100,8 +100,8 @@ class ClusterMixin(_Base):
             kwargs.setdefault("shard_ids", list(environment.shard_ids))
             kwargs.setdefault("shard_count", environment.shard_count)
             apply_discord_urls(environment)
-            for secret in (environment.token, environment.secret, environment.redis.get("password")):
-                register_secret(secret if isinstance(secret, str) else None)
+            register_secrets_in({"token": environment.token, "secret": environment.secret,
+                                 "redis": environment.redis})
         super().__init__(*args, **kwargs)
         self.cluster = ClusterContext(self, environment, error)
         self._lf_env = environment

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from ..ipc import IpcChannel
 from ..keys import Keys
+from ..logs import mask
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,11 @@ class HealthReporter:
         return heartbeat
 
     async def report_error(self, text: str) -> None:
-        """An unhandled exception: IPC ``error`` and ``{ns}:errors:cluster:{cid}`` (newest first, 20 kept)."""
+        """An unhandled exception: IPC ``error`` and ``{ns}:errors:cluster:{cid}`` (newest first, 20 kept).
+
+        Secrets quoted by the traceback (token, Redis password, signing secret) are masked first.
+        """
+        text = mask(text)
         if self.ipc is not None:
             await self.ipc.send("error", text=text)
         key = self.keys.cluster_errors(self.cluster_id)

@@ -4,6 +4,10 @@ The supervisor pipes each cluster's stdout and stderr here as raw bytes. When th
 ``max_bytes`` it is rotated (``.log`` -> ``.log.1`` -> ... -> ``.log.<backups>``, the oldest dropped), so a
 process that floods its output costs bounded disk. The last lines of stderr (and of stdout, as a fallback)
 are kept in memory for crash reports.
+
+Secrets are masked (:func:`letsfrag.logs.mask`) line by line before they reach the file: a traceback may
+quote the token, a Redis password or the signing secret. An unfinished line waits (per stream) for its end,
+for the next supervisor note or for the close, or is written once it passes ``MAX_PENDING`` bytes.
 """
 
 from __future__ import annotations
@@ -15,9 +19,19 @@ from collections import deque
 from pathlib import Path
 from typing import BinaryIO
 
+from letsfrag.logs import mask
+
 __all__ = ["ClusterLog", "log_path"]
 
 MAX_TAIL_LINE = 2000
+#: an unfinished line longer than this is written without waiting for its end
+MAX_PENDING = 64 * 1024
+
+
+def _masked(data: bytes) -> bytes:
+    text = data.decode("utf-8", "surrogateescape")
+    masked = mask(text)
+    return data if masked == text else masked.encode("utf-8", "surrogateescape")
 
 
 def log_path(directory: str | Path, cluster_id: int) -> Path:
@@ -67,6 +81,7 @@ class ClusterLog:
         self._stdout = _LineTail(tail_lines)
         self._file: BinaryIO | None = None
         self._size = 0
+        self._pending = {False: b"", True: b""}  # unfinished line of stdout / stderr
 
     def _open(self) -> BinaryIO:
         if self._file is None:
@@ -93,10 +108,26 @@ class ClusterLog:
         self._open()
 
     def write(self, data: bytes, *, stderr: bool = False) -> None:
-        """Append output of the cluster (rotating as needed) and remember its last lines."""
+        """Append output of the cluster (complete lines, secrets masked; rotating as needed) and remember its
+        last lines."""
         if not data:
             return
         (self._stderr if stderr else self._stdout).feed(data)
+        data = self._pending[stderr] + data
+        end = data.rfind(b"\n") + 1
+        if len(data) - end > MAX_PENDING:
+            end = len(data)
+        self._pending[stderr] = data[end:]
+        if end:
+            self._append(_masked(data[:end]))
+
+    def _flush_pending(self) -> None:
+        for stream, data in self._pending.items():
+            if data:
+                self._pending[stream] = b""
+                self._append(_masked(data))
+
+    def _append(self, data: bytes) -> None:
         handle = self._open()
         view = memoryview(data)
         while view:
@@ -113,6 +144,7 @@ class ClusterLog:
 
     def note(self, text: str) -> None:
         """A line from the supervisor itself (``--- letsfrag: started pid 123 ...``)."""
+        self._flush_pending()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         data = f"--- letsfrag {stamp}: {text}\n".encode()
         handle = self._open()
@@ -124,8 +156,8 @@ class ClusterLog:
         self._size += len(data)
 
     def tail(self) -> list[str]:
-        """The last stderr lines (the last stdout lines when stderr said nothing)."""
-        return self._stderr.text() or self._stdout.text()
+        """The last stderr lines (the last stdout lines when stderr said nothing), secrets masked."""
+        return [mask(line) for line in self._stderr.text() or self._stdout.text()]
 
     def reset_tail(self) -> None:
         """Forget remembered lines (a new process starts)."""
@@ -133,6 +165,9 @@ class ClusterLog:
         self._stdout.clear()
 
     def close(self) -> None:
+        """Write what is left of unfinished lines and close the file."""
+        with contextlib.suppress(OSError):
+            self._flush_pending()
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
