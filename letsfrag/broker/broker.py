@@ -325,7 +325,7 @@ class ClusterBroker:
             try:
                 await self.bus.publish(self.keys.host_inbox(host), MessageType.ASSIGN, {"host": host})
             except BusError as exc:
-                log.debug("could not ring %s: %s", host, exc)
+                log.debug("could not ring %r: %s", host, exc)
 
     # events and callbacks ---------------------------------------------------------------------------------
 

@@ -415,7 +415,7 @@ class ClusterMixin(_Base):
     async def _lf_fatal(self, code: int, reason: str) -> None:
         self.cluster.exit_code = ExitCode.FATAL_GATEWAY
         env = self.cluster.environment
-        log.error("cluster %s: fatal gateway close %s (%s); not restarting", env.cluster_id, code, reason)
+        log.error("cluster %s: fatal gateway close %r (%r); not restarting", env.cluster_id, code, reason)
         if self._lf_ipc is not None:
             await self._lf_ipc.send("fatal", code=code, reason=reason)
         await emit(self._lf_redis, Keys(env.namespace), Severity.ERROR, "fatal_gateway",
