@@ -97,3 +97,22 @@ def test_config_check_never_echoes_a_url_password(tmp_path: Path) -> None:
     assert "discord.gateway_url: expected a ws:// or wss:// URL, found 'http://user:***@gw.example/'" in out
     assert "redis.tls: needs a rediss:// url" in out
     assert "pw-in" not in out and "Traceback" not in out
+
+
+def test_a_cluster_process_masks_the_password_inside_letsfrag_redis_url(
+        logged: tuple[logging.Logger, io.StringIO]) -> None:
+    import discord
+
+    from letsfrag.cluster.client import ClusterShardClient
+    from letsfrag.environment import ClusterEnvironment
+
+    sent = ClusterEnvironment(cluster_id=0, shard_ids=(0,), shard_count=1, host_id="h", host_incarnation="i",
+                              epoch=1, redis={"url": "redis://:pw-in-url-Hy61@db:6379/0"}, token="tok-cluster-Wq33")
+    environ = sent.to_env()
+    assert "pw-in-url-Hy61" in environ["LETSFRAG_REDIS_URL"]
+    ClusterShardClient(intents=discord.Intents.none(), environment=ClusterEnvironment.from_env(environ))
+    log, stream = logged
+    setup_logging(0, "plain", stream)
+    log.warning("password %s from %s", "pw-in-url-Hy61", environ["LETSFRAG_REDIS_URL"].replace("redis://:", "x "))
+    text = stream.getvalue()
+    assert "password *** from x ***@db:6379/0" in text and "pw-in-url" not in text

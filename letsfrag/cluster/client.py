@@ -50,7 +50,7 @@ from ..exitcodes import FATAL_CLOSE_CODES, ExitCode
 from ..identify import IdentifyCoordinator, IdentifyTimeout
 from ..ipc import IpcChannel
 from ..keys import Keys
-from ..logs import register_secrets_in
+from ..logs import mask, register_secrets_in
 from ..rpc import RpcCaller, cluster_node
 from . import gateway
 from .context import ClusterContext
@@ -148,7 +148,7 @@ class ClusterMixin(_Base):
         try:
             super().run(token or env.token, **kwargs)
         except Exception:
-            traceback.print_exc()
+            print(mask(traceback.format_exc()), end="", file=sys.stderr, flush=True)
             raise SystemExit(int(ExitCode.FAILURE)) from None
         if self.cluster.exit_code:
             raise SystemExit(int(self.cluster.exit_code))
