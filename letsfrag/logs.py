@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
-    "SECRET_KEYS", "JsonFormatter", "escape_control", "mask", "mask_urls", "mask_value", "register_secret",
+    "SECRET_KEYS", "JsonFormatter", "escape_control", "json_text", "mask", "mask_urls", "mask_value", "register_secret",
     "register_secrets_in", "setup_logging", "url_password",
 ]
 
@@ -32,6 +32,7 @@ _SECRETS: set[str] = set()
 _ORDERED: tuple[str, ...] = ()  # longest first, so a secret containing another is masked whole
 _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^/@:\s]*:)([^/@\s]+)(@)", re.IGNORECASE)
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_RAW_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -105,6 +106,13 @@ def escape_control(text: str) -> str:
     return _CONTROL.sub(_escape, text)
 
 
+def json_text(value: Any, indent: int | None = None) -> str:
+    """JSON with non-ASCII text as is, but every control character escaped (``json`` leaves C1 controls such as
+    ``\\x9b`` and bidi overrides raw, and a terminal would act on them)."""
+    text = json.dumps(value, ensure_ascii=False, indent=indent)  # C0 controls inside strings are escaped already
+    return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+
+
 _TRACEBACKS = logging.Formatter()
 
 
@@ -149,7 +157,7 @@ class JsonFormatter(logging.Formatter):
             data["event"] = kind
         if record.exc_info or record.exc_text:
             data["exc"] = mask(record.exc_text or self.formatException(record.exc_info))  # type: ignore[arg-type]
-        return json.dumps(data, ensure_ascii=False)
+        return json_text(data)
 
 
 def setup_logging(verbosity: int = 0, fmt: str = "auto", stream: Any = None) -> None:

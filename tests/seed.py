@@ -163,9 +163,10 @@ async def _seed_events(redis: aioredis.Redis, keys: Keys, info: Seeded, now: flo
 
 
 #: what anyone who can write to Redis may put in a host id or an error: markup, a link, terminal escapes
-HOSTILE = "[/x][link=http://x]y[/link]\x1b]8;;http://e\x07\x1b[2J\nforged"
+#: (OSC 8 link, clear screen, 8-bit CSI), a bidi override and a newline
+HOSTILE = "[/x][link=http://x]y[/link]\x1b]8;;http://e\x07\x1b[2J\x9b\u202e\nforged"
 #: how :data:`HOSTILE` must be shown: literally, control characters as escapes
-HOSTILE_SHOWN = "[/x][link=http://x]y[/link]\\x1b]8;;http://e\\x07\\x1b[2J\\nforged"
+HOSTILE_SHOWN = "[/x][link=http://x]y[/link]\\x1b]8;;http://e\\x07\\x1b[2J\\x9b\\u202e\\nforged"
 
 
 async def seed_hostile(redis: aioredis.Redis, namespace: str = "letsfrag", cluster: int = 4,

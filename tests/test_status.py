@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from seed import HOSTILE_SHOWN, NOW, seed, seed_hostile
+from seed import HOSTILE, HOSTILE_SHOWN, NOW, seed, seed_hostile
 
 from letsfrag.cli import build_parser
 from letsfrag.connection import create_redis
@@ -76,6 +76,10 @@ async def test_hostile_strings_in_redis_are_shown_literally(redis_url: str,
     assert HOSTILE_SHOWN in flat, out  # the hosts table: id and hostname
     assert "\x1b" not in out and "\x07" not in out  # no escape reaches the terminal
     assert not any(line.startswith("forged") for line in out.splitlines())
+    code, out, err = await _status(capsys, "--json", "--redis", redis_url)
+    assert code == 1, err
+    assert HOSTILE in [h["id"] for h in json.loads(out)["hosts"]]
+    assert not any(c in out for c in "\x1b\x07\x9b\u202e")  # every control character escaped in the JSON
 
 
 async def test_lost_host_and_namespace(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
