@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import LocalConfig, RedisSettings, load_config_file
 from .config_common import check_redis_url
 from .errors import ConfigError
-from .logs import register_secret
+from .logs import mask_urls, register_secrets_in
 
 __all__ = ["DEFAULT_REDIS_URL", "connection_from_args", "embedded_url", "tool_node_id"]
 
@@ -70,10 +70,10 @@ def connection_from_args(args: argparse.Namespace) -> tuple[RedisSettings | str,
         try:
             redis = check_redis_url(str(args.redis))
         except ValueError as exc:
-            raise ConfigError(f"--redis: {exc}") from None
+            raise ConfigError(f"--redis: {mask_urls(str(exc))}") from None
     if getattr(args, "namespace", None):
         namespace = str(args.namespace)
     env_name = getattr(args, "secret_env", None) or "LETSFRAG_SECRET"
     secret = os.environ.get(env_name) or secret
-    register_secret(secret)
+    register_secrets_in({"secret": secret, "redis": redis})
     return redis, namespace, secret

@@ -223,14 +223,14 @@ class DiscordSettings(StrictModel):
     @classmethod
     def _http(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, found {value!r}")
+            raise ValueError(f"expected an http:// or https:// URL, found {mask_url(value)!r}")
         return value
 
     @field_validator("gateway_url")
     @classmethod
     def _ws(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("ws://", "wss://")):
-            raise ValueError(f"expected a ws:// or wss:// URL, found {value!r}")
+            raise ValueError(f"expected a ws:// or wss:// URL, found {mask_url(value)!r}")
         return value
 
 
@@ -252,9 +252,14 @@ class MetricsSettings(StrictModel):
 # ------------------------------------------------------------------------------------------------ common
 
 
+def is_secret_env_name(name: str) -> bool:
+    """True for a secret-looking environment variable name (``*TOKEN*``, ``*PASSWORD*``, ``*KEY*``...)."""
+    return any(word in name.upper() for word in _SECRET_ENV_WORDS)
+
+
 def mask_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` with the values of secret-looking names (``*TOKEN*``, ``*PASSWORD*``, ``*KEY*``...) as ``***``."""
-    return {k: "***" if any(word in k.upper() for word in _SECRET_ENV_WORDS) else v for k, v in env.items()}
+    """``env`` with the values of secret-looking names (:func:`is_secret_env_name`) as ``***``."""
+    return {k: "***" if is_secret_env_name(k) else v for k, v in env.items()}
 
 
 def _mask(value: Any) -> Any:

@@ -18,14 +18,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from letsfrag.errors import ConfigError
+from letsfrag.logs import SECRET_KEYS, mask_urls
 
 Loc = tuple[str | int, ...]
 
 #: key names whose values are secrets: never shown in problems
-SECRET_NAMES = frozenset({"token", "password", "secret"})
+SECRET_NAMES = SECRET_KEYS
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STR_TAG = "tag:yaml.org,2002:str"
-_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@:]*:)([^/@]*)(@)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,12 @@ class Source:
         self.problems.append(Problem(loc, message, line_loc))
 
     def format(self, problem: Problem) -> str:
-        """One problem line: ``file:line: key.path: message``."""
+        """One problem line: ``file:line: key.path: message`` (a URL password in the message shown as ``***``)."""
         line = self.line_of(problem.loc if problem.line_loc is None else problem.line_loc)
         where = f"{self.name}:{line}" if line is not None else self.name
         path = dotted(problem.loc)
-        return f"{where}: {path}: {problem.message}" if path else f"{where}: {problem.message}"
+        message = mask_url(problem.message)
+        return f"{where}: {path}: {message}" if path else f"{where}: {message}"
 
     def formatted_problems(self) -> list[str]:
         """Problems collected so far, in file order (problems without a line first)."""
@@ -87,8 +88,8 @@ def dotted(loc: Loc) -> str:
 
 
 def mask_url(url: str) -> str:
-    """Replace the password of a ``scheme://user:password@host`` URL by ``***``."""
-    return _URL_PASSWORD.sub(r"\1***\3", url)
+    """Replace the password of a ``scheme://user:password@host`` URL (anywhere in ``url``) by ``***``."""
+    return mask_urls(url)
 
 
 def is_secret(loc: Loc) -> bool:

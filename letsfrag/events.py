@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .keys import Keys
+from .logs import mask
 
 log = logging.getLogger("letsfrag.events")
 
@@ -74,10 +75,11 @@ async def emit(
     **context: Any,
 ) -> None:
     """Append an event to the stream and log it; a Redis failure is logged, never raised."""
+    message = mask(message)
     log.log(_LEVELS[severity], "%s", message, extra={"event_kind": kind})
     data = {"ts": f"{time.time():.3f}", "severity": str(severity), "kind": kind, "message": message,
             "source": source}
-    data.update({k: str(v) for k, v in context.items() if v is not None})
+    data.update({k: mask(str(v)) for k, v in context.items() if v is not None})
     try:
         await redis.xadd(keys.events, data, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
     except (RedisError, OSError) as exc:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from typing import Any
 
@@ -21,6 +20,7 @@ from .cli_connection import connection_from_args
 from .connection import check_redis_credentials, create_redis, display_url
 from .errors import ConfigError
 from .keys import Keys
+from .logs import escape_control, json_text
 from .snapshot import Snapshot, read_snapshot
 from .tui.format import CLUSTER_COLUMNS, HOST_COLUMNS, cluster_cells, host_cells, summary_text
 
@@ -81,7 +81,7 @@ async def run(args: argparse.Namespace) -> int:
             print(f"error: cannot reach Redis at {address}: {exc}", file=sys.stderr)
             return 2
         if getattr(args, "json", False):
-            print(json.dumps(snapshot.to_json(), ensure_ascii=False, indent=2))
+            print(json_text(snapshot.to_json(), indent=2))
         else:
             console.print(render(snapshot, address))
         return exit_code(snapshot)
@@ -101,12 +101,12 @@ async def _watch(redis: Any, keys: Keys, address: str, console: Console, as_json
                     snapshot = await _read(redis, keys)
                 except (RedisError, OSError) as exc:
                     code = 2
-                    live.update(Text(f"cannot reach Redis at {address}: {exc} (retrying)", style="bold red"),
+                    live.update(Text(escape_control(f"cannot reach Redis at {address}: {exc} (retrying)"),
+                                     style="bold red"),
                                 refresh=True)
                 else:
                     code = exit_code(snapshot)
-                    body: Any = json.dumps(snapshot.to_json(), ensure_ascii=False) if as_json else \
-                        render(snapshot, address)
+                    body: Any = Text(json_text(snapshot.to_json())) if as_json else render(snapshot, address)
                     live.update(body, refresh=True)
                 await asyncio.sleep(WATCH_INTERVAL)
         except (KeyboardInterrupt, asyncio.CancelledError):

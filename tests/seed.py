@@ -160,3 +160,30 @@ async def _seed_events(redis: aioredis.Redis, keys: Keys, info: Seeded, now: flo
                                 "message": f"cluster {cid} has no host (no capacity left)", "source": "broker:a",
                                 "cluster": str(cid)})
     await pipe.execute()
+
+
+#: what anyone who can write to Redis may put in a host id or an error: markup, a link, terminal escapes
+#: (OSC 8 link, clear screen, 8-bit CSI), a bidi override and a newline
+HOSTILE = "[/x][link=http://x]y[/link]\x1b]8;;http://e\x07\x1b[2J\x9b\u202e\nforged"
+#: how :data:`HOSTILE` must be shown: literally, control characters as escapes
+HOSTILE_SHOWN = "[/x][link=http://x]y[/link]\\x1b]8;;http://e\\x07\\x1b[2J\\x9b\\u202e\\nforged"
+
+
+async def seed_hostile(redis: aioredis.Redis, namespace: str = "letsfrag", cluster: int = 4,
+                       now: float = NOW) -> None:
+    """Move ``cluster`` (failed in :func:`seed`) to a host whose id, errors and events are :data:`HOSTILE`."""
+    keys = Keys(namespace)
+    pipe = redis.pipeline(transaction=False)
+    pipe.sadd(keys.hosts, HOSTILE)
+    pipe.hset(keys.host(HOSTILE), mapping={
+        "id": HOSTILE, "hostname": HOSTILE, "pid": 4999, "capacity": 4, "registered_at": f"{now - 60:.3f}",
+        "heartbeat_at": f"{now - 1:.3f}", "state": "up", "running": json.dumps({str(cluster): 99})})
+    pipe.set(keys.lease(HOSTILE), "x", px=3_600_000)
+    pipe.hset(keys.assignment, str(cluster), json.dumps({"host": HOSTILE, "epoch": 99}))
+    pipe.hset(keys.cluster_status(cluster), mapping={"host": HOSTILE, "epoch": 99, "last_error": HOSTILE,
+                                                     "reason": HOSTILE})
+    pipe.lpush(keys.cluster_errors(cluster), json.dumps({"ts": now - 1, "text": f"Traceback\n{HOSTILE}"}))
+    pipe.lpush(keys.cluster_restarts(cluster), json.dumps({"ts": now - 1, "reason": HOSTILE, "exit_code": 1}))
+    pipe.xadd(keys.events, {"ts": f"{now - 1:.3f}", "severity": "error", "kind": "cluster_crash",
+                            "message": HOSTILE, "source": f"host:{HOSTILE}", "cluster": str(cluster)})
+    await pipe.execute()

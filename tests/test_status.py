@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from seed import NOW, seed
+from seed import HOSTILE, HOSTILE_SHOWN, NOW, seed, seed_hostile
 
 from letsfrag.cli import build_parser
 from letsfrag.connection import create_redis
@@ -60,6 +60,26 @@ async def test_healthy_deployment_exits_0_and_prints_tables(redis_url: str,
     code, out, _ = await _status(capsys, "--redis", redis_url)
     assert code == 0
     assert "all shards ready" in out and "12–15" in out and "host-03" in out
+
+
+async def test_hostile_strings_in_redis_are_shown_literally(redis_url: str,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    redis = create_redis(redis_url)
+    try:
+        await seed(redis, now=time.time())
+        await seed_hostile(redis, now=time.time())
+    finally:
+        await redis.aclose()
+    code, out, err = await _status(capsys, "--redis", redis_url)
+    assert code == 1, err
+    flat = out.replace("\n", "")  # a long error cell may wrap
+    assert HOSTILE_SHOWN in flat, out  # the hosts table: id and hostname
+    assert "\x1b" not in out and "\x07" not in out  # no escape reaches the terminal
+    assert not any(line.startswith("forged") for line in out.splitlines())
+    code, out, err = await _status(capsys, "--json", "--redis", redis_url)
+    assert code == 1, err
+    assert HOSTILE in [h["id"] for h in json.loads(out)["hosts"]]
+    assert not any(c in out for c in "\x1b\x07\x9b\u202e")  # every control character escaped in the JSON
 
 
 async def test_lost_host_and_namespace(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:

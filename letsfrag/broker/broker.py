@@ -32,7 +32,7 @@ from letsfrag.clock import Clock, SystemClock
 from letsfrag.config import BrokerConfig
 from letsfrag.errors import BusError, DiscordSetupError, LetsfragError
 from letsfrag.events import Severity, emit
-from letsfrag.logs import register_secret
+from letsfrag.logs import register_secrets_in
 from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
 
@@ -70,9 +70,7 @@ class ClusterBroker:
         self.budget_interval = budget_interval
         self.command_wait = command_wait
         secret = config.secret.get_secret_value() if config.secret else None
-        register_secret(secret)
-        if config.token is not None:
-            register_secret(config.token.get_secret_value())
+        register_secrets_in(config)
         self.bus = Bus(config.redis, node_id=f"broker:{self.broker_id}", namespace=config.namespace, secret=secret,
                        window=config.signature_window, max_bytes=config.max_message_bytes)
         self.keys = self.bus.keys
@@ -348,7 +346,7 @@ class ClusterBroker:
             try:
                 await self.bus.publish(self.keys.host_inbox(host), MessageType.ASSIGN, {"host": host})
             except BusError as exc:
-                log.debug("could not ring %s: %s", host, exc)
+                log.debug("could not ring %r: %s", host, exc)
 
     # events and callbacks ---------------------------------------------------------------------------------
 

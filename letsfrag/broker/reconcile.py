@@ -172,7 +172,7 @@ class Reconciler:
         elif after is Verdict.LEAVING:
             await self._event(Severity.INFO, "host_leaving", f"host {host} is leaving", host=host)
         elif after is Verdict.LATE:
-            log.info("host %s: lease missing, waiting %.1fs grace before reassigning", host, self.config.lease.grace)
+            log.info("host %r: lease missing, waiting %.1fs grace before reassigning", host, self.config.lease.grace)
         elif after is Verdict.LOST:
             if record.state != "lost":
                 await self.store.hset(self.store.keys.host(host), {"state": "lost"})

@@ -50,7 +50,7 @@ from ..exitcodes import FATAL_CLOSE_CODES, ExitCode
 from ..identify import IdentifyCoordinator, IdentifyTimeout
 from ..ipc import IpcChannel
 from ..keys import Keys
-from ..logs import register_secret
+from ..logs import mask, register_secrets_in
 from ..rpc import RpcCaller, cluster_node
 from . import gateway
 from .context import ClusterContext
@@ -100,8 +100,8 @@ class ClusterMixin(_Base):
             kwargs.setdefault("shard_ids", list(environment.shard_ids))
             kwargs.setdefault("shard_count", environment.shard_count)
             apply_discord_urls(environment)
-            for secret in (environment.token, environment.secret, environment.redis.get("password")):
-                register_secret(secret if isinstance(secret, str) else None)
+            register_secrets_in({"token": environment.token, "secret": environment.secret,
+                                 "redis": environment.redis})
         super().__init__(*args, **kwargs)
         self.cluster = ClusterContext(self, environment, error)
         self._lf_env = environment
@@ -148,7 +148,7 @@ class ClusterMixin(_Base):
         try:
             super().run(token or env.token, **kwargs)
         except Exception:
-            traceback.print_exc()
+            print(mask(traceback.format_exc()), end="", file=sys.stderr, flush=True)
             raise SystemExit(int(ExitCode.FAILURE)) from None
         if self.cluster.exit_code:
             raise SystemExit(int(self.cluster.exit_code))
@@ -416,7 +416,7 @@ class ClusterMixin(_Base):
     async def _lf_fatal(self, code: int, reason: str) -> None:
         self.cluster.exit_code = ExitCode.FATAL_GATEWAY
         env = self.cluster.environment
-        log.error("cluster %s: fatal gateway close %s (%s); not restarting", env.cluster_id, code, reason)
+        log.error("cluster %s: fatal gateway close %r (%r); not restarting", env.cluster_id, code, reason)
         if self._lf_ipc is not None:
             await self._lf_ipc.send("fatal", code=code, reason=reason)
         await emit(self._lf_redis, Keys(env.namespace), Severity.ERROR, "fatal_gateway",

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from ..ipc import IpcChannel
 from ..keys import Keys
+from ..logs import mask
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +140,10 @@ class HealthReporter:
         """An unhandled exception: IPC ``error`` and ``{ns}:errors:cluster:{cid}`` (newest first, 20 kept).
 
         A text longer than :data:`ERROR_TEXT_MAX` loses its middle (a huge exception message must not flood
-        the IPC pipe or Redis).
+        the IPC pipe or Redis). Secrets quoted by the traceback (token, Redis password, signing secret) are
+        masked first.
         """
-        text = clip_middle(text)
+        text = clip_middle(mask(text))
         if self.ipc is not None:
             await self.ipc.send("error", text=text)
         key = self.keys.cluster_errors(self.cluster_id)

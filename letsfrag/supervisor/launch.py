@@ -16,9 +16,10 @@ from typing import Any
 from pydantic import SecretStr
 
 from letsfrag.config import HostConfig
+from letsfrag.config_common import is_secret_env_name
 from letsfrag.environment import ClusterEnvironment
 from letsfrag.ipc import ENV_IPC_FD
-from letsfrag.logs import register_secret
+from letsfrag.logs import register_secret, register_secrets_in
 
 __all__ = ["build_argv", "build_env", "cluster_environment", "parent_death_preexec", "plain_redis_settings"]
 
@@ -57,16 +58,14 @@ def plain_redis_settings(config: HostConfig) -> dict[str, Any]:
 
 
 def register_config_secrets(config: HostConfig) -> None:
-    """Mask the token, Redis passwords and the signing secret in every log line."""
-    register_secret(config.bot.token.get_secret_value())
-    if config.secret is not None:
-        register_secret(config.secret.get_secret_value())
-    if config.redis.password is not None:
-        register_secret(config.redis.password.get_secret_value())
+    """Mask the token, Redis passwords (also one inside ``redis.url``), the signing secret and the values of
+    secret-looking ``bot.env`` names in every log line and everything written to Redis."""
+    register_secrets_in(config)
     if config.bot.redis_password is not None:
         register_secret(config.bot.redis_password.get_secret_value())
-    if config.redis.sentinel is not None and config.redis.sentinel.password is not None:
-        register_secret(config.redis.sentinel.password.get_secret_value())
+    for name, value in config.bot.env.items():
+        if is_secret_env_name(name):
+            register_secret(value)
 
 
 def cluster_environment(

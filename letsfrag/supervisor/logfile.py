@@ -9,6 +9,10 @@ Writing never raises: a full disk, a log that cannot be opened or a write error 
 (:attr:`ClusterLog.write_errors`, :attr:`ClusterLog.last_write_error`), logged once per streak, and the data is
 dropped; the next write tries again (reopening the file). The cluster keeps running and its output pipes keep
 draining, so a logging problem never blocks a cluster or stops the supervisor.
+
+Secrets are masked (:func:`letsfrag.logs.mask`) line by line before they reach the file: a traceback may
+quote the token, a Redis password or the signing secret. An unfinished line waits (per stream) for its end,
+for the next supervisor note or for the close, or is written once it passes ``MAX_PENDING`` bytes.
 """
 
 from __future__ import annotations
@@ -21,11 +25,21 @@ from collections import deque
 from pathlib import Path
 from typing import BinaryIO
 
+from letsfrag.logs import mask
+
 __all__ = ["ClusterLog", "log_path"]
 
 log = logging.getLogger(__name__)
 
 MAX_TAIL_LINE = 2000
+#: an unfinished line longer than this is written without waiting for its end
+MAX_PENDING = 64 * 1024
+
+
+def _masked(data: bytes) -> bytes:
+    text = data.decode("utf-8", "surrogateescape")
+    masked = mask(text)
+    return data if masked == text else masked.encode("utf-8", "surrogateescape")
 
 
 def log_path(directory: str | Path, cluster_id: int) -> Path:
@@ -81,6 +95,7 @@ class ClusterLog:
         self._stdout = _LineTail(tail_lines)
         self._file: BinaryIO | None = None
         self._size = 0
+        self._pending = {False: b"", True: b""}  # unfinished line of stdout / stderr
 
     def _open(self) -> BinaryIO:
         if self._file is None:
@@ -105,7 +120,7 @@ class ClusterLog:
             log.warning("cannot write the cluster log %s (%s); its output is dropped until writing works again",
                         self.path, self.last_write_error)
         self.failing = True
-        self.close()  # the next write reopens the file (the disk may have room again, the path may be fixed)
+        self._close_file()  # the next write reopens the file (the disk may have room again, the path may be fixed)
 
     def _succeeded(self) -> None:
         if self.failing:
@@ -130,10 +145,26 @@ class ClusterLog:
         self._open()
 
     def write(self, data: bytes, *, stderr: bool = False) -> None:
-        """Append output of the cluster (rotating as needed) and remember its last lines; never raises."""
+        """Append output of the cluster (complete lines, secrets masked; rotating as needed) and remember its
+        last lines; never raises."""
         if not data:
             return
         (self._stderr if stderr else self._stdout).feed(data)
+        data = self._pending[stderr] + data
+        end = data.rfind(b"\n") + 1
+        if len(data) - end > MAX_PENDING:
+            end = len(data)
+        self._pending[stderr] = data[end:]
+        if end:
+            self._append(_masked(data[:end]))
+
+    def _flush_pending(self) -> None:
+        for stream, data in self._pending.items():
+            if data:
+                self._pending[stream] = b""
+                self._append(_masked(data))
+
+    def _append(self, data: bytes) -> None:
         try:
             handle = self._open()
             view = memoryview(data)
@@ -152,6 +183,7 @@ class ClusterLog:
 
     def note(self, text: str) -> None:
         """A line from the supervisor itself (``--- letsfrag: started pid 123 ...``); never raises."""
+        self._flush_pending()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         data = f"--- letsfrag {stamp}: {text}\n".encode()
         try:
@@ -166,8 +198,8 @@ class ClusterLog:
             self._succeeded()
 
     def tail(self) -> list[str]:
-        """The last stderr lines (the last stdout lines when stderr said nothing)."""
-        return self._stderr.text() or self._stdout.text()
+        """The last stderr lines (the last stdout lines when stderr said nothing), secrets masked."""
+        return [mask(line) for line in self._stderr.text() or self._stdout.text()]
 
     def reset_tail(self) -> None:
         """Forget remembered lines (a new process starts)."""
@@ -175,6 +207,11 @@ class ClusterLog:
         self._stdout.clear()
 
     def close(self) -> None:
+        """Write what is left of unfinished lines and close the file."""
+        self._flush_pending()
+        self._close_file()
+
+    def _close_file(self) -> None:
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()

@@ -3,6 +3,9 @@
 The manager only *marks* things (a status changed, a restart to record, an event); one flusher task writes
 them in pipelined batches. While Redis is away, statuses stay marked and are written when it returns;
 list entries are kept up to a bound, events are logged locally and dropped from the stream.
+
+Every string that goes to Redis passes :func:`letsfrag.logs.mask` first: crash output and exception text may
+quote the token, a Redis password or the signing secret.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from redis.exceptions import RedisError
 from letsfrag.bus import Bus
 from letsfrag.errors import BusError
 from letsfrag.events import EVENTS_MAXLEN, Severity
+from letsfrag.logs import mask, mask_value
 from letsfrag.protocol import MessageType
 from letsfrag.supervisor.state import ClusterView
 
@@ -63,8 +67,8 @@ def status_fields(view: ClusterView, host_id: str, now: float) -> dict[str, str]
         "last_heartbeat": _num(view.last_heartbeat),
         "exit_code": _num(view.exit_code),
         "exit_signal": _num(view.exit_signal),
-        "reason": view.reason,
-        "last_error": view.last_error,
+        "reason": mask(view.reason),
+        "last_error": mask(view.last_error),
         "next_restart_at": _num(view.next_restart_at),
         "guilds": _num(view.guilds),
         "latency": _num(view.latency, 4),
@@ -101,7 +105,8 @@ class Publisher:
         self._kick()
 
     def restart(self, cluster_id: int, entry: dict[str, Any]) -> None:
-        self._lists.append((self.keys.cluster_restarts(cluster_id), json.dumps(entry), RESTARTS_KEEP))
+        """An entry for the cluster's restart history (newest first)."""
+        self._lists.append((self.keys.cluster_restarts(cluster_id), json.dumps(mask_value(entry)), RESTARTS_KEEP))
         self._kick()
 
     def metric(self, cluster_id: int, entry: dict[str, Any]) -> None:
@@ -109,26 +114,28 @@ class Publisher:
         self._kick()
 
     def error(self, cluster_id: int, text: str) -> None:
-        entry = json.dumps({"ts": round(self._now(), 3), "text": text})
+        """Crash output or an exception of the cluster for ``{ns}:errors:cluster:{cid}`` (secrets masked)."""
+        entry = json.dumps({"ts": round(self._now(), 3), "text": mask(text)})
         self._lists.append((self.keys.cluster_errors(cluster_id), entry, ERRORS_KEEP))
         self._kick()
 
     def host_fields(self, fields: dict[str, str]) -> None:
         """Fields of this host's record to write (``running`` after a revoke completes)."""
-        self._host.update(fields)
+        self._host.update(mask_value(fields))
         self._kick()
 
     def message(self, type: MessageType, payload: dict[str, Any]) -> None:
         """A message for the broker inbox, sent after the pending key writes (e.g. ``cluster_stopped``)."""
-        self._messages.append((type, payload))
+        self._messages.append((type, mask_value(payload)))
         self._kick()
 
     def event(self, severity: Severity, kind: str, message: str, **context: Any) -> None:
         """Log an event now and append it to ``{ns}:events`` (kept until Redis takes it, like statuses)."""
+        message = mask(message)
         events_log.log(_LEVELS[severity], "%s", message, extra={"event_kind": kind})
         data = {"ts": f"{self._now():.3f}", "severity": str(severity), "kind": kind, "message": message,
                 "source": f"host:{self.host_id}", "host": self.host_id}
-        data.update({k: str(v) for k, v in context.items() if v is not None})
+        data.update({k: mask(str(v)) for k, v in context.items() if v is not None})
         self._events.append(data)
         self._kick()
 

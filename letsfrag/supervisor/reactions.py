@@ -62,7 +62,7 @@ class Reactions:
         elif op == "fenced":
             reason = str(message.get("reason") or "fenced")
             record.extra["fenced"] = reason
-            log.warning("cluster %d reports it is fenced: %s", record.cluster_id, reason)
+            log.warning("cluster %d reports it is fenced: %r", record.cluster_id, reason)
         elif op == "error":
             text = str(message.get("text") or "")[:20000]
             if text and self.m.publisher is not None:

@@ -24,6 +24,7 @@ from ..clock import Clock, SystemClock
 from ..config import RedisSettings
 from ..control import Control
 from ..errors import BusError, ConfigError
+from ..logs import escape_control
 from ..snapshot import Snapshot
 from ..units import parse_duration
 from .screens.cluster import ClusterScreen
@@ -129,7 +130,8 @@ class LetsfragTop(App[None]):
 
     def _refuse_readonly(self, what: str) -> bool:
         if self.readonly:
-            self.notify(f"read-only: {what} refused (started with --readonly)", severity="error")
+            self.notify(escape_control(f"read-only: {what} refused (started with --readonly)"), severity="error",
+                        markup=False)
         return self.readonly
 
     def confirm_restart_cluster(self, cluster_id: int) -> None:
@@ -174,7 +176,7 @@ class LetsfragTop(App[None]):
 
     @work(group="command")
     async def _command(self, label: str, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        self.notify(f"{label}: sent, waiting for the outcome…")
+        self.notify(escape_control(f"{label}: sent, waiting for the outcome…"), markup=False)
         try:
             control = await self.control()
         except BusError as exc:
@@ -182,8 +184,8 @@ class LetsfragTop(App[None]):
         else:
             outcome = await getattr(control, method)(*args, **kwargs)
         message = outcome.get("message") or ("done" if outcome.get("ok") else "failed")
-        self.notify(f"{label}: {message}", severity="information" if outcome.get("ok") else "error",
-                    timeout=8 if outcome.get("ok") else 15)
+        self.notify(escape_control(f"{label}: {message}"), severity="information" if outcome.get("ok") else "error",
+                    timeout=8 if outcome.get("ok") else 15, markup=False)
         self.request_read()
         return outcome
 

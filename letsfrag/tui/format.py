@@ -1,6 +1,10 @@
 """Pure formatting of snapshot rows into table cells, shared by ``letsfrag-top`` and ``letsfrag status``.
 
 No Textual here: only :mod:`rich` text, so the status command does not import the TUI framework.
+
+Every string read from Redis (host ids, states, errors, event messages) is anyone's who can write to Redis:
+it goes through :func:`plain` — a rich ``Text`` (never parsed as markup, so ``[/x]`` or ``[link=...]`` show
+literally) with control characters (terminal escapes, newlines) shown as escapes.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from typing import Any
 from rich.text import Text
 
 from ..events import Event
+from ..logs import escape_control
 from ..snapshot import ClusterRow, HostRow, Snapshot
 from ..units import format_duration, format_size
 
 __all__ = [
     "CLUSTER_COLUMNS", "CLUSTER_SORTS", "HOST_COLUMNS", "cluster_cells", "event_cells", "host_cells",
-    "matches", "state_style", "summary_text",
+    "matches", "plain", "plain_lines", "state_style", "summary_text",
 ]
 
 STATE_STYLES: dict[str, str] = {
@@ -54,6 +59,16 @@ CLUSTER_SORTS: dict[str, Callable[[ClusterRow], Any]] = {
 }
 
 
+def plain(value: object, style: str = "") -> Text:
+    """``value`` as literal text: no markup, control characters (ESC, newline...) as visible escapes."""
+    return Text(escape_control(str(value)), style=style)
+
+
+def plain_lines(value: object, style: str = "") -> Text:
+    """Like :func:`plain`, but keeps line breaks (a traceback in the cluster view)."""
+    return Text("\n".join(escape_control(line) for line in str(value).splitlines()), style=style)
+
+
 def state_style(state: str) -> str:
     return STATE_STYLES.get(state, "")
 
@@ -70,7 +85,7 @@ def host_cells(host: HostRow) -> tuple[Text | str, ...]:
     """Cells of one hosts-table row, in :data:`HOST_COLUMNS` order."""
     capacity = f"/{host.capacity}" if host.capacity is not None else ""
     return (
-        host.id, host.hostname, Text(host.state, style=state_style(host.state)),
+        plain(host.id), plain(host.hostname), plain(host.state, style=state_style(host.state)),
         Text(_dur(host.lease_age), style="" if host.lease else "red"),
         f"{len(host.clusters)}{capacity}", str(host.shards), _num(host.cpu_percent, "{:.1f}"),
         "–" if host.rss is None else format_size(host.rss), _dur(host.uptime),
@@ -83,19 +98,19 @@ def cluster_cells(cluster: ClusterRow) -> tuple[Text | str, ...]:
     ready_style = "green" if total and cluster.shards_ready == total else "yellow" if cluster.shards_ready else "red"
     if not cluster.assigned:
         red = "bold red"
-        return (Text(str(cluster.id), style=red), Text("–", style=red), Text(cluster.shard_range, style=red),
+        return (Text(str(cluster.id), style=red), Text("–", style=red), plain(cluster.shard_range, style=red),
                 Text(f"0/{total}", style=red), Text("unassigned", style=red), "", "", "", "", "", "", "", "",
-                Text("no host has capacity for it" if not cluster.last_error else cluster.last_error, style=red))
+                plain(cluster.last_error or "no host has capacity for it", style=red))
     latency = "–" if cluster.latency is None else f"{cluster.latency * 1000:.0f}ms"
     beat = Text(_dur(cluster.heartbeat_age), style=cluster.heartbeat_colour)
     error = cluster.last_error or (cluster.reason if cluster.state != "ready" else "")
     return (
-        str(cluster.id), cluster.host or "–", cluster.shard_range, Text(f"{cluster.shards_ready}/{total}",
-                                                                        style=ready_style),
-        Text(cluster.state, style=state_style(cluster.state)), _num(cluster.pid) if cluster.pid else "–",
+        str(cluster.id), plain(cluster.host or "–"), plain(cluster.shard_range),
+        Text(f"{cluster.shards_ready}/{total}", style=ready_style),
+        plain(cluster.state, style=state_style(cluster.state)), _num(cluster.pid) if cluster.pid else "–",
         Text(str(cluster.restarts), style="yellow" if cluster.restarts else ""), _dur(cluster.uptime),
         _num(cluster.cpu_percent, "{:.1f}"), "–" if cluster.rss is None else format_size(cluster.rss),
-        _num(cluster.guilds), latency, beat, Text(error[:80], style="red" if error else ""),
+        _num(cluster.guilds), latency, beat, plain(error[:80], style="red" if error else ""),
     )
 
 
@@ -103,8 +118,8 @@ def event_cells(event: Event, *, utc: bool = False) -> tuple[Text | str, ...]:
     """(time, severity, source, message) of one event; the time is HH:MM:SS, local or ``utc``."""
     clock = time.gmtime(event.ts) if utc else time.localtime(event.ts)
     style = SEVERITY_STYLES.get(str(event.severity), "")
-    return (time.strftime("%H:%M:%S", clock), Text(str(event.severity), style=style), event.source,
-            Text(event.message, style=style))
+    return (time.strftime("%H:%M:%S", clock), plain(event.severity, style=style), plain(event.source),
+            plain(event.message, style=style))
 
 
 def matches(cells: tuple[Text | str, ...], needle: str) -> bool:
@@ -117,13 +132,13 @@ def summary_text(snapshot: Snapshot | None, address: str, *, connected: bool = T
     """The one-line header: namespace, Redis, leader, hosts, clusters, shards, identify queue, errors."""
     text = Text()
     if snapshot is None:
-        text.append(f"Redis {address} ", style="bold")
+        text.append(f"Redis {escape_control(address)} ", style="bold")
         text.append("connecting…" if connected else "unreachable", style="yellow" if connected else "bold red")
         return text
     s = snapshot.summary()
-    text.append(f"{snapshot.namespace}", style="bold")
+    text.append(escape_control(snapshot.namespace), style="bold")
     text.append("  Redis ")
-    text.append(address, style="bold")
+    text.append(escape_control(address), style="bold")
     text.append(" ")
     if connected:
         text.append("●", style="green")
@@ -131,7 +146,7 @@ def summary_text(snapshot: Snapshot | None, address: str, *, connected: bool = T
         text.append(f"● down (data {_dur(data_age)} old)", style="bold red")
     leader = snapshot.leader.id
     text.append("  leader ")
-    text.append(leader or "none", style="bold" if leader else "bold red")
+    text.append(escape_control(leader) if leader else "none", style="bold" if leader else "bold red")
 
     def ratio(label: str, good: int, total: int) -> None:
         text.append(f"  {label} ")

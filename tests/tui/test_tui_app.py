@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from helpers import wait_until
 from rich.text import Text
-from textual.widgets import Input, Static
+from seed import HOSTILE, HOSTILE_SHOWN, seed_hostile
+from textual.widgets import Input, Label, Static
 from tui_support import SIZE, FakeInbox, make_app, seed_url
 
+from letsfrag.connection import create_redis
 from letsfrag.redis_server import RedisServer
 from letsfrag.tui.screens.cluster import ClusterScreen
 from letsfrag.tui.screens.confirm import ConfirmScreen
@@ -156,3 +158,52 @@ async def test_redis_outage_shows_banner_and_recovers(redis_server: RedisServer)
         await seed_url(redis_server.url, clusters=8)
         await wait_until(lambda: not banner.display and len(_clusters(app).row_keys) == 8, message="recovery")
         assert app.source.connected
+
+
+async def test_hostile_strings_from_redis_render_literally(redis_url: str) -> None:
+    await seed_url(redis_url)
+    redis = create_redis(redis_url)
+    try:
+        await seed_hostile(redis)
+    finally:
+        await redis.aclose()
+    app = make_app(redis_url)
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(app, pilot)
+        hosts = app.main_screen.query_one("#hosts", HostsTable)
+        await wait_until(lambda: HOSTILE in hosts.row_keys, message="the hostile host listed")
+        host_row = hosts.cells_of(HOSTILE)
+        assert host_row is not None and [str(c) for c in host_row[:2]] == [HOSTILE_SHOWN, HOSTILE_SHOWN]
+        row = _clusters(app).cells_of("4")
+        first_line = HOSTILE_SHOWN.split("\\n")[0]  # the table shows an error's first line
+        assert row is not None and str(row[1]) == HOSTILE_SHOWN and str(row[-1]) == first_line
+        events = app.main_screen.query_one("#events", EventsPane)
+        shown = [events.cells_of(key) for key in events.row_keys]
+        assert any(c is not None and str(c[2]) == f"host:{HOSTILE_SHOWN}" and str(c[3]) == HOSTILE_SHOWN
+                   for c in shown)
+        await pilot.pause()
+        assert "\x1b" not in app.export_screenshot()
+
+        _clusters(app).move_cursor(row=4)
+        await pilot.press("enter")
+        await wait_until(lambda: isinstance(app.screen, ClusterScreen) and app.screen.detail is not None)
+        await pilot.pause()
+        screen = app.screen
+        traceback = HOSTILE_SHOWN.replace("\\n", "\n")  # the errors pane keeps line breaks, escapes the rest
+        assert f"Traceback\n{traceback}" in str(screen.query_one("#errors", Static).render())
+        title = str(screen.query_one("#cluster-title", Static).render())
+        assert f"host {HOSTILE_SHOWN}" in title and f"reason: {HOSTILE_SHOWN}" in title
+        restarts = screen.query_one("#restarts", RestartsTable)
+        assert str(restarts.cells_of(restarts.row_keys[0])[2]) == HOSTILE_SHOWN  # type: ignore[index]
+        assert "\x1b" not in app.export_screenshot()
+
+        await pilot.press("escape")
+        await pilot.pause()
+        _clusters(app).move_cursor(row=4)
+        await pilot.press("d")  # the question names the cluster's (hostile) host
+        await wait_until(lambda: isinstance(app.screen, ConfirmScreen), message="drain question")
+        await pilot.pause()
+        question = str(app.screen.query_one("#question", Label).render())
+        assert question == f"Drain {HOSTILE_SHOWN}? Its clusters move to other hosts."
+        assert "\x1b" not in app.export_screenshot()
+        await pilot.press("n")

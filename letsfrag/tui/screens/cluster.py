@@ -15,9 +15,10 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Label, Static
 
+from ...logs import escape_control
 from ...snapshot import ClusterDetail
 from ...units import format_duration, format_size
-from ..format import state_style
+from ..format import plain, plain_lines, state_style
 from ..widgets.header import ConnectionBanner
 from ..widgets.sparklines import LabelledSparkline
 from ..widgets.tables import RestartsTable, ShardsTable
@@ -103,15 +104,16 @@ class ClusterScreen(Screen[None]):
         self.detail = detail
         c = detail.cluster
         title = Text(f"cluster {c.id}", style="bold")
-        title.append(f"  shards {c.shard_range}  host {c.host or '–'}  epoch {c.epoch if c.epoch else '–'}  ")
-        title.append(c.state, style=state_style(c.state))
+        title.append(f"  shards {escape_control(c.shard_range)}  host {escape_control(c.host or '–')}  "
+                     f"epoch {c.epoch if c.epoch else '–'}  ")
+        title.append(plain(c.state, style=state_style(c.state)))
         title.append(f"  pid {c.pid or '–'}  restarts {c.restarts}  uptime {_dur(c.uptime)}  ")
         title.append(f"heartbeat {_dur(c.heartbeat_age)}", style=c.heartbeat_colour)
         if c.reason:
-            title.append(f"  reason: {c.reason}", style="yellow")
+            title.append(plain(f"  reason: {c.reason}", style="yellow"))
         self.query_one("#cluster-title", Static).update(title)
         self.query_one("#shards", ShardsTable).sync([
-            (str(s.id), (str(s.id), Text(s.status, style=_shard_style(s.status)),
+            (str(s.id), (str(s.id), plain(s.status, style=_shard_style(s.status)),
                          "–" if s.latency is None else f"{s.latency * 1000:.0f}ms",
                          "–" if s.guilds is None else str(s.guilds), _dur(s.last_event_age), _dur(s.report_age)))
             for s in c.shards
@@ -124,7 +126,7 @@ class ClusterScreen(Screen[None]):
             ts = float(item.get("ts") or 0)
             code, sig = item.get("exit_code"), item.get("exit_signal")
             restarts.append((f"r{n}", (str(len(detail.restarts) - n), f"{_dur(max(0.0, now - ts))} ago",
-                                       str(item.get("reason", "")), str(code if code is not None else sig or "–"),
+                                       plain(item.get("reason", "")), plain(code if code is not None else sig or "–"),
                                        _dur(float(item["delay"])) if item.get("delay") is not None else "–")))
         self.query_one("#restarts", RestartsTable).sync(restarts)
         errors = Text()
@@ -132,7 +134,8 @@ class ClusterScreen(Screen[None]):
             ts = float(item.get("ts") or 0)
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts) if self.top.utc else time.localtime(ts))
             errors.append(f"── {stamp} ({_dur(max(0.0, now - ts))} ago)\n", style="bold red")
-            errors.append(str(item.get("text", "")).rstrip() + "\n\n")
+            errors.append(plain_lines(str(item.get("text", "")).rstrip()))
+            errors.append("\n\n")
         if not detail.errors:
             errors.append("no errors recorded", style="green")
         self.query_one("#errors", Static).update(errors)

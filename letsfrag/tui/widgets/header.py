@@ -7,6 +7,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
+from ...logs import escape_control
 from ...snapshot import Snapshot
 from ...units import format_duration
 from ..format import summary_text
@@ -38,7 +39,7 @@ class ConnectionBanner(Static):
         text = Text(f" Redis at {address} is unreachable", style="bold")
         if down_for is not None:
             text.append(f" for {format_duration(down_for)}")
-        text.append(f" ({error}). ")
+        text.append(f" ({escape_control(error)}). ")
         text.append("Showing data " + (f"{format_duration(data_age)} old" if data_age is not None else "—none yet"))
         text.append("; retrying…")
         self.update(text)

@@ -7,6 +7,8 @@ well          hello, heartbeats, ready; exits 0 on IPC ``stop``, SIGTERM or EOF
 crash         writes a traceback to stderr and exits 1 at once
 crash_after   ready, then raises after ``STUB_CRASH_AFTER`` seconds (exit 1)
 config        exits 78 (EX_CONFIG) with a message
+leak          prints ``LETSFRAG_REDIS_URL``, then raises an exception quoting the token, the Redis password, the
+              signing secret and ``STUB_API_KEY`` (exit 1): what a careless bot does
 fatal         reports fatal close 4004 over IPC, exits 77
 fenced        reports it is fenced over IPC, exits 75
 ignore_term   ready; ignores SIGTERM and IPC ``stop``
@@ -30,6 +32,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from letsfrag.ipc import IpcChannel
 
@@ -79,6 +82,11 @@ async def main() -> int:
         print('Traceback (most recent call last):\n  File "stub.py", line 1, in <module>', file=sys.stderr)
         print("RuntimeError: boom at start", file=sys.stderr, flush=True)
         return 1
+    if current == "leak":
+        url = os.environ["LETSFRAG_REDIS_URL"]
+        print(f"connecting to {url} with password {urlsplit(url).password}", flush=True)
+        raise RuntimeError(f"leak: token={os.environ['LETSFRAG_TOKEN']} password={urlsplit(url).password} "
+                           f"secret={os.environ.get('LETSFRAG_SECRET')} key={os.environ.get('STUB_API_KEY')}")
     if current == "config":
         print("config problem: the bot's settings are wrong", file=sys.stderr, flush=True)
         return 78
