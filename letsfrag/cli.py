@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError, LetsfragError
+from .lifeline import watch_lifeline
 from .logs import setup_logging
 
 #: subcommand -> "module:function" taking the parsed args and returning an exit code
@@ -159,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.parse_args(["config", "--help"])
         command = f"config {args.config_command}"
     setup_logging(-1 if args.quiet else args.verbose, args.log_format)
+    watch_lifeline()
     handler = _resolve(command)
     if handler is None:
         print(f"letsfrag {command}: not implemented yet", file=sys.stderr)
