@@ -7,7 +7,8 @@ Two mechanisms, because neither covers every case alone:
   *thread* that forked the child ends: spawn from a thread that outlives the child (the main thread).
 * :class:`Lifeline` is a pipe whose write end only the parent holds. Our own children (``letsfrag …``) watch
   the read end (:func:`watch_lifeline`, called by the command line); the kernel closes the write end when the
-  parent dies, the read returns end-of-file and the child SIGTERMs itself — any OS, any thread.
+  parent dies, the read returns end-of-file and the child SIGTERMs itself — any OS, any thread. For a program
+  that is not ours, :meth:`Lifeline.guard` starts a tiny watchdog that does the same on its behalf.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ctypes
 import os
 import signal
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -67,6 +69,16 @@ class Lifeline:
         """The fds to give ``subprocess.Popen(pass_fds=...)``."""
         return (self._read,)
 
+    def guard(self, pid: int, grace: float = 10.0) -> subprocess.Popen[bytes]:
+        """Start a watchdog that SIGTERMs ``pid`` (SIGKILL after ``grace`` seconds) when this lifeline closes.
+
+        It runs ``python -I -S`` (no site packages: a few MB, milliseconds to start) in its own session; kill
+        it before stopping ``pid`` on purpose.
+        """
+        return subprocess.Popen([sys.executable, "-I", "-S", "-c", _GUARD, str(self._read), str(pid), str(grace)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                pass_fds=self.pass_fds(), start_new_session=True)
+
     def close(self) -> None:
         """Close both ends (children watching it then stop, as if this process had died)."""
         for fd in (self._read, self._write):
@@ -100,3 +112,39 @@ def _watch(fd: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(STOP_GRACE)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: the watchdog of :meth:`Lifeline.guard`: wait for end-of-file on the lifeline, then stop the guarded pid
+_GUARD = """
+import os, select, signal, sys, time
+fd, pid, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+
+def gone():
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return True
+    try:  # a zombie nobody reaps (no init in a container) is gone too
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+while True:
+    try:
+        if select.select([fd], [], [], 1.0)[0] and not os.read(fd, 1):
+            break
+    except OSError:
+        break
+    if gone():  # the program ended on its own: nothing left to guard
+        sys.exit(0)
+deadline = time.monotonic() + grace
+try:
+    os.kill(pid, signal.SIGTERM)
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not gone():
+        os.kill(pid, signal.SIGKILL)
+except OSError:
+    pass
+"""

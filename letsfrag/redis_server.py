@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .errors import LetsfragError
-from .lifeline import parent_death_preexec
+from .lifeline import Lifeline, parent_death_preexec
 
 
 def find_redis_server() -> str:
@@ -53,9 +53,9 @@ class RedisServer:
 
     ``persist=True`` keeps an append-only file in ``data_dir`` so a restart recovers its data. ``port=0`` (with
     ``unix_socket``) opens no TCP listener. ``die_with_parent=True`` asks Linux to SIGTERM the server when the
-    thread calling :meth:`start` ends (see :mod:`letsfrag.lifeline`) and starts it in its own session, so a
-    Ctrl-C of the terminal reaches only its owner, which stops it last; ``pass_fds`` are inherited (a lock).
-    Its files are created private to this user (umask 077).
+    thread calling :meth:`start` ends, with a watchdog process as the fallback when this process dies (see
+    :mod:`letsfrag.lifeline`), and starts it in its own session, so a Ctrl-C of the terminal reaches only its
+    owner, which stops it last; ``pass_fds`` are inherited (a lock). Its files are private to this user.
     """
 
     def __init__(
@@ -83,6 +83,8 @@ class RedisServer:
         self.die_with_parent = die_with_parent
         self.pass_fds = pass_fds
         self.process: subprocess.Popen[bytes] | None = None
+        self._lifeline: Lifeline | None = None
+        self._guard: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -119,9 +121,13 @@ class RedisServer:
                 pass_fds=self.pass_fds, preexec_fn=parent_death_preexec() if self.die_with_parent else None,
                 start_new_session=self.die_with_parent,
             )
+            if self.die_with_parent:  # the fallback where PR_SET_PDEATHSIG is missing or its thread ended
+                self._lifeline = Lifeline()
+                self._guard = self._lifeline.guard(self.process.pid)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
+                    self._unguard()
                     errors.seek(0)
                     raise LetsfragError(f"redis-server exited at start (code {self.process.returncode}): "
                                         f"{self._start_failure(errors.read().decode(errors='replace'))}")
@@ -165,8 +171,18 @@ class RedisServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def _unguard(self) -> None:
+        if self._guard is not None:
+            self._guard.kill()
+            self._guard.wait()
+            self._guard = None
+        if self._lifeline is not None:
+            self._lifeline.close()
+            self._lifeline = None
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait for it."""
+        self._unguard()
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -180,6 +196,7 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL the server (a crash, for fault tests)."""
+        self._unguard()
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()

@@ -153,3 +153,19 @@ def test_watch_lifeline_ignores_a_missing_or_foreign_fd(tmp_path: Path) -> None:
     with open(tmp_path / "f", "w") as handle:  # a regular file, not the pipe: not ours to watch
         env = {ENV_LIFELINE_FD: str(handle.fileno())}
         assert watch_lifeline(env) is False and env == {}
+
+
+def test_lifeline_guard_stops_a_foreign_program_when_the_lifeline_closes() -> None:
+    lifeline = Lifeline()
+    program = subprocess.Popen(["sleep", "60"])
+    guard = lifeline.guard(program.pid)
+    try:
+        assert program.poll() is None and guard.poll() is None
+        lifeline.close()  # what the kernel does when the owner dies, SIGKILL included
+        assert program.wait(timeout=10) == -15
+        assert guard.wait(timeout=10) == 0
+    finally:
+        for process in (program, guard):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
