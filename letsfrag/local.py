@@ -7,7 +7,8 @@ its state. A lock on the directory makes a second ``letsfrag run`` there fail (e
 second writer of the same file. The URL is written to ``<embedded.dir>/redis.url`` for ``letsfrag status -c``
 and ``letsfrag-top -c``; without a configured ``secret`` a per-run signing secret is generated and written to
 ``<embedded.dir>/secret`` (both 0600; the cluster processes get it in their environment). The server dies with
-``letsfrag run``, even when that is SIGKILLed.
+``letsfrag run``, even when that is SIGKILLed. ``letsfrag run`` creates every file private to its user (umask
+077: cluster logs too; the bot's processes inherit it).
 """
 
 from __future__ import annotations
@@ -117,4 +118,5 @@ async def run_local(config: LocalConfig, *, progress: bool = True, stop: asyncio
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``letsfrag run CONFIG``."""
     config = load_local_config(args.config)
+    os.umask(0o077)
     return asyncio.run(run_local(config, progress=not args.no_progress))
