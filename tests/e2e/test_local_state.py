@@ -193,6 +193,16 @@ def test_shipped_local_config_runs_from_a_fresh_copy_private_to_its_user_and_die
                                                     "refused PermissionError", "refused PermissionError",
                                                     "refused PermissionError"], probe.stdout
 
+        # the tools of the same user find the socket and the per-run secret through the config
+        tool_env = {k: v for k, v in os.environ.items() if k != "LETSFRAG_SECRET"}
+        # (status: 0 or 1, its records may lag the simulator by a heartbeat; 2 would be "Redis unreachable")
+        for argv, codes in ((["status", "-c", "configs/local.yaml"], (0, 1)),
+                            (["restart", "-c", "configs/local.yaml", "--cluster", "1", "--timeout", "60s"], (0,))):
+            tool = subprocess.run([sys.executable, "-m", "letsfrag", *argv], cwd=copy, env=tool_env,
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90)
+            assert tool.returncode in codes, f"{argv}: {tool.stdout[-1500:]}{tool.stderr[-1500:]}"
+
+        tree = marked(mark, copy)
         assert len(tree) >= 4, f"run, redis-server and two clusters: {tree}"
         run.kill()  # SIGKILL: no handler runs; every child must notice on its own
         run.wait()
