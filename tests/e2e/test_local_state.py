@@ -272,9 +272,9 @@ def test_demo_sigkilled_leaves_nothing_behind() -> None:
         def progress() -> bool:
             nonlocal workdir
             line = demo.stdout.readline() if demo.stdout else ""
-            found = re.search(r"(/\S*letsfrag-demo-[A-Za-z0-9_]+)", line)  # (the console may wrap its lines)
-            if found and not workdir.startswith("/"):
-                workdir = found.group(1)
+            found = re.search(re.escape(tempfile.gettempdir()) + r"/letsfrag-demo-[A-Za-z0-9_]+", line)
+            if found and not workdir.startswith("/"):  # (not after "logs in": the console may wrap lines)
+                workdir = found.group(0)
             return "shards READY" in line
 
         wait_until_sync(progress, timeout=60, message="the demo's first progress line")
