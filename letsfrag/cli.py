@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError, LetsfragError
+from .lifeline import watch_lifeline
 from .logs import setup_logging
 
 #: subcommand -> "module:function" taking the parsed args and returning an exit code
@@ -245,6 +246,7 @@ def run_command(command: str, args: argparse.Namespace, prog: str | None = None)
         return 2
     verbose = int(getattr(args, "verbose", 0) or 0) + int(getattr(args, "verbose_after", 0) or 0)
     setup_logging(-1 if args.quiet else verbose, args.log_format)
+    watch_lifeline()
     handler = _resolve(command)
     if handler is None:
         print(f"letsfrag {command}: not implemented yet", file=sys.stderr)

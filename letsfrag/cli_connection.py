@@ -2,8 +2,9 @@
 
 Precedence: ``--redis`` and ``--namespace`` override the config file; the secret comes from the environment
 variable named by ``--secret-env`` (default ``LETSFRAG_SECRET``), else from the config. For a local config
-with ``redis: embedded`` the URL is the one the running ``letsfrag run`` wrote to ``<embedded.dir>/redis.url``
-(looked up relative to the working directory, then to the config file's directory).
+with ``redis: embedded`` the URL (and, when the config sets no secret, the per-run signing secret) are the ones
+the running ``letsfrag run`` wrote to ``<embedded.dir>/redis.url`` and ``<embedded.dir>/secret`` (a relative
+``embedded.dir`` is looked up relative to the working directory, as ``letsfrag run`` does).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from pathlib import Path
 
 from .config import LocalConfig, RedisSettings, load_config_file
 from .config_common import check_redis_url
+from .embedded import EmbeddedDir
 from .errors import ConfigError
 from .logs import mask_urls, register_secrets_in
 
 __all__ = ["DEFAULT_REDIS_URL", "connection_from_args", "embedded_url", "tool_node_id"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-#: the file ``letsfrag run`` writes the embedded server's URL to, inside ``embedded.dir``
-EMBEDDED_URL_FILE = "redis.url"
 
 
 def tool_node_id() -> str:
@@ -32,21 +32,13 @@ def tool_node_id() -> str:
 
 def embedded_url(config: LocalConfig, config_path: str | Path) -> str:
     """The URL of the embedded Redis of a running ``letsfrag run``; ``ConfigError`` if none is running."""
-    directory = Path(config.embedded.dir)
-    candidates = [directory] if directory.is_absolute() else [Path.cwd() / directory,
-                                                               Path(config_path).parent / directory]
-    for candidate in candidates:
-        url_file = candidate / EMBEDDED_URL_FILE
-        try:
-            url = url_file.read_text().strip()
-        except OSError:
-            continue
-        if url:
-            return url
-    shown = ", ".join(str(c / EMBEDDED_URL_FILE) for c in candidates)
+    state = EmbeddedDir.of(config)
+    url = state.read(EmbeddedDir.URL)
+    if url:
+        return url
     raise ConfigError(
-        f"{config_path}: redis is 'embedded' but no running `letsfrag run` was found (no {shown}); "
-        "start `letsfrag run` first or pass --redis URL"
+        f"{config_path}: redis is 'embedded' but no running `letsfrag run` was found (no readable "
+        f"{state.path / EmbeddedDir.URL}); start `letsfrag run` first (in the same directory) or pass --redis URL"
     )
 
 
@@ -61,9 +53,10 @@ def connection_from_args(args: argparse.Namespace) -> tuple[RedisSettings | str,
         namespace = config.namespace
         secret = config.secret.get_secret_value() if config.secret is not None else None
         if config.redis.embedded:
+            assert isinstance(config, LocalConfig)
             if not getattr(args, "redis", None):
-                assert isinstance(config, LocalConfig)
                 redis = embedded_url(config, config_path)
+            secret = secret or EmbeddedDir.of(config).read(EmbeddedDir.SECRET)
         else:
             redis = config.redis
     if getattr(args, "redis", None):

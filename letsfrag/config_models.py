@@ -238,8 +238,10 @@ class HostSettings(StrictModel):
 class EmbeddedSettings(StrictModel):
     """The private redis-server of ``letsfrag run`` when ``redis: embedded``."""
 
-    dir: str = Field(default=".letsfrag", description="directory for its socket, pid and log files")
-    port: Int = Field(default=0, ge=0, le=65535, description="TCP port on 127.0.0.1; 0: pick a free one")
+    dir: str = Field(default=".letsfrag", description="private (0700) directory of its unix socket, data, lock, "
+                     "URL and secret files; relative: to the working directory")
+    port: Int = Field(default=0, ge=0, le=65535, description="also listen on this TCP port of 127.0.0.1, "
+                      "with a random password; 0: the unix socket only")
 
 
 class LocalSettings(StrictModel):

@@ -4,7 +4,8 @@ Embedded Redis, the simulated Discord (with a stream of ``!ping`` traffic), a br
 separate processes running ``examples/bot.py`` (a :class:`~letsfrag.rehearsal.Rehearsal`); then the dashboard
 or, with ``--headless``, progress lines and a final verdict. After ``--kill-after`` one host (its supervisor and
 clusters) is SIGKILLed so the operator sees failover. ``--headless`` exits 0 only if every shard ended READY with
-0 identify violations and 0 duplicate sessions, as counted by the simulator.
+0 identify violations and 0 duplicate sessions, as counted by the simulator. Redis listens only on a unix socket
+in the demo's private folder; every process the demo started stops when the demo dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ async def run_demo(settings: RehearsalSettings, *, duration: float, kill_after: 
     workdir = Path(tempfile.mkdtemp(prefix="letsfrag-demo-"))
     rehearsal = Rehearsal(settings, workdir)
     try:
-        await asyncio.to_thread(rehearsal.start)
+        rehearsal.start()  # in the loop's thread, which outlives Redis (its parent-death signal is tied to it)
         console.print(f"letsfrag demo: {settings.hosts} hosts, {settings.shards} shards in {settings.clusters} "
                       f"clusters; Redis {rehearsal.redis_url}; simulator {rehearsal.sim_url}; logs in {workdir}")
         if headless:
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     settings = RehearsalSettings(hosts=args.hosts, shards=args.shards, shards_per_cluster=args.shards_per_cluster,
-                                 traffic_rate=5.0, namespace="demo")
+                                 traffic_rate=5.0, namespace="demo", redis_socket=True, redis_dies_with_parent=True)
     return asyncio.run(_until_signalled(run_demo(settings, duration=duration, kill_after=kill_after,
                                                  headless=args.headless)))
 

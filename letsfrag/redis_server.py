@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .errors import LetsfragError
+from .lifeline import Lifeline, parent_death_preexec
 
 
 def find_redis_server() -> str:
@@ -50,7 +51,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 class RedisServer:
     """A ``redis-server`` child process bound to loopback (or a unix socket).
 
-    ``persist=True`` keeps an append-only file in ``data_dir`` so a restart recovers its data.
+    ``persist=True`` keeps an append-only file in ``data_dir`` so a restart recovers its data. ``port=0`` (with
+    ``unix_socket``) opens no TCP listener. ``die_with_parent=True`` asks Linux to SIGTERM the server when the
+    thread calling :meth:`start` ends, with a watchdog process as the fallback when this process dies (see
+    :mod:`letsfrag.lifeline`), and starts it in its own session, so a Ctrl-C of the terminal reaches only its
+    owner, which stops it last; ``pass_fds`` are inherited (a lock). Its files are private to this user.
     """
 
     def __init__(
@@ -62,15 +67,24 @@ class RedisServer:
         unix_socket: str | Path | None = None,
         password: str | None = None,
         extra_args: list[str] | None = None,
+        die_with_parent: bool = False,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
+        if port == 0 and not unix_socket:
+            raise ValueError("port 0 (no TCP listener) needs a unix_socket")
         self.port = port if port is not None else free_port()
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="letsfrag-redis-"))
+        # absolute: redis-server changes into --dir before it opens --logfile
+        self.data_dir = (Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="letsfrag-redis-"))).absolute()
         self.persist = persist
-        self.unix_socket = str(unix_socket) if unix_socket else None
+        self.unix_socket = str(Path(unix_socket).absolute()) if unix_socket else None
         self.password = password
         self.extra_args = list(extra_args or [])
+        self.die_with_parent = die_with_parent
+        self.pass_fds = pass_fds
         self.process: subprocess.Popen[bytes] | None = None
+        self._lifeline: Lifeline | None = None
+        self._guard: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -101,20 +115,37 @@ class RedisServer:
         if self.running:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            self._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = self.data_dir / "redis.log"
-                tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
-                raise LetsfragError(f"redis-server exited at start (code {self.process.returncode}): {tail}")
-            if self._ping():
-                return
-            time.sleep(0.02)
+        with tempfile.TemporaryFile() as errors:
+            self.process = subprocess.Popen(
+                self._argv(), stdin=subprocess.DEVNULL, stdout=errors, stderr=errors, umask=0o077,
+                pass_fds=self.pass_fds, preexec_fn=parent_death_preexec() if self.die_with_parent else None,
+                start_new_session=self.die_with_parent,
+            )
+            if self.die_with_parent:  # the fallback where PR_SET_PDEATHSIG is missing or its thread ended
+                self._lifeline = Lifeline()
+                self._guard = self._lifeline.guard(self.process.pid)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    self._unguard()
+                    errors.seek(0)
+                    raise LetsfragError(f"redis-server exited at start (code {self.process.returncode}): "
+                                        f"{self._start_failure(errors.read().decode(errors='replace'))}")
+                if self._ping():
+                    return
+                time.sleep(0.02)
         self.stop()
-        raise LetsfragError(f"redis-server did not answer on port {self.port} within {timeout:.0f}s")
+        where = self.unix_socket if self.unix_socket else f"port {self.port}"
+        raise LetsfragError(f"redis-server did not answer on {where} within {timeout:.0f}s")
+
+    def _start_failure(self, output: str) -> str:
+        """Why the server would not start: its own output, else the end of its log file."""
+        log = self.data_dir / "redis.log"
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        if not lines:
+            with contextlib.suppress(OSError):
+                lines = [line.strip() for line in log.read_text(errors="replace").splitlines()[-3:]]
+        return " / ".join(lines[-6:]) or f"no output (log {log})"
 
     def _ping(self) -> bool:
         try:
@@ -140,8 +171,18 @@ class RedisServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def _unguard(self) -> None:
+        if self._guard is not None:
+            self._guard.kill()
+            self._guard.wait()
+            self._guard = None
+        if self._lifeline is not None:
+            self._lifeline.close()
+            self._lifeline = None
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait for it."""
+        self._unguard()
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -155,6 +196,7 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL the server (a crash, for fault tests)."""
+        self._unguard()
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()

@@ -2,7 +2,8 @@
 
 ``letsfrag demo``, the end-to-end and chaos tests and the benchmarks all run deployments through this one
 class, so that what the demo shows is what the tests prove. Every process is started in its own session and
-every one of them (with its children) is stopped by :meth:`Rehearsal.close`.
+every one of them (with its children) is stopped by :meth:`Rehearsal.close`; the simulator, brokers and hosts
+also stop by themselves when the process owning the rehearsal dies (a :class:`~letsfrag.lifeline.Lifeline`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import psutil
 
 from .errors import LetsfragError
 from .events import Event
+from .lifeline import Lifeline
 from .redis_server import RedisServer
 
 EXAMPLE_BOT = Path(__file__).resolve().parent.parent / "examples" / "bot.py"
@@ -70,6 +72,10 @@ class RehearsalSettings:
     restart_window: float | None = None
     #: the whole ``redis:`` entry of every config as YAML (e.g. a Sentinel mapping); unset: the rehearsal's URL
     redis_yaml: str | None = None
+    #: Redis only on a unix socket in ``workdir`` (no TCP port other users could reach)
+    redis_socket: bool = False
+    #: SIGTERM Redis when the thread that started it ends (start it from the main thread; see lifeline)
+    redis_dies_with_parent: bool = False
 
     @property
     def clusters(self) -> int:
@@ -112,6 +118,7 @@ class Rehearsal:
     #: a Redis this rehearsal did not start (e.g. the current master behind Sentinel); ``start(redis=False)``
     external_redis_url: str | None = None
     _files: list[IO[bytes]] = field(default_factory=list)
+    _lifeline: Lifeline | None = None
 
     # -------------------------------------------------------------------------------------------- start
 
@@ -127,7 +134,11 @@ class Rehearsal:
 
     def start_redis(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(data_dir=self.workdir / "redis", persist=self.settings.redis_persist)
+        s = self.settings
+        self.redis = RedisServer(port=0 if s.redis_socket else None, data_dir=self.workdir / "redis",
+                                 persist=s.redis_persist,
+                                 unix_socket=self.workdir / "redis.sock" if s.redis_socket else None,
+                                 die_with_parent=s.redis_dies_with_parent)
         self.redis.start()
 
     def stop_redis(self) -> None:
@@ -157,6 +168,13 @@ class Rehearsal:
         self._files.append(handle)
         return handle
 
+    @property
+    def lifeline(self) -> Lifeline:
+        """The pipe our children watch: they stop when this process dies (closed by :meth:`close`)."""
+        if self._lifeline is None:
+            self._lifeline = Lifeline()
+        return self._lifeline
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update({"REHEARSAL_SECRET": self.secret, "BOT_TOKEN": self.token, "PYTHONUNBUFFERED": "1"})
@@ -171,8 +189,9 @@ class Rehearsal:
             "--identify-window", f"{s.identify_window}s", "--heartbeat-interval", f"{s.sim_heartbeat_interval}s",
             "--ack-delay", f"{s.sim_ack_delay}s", "--traffic-rate", str(s.traffic_rate), "--token", self.token,
         ]
-        self.sim = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=self.log_file("sim"), start_new_session=True)
+        self.sim = subprocess.Popen(argv, env={**os.environ, **self.lifeline.env()}, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=self.log_file("sim"), start_new_session=True,
+                                    pass_fds=self.lifeline.pass_fds())
         assert self.sim.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -231,8 +250,9 @@ class Rehearsal:
 
     def _letsfrag(self, *args: str, name: str) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "letsfrag", "--log-format", "plain", *args]
-        return subprocess.Popen(argv, env=self.env(), stdin=subprocess.DEVNULL, stdout=self.log_file(name),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(argv, env={**self.env(), **self.lifeline.env()}, stdin=subprocess.DEVNULL,
+                                stdout=self.log_file(name), stderr=subprocess.STDOUT, start_new_session=True,
+                                pass_fds=self.lifeline.pass_fds())
 
     def start_broker(self, broker_id: str = "b0") -> subprocess.Popen[bytes]:
         path = self.workdir / "broker.yaml"
@@ -393,6 +413,9 @@ class Rehearsal:
         for handle in self._files:
             with contextlib.suppress(OSError):
                 handle.close()
+        if self._lifeline is not None:
+            self._lifeline.close()
+            self._lifeline = None
         return [p.pid for p in alive]
 
     def __enter__(self) -> Rehearsal:

@@ -1,4 +1,4 @@
-"""How a cluster process is launched: its argv, its environment and the parent-death signal.
+"""How a cluster process is launched: its argv, its environment and the parent-death signal (from lifeline).
 
 Secrets travel only in the environment (``LETSFRAG_TOKEN``, ``LETSFRAG_REDIS``, ``LETSFRAG_SECRET``), never in
 argv, where ``ps`` would show them to every user of the machine.
@@ -6,11 +6,9 @@ argv, where ``ps`` would show them to every user of the machine.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import SecretStr
@@ -19,11 +17,10 @@ from letsfrag.config import HostConfig
 from letsfrag.config_common import is_secret_env_name
 from letsfrag.environment import ClusterEnvironment
 from letsfrag.ipc import ENV_IPC_FD
+from letsfrag.lifeline import parent_death_preexec  # the cluster's preexec_fn (re-exported)
 from letsfrag.logs import register_secret, register_secrets_in
 
 __all__ = ["build_argv", "build_env", "cluster_environment", "parent_death_preexec", "plain_redis_settings"]
-
-PR_SET_PDEATHSIG = 1
 
 
 def build_argv(config: HostConfig) -> list[str]:
@@ -120,25 +117,3 @@ def build_env(config: HostConfig, environment: ClusterEnvironment, ipc_fd: int,
     env[ENV_IPC_FD] = str(ipc_fd)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
-
-
-def parent_death_preexec() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when the supervisor dies (None elsewhere).
-
-    If the supervisor already died between fork and exec, the child terminates itself at once.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def _preexec() -> None:  # runs in the child between fork and exec: no allocation-heavy work
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return _preexec

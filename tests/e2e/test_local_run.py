@@ -42,7 +42,7 @@ def test_letsfrag_run_brings_shards_up_restarts_a_killed_cluster_and_stops_clean
     try:
         wait_until_sync(sim.all_ready, timeout=60, interval=0.25, message="8 shards READY")
         url_file = tmp_path / "state" / "redis.url"
-        assert url_file.read_text().startswith("redis://127.0.0.1:")
+        assert url_file.read_text().strip() == f"unix://{tmp_path / 'state' / 'redis.sock'}"
 
         def cluster_processes() -> list[psutil.Process]:
             found = []

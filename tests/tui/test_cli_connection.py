@@ -48,3 +48,18 @@ def test_local_embedded_reads_the_url_file(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "state" / "redis.url").write_text("redis://127.0.0.1:41234/0\n")
     assert connection_from_args(_args(config=str(path)))[0] == "redis://127.0.0.1:41234/0"
     assert connection_from_args(_args(config=str(path), redis="redis://x:1/0"))[0] == "redis://x:1/0"
+
+
+def test_local_embedded_takes_the_per_run_secret_unless_one_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TEST_LF_SECRET", raising=False)
+    path = tmp_path / "local.yaml"
+    path.write_text("shards: 4\nbot:\n  module: examples.bot\n  token: abc\nembedded:\n  dir: state\n")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "redis.url").write_text("unix:///somewhere/redis.sock\n")
+    (tmp_path / "state" / "secret").write_text("generated-per-run\n")
+    assert connection_from_args(_args(config=str(path)))[2] == "generated-per-run"
+    monkeypatch.setenv("TEST_LF_SECRET", "from-env")
+    assert connection_from_args(_args(config=str(path)))[2] == "from-env"
