@@ -32,6 +32,7 @@ HANDLERS: dict[str, str] = {
     "drain": "letsfrag.commands:run_drain",
     "rebalance": "letsfrag.commands:run_rebalance",
     "bench": "letsfrag.bench:run",
+    "init": "letsfrag.samples:run_init",
 }
 
 
@@ -68,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity", type=int, help="override host.capacity (clusters)")
 
     p = sub.add_parser("run", help="broker and supervisor in one command for a single machine")
-    p.add_argument("config", metavar="CONFIG", nargs="?", default="configs/local.yaml",
-                   help="local config (both roles), default configs/local.yaml")
+    p.add_argument("config", metavar="CONFIG", nargs="?",
+                   help="local config (both roles); default configs/local.yaml, else the packaged sample")
     p.add_argument("--no-progress", action="store_true", help="no live progress line, only logs")
 
     p = sub.add_parser("demo", help="everything on this machine: embedded Redis, simulated Discord, N hosts")
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rebalance", help="move clusters until hosts are balanced by capacity")
     add_connection_args(p)
     p.add_argument("--timeout", default="60s", help="how long to wait for the outcome (default 60s)")
+
+    p = sub.add_parser("init", help="write the commented sample configs (broker, host, local) to edit")
+    p.add_argument("directory", metavar="DIR", nargs="?", default="configs", help="where (default configs)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
 
     p = sub.add_parser("bench", help="run a benchmark from benchmarks/ and print its table")
     p.add_argument("name", help="benchmark name, e.g. coldstart, failover, rpc, supervisor, broker_scale, tui")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import LocalConfig, RedisSettings, load_local_config
 from .redis_server import RedisServer
+from .samples import default_local_config
 
 log = logging.getLogger(__name__)
 
@@ -68,5 +69,5 @@ async def run_local(config: LocalConfig, *, progress: bool = True, stop: asyncio
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``letsfrag run CONFIG``."""
-    config = load_local_config(args.config)
+    config = load_local_config(args.config if args.config is not None else default_local_config())
     return asyncio.run(run_local(config, progress=not args.no_progress))

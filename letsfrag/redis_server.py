@@ -65,7 +65,8 @@ class RedisServer:
     ) -> None:
         self.port = port if port is not None else free_port()
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="letsfrag-redis-"))
+        # absolute: redis-server changes into --dir before it opens --logfile
+        self.data_dir = Path(data_dir).resolve() if data_dir else Path(tempfile.mkdtemp(prefix="letsfrag-redis-"))
         self.persist = persist
         self.unix_socket = str(unix_socket) if unix_socket else None
         self.password = password
