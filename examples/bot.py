@@ -1,7 +1,8 @@
 """A small letsfrag bot: ``!ping <n>`` answers ``pong <n>``, a member who joins is welcomed in the guild's
 system channel; every cluster serves a ``stats`` RPC.
 
-Start it under a supervisor (``bot.module: examples.bot``): shards, token, Redis and the Discord URLs come
+Start it under a supervisor (``bot.module: examples.bot`` in a checkout; it ships in the package as
+``letsfrag.samples.bot``, the module the sample configs name): shards, token, Redis and the Discord URLs come
 from the environment the supervisor sets. Ask all clusters at once from anywhere with
 ``await RpcClient(redis_url).broadcast("stats")``.
 """

@@ -1,4 +1,7 @@
-"""``letsfrag bench NAME``: run ``benchmarks/NAME.py`` from a checkout (same as ``python -m benchmarks.NAME``)."""
+"""``letsfrag bench NAME``: run ``benchmarks/NAME.py`` from a checkout (same as ``python -m benchmarks.NAME``).
+
+The benchmarks are not part of the wheel; an installed package says so and exits 2.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,9 @@ def available() -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run one benchmark module as ``__main__``."""
+    if not BENCHMARKS.is_dir():
+        raise ConfigError("bench: the benchmarks are not installed with the package; run `letsfrag bench` from a "
+                          "checkout of letsfrag (a git clone or the unpacked sdist)")
     names = available()
     if args.name not in names:
         raise ConfigError(f"bench: unknown benchmark {args.name!r}; choose one of: {', '.join(names) or 'none'}")

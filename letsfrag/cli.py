@@ -35,6 +35,7 @@ HANDLERS: dict[str, str] = {
     "bench": "letsfrag.bench:run",
     "logs": "letsfrag.logtail:run",
     "completion": "letsfrag.cli_completion:run",
+    "init": "letsfrag.samples:run_init",
 }
 
 
@@ -133,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity", type=int, help="override host.capacity (clusters)")
 
     p = command("run", "broker and supervisor in one command for a single machine")
-    add_config_arg(p, required=False, default="configs/local.yaml", help_text="local config (both roles)")
+    add_config_arg(p, required=False,
+                   help_text="local config (both roles); default configs/local.yaml, else the packaged sample")
     p.add_argument("--no-progress", action="store_true", help="no live progress line, only logs")
 
     p = command("demo", "everything on this machine: embedded Redis, simulated Discord, N hosts")
@@ -187,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--host", metavar="H", help="every cluster of host H (must be this host)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C stops)")
     p.add_argument("-n", "--lines", type=int, default=20, metavar="LINES", help="lines to show first (default 20)")
+
+    p = command("init", "write the commented sample configs (broker, host, local) to edit")
+    p.add_argument("directory", metavar="DIR", nargs="?", default="configs", help="where (default configs)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
 
     p = command("bench", "run a benchmark from benchmarks/ and print its table")
     p.add_argument("name", help="benchmark name, e.g. coldstart, failover, rpc, supervisor, broker_scale, tui")

@@ -1,7 +1,8 @@
 """``letsfrag demo``: a whole deployment on this machine in one command.
 
 Embedded Redis, the simulated Discord (with a stream of ``!ping`` traffic), a broker and N host supervisors as
-separate processes running ``examples/bot.py`` (a :class:`~letsfrag.rehearsal.Rehearsal`); then the dashboard
+separate processes running the demo bot (``examples/bot.py``, shipped in the package as ``letsfrag.samples.bot``;
+a :class:`~letsfrag.rehearsal.Rehearsal`); then the dashboard
 or, with ``--headless``, progress lines and a final verdict. After ``--kill-after`` one host (its supervisor and
 clusters) is SIGKILLed so the operator sees failover. ``--headless`` exits 0 only if every shard ended READY with
 0 identify violations and 0 duplicate sessions, as counted by the simulator. Redis listens only on a unix socket
@@ -103,7 +104,7 @@ async def run_demo(settings: RehearsalSettings, *, duration: float, kill_after: 
                    console: Console | None = None) -> int:
     """Start everything, run the timeline (headless) or the dashboard, stop everything; return the exit code."""
     if not EXAMPLE_BOT.exists():
-        raise LetsfragError(f"the demo bot {EXAMPLE_BOT} is missing: run the demo from a checkout of letsfrag")
+        raise LetsfragError(f"the demo bot {EXAMPLE_BOT} is missing: reinstall letsfrag")
     console = console or Console()
     workdir = Path(tempfile.mkdtemp(prefix="letsfrag-demo-"))
     rehearsal = Rehearsal(settings, workdir)

@@ -27,6 +27,7 @@ from .config import LocalConfig, RedisSettings, load_local_config
 from .embedded import EmbeddedDir
 from .logs import register_secret
 from .redis_server import RedisServer
+from .samples import default_local_config
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ async def run_local(config: LocalConfig, *, progress: bool = True, stop: asyncio
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``letsfrag run CONFIG``."""
-    config = load_local_config(args.config, check_program=True)
+    config = load_local_config(args.config if args.config is not None else default_local_config(),
+                               check_program=True)
     os.umask(0o077)
     return asyncio.run(run_local(config, progress=not args.no_progress))

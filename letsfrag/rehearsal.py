@@ -26,12 +26,14 @@ from typing import IO, Any
 
 import psutil
 
+from . import samples
 from .errors import LetsfragError
 from .events import Event
 from .lifeline import Lifeline
 from .redis_server import RedisServer
 
-EXAMPLE_BOT = Path(__file__).resolve().parent.parent / "examples" / "bot.py"
+#: the demo bot every rehearsal host runs unless told otherwise (``examples/bot.py``, shipped in the package)
+EXAMPLE_BOT = samples.BOT
 
 
 @dataclass

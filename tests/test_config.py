@@ -236,7 +236,7 @@ def test_example_values() -> None:
     broker = load_broker_config(ROOT / "configs/broker.yaml", env={})
     assert (broker.shards, broker.max_concurrency, broker.token) == (16, 1, None)
     host = load_host_config(ROOT / "configs/host.yaml", env=ENV)
-    assert host.bot.module == "examples.bot" and host.bot.token.get_secret_value() == "real-token-value"
+    assert host.bot.module == "letsfrag.samples.bot" and host.bot.token.get_secret_value() == "real-token-value"
     assert host.restart.backoff.reset_after == 600.0 and host.logs.max_bytes == 10 * 1024 * 1024
     local = load_local_config(ROOT / "configs/local.yaml", env={})
     assert local.redis.embedded and (local.shards, local.shards_per_cluster) == (8, 4)
