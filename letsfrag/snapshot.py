@@ -17,8 +17,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from .errors import RecordError
 from .events import Event, Severity
 from .keys import Keys
+from .records import MAX_SHARDS, LayoutRecord, lenient_float, lenient_int
 from .snapshot_read import parse_json as _json
 from .snapshot_read import read_assignment, read_clusters, read_hosts
 from .supervisor.policy import heartbeat_colour
@@ -37,20 +39,14 @@ RUNNING_STATES = frozenset({"starting", "ready", "degraded"})
 #: its supervisor stopped reporting (host dead, frozen or cut off) and its READY can no longer be trusted
 STALE_AFTER_INTERVALS = 5.0
 ERROR_WINDOW = 600.0
+#: a host whose clock differs from Redis ``TIME`` by more than this (seconds) is flagged: its timestamps look
+#: stale or from the future, and its signed messages fall outside the signature window
+CLOCK_OFFSET_WARN = 2.0
+#: the numeric fields of a host record (a value that is not a finite number is listed in ``HostRow.invalid``)
+_HOST_NUMBERS = ("heartbeat_at", "capacity", "cpu_percent", "rss", "started_at", "pid", "clock_offset")
 
-
-def _float(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _int(value: Any) -> int | None:
-    number = _float(value)
-    return None if number is None else int(number)
+_float = lenient_float
+_int = lenient_int
 
 
 def _age(now: float, ts: float | None) -> float | None:
@@ -73,10 +69,12 @@ class Layout:
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> Layout | None:
+        """Read leniently for display (``None`` without a usable shard count); the cluster count is derived
+        from the shards, so a hand-edited ``cluster_count`` cannot make a reader walk a billion clusters."""
         shards, per = _int(data.get("shard_count")), _int(data.get("shards_per_cluster"))
-        if not shards or not per:
+        if not shards or not per or not 0 < shards <= MAX_SHARDS or not 0 < per <= MAX_SHARDS:
             return None
-        count = _int(data.get("cluster_count")) or -(-shards // per)
+        count = -(-shards // per)
         return cls(shards, per, count, _int(data.get("max_concurrency")) or 1,
                    _float(data.get("identify_window")) or 5.0, _float(data.get("lease_ttl")) or 10.0,
                    _float(data.get("lease_grace")) or 0.0, _float(data.get("heartbeat_interval")) or 2.0,
@@ -124,10 +122,19 @@ class HostRow:
     pid: int | None
     version: str
     running: dict[str, int]
+    #: this host's clock minus Redis ``TIME`` in seconds, as the host measured it (``None``: not reported)
+    clock_offset: float | None = None
+    #: fields of the host record that hold something other than a finite number (shown as unknown)
+    invalid: list[str] = field(default_factory=list)
 
     @property
     def problem(self) -> bool:
         return self.state != "up"
+
+    @property
+    def clock_skewed(self) -> bool:
+        """The host's clock is more than :data:`CLOCK_OFFSET_WARN` seconds off Redis ``TIME``."""
+        return self.clock_offset is not None and abs(self.clock_offset) > CLOCK_OFFSET_WARN
 
 
 @dataclass(slots=True)
@@ -195,6 +202,8 @@ class Snapshot:
     errors_10m: int
     #: ``{ns}:identify:budget`` (Discord's daily session-start budget): total, remaining, reset_at; None if unknown
     identify_budget: dict[str, float] | None = None
+    #: what is wrong in the records themselves (an invalid layout, a host's bad fields or skewed clock)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def hosts_up(self) -> int:
@@ -247,6 +256,7 @@ class Snapshot:
             "hosts": [asdict(h) for h in self.hosts],
             "clusters": clusters,
             "events": [e.to_dict() for e in self.events[:events]],
+            "warnings": list(self.warnings),
         }
 
 
@@ -265,6 +275,7 @@ def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: Layout | No
     state = "lost" if not lease or record_state == "lost" else record_state
     running = _json(data.get("running"))
     shards = sum(len(layout.shard_ids(c)) for c in clusters) if layout else 0
+    invalid = [name for name in _HOST_NUMBERS if data.get(name) not in (None, "") and _float(data.get(name)) is None]
     return HostRow(
         id=host_id, hostname=data.get("hostname", ""), state=state, lease=lease,
         lease_age=_age(now, _float(data.get("heartbeat_at"))),
@@ -273,7 +284,28 @@ def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: Layout | No
         cpu_percent=_float(data.get("cpu_percent")), rss=_int(data.get("rss")),
         uptime=_age(now, _float(data.get("started_at"))), pid=_int(data.get("pid")),
         version=data.get("version", ""), running=running if isinstance(running, dict) else {},
+        clock_offset=_float(data.get("clock_offset")), invalid=invalid,
     )
+
+
+def _warnings(keys: Keys, layout_raw: dict[str, str], hosts: list[HostRow]) -> list[str]:
+    """One sentence per problem of the records: an invalid layout, a host's invalid fields, a skewed clock."""
+    out: list[str] = []
+    if layout_raw:
+        try:
+            LayoutRecord.from_hash(layout_raw, key=keys.layout)
+        except RecordError as exc:
+            out.append(str(exc))
+    for host in hosts:
+        if host.invalid:
+            out.append(f"host {host.id}: {keys.host(host.id)} has invalid {', '.join(host.invalid)} "
+                       "(not a finite number; shown as unknown)")
+        if host.clock_skewed:
+            assert host.clock_offset is not None
+            side = "behind" if host.clock_offset < 0 else "ahead of"
+            out.append(f"host {host.id}: clock is {abs(host.clock_offset):.1f}s {side} Redis TIME (its heartbeats "
+                       "look stale and its signed commands may be rejected; check NTP)")
+    return out
 
 
 def _shard_rows(cid: int, raw: dict[str, Any], running: bool, now: float) -> list[ShardRow]:
@@ -302,7 +334,7 @@ def _listed_shards(text: Any) -> tuple[int, ...] | None:
     listed = _json(text)
     try:
         ids = tuple(int(i) for i in listed) if isinstance(listed, list) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ids = None
     if len(_LISTED) >= 8192:
         _LISTED.clear()
@@ -403,7 +435,8 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
         identify_depth=_int(broker.get("identify_depth")),
         standbys=[str(s) for s in standbys] if isinstance(standbys, list) else [],
     )
-    return Snapshot(keys.ns, now, layout, leader, hosts, clusters, event_list, depth, errors, _budget(budget_raw))
+    return Snapshot(keys.ns, now, layout, leader, hosts, clusters, event_list, depth, errors, _budget(budget_raw),
+                    _warnings(keys, layout_raw or {}, hosts))
 
 
 def _budget(raw: dict[str, str] | None) -> dict[str, float] | None:
@@ -429,12 +462,12 @@ class ClusterDetail:
     @property
     def cpu_series(self) -> list[float]:
         """CPU % samples, oldest first."""
-        return [float(m.get("cpu") or 0) for m in reversed(self.metrics)]
+        return [_float(m.get("cpu")) or 0.0 for m in reversed(self.metrics)]
 
     @property
     def rss_series(self) -> list[float]:
         """RSS samples in bytes, oldest first."""
-        return [float(m.get("rss") or 0) for m in reversed(self.metrics)]
+        return [_float(m.get("rss")) or 0.0 for m in reversed(self.metrics)]
 
 
 def _json_list(items: list[str] | None) -> list[dict[str, Any]]:
