@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from .errors import RecordError
 from .events import Event, Severity
 from .keys import Keys
-from .records import MAX_SHARDS, LayoutRecord, lenient_float, lenient_int
+from .records import MAX_SHARDS, LayoutRecord, lenient_float, lenient_int, parse_running
 from .snapshot_read import parse_json as _json
 from .snapshot_read import read_assignment, read_clusters, read_hosts
 from .supervisor.policy import heartbeat_colour
@@ -273,9 +273,15 @@ def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: Layout | No
     lease = (pttl is not None and pttl > 0) or pttl == -1
     record_state = data.get("state") or "up"
     state = "lost" if not lease or record_state == "lost" else record_state
-    running = _json(data.get("running"))
+    try:
+        running: dict[str, int] = {str(c): e for c, e in
+                                   parse_running(data.get("running"), key=f"host {host_id}").items()}
+        bad_running = []
+    except RecordError:
+        running, bad_running = {}, ["running"]
     shards = sum(len(layout.shard_ids(c)) for c in clusters) if layout else 0
     invalid = [name for name in _HOST_NUMBERS if data.get(name) not in (None, "") and _float(data.get(name)) is None]
+    invalid += bad_running
     return HostRow(
         id=host_id, hostname=data.get("hostname", ""), state=state, lease=lease,
         lease_age=_age(now, _float(data.get("heartbeat_at"))),
@@ -283,7 +289,7 @@ def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: Layout | No
         capacity=_int(data.get("capacity")), clusters=clusters, shards=shards,
         cpu_percent=_float(data.get("cpu_percent")), rss=_int(data.get("rss")),
         uptime=_age(now, _float(data.get("started_at"))), pid=_int(data.get("pid")),
-        version=data.get("version", ""), running=running if isinstance(running, dict) else {},
+        version=data.get("version", ""), running=running,
         clock_offset=_float(data.get("clock_offset")), invalid=invalid,
     )
 
