@@ -63,6 +63,9 @@ class Reconciler:
         self._startup_floor = 0.0
         self._reported_unassigned: set[int] = set()
         self._reported_values: set[str] = set()
+        #: the startup wait is for claims of running clusters (Redis lost its data): the layout says
+        #: ``adopting``, so a cluster missing from the assignment holds its events instead of fencing
+        self._adopting = False
         self._changed = False
 
     # term ---------------------------------------------------------------------------------------------
@@ -71,9 +74,10 @@ class Reconciler:
         """A new leadership term: forget timers and moves, write the layout, cold-start wait if needed."""
         self.membership.reset()
         self.moves.clear()
-        await self._write_layout()
+        self._adopting = False
         if not snap.assignment:
             self._cold_start(now, snap)
+        await self._write_layout()
         self.state = "waiting_for_hosts" if self._startup_deadline is not None else "running"
 
     def _cold_start(self, now: float, snap: Snapshot) -> None:
@@ -85,6 +89,7 @@ class Reconciler:
         if self.ready or any(r.running for r in snap.hosts.values()):
             self._startup_floor = now + self.config.lease.ttl
             self._startup_deadline = max(self._startup_deadline, self._startup_floor)
+            self._adopting = True
 
     def layout_record(self) -> LayoutRecord:
         """The ``{ns}:layout`` record of this broker's config (the one every host must use)."""
@@ -96,7 +101,12 @@ class Reconciler:
             heartbeat_interval=float(c.heartbeat_interval), updated_at=self.clock.time())
 
     async def _write_layout(self) -> None:
-        await self.store.hset(self.store.keys.layout, dict(self.layout_record().to_hash()))
+        fields = dict(self.layout_record().to_hash())
+        if self._adopting:
+            fields["adopting"] = "1"
+        else:
+            await self.store.fenced("HDEL", self.store.keys.layout, "adopting")
+        await self.store.hset(self.store.keys.layout, fields)
 
     async def _check_values(self, snap: Snapshot) -> None:
         """The layout is this broker's: a changed or invalid one is rewritten at once; an epoch that is no
@@ -134,9 +144,9 @@ class Reconciler:
                               "the layout key is gone (Redis lost its data?): rewriting it and re-adopting claims")
             self.membership.reset()
             self.moves.clear()
-            await self._write_layout()
             if not snap.assignment:
                 self._cold_start(now, snap)
+            await self._write_layout()
         await self._check_values(snap)
         await self._keep_epoch(snap)
         self.assignment = dict(snap.assignment)
@@ -153,6 +163,9 @@ class Reconciler:
                 return self._changed
             self._startup_deadline = None
             self.state = "running"
+            if self._adopting:
+                self._adopting = False
+                await self.store.fenced("HDEL", self.store.keys.layout, "adopting")
             await self._event(Severity.INFO, "startup", f"assigning clusters with {up} host(s) up")
         changed = await self._plan(snap, verdicts, alive)
         if not changed and not self.moves.pending:

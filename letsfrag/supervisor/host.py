@@ -89,6 +89,8 @@ class HostAgent:
         self.layout_problem: str | None = None
         #: this host's wall clock minus Redis ``TIME`` (seconds), measured on each renewal
         self.clock_offset: float | None = None
+        #: the grants last delivered (``{cluster id: epoch}``)
+        self.last_grants: dict[int, int] = {}
         self.incarnation = ""
         self.layout: Layout | None = None
         self.fenced = False
@@ -235,7 +237,13 @@ class HostAgent:
             if self.layout_problem is not None:
                 log.info("host %s: the layout %s is valid again", self.host_id, self.keys.layout)
                 self.layout_problem = None
-        self._on_grants(self.layout, parse_assignment(assignment, self.host_id))
+        grants = parse_assignment(assignment, self.host_id)
+        if layout_hash.get("adopting"):
+            # the broker is re-adopting running clusters from the hosts' claims (Redis lost its data): a grant
+            # missing from the assignment is not a revoke yet
+            grants = {**{c: e for c, e in self.last_grants.items() if str(c) not in assignment}, **grants}
+        self.last_grants = grants
+        self._on_grants(self.layout, grants)
 
     async def run(self) -> None:
         """The lease loop: renew every heartbeat interval, fence when renewals fail too long, re-register."""
@@ -245,6 +253,7 @@ class HostAgent:
             deadline = self.fence_deadline()
             if not self.fenced and deadline is not None and now >= deadline:
                 self.fenced = True
+                self.last_grants = {}
                 since = now - (self.last_renewal or now)
                 self._on_fence(f"lease not renewed for {since:.1f}s")
             if now >= next_beat:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from broker_support import Deployment
+from broker_support import Deployment, make_config
 from helpers import wait_until
 
 
@@ -98,3 +98,24 @@ async def test_a_data_error_is_not_an_outage(deployment: Deployment, caplog: pyt
     await dep.redis.delete(dep.keys.epoch)
     await wait_until(lambda: broker._data_error is None, message="the broker recovers once the key is fixed")
     assert dep.ledger.violations == []
+
+
+async def test_after_a_data_loss_the_layout_says_adopting_until_the_claims_are_adopted(
+        deployment: Deployment) -> None:
+    dep = deployment
+    await dep.broker(make_config(dep.url, hosts={"expected": 1}))
+    await dep.host("h1")
+    h2 = await dep.host("h2")
+    await wait_until(lambda: dep.settled({"h1": 2, "h2": 2}))
+    assert await dep.redis.hget(dep.keys.layout, "adopting") is None
+    await h2.kill()  # its claims never come back: the broker waits one lease ttl for them
+    await dep.redis.flushall()
+    await wait_until(lambda: _adopting(dep, "1"), timeout=5, interval=0.02, message="the adoption mark")
+    await wait_until(lambda: dep.settled({"h1": 4}), timeout=8, message="h1 adopted and granted the rest")
+    await wait_until(lambda: _adopting(dep, None), timeout=5, message="the mark removed")
+    assert dep.ledger.violations == []
+
+
+async def _adopting(dep: Deployment, value: str | None) -> bool:
+    return bool(await dep.redis.exists(dep.keys.layout)) and \
+        await dep.redis.hget(dep.keys.layout, "adopting") == value
