@@ -4,6 +4,7 @@ outage, and keeps judging hosts. A real broker and protocol-level hosts against 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from broker_support import Deployment, make_config
@@ -119,3 +120,29 @@ async def test_after_a_data_loss_the_layout_says_adopting_until_the_claims_are_a
 async def _adopting(dep: Deployment, value: str | None) -> bool:
     return bool(await dep.redis.exists(dep.keys.layout)) and \
         await dep.redis.hget(dep.keys.layout, "adopting") == value
+
+
+async def test_a_crashed_tick_is_logged_with_its_traceback_and_the_broker_goes_on(
+        deployment: Deployment, caplog: pytest.LogCaptureFixture) -> None:
+    dep = deployment
+    caplog.set_level(logging.ERROR, logger="letsfrag.broker")
+    broker = await dep.broker()
+    h1 = await dep.host("h1")
+    await dep.host("h2")
+    await wait_until(lambda: dep.settled({"h1": 2, "h2": 2}))
+    rec = broker.reconciler
+    assert rec is not None
+    real = rec.step
+    calls = {"n": 0}
+
+    async def broken(now: float, snap: Any) -> bool:  # fault injection: one tick raises a bug
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected bug in the broker tick")
+        return await real(now, snap)
+
+    rec.step = broken  # type: ignore[method-assign]
+    await wait_until(lambda: dep.events("loop_crashed"), message="a loop_crashed event")
+    assert "injected bug in the broker tick" in caplog.text and "Traceback" in caplog.text
+    await h1.kill()
+    await wait_until(lambda: dep.settled({"h2": 4}), timeout=8, message="the broker still judges hosts")

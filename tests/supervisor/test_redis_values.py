@@ -86,6 +86,8 @@ async def test_a_crashed_lease_loop_is_logged_with_its_traceback_and_recovers(
         agent = manager.agent
         assert agent is not None
         await wait_until(lambda: agent.renewals >= 2, message="renewing")
+        offset = await r.hget(KEYS.host(HOST), "clock_offset")  # type: ignore[misc]
+        assert offset is not None and abs(float(offset)) < 1.0, "same machine: the clocks agree"
         real = agent._heartbeat
         calls = {"n": 0}
 
