@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from helpers import wait_until
-from support import HOST, KEYS, grant, host_config, set_modes, status, write_layout
+from support import HOST, KEYS, doorbell, grant, host_config, set_modes, status, write_layout
 
 from letsfrag.events import recent
 from letsfrag.supervisor import ClusterManager, ClusterState
@@ -111,3 +111,34 @@ async def test_a_crashed_lease_loop_is_logged_with_its_traceback_and_recovers(
 
         await wait_until(event, message="a loop_crashed event")
 
+
+
+async def test_after_a_data_loss_running_clusters_wait_for_the_adoption(
+        r: aioredis.Redis, redis_url: str, tmp_path: Path) -> None:
+    set_modes(tmp_path, default="well")
+    await write_layout(r, heartbeat=HEARTBEAT, ttl=TTL)
+    await grant(r, 0, epoch=1)
+    async with ClusterManager(host_config(redis_url, tmp_path)) as manager:
+        agent = manager.agent
+        assert agent is not None
+        await wait_until(lambda: _ready(manager, 0), message="cluster 0 ready")
+        pid = manager.clusters[0].pid
+        await r.flushall()
+        # the broker's first tick after the loss: the layout is back, marked adopting, the assignment still empty
+        await write_layout(r, heartbeat=HEARTBEAT, ttl=TTL)
+        await r.hset(KEYS.layout, "adopting", "1")  # type: ignore[misc]
+        await doorbell(r)
+        renewals = agent.renewals
+        await wait_until(lambda: agent.renewals >= renewals + 3, message="grants read while adopting")
+        assert manager.clusters[0].pid == pid and manager.clusters[0].state is ClusterState.READY
+        assert json.loads(await r.hget(KEYS.host(HOST), "running")) == {"0": 1}  # type: ignore[misc]
+        # the adoption lands: same host, same epoch
+        await grant(r, 0, epoch=1)
+        await r.hdel(KEYS.layout, "adopting")  # type: ignore[misc]
+        renewals = agent.renewals
+        await wait_until(lambda: agent.renewals >= renewals + 3, message="renewals after the adoption")
+        assert manager.clusters[0].pid == pid and manager.assigned == {0: 1}
+        # without the mark an empty assignment is a revoke, as before
+        await r.hdel(KEYS.assignment, "0")  # type: ignore[misc]
+        await doorbell(r)
+        await wait_until(lambda: manager.clusters[0].state is ClusterState.STOPPED, message="revoked")
