@@ -17,8 +17,8 @@ from typing import Any
 from .errors import RecordError
 
 __all__ = [
-    "MAX_DURATION", "MAX_EPOCH", "MAX_SHARDS", "LayoutRecord", "RecordError", "lenient_float", "lenient_int",
-    "parse_epoch", "parse_float", "parse_int", "parse_running",
+    "CLOCK_OFFSET_WARN", "MAX_DURATION", "MAX_EPOCH", "MAX_SHARDS", "LayoutRecord", "RecordError", "clock_skew_text",
+    "lenient_float", "lenient_int", "parse_epoch", "parse_float", "parse_int", "parse_running",
 ]
 
 #: the largest shard count (and shards per cluster) a layout may name
@@ -29,6 +29,9 @@ MAX_DURATION = 3600.0
 MAX_EPOCH = 10**15 - 1
 #: the largest IDENTIFY concurrency
 MAX_CONCURRENCY = 4096
+#: a host whose clock differs from Redis ``TIME`` by more than this (seconds) is flagged: its timestamps look
+#: stale or from the future, and its signed messages may fall outside the signature window
+CLOCK_OFFSET_WARN = 2.0
 
 
 def _shown(raw: Any) -> str:
@@ -92,6 +95,15 @@ def lenient_int(raw: Any) -> int | None:
     """:func:`lenient_float` truncated to an integer (``None`` when not a finite number)."""
     value = lenient_float(raw)
     return None if value is None else int(value)
+
+
+def clock_skew_text(host: str, offset: float | None) -> str | None:
+    """A sentence when ``offset`` (host clock minus Redis ``TIME``) exceeds :data:`CLOCK_OFFSET_WARN`."""
+    if offset is None or abs(offset) <= CLOCK_OFFSET_WARN:
+        return None
+    side = "behind" if offset < 0 else "ahead of"
+    return (f"host {host}: clock is {abs(offset):.1f}s {side} Redis TIME (its heartbeats look stale and its signed "
+            "commands may be rejected; check NTP)")
 
 
 def parse_epoch(raw: Any, *, key: str) -> int:

@@ -20,7 +20,15 @@ import redis.asyncio as aioredis
 from .errors import RecordError
 from .events import Event, Severity
 from .keys import Keys
-from .records import MAX_SHARDS, LayoutRecord, lenient_float, lenient_int, parse_running
+from .records import (
+    CLOCK_OFFSET_WARN,
+    MAX_SHARDS,
+    LayoutRecord,
+    clock_skew_text,
+    lenient_float,
+    lenient_int,
+    parse_running,
+)
 from .snapshot_read import parse_json as _json
 from .snapshot_read import read_assignment, read_clusters, read_hosts
 from .supervisor.policy import heartbeat_colour
@@ -39,9 +47,6 @@ RUNNING_STATES = frozenset({"starting", "ready", "degraded"})
 #: its supervisor stopped reporting (host dead, frozen or cut off) and its READY can no longer be trusted
 STALE_AFTER_INTERVALS = 5.0
 ERROR_WINDOW = 600.0
-#: a host whose clock differs from Redis ``TIME`` by more than this (seconds) is flagged: its timestamps look
-#: stale or from the future, and its signed messages fall outside the signature window
-CLOCK_OFFSET_WARN = 2.0
 #: the numeric fields of a host record (a value that is not a finite number is listed in ``HostRow.invalid``)
 _HOST_NUMBERS = ("heartbeat_at", "capacity", "cpu_percent", "rss", "started_at", "pid", "clock_offset")
 
@@ -268,8 +273,15 @@ def count_errors(events: list[Event], now: float, window: float = ERROR_WINDOW) 
     return sum(1 for e in events if e.severity is Severity.ERROR and now - e.ts <= window)
 
 
+def _claim_host(claim: Any) -> str | None:
+    host = claim.get("host") if isinstance(claim, dict) else None
+    return host if isinstance(host, str) else None
+
+
 def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: Layout | None, clusters: list[int],
               now: float) -> HostRow:
+    offset = _float(data.get("clock_offset"))
+    now = now + (offset or 0.0)  # the host's timestamps are on its own clock
     lease = (pttl is not None and pttl > 0) or pttl == -1
     record_state = data.get("state") or "up"
     state = "lost" if not lease or record_state == "lost" else record_state
@@ -306,11 +318,9 @@ def _warnings(keys: Keys, layout_raw: dict[str, str], hosts: list[HostRow]) -> l
         if host.invalid:
             out.append(f"host {host.id}: {keys.host(host.id)} has invalid {', '.join(host.invalid)} "
                        "(not a finite number; shown as unknown)")
-        if host.clock_skewed:
-            assert host.clock_offset is not None
-            side = "behind" if host.clock_offset < 0 else "ahead of"
-            out.append(f"host {host.id}: clock is {abs(host.clock_offset):.1f}s {side} Redis TIME (its heartbeats "
-                       "look stale and its signed commands may be rejected; check NTP)")
+        skew = clock_skew_text(host.id, host.clock_offset)
+        if skew is not None:
+            out.append(skew)
     return out
 
 
@@ -351,7 +361,7 @@ def _listed_shards(text: Any) -> tuple[int, ...] | None:
 def _cluster_row(cid: int, claim: Any, status: dict[str, str], shards_raw: dict[str, Any] | int,
                  layout: Layout | None, now: float) -> ClusterRow:
     """Join one cluster's claim, status and shard reports (a dict of reports, or only their READY count)."""
-    host = claim.get("host") if isinstance(claim, dict) else None
+    host = _claim_host(claim)
     epoch = _int(claim.get("epoch")) if isinstance(claim, dict) else None
     state = (status.get("state") or "pending") if host else "unassigned"
     listed = _listed_shards(status.get("shard_ids"))
@@ -427,8 +437,11 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
             by_host[claim["host"]].append(cid)
     hosts = [_host_row(h, data, pttl, layout, by_host[h], now)
              for h, (data, pttl) in zip(hosts_sorted, host_data, strict=True)]
+    # a host's timestamps are read on its own clock: ``now`` there is ``now + its offset to Redis TIME``
+    offsets = {h.id: h.clock_offset for h in hosts if h.clock_offset is not None}
     depth = sum(int(n or 0) for n in depths)
-    clusters = [_cluster_row(cid, claims.get(cid), status, shard_map, layout, now)
+    clusters = [_cluster_row(cid, claims.get(cid), status, shard_map, layout,
+                             now + offsets.get(_claim_host(claims.get(cid)) or "", 0.0))
                 for cid, (status, shard_map) in zip(cluster_ids, packed, strict=True)]
 
     event_list = [Event.from_stream(str(eid), dict(data)) for eid, data in entries or []]

@@ -9,6 +9,7 @@ import pytest
 from seed import seed
 
 from letsfrag.cli import build_parser
+from letsfrag.commands import run_restart
 from letsfrag.connection import create_redis
 from letsfrag.keys import Keys
 from letsfrag.status import run
@@ -58,3 +59,37 @@ async def test_nan_and_inf_in_a_host_record_are_shown_as_invalid(redis_url: str,
 
 def _refuse(constant: str) -> None:
     raise AssertionError(f"{constant} in the status document")
+
+
+async def test_a_skewed_host_is_not_shown_stale_and_its_silence_is_explained(
+        redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    redis = create_redis(redis_url)
+    keys = Keys()
+    now = time.time()
+    try:
+        info = await seed(redis, now=now, healthy=True)
+        # host-03's clock is 120 s behind: everything it (and its clusters) writes is stamped 120 s early
+        await redis.hset(keys.host("host-03"), mapping={"clock_offset": "-120.0", "heartbeat_at": f"{now - 121:.3f}"})
+        mine = [cid for cid, host in info.assignment.items() if host == "host-03"]
+        for cid in mine:
+            await redis.hset(keys.cluster_status(cid), "last_heartbeat", f"{now - 121:.3f}")
+        code, out, _ = await _status(capsys, "--json", "--redis", redis_url)
+        doc = json.loads(out)
+        states = {c["id"]: c["state"] for c in doc["clusters"]}
+        assert code == 0 and all(states[cid] == "ready" for cid in mine), "ages are read on the host's own clock"
+        host = {h["id"]: h for h in doc["hosts"]}["host-03"]
+        assert host["lease_age"] == pytest.approx(1.0, abs=0.5)
+        assert any("host host-03: clock is 120.0s behind Redis TIME" in w for w in doc["warnings"])
+
+        # a command to it times out: the reply says why it may be silent
+        silent = redis.pubsub()
+        await silent.subscribe(keys.host_inbox("host-03"))  # listening, never answering
+        try:
+            args = build_parser().parse_args(["restart", "--host", "host-03", "--redis", redis_url, "--timeout", "1s"])
+            assert await run_restart(args) == 1
+        finally:
+            await silent.aclose()
+        err = capsys.readouterr().err
+        assert "host host-03: clock is 120.0s behind Redis TIME" in err and "check NTP" in err
+    finally:
+        await redis.aclose()
