@@ -5,6 +5,7 @@ A real supervisor with the stub program against a real redis-server; the test pl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -142,3 +143,26 @@ async def test_after_a_data_loss_running_clusters_wait_for_the_adoption(
         await r.hdel(KEYS.assignment, "0")  # type: ignore[misc]
         await doorbell(r)
         await wait_until(lambda: manager.clusters[0].state is ClusterState.STOPPED, message="revoked")
+
+
+async def test_a_bad_layout_at_startup_is_reported_and_the_host_registers_once_it_is_repaired(
+        r: aioredis.Redis, redis_url: str, tmp_path: Path) -> None:
+    set_modes(tmp_path, default="well")
+    await write_layout(r, heartbeat=HEARTBEAT, ttl=TTL)
+    await r.hset(KEYS.layout, "heartbeat_interval", "nan")  # type: ignore[misc]
+    manager = ClusterManager(host_config(redis_url, tmp_path))
+    starting = asyncio.ensure_future(manager.start())
+    try:
+        async def reported() -> bool:
+            return any(e.get("field") == "heartbeat_interval" and "'nan'" in e["message"]
+                       for e in await _events(r, "redis_value_invalid"))
+
+        await wait_until(reported, message="an error event naming the field, while waiting for the layout")
+        assert not starting.done() and await r.exists(KEYS.lease(HOST)) == 0
+        await write_layout(r, heartbeat=HEARTBEAT, ttl=TTL)
+        await asyncio.wait_for(starting, timeout=10)
+        assert await r.get(KEYS.lease(HOST)) == manager.incarnation
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await manager.close()
