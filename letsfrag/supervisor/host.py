@@ -112,8 +112,7 @@ class HostAgent:
         return self.layout.lease_ttl if self.layout else 10.0
 
     def _static_fields(self) -> dict[str, str]:
-        offset = {} if self.clock_offset is None else {"clock_offset": f"{self.clock_offset:.3f}"}
-        return {**offset,
+        fields = {
             "id": self.host_id,
             "hostname": socket.gethostname(),
             "pid": str(os.getpid()),
@@ -123,6 +122,9 @@ class HostAgent:
             "registered_at": f"{self.registered_at:.3f}",
             "started_at": f"{self.started_at:.3f}",
         }
+        if self.clock_offset is not None:
+            fields["clock_offset"] = f"{self.clock_offset:.3f}"
+        return fields
 
     def poke(self) -> None:
         """Read the assignment soon (an ``assign`` doorbell arrived)."""
