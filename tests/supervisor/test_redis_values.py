@@ -6,8 +6,10 @@ A real supervisor with the stub program against a real redis-server; the test pl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from support import HOST, KEYS, doorbell, grant, host_config, set_modes, status,
 
 from letsfrag.events import recent
 from letsfrag.supervisor import ClusterManager, ClusterState
+from letsfrag.supervisor.host import HostAgent
 
 TTL, HEARTBEAT = 3.0, 0.2
 
@@ -31,8 +34,10 @@ async def _ready(manager: ClusterManager, cid: int) -> bool:
     return view is not None and view.state is ClusterState.READY
 
 
-async def test_a_poisoned_layout_never_takes_effect_and_recovers_after_repair(
-        r: aioredis.Redis, redis_url: str, tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _cluster_0_running(r: aioredis.Redis, redis_url: str,
+                             tmp_path: Path) -> AsyncIterator[tuple[ClusterManager, HostAgent, int | None]]:
+    """A supervisor running cluster 0 (READY): the manager, its host agent and the cluster's pid."""
     set_modes(tmp_path, default="well")
     await write_layout(r, heartbeat=HEARTBEAT, ttl=TTL)
     await grant(r, 0, epoch=1)
@@ -40,7 +45,12 @@ async def test_a_poisoned_layout_never_takes_effect_and_recovers_after_repair(
         agent = manager.agent
         assert agent is not None
         await wait_until(lambda: _ready(manager, 0), message="cluster 0 ready")
-        pid = manager.clusters[0].pid
+        yield manager, agent, manager.clusters[0].pid
+
+
+async def test_a_poisoned_layout_never_takes_effect_and_recovers_after_repair(
+        r: aioredis.Redis, redis_url: str, tmp_path: Path) -> None:
+    async with _cluster_0_running(r, redis_url, tmp_path) as (manager, agent, pid):
         for bad, problem in [("inf", "must be a finite number, found 'inf'"),
                              ("nan", "must be a finite number, found 'nan'"),
                              ("-1", "must be greater than 0, found -1"),
@@ -116,14 +126,7 @@ async def test_a_crashed_lease_loop_is_logged_with_its_traceback_and_recovers(
 
 async def test_after_a_data_loss_running_clusters_wait_for_the_adoption(
         r: aioredis.Redis, redis_url: str, tmp_path: Path) -> None:
-    set_modes(tmp_path, default="well")
-    await write_layout(r, heartbeat=HEARTBEAT, ttl=TTL)
-    await grant(r, 0, epoch=1)
-    async with ClusterManager(host_config(redis_url, tmp_path)) as manager:
-        agent = manager.agent
-        assert agent is not None
-        await wait_until(lambda: _ready(manager, 0), message="cluster 0 ready")
-        pid = manager.clusters[0].pid
+    async with _cluster_0_running(r, redis_url, tmp_path) as (manager, agent, pid):
         await r.flushall()
         # the broker's first tick after the loss: the layout is back, marked adopting, the assignment still empty
         await write_layout(r, heartbeat=HEARTBEAT, ttl=TTL)
