@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from .bus import Bus
 from .errors import BusError, RemoteError, RequestTimeout
 from .protocol import MessageType
+from .records import clock_skew_text, lenient_float
 
 __all__ = ["Control"]
 
@@ -67,6 +68,18 @@ class Control:
         """Ask the broker to move clusters until hosts are balanced by capacity."""
         return await self._send(self.bus.keys.broker_inbox, "broker", {"action": "rebalance"}, timeout)
 
+    async def _clock_hint(self, target: str) -> str:
+        """`` (host h1: clock is 120.0s behind Redis TIME ...)`` when the silent host's clock is skewed."""
+        if not target.startswith("host:"):
+            return ""
+        host = target[len("host:"):]
+        try:
+            raw = await self.bus.redis.hget(self.bus.keys.host(host), "clock_offset")  # type: ignore[misc]
+        except (RedisError, OSError):
+            return ""
+        text = clock_skew_text(host, lenient_float(raw))
+        return f" ({text})" if text else ""
+
     async def _send(self, channel: str, target: str, payload: dict[str, Any],
                     timeout: float | None) -> dict[str, Any]:
         wait = self.timeout if timeout is None else timeout
@@ -77,7 +90,8 @@ class Control:
             if "nobody is listening" in text:
                 who = "no broker is running" if target == "broker" else f"{target} is not running (no subscriber)"
                 return {"ok": False, "message": f"{payload['action']}: {who}"}
-            return {"ok": False, "message": f"{payload['action']}: {text}"}
+            hint = await self._clock_hint(target)
+            return {"ok": False, "message": f"{payload['action']}: {text}{hint}"}
         except RemoteError as exc:
             return {"ok": False, "message": f"{payload['action']} failed on {target}: {exc.message or exc}"}
         except BusError as exc:

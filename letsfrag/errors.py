@@ -3,6 +3,7 @@
 ``LetsfragError``
     ``ConfigError`` – a configuration file or argument is wrong (exit code 2).
     ``ProtocolError`` – a Redis message could not be decoded or verified.
+    ``RecordError`` – a value read from a Redis key is missing, malformed or out of bounds.
     ``BusError`` – the Redis transport failed.
         ``RequestTimeout`` – a request got no reply before its deadline.
         ``RemoteError`` – the other side answered with an error.
@@ -33,6 +34,17 @@ class ProtocolError(LetsfragError):
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class RecordError(LetsfragError, ValueError):
+    """A value read from Redis is unusable; ``key`` and ``field`` say where (``field`` is ``value`` for a string
+    key)."""
+
+    def __init__(self, key: str, field: str, problem: str) -> None:
+        self.key = key
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{key} field {field!r} {problem}")
 
 
 class BusError(LetsfragError):

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .bus import Bus, Result
-from .errors import BusError, LetsfragError
+from .errors import BusError, LetsfragError, RecordError
 from .protocol import MessageType
+from .records import MAX_SHARDS, parse_int
 
 if TYPE_CHECKING:
     from .config import RedisSettings
@@ -73,14 +74,16 @@ class RpcCaller:
         """The deployment's layout (cached; ``refresh`` re-reads ``{ns}:layout``)."""
         if self._layout is None or refresh:
             raw: Any = await self.bus.redis.hgetall(self.bus.keys.layout)  # type: ignore[misc]
+            key = self.bus.keys.layout
             try:
-                layout = Layout(int(raw["shard_count"]), int(raw["shards_per_cluster"]), int(raw["cluster_count"]),
-                                allow_eval=raw.get("allow_eval") == "1")
-            except (KeyError, ValueError) as exc:
+                values = [parse_int(raw.get(name), key=key, field=name, minimum=1, maximum=MAX_SHARDS)
+                          for name in ("shard_count", "shards_per_cluster", "cluster_count")]
+            except RecordError as exc:
                 raise BusError(
-                    f"no usable layout at {self.bus.keys.layout} ({exc!r} missing or invalid): is a broker running "
-                    f"for namespace {self.bus.keys.ns!r}?"
+                    f"no usable layout: {exc}: is a broker running for namespace {self.bus.keys.ns!r}?"
                 ) from exc
+            shard_count, shards_per_cluster, cluster_count = values
+            layout = Layout(shard_count, shards_per_cluster, cluster_count, allow_eval=raw.get("allow_eval") == "1")
             self._layout = layout
         return self._layout
 

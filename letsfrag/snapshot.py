@@ -17,8 +17,18 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from .errors import RecordError
 from .events import Event, Severity
 from .keys import Keys
+from .records import (
+    CLOCK_OFFSET_WARN,
+    MAX_SHARDS,
+    LayoutRecord,
+    clock_skew_text,
+    lenient_float,
+    lenient_int,
+    parse_running,
+)
 from .snapshot_read import parse_json as _json
 from .snapshot_read import read_assignment, read_clusters, read_hosts
 from .supervisor.policy import heartbeat_colour
@@ -37,20 +47,11 @@ RUNNING_STATES = frozenset({"starting", "ready", "degraded"})
 #: its supervisor stopped reporting (host dead, frozen or cut off) and its READY can no longer be trusted
 STALE_AFTER_INTERVALS = 5.0
 ERROR_WINDOW = 600.0
+#: the numeric fields of a host record (a value that is not a finite number is listed in ``HostRow.invalid``)
+_HOST_NUMBERS = ("heartbeat_at", "capacity", "cpu_percent", "rss", "started_at", "pid", "clock_offset")
 
-
-def _float(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _int(value: Any) -> int | None:
-    number = _float(value)
-    return None if number is None else int(number)
+_float = lenient_float
+_int = lenient_int
 
 
 def _age(now: float, ts: float | None) -> float | None:
@@ -73,10 +74,12 @@ class Layout:
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> Layout | None:
+        """Read leniently for display (``None`` without a usable shard count); the cluster count is derived
+        from the shards, so a hand-edited ``cluster_count`` cannot make a reader walk a billion clusters."""
         shards, per = _int(data.get("shard_count")), _int(data.get("shards_per_cluster"))
-        if not shards or not per:
+        if not shards or not per or not 0 < shards <= MAX_SHARDS or not 0 < per <= MAX_SHARDS:
             return None
-        count = _int(data.get("cluster_count")) or -(-shards // per)
+        count = -(-shards // per)
         return cls(shards, per, count, _int(data.get("max_concurrency")) or 1,
                    _float(data.get("identify_window")) or 5.0, _float(data.get("lease_ttl")) or 10.0,
                    _float(data.get("lease_grace")) or 0.0, _float(data.get("heartbeat_interval")) or 2.0,
@@ -124,10 +127,19 @@ class HostRow:
     pid: int | None
     version: str
     running: dict[str, int]
+    #: this host's clock minus Redis ``TIME`` in seconds, as the host measured it (``None``: not reported)
+    clock_offset: float | None = None
+    #: fields of the host record that hold something other than a finite number (shown as unknown)
+    invalid: list[str] = field(default_factory=list)
 
     @property
     def problem(self) -> bool:
         return self.state != "up"
+
+    @property
+    def clock_skewed(self) -> bool:
+        """The host's clock is more than :data:`CLOCK_OFFSET_WARN` seconds off Redis ``TIME``."""
+        return self.clock_offset is not None and abs(self.clock_offset) > CLOCK_OFFSET_WARN
 
 
 @dataclass(slots=True)
@@ -197,6 +209,8 @@ class Snapshot:
     errors_10m: int
     #: ``{ns}:identify:budget`` (Discord's daily session-start budget): total, remaining, reset_at; None if unknown
     identify_budget: dict[str, float] | None = None
+    #: what is wrong in the records themselves (an invalid layout, a host's bad fields or skewed clock)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def hosts_up(self) -> int:
@@ -249,6 +263,7 @@ class Snapshot:
             "hosts": [asdict(h) for h in self.hosts],
             "clusters": clusters,
             "events": [e.to_dict() for e in self.events[:events]],
+            "warnings": list(self.warnings),
         }
 
 
@@ -260,13 +275,27 @@ def count_errors(events: list[Event], now: float, window: float = ERROR_WINDOW) 
     return sum(1 for e in events if e.severity is Severity.ERROR and now - e.ts <= window)
 
 
+def _claim_host(claim: Any) -> str | None:
+    host = claim.get("host") if isinstance(claim, dict) else None
+    return host if isinstance(host, str) else None
+
+
 def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: Layout | None, clusters: list[int],
               now: float) -> HostRow:
+    offset = _float(data.get("clock_offset"))
+    now = now + (offset or 0.0)  # the host's timestamps are on its own clock
     lease = (pttl is not None and pttl > 0) or pttl == -1
     record_state = data.get("state") or "up"
     state = "lost" if not lease or record_state == "lost" else record_state
-    running = _json(data.get("running"))
+    try:
+        running: dict[str, int] = {str(c): e for c, e in
+                                   parse_running(data.get("running"), key=f"host {host_id}").items()}
+        bad_running = []
+    except RecordError:
+        running, bad_running = {}, ["running"]
     shards = sum(len(layout.shard_ids(c)) for c in clusters) if layout else 0
+    invalid = [name for name in _HOST_NUMBERS if data.get(name) not in (None, "") and _float(data.get(name)) is None]
+    invalid += bad_running
     return HostRow(
         id=host_id, hostname=data.get("hostname", ""), state=state, lease=lease,
         lease_age=_age(now, _float(data.get("heartbeat_at"))),
@@ -274,8 +303,27 @@ def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: Layout | No
         capacity=_int(data.get("capacity")), clusters=clusters, shards=shards,
         cpu_percent=_float(data.get("cpu_percent")), rss=_int(data.get("rss")),
         uptime=_age(now, _float(data.get("started_at"))), pid=_int(data.get("pid")),
-        version=data.get("version", ""), running=running if isinstance(running, dict) else {},
+        version=data.get("version", ""), running=running,
+        clock_offset=_float(data.get("clock_offset")), invalid=invalid,
     )
+
+
+def _warnings(keys: Keys, layout_raw: dict[str, str], hosts: list[HostRow]) -> list[str]:
+    """One sentence per problem of the records: an invalid layout, a host's invalid fields, a skewed clock."""
+    out: list[str] = []
+    if layout_raw:
+        try:
+            LayoutRecord.from_hash(layout_raw, key=keys.layout)
+        except RecordError as exc:
+            out.append(str(exc))
+    for host in hosts:
+        if host.invalid:
+            out.append(f"host {host.id}: {keys.host(host.id)} has invalid {', '.join(host.invalid)} "
+                       "(not a finite number; shown as unknown)")
+        skew = clock_skew_text(host.id, host.clock_offset)
+        if skew is not None:
+            out.append(skew)
+    return out
 
 
 def _shard_rows(cid: int, raw: dict[str, Any], running: bool, now: float) -> list[ShardRow]:
@@ -304,7 +352,7 @@ def _listed_shards(text: Any) -> tuple[int, ...] | None:
     listed = _json(text)
     try:
         ids = tuple(int(i) for i in listed) if isinstance(listed, list) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ids = None
     if len(_LISTED) >= 8192:
         _LISTED.clear()
@@ -315,7 +363,7 @@ def _listed_shards(text: Any) -> tuple[int, ...] | None:
 def _cluster_row(cid: int, claim: Any, status: dict[str, str], shards_raw: dict[str, Any] | int,
                  layout: Layout | None, now: float) -> ClusterRow:
     """Join one cluster's claim, status and shard reports (a dict of reports, or only their READY count)."""
-    host = claim.get("host") if isinstance(claim, dict) else None
+    host = _claim_host(claim)
     epoch = _int(claim.get("epoch")) if isinstance(claim, dict) else None
     state = (status.get("state") or "pending") if host else "unassigned"
     listed = _listed_shards(status.get("shard_ids"))
@@ -391,8 +439,11 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
             by_host[claim["host"]].append(cid)
     hosts = [_host_row(h, data, pttl, layout, by_host[h], now)
              for h, (data, pttl) in zip(hosts_sorted, host_data, strict=True)]
+    # a host's timestamps are read on its own clock: ``now`` there is ``now + its offset to Redis TIME``
+    offsets = {h.id: h.clock_offset for h in hosts if h.clock_offset is not None}
     depth = sum(int(n or 0) for n in depths)
-    clusters = [_cluster_row(cid, claims.get(cid), status, shard_map, layout, now)
+    clusters = [_cluster_row(cid, claims.get(cid), status, shard_map, layout,
+                             now + offsets.get(_claim_host(claims.get(cid)) or "", 0.0))
                 for cid, (status, shard_map) in zip(cluster_ids, packed, strict=True)]
 
     event_list = [Event.from_stream(str(eid), dict(data)) for eid, data in entries or []]
@@ -405,7 +456,8 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
         identify_depth=_int(broker.get("identify_depth")),
         standbys=[str(s) for s in standbys] if isinstance(standbys, list) else [],
     )
-    return Snapshot(keys.ns, now, layout, leader, hosts, clusters, event_list, depth, errors, _budget(budget_raw))
+    return Snapshot(keys.ns, now, layout, leader, hosts, clusters, event_list, depth, errors, _budget(budget_raw),
+                    _warnings(keys, layout_raw or {}, hosts))
 
 
 def _budget(raw: dict[str, str] | None) -> dict[str, float] | None:
@@ -431,12 +483,12 @@ class ClusterDetail:
     @property
     def cpu_series(self) -> list[float]:
         """CPU % samples, oldest first."""
-        return [float(m.get("cpu") or 0) for m in reversed(self.metrics)]
+        return [_float(m.get("cpu")) or 0.0 for m in reversed(self.metrics)]
 
     @property
     def rss_series(self) -> list[float]:
         """RSS samples in bytes, oldest first."""
-        return [float(m.get("rss") or 0) for m in reversed(self.metrics)]
+        return [_float(m.get("rss")) or 0.0 for m in reversed(self.metrics)]
 
 
 def _json_list(items: list[str] | None) -> list[dict[str, Any]]:

@@ -51,7 +51,8 @@ def render(snapshot: Snapshot, address: str) -> Group:
         clusters.add_row(*cluster_cells(cluster))
     verdict = Text("all shards ready", style="bold green") if snapshot.healthy else \
         Text("degraded", style="bold yellow") if snapshot.layout else Text("no layout in Redis", style="bold red")
-    return Group(summary_text(snapshot, address), verdict, hosts, clusters)
+    warnings = [Text(f"warning: {line}", style="yellow") for line in snapshot.warnings]
+    return Group(summary_text(snapshot, address), verdict, *warnings, hosts, clusters)
 
 
 async def _read(redis: Any, keys: Keys) -> Snapshot:

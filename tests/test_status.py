@@ -37,7 +37,7 @@ async def test_json_schema_and_degraded_exit_code(redis_url: str, capsys: pytest
     assert code == 1
     doc = json.loads(out)
     assert set(doc) == {"schema", "namespace", "taken_at", "summary", "layout", "leader", "hosts", "clusters",
-                        "events"}
+                        "events", "warnings"}
     assert doc["schema"] == SCHEMA_VERSION and doc["namespace"] == "letsfrag"
     assert doc["summary"] == {
         "healthy": False, "hosts_up": 3, "hosts_total": 3, "clusters_ready": 10, "clusters_total": 12,

@@ -25,7 +25,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from letsfrag.bus import NO_REPLY, Bus
 from letsfrag.clock import Clock, SystemClock
@@ -33,6 +33,7 @@ from letsfrag.config import BrokerConfig
 from letsfrag.errors import BusError, DiscordSetupError, LetsfragError
 from letsfrag.events import Severity, emit
 from letsfrag.logs import register_secrets_in
+from letsfrag.loops import supervised
 from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
 
@@ -42,7 +43,7 @@ from .layout import GatewayBot, Layout, fetch_gateway_bot, resolve_layout
 from .leader import LeaderLock, Term
 from .metrics import BrokerMetrics
 from .reconcile import Reconciler
-from .store import NotLeader, Store
+from .store import NotLeader, RedisDataError, Store
 
 __all__ = ["ClusterBroker"]
 
@@ -85,6 +86,7 @@ class ClusterBroker:
         self._leading = False
         self._since = 0.0
         self._redis_ok = True
+        self._data_error: str | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._ticked = asyncio.Condition()
@@ -166,9 +168,13 @@ class ClusterBroker:
         log.info("broker %s: %d shards in %d clusters of %d, max_concurrency %d", self.broker_id,
                  self._layout.shard_count, len(self._layout.clusters), self._layout.shards_per_cluster,
                  self._layout.max_concurrency)
-        self._loop_task = asyncio.create_task(self._run(), name=f"broker-{self.broker_id}")
+        self._loop_task = asyncio.create_task(
+            supervised("broker tick loop", self._run, logger=log, on_crash=self._on_crash),
+            name=f"broker-{self.broker_id}")
         if self.config.token is not None:
-            self._budget_task = asyncio.create_task(self._budget_loop(), name="broker-budget")
+            self._budget_task = asyncio.create_task(
+                supervised("broker budget loop", self._budget_loop, logger=log, on_crash=self._on_crash),
+                name="broker-budget")
         self._metrics = await start_metrics(self.config.metrics.listen, lambda: BrokerMetrics(self))
 
     async def close(self) -> None:
@@ -235,6 +241,8 @@ class ClusterBroker:
                 await self._tick()
             except NotLeader as exc:
                 await self._set_leading(False, str(exc))
+            except (RedisDataError, ResponseError) as exc:
+                await self._on_data_error(exc)
             except (BusError, RedisError, OSError) as exc:
                 if self._redis_ok:
                     log.warning("broker tick: Redis unavailable (%s); retrying every %.1fs", exc, self.interval)
@@ -243,11 +251,14 @@ class ClusterBroker:
                     self._reconciler.membership.reset()
             except Exception as exc:
                 log.exception("broker tick failed")
-                self._fire("error", exc)
+                await self._on_crash("broker tick", exc)
             else:
                 if not self._redis_ok:
                     log.info("broker: Redis reachable again")
+                if self._data_error is not None:
+                    log.info("broker: the Redis data error is gone (%s)", self._data_error)
                 self._redis_ok = True
+                self._data_error = None
             async with self._ticked:
                 self._ticked.notify_all()
             with contextlib.suppress(TimeoutError):
@@ -279,6 +290,22 @@ class ClusterBroker:
         if changed:
             with contextlib.suppress(BusError):
                 await self.bus.publish(self.keys.doorbell, MessageType.DOORBELL, {"source": "broker"})
+
+    async def _on_data_error(self, exc: Exception) -> None:
+        """Redis answered, but refused a command because of what a key holds: not an outage (membership is
+        kept, so hosts are still judged); reported once per distinct error."""
+        text = str(exc)
+        self._redis_ok = True
+        if text == self._data_error:
+            return
+        self._data_error = text
+        key = exc.key if isinstance(exc, RedisDataError) else "unknown"
+        await self._event(Severity.ERROR, "redis_data_error",
+                          f"broker {self.broker_id}: data error in Redis, not an outage: {text}", key=key)
+
+    async def _on_crash(self, name: str, exc: BaseException) -> None:
+        await self._event(Severity.ERROR, "loop_crashed", f"broker {self.broker_id}: {name} crashed "
+                          f"({type(exc).__name__}: {exc}); it continues", loop=name)
 
     async def _set_leading(self, leading: bool, reason: str) -> None:
         if leading == self._leading:

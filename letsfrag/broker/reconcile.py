@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from letsfrag.clock import Clock
 from letsfrag.config import BrokerConfig
 from letsfrag.events import Severity
+from letsfrag.records import LayoutRecord
 
 from .assignment import plan_assignment, plan_rebalance_step
 from .layout import Layout
@@ -61,6 +62,10 @@ class Reconciler:
         self._startup_deadline: float | None = None
         self._startup_floor = 0.0
         self._reported_unassigned: set[int] = set()
+        self._reported_values: set[str] = set()
+        #: the startup wait is for claims of running clusters (Redis lost its data): the layout says
+        #: ``adopting``, so a cluster missing from the assignment holds its events instead of fencing
+        self._adopting = False
         self._changed = False
 
     # term ---------------------------------------------------------------------------------------------
@@ -69,9 +74,10 @@ class Reconciler:
         """A new leadership term: forget timers and moves, write the layout, cold-start wait if needed."""
         self.membership.reset()
         self.moves.clear()
-        await self._write_layout()
+        self._adopting = False
         if not snap.assignment:
             self._cold_start(now, snap)
+        await self._write_layout()
         self.state = "waiting_for_hosts" if self._startup_deadline is not None else "running"
 
     def _cold_start(self, now: float, snap: Snapshot) -> None:
@@ -83,16 +89,47 @@ class Reconciler:
         if self.ready or any(r.running for r in snap.hosts.values()):
             self._startup_floor = now + self.config.lease.ttl
             self._startup_deadline = max(self._startup_deadline, self._startup_floor)
+            self._adopting = True
+
+    def layout_record(self) -> LayoutRecord:
+        """The ``{ns}:layout`` record of this broker's config (the one every host must use)."""
+        c, lay = self.config, self.layout
+        return LayoutRecord(
+            shard_count=lay.shard_count, shards_per_cluster=lay.shards_per_cluster, cluster_count=len(lay.clusters),
+            max_concurrency=lay.max_concurrency, identify_window=float(c.identify_window),
+            lease_ttl=float(c.lease.ttl), lease_grace=float(c.lease.grace),
+            heartbeat_interval=float(c.heartbeat_interval), allow_eval=c.allow_eval, updated_at=self.clock.time())
 
     async def _write_layout(self) -> None:
-        c, lay = self.config, self.layout
-        await self.store.hset(self.store.keys.layout, {
-            "shard_count": lay.shard_count, "shards_per_cluster": lay.shards_per_cluster,
-            "cluster_count": len(lay.clusters), "max_concurrency": lay.max_concurrency,
-            "identify_window": c.identify_window, "lease_ttl": c.lease.ttl, "lease_grace": c.lease.grace,
-            "heartbeat_interval": c.heartbeat_interval, "allow_eval": "1" if c.allow_eval else "0",
-            "updated_at": f"{self.clock.time():.3f}",
-        })
+        fields = dict(self.layout_record().to_hash())
+        if self._adopting:
+            fields["adopting"] = "1"
+        else:
+            await self.store.fenced("HDEL", self.store.keys.layout, "adopting")
+        await self.store.hset(self.store.keys.layout, fields)
+
+    async def _check_values(self, snap: Snapshot) -> None:
+        """The layout is this broker's: a changed or invalid one is rewritten at once; an epoch that is no
+        number is raised back above every epoch seen; other bad values are reported once each."""
+        keys = self.store.keys
+        problem = snap.layout_problem(self.layout_record(), keys.layout)
+        if problem is not None:
+            await self._event(Severity.ERROR, "layout_repaired", f"{problem}; rewritten from the broker's config",
+                              key=keys.layout)
+            await self._write_layout()
+        for p in snap.problems:
+            if p.key == keys.epoch:
+                floor = self._epoch_floor(snap)
+                await self.store.raise_epoch(floor)
+                await self._event(Severity.ERROR, "epoch_repaired",
+                                  f"{p}; rewritten to {floor} (the highest epoch in the assignment and the host "
+                                  "records)", key=keys.epoch)
+        current = {str(p) for p in snap.problems if p.key != keys.epoch}
+        for p in snap.problems:
+            if p.key != keys.epoch and str(p) not in self._reported_values:
+                await self._event(Severity.ERROR, "redis_value_invalid", f"{p}; the value is ignored",
+                                  key=p.key, field=p.field)
+        self._reported_values = current
 
     # one tick -----------------------------------------------------------------------------------------
 
@@ -107,9 +144,10 @@ class Reconciler:
                               "the layout key is gone (Redis lost its data?): rewriting it and re-adopting claims")
             self.membership.reset()
             self.moves.clear()
-            await self._write_layout()
             if not snap.assignment:
                 self._cold_start(now, snap)
+            await self._write_layout()
+        await self._check_values(snap)
         await self._keep_epoch(snap)
         self.assignment = dict(snap.assignment)
         verdicts = await self._judge(now, snap)
@@ -125,6 +163,9 @@ class Reconciler:
                 return self._changed
             self._startup_deadline = None
             self.state = "running"
+            if self._adopting:
+                self._adopting = False
+                await self.store.fenced("HDEL", self.store.keys.layout, "adopting")
             await self._event(Severity.INFO, "startup", f"assigning clusters with {up} host(s) up")
         changed = await self._plan(snap, verdicts, alive)
         if not changed and not self.moves.pending:
@@ -133,11 +174,14 @@ class Reconciler:
         await self._check_ready()
         return self._changed
 
-    async def _keep_epoch(self, snap: Snapshot) -> None:
+    def _epoch_floor(self, snap: Snapshot) -> int:
         seen = [g.epoch for g in snap.assignment.values()]
         seen += [e for h in snap.hosts.values() for e in h.running.values()]
-        floor = max([self.max_epoch, *seen])
-        if snap.epoch < floor:
+        return max([self.max_epoch, *seen])
+
+    async def _keep_epoch(self, snap: Snapshot) -> None:
+        floor = self._epoch_floor(snap)
+        if snap.epoch < floor and not snap.epoch_invalid:
             await self.store.raise_epoch(floor)
         self.max_epoch = max(floor, snap.epoch)
 

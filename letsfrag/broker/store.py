@@ -14,16 +14,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
+from letsfrag.errors import LetsfragError, RecordError
 from letsfrag.keys import Keys
+from letsfrag.records import LayoutRecord, parse_epoch, parse_int, parse_running
 
-__all__ = ["Grant", "HostRecord", "NotLeader", "Snapshot", "Store"]
+__all__ = ["Grant", "HostRecord", "NotLeader", "RedisDataError", "Snapshot", "Store"]
 
 log = logging.getLogger(__name__)
 
 
 class NotLeader(Exception):
     """A fenced write was refused: the leader lock does not name this broker."""
+
+
+class RedisDataError(LetsfragError):
+    """Redis refused a command because of what a key holds (a ``ResponseError``), not because it is away;
+    ``key`` names the key."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        self.key = key
+        super().__init__(f"Redis refused a write to {key}: {detail}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,71 +64,107 @@ class HostRecord:
 
 @dataclass(slots=True)
 class Snapshot:
-    """Everything one broker tick reads."""
+    """Everything one broker tick reads; ``problems`` are the values that failed validation."""
 
     hosts: dict[str, HostRecord]
     assignment: dict[int, Grant]
     epoch: int
-    layout_present: bool
+    layout: dict[str, str]
     identify_depth: int
+    problems: list[RecordError] = field(default_factory=list)
+    #: ``{ns}:epoch`` holds something that is not an epoch (it must be rewritten before the next grant)
+    epoch_invalid: bool = False
+
+    @property
+    def layout_present(self) -> bool:
+        """The layout key exists (gone: Redis lost its data, or someone deleted it)."""
+        return bool(self.layout)
+
+    def layout_problem(self, expected: LayoutRecord, key: str) -> str | None:
+        """Why the stored layout is not ``expected`` (``None`` when it is, or when it is absent)."""
+        if not self.layout:
+            return None
+        try:
+            found = LayoutRecord.from_hash(self.layout, key=key)
+        except RecordError as exc:
+            return str(exc)
+        changed = expected.differences(found)
+        if not changed:
+            return None
+        return f"{key} differs from this broker's layout in " + ", ".join(
+            f"{name} ({getattr(found, name)!r}, expected {getattr(expected, name)!r})" for name in changed)
 
 
-def _parse_grant(cid: str, raw: str) -> tuple[int, Grant] | None:
+def _parse_grant(key: str, cid: str, raw: str) -> tuple[int, Grant] | None:
     try:
         data = json.loads(raw)
-        return int(cid), Grant(str(data["host"]), int(data["epoch"]))
+        epoch = data["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise TypeError(f"epoch {epoch!r} is not an integer")
+        return (parse_int(cid, key=key, field=cid, maximum=1_000_000),
+                Grant(str(data["host"]), parse_int(epoch, key=key, field=cid)))
     except (ValueError, KeyError, TypeError):
-        log.warning("ignoring a malformed assignment field %r = %r", cid, raw[:80])
+        log.warning("ignoring a malformed assignment field %s %r = %r", key, cid, raw[:80])
         return None
 
 
-def _parse_running(raw: str | None) -> dict[int, int]:
-    if not raw:
-        return {}
+def _parse_host(host_id: str, key: str, data: dict[str, str], lease: str | None,
+                problems: list[RecordError]) -> HostRecord:
+    """One host record; a bad ``capacity`` reads as 0 and a bad ``running`` as nothing (both reported)."""
+    capacity = 0
     try:
-        data = json.loads(raw)
-        return {int(k): int(v) for k, v in data.items()}
-    except (ValueError, AttributeError, TypeError):
-        return {}
-
-
-def _parse_host(host_id: str, data: dict[str, str], lease: str | None) -> HostRecord:
+        capacity = parse_int(data.get("capacity", "0"), key=key, field="capacity", maximum=1_000_000)
+    except RecordError as exc:
+        problems.append(exc)
+    running: dict[int, int] = {}
     try:
-        capacity = max(0, int(data.get("capacity", "0")))
-    except ValueError:
-        capacity = 0
+        running = parse_running(data.get("running"), key=key)
+    except RecordError as exc:
+        problems.append(exc)
     return HostRecord(
         id=host_id,
         capacity=capacity,
         state=data.get("state", "up") or "up",
         incarnation=data.get("incarnation", ""),
-        running=_parse_running(data.get("running")),
+        running=running,
         lease=lease,
         registered=bool(data),
     )
 
 
 _GUARD = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end\n"
+# the epoch key's value as a number: 0 when missing, nil when it is not a decimal integer (then it is rewritten
+# from the floor, never passed to INCR or compared: a hand-written "abc" must not break every grant)
+_EPOCH_OF = """
+local function epoch_of(key)
+  local v = redis.call('GET', key)
+  if not v then return 0 end
+  if string.match(v, '^%d+$') and #v <= 15 then return tonumber(v) end
+  return nil
+end
+"""
 
-_GRANT = _GUARD + """
-local e = redis.call('INCR', KEYS[2])
+_GRANT = _GUARD + _EPOCH_OF + """
 local floor = tonumber(ARGV[4])
-if e <= floor then e = floor + 1; redis.call('SET', KEYS[2], e) end
+local cur = epoch_of(KEYS[2])
+if cur == nil or cur < floor then cur = floor end
+local e = cur + 1
+redis.call('SET', KEYS[2], e)
 redis.call('HSET', KEYS[3], ARGV[2], '{"host": ' .. cjson.encode(ARGV[3]) .. ', "epoch": ' .. e .. '}')
 return e
 """
 
-_ADOPT = _GUARD + """
+_ADOPT = _GUARD + _EPOCH_OF + """
 if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
-if cur < tonumber(ARGV[4]) then redis.call('SET', KEYS[2], ARGV[4]) end
+local cur = epoch_of(KEYS[2])
+if cur == nil or cur < tonumber(ARGV[4]) then redis.call('SET', KEYS[2], ARGV[4]) end
 return 1
 """
 
-_RAISE_EPOCH = _GUARD + """
-local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
-if cur < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+_RAISE_EPOCH = _GUARD + _EPOCH_OF + """
+local cur = epoch_of(KEYS[2])
+if cur == nil or cur < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
 return 1
 """
 
@@ -147,12 +195,18 @@ class Store:
 
     async def snapshot(self, buckets: int) -> Snapshot:
         """Hosts (records + leases), the assignment, the epoch and the identify queue depth."""
+        try:
+            return await self._snapshot(buckets)
+        except ResponseError as exc:  # e.g. WRONGTYPE: redis-py's message names the command and its key
+            raise RedisDataError("a key the tick reads", str(exc)) from exc
+
+    async def _snapshot(self, buckets: int) -> Snapshot:
         k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.smembers(k.hosts)
             pipe.hgetall(k.assignment)
             pipe.get(k.epoch)
-            pipe.exists(k.layout)
+            pipe.hgetall(k.layout)
             for bucket in range(buckets):
                 pipe.zcard(k.identify(f"queue:{bucket}"))
             first: list[Any] = await pipe.execute()
@@ -162,18 +216,31 @@ class Store:
                 pipe.hgetall(k.host(host_id))
                 pipe.get(k.lease(host_id))
             second: list[Any] = await pipe.execute()
+        problems: list[RecordError] = []
         hosts = {
-            host_id: _parse_host(host_id, second[2 * i] or {}, second[2 * i + 1])
+            host_id: _parse_host(host_id, k.host(host_id), second[2 * i] or {}, second[2 * i + 1], problems)
             for i, host_id in enumerate(host_ids)
         }
-        assignment = dict(g for cid, raw in (first[1] or {}).items() if (g := _parse_grant(cid, raw)) is not None)
+        assignment = dict(g for cid, raw in (first[1] or {}).items()
+                          if (g := _parse_grant(k.assignment, cid, raw)) is not None)
+        epoch, epoch_invalid = 0, False
         try:
-            epoch = int(first[2] or 0)
-        except ValueError:
-            epoch = 0
-        return Snapshot(hosts, assignment, epoch, bool(first[3]), sum(int(n) for n in first[4:]))
+            epoch = parse_epoch(first[2], key=k.epoch)
+        except RecordError as exc:
+            problems.append(exc)
+            epoch_invalid = True
+        return Snapshot(hosts, assignment, epoch, dict(first[3] or {}), sum(int(n) for n in first[4:]),
+                        problems, epoch_invalid)
 
     # fenced writes ------------------------------------------------------------------------------------
+
+    async def _script(self, script: Any, keys: list[str], args: list[Any], **kwargs: Any) -> Any:
+        """Run a fenced script; a ``ResponseError`` (what a key holds, not a lost connection) becomes a
+        :class:`RedisDataError` naming the keys it touches."""
+        try:
+            return await script(keys=keys, args=args, **kwargs)
+        except ResponseError as exc:
+            raise RedisDataError(", ".join(keys[1:]), str(exc)) from exc
 
     def _check(self, result: Any) -> Any:
         if result == -1:
@@ -184,8 +251,8 @@ class Store:
         """INCR epoch (kept above ``min_epoch``) and assign ``cluster_id`` to ``host``; return the epoch."""
         self.writes += 1
         k = self.keys
-        result = await self._grant(keys=[k.leader, k.epoch, k.assignment],
-                                   args=[self.broker_id, cluster_id, host, min_epoch])
+        result = await self._script(self._grant, [k.leader, k.epoch, k.assignment],
+                                    [self.broker_id, cluster_id, host, min_epoch])
         return int(self._check(result))
 
     async def grant_many(self, grants: Sequence[tuple[int, str]], min_epoch: int = 0) -> list[int]:
@@ -198,26 +265,29 @@ class Store:
             for cluster_id, host in grants:
                 await self._grant(keys=[k.leader, k.epoch, k.assignment],
                                   args=[self.broker_id, cluster_id, host, min_epoch], client=pipe)
-            results: list[Any] = await pipe.execute()
+            try:
+                results: list[Any] = await pipe.execute()
+            except ResponseError as exc:
+                raise RedisDataError(f"{k.epoch}, {k.assignment}", str(exc)) from exc
         return [int(self._check(r)) for r in results]
 
     async def adopt(self, cluster_id: int, grant: Grant) -> bool:
         """Write ``grant`` if the cluster is unassigned and raise the epoch to it; False if it was assigned."""
         self.writes += 1
         k = self.keys
-        result = await self._adopt(keys=[k.leader, k.epoch, k.assignment],
-                                   args=[self.broker_id, cluster_id, grant.to_json(), grant.epoch])
+        result = await self._script(self._adopt, [k.leader, k.epoch, k.assignment],
+                                    [self.broker_id, cluster_id, grant.to_json(), grant.epoch])
         return bool(self._check(result))
 
     async def raise_epoch(self, floor: int) -> None:
-        """Make ``{ns}:epoch`` at least ``floor`` (it only grows)."""
+        """Make ``{ns}:epoch`` at least ``floor`` (it only grows; a value that is no epoch becomes ``floor``)."""
         self.writes += 1
-        await self._raise(keys=[self.keys.leader, self.keys.epoch], args=[self.broker_id, floor])
+        await self._script(self._raise, [self.keys.leader, self.keys.epoch], [self.broker_id, floor])
 
     async def fenced(self, command: str, key: str, *args: Any) -> Any:
         """One of ``HSET``/``HDEL``/``SREM``/``DEL`` on ``key``, only while this broker holds the lock."""
         self.writes += 1
-        result = await self._fenced(keys=[self.keys.leader, key], args=[self.broker_id, command, *args])
+        result = await self._script(self._fenced, [self.keys.leader, key], [self.broker_id, command, *args])
         return self._check(result)
 
     async def revoke(self, cluster_ids: Iterable[int]) -> None:

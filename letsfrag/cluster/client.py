@@ -114,6 +114,7 @@ class ClusterMixin(_Base):
         self._lf_ipc_socket = ipc_socket
         self._lf_active = False
         self._lf_fencing = False
+        self._lf_undecided: str | None = None  # the reason of the current undecided wait (reported once)
         self._lf_handle_signals = False
         self._lf_pregrant: dict[int, float] = {}
         self._lf_tasks: set[asyncio.Task[Any]] = set()
@@ -198,7 +199,8 @@ class ClusterMixin(_Base):
         self.cluster.caller = RpcCaller(bus, allow_eval=env.allow_eval)
         self._lf_checker = OwnershipChecker(
             self._lf_redis, keys, cluster_id=env.cluster_id, host_id=env.host_id, epoch=env.epoch,
-            incarnation=env.host_incarnation, lease_ttl=env.lease_ttl, clock=self._lf_clock)
+            incarnation=env.host_incarnation, lease_ttl=env.lease_ttl, clock=self._lf_clock,
+            shard_ids=tuple(env.shard_ids))
         self._lf_identify = IdentifyCoordinator(
             self._lf_redis, keys, max_concurrency=env.max_concurrency, window=env.identify_window,
             margin=self._lf_identify_margin, source=cluster_node(env.cluster_id))
@@ -331,6 +333,9 @@ class ClusterMixin(_Base):
             result = await self._lf_checker.check()
         except (RedisError, OSError) as exc:
             raise ConnectionError(f"{what} postponed: cannot check ownership in Redis ({exc})") from exc
+        if result.ownership.undecided:
+            await self._lf_hold_undecided(result.ownership.reason)
+            raise ConnectionError(f"{what} postponed: {result.ownership.reason}")
         if not result.ownership.owner:
             self._lf_spawn(self._lf_fence(result.ownership.reason))
             raise FencedError(f"{what} refused: {result.ownership.reason}")
@@ -378,6 +383,12 @@ class ClusterMixin(_Base):
         except (RedisError, OSError) as exc:
             log.warning("cannot check ownership of cluster %s in Redis: %s", self.cluster.id, exc)
             return None
+        if result.ownership.undecided:
+            await self._lf_hold_undecided(result.ownership.reason)
+            return None
+        if self._lf_undecided is not None:
+            log.info("cluster %s: ownership decided again (%s)", self.cluster.id, result.ownership.reason)
+            self._lf_undecided = None
         if not result.ownership.owner:
             await self._lf_fence(result.ownership.reason)
             return False
@@ -396,6 +407,16 @@ class ClusterMixin(_Base):
             self._lf_ready_sent = False
 
     # --- outcomes -----------------------------------------------------------------------------------------
+    async def _lf_hold_undecided(self, reason: str) -> None:
+        """Ownership cannot be decided yet: events stay held (not dropped); reported once per reason."""
+        if reason == self._lf_undecided:
+            return
+        self._lf_undecided = reason
+        env = self.cluster.environment
+        await emit(self._lf_redis, Keys(env.namespace), Severity.WARNING, "cluster_holding",
+                   f"cluster {env.cluster_id}: {reason} ({len(self._lf_guard.held)} events held so far)",
+                   source=cluster_node(env.cluster_id), cluster=env.cluster_id, host=env.host_id, epoch=env.epoch)
+
     async def _lf_fence(self, reason: str) -> None:
         if self._lf_fencing:
             return

@@ -8,6 +8,12 @@ A cluster owns its shards while ``HGET {ns}:assignment <cid>`` equals its ``{hos
 lease PTTL - margin``. Each event compares ``clock.monotonic() < valid_until`` synchronously, so a process that
 wakes from a freeze (SIGSTOP/SIGCONT, a long pause) holds whatever it finds buffered before anything else runs.
 Held events are released in order once a fresh check confirms ownership, or dropped when it fences.
+
+Some readings decide nothing yet (:attr:`Ownership.undecided`): the layout is gone or flagged ``adopting``
+(Redis lost its data; the broker re-adopts running clusters from their hosts' claims) while the assignment
+field is missing, or the layout gives this cluster other shards than it runs (a hand-edited layout the broker
+rewrites at its next tick). Then events stay held — neither dispatched nor dropped — until a later check
+decides, and :func:`bound_undecided` turns a wait longer than its limit into a fence.
 """
 
 from __future__ import annotations
@@ -15,11 +21,16 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ..clock import Clock
+from ..errors import RecordError
+from ..records import MAX_SHARDS, parse_int
+
+#: the ``{ns}:layout`` fields an ownership check reads
+LAYOUT_FIELDS = ("shard_count", "shards_per_cluster", "adopting")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +40,27 @@ class Ownership:
     owner: bool
     reason: str
     ttl: float = 0.0
+    #: neither owner nor fenced yet: hold events and check again (see the module docs)
+    undecided: bool = False
+
+
+def _layout_verdict(layout: Mapping[str, str | None], cluster_id: int, shard_ids: tuple[int, ...] | None,
+                    key: str) -> Ownership | None:
+    """An undecided verdict when the layout's shard range for ``cluster_id`` is not ``shard_ids`` (or unreadable)."""
+    if shard_ids is None:
+        return None
+    try:
+        count = parse_int(layout.get("shard_count"), key=key, field="shard_count", minimum=1, maximum=MAX_SHARDS)
+        per = parse_int(layout.get("shards_per_cluster"), key=key, field="shards_per_cluster", minimum=1,
+                        maximum=MAX_SHARDS)
+    except RecordError as exc:
+        return Ownership(False, f"cannot check cluster {cluster_id}'s shards: {exc}", undecided=True)
+    start = cluster_id * per
+    expected = tuple(range(start, min(start + per, count)))
+    if expected != tuple(shard_ids):
+        return Ownership(False, f"{key} gives cluster {cluster_id} shards {list(expected)[:8]} but this process "
+                         f"runs {list(shard_ids)[:8]}", undecided=True)
+    return None
 
 
 def decide_ownership(
@@ -41,8 +73,25 @@ def decide_ownership(
     epoch: int,
     incarnation: str,
     default_ttl: float,
+    layout: Mapping[str, str | None] | None = None,
+    shard_ids: tuple[int, ...] | None = None,
+    layout_key: str = "layout",
 ) -> Ownership:
-    """Judge the raw Redis readings (assignment field, lease value, lease PTTL in ms)."""
+    """Judge the raw Redis readings (assignment field, lease value, lease PTTL in ms).
+
+    ``layout`` holds the :data:`LAYOUT_FIELDS` of ``{ns}:layout`` (``None``: not read); with ``shard_ids``
+    (what this process runs) each shard is checked against the layout, not only the cluster id.
+    """
+    if layout is not None:
+        gone = all(layout.get(name) is None for name in LAYOUT_FIELDS)
+        if (gone or layout.get("adopting")) and (assignment is None or lease_value is None):
+            what = "is gone" if gone else "says the broker is adopting running clusters"
+            return Ownership(False, f"{layout_key} {what} (Redis lost its data?): holding events until the broker "
+                             f"adopts cluster {cluster_id}", undecided=True)
+        if not gone:
+            mismatch = _layout_verdict(layout, cluster_id, shard_ids, layout_key)
+            if mismatch is not None:
+                return mismatch
     if assignment is None:
         return Ownership(False, f"cluster {cluster_id} is no longer assigned to any host")
     try:
@@ -62,6 +111,18 @@ def decide_ownership(
         return Ownership(False, f"host {host_id}'s lease belongs to another incarnation of the host")
     ttl = default_ttl if lease_pttl_ms < 0 else lease_pttl_ms / 1000.0
     return Ownership(True, "owner", ttl)
+
+
+def bound_undecided(verdict: Ownership, since: float | None, now: float,
+                    limit: float) -> tuple[Ownership, float | None]:
+    """Bound the wait of undecided verdicts: return the verdict to act on and the new start of the wait
+    (``None`` once decided). Undecided for longer than ``limit`` seconds becomes a fence."""
+    if not verdict.undecided:
+        return verdict, None
+    since = now if since is None else since
+    if now - since > limit:
+        return Ownership(False, f"{verdict.reason}; undecided for {now - since:.0f}s, giving up"), since
+    return verdict, since
 
 
 class Verdict(StrEnum):

@@ -8,7 +8,10 @@ import redis.asyncio as aioredis
 
 from ..clock import Clock
 from ..keys import Keys
-from .guard import Ownership, decide_ownership
+from .guard import LAYOUT_FIELDS, Ownership, bound_undecided, decide_ownership
+
+#: how many lease TTLs an undecided ownership (Redis lost its data; a layout being repaired) may last
+UNDECIDED_TTLS = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,7 @@ class OwnershipChecker:
         incarnation: str,
         lease_ttl: float,
         clock: Clock,
+        shard_ids: tuple[int, ...] | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -42,16 +46,23 @@ class OwnershipChecker:
         self.incarnation = incarnation
         self.lease_ttl = lease_ttl
         self.clock = clock
+        self.shard_ids = shard_ids
+        #: monotonic start of the current undecided wait (``None`` while decided)
+        self.undecided_since: float | None = None
+        #: checks answered so far
+        self.checks = 0
 
     async def check(self) -> OwnershipCheck:
-        """Read the assignment and the lease atomically (MULTI); raises ``RedisError``/``OSError`` offline."""
+        """Read the assignment, the lease and the layout's shard range atomically (MULTI); raises
+        ``RedisError``/``OSError`` offline. An undecided verdict lasting ``3 × lease_ttl`` becomes a fence."""
         sent_at = self.clock.monotonic()
         lease = self.keys.lease(self.host_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hget(self.keys.assignment, str(self.cluster_id))
             pipe.get(lease)
             pipe.pttl(lease)
-            assignment, lease_value, pttl = await pipe.execute()
+            pipe.hmget(self.keys.layout, list(LAYOUT_FIELDS))
+            assignment, lease_value, pttl, layout_values = await pipe.execute()
         verdict = decide_ownership(
             assignment,
             lease_value,
@@ -61,5 +72,11 @@ class OwnershipChecker:
             epoch=self.epoch,
             incarnation=self.incarnation,
             default_ttl=self.lease_ttl,
+            layout=dict(zip(LAYOUT_FIELDS, layout_values, strict=True)),
+            shard_ids=self.shard_ids,
+            layout_key=self.keys.layout,
         )
+        self.checks += 1
+        verdict, self.undecided_since = bound_undecided(verdict, self.undecided_since, self.clock.monotonic(),
+                                                        UNDECIDED_TTLS * self.lease_ttl)
         return OwnershipCheck(verdict, sent_at)

@@ -30,17 +30,42 @@ class Grants:
 
     def __init__(self, manager: ClusterManager) -> None:
         self.m = manager
+        self._refused: tuple[int, int] | None = None
 
     async def apply(self, layout: Layout, grants: dict[int, int]) -> None:
         """Take the grants read from Redis (``{cluster id: epoch}`` naming this host) and reconcile."""
         if self.m._closing:
             return
+        layout = self._keep_geometry(layout)
         self.m._layout = layout
         valid = {cid: epoch for cid, epoch in grants.items() if layout.shards_of(cid)}
         for cid in grants.keys() - valid.keys():
             log.warning("cluster %d is granted to this host but is outside the layout; ignored", cid)
         self.m._desired = valid
         await self.reconcile()
+
+    def _keep_geometry(self, layout: Layout) -> Layout:
+        """A layout that changes the shard ranges while clusters run here is refused (the last one stays):
+        two processes would run the same shard. It is reported once; it applies when nothing runs."""
+        current = self.m._layout
+        if current is None or current.geometry == layout.geometry:
+            self._refused = None
+            return layout
+        alive = sorted(cid for cid, r in self.m._records.items() if r.process is not None)
+        if not alive:
+            self._refused = None
+            return layout
+        if self._refused != layout.geometry:
+            self._refused = layout.geometry
+            key = self.m.bus.keys.layout
+            text = (f"host {self.m.host_id}: refusing the layout {key} with {layout.shard_count} shards in clusters "
+                    f"of {layout.shards_per_cluster} while clusters {alive} run {current.shard_count} shards in "
+                    f"clusters of {current.shards_per_cluster} (their shard ranges would overlap)")
+            log.error("%s", text)
+            self.m._event(Severity.ERROR, "layout_refused", text, host=self.m.host_id, key=key,
+                          field="shards_per_cluster" if layout.shards_per_cluster != current.shards_per_cluster
+                          else "shard_count")
+        return current
 
     def record(self, cluster_id: int) -> ClusterRecord:
         """The record of ``cluster_id``, created (with its restart tracker) on first use."""

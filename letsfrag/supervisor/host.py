@@ -15,7 +15,6 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -23,8 +22,9 @@ from redis.exceptions import RedisError
 from letsfrag import __version__
 from letsfrag.bus import Bus
 from letsfrag.clock import Clock
-from letsfrag.errors import BusError
+from letsfrag.errors import BusError, RecordError
 from letsfrag.protocol import MessageType
+from letsfrag.records import LayoutRecord as Layout
 
 __all__ = ["HostAgent", "Layout", "fence_after", "parse_assignment"]
 
@@ -33,48 +33,6 @@ log = logging.getLogger(__name__)
 WAITING_LOG_INTERVAL = 10.0
 LAYOUT_POLL = 0.25
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError, BusError)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The broker's ``{ns}:layout`` hash, parsed."""
-
-    shard_count: int
-    shards_per_cluster: int
-    cluster_count: int
-    max_concurrency: int
-    identify_window: float
-    lease_ttl: float
-    lease_grace: float
-    heartbeat_interval: float
-    #: the broker's ``allow_eval`` (field absent: false)
-    allow_eval: bool = False
-
-    @classmethod
-    def from_hash(cls, data: Mapping[str, str]) -> Layout:
-        """Parse the hash; ``ValueError`` names the missing or malformed field."""
-        ints = ("shard_count", "shards_per_cluster", "cluster_count", "max_concurrency")
-        floats = ("identify_window", "lease_ttl", "lease_grace", "heartbeat_interval")
-        values: dict[str, Any] = {}
-        for name in ints + floats:
-            raw = data.get(name)
-            if raw is None:
-                raise ValueError(f"layout field {name!r} is missing")
-            try:
-                values[name] = int(raw) if name in ints else float(raw)
-            except ValueError:
-                raise ValueError(f"layout field {name!r} is not a number: {raw!r}") from None
-        layout = cls(**values, allow_eval=data.get("allow_eval") == "1")
-        if layout.shard_count < 1 or layout.shards_per_cluster < 1 or layout.heartbeat_interval <= 0:
-            raise ValueError(f"layout has impossible values: {values}")
-        if layout.lease_ttl <= 0:
-            raise ValueError(f"layout lease_ttl must be positive, found {layout.lease_ttl!r}")
-        return layout
-
-    def shards_of(self, cluster_id: int) -> tuple[int, ...]:
-        """The contiguous block of shards of ``cluster_id`` (empty when outside the layout)."""
-        start = cluster_id * self.shards_per_cluster
-        return tuple(range(start, min(start + self.shards_per_cluster, self.shard_count)))
 
 
 def parse_assignment(data: Mapping[str, str], host_id: str) -> dict[int, int]:
@@ -99,6 +57,7 @@ def fence_after(lease_ttl: float, heartbeat_interval: float) -> float:
 
 
 GrantsCallback = Callable[[Layout, dict[int, int]], None]
+BadValueCallback = Callable[[RecordError], None]
 
 
 class HostAgent:
@@ -114,6 +73,7 @@ class HostAgent:
         on_grants: GrantsCallback,
         on_fence: Callable[[str], None],
         record_fields: Callable[[], dict[str, str]],
+        on_bad_value: BadValueCallback | None = None,
     ) -> None:
         self.bus = bus
         self.redis = bus.redis
@@ -124,6 +84,13 @@ class HostAgent:
         self._on_grants = on_grants
         self._on_fence = on_fence
         self._record_fields = record_fields
+        self._on_bad_value = on_bad_value
+        #: the problem of the layout last read, while it is bad (reported once, not on every heartbeat)
+        self.layout_problem: str | None = None
+        #: this host's wall clock minus Redis ``TIME`` (seconds), measured on each renewal
+        self.clock_offset: float | None = None
+        #: the grants last delivered (``{cluster id: epoch}``)
+        self.last_grants: dict[int, int] = {}
         self.incarnation = ""
         self.layout: Layout | None = None
         self.fenced = False
@@ -145,7 +112,7 @@ class HostAgent:
         return self.layout.lease_ttl if self.layout else 10.0
 
     def _static_fields(self) -> dict[str, str]:
-        return {
+        fields = {
             "id": self.host_id,
             "hostname": socket.gethostname(),
             "pid": str(os.getpid()),
@@ -155,6 +122,9 @@ class HostAgent:
             "registered_at": f"{self.registered_at:.3f}",
             "started_at": f"{self.started_at:.3f}",
         }
+        if self.clock_offset is not None:
+            fields["clock_offset"] = f"{self.clock_offset:.3f}"
+        return fields
 
     def poke(self) -> None:
         """Read the assignment soon (an ``assign`` doorbell arrived)."""
@@ -172,10 +142,11 @@ class HostAgent:
                     data: dict[str, str] = await self.redis.hgetall(self.keys.layout)  # type: ignore[misc,assignment]
                 if data:
                     try:
-                        self.layout = Layout.from_hash(data)
+                        self.layout = Layout.from_hash(data, key=self.keys.layout)
                         return self.layout
-                    except ValueError as exc:
+                    except RecordError as exc:
                         problem = str(exc)
+                        self._bad_layout(exc)
             except _REDIS_ERRORS as exc:
                 problem = f"Redis at {self.bus.address} unavailable ({type(exc).__name__})"
             now = self.clock.monotonic()
@@ -226,8 +197,30 @@ class HostAgent:
         pipe.sadd(self.keys.hosts, self.host_id)
         pipe.hgetall(self.keys.layout)
         pipe.hgetall(self.keys.assignment)
+        pipe.time()
+        before = self.clock.time()
         results = await pipe.execute()
+        self._measure_offset(before, self.clock.time(), results[6])
         return results[4], results[5]
+
+    def _measure_offset(self, before: float, after: float, redis_time: Any) -> None:
+        """This host's clock minus Redis ``TIME`` (the midpoint of the round trip against the server's clock)."""
+        try:
+            seconds, micros = redis_time
+            self.clock_offset = (before + after) / 2 - (int(seconds) + int(micros) / 1e6)
+        except (TypeError, ValueError):
+            self.clock_offset = None
+
+    def _bad_layout(self, exc: RecordError) -> None:
+        """Report a bad layout once (until it changes or is repaired); the last good layout stays in use."""
+        problem = str(exc)
+        if problem == self.layout_problem:
+            return
+        self.layout_problem = problem
+        kept = "keeping the last good layout" if self.layout is not None else "waiting for a valid one"
+        log.error("host %s: ignoring a bad layout: %s; %s", self.host_id, problem, kept)
+        if self._on_bad_value is not None:
+            self._on_bad_value(exc)
 
     def _deliver(self, layout_hash: Mapping[str, str], assignment: Mapping[str, str]) -> None:
         if self.fenced or not self.registered:
@@ -237,11 +230,22 @@ class HostAgent:
             # and adopt our clusters from the record's ``running``; an empty assignment here is not a revoke.
             return
         try:
-            self.layout = Layout.from_hash(layout_hash)
-        except ValueError as exc:
-            log.warning("host %s: ignoring a malformed layout (%s)", self.host_id, exc)
-            return
-        self._on_grants(self.layout, parse_assignment(assignment, self.host_id))
+            self.layout = Layout.from_hash(layout_hash, key=self.keys.layout)
+        except RecordError as exc:
+            self._bad_layout(exc)
+            if self.layout is None:
+                return
+        else:
+            if self.layout_problem is not None:
+                log.info("host %s: the layout %s is valid again", self.host_id, self.keys.layout)
+                self.layout_problem = None
+        grants = parse_assignment(assignment, self.host_id)
+        if layout_hash.get("adopting"):
+            # the broker is re-adopting running clusters from the hosts' claims (Redis lost its data): a grant
+            # missing from the assignment is not a revoke yet
+            grants = {**{c: e for c, e in self.last_grants.items() if str(c) not in assignment}, **grants}
+        self.last_grants = grants
+        self._on_grants(self.layout, grants)
 
     async def run(self) -> None:
         """The lease loop: renew every heartbeat interval, fence when renewals fail too long, re-register."""
@@ -251,6 +255,7 @@ class HostAgent:
             deadline = self.fence_deadline()
             if not self.fenced and deadline is not None and now >= deadline:
                 self.fenced = True
+                self.last_grants = {}
                 since = now - (self.last_renewal or now)
                 self._on_fence(f"lease not renewed for {since:.1f}s")
             if now >= next_beat:

@@ -23,8 +23,9 @@ from redis.exceptions import RedisError
 from letsfrag.bus import NO_REPLY, Bus
 from letsfrag.clock import Clock, SystemClock
 from letsfrag.config import HostConfig
-from letsfrag.errors import BusError
+from letsfrag.errors import BusError, RecordError
 from letsfrag.events import Severity
+from letsfrag.loops import supervised
 from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
 from letsfrag.supervisor import policy
@@ -160,11 +161,13 @@ class ClusterManager:
                               window=cfg.signature_window, max_bytes=cfg.max_message_bytes)
         self.publisher = Publisher(bus, self.host_id, self._view_of, self.clock.time)
         self.agent = HostAgent(bus, self.host_id, self.capacity, self.clock, on_grants=self._on_grants,
-                               on_fence=self._on_fence, record_fields=self._record_fields)
+                               on_fence=self._on_fence, record_fields=self._record_fields,
+                               on_bad_value=self._on_bad_value)
         bus.on_state(self._on_bus_state)
         await bus.start(wait=None)
         await bus.subscribe(bus.keys.host_inbox(self.host_id), self._on_inbox)
-        self._tasks.append(asyncio.create_task(self._loop(), name="supervisor-loop"))
+        self._tasks.append(self._core_task("supervisor-loop", self._loop))
+        self._tasks.append(self._core_task("supervisor-publish", self.publisher.run))
         if self.handle_signals:
             self.stopper.install_signals()
         self._layout = await self.agent.wait_for_layout()
@@ -176,9 +179,9 @@ class ClusterManager:
                 log.warning("host %s: registration failed (%s); retrying", self.host_id, exc)
                 await asyncio.sleep(0.5)
         self._tasks += [
-            asyncio.create_task(self.agent.run(), name="supervisor-lease"),
-            asyncio.create_task(self.publisher.run(), name="supervisor-publish"),
-            asyncio.create_task(self.reactions._ticker(), name="supervisor-tick"),
+            # the lease loop checks the fencing deadline first thing, so it restarts fast
+            self._core_task("supervisor-lease", self.agent.run, max_delay=0.5),
+            self._core_task("supervisor-tick", self.reactions._ticker),
         ]
         self.agent.poke()
         self._metrics = await start_metrics(cfg.metrics.listen, lambda: HostMetrics(self))
@@ -235,6 +238,19 @@ class ClusterManager:
         return await future
 
     # ------------------------------------------------------------------------------------------ the loop
+
+    def _core_task(self, name: str, run: Callable[[], Any], *, max_delay: float = 5.0) -> asyncio.Task[None]:
+        """A core loop that is logged with its traceback and restarted when it raises (never silently dead)."""
+        return asyncio.create_task(supervised(name, run, logger=log, on_crash=self._on_crash, max_delay=max_delay),
+                                   name=name)
+
+    def _on_crash(self, name: str, exc: BaseException) -> None:
+        self._event(Severity.ERROR, "loop_crashed", f"host {self.host_id}: {name} crashed "
+                    f"({type(exc).__name__}: {exc}); restarted", host=self.host_id, loop=name)
+
+    def _on_bad_value(self, exc: RecordError) -> None:
+        self._event(Severity.ERROR, "redis_value_invalid", f"host {self.host_id}: {exc}; ignored",
+                    host=self.host_id, key=exc.key, field=exc.field)
 
     async def _loop(self) -> None:
         while True:

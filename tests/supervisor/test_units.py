@@ -67,7 +67,7 @@ def test_layout_parsing_names_the_bad_field() -> None:
     assert layout.shards_of(0) == (0, 1, 2, 3) and layout.shards_of(2) == (8, 9) and layout.shards_of(3) == ()
     with pytest.raises(ValueError, match="'lease_ttl' is missing"):
         Layout.from_hash({k: v for k, v in LAYOUT.items() if k != "lease_ttl"})
-    with pytest.raises(ValueError, match="'shard_count' is not a number"):
+    with pytest.raises(ValueError, match="'shard_count' must be an integer"):
         Layout.from_hash({**LAYOUT, "shard_count": "many"})
 
 
