@@ -4,13 +4,21 @@ One client (``bus.redis``) serves commands and publishing; subscriptions run on 
 receive loop that survives Redis restarts: it reconnects with capped backoff, re-subscribes every channel and
 exposes ``connected`` (and ``on_state`` callbacks). Requests carry ``reply_to``; the answer comes back on
 ``{ns}:reply:{node}`` and callers always get a value, a :class:`RemoteError` or a :class:`RequestTimeout`.
+
+Every envelope is bound to its receiver here, once for all receivers: it carries (signed) the channel it was
+published on and is dropped on any other (``misrouted``); a ``target`` must name this node or one of its
+:attr:`Bus.aliases` (``wrong_receiver``, routine on shared inboxes: a standby broker sees the leader's
+commands). Ids are remembered in memory for the window (:class:`~letsfrag.protocol.ReplayGuard`); with a
+secret, :data:`~letsfrag.protocol.ONCE_TYPES` (commands, stop, rpc, eval) are also claimed in Redis
+(``SET {ns}:replay:<receiver>:<id> 1 NX PX <2 × window>``, receiver = the target name or, without a target,
+this node's id) before their handler runs, so a receiver restarted inside the window still refuses a replay.
+The broadcast channel, which every cluster must read, has a smaller size cap (``broadcast_max_bytes``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -25,7 +33,17 @@ from redis.exceptions import RedisError
 from .connection import create_redis, display_url
 from .errors import BusError, ProtocolError, RemoteError, RequestTimeout
 from .keys import Keys
-from .protocol import DEFAULT_MAX_BYTES, DEFAULT_WINDOW, Codec, Envelope, MessageType, ReplayGuard
+from .protocol import (
+    DEFAULT_BROADCAST_MAX_BYTES,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_WINDOW,
+    ONCE_TYPES,
+    Codec,
+    Envelope,
+    MessageType,
+    ReplayGuard,
+    sender_hint,
+)
 
 if TYPE_CHECKING:
     from .config import RedisSettings
@@ -98,12 +116,17 @@ class Bus:
         secret: str | None = None,
         window: float = DEFAULT_WINDOW,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        broadcast_max_bytes: int = DEFAULT_BROADCAST_MAX_BYTES,
         request_timeout: float = 10.0,
         reconnect_max: float = 1.0,
+        aliases: Iterable[str] = (),
     ) -> None:
         self.node_id = node_id
+        #: other target names this node answers to now (the leading broker answers to ``broker``)
+        self.aliases: set[str] = set(aliases)
         self.keys = Keys(namespace)
         self.codec = Codec(secret, window=window, max_bytes=max_bytes)
+        self.broadcast_max_bytes = broadcast_max_bytes
         self.replays = ReplayGuard(window)
         self.request_timeout = request_timeout
         self.reconnect_max = reconnect_max
@@ -231,9 +254,17 @@ class Bus:
 
     # receiving ---------------------------------------------------------------------------------------
 
+    def _cap(self, channel: str) -> int | None:
+        return self.broadcast_max_bytes if channel == self.keys.broadcast else None
+
     def _on_raw(self, channel: str, data: Any) -> None:
         try:
-            env = self.codec.decode(data)
+            env = self.codec.decode(data, channel=channel, max_bytes=self._cap(channel))
+            if env.target is not None and env.target != self.node_id and env.target not in self.aliases:
+                # the channel is right (it is signed): a message for another node on a shared inbox
+                self.dropped["wrong_receiver"] += 1
+                log.debug("ignored a %s for %r on %s", env.type, env.target, channel)
+                return
             self.replays.check(env, time.monotonic())
         except ProtocolError as exc:
             self._count_drop(exc, data)
@@ -251,13 +282,11 @@ class Bus:
         if handler is not None:
             self._spawn(self._handle(handler, env))
 
-    def _count_drop(self, exc: ProtocolError, data: Any) -> None:
+    def _count_drop(self, exc: ProtocolError, data: Any, sender: str | None = None) -> None:
         self.dropped[exc.reason] += 1
-        sender = "unknown"
-        with contextlib.suppress(Exception):
-            parsed = json.loads(data)
-            if isinstance(parsed, dict) and isinstance(parsed.get("sender"), str):
-                sender = parsed["sender"][:64]
+        if sender is None and isinstance(data, bytes):  # the first bytes only: a dropped message is never parsed
+            sender = sender_hint(data)
+        sender = "unknown" if sender is None else sender[:64]
         now = time.monotonic()
         if now - self._last_warning.get(sender, -_DROP_WARN_INTERVAL) < _DROP_WARN_INTERVAL:
             return
@@ -267,19 +296,33 @@ class Bus:
             return
         self._last_warning[sender] = now
         if len(self._last_warning) == _DROP_WARN_BUDGET:
-            log.warning("dropped a message from %s: %s; more than %d senders in a minute: further drops are only "
+            log.warning("dropped a message from %r: %s; more than %d senders in a minute: further drops are only "
                         "counted", sender, exc, _DROP_WARN_BUDGET)
         else:
-            log.warning("dropped a message from %s: %s (further drops from it are counted quietly)", sender, exc)
+            log.warning("dropped a message from %r: %s (further drops from it are counted quietly)", sender, exc)
+
+    async def _claim(self, env: Envelope) -> bool:
+        """Record ``env``'s id in Redis for this receiver; False when it was recorded before (a replay)."""
+        receiver = env.target or self.node_id
+        ttl = max(1, int(2 * self.codec.window * 1000))
+        return bool(await self.redis.set(self.keys.replay(receiver, env.id), "1", nx=True, px=ttl))
 
     async def _handle(self, handler: Handler, env: Envelope) -> None:
         try:
+            if env.type in ONCE_TYPES and self.codec.signing:
+                try:
+                    claimed = await self._claim(env)
+                except (RedisError, OSError) as exc:  # refuse rather than risk running it twice
+                    raise BusError(f"cannot record message id {env.id} in Redis to refuse replays ({exc})") from exc
+                if not claimed:
+                    self._count_drop(ProtocolError("replayed", "id already recorded in Redis"), None, env.sender)
+                    return
             value = await handler(env)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if not env.reply_to:
-                log.warning("%s from %s refused: %s: %s", env.type, env.sender, type(exc).__name__, exc)
+                log.warning("%s from %r refused: %s: %s", env.type, env.sender, type(exc).__name__, exc)
                 log.debug("handler traceback", exc_info=True)
                 return
             await self._reply(env, {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}})
@@ -290,15 +333,16 @@ class Bus:
     async def _reply(self, request: Envelope, payload: dict[str, Any]) -> None:
         assert request.reply_to is not None
         try:
-            await self.publish(self.keys.reply(request.reply_to), MessageType.REPLY, payload, corr=request.id)
+            await self.publish(self.keys.reply(request.reply_to), MessageType.REPLY, payload, corr=request.id,
+                               target=request.reply_to)
         except (BusError, TypeError, ValueError) as exc:
             if isinstance(exc, TypeError | ValueError):
                 error = {"type": "TypeError", "message": f"result is not JSON-serialisable: {exc}"}
                 with contextlib.suppress(BusError):
                     await self.publish(self.keys.reply(request.reply_to), MessageType.REPLY,
-                                       {"ok": False, "error": error}, corr=request.id)
+                                       {"ok": False, "error": error}, corr=request.id, target=request.reply_to)
             else:
-                log.warning("could not reply to %s: %s", request.sender, exc)
+                log.warning("could not reply to %r: %s", request.sender, exc)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -321,11 +365,13 @@ class Bus:
         reply_to: str | None = None,
         message_id: str | None = None,
     ) -> int:
-        """Publish one envelope; return how many subscribers received it. Raises ``BusError`` when offline."""
-        fields: dict[str, Any] = {"target": target, "corr": corr, "reply_to": reply_to}
+        """Publish one envelope, signed for ``channel``; return how many subscribers received it.
+
+        Raises ``BusError`` when offline, ``ProtocolError("oversized")`` over the channel's size cap."""
+        fields: dict[str, Any] = {"target": target, "corr": corr, "reply_to": reply_to, "channel": channel}
         if message_id:
             fields["id"] = message_id
-        data = self.codec.encode(self.envelope(type, payload, **fields))
+        data = self.codec.encode(self.envelope(type, payload, **fields), max_bytes=self._cap(channel))
         try:
             return int(await self.redis.publish(channel, data))
         except (RedisError, OSError) as exc:
