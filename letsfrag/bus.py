@@ -142,6 +142,10 @@ class Bus:
         self._state_callbacks: list[StateCallback] = []
         self._pubsub: Any = None
         self._loop_task: asyncio.Task[None] | None = None
+        # the broadcast channel, which anyone may flood, is read on a connection of its own: a backlog there
+        # (or Redis cutting that subscriber off at its output buffer limit) never delays this node's inbox
+        self._broadcast_task: asyncio.Task[None] | None = None
+        self._broadcast_ready = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscribed = asyncio.Event()
         self._closing = False
@@ -152,21 +156,25 @@ class Bus:
     async def start(self, wait: float | None = 10.0) -> None:
         """Start the receive loop; wait up to ``wait`` seconds for the first subscription (None: don't wait)."""
         if self._loop_task is None:
-            self._loop_task = asyncio.create_task(self._receive_loop(), name=f"bus-{self.node_id}")
+            self._loop_task = asyncio.create_task(self._receive_loop(False), name=f"bus-{self.node_id}")
+        self._start_broadcast_loop()
         if wait:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._subscribed.wait(), wait)
+                if self._broadcast_task is not None:
+                    await asyncio.wait_for(self._broadcast_ready.wait(), wait)
             if not self.connected:
                 raise BusError(f"cannot reach Redis at {self.address}")
 
     async def close(self) -> None:
         """Stop the receive loop, fail pending requests and close connections."""
         self._closing = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._loop_task
-            self._loop_task = None
+        for loop_task in (self._loop_task, self._broadcast_task):
+            if loop_task is not None:
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await loop_task
+        self._loop_task = self._broadcast_task = None
         for task in list(self._tasks):
             task.cancel()
         for collector in self._pending.values():
@@ -195,24 +203,48 @@ class Bus:
     async def subscribe(self, channel: str, handler: Handler) -> None:
         """Route every valid envelope on ``channel`` to ``handler``; a request's return value is its reply."""
         self._handlers[channel] = handler
+        if channel == self.keys.broadcast:
+            if self._loop_task is not None and self._broadcast_task is None:
+                self._start_broadcast_loop()
+                if self.connected:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._broadcast_ready.wait(), 10.0)
+            return
         if self._pubsub is not None and self.connected:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         self._handlers.pop(channel, None)
+        if channel == self.keys.broadcast:
+            if self._broadcast_task is not None:
+                self._broadcast_task.cancel()
+                self._broadcast_task = None
+                self._broadcast_ready.clear()
+            return
         if self._pubsub is not None and self.connected:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.unsubscribe(channel)
 
-    async def _receive_loop(self) -> None:
+    def _start_broadcast_loop(self) -> None:
+        if self.keys.broadcast in self._handlers and self._broadcast_task is None and not self._closing:
+            self._broadcast_task = asyncio.create_task(self._receive_loop(True),
+                                                       name=f"bus-{self.node_id}-broadcast")
+
+    async def _receive_loop(self, broadcast: bool) -> None:
+        """Read one subscription connection: the broadcast channel alone, or the reply channel and every
+        other subscribed channel (whose state is :attr:`connected`)."""
         delay = 0.1
         while not self._closing:
             pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.reply_channel, *self._handlers)
-                self._pubsub = pubsub
-                self._set_connected(True)
+                if broadcast:
+                    await pubsub.subscribe(self.keys.broadcast)
+                    self._broadcast_ready.set()
+                else:
+                    await pubsub.subscribe(self.reply_channel, *(c for c in self._handlers if c != self.keys.broadcast))
+                    self._pubsub = pubsub
+                    self._set_connected(True)
                 delay = 0.1
                 while True:
                     # block without a timeout: a timed read costs a timer and a cancel scope per message
@@ -223,11 +255,18 @@ class Bus:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                if self.connected:
-                    log.warning("lost Redis at %s (%s); reconnecting", self.address, type(exc).__name__)
-                self._set_connected(False)
+                if broadcast and self._broadcast_ready.is_set():
+                    log.warning("lost the broadcast subscription at %s (%s); resubscribing", self.address,
+                                type(exc).__name__)
+                elif not broadcast:
+                    if self.connected:
+                        log.warning("lost Redis at %s (%s); reconnecting", self.address, type(exc).__name__)
+                    self._set_connected(False)
             finally:
-                self._pubsub = None
+                if broadcast:
+                    self._broadcast_ready.clear()
+                else:
+                    self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             if self._closing:
