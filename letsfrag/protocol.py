@@ -149,8 +149,14 @@ def frame(body: bytes, sig: str = "") -> bytes:
 
 def split_frame(raw: bytes) -> tuple[bytes, bytes]:
     """``(sig, body)`` of a frame, without parsing the body; ``ProtocolError`` when it is not a frame."""
+    sig, start = _read_header(raw)
+    return sig, raw[start:]
+
+
+def _read_header(raw: bytes) -> tuple[bytes, int]:
+    """The signature of a frame and where its body starts (the body itself is not copied)."""
     if not raw.startswith(_HEADER):
-        if raw.lstrip()[:1] == b"{":
+        if raw[:64].lstrip()[:1] == b"{":
             raise ProtocolError("wrong_version", "a plain JSON envelope (protocol version 1)")
         if raw.startswith(b"lf") and raw[2:3].isdigit():
             raise ProtocolError("wrong_version", repr(raw[:8])[:40])
@@ -161,7 +167,7 @@ def split_frame(raw: bytes) -> tuple[bytes, bytes]:
     sig = raw[len(_HEADER):dot]
     if sig and not _SIG_HEX.match(sig):
         raise ProtocolError("malformed", "signature is not 64 hex digits")
-    return sig, raw[dot + 1:]
+    return sig, dot + 1
 
 
 def sender_hint(raw: bytes) -> str | None:
@@ -176,7 +182,7 @@ def sender_hint(raw: bytes) -> str | None:
     return value[:64] if isinstance(value, str) else None
 
 
-def sign(body: bytes, secret: bytes) -> str:
+def sign(body: bytes | memoryview, secret: bytes) -> str:
     return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
@@ -220,14 +226,14 @@ class Codec:
         cap = self.max_bytes if max_bytes is None else min(max_bytes, self.max_bytes)
         if len(raw) > cap:
             raise ProtocolError("oversized", f"{len(raw)} bytes > cap {cap}")
-        sig, data = split_frame(raw)
+        sig, start = _read_header(raw)
         if self._secret:
             if not sig:
                 raise ProtocolError("unsigned", "no signature")
-            if not hmac.compare_digest(sig, sign(data, self._secret).encode()):
+            if not hmac.compare_digest(sig, sign(memoryview(raw)[start:], self._secret).encode()):
                 raise ProtocolError("bad_signature", "signature does not match")
         try:
-            body = json.loads(data)
+            body = json.loads(raw[start:])
         except (ValueError, RecursionError) as exc:
             raise ProtocolError("malformed", "not JSON") from exc
         if not isinstance(body, dict):

@@ -231,3 +231,30 @@ def test_replay_guard_remembers_ids_for_the_window() -> None:
     assert err.value.reason == "replayed"
     guard.check(_env(id="other"), now=200.0)  # prunes ids older than two windows
     guard.check(env, now=200.0)  # by now the codec's window would call it stale anyway
+
+
+def test_refusing_big_forgeries_allocates_nothing_like_their_size() -> None:
+    """Oversized frames are refused by length and forged ones by their HMAC: neither is parsed, and reading the
+    sender for the drop warning looks at the first bytes only (a parse would allocate several times the size)."""
+    import tracemalloc
+
+    body = json.dumps({"v": 2, "sender": "flood", "payload": {"args": ["x" * 60] * (1 << 13)}}).encode()
+    cases = [
+        (Codec(SECRET), b"x" * (20 << 20), "oversized"),
+        (Codec(SECRET), body * 40, "oversized"),  # plain JSON (version 1) of 20 MiB
+        (Codec(SECRET), body, "wrong_version"),  # plain JSON (version 1) under the cap
+        (Codec(SECRET), frame(body), "unsigned"),  # half a MiB, under the cap
+        (Codec(SECRET), frame(body, "0" * 64), "bad_signature"),
+    ]
+    for codec, raw, reason in cases:
+        tracemalloc.start()
+        try:
+            with pytest.raises(ProtocolError) as err:
+                codec.decode(raw)
+            hint = sender_hint(raw)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert err.value.reason == reason
+        assert peak < 64 * 1024, f"{reason}: {peak} bytes allocated for a {len(raw)}-byte message"
+        assert hint in (None, "flood")
