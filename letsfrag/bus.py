@@ -4,13 +4,21 @@ One client (``bus.redis``) serves commands and publishing; subscriptions run on 
 receive loop that survives Redis restarts: it reconnects with capped backoff, re-subscribes every channel and
 exposes ``connected`` (and ``on_state`` callbacks). Requests carry ``reply_to``; the answer comes back on
 ``{ns}:reply:{node}`` and callers always get a value, a :class:`RemoteError` or a :class:`RequestTimeout`.
+
+Every envelope is bound to its receiver here, once for all receivers: it carries (signed) the channel it was
+published on and is dropped on any other (``misrouted``); a ``target`` must name this node or one of its
+:attr:`Bus.aliases` (``wrong_receiver``, routine on shared inboxes: a standby broker sees the leader's
+commands). Ids are remembered in memory for the window (:class:`~letsfrag.protocol.ReplayGuard`); with a
+secret, :data:`~letsfrag.protocol.ONCE_TYPES` (commands, stop, rpc, eval) are also claimed in Redis
+(``SET {ns}:replay:<receiver>:<id> 1 NX PX <2 × window>``, receiver = the target name or, without a target,
+this node's id) before their handler runs, so a receiver restarted inside the window still refuses a replay.
+The broadcast channel, which every cluster must read, has a smaller size cap (``broadcast_max_bytes``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -25,7 +33,17 @@ from redis.exceptions import RedisError
 from .connection import create_redis, display_url
 from .errors import BusError, ProtocolError, RemoteError, RequestTimeout
 from .keys import Keys
-from .protocol import DEFAULT_MAX_BYTES, DEFAULT_WINDOW, Codec, Envelope, MessageType, ReplayGuard
+from .protocol import (
+    DEFAULT_BROADCAST_MAX_BYTES,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_WINDOW,
+    ONCE_TYPES,
+    Codec,
+    Envelope,
+    MessageType,
+    ReplayGuard,
+    sender_hint,
+)
 
 if TYPE_CHECKING:
     from .config import RedisSettings
@@ -98,12 +116,17 @@ class Bus:
         secret: str | None = None,
         window: float = DEFAULT_WINDOW,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        broadcast_max_bytes: int = DEFAULT_BROADCAST_MAX_BYTES,
         request_timeout: float = 10.0,
         reconnect_max: float = 1.0,
+        aliases: Iterable[str] = (),
     ) -> None:
         self.node_id = node_id
+        #: other target names this node answers to now (the leading broker answers to ``broker``)
+        self.aliases: set[str] = set(aliases)
         self.keys = Keys(namespace)
         self.codec = Codec(secret, window=window, max_bytes=max_bytes)
+        self.broadcast_max_bytes = broadcast_max_bytes
         self.replays = ReplayGuard(window)
         self.request_timeout = request_timeout
         self.reconnect_max = reconnect_max
@@ -119,6 +142,10 @@ class Bus:
         self._state_callbacks: list[StateCallback] = []
         self._pubsub: Any = None
         self._loop_task: asyncio.Task[None] | None = None
+        # the broadcast channel, which anyone may flood, is read on a connection of its own: a backlog there
+        # (or Redis cutting that subscriber off at its output buffer limit) never delays this node's inbox
+        self._broadcast_task: asyncio.Task[None] | None = None
+        self._broadcast_ready = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscribed = asyncio.Event()
         self._closing = False
@@ -129,21 +156,25 @@ class Bus:
     async def start(self, wait: float | None = 10.0) -> None:
         """Start the receive loop; wait up to ``wait`` seconds for the first subscription (None: don't wait)."""
         if self._loop_task is None:
-            self._loop_task = asyncio.create_task(self._receive_loop(), name=f"bus-{self.node_id}")
+            self._loop_task = asyncio.create_task(self._receive_loop(False), name=f"bus-{self.node_id}")
+        self._start_broadcast_loop()
         if wait:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._subscribed.wait(), wait)
+                if self._broadcast_task is not None:
+                    await asyncio.wait_for(self._broadcast_ready.wait(), wait)
             if not self.connected:
                 raise BusError(f"cannot reach Redis at {self.address}")
 
     async def close(self) -> None:
         """Stop the receive loop, fail pending requests and close connections."""
         self._closing = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._loop_task
-            self._loop_task = None
+        for loop_task in (self._loop_task, self._broadcast_task):
+            if loop_task is not None:
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await loop_task
+        self._loop_task = self._broadcast_task = None
         for task in list(self._tasks):
             task.cancel()
         for collector in self._pending.values():
@@ -172,24 +203,48 @@ class Bus:
     async def subscribe(self, channel: str, handler: Handler) -> None:
         """Route every valid envelope on ``channel`` to ``handler``; a request's return value is its reply."""
         self._handlers[channel] = handler
+        if channel == self.keys.broadcast:
+            if self._loop_task is not None and self._broadcast_task is None:
+                self._start_broadcast_loop()
+                if self.connected:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._broadcast_ready.wait(), 10.0)
+            return
         if self._pubsub is not None and self.connected:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         self._handlers.pop(channel, None)
+        if channel == self.keys.broadcast:
+            if self._broadcast_task is not None:
+                self._broadcast_task.cancel()
+                self._broadcast_task = None
+                self._broadcast_ready.clear()
+            return
         if self._pubsub is not None and self.connected:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.unsubscribe(channel)
 
-    async def _receive_loop(self) -> None:
+    def _start_broadcast_loop(self) -> None:
+        if self.keys.broadcast in self._handlers and self._broadcast_task is None and not self._closing:
+            self._broadcast_task = asyncio.create_task(self._receive_loop(True),
+                                                       name=f"bus-{self.node_id}-broadcast")
+
+    async def _receive_loop(self, broadcast: bool) -> None:
+        """Read one subscription connection: the broadcast channel alone, or the reply channel and every
+        other subscribed channel (whose state is :attr:`connected`)."""
         delay = 0.1
         while not self._closing:
             pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.reply_channel, *self._handlers)
-                self._pubsub = pubsub
-                self._set_connected(True)
+                if broadcast:
+                    await pubsub.subscribe(self.keys.broadcast)
+                    self._broadcast_ready.set()
+                else:
+                    await pubsub.subscribe(self.reply_channel, *(c for c in self._handlers if c != self.keys.broadcast))
+                    self._pubsub = pubsub
+                    self._set_connected(True)
                 delay = 0.1
                 while True:
                     # block without a timeout: a timed read costs a timer and a cancel scope per message
@@ -200,11 +255,18 @@ class Bus:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                if self.connected:
-                    log.warning("lost Redis at %s (%s); reconnecting", self.address, type(exc).__name__)
-                self._set_connected(False)
+                if broadcast and self._broadcast_ready.is_set():
+                    log.warning("lost the broadcast subscription at %s (%s); resubscribing", self.address,
+                                type(exc).__name__)
+                elif not broadcast:
+                    if self.connected:
+                        log.warning("lost Redis at %s (%s); reconnecting", self.address, type(exc).__name__)
+                    self._set_connected(False)
             finally:
-                self._pubsub = None
+                if broadcast:
+                    self._broadcast_ready.clear()
+                else:
+                    self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             if self._closing:
@@ -231,9 +293,17 @@ class Bus:
 
     # receiving ---------------------------------------------------------------------------------------
 
+    def _cap(self, channel: str) -> int | None:
+        return self.broadcast_max_bytes if channel == self.keys.broadcast else None
+
     def _on_raw(self, channel: str, data: Any) -> None:
         try:
-            env = self.codec.decode(data)
+            env = self.codec.decode(data, channel=channel, max_bytes=self._cap(channel))
+            if env.target is not None and env.target != self.node_id and env.target not in self.aliases:
+                # the channel is right (it is signed): a message for another node on a shared inbox
+                self.dropped["wrong_receiver"] += 1
+                log.debug("ignored a %s for %r on %s", env.type, env.target, channel)
+                return
             self.replays.check(env, time.monotonic())
         except ProtocolError as exc:
             self._count_drop(exc, data)
@@ -251,13 +321,11 @@ class Bus:
         if handler is not None:
             self._spawn(self._handle(handler, env))
 
-    def _count_drop(self, exc: ProtocolError, data: Any) -> None:
+    def _count_drop(self, exc: ProtocolError, data: Any, sender: str | None = None) -> None:
         self.dropped[exc.reason] += 1
-        sender = "unknown"
-        with contextlib.suppress(Exception):
-            parsed = json.loads(data)
-            if isinstance(parsed, dict) and isinstance(parsed.get("sender"), str):
-                sender = parsed["sender"][:64]
+        if sender is None and isinstance(data, bytes):  # the first bytes only: a dropped message is never parsed
+            sender = sender_hint(data)
+        sender = "unknown" if sender is None else sender[:64]
         now = time.monotonic()
         if now - self._last_warning.get(sender, -_DROP_WARN_INTERVAL) < _DROP_WARN_INTERVAL:
             return
@@ -267,19 +335,33 @@ class Bus:
             return
         self._last_warning[sender] = now
         if len(self._last_warning) == _DROP_WARN_BUDGET:
-            log.warning("dropped a message from %s: %s; more than %d senders in a minute: further drops are only "
+            log.warning("dropped a message from %r: %s; more than %d senders in a minute: further drops are only "
                         "counted", sender, exc, _DROP_WARN_BUDGET)
         else:
-            log.warning("dropped a message from %s: %s (further drops from it are counted quietly)", sender, exc)
+            log.warning("dropped a message from %r: %s (further drops from it are counted quietly)", sender, exc)
+
+    async def _claim(self, env: Envelope) -> bool:
+        """Record ``env``'s id in Redis for this receiver; False when it was recorded before (a replay)."""
+        receiver = env.target or self.node_id
+        ttl = max(1, int(2 * self.codec.window * 1000))
+        return bool(await self.redis.set(self.keys.replay(receiver, env.id), "1", nx=True, px=ttl))
 
     async def _handle(self, handler: Handler, env: Envelope) -> None:
         try:
+            if env.type in ONCE_TYPES and self.codec.signing:
+                try:
+                    claimed = await self._claim(env)
+                except (RedisError, OSError) as exc:  # refuse rather than risk running it twice
+                    raise BusError(f"cannot record message id {env.id} in Redis to refuse replays ({exc})") from exc
+                if not claimed:
+                    self._count_drop(ProtocolError("replayed", "id already recorded in Redis"), None, env.sender)
+                    return
             value = await handler(env)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if not env.reply_to:
-                log.warning("%s from %s refused: %s: %s", env.type, env.sender, type(exc).__name__, exc)
+                log.warning("%s from %r refused: %s: %s", env.type, env.sender, type(exc).__name__, exc)
                 log.debug("handler traceback", exc_info=True)
                 return
             await self._reply(env, {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}})
@@ -290,15 +372,16 @@ class Bus:
     async def _reply(self, request: Envelope, payload: dict[str, Any]) -> None:
         assert request.reply_to is not None
         try:
-            await self.publish(self.keys.reply(request.reply_to), MessageType.REPLY, payload, corr=request.id)
+            await self.publish(self.keys.reply(request.reply_to), MessageType.REPLY, payload, corr=request.id,
+                               target=request.reply_to)
         except (BusError, TypeError, ValueError) as exc:
             if isinstance(exc, TypeError | ValueError):
                 error = {"type": "TypeError", "message": f"result is not JSON-serialisable: {exc}"}
                 with contextlib.suppress(BusError):
                     await self.publish(self.keys.reply(request.reply_to), MessageType.REPLY,
-                                       {"ok": False, "error": error}, corr=request.id)
+                                       {"ok": False, "error": error}, corr=request.id, target=request.reply_to)
             else:
-                log.warning("could not reply to %s: %s", request.sender, exc)
+                log.warning("could not reply to %r: %s", request.sender, exc)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -321,11 +404,13 @@ class Bus:
         reply_to: str | None = None,
         message_id: str | None = None,
     ) -> int:
-        """Publish one envelope; return how many subscribers received it. Raises ``BusError`` when offline."""
-        fields: dict[str, Any] = {"target": target, "corr": corr, "reply_to": reply_to}
+        """Publish one envelope, signed for ``channel``; return how many subscribers received it.
+
+        Raises ``BusError`` when offline, ``ProtocolError("oversized")`` over the channel's size cap."""
+        fields: dict[str, Any] = {"target": target, "corr": corr, "reply_to": reply_to, "channel": channel}
         if message_id:
             fields["id"] = message_id
-        data = self.codec.encode(self.envelope(type, payload, **fields))
+        data = self.codec.encode(self.envelope(type, payload, **fields), max_bytes=self._cap(channel))
         try:
             return int(await self.redis.publish(channel, data))
         except (RedisError, OSError) as exc:

@@ -21,6 +21,9 @@ Keys
     ``{ns}:broker``               hash  leader broker info (id, since, identify depth, budget ...)
     ``{ns}:brokers:{id}``         str   every running broker's role (leader/standby), TTL = leader ttl
     ``{ns}:identify:*``           identify coordinator state (see ``letsfrag.broker.identify``)
+    ``{ns}:replay:{receiver}:{id}`` str "1", PX = 2 × signature window: a state-changing message id accepted
+                                        by ``receiver`` (its target name, e.g. ``host:h0``, ``cluster:3``,
+                                        ``broker``); a second copy is refused even after a restart
 
 Channels
     ``{ns}:cb``             broker inbox
@@ -97,6 +100,9 @@ class Keys:
 
     def identify(self, suffix: str) -> str:
         return f"{self.ns}:identify:{suffix}"
+
+    def replay(self, receiver: str, message_id: str) -> str:
+        return f"{self.ns}:replay:{receiver}:{message_id}"
 
     # channels
     @property

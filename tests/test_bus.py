@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 from helpers import wait_until
 
 from letsfrag.bus import NO_REPLY, Bus
-from letsfrag.errors import RemoteError, RequestTimeout
-from letsfrag.protocol import Codec, Envelope, MessageType
+from letsfrag.errors import ProtocolError, RemoteError, RequestTimeout
+from letsfrag.protocol import Codec, Envelope, MessageType, frame, sign, split_frame
 from letsfrag.redis_server import RedisServer
 
 SECRET = "bus-test-secret"
@@ -127,9 +127,11 @@ async def test_unsigned_and_forged_messages_are_dropped_and_counted(make_bus: An
     await server.subscribe("t:inbox", handler)
     raw = aioredis.Redis.from_url(redis_url)
     try:
-        await raw.publish("t:inbox", Codec().encode(Envelope(MessageType.COMMAND, "intruder")))
-        await raw.publish("t:inbox", Codec("wrong").encode(Envelope(MessageType.COMMAND, "intruder")))
-        await raw.publish("t:inbox", Codec(SECRET).encode(Envelope(MessageType.COMMAND, "friend")))
+        await raw.publish("t:inbox", Codec().encode(Envelope(MessageType.COMMAND, "intruder", channel="t:inbox")))
+        await raw.publish("t:inbox", Codec("wrong").encode(Envelope(MessageType.COMMAND, "intruder",
+                                                                    channel="t:inbox")))
+        await raw.publish("t:inbox", Codec(SECRET).encode(Envelope(MessageType.COMMAND, "friend",
+                                                                   channel="t:inbox")))
     finally:
         await raw.aclose()
     await wait_until(lambda: len(seen) == 1, message="the signed message")
@@ -145,7 +147,8 @@ async def test_receive_loop_survives_5000_malformed_messages(make_bus: Any, redi
 
     await server.subscribe("t:inbox", handler)
     rng = random.Random(1234)
-    valid = json.loads(Codec(SECRET).encode(Envelope(MessageType.RPC, "fuzz")))
+    sig, body = split_frame(Codec(SECRET).encode(Envelope(MessageType.RPC, "fuzz", channel="t:inbox")))
+    valid = json.loads(body)
     raw = aioredis.Redis.from_url(redis_url)
     try:
         pipe = raw.pipeline(transaction=False)
@@ -153,14 +156,15 @@ async def test_receive_loop_survives_5000_malformed_messages(make_bus: Any, redi
             kind = i % 4
             if kind == 0:
                 data = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
-            elif kind == 1:
-                body = dict(valid)
-                body[rng.choice(list(body))] = rng.choice([None, 1, "x", [], {}, 1e308, -1, True])
-                data = json.dumps(body).encode()
+            elif kind == 1:  # a field of another type, signed with the secret (reaches the field checks)
+                mutated = dict(valid)
+                mutated[rng.choice(list(mutated))] = rng.choice([None, 1, "x", [], {}, 1e308, -1, True])
+                encoded = json.dumps(mutated).encode()
+                data = frame(encoded, sign(encoded, SECRET.encode()) if i % 8 == 1 else sig.decode())
             elif kind == 2:
-                data = json.dumps({**valid, "type": "reply", "corr": "unknown"}).encode()
+                data = frame(json.dumps({**valid, "type": "reply", "corr": "unknown"}).encode(), sig.decode())
             else:
-                encoded = bytearray(json.dumps(valid).encode())
+                encoded = bytearray(frame(json.dumps(valid).encode(), sig.decode()))
                 encoded[rng.randrange(len(encoded))] = rng.getrandbits(8)
                 data = bytes(encoded)
             pipe.publish("t:inbox", data)
@@ -205,7 +209,7 @@ async def test_drop_warnings_are_bounded_whatever_the_sender_names(
     try:
         pipe = raw.pipeline(transaction=False)
         for i in range(300):
-            pipe.publish("t:inbox", Codec().encode(Envelope(MessageType.COMMAND, f"forger-{i}")))
+            pipe.publish("t:inbox", Codec().encode(Envelope(MessageType.COMMAND, f"forger-{i}", channel="t:inbox")))
         await pipe.execute()
     finally:
         await raw.aclose()
@@ -224,13 +228,108 @@ async def test_a_replayed_signed_message_inside_the_window_is_dropped(make_bus: 
         return None
 
     await server.subscribe("t:inbox", handler)
-    captured = Codec(SECRET).encode(Envelope(MessageType.COMMAND, "operator", {"action": "restart"}))
+    captured = Codec(SECRET).encode(Envelope(MessageType.COMMAND, "operator", {"action": "restart"},
+                                             channel="t:inbox"))
     raw = aioredis.Redis.from_url(redis_url)
     try:
         await raw.publish("t:inbox", captured)
         await wait_until(lambda: len(seen) == 1, message="the genuine message")
         await raw.publish("t:inbox", captured)
-        await raw.publish("t:inbox", Codec(SECRET).encode(Envelope(MessageType.COMMAND, "operator")))
+        await raw.publish("t:inbox", Codec(SECRET).encode(Envelope(MessageType.COMMAND, "operator",
+                                                                   channel="t:inbox")))
     finally:
         await raw.aclose()
     await wait_until(lambda: len(seen) == 2 and server.dropped["replayed"] == 1, message="replay dropped")
+
+
+async def test_a_signed_message_republished_on_another_channel_or_for_another_node_is_dropped(
+    make_bus: Any, redis_url: str
+) -> None:
+    a, b, client = await make_bus("node-a"), await make_bus("node-b"), await make_bus("client")
+    seen: list[tuple[str, Envelope]] = []
+
+    def recorder(name: str) -> Any:
+        async def handler(env: Envelope) -> Any:
+            seen.append((name, env))
+            return name
+
+        return handler
+
+    await a.subscribe("t:inbox:a", recorder("a"))
+    await b.subscribe("t:inbox:b", recorder("b"))
+    raw = aioredis.Redis.from_url(redis_url)
+    tap = raw.pubsub(ignore_subscribe_messages=True)
+    try:
+        await tap.subscribe("t:inbox:a")
+        assert await client.request("t:inbox:a", MessageType.RPC, {"n": 1}, target="node-a", timeout=2) == "a"
+        captured = (await wait_until(lambda: tap.get_message(timeout=0.1), message="captured"))["data"]
+        await raw.publish("t:inbox:b", captured)
+        # signed for b's channel but naming a: b refuses it as not addressed to it
+        with pytest.raises(RequestTimeout):
+            await client.request("t:inbox:b", MessageType.RPC, {"n": 2}, target="node-a", timeout=0.5)
+        assert await client.request("t:inbox:b", MessageType.RPC, {"n": 3}, target="node-b", timeout=2) == "b"
+    finally:
+        await tap.aclose()
+        await raw.aclose()
+    assert [(name, env.payload["n"]) for name, env in seen] == [("a", 1), ("b", 3)]
+    assert b.dropped["misrouted"] == 1 and b.dropped["wrong_receiver"] == 1
+    b.aliases.add("node-a")  # a name it answers to
+    assert await client.request("t:inbox:b", MessageType.RPC, {"n": 4}, target="node-a", timeout=2) == "b"
+
+
+async def test_a_replayed_command_is_refused_by_a_restarted_receiver(make_bus: Any, redis_url: str) -> None:
+    seen: list[Envelope] = []
+
+    async def handler(env: Envelope) -> Any:
+        seen.append(env)
+        return "done"
+
+    server = await make_bus("server")
+    await server.subscribe("t:inbox", handler)
+    client = await make_bus("client")
+    raw = aioredis.Redis.from_url(redis_url)
+    tap = raw.pubsub(ignore_subscribe_messages=True)
+    try:
+        await tap.subscribe("t:inbox")
+        assert await client.request("t:inbox", MessageType.COMMAND, {"action": "x"}, target="server") == "done"
+        assert await client.request("t:inbox", MessageType.PING, target="server") == "done"
+        command = (await wait_until(lambda: tap.get_message(timeout=0.1), message="command"))["data"]
+        ping = (await wait_until(lambda: tap.get_message(timeout=0.1), message="ping"))["data"]
+        await server.close()
+        restarted = await make_bus("server")  # a new process: nothing in memory
+        await restarted.subscribe("t:inbox", handler)
+        await raw.publish("t:inbox", command)
+        await wait_until(lambda: restarted.dropped["replayed"] == 1, message="replayed command refused")
+        # a ping only reads: it is not recorded in Redis, so a restarted receiver answers its copy
+        await raw.publish("t:inbox", ping)
+        await wait_until(lambda: len(seen) == 3, message="the ping copy answered")
+        assert [env.type for env in seen] == [MessageType.COMMAND, MessageType.PING, MessageType.PING]
+        key = restarted.keys.replay("server", seen[0].id)
+        assert 0 < await raw.pttl(key) <= 2 * 30_000
+    finally:
+        await tap.aclose()
+        await raw.aclose()
+
+
+async def test_broadcast_channel_has_a_smaller_size_cap(make_bus: Any, redis_url: str) -> None:
+    server, client = await make_bus("server"), await make_bus("client")
+    seen: list[int] = []
+
+    async def handler(env: Envelope) -> Any:
+        seen.append(len(env.payload["blob"]))
+        return None
+
+    await server.subscribe("t:broadcast", handler)
+    await server.subscribe("t:inbox", handler)
+    blob = "x" * (server.broadcast_max_bytes + 1)
+    with pytest.raises(ProtocolError) as err:  # the sender refuses at once
+        await client.publish("t:broadcast", MessageType.DOORBELL, {"blob": blob})
+    assert err.value.reason == "oversized"
+    data = Codec(SECRET).encode(Envelope(MessageType.DOORBELL, "big", {"blob": blob}, channel="t:broadcast"))
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        await raw.publish("t:broadcast", data)
+    finally:
+        await raw.aclose()
+    await client.publish("t:inbox", MessageType.DOORBELL, {"blob": blob})  # point to point: the 1 MiB cap
+    await wait_until(lambda: seen == [len(blob)] and server.dropped["oversized"] == 1, message="cap applied")

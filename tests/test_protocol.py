@@ -1,4 +1,5 @@
-"""The envelope codec: signing, staleness, size caps, and a fuzzed decoder that never raises anything else."""
+"""The envelope codec: frames, signing over raw bytes, staleness, size caps, channel binding, and a fuzzed
+decoder that never raises anything else."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from letsfrag.errors import ProtocolError
-from letsfrag.protocol import Codec, Envelope, MessageType
+from letsfrag.protocol import DROP_REASONS, Codec, Envelope, MessageType, frame, sender_hint, sign, split_frame
 
 SECRET = "s3cret-for-tests"
 
@@ -43,11 +44,54 @@ def test_forged_signature_is_rejected() -> None:
 
 def test_tampered_payload_is_rejected() -> None:
     codec = Codec(SECRET)
-    body = json.loads(codec.encode(_env()))
+    sig, raw_body = split_frame(codec.encode(_env()))
+    body = json.loads(raw_body)
     body["payload"]["action"] = "drain"
     with pytest.raises(ProtocolError) as err:
-        codec.decode(json.dumps(body))
+        codec.decode(frame(json.dumps(body).encode(), sig.decode()))
     assert err.value.reason == "bad_signature"
+    # the same body re-serialised differently (key order, spaces) is other bytes: also refused
+    body["payload"]["action"] = "restart"
+    with pytest.raises(ProtocolError) as err:
+        codec.decode(frame(json.dumps(body, indent=1).encode(), sig.decode()))
+    assert err.value.reason == "bad_signature"
+
+
+def test_signature_is_checked_before_the_body_is_parsed() -> None:
+    """A forged frame whose body is not even JSON is refused for its signature: nothing was parsed."""
+    codec = Codec(SECRET)
+    assert codec.decode(codec.encode(_env())).sender == "cli-1"
+    for raw in (frame(b"[" * 50_000), frame(b"{not json", "0" * 64), frame(b"x" * 1000, "ab" * 32)):
+        with pytest.raises(ProtocolError) as err:
+            codec.decode(raw)
+        assert err.value.reason in ("unsigned", "bad_signature")
+    # with the secret the same garbage body gets as far as the parser
+    with pytest.raises(ProtocolError) as err:
+        codec.decode(frame(b"{not json", sign(b"{not json", SECRET.encode())))
+    assert err.value.reason == "malformed"
+
+
+def test_envelope_is_bound_to_the_channel_it_was_signed_for() -> None:
+    codec = Codec(SECRET)
+    data = codec.encode(_env(channel="ns:cm:h0", target="host:h0"))
+    assert codec.decode(data, channel="ns:cm:h0").target == "host:h0"
+    for elsewhere in ("ns:cm:h1", "ns:broadcast", "ns:cb"):
+        with pytest.raises(ProtocolError) as err:
+            codec.decode(data, channel=elsewhere)
+        assert err.value.reason == "misrouted"
+    with pytest.raises(ProtocolError) as err:  # signed for no channel: valid on none
+        codec.decode(codec.encode(_env()), channel="ns:cm:h0")
+    assert err.value.reason == "misrouted"
+
+
+def test_sender_hint_reads_only_the_first_bytes() -> None:
+    data = Codec().encode(_env(sender="host:h0"))
+    assert sender_hint(data) == "host:h0"
+    assert sender_hint(rb'lf2..{"v":2,"sender":"a\"b\u00e9"}') == 'a"b\u00e9'
+    assert sender_hint(b"lf2.." + b" " * 1000 + b'{"sender":"late"}') is None
+    assert sender_hint(b'{"v": 1, "sender": "old-format"}') == "old-format"
+    assert sender_hint(b'"sender":"' + b"x" * 300 + b'"') is None  # longer than a sender may be
+    assert sender_hint(b"\xff" * 100) is None
 
 
 def test_missing_signature_is_rejected() -> None:
@@ -73,24 +117,43 @@ def test_message_inside_window_is_accepted() -> None:
 def test_oversized_message_is_rejected_before_parsing() -> None:
     codec = Codec(max_bytes=200)
     with pytest.raises(ProtocolError) as err:
-        codec.decode(b"{" + b" " * 300 + b"}")
+        codec.decode(frame(b"{" + b" " * 300 + b"}"))
     assert err.value.reason == "oversized"
     with pytest.raises(ProtocolError):
         codec.encode(_env(payload={"blob": "x" * 500}))
+    # a per-channel cap lowers the limit (never raises it)
+    small = Codec(SECRET).encode(_env(payload={"blob": "x" * 500}))
+    assert Codec(SECRET).decode(small, max_bytes=10_000).payload["blob"] == "x" * 500
+    for cap in (500, 10_000):
+        with pytest.raises(ProtocolError) as err:
+            Codec(SECRET, max_bytes=200).decode(small, max_bytes=cap)
+        assert err.value.reason == "oversized"
+    with pytest.raises(ProtocolError) as err:
+        Codec(SECRET).encode(_env(payload={"blob": "x" * 500}), max_bytes=300)
+    assert err.value.reason == "oversized"
 
 
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
         (b"not json", "malformed"),
-        (b"[1,2]", "malformed"),
-        (b'{"v": 2, "type": "command"}', "wrong_version"),
-        (b'{"v": 1, "type": "launch_missiles", "id": "x", "sender": "a", "ts": 1}', "unknown_type"),
-        (b'{"v": 1, "type": "command", "sender": "a", "ts": 1}', "malformed"),
-        (b'{"v": 1, "type": "command", "id": "x", "sender": "a", "ts": "now"}', "malformed"),
-        (b'{"v": 1, "type": "command", "id": "x", "sender": "a", "ts": 1, "payload": []}', "malformed"),
-        (b'{"v": 1, "type": "command", "id": "x", "sender": 5, "ts": 1}', "malformed"),
-        (b'{"v": 1, "type": "command", "id": "x", "sender": "a", "ts": NaN}', "malformed"),
+        (b"lf2..not json", "malformed"),
+        (b"lf2..[1,2]", "malformed"),
+        (b"lf2.", "malformed"),
+        (b"lf2.xyz.{}", "malformed"),
+        (b"lf2." + b"A" * 64 + b".{}", "malformed"),
+        (b'{"v": 1, "type": "command", "id": "x", "sender": "a", "ts": 1}', "wrong_version"),
+        (b'  {"v": 2, "type": "command"}', "wrong_version"),
+        (b'lf1..{"v": 1, "type": "command"}', "wrong_version"),
+        (b'lf2..{"v": 1, "type": "command"}', "wrong_version"),
+        (b'lf2..{"v": 3, "type": "command"}', "wrong_version"),
+        (b'lf2..{"v": 2, "type": "launch_missiles", "id": "x", "sender": "a", "ts": 1}', "unknown_type"),
+        (b'lf2..{"v": 2, "type": "command", "sender": "a", "ts": 1}', "malformed"),
+        (b'lf2..{"v": 2, "type": "command", "id": "x", "sender": "a", "ts": "now"}', "malformed"),
+        (b'lf2..{"v": 2, "type": "command", "id": "x", "sender": "a", "ts": 1, "payload": []}', "malformed"),
+        (b'lf2..{"v": 2, "type": "command", "id": "x", "sender": 5, "ts": 1}', "malformed"),
+        (b'lf2..{"v": 2, "type": "command", "id": "x", "sender": "a", "ts": NaN}', "malformed"),
+        (b'lf2..{"v": 2, "type": "command", "id": "x", "sender": "a", "ts": 1, "channel": 5}', "malformed"),
         (b"\xff\xfe", "malformed"),
     ],
 )
@@ -107,21 +170,40 @@ json_values = st.recursive(
 )
 
 
+def _framings(body: bytes) -> list[tuple[Codec, bytes]]:
+    """``body`` as an unsigned frame, a wrongly signed one, and one signed with the secret (which the signed
+    codec parses: the fuzz reaches the JSON and field checks there too)."""
+    return [
+        (Codec(), frame(body)),
+        (Codec(SECRET, window=1e12), frame(body)),
+        (Codec(SECRET, window=1e12), frame(body, "0" * 64)),
+        (Codec(SECRET, window=1e12), frame(body, sign(body, SECRET.encode()))),
+    ]
+
+
+def _survives(codec: Codec, raw: bytes) -> None:
+    try:
+        env = codec.decode(raw, channel=None)
+    except ProtocolError as exc:
+        assert exc.reason in DROP_REASONS
+    else:
+        assert isinstance(env, Envelope) and isinstance(env.payload, dict)
+
+
 @settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_decoder_survives_random_input(raw: bytes) -> None:
     for codec in (Codec(), Codec(SECRET)):
-        try:
-            codec.decode(raw)
-        except ProtocolError:
-            pass
+        _survives(codec, raw)
+    for codec, framed in _framings(raw):
+        _survives(codec, framed)
 
 
 @settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_decoder_survives_mutated_valid_messages(data: st.DataObject) -> None:
-    codec = Codec(SECRET, window=1e12)
-    body = json.loads(codec.encode(_env(id="fixed-id", ts=1_700_000_000.0)))
+    sig, raw_body = split_frame(Codec(SECRET).encode(_env(id="fixed-id", ts=1_700_000_000.0, channel="c")))
+    body = json.loads(raw_body)
     key = data.draw(st.sampled_from(sorted(body)))
     body[key] = data.draw(json_values)
     raw = bytearray(json.dumps(body).encode())
@@ -129,10 +211,13 @@ def test_decoder_survives_mutated_valid_messages(data: st.DataObject) -> None:
         if raw:
             pos = data.draw(st.integers(0, len(raw) - 1))
             raw[pos] = data.draw(st.integers(0, 255))
-    try:
-        codec.decode(bytes(raw))
-    except ProtocolError:
-        pass
+    for codec, framed in [*_framings(bytes(raw)), (Codec(SECRET, window=1e12), frame(bytes(raw), sig.decode()))]:
+        _survives(codec, framed)
+    # a flipped byte anywhere in a whole signed frame (header and signature included)
+    whole = bytearray(Codec(SECRET).encode(_env(id="fixed-id", ts=1_700_000_000.0)))
+    whole[data.draw(st.integers(0, len(whole) - 1))] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(ProtocolError):
+        Codec(SECRET, window=1e12).decode(bytes(whole))
 
 
 def test_replay_guard_remembers_ids_for_the_window() -> None:
@@ -146,3 +231,30 @@ def test_replay_guard_remembers_ids_for_the_window() -> None:
     assert err.value.reason == "replayed"
     guard.check(_env(id="other"), now=200.0)  # prunes ids older than two windows
     guard.check(env, now=200.0)  # by now the codec's window would call it stale anyway
+
+
+def test_refusing_big_forgeries_allocates_nothing_like_their_size() -> None:
+    """Oversized frames are refused by length and forged ones by their HMAC: neither is parsed, and reading the
+    sender for the drop warning looks at the first bytes only (a parse would allocate several times the size)."""
+    import tracemalloc
+
+    body = json.dumps({"v": 2, "sender": "flood", "payload": {"args": ["x" * 60] * (1 << 13)}}).encode()
+    cases = [
+        (Codec(SECRET), b"x" * (20 << 20), "oversized"),
+        (Codec(SECRET), body * 40, "oversized"),  # plain JSON (version 1) of 20 MiB
+        (Codec(SECRET), body, "wrong_version"),  # plain JSON (version 1) under the cap
+        (Codec(SECRET), frame(body), "unsigned"),  # half a MiB, under the cap
+        (Codec(SECRET), frame(body, "0" * 64), "bad_signature"),
+    ]
+    for codec, raw, reason in cases:
+        tracemalloc.start()
+        try:
+            with pytest.raises(ProtocolError) as err:
+                codec.decode(raw)
+            hint = sender_hint(raw)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert err.value.reason == reason
+        assert peak < 64 * 1024, f"{reason}: {peak} bytes allocated for a {len(raw)}-byte message"
+        assert hint in (None, "flood")

@@ -311,6 +311,8 @@ class ClusterBroker:
         if leading == self._leading:
             return
         self._leading = leading
+        # operator commands are addressed to "broker": only the leader answers to that name
+        (self.bus.aliases.add if leading else self.bus.aliases.discard)("broker")
         self._fire("leader", leading)  # at once, so is_leader and the callback never disagree
         if leading:
             self._since = self.clock.time()
@@ -359,8 +361,11 @@ class ClusterBroker:
             incarnation = payload.get("incarnation")
             rec.leave_signals[host] = incarnation if isinstance(incarnation, str) else None
         elif env.type is MessageType.CLUSTER_STOPPED and host:
-            with contextlib.suppress(TypeError, ValueError):
-                rec.moves.confirm_stopped(int(payload.get("cluster")), host)  # type: ignore[arg-type]
+            cluster, epoch = payload.get("cluster"), payload.get("epoch")
+            if isinstance(cluster, int) and not isinstance(cluster, bool) and not rec.moves.confirm_stopped(
+                    cluster, host, epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None):
+                log.warning("ignored cluster_stopped for cluster %d from %r: epoch %r is not the epoch of its "
+                            "pending move", cluster, host, epoch)
         elif env.type is MessageType.COMMAND:
             if not self._leading or self._commands is None:
                 return NO_REPLY

@@ -1,7 +1,9 @@
 """Pure bookkeeping of cluster moves between live hosts (rebalance, drain, shrinking capacity).
 
 A move between two live hosts is: revoke on the old host, wait until it no longer lists the cluster in its
-``running`` (or sends ``cluster_stopped``, or is no longer alive), then grant to the new host. While a move is
+``running`` (or sends ``cluster_stopped`` for the revoked grant's epoch, or is no longer alive), then grant to
+the new host. A ``cluster_stopped`` carrying an older epoch (a confirmation of an earlier move, replayed or
+late) is ignored and counted in :attr:`Moves.stale_confirmations`. While a move is
 pending the cluster counts as still on its old host, so the planner grants it nowhere else.
 """
 
@@ -25,6 +27,8 @@ class Move:
     target: str | None
     reason: str
     started: float
+    #: epoch of the grant revoked on ``source``: its ``cluster_stopped`` must carry this epoch (or a later one)
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,8 @@ class Moves:
         self.timeout = timeout
         self.pending: dict[int, Move] = {}
         self._stopped: set[tuple[int, str]] = set()
+        #: ``cluster_stopped`` messages ignored because their epoch was older than the pending move's
+        self.stale_confirmations = 0
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -54,10 +60,20 @@ class Moves:
         self.pending[move.cluster] = move
         self._stopped.discard((move.cluster, move.source))
 
-    def confirm_stopped(self, cluster: int, host: str) -> None:
-        """A ``cluster_stopped`` message: the host says it stopped the cluster."""
-        if cluster in self.pending and self.pending[cluster].source == host:
-            self._stopped.add((cluster, host))
+    def confirm_stopped(self, cluster: int, host: str, epoch: int | None) -> bool:
+        """A ``cluster_stopped`` message: ``host`` says it stopped its run of ``cluster`` at ``epoch``.
+
+        Returns False (and counts it) when a move of that cluster from that host is pending but ``epoch`` is
+        missing or older than the move's: that confirmation belongs to an earlier run and must not end this
+        move. Confirmations that match no pending move are harmless and return True."""
+        move = self.pending.get(cluster)
+        if move is None or move.source != host:
+            return True
+        if epoch is None or epoch < move.epoch:
+            self.stale_confirmations += 1
+            return False
+        self._stopped.add((cluster, host))
+        return True
 
     def clear(self) -> None:
         """Forget everything (a new leadership term re-reads the world)."""

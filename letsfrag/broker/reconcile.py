@@ -307,7 +307,7 @@ class Reconciler:
         cluster, source, target = move
         grant = self.assignment.pop(cluster)
         await self.store.revoke([cluster])
-        self.moves.begin(Move(cluster, source, target, reason, now))
+        self.moves.begin(Move(cluster, source, target, reason, now, grant.epoch))
         self._changed = True
         kind = "drain" if reason == "drain" else "rebalance_step"
         await self._event(Severity.INFO, kind, f"{reason}: moving cluster {cluster} from {source} to {target} "
@@ -355,7 +355,8 @@ class Reconciler:
             revoke_now.append(cluster)
             notify.add(host)
             if reason == "over capacity" and alive.get(host):
-                self.moves.begin(Move(cluster, host, plan.assignment.get(cluster), reason, self.now))
+                self.moves.begin(Move(cluster, host, plan.assignment.get(cluster), reason, self.now,
+                                      grant.epoch if grant else 0))
             await self._event(Severity.WARNING if reason != "not in layout" else Severity.INFO, "cluster_revoked",
                               f"revoked cluster {cluster} from {host} ({reason})", cluster=cluster, host=host)
             self._fire("assign", cluster, None, grant.epoch if grant else 0)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from broker_support import Deployment, make_config
 from helpers import wait_until
 
 from letsfrag.broker.store import Grant, NotLeader
 from letsfrag.bus import Bus
+from letsfrag.control import Control
 from letsfrag.errors import RequestTimeout
-from letsfrag.protocol import MessageType
+from letsfrag.protocol import MessageType, split_frame
 from letsfrag.redis_server import RedisServer
 
 
@@ -122,6 +125,49 @@ async def test_unsigned_and_forged_commands_are_dropped(redis_url: str) -> None:
         assert reply["ok"] is True
         assert await dep.events("no_secret") == []
     finally:
+        await dep.close()
+
+
+async def test_a_captured_drain_replayed_to_a_restarted_broker_is_refused(redis_url: str) -> None:
+    """Attack: capture a genuine signed ``drain h1``, restart the broker, replay it inside the window."""
+    dep = Deployment(redis_url)
+    raw = aioredis.Redis.from_url(redis_url)  # bytes, as a wire tap sees them
+    tap = raw.pubsub(ignore_subscribe_messages=True)
+    try:
+        secret = "s3cret-for-tests"
+        config = make_config(redis_url, secret=secret, rebalance="manual")
+        first = await dep.broker(config, broker_id="b1")
+        await dep.host("h1", secret=secret)
+        await dep.host("h2", secret=secret)
+        await wait_until(lambda: dep.settled({"h1": 2, "h2": 2}))
+        await tap.subscribe(dep.keys.broker_inbox)
+        async with Bus(redis_url, node_id="tool:operator", secret=secret) as tool:
+            drained = await Control(tool).drain("h1", timeout=15)
+            assert drained["ok"] and drained["done"], drained
+            assert (await Control(tool).undrain("h1"))["ok"]
+        assert await dep.redis.hget(dep.keys.host("h1"), "state") == "up"
+        captured = None
+        while captured is None:
+            message = await wait_until(lambda: tap.get_message(timeout=0.1), message="the captured drain")
+            body = json.loads(split_frame(message["data"])[1])
+            if body["type"] == "command" and body["payload"]["action"] == "drain":
+                captured = message["data"]
+        await first.close()
+        second = await dep.broker(config, broker_id="b2")
+        await wait_until(lambda: second.is_leader, message="the restarted broker leads")
+        drains = len(await dep.events("drain"))
+        assert time.time() - body["ts"] < config.signature_window, "still inside the signature window"
+        await raw.publish(dep.keys.broker_inbox, captured)
+        await wait_until(lambda: second.bus.dropped["replayed"] == 1, message="the replay refused")
+        for _ in range(3):
+            await second.wait_tick(1.0)
+        assert await dep.redis.hget(dep.keys.host("h1"), "state") == "up", "the replayed drain ran"
+        assert len(await dep.events("drain")) == drains
+        ttl = await dep.redis.pttl(dep.keys.replay("broker", body["id"]))
+        assert 0 < ttl <= 2 * config.signature_window * 1000
+    finally:
+        await tap.aclose()
+        await raw.aclose()
         await dep.close()
 
 

@@ -78,8 +78,8 @@ def test_moves_settle_on_stop_confirmation_death_or_timeout() -> None:
     moves.begin(Move(3, "d", "c", "drain", 0.0))
     moves.begin(Move(4, "a", "b", "drain", 0.0))
     facts = {"a": HostFacts(True, frozenset({1, 2, 4})), "d": HostFacts(False, frozenset({3}))}
-    moves.confirm_stopped(2, "a")
-    moves.confirm_stopped(4, "zzz")  # not the source: ignored
+    moves.confirm_stopped(2, "a", 0)
+    moves.confirm_stopped(4, "zzz", 0)  # not the source: ignored
     done, expired = moves.settle(1.0, facts)
     assert [m.cluster for m in done] == [2, 3] and expired == []
     facts["a"] = HostFacts(True, frozenset({4}))
@@ -88,6 +88,21 @@ def test_moves_settle_on_stop_confirmation_death_or_timeout() -> None:
     done, expired = moves.settle(5.5, facts)
     assert done == [] and [m.cluster for m in expired] == [4]
     assert len(moves) == 0
+
+
+def test_an_old_epochs_stop_confirmation_does_not_end_a_later_move() -> None:
+    """Attack: a ``cluster_stopped`` from an earlier move (epoch 3) replayed while cluster 1 moves at epoch 7."""
+    moves = Moves(timeout=5.0)
+    running = {"a": HostFacts(True, frozenset({1})), "b": HostFacts(True, frozenset())}
+    moves.begin(Move(1, "a", "b", "rebalance", 0.0, epoch=7))
+    assert moves.confirm_stopped(1, "a", 3) is False
+    assert moves.confirm_stopped(1, "a", None) is False  # no epoch: not proof of anything
+    assert moves.settle(1.0, running) == ([], []) and 1 in moves, "the old confirmation ended the move"
+    assert moves.stale_confirmations == 2
+    assert moves.confirm_stopped(1, "a", 7) is True
+    done, expired = moves.settle(2.0, running)
+    assert [m.cluster for m in done] == [1] and expired == []
+    assert moves.confirm_stopped(2, "a", 1) is True and moves.stale_confirmations == 2  # no move: harmless
 
 
 def test_planning_views_freeze_draining_hosts() -> None:

@@ -276,17 +276,20 @@ def forged(
     target: str | None = None,
     reply_to: str | None = None,
     ts: float | None = None,
+    channel: str | None = None,
 ) -> str:
-    """An envelope as an outsider would write it: right shape, no signature."""
-    return json.dumps(
+    """An envelope as an outsider would write it: the current frame format (``lf2.<sig>.<body>``), right
+    shape, no signature."""
+    return "lf2.." + json.dumps(
         {
-            "v": 1,
+            "v": 2,
+            "sender": sender,
             "type": kind,
             "id": os.urandom(8).hex(),
             "corr": None,
             "reply_to": reply_to,
-            "sender": sender,
             "target": target,
+            "channel": channel,
             "ts": time.time() if ts is None else ts,
             "payload": payload,
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import time
@@ -33,7 +34,7 @@ from helpers import wait_until_sync
 
 from letsfrag.bus import Bus
 from letsfrag.keys import Keys
-from letsfrag.protocol import Codec, Envelope, MessageType
+from letsfrag.protocol import Codec, Envelope, MessageType, frame, split_frame
 
 pytestmark = pytest.mark.chaos
 
@@ -96,7 +97,7 @@ def logs(deployment: SecuredRehearsal) -> str:
 def wait_dropped(deployment: SecuredRehearsal, senders: list[str], reason: str | None = None) -> None:
     def all_logged() -> list[str]:
         text = logs(deployment)
-        missing = [s for s in senders if f"dropped a message from {s}:" not in text]
+        missing = [s for s in senders if f"dropped a message from {s!r}:" not in text]
         if reason is not None:
             lines = [line for line in text.splitlines() if "dropped a message from" in line]
             missing += [s for s in senders if not any(s in line and reason in line for line in lines)]
@@ -194,7 +195,10 @@ def test_forged_unsigned_messages_are_rejected(deployment: SecuredRehearsal) -> 
     ]
     for channel, message in forgeries:
         publish_raw(deployment, channel, message)
-    wait_dropped(deployment, [json.loads(m)["sender"] for _, m in forgeries], reason="unsigned")
+    # the old (version 1) format is refused too, by its first byte
+    publish_raw(deployment, keys.host_inbox("h0"), forged("command", "tool:forger-v1", {"action": "restart_all"})[5:])
+    wait_dropped(deployment, [json.loads(m[5:])["sender"] for _, m in forgeries], reason="unsigned")
+    wait_dropped(deployment, ["tool:forger-v1"], reason="wrong_version")
     probe(deployment)  # every subscriber has consumed the forgeries by now
     assert_unchanged(deployment, before)
     replies = [listener.get_message(timeout=0.2) for _ in range(3)]
@@ -235,8 +239,9 @@ def test_replayed_signed_restart_outside_the_window_is_rejected(deployment: Secu
     finally:
         tap.close()
     raw: bytes = captured["data"]
-    original = json.loads(raw)
-    assert original["type"] == "command" and original["payload"]["cluster"] == cid and original.get("sig")
+    sig, body = split_frame(raw)
+    original = json.loads(body)
+    assert original["type"] == "command" and original["payload"]["cluster"] == cid and sig
     restarted = baseline(deployment)
     assert restarted.pids[cid] != before.pids[cid], "the genuine restart happened"
     # replay the captured bytes once they are older than the window
@@ -251,6 +256,8 @@ def test_replayed_signed_restart_outside_the_window_is_rejected(deployment: Secu
             sender="tool:replayer-old",
             payload={"action": "restart", "cluster": cid},
             reply_to="tool:replayer-old",
+            target=f"host:{host}",
+            channel=keys.host_inbox(host),
             ts=time.time() - 3600,
         )
     )
@@ -264,16 +271,23 @@ def _mutations(rng: random.Random, signed: bytes, count: int) -> Iterator[bytes]
     """``count`` malformed or mutated messages: garbage, wrong shapes, wrong types, broken signatures."""
     shapes: list[Any] = [None, 0, -1, 1.5, 1e308, "", "x" * 300, [], {}, [1, 2], True, {"a": {"b": []}}]
     types = [t.value for t in MessageType] + ["", "STOP", "x" * 100, None, 7]
-    base = json.loads(signed)
+    sig_bytes, body_bytes = split_frame(signed)
+    sig = sig_bytes.decode()
+    base = json.loads(body_bytes)
+
+    def framed(body: Any, signature: str = sig) -> bytes:
+        return frame(json.dumps(body).encode(), signature)
+
     for i in range(count):
         kind = i % 12
         if kind == 0:
             yield rng.randbytes(rng.randint(0, 200))
-        elif kind == 1:
-            yield json.dumps(rng.choice(shapes)).encode()
+        elif kind == 1:  # a non-object, bare (version-1 style) or in an unsigned frame
+            shape = json.dumps(rng.choice(shapes)).encode()
+            yield shape if i % 24 == 1 else frame(shape)
         elif kind == 2:
             yield signed[: rng.randint(0, len(signed) - 1)]
-        elif kind == 3:  # one flipped byte somewhere in a signed envelope
+        elif kind == 3:  # one flipped byte somewhere in a signed frame (header, signature or body)
             data = bytearray(signed)
             pos = rng.randrange(len(data))
             data[pos] = (data[pos] + rng.randint(1, 255)) % 256
@@ -281,20 +295,18 @@ def _mutations(rng: random.Random, signed: bytes, count: int) -> Iterator[bytes]
         elif kind == 4:  # one field replaced by a value of another type
             body = dict(base)
             body[rng.choice([*base, "extra"])] = rng.choice(shapes)
-            yield json.dumps(body).encode()
+            yield framed(body)
         elif kind == 5:  # a field removed
             body = dict(base)
             body.pop(rng.choice(list(base)), None)
-            yield json.dumps(body).encode()
+            yield framed(body)
         elif kind == 6:
-            body = dict(base, type=rng.choice(types), sig=rng.choice([None, 123, "", "00" * 32, base["sig"]]))
-            yield json.dumps(body).encode()
+            yield framed(dict(base, type=rng.choice(types)), rng.choice(["", "00" * 32, sig]))
         elif kind == 7:
-            body = dict(base, v=rng.choice([0, 2, "1", None, 1.0001]))
-            yield json.dumps(body).encode()
+            body = dict(base, v=rng.choice([0, 1, "2", None, 2.0001]))
+            yield framed(body) if i % 24 == 7 else json.dumps(body).encode()
         elif kind == 8:
-            body = dict(base, ts=rng.choice(["now", None, [], 1e308, -1e308, 0, 2**63]))
-            yield json.dumps(body).encode()
+            yield framed(dict(base, ts=rng.choice(["now", None, [], 1e308, -1e308, 0, 2**63])))
         elif kind == 9:  # unsigned but otherwise well formed, every type
             yield forged(
                 str(rng.choice(types[:12])),
@@ -305,22 +317,23 @@ def _mutations(rng: random.Random, signed: bytes, count: int) -> Iterator[bytes]
             yield rng.choice(
                 [
                     b"[" * 50_000,
-                    b'{"a":' * 20_000,
+                    b"lf2.." + b'{"a":' * 20_000,
                     b"\xff\xfe{}",
                     "\u2028{}".encode(),
-                    b'{"v":1,"type":"ping","id":"\x00","sender":"\x00","ts":1}',
+                    b'lf2..{"v":2,"type":"ping","id":"\x00","sender":"\x00","ts":1}',
                     b"NaN",
-                    b"Infinity",
+                    b"lf2..Infinity",
+                    b"lf9.." + body_bytes,
                 ]
             )
         else:  # the right signature over a different body
-            body = dict(base, payload={"action": "restart_all"})
-            yield json.dumps(body).encode()
+            yield framed(dict(base, payload={"action": "restart_all"}))
     yield b"x" * (1024 * 1024 + 10)  # one message over max_message_bytes
 
 
-def _signed_garbage(rng: random.Random, codec: Codec, count: int) -> Iterator[bytes]:
-    """Correctly signed envelopes (an insider's mistakes) whose payloads have the wrong shapes.
+def _signed_garbage(rng: random.Random, codec: Codec, count: int, channels: list[str]) -> Iterator[tuple[str, bytes]]:
+    """Correctly signed envelopes (an insider's mistakes) whose payloads have the wrong shapes, each signed for
+    the channel it is published on (so it reaches the handlers).
 
     Nothing here names a real target: no ``stop``, no valid restart/drain; a host is never a real host id."""
     junk: list[Any] = [None, -1, 999, 1.5, 10**30, "", "ghost", "x" * 500, [], [1], {}, {"a": 1}, True]
@@ -371,13 +384,15 @@ def _signed_garbage(rng: random.Random, codec: Codec, count: int) -> Iterator[by
                 payload["cluster"] = rng.choice(["0", None, 1.0, 999, -1])
         if kind is MessageType.RPC:
             payload["name"] = rng.choice(["stats", "nope", None, 5])
-        yield codec.encode(
+        channel = channels[i % len(channels)]
+        yield channel, codec.encode(
             Envelope(
                 kind,
                 sender=f"tool:fuzz-signed-{i % 7}",
                 payload=payload,
                 reply_to=rng.choice([None, "tool:fuzz-signed"]),
                 corr=rng.choice([None, "abc"]),
+                channel=channel,
             )
         )
 
@@ -403,27 +418,27 @@ def test_five_thousand_malformed_messages_change_nothing(deployment: SecuredRehe
         Envelope(MessageType.PING, sender="tool:fuzz-base", reply_to="tool:x")
     )
     rng = random.Random(20261126)
-    sent = _publish_all(deployment, channels, _mutations(rng, signed, 5000))
+    sent = _publish_all(deployment, zip(itertools.cycle(channels), _mutations(rng, signed, 5000)))
     assert sent > 5000
     probe(deployment)  # every subscriber consumed the flood and still answers
     assert_unchanged(deployment, before)
     text = logs(deployment)
     assert "Traceback" not in text and "decoder failed unexpectedly" not in text
     # correctly signed messages with payloads of the wrong shape: refused or answered with an error, no crash
-    sent = _publish_all(deployment, channels, _signed_garbage(rng, Codec(deployment.secret), 600))
+    sent = _publish_all(deployment, _signed_garbage(rng, Codec(deployment.secret), 600, channels))
     assert sent == 600
     probe(deployment)
     assert_unchanged(deployment, before)
 
 
-def _publish_all(deployment: SecuredRehearsal, channels: list[str], messages: Iterator[bytes]) -> int:
-    """Publish ``messages`` round-robin over ``channels`` (pipelined); return how many."""
+def _publish_all(deployment: SecuredRehearsal, messages: Iterator[tuple[str, bytes]]) -> int:
+    """Publish ``(channel, message)`` pairs (pipelined); return how many."""
     client = redis.Redis.from_url(deployment.redis_url)
     sent = 0
     try:
         pipe = client.pipeline(transaction=False)
-        for message in messages:
-            pipe.publish(channels[sent % len(channels)], message)
+        for channel, message in messages:
+            pipe.publish(channel, message)
             sent += 1
             if sent % 500 == 0:
                 pipe.execute()

@@ -105,7 +105,8 @@ def test_cluster_keeps_its_hosts_signature_window_and_size_cap(deployment: Rehea
 
     def ping(sender: str, *, age: float, pad: int) -> bytes:
         return codec.encode(Envelope(MessageType.PING, sender=sender, payload={"pad": "x" * pad},
-                                     reply_to=sender, target="cluster:0", ts=time.time() - age))
+                                     reply_to=sender, target="cluster:0", channel=keys.cluster_inbox(0),
+                                     ts=time.time() - age))
 
     probes = {
         "tool:stale-20s": ping("tool:stale-20s", age=20.0, pad=0),
@@ -139,7 +140,7 @@ def test_cluster_keeps_its_hosts_signature_window_and_size_cap(deployment: Rehea
     finally:
         listener.close()
     assert replies == [keys.reply("tool:fine")], f"a stale or oversized ping was answered: {replies}"
-    wait_until_sync(lambda: "dropped a message from tool:stale-20s" in _cluster_log(deployment), timeout=10,
+    wait_until_sync(lambda: "dropped a message from 'tool:stale-20s'" in _cluster_log(deployment), timeout=10,
                     message="the stale drop in the cluster log")
 
 

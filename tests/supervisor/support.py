@@ -66,9 +66,9 @@ async def write_layout(r: aioredis.Redis, *, shards: int = 4, per_cluster: int =
         "heartbeat_interval": heartbeat, "updated_at": 0})
 
 
-async def doorbell(r: aioredis.Redis, host: str = HOST) -> None:
-    envelope = Envelope(type=MessageType.ASSIGN, sender="broker:test")
-    await r.publish(KEYS.host_inbox(host), Codec(None).encode(envelope))
+async def doorbell(r: aioredis.Redis, host: str = HOST, secret: str | None = None) -> None:
+    envelope = Envelope(type=MessageType.ASSIGN, sender="broker:test", channel=KEYS.host_inbox(host))
+    await r.publish(KEYS.host_inbox(host), Codec(secret).encode(envelope))
 
 
 async def grant(r: aioredis.Redis, cluster_id: int, epoch: int, host: str = HOST) -> None:

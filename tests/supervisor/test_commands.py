@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 from helpers import wait_until
-from support import HOST, KEYS, grant, host_config, set_modes, starts, write_layout
+from support import HOST, KEYS, doorbell, grant, host_config, set_modes, starts, write_layout
 
 from letsfrag.bus import Bus
+from letsfrag.errors import RequestTimeout
 from letsfrag.protocol import MessageType
 from letsfrag.supervisor import ClusterManager, ClusterState
 
@@ -60,3 +63,50 @@ async def test_restart_and_rolling_restart_over_the_bus(redis_url: str, r: aiore
         reply = await command({"action": "restart_all"})
         assert reply["ok"] is True and reply["clusters"] == [0, 1, 2], reply
         assert all(v.state is ClusterState.READY for v in manager.clusters.values())
+
+
+async def test_a_signed_restart_all_for_another_host_is_dropped(redis_url: str, r: aioredis.Redis,
+                                                                  tmp_path: Path) -> None:
+    """Attack: capture a genuine signed ``restart_all`` for host h0 and republish it on h1's inbox."""
+    secret = "s3cret-for-commands"
+    set_modes(tmp_path, default="well")
+    config = host_config(redis_url, tmp_path, secret=secret)
+    await write_layout(r)
+    for cid in (0, 1):
+        await grant(r, cid, epoch=1)
+    async with ClusterManager(config) as manager, Bus(redis_url, node_id="tool:test", namespace="t",
+                                                     secret=secret) as tool:
+        await doorbell(r, secret=secret)
+        await wait_until(lambda: len(manager.clusters) == 2 and all(
+            v.state is ClusterState.READY for v in manager.clusters.values()), message="2 clusters ready")
+        spawns = {cid: v.spawns for cid, v in manager.clusters.items()}
+        raw = aioredis.Redis.from_url(redis_url)  # bytes, as a wire tap sees them
+        tap = raw.pubsub(ignore_subscribe_messages=True)
+        await tap.subscribe(KEYS.host_inbox("h0"))
+        with pytest.raises(RequestTimeout):  # h0 does not run here: only the tap hears it
+            await tool.request(KEYS.host_inbox("h0"), MessageType.COMMAND, {"action": "restart_all"},
+                               target="host:h0", timeout=0.5)
+        captured = await wait_until(lambda: tap.get_message(timeout=0.1), message="the captured restart_all")
+        await tap.aclose()
+        ident = re.search(rb'"id":\s*"([0-9a-f]+)"', captured["data"]).group(1)  # type: ignore[union-attr]
+        replies = raw.pubsub(ignore_subscribe_messages=True)  # had h1 run the copy, it would answer here
+        await replies.subscribe(KEYS.reply("tool:test"))
+        assert await raw.publish(KEYS.host_inbox(HOST), captured["data"]) == 1
+        # the host answers a signed ping after it: it has consumed the replay by then (pub/sub keeps order)
+        pong = await tool.request(KEYS.host_inbox(HOST), MessageType.PING, target=f"host:{HOST}", timeout=5)
+        assert pong["host"] == HOST
+        assert manager.bus.dropped["misrouted"] == 1
+        # the same command signed for this host still works (and takes longer than the copy would have)
+        reply = await tool.request(KEYS.host_inbox(HOST), MessageType.COMMAND, {"action": "restart_all"},
+                                   target=f"host:{HOST}", timeout=15)
+        assert reply["ok"] is True and reply["clusters"] == [0, 1], reply
+        assert {cid: v.spawns for cid, v in manager.clusters.items()} == {c: n + 1 for c, n in spawns.items()}
+        answered: list[bytes] = []
+        for _ in range(8):  # None for the subscription confirmation, then until nothing is left
+            message = await replies.get_message(timeout=0.2)
+            if message is not None:
+                answered.append(message["data"])
+        await replies.aclose()
+        await raw.aclose()
+        assert len(answered) == 2, answered  # the ping and the genuine restart_all
+        assert not [m for m in answered if re.search(rb'"corr":\s*"' + ident + b'"', m)], "the copy ran on h1"

@@ -33,7 +33,8 @@ class FakeInbox:
     """A bus node that answers ``command`` requests on one channel and records their payloads."""
 
     def __init__(self, url: str, channel_of: Any, node: str, reply: dict[str, Any]) -> None:
-        self.bus = Bus(url, node_id=node)
+        # a broker answers commands addressed to "broker" only while it leads; this one always does
+        self.bus = Bus(url, node_id=node, aliases=("broker",) if node.startswith("broker:") else ())
         self.channel = channel_of(self.bus.keys)
         self.reply = reply
         self.received: list[dict[str, Any]] = []
