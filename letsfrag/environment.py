@@ -23,6 +23,7 @@ Secrets (bot token, Redis password, signing secret) travel in the environment, n
 ``LETSFRAG_SIGNATURE_WINDOW``      the host's ``signature_window`` in seconds (the bus's age limit)
 ``LETSFRAG_MAX_MESSAGE_BYTES``     the host's ``max_message_bytes`` (the bus's size cap)
 ``LETSFRAG_ALLOW_EVAL``            ``1`` when both broker and host allow ``broadcast_eval``
+``LETSFRAG_LOG_FORMAT``            ``json`` when the supervisor logs JSON lines (the cluster does too), else ``plain``
 ``LETSFRAG_IPC_FD``                the cluster's end of the supervisor socketpair
 =================================  =============================================================
 """
@@ -69,6 +70,8 @@ class ClusterEnvironment:
     signature_window: float = DEFAULT_WINDOW
     max_message_bytes: int = DEFAULT_MAX_BYTES
     allow_eval: bool = False
+    #: ``json`` or ``plain``: how the cluster process writes its log lines (the supervisor's ``--log-format``)
+    log_format: str = "plain"
 
     def __post_init__(self) -> None:
         if not self.signature_window > 0:
@@ -106,6 +109,7 @@ class ClusterEnvironment:
             "LETSFRAG_SIGNATURE_WINDOW": repr(self.signature_window),
             "LETSFRAG_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
             "LETSFRAG_ALLOW_EVAL": "1" if self.allow_eval else "0",
+            "LETSFRAG_LOG_FORMAT": self.log_format,
         }
         if self.secret:
             env["LETSFRAG_SECRET"] = self.secret
@@ -144,6 +148,7 @@ class ClusterEnvironment:
                 signature_window=float(env.get("LETSFRAG_SIGNATURE_WINDOW", repr(DEFAULT_WINDOW))),
                 max_message_bytes=int(env.get("LETSFRAG_MAX_MESSAGE_BYTES", str(DEFAULT_MAX_BYTES))),
                 allow_eval=env.get("LETSFRAG_ALLOW_EVAL") == "1",
+                log_format="json" if env.get("LETSFRAG_LOG_FORMAT") == "json" else "plain",
             )
         except (KeyError, ValueError) as exc:
             raise NotInClusterError(f"the letsfrag environment is incomplete or invalid ({exc}); {HOW_TO_RUN}") from exc

@@ -142,8 +142,28 @@ class _EscapingFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+#: fields every JSON log line of this process carries (host, broker, cluster, shards, epoch), see set_log_context
+_CONTEXT: dict[str, str] = {}
+#: the format setup_logging chose (``rich``, ``plain`` or ``json``)
+_ACTIVE_FORMAT = "plain"
+
+
+def set_log_context(**fields: object) -> None:
+    """Add fields (``host="h0"``, ``cluster=3`` ...) to every JSON log line of this process; None removes one."""
+    for name, value in fields.items():
+        if value is None:
+            _CONTEXT.pop(name, None)
+        else:
+            _CONTEXT[name] = str(value)
+
+
+def active_log_format() -> str:
+    """The format :func:`setup_logging` configured last (``plain`` before any)."""
+    return _ACTIVE_FORMAT
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, message (+ exc)."""
+    """One JSON object per line: ts, level, logger, message (+ exc), then the process's context fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -155,6 +175,8 @@ class JsonFormatter(logging.Formatter):
         kind = getattr(record, "event_kind", None)
         if kind:
             data["event"] = kind
+        for name, value in _CONTEXT.items():
+            data.setdefault(name, value)
         if record.exc_info or record.exc_text:
             data["exc"] = mask(record.exc_text or self.formatException(record.exc_info))  # type: ignore[arg-type]
         return json_text(data)
@@ -165,10 +187,12 @@ def setup_logging(verbosity: int = 0, fmt: str = "auto", stream: Any = None) -> 
 
     ``fmt``: ``auto`` (rich on a TTY, plain otherwise), ``rich``, ``plain`` or ``json``.
     """
+    global _ACTIVE_FORMAT
     stream = stream or sys.stderr
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     if fmt == "auto":
         fmt = "rich" if getattr(stream, "isatty", lambda: False)() else "plain"
+    _ACTIVE_FORMAT = fmt
     handler: logging.Handler
     if fmt == "rich":
         from rich.console import Console

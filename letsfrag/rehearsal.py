@@ -64,6 +64,8 @@ class RehearsalSettings:
     stop_timeout: float = 5.0
     max_memory: str | None = None
     redis_persist: bool = False
+    #: ``--log-format`` of the broker and the supervisors (``plain`` or ``json``; clusters follow the supervisor)
+    log_format: str = "plain"
     extra_host_yaml: str = ""
     #: per-host replacement of ``bot_command`` (a host running a faulty bot, for chaos tests)
     host_bot_commands: dict[str, list[str]] = field(default_factory=dict)
@@ -251,7 +253,7 @@ class Rehearsal:
         )
 
     def _letsfrag(self, *args: str, name: str) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "letsfrag", "--log-format", "plain", *args]
+        argv = [sys.executable, "-m", "letsfrag", "--log-format", self.settings.log_format, *args]
         return subprocess.Popen(argv, env={**self.env(), **self.lifeline.env()}, stdin=subprocess.DEVNULL,
                                 stdout=self.log_file(name), stderr=subprocess.STDOUT, start_new_session=True,
                                 pass_fds=self.lifeline.pass_fds())

@@ -32,7 +32,7 @@ from letsfrag.clock import Clock, SystemClock
 from letsfrag.config import BrokerConfig
 from letsfrag.errors import BusError, DiscordSetupError, LetsfragError
 from letsfrag.events import Severity, emit
-from letsfrag.logs import register_secrets_in
+from letsfrag.logs import register_secrets_in, set_log_context
 from letsfrag.loops import supervised
 from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
@@ -149,6 +149,7 @@ class ClusterBroker:
         """
         if self._started:
             return
+        set_log_context(broker=self.broker_id)
         self._layout, self._budget = await resolve_layout(self.config)
         self._reconciler = Reconciler(self.config, self._layout, self.store, event=self._event, fire=self._fire,
                                       notify=self._notify, move_timeout=self.move_timeout, clock=self.clock)

@@ -50,8 +50,9 @@ from ..exitcodes import FATAL_CLOSE_CODES, ExitCode
 from ..identify import IdentifyCoordinator, IdentifyTimeout
 from ..ipc import IpcChannel
 from ..keys import Keys
-from ..logs import mask, register_secrets_in
+from ..logs import JsonFormatter, mask, register_secrets_in, set_log_context
 from ..rpc import RpcCaller, cluster_node
+from ..units import format_shard_range
 from . import gateway
 from .context import ClusterContext
 from .guard import DispatchGuard, Verdict, default_margin
@@ -144,6 +145,11 @@ class ClusterMixin(_Base):
 
             handler = logging.StreamHandler(sys.stderr)
             handler.addFilter(_SecretFilter())
+            if env.log_format == "json":
+                set_log_context(host=env.host_id, cluster=env.cluster_id, epoch=env.epoch,
+                                shards=format_shard_range(env.shard_ids))
+                handler.setFormatter(JsonFormatter())
+                kwargs.setdefault("log_formatter", handler.formatter)
             kwargs["log_handler"] = handler
             kwargs.setdefault("root_logger", True)
         try:

@@ -18,7 +18,7 @@ from letsfrag.config_common import is_secret_env_name
 from letsfrag.environment import ClusterEnvironment
 from letsfrag.ipc import ENV_IPC_FD
 from letsfrag.lifeline import parent_death_preexec  # the cluster's preexec_fn (re-exported)
-from letsfrag.logs import register_secret, register_secrets_in
+from letsfrag.logs import active_log_format, register_secret, register_secrets_in
 
 __all__ = ["build_argv", "build_env", "cluster_environment", "parent_death_preexec", "plain_redis_settings"]
 
@@ -105,6 +105,7 @@ def cluster_environment(
         signature_window=config.signature_window,
         max_message_bytes=config.max_message_bytes,
         allow_eval=config.allow_eval and broker_allows_eval,
+        log_format="json" if active_log_format() == "json" else "plain",
     )
 
 

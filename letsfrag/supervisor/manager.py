@@ -25,6 +25,7 @@ from letsfrag.clock import Clock, SystemClock
 from letsfrag.config import HostConfig
 from letsfrag.errors import BusError, RecordError
 from letsfrag.events import Severity
+from letsfrag.logs import set_log_context
 from letsfrag.loops import supervised
 from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
@@ -152,6 +153,7 @@ class ClusterManager:
             return
         self._started = True
         register_config_secrets(self.config)
+        set_log_context(host=self.host_id)
         cfg = self.config
         if cfg.secret is None:
             log.warning("host %s: no secret is configured: bus messages are unsigned and anyone with access to "
