@@ -152,3 +152,17 @@ def test_systemd_units_are_hardened(unit: str) -> None:
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout + done.stderr)
     assert found, done.stdout + done.stderr
     assert float(found.group(1)) <= MAX_EXPOSURE, done.stdout
+
+
+def test_grafana_dashboard_queries_only_metrics_letsfrag_serves() -> None:
+    import json
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    served = set()
+    for module in ("letsfrag/supervisor/metrics.py", "letsfrag/broker/metrics.py"):
+        served |= set(re.findall(r'"(letsfrag_[a-z_]+)"', (ROOT / module).read_text()))
+    # counters and histograms are exposed with their suffixes
+    exposed = served | {f"{n}_total" for n in served} | {f"{n}_{s}" for n in served for s in ("bucket", "sum", "count")}
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"letsfrag_[a-z_]+", target["expr"])}
+    assert used and used <= exposed, sorted(used - exposed)

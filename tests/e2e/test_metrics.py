@@ -146,6 +146,22 @@ def test_metrics_and_probes_of_a_running_deployment(deployment: MeteredRehearsal
         up = wait_until_sync(lambda: len(r := query("up == 1")) == len(targets) and r, timeout=30,
                              message="every target up")
         assert {r["metric"]["instance"] for r in up} == set(targets)
+        # every query of the Grafana dashboard in deploy/ is valid PromQL with data behind it
+        dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json").read_text())
+        exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+        def status(expr: str) -> str:
+            url = f"http://127.0.0.1:{web}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return str(json.load(response).get("status"))
+            except urllib.error.HTTPError as exc:
+                return f"{exc.code}: {exc.read().decode()[:200]}"
+
+        assert {e: status(e) for e in exprs} == dict.fromkeys(exprs, "success")
+        # the instant ones (no rate or increase over a window, no budget: this broker has no token) have data
+        instant = [e for e in exprs if "rate(" not in e and "increase(" not in e and "budget" not in e]
+        empty = [e for e in instant if not query(e)]
+        assert not empty, f"dashboard queries without data: {empty}"
     finally:
         server.terminate()
         server.wait(10)
