@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from letsfrag import __version__
 from letsfrag.bus import Bus
@@ -96,6 +96,8 @@ class HostAgent:
         self.fenced = False
         self.registered = False
         self.started_at = clock.time()
+        #: Redis refusals of the renewal already logged (each distinct one once)
+        self._refusals: set[str] = set()
         self.registered_at = 0.0
         self.last_renewal: float | None = None  # monotonic, when the last successful renewal was sent
         self.renewals = 0
@@ -291,7 +293,13 @@ class HostAgent:
             async with asyncio.timeout(max(budget, 0.05)):
                 layout_hash, assignment = await self._heartbeat()
         except _REDIS_ERRORS as exc:
-            log.debug("host %s: lease renewal failed: %s", self.host_id, exc)
+            if isinstance(exc, ResponseError) and str(exc) not in self._refusals:
+                # not an outage: Redis answered and said no (an ACL without a command the renewal needs, ...)
+                self._refusals.add(str(exc))
+                log.error("host %s: Redis refused the lease renewal: %s (check this host's Redis user against "
+                          "docs/security.md)", self.host_id, exc)
+            else:
+                log.debug("host %s: lease renewal failed: %s", self.host_id, exc)
             return
         self.last_renewal = sent
         self.renewals += 1
