@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from .connection import create_redis, display_url
 from .errors import BusError, ProtocolError, RemoteError, RequestTimeout
 from .keys import Keys
+from .logs import mask
 from .protocol import (
     DEFAULT_BROADCAST_MAX_BYTES,
     DEFAULT_MAX_BYTES,
@@ -364,7 +365,8 @@ class Bus:
                 log.warning("%s from %r refused: %s: %s", env.type, env.sender, type(exc).__name__, exc)
                 log.debug("handler traceback", exc_info=True)
                 return
-            await self._reply(env, {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}})
+            # a handler's error text goes over Redis: the registered secrets never do
+            await self._reply(env, {"ok": False, "error": {"type": type(exc).__name__, "message": mask(str(exc))}})
             return
         if env.reply_to and value is not NO_REPLY:
             await self._reply(env, {"ok": True, "value": value})

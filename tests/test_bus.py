@@ -50,6 +50,23 @@ async def test_request_reply(make_bus: Any) -> None:
     assert err.value.error_type == "ValueError" and "asked to fail" in err.value.message
 
 
+async def test_a_handler_error_quoting_a_secret_is_masked_in_the_reply(make_bus: Any) -> None:
+    from letsfrag.logs import register_secret
+
+    secret = "bus-test-secret-4f1c2b"
+    register_secret(secret)
+    server, client = await make_bus("server"), await make_bus("client")
+
+    async def handler(env: Envelope) -> Any:
+        raise RuntimeError(f"could not log in with {secret} at redis://u:pw-in-url@127.0.0.1:1/0")
+
+    await server.subscribe("t:svc", handler)
+    with pytest.raises(RemoteError) as err:
+        await client.request("t:svc", MessageType.RPC, {}, timeout=2)
+    assert secret not in err.value.message and "pw-in-url" not in err.value.message
+    assert "***" in err.value.message
+
+
 async def test_request_to_nobody_fails_fast(make_bus: Any) -> None:
     client = await make_bus("client")
     loop = asyncio.get_running_loop()
