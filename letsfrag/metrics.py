@@ -19,19 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 from redis.exceptions import RedisError
 
 from letsfrag.errors import ConfigError
 from letsfrag.units import parse_listen
 
-__all__ = ["MetricsServer", "MetricsSource", "Probe", "redis_answers", "start_metrics"]
+__all__ = ["MetricsServer", "MetricsSource", "Probe", "bus_drops", "liveness", "redis_answers", "start_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,13 @@ class MetricsSource(Protocol):
 
 
 class Families:
-    """A collector that yields the families its owner built at the last refresh."""
+    """A collector that yields the families its owner built at the last refresh, registered in its own
+    :attr:`registry` (where the owner may register stateful metrics such as histograms too)."""
 
     def __init__(self) -> None:
         self.families: list[Metric] = []
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)  # type: ignore[arg-type]
 
     def collect(self) -> Iterator[Metric]:
         yield from self.families
@@ -84,6 +88,21 @@ async def redis_answers(redis: object) -> Probe:
     except (RedisError, OSError, TimeoutError) as exc:
         return Probe(False, f"redis unreachable: {type(exc).__name__}")
     return Probe(True, "redis answers")
+
+
+def bus_drops(dropped: Mapping[str, int]) -> Metric:
+    """``letsfrag_bus_dropped_total{reason}`` from a bus's drop counters (both process kinds serve it)."""
+    family = CounterMetricFamily("letsfrag_bus_dropped", "Bus messages dropped, by reason", labels=["reason"])
+    for reason, count in sorted(dropped.items()):
+        family.add_metric([reason], count)
+    return family
+
+
+async def liveness(dead_loops: list[str], redis: object) -> Probe:
+    """``/healthz``: every core loop runs (``dead_loops`` names those that ended) and Redis answers."""
+    if dead_loops:
+        return Probe(False, f"loops not running: {', '.join(dead_loops)}")
+    return await redis_answers(redis)
 
 
 class MetricsServer:

@@ -69,6 +69,7 @@ class RedisServer:
         extra_args: list[str] | None = None,
         die_with_parent: bool = False,
         pass_fds: tuple[int, ...] = (),
+        probe_user: tuple[str, str] | None = None,
     ) -> None:
         if port == 0 and not unix_socket:
             raise ValueError("port 0 (no TCP listener) needs a unix_socket")
@@ -82,6 +83,8 @@ class RedisServer:
         self.extra_args = list(extra_args or [])
         self.die_with_parent = die_with_parent
         self.pass_fds = pass_fds
+        #: (user, password) the start probe authenticates with when the default user is off (an ACL setup)
+        self.probe_user = probe_user
         self.process: subprocess.Popen[bytes] | None = None
         self._lifeline: Lifeline | None = None
         self._guard: subprocess.Popen[bytes] | None = None
@@ -159,7 +162,10 @@ class RedisServer:
             return False
         with sock:
             try:
-                if self.password:
+                if self.probe_user:
+                    sock.sendall(f"AUTH {self.probe_user[0]} {self.probe_user[1]}\r\n".encode())
+                    sock.recv(64)
+                elif self.password:
                     sock.sendall(f"AUTH {self.password}\r\n".encode())
                     sock.recv(64)
                 sock.sendall(b"PING\r\n")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,23 +73,9 @@ def start_acl_redis(workdir: Path, passwords: dict[str, str]) -> RedisServer:
     workdir.mkdir(parents=True, exist_ok=True)
     users = workdir / "letsfrag-acl.conf"
     users.write_text(acl_text(passwords))
-    server = RedisServer(data_dir=workdir / "redis", extra_args=["--include", str(users)])
-    server.data_dir.mkdir(parents=True, exist_ok=True)
-    server.process = subprocess.Popen(server._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
-
-    def answers() -> bool:
-        client = redis.Redis(port=server.port, username="letsfrag-dashboard", password=passwords["dashboard"],
-                             socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            assert server.process is not None and server.process.poll() is None, "redis-server exited"
-            return False
-        finally:
-            client.close()
-
-    wait_until_sync(answers, timeout=10, interval=0.05, message="the ACL redis-server answers")
+    server = RedisServer(data_dir=workdir / "redis", extra_args=["--include", str(users)],
+                         probe_user=("letsfrag-dashboard", passwords["dashboard"]))
+    server.start()
     return server
 
 

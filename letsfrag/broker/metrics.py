@@ -7,15 +7,14 @@ the bucket queues), Discord's identify budget (``{ns}:identify:budget``) and the
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from redis.exceptions import RedisError
 
-from letsfrag.metrics import Families, Probe, redis_answers
+from letsfrag.metrics import Families, Probe, bus_drops, liveness
+from letsfrag.records import lenient_float
 
 if TYPE_CHECKING:
     from letsfrag.broker.broker import ClusterBroker
@@ -23,22 +22,13 @@ if TYPE_CHECKING:
 __all__ = ["BrokerMetrics"]
 
 
-def _number(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 class BrokerMetrics:
     """The :class:`~letsfrag.metrics.MetricsSource` of one :class:`ClusterBroker`."""
 
     def __init__(self, broker: ClusterBroker) -> None:
         self.broker = broker
-        self.registry = CollectorRegistry(auto_describe=False)
         self._families = Families()
-        self.registry.register(self._families)  # type: ignore[arg-type]
+        self.registry = self._families.registry
 
     async def refresh(self) -> None:
         broker = self.broker
@@ -91,13 +81,13 @@ class BrokerMetrics:
         families.append(host_up)
 
         epoch = GaugeMetricFamily("letsfrag_epoch", "Last epoch handed out (grows with every grant)")
-        value = _number(last_epoch)
+        value = lenient_float(last_epoch)
         if value is not None:
             epoch.add_metric([], value)
         families.append(epoch)
 
         identified = CounterMetricFamily("letsfrag_identify_granted", "IDENTIFY windows granted (ever)")
-        value = _number(granted_raw)
+        value = lenient_float(granted_raw)
         identified.add_metric([], value if value is not None else 0.0)
         families.append(identified)
         depth = GaugeMetricFamily("letsfrag_identify_queue_depth", "Shards waiting for an IDENTIFY window",
@@ -108,22 +98,16 @@ class BrokerMetrics:
         remaining = GaugeMetricFamily("letsfrag_identify_budget", "Discord's session start budget",
                                       labels=["kind"])
         for kind in ("remaining", "total"):
-            value = _number((budget or {}).get(kind))
+            value = lenient_float((budget or {}).get(kind))
             if value is not None:
                 remaining.add_metric([kind], value)
         families.append(remaining)
 
-        dropped = CounterMetricFamily("letsfrag_bus_dropped", "Bus messages dropped, by reason", labels=["reason"])
-        for reason, count in sorted(broker.bus.dropped.items()):
-            dropped.add_metric([reason], count)
-        families.append(dropped)
+        families.append(bus_drops(broker.bus.dropped))
         self._families.replace(families)
 
     async def health(self) -> Probe:
-        dead = self.broker.dead_loops()
-        if dead:
-            return Probe(False, f"loops not running: {', '.join(dead)}")
-        return await redis_answers(self.broker.bus.redis)
+        return await liveness(self.broker.dead_loops(), self.broker.bus.redis)
 
     async def readiness(self) -> Probe:
         health = await self.health()

@@ -9,15 +9,15 @@ once per new shard report seen at a scrape.
 from __future__ import annotations
 
 import json
-import math
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from redis.exceptions import RedisError
 
-from letsfrag.metrics import Families, Probe, redis_answers
+from letsfrag.metrics import Families, Probe, bus_drops, liveness
+from letsfrag.records import lenient_float
 from letsfrag.supervisor.state import ClusterState
 
 if TYPE_CHECKING:
@@ -29,21 +29,13 @@ __all__ = ["HostMetrics"]
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
 class HostMetrics:
     """The :class:`~letsfrag.metrics.MetricsSource` of one :class:`ClusterManager`."""
 
     def __init__(self, manager: ClusterManager) -> None:
         self.manager = manager
-        self.registry = CollectorRegistry(auto_describe=False)
         self._families = Families()
-        self.registry.register(self._families)  # type: ignore[arg-type]
+        self.registry = self._families.registry
         self._latency = Histogram(
             "letsfrag_gateway_latency_seconds", "Gateway heartbeat round trip of the shards, per cluster",
             ["cluster"], buckets=LATENCY_BUCKETS, registry=self.registry,
@@ -132,14 +124,14 @@ class HostMetrics:
             for sid, report in sorted(shards.items()):
                 labels = [str(sid), str(cid)]
                 ready.add_metric(labels, 1.0 if report.get("status") == "ready" else 0.0)
-                value = _finite(report.get("latency"))
+                value = lenient_float(report.get("latency"))
                 if value is not None:
                     latency.add_metric(labels, value)
-                    ts = _finite(report.get("ts")) or 0.0
+                    ts = lenient_float(report.get("ts")) or 0.0
                     if self._observed.get((cid, sid)) != ts:
                         self._observed[(cid, sid)] = ts
                         self._latency.labels(cluster=str(cid)).observe(value)
-                count = _finite(report.get("messages"))
+                count = lenient_float(report.get("messages"))
                 if count is not None:
                     messages.add_metric(labels, count)
                 seen.add((cid, sid))
@@ -147,17 +139,11 @@ class HostMetrics:
             del self._observed[gone]
         families += [ready, latency, messages]
 
-        dropped = CounterMetricFamily("letsfrag_bus_dropped", "Bus messages dropped, by reason", labels=["reason"])
-        for reason, count in sorted(manager.bus.dropped.items()):
-            dropped.add_metric([reason], count)
-        families.append(dropped)
+        families.append(bus_drops(manager.bus.dropped))
         self._families.replace(families)
 
     async def health(self) -> Probe:
-        dead = self.manager.dead_loops()
-        if dead:
-            return Probe(False, f"loops not running: {', '.join(dead)}")
-        return await redis_answers(self.manager.bus.redis)
+        return await liveness(self.manager.dead_loops(), self.manager.bus.redis)
 
     async def readiness(self) -> Probe:
         health = await self.health()

@@ -61,13 +61,11 @@ class SecuredRehearsal(Rehearsal):
                 "&*",
                 "+@all",
             ]
+        probe = (self.redis_username, self.redis_password) if self.redis_username and self.redis_password else None
         self.redis = RedisServer(
-            data_dir=self.workdir / "redis", persist=self.settings.redis_persist, extra_args=extra
+            data_dir=self.workdir / "redis", persist=self.settings.redis_persist, extra_args=extra, probe_user=probe
         )
-        if self.redis_username and self.redis_password:
-            _start_acl_server(self.redis, self.redis_username, self.redis_password)
-        else:
-            self.redis.start()
+        self.redis.start()
 
     def env(self) -> dict[str, str]:
         env = super().env()
@@ -101,28 +99,6 @@ class SecuredRehearsal(Rehearsal):
             finally:
                 client.close()
         return super().assignment(client)
-
-
-def _start_acl_server(server: RedisServer, username: str, password: str, timeout: float = 10.0) -> None:
-    """Start ``server`` and wait until the ACL user can PING (RedisServer's own probe knows no usernames)."""
-    server.data_dir.mkdir(parents=True, exist_ok=True)
-    server.process = subprocess.Popen(
-        server._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-    def answers() -> bool:
-        client = redis.Redis(
-            host="127.0.0.1", port=server.port, username=username, password=password, socket_timeout=0.5
-        )
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            assert server.process is not None and server.process.poll() is None, "redis-server exited"
-            return False
-        finally:
-            client.close()
-
-    wait_until_sync(answers, timeout=timeout, interval=0.05, message="ACL redis-server answers")
 
 
 def deployment_factory(tmp_path: Path) -> Iterator[Callable[..., SecuredRehearsal]]:
