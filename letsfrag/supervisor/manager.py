@@ -154,6 +154,8 @@ class ClusterManager:
             return
         self._started = True
         register_config_secrets(self.config)
+        if self.launcher is not None:
+            await self.launcher.start()  # it imports while this connects, waits for the layout and registers
         cfg = self.config
         if cfg.secret is None:
             log.warning("host %s: no secret is configured: bus messages are unsigned and anyone with access to "
@@ -183,8 +185,6 @@ class ClusterManager:
             asyncio.create_task(self.publisher.run(), name="supervisor-publish"),
             asyncio.create_task(self.reactions._ticker(), name="supervisor-tick"),
         ]
-        if self.launcher is not None:
-            await self.launcher.start()  # it imports while the first grants arrive
         self.agent.poke()
         self._metrics = await start_metrics(cfg.metrics.listen, lambda: HostMetrics(self))
 
