@@ -3,8 +3,10 @@
 Run ``python -m benchmarks.coldstart [--repeats 3 --baseline-repeats 1]`` from the repository root.
 
 * **letsfrag**: redis-server and the simulator run first; the clock starts when ``letsfrag broker`` and two
-  ``letsfrag supervise`` processes are started (``letsfrag.rehearsal``, running ``examples/bot.py``) and stops
-  when the simulator counts every shard READY. 64 shards, 8 per cluster, max_concurrency 16, window 1 s.
+  ``letsfrag supervise`` processes are started (``letsfrag.rehearsal``, running ``examples/bot.py`` as
+  ``bot.module`` forked from the pre-loaded launcher, ``bot.launcher: fork``) and stops when the simulator counts
+  every shard READY. 64 shards, 8 per cluster, max_concurrency 16, window 1 s.
+* **letsfrag, bot.launcher: exec**: the same with a fresh interpreter per cluster process.
 * **physical limit**: ``(ceil(shards / max_concurrency) - 1) × window``: no deployment can be faster.
 * **discord.py default pacing**: the same layout as plain ``discord.AutoShardedClient`` processes (one per
   cluster, all started at once) with discord.py's own ``before_identify_hook`` (5 s between shards, blind to
@@ -41,6 +43,8 @@ from letsfrag.rehearsal import Rehearsal, RehearsalSettings, stop_processes
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_FACTOR = 1.25
 COMMAND = "python -m benchmarks.coldstart"
+#: the same deployment with ``bot.launcher: exec`` (a fresh interpreter per cluster), measured beside it
+EXEC_VARIANT = "letsfrag, bot.launcher: exec"
 
 
 # --- plain discord.py client process (the baselines) ---------------------------------------------------------
@@ -84,10 +88,11 @@ async def _client_main(args: argparse.Namespace) -> None:
 
 
 # --- measuring ---------------------------------------------------------------------------------------------
-def _settings(args: argparse.Namespace) -> RehearsalSettings:
+def _settings(args: argparse.Namespace, launcher: str = "fork") -> RehearsalSettings:
     return RehearsalSettings(hosts=args.hosts, shards=args.shards, shards_per_cluster=args.per_cluster,
                              max_concurrency=args.max_concurrency, identify_window=args.window,
-                             guilds_per_shard=args.guilds_per_shard, namespace="bench-coldstart")
+                             guilds_per_shard=args.guilds_per_shard, namespace="bench-coldstart",
+                             launcher=launcher)
 
 
 def _wait_all_ready(deployment: Rehearsal, started: float, timeout: float,
@@ -119,9 +124,9 @@ def _wait_all_ready(deployment: Rehearsal, started: float, timeout: float,
             "duplicates": int(stats["duplicate_sessions"]["count"])}
 
 
-def run_letsfrag(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """One cold start of broker + supervisors; the clock starts when the broker is spawned."""
-    deployment = Rehearsal(_settings(args), workdir)
+def run_letsfrag(args: argparse.Namespace, workdir: Path, launcher: str = "fork") -> dict[str, Any]:
+    """One cold start of broker + supervisors (``bot.launcher``); the clock starts when the broker is spawned."""
+    deployment = Rehearsal(_settings(args, launcher), workdir)
     client: redis.Redis | None = None
     try:
         deployment.start_redis()
@@ -194,6 +199,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     spawn_delay = args.per_cluster * args.window
     root = Path(tempfile.mkdtemp(prefix="letsfrag-bench-coldstart-"))
     plans: list[tuple[str, Any]] = [("letsfrag", lambda w: run_letsfrag(args, w))] * args.repeats
+    plans += [(EXEC_VARIANT, lambda w: run_letsfrag(args, w, "exec"))] * args.repeats
     if not args.skip_baselines:
         plans += [("discord.py default pacing", lambda w: run_plain(args, w, "default", 0.0))] * args.baseline_repeats
         plans += [("spawn delay (1 window per shard)",

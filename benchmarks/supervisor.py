@@ -1,10 +1,17 @@
-"""Host supervisor overhead: CPU and RSS with 16 idle clusters, and crash-to-respawn latency.
+"""Host supervisor overhead: CPU and RSS with 16 idle clusters, crash-to-respawn and crash-to-IDENTIFY latency.
 
 Run ``python -m benchmarks.supervisor [--clusters 16 --idle 20 --crashes 10]``. One ``ClusterManager`` runs the
 stand-in cluster program of the tests (``tests/supervisor/programs/stub.py``, heartbeating every second like an
 idle bot) against a private redis-server; the benchmark writes the layout and grants as the broker would.
 Goals: supervisor CPU < 2 % of a core at the default sample interval; respawn latency beyond the backoff delay
-< 150 ms (median and max). Writes ``benchmarks/results/supervisor.json``.
+< 150 ms (median and max).
+
+Crash → first IDENTIFY: a local deployment (``letsfrag.rehearsal``: the simulator, ``letsfrag broker``, one
+``letsfrag supervise`` running the example bot as ``bot.module``) per ``bot.launcher`` (``fork``, then ``exec``);
+a cluster process is SIGKILLed ``--identify-crashes`` times and the time from its restart being due (the
+``next_restart_at`` the supervisor publishes, i.e. beyond the backoff) to the simulator receiving the new
+process's first IDENTIFY is measured. Goal: ≤ 100 ms with ``fork`` (median). Writes
+``benchmarks/results/supervisor.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import redis.asyncio as aioredis
 from letsfrag.config import HostConfig
 from letsfrag.keys import Keys
 from letsfrag.redis_server import RedisServer
+from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.supervisor import ClusterManager, ClusterState, ClusterView
 
 NS = "bench"
@@ -37,6 +45,47 @@ ROOT = Path(__file__).resolve().parent.parent
 STUB = ROOT / "tests" / "supervisor" / "programs" / "stub.py"
 RESULTS = Path(__file__).resolve().parent / "results"
 BACKOFF = 0.5
+IDENTIFY_GOAL_MS = 100.0
+
+
+def _identify_after_crash(launcher: str, crashes: int, work: Path) -> dict[str, Any]:
+    """SIGKILL cluster processes of a real deployment; ms from the restart being due to the new IDENTIFY."""
+    settings = RehearsalSettings(hosts=1, shards=4, shards_per_cluster=1, max_concurrency=4, guilds_per_shard=2,
+                                 namespace="bench-identify", launcher=launcher, restart_initial=0.3,
+                                 max_restarts=1000)
+    deployment = Rehearsal(settings, work)
+    samples: list[float] = []
+    try:
+        deployment.start()
+        client = deployment.redis_client()
+        offset = time.time() - time.monotonic()  # wall -> monotonic (the simulator's clock is monotonic)
+
+        def wait(predicate: Any, what: str, timeout: float = 30.0) -> Any:
+            deadline = time.monotonic() + timeout
+            while not (value := predicate()):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"timed out waiting for {what} (logs in {work})")
+                time.sleep(0.005)
+            return value
+
+        wait(deployment.all_ready, "all READY", 90)
+        for i in range(crashes):
+            cid = i % settings.clusters
+            key = f"{settings.namespace}:status:cluster:{cid}"
+            pid = int(client.hget(key, "pid"))
+            before = int(deployment.sim_stats()["identifies"]["per_shard"].get(str(cid), 0))
+            os.kill(pid, signal.SIGKILL)
+            due = float(wait(lambda key=key: client.hget(key, "state") == "backoff"
+                             and client.hget(key, "next_restart_at"), "backoff"))
+            stats = wait(lambda cid=cid, before=before: (s := deployment.sim_stats())
+                         and int(s["identifies"]["per_shard"].get(str(cid), 0)) > before and s, "IDENTIFY")
+            samples.append((float(stats["identified_at"][str(cid)]) - (due - offset)) * 1000)
+            wait(deployment.all_ready, "all READY again")
+        client.close()
+    finally:
+        deployment.close()
+    return {"median": round(statistics.median(samples), 1), "min": round(min(samples), 1),
+            "max": round(max(samples), 1), "crashes": len(samples)}
 
 
 def _config(redis_url: str, work: Path) -> HostConfig:
@@ -114,6 +163,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_below_2_percent": result["supervisor_cpu_percent"] < 2.0,
             "respawn_below_150_ms": result["respawn_beyond_backoff_ms"]["max"] < 150.0,
         }
+        if args.identify_crashes:
+            result["identify_after_crash_ms"] = {
+                launcher: _identify_after_crash(launcher, args.identify_crashes, work / f"identify-{launcher}")
+                for launcher in ("fork", "exec")}
+            result["goals"]["identify_fork_below_100_ms"] = (
+                result["identify_after_crash_ms"]["fork"]["median"] <= IDENTIFY_GOAL_MS)
+        result["load_average"] = [round(x, 2) for x in psutil.getloadavg()]
     finally:
         await r.aclose()
         server.cleanup()
@@ -134,6 +190,8 @@ if __name__ == "__main__":
     parser.add_argument("--clusters", type=int, default=16)
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle measurement")
     parser.add_argument("--crashes", type=int, default=10)
+    parser.add_argument("--identify-crashes", type=int, default=6,
+                        help="crashes per bot.launcher timed to the new IDENTIFY (0: skip)")
     outcome = asyncio.run(main(parser.parse_args()))
     out = write_result(outcome)
     for key, value in outcome.items():

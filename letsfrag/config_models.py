@@ -150,6 +150,10 @@ class BotSettings(StrictModel):
     module: Annotated[str, AfterValidator(_module_path)] | None = Field(
         default=None, description="Python module run as `python -m module` with the supervisor's Python"
     )
+    launcher: Literal["fork", "exec"] | None = Field(
+        default=None, description="`fork`: clusters forked from a pre-loaded launcher (`module` only); `exec`: a "
+        "fresh interpreter each; unset: `fork` for `module`, `exec` for `command` (docs/launcher.md)"
+    )
     cwd: str | None = Field(default=None, description="working directory of cluster processes; unset: current")
     env: dict[str, str] = Field(
         default_factory=dict,
@@ -173,6 +177,8 @@ class BotSettings(StrictModel):
             raise KeyProblems([((), "expected exactly one of command or module, found both")])
         if self.command is None and self.module is None:
             raise KeyProblems([((), "expected exactly one of command or module, found neither")])
+        if self.launcher == "fork" and self.command is not None:
+            raise KeyProblems([(("launcher",), "fork needs bot.module (bot.command is always exec'd)")])
         if self.redis_password is not None and self.redis_username is None:
             raise KeyProblems([(("redis_password",), "needs bot.redis_username (the ACL user it belongs to)")])
         return self

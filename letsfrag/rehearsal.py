@@ -29,6 +29,7 @@ import psutil
 from . import samples
 from .errors import LetsfragError
 from .events import Event
+from .launcher import NAME as LAUNCHER_NAME
 from .lifeline import Lifeline
 from .redis_server import RedisServer
 
@@ -58,6 +59,8 @@ class RehearsalSettings:
     secret: bool = True
     namespace: str = "rehearsal"
     bot_command: list[str] | None = None
+    #: ``bot.launcher`` of the example bot (``bot.module: bot``, cwd examples/); a ``bot_command`` is exec'd
+    launcher: str = "fork"
     restart_initial: float = 0.5
     sample_interval: float = 1.0
     hang_timeout: float = 30.0
@@ -231,7 +234,10 @@ class Rehearsal:
 
     def host_yaml(self, host_id: str, capacity: int | None = None) -> str:
         s = self.settings
-        command = s.host_bot_commands.get(host_id) or s.bot_command or [sys.executable, str(EXAMPLE_BOT)]
+        command = s.host_bot_commands.get(host_id) or s.bot_command
+        program = (f"  command: {json.dumps(command)}\n" if command else
+                   f"  module: {EXAMPLE_BOT.stem}\n  cwd: {json.dumps(str(EXAMPLE_BOT.parent))}\n"
+                   f"  launcher: {s.launcher}\n")
         capacity = capacity if capacity is not None else (s.capacity if s.capacity is not None else s.clusters)
         limits = f"limits:\n  hang_timeout: {s.hang_timeout}s\n  stop_timeout: {s.stop_timeout}s\n"
         if s.max_memory:
@@ -239,7 +245,7 @@ class Rehearsal:
         return (
             self._common_yaml()
             + f"host:\n  id: {host_id}\n  capacity: {capacity}\n"
-            + f"bot:\n  command: {json.dumps(command)}\n  token: ${{BOT_TOKEN}}\n"
+            + f"bot:\n{program}  token: ${{BOT_TOKEN}}\n"
             + (f"  env: {json.dumps(s.bot_env)}\n" if s.bot_env else "")
             + f"discord:\n  api_url: {self.sim_url}/api/v10\n"
             + f"  gateway_url: {self.sim_url.replace('http://', 'ws://')}/\n"
@@ -318,12 +324,16 @@ class Rehearsal:
         process.kill()
         process.wait()
 
-    def cluster_pids(self) -> list[int]:
-        """Pids of every cluster process currently below a supervisor."""
+    def cluster_pids(self, host_id: str | None = None) -> list[int]:
+        """Pids of every cluster process currently below a supervisor (of ``host_id`` only, when given)."""
         pids = []
-        for process in self.hosts.values():
-            pids += [p.pid for p in self.tree(process)[1:]]
+        for process in self.hosts.values() if host_id is None else [self.hosts[host_id]]:
+            pids += [p.pid for p in self.tree(process)[1:] if not _is_launcher(p)]
         return pids
+
+    def launcher_pids(self) -> list[int]:
+        """Pids of the supervisors' pre-fork launchers (``bot.launcher: fork``)."""
+        return [p.pid for process in self.hosts.values() for p in self.tree(process)[1:] if _is_launcher(p)]
 
     def assignment(self, client: Any = None) -> dict[int, tuple[str, int]]:
         """The broker's current assignment: cluster id -> (host, epoch); ``client``: a sync redis client to reuse."""
@@ -427,3 +437,9 @@ class Rehearsal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _is_launcher(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return process.name() == LAUNCHER_NAME
+    return False

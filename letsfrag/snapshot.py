@@ -170,6 +170,9 @@ class ClusterRow:
     uptime: float | None
     cpu_percent: float | None
     rss: int | None
+    #: proportional / unique set size of the process tree (bytes; None when not reported)
+    pss: int | None
+    uss: int | None
     guilds: int | None
     latency: float | None
     heartbeat_age: float | None
@@ -389,6 +392,7 @@ def _cluster_row(cid: int, claim: Any, status: dict[str, str], shards_raw: dict[
         pid=_int(status.get("pid")), restarts=_int(status.get("restarts")) or 0,
         uptime=_age(now, started) if running else None,
         cpu_percent=_float(status.get("cpu_percent")), rss=_int(status.get("rss")),
+        pss=_int(status.get("pss")) or None, uss=_int(status.get("uss")) or None,
         guilds=_int(status.get("guilds")), latency=_float(status.get("latency")),
         heartbeat_age=beat_age,
         heartbeat_colour=heartbeat_colour(beat_age, interval) if running else "red",

@@ -63,6 +63,8 @@ class Referee:
         self.handling = HandlingReferee(answer_timeout)
         # physical state, kept across reset()
         self.last_identify: dict[int, float] = {}
+        #: shard -> when its latest IDENTIFY arrived (the simulator's monotonic clock)
+        self.identified_at: dict[int, float] = {}
         self.live: dict[int, set[str]] = {}
         self.budget_reset_at = now + BUDGET_PERIOD
         self._zero(now)
@@ -110,6 +112,7 @@ class Referee:
             self.session_start_remaining = self.session_start_total
             self.budget_reset_at = now + BUDGET_PERIOD
         self.identifies[shard_id] += 1
+        self.identified_at[shard_id] = now
         bucket = self.bucket(shard_id)
         if self.reject_when_exhausted and self.session_start_remaining <= 0:
             self.count("session_start_rejections")
@@ -162,6 +165,7 @@ class Referee:
         longest = max([self.longest_overlap] + [now - since for since in self.overlap_since.values()])
         return {
             "identifies": {"total": sum(self.identifies.values()), "per_shard": _str_keys(self.identifies)},
+            "identified_at": {str(s): round(t, 6) for s, t in sorted(self.identified_at.items())},
             "identify_violations": {"total": sum(self.violations.values()), "per_bucket": _str_keys(self.violations)},
             "sessions_active": {str(s): len(ids) for s, ids in sorted(self.live.items())},
             "shards_ready": self.live_shards(),

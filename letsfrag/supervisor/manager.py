@@ -36,6 +36,7 @@ from letsfrag.supervisor.host import HostAgent, Layout
 from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, register_config_secrets
 from letsfrag.supervisor.logfile import ClusterLog, log_path
 from letsfrag.supervisor.metrics import HostMetrics
+from letsfrag.supervisor.prefork import Launcher, launcher_mode
 from letsfrag.supervisor.process import ClusterProcess
 from letsfrag.supervisor.publish import Publisher
 from letsfrag.supervisor.reactions import Reactions
@@ -108,6 +109,8 @@ class ClusterManager:
         self.grants = Grants(self)
         self.stopper = Stopper(self)
         self.argv = build_argv(config)
+        #: the pre-fork launcher (``bot.launcher: fork``), None when every cluster is exec'd
+        self.launcher: Launcher | None = Launcher() if launcher_mode(config) == "fork" else None
 
     # ------------------------------------------------------------------------------------------ public API
 
@@ -154,6 +157,8 @@ class ClusterManager:
         self._started = True
         register_config_secrets(self.config)
         set_log_context(host=self.host_id)
+        if self.launcher is not None:
+            await self.launcher.start()  # it imports while this connects, waits for the layout and registers
         cfg = self.config
         if cfg.secret is None:
             log.warning("host %s: no secret is configured: bus messages are unsigned and anyone with access to "
@@ -191,6 +196,8 @@ class ClusterManager:
     async def close(self, *, force: bool = False) -> None:
         """Stop every cluster (gracefully unless ``force``), leave the host set's lease and disconnect."""
         await self.stopper.close(force=force)
+        if self.launcher is not None:
+            await self.launcher.close()
         if self._metrics is not None:
             await self._metrics.close()
             self._metrics = None
@@ -403,17 +410,20 @@ class ClusterManager:
         process = ClusterProcess(
             record.cluster_id, record.token, argv=self.argv, cwd=self.config.bot.cwd,
             env_for_fd=lambda fd: build_env(self.config, environment, fd),
-            log_file=self._log_for(record.cluster_id), sink=self._queue.put_nowait)
+            log_file=self._log_for(record.cluster_id), sink=self._queue.put_nowait, launcher=self.launcher,
+            module=self.config.bot.module)
         record.started_at = self.clock.time()
         record.started_mono = self.clock.monotonic()
         try:
             await process.start()
         except OSError as exc:
-            self._log_for(record.cluster_id).note(f"cannot start {self.argv[0]}: {exc}")
-            record.last_error = f"cannot start {self.argv[0]}: {exc}"
+            program = f"module {process.module}" if self.launcher is not None else self.argv[0]
+            self._log_for(record.cluster_id).note(f"cannot start {program}: {exc}")
+            record.last_error = f"cannot start {program}: {exc}"
             self.reactions._decide(record, policy.ExitInfo(code=127, signal=None), cause=f"cannot start: {exc}")
             return
         record.process = process  # recorded before anything is written about it (a log write may fail)
+        record.started_mono = self.clock.monotonic()  # the hang timer runs from the process, not the wait for it
         process.log.note(f"started pid {process.pid} (cluster {record.cluster_id})")
         self._set_state(record, ClusterState.STARTING, f"started pid {process.pid} (epoch {record.epoch})")
         self._fire("cluster_create", record.view())

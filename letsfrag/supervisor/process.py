@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -23,6 +23,9 @@ from letsfrag.supervisor.launch import parent_death_preexec
 from letsfrag.supervisor.logfile import ClusterLog
 from letsfrag.supervisor.state import IpcMessage, ProcessExited
 from letsfrag.supervisor.watch import descendants
+
+if TYPE_CHECKING:
+    from letsfrag.supervisor.prefork import ForkedProcess, Launcher
 
 __all__ = ["ClusterProcess"]
 
@@ -46,6 +49,8 @@ class ClusterProcess:
         cwd: str | None,
         log_file: ClusterLog,
         sink: Callable[[Any], None],
+        launcher: Launcher | None = None,
+        module: str | None = None,
     ) -> None:
         self.cluster_id = cluster_id
         self.token = token
@@ -54,11 +59,14 @@ class ClusterProcess:
         self.cwd = cwd
         self.log = log_file
         self._sink = sink
+        #: with a launcher, ``module`` is forked from it instead of ``argv`` being exec'd
+        self._launcher = launcher
+        self.module = module
         self.pid = 0
         self.returncode: int | None = None
         self.exited = asyncio.Event()
         self.channel: ipc.IpcChannel | None = None
-        self._transport: asyncio.SubprocessTransport | None = None
+        self._transport: asyncio.SubprocessTransport | ForkedProcess | None = None
         self._known: dict[int, psutil.Process] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._open_pipes = {1, 2}
@@ -76,18 +84,23 @@ class ClusterProcess:
         parent, child = ipc.create_pair()
         try:
             env = self._env_for_fd(child.fileno())
-            transport, _ = await loop.subprocess_exec(
-                lambda: _Protocol(self),
-                *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=self.cwd,
-                env=env,
-                pass_fds=(child.fileno(),),
-                start_new_session=True,
-                preexec_fn=parent_death_preexec(),
-            )
+            if self._launcher is not None:
+                assert self.module is not None
+                transport: asyncio.SubprocessTransport | ForkedProcess = await self._launcher.spawn(
+                    self.module, env, self.cwd, child.fileno(), _Protocol(self))
+            else:
+                transport, _ = await loop.subprocess_exec(
+                    lambda: _Protocol(self),
+                    *self.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    cwd=self.cwd,
+                    env=env,
+                    pass_fds=(child.fileno(),),
+                    start_new_session=True,
+                    preexec_fn=parent_death_preexec(),
+                )
         except BaseException:
             parent.close()
             raise

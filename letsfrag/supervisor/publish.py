@@ -63,6 +63,8 @@ def status_fields(view: ClusterView, host_id: str, now: float) -> dict[str, str]
         "ready_at": _num(view.ready_at),
         "cpu_percent": f"{view.cpu_percent:.1f}",
         "rss": str(view.rss),
+        "pss": str(view.pss),
+        "uss": str(view.uss),
         "threads": str(view.threads),
         "last_heartbeat": _num(view.last_heartbeat),
         "exit_code": _num(view.exit_code),

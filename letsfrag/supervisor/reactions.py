@@ -129,7 +129,7 @@ class Reactions:
         confirm.add_done_callback(self.m._confirming.discard)
         info = policy.ExitInfo.from_returncode(returncode, fatal_reason=record.fatal_reason)
         record.exit_code, record.exit_signal = info.code, info.signal
-        record.cpu_percent, record.rss, record.threads = 0.0, 0, 0
+        record.cpu_percent, record.rss, record.threads, record.pss, record.uss = 0.0, 0, 0, 0, 0
         intent, record.stop_intent = record.stop_intent, None
         what = policy.describe_exit(info)
         process.log.note(f"pid {process.pid} {what}")
@@ -277,10 +277,12 @@ class Reactions:
                 continue
             record.process.remember(sample.pids)
             record.cpu_percent, record.rss, record.threads = sample.cpu_percent, sample.rss, sample.threads
+            record.pss, record.uss = sample.pss, sample.uss
             total_cpu += sample.cpu_percent
             total_rss += sample.rss
             if self.m.publisher is not None:
-                self.m.publisher.metric(cid, {"ts": ts, "cpu": round(sample.cpu_percent, 1), "rss": sample.rss})
+                self.m.publisher.metric(cid, {"ts": ts, "cpu": round(sample.cpu_percent, 1), "rss": sample.rss,
+                                                   "pss": sample.pss})
                 self.m.publisher.status(cid)
             if record.memory.sample(sample.rss) and record.stop_intent is None:
                 limit = record.memory.limit or 0
@@ -289,6 +291,8 @@ class Reactions:
                 self.m._event(Severity.WARNING, "cluster_memory", f"cluster {cid} {cause}", cluster=cid)
                 self.m._begin_stop(record, StopIntent.MEMORY, cause, cause=cause)
         self.m.host_cpu, self.m.host_rss = total_cpu, total_rss
+        if self.m.launcher is not None:  # a subreaper inherits the orphans of its clusters' trees
+            self.m.launcher.reap_strays({r.process.pid for r in self.m._records.values() if r.process is not None})
 
 
 def _last_line(text: str) -> str:

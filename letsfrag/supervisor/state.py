@@ -102,6 +102,9 @@ class ClusterView:
     spawns: int
     #: writes to the cluster's log file that failed (full disk, unwritable path); the output was dropped
     log_errors: int = 0
+    #: proportional and unique set size of the process tree (bytes; 0 before the first sample)
+    pss: int = 0
+    uss: int = 0
 
     @property
     def shard_range(self) -> str:
@@ -145,6 +148,8 @@ class ClusterRecord:
     hang_signalled: bool = False
     cpu_percent: float = 0.0
     rss: int = 0
+    pss: int = 0
+    uss: int = 0
     threads: int = 0
     guilds: int | None = None
     latency: float | None = None
@@ -168,7 +173,7 @@ class ClusterRecord:
             ready_at=self.ready_at, last_heartbeat=self.last_heartbeat, exit_code=self.exit_code,
             exit_signal=self.exit_signal, last_error=self.last_error, next_restart_at=self.next_restart_at,
             cpu_percent=self.cpu_percent, rss=self.rss, threads=self.threads, guilds=self.guilds,
-            latency=self.latency, spawns=self.spawns, log_errors=self.log_errors,
+            latency=self.latency, spawns=self.spawns, log_errors=self.log_errors, pss=self.pss, uss=self.uss,
         )
 
 

@@ -1,4 +1,8 @@
-"""psutil sampling of cluster process trees: CPU, RSS (whole tree), threads, status.
+"""psutil sampling of cluster process trees: CPU, RSS, PSS and USS (whole tree), threads, status.
+
+PSS (shared pages divided among the processes sharing them) and USS (pages only this tree holds) come from
+``memory_full_info()``; a cluster forked from the launcher shares the libraries' pages, so its RSS counts
+them whole while its PSS and USS show what it really costs.
 
 One :class:`psutil.Process` object is kept per pid for its life (the first ``cpu_percent()`` of a fresh object
 is 0.0, so objects are primed once and reused). Children are found through
@@ -12,6 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -29,6 +34,10 @@ class Sample:
     threads: int
     status: str
     pids: tuple[int, ...]
+    #: proportional set size (bytes, 0 when the kernel does not tell)
+    pss: int = 0
+    #: unique set size (bytes, 0 when the kernel does not tell)
+    uss: int = 0
 
 
 def _proc_children(pid: int) -> list[int] | None:
@@ -74,6 +83,14 @@ def descendants(pid: int) -> list[int]:
     return result
 
 
+def _memory(proc: psutil.Process) -> Any:
+    """``memory_full_info()`` (with pss/uss), or ``memory_info()`` where smaps cannot be read."""
+    try:
+        return proc.memory_full_info()
+    except psutil.AccessDenied:
+        return proc.memory_info()
+
+
 class TreeSampler:
     """Samples process trees, keeping a primed ``psutil.Process`` per pid for as long as it lives."""
 
@@ -101,7 +118,7 @@ class TreeSampler:
         """CPU % (sum over the tree), RSS (sum), threads (sum) and the root's status; None if the root is gone."""
         pids = [root, *descendants(root)]
         cpu = 0.0
-        rss = threads = 0
+        rss = threads = pss = uss = 0
         status = "gone"
         alive: list[int] = []
         for pid in pids:
@@ -111,7 +128,10 @@ class TreeSampler:
             try:
                 with proc.oneshot():
                     cpu += proc.cpu_percent(None)
-                    rss += proc.memory_info().rss
+                    memory = _memory(proc)
+                    rss += memory.rss
+                    pss += getattr(memory, "pss", 0)
+                    uss += getattr(memory, "uss", 0)
                     threads += proc.num_threads()
                     if pid == root:
                         status = proc.status()
@@ -120,7 +140,7 @@ class TreeSampler:
                 self._procs.pop(pid, None)
         if root not in alive:
             return None
-        return Sample(cpu_percent=cpu, rss=rss, threads=threads, status=status, pids=tuple(alive))
+        return Sample(cpu_percent=cpu, rss=rss, threads=threads, status=status, pids=tuple(alive), pss=pss, uss=uss)
 
     def sample(self, roots: Mapping[int, int]) -> dict[int, Sample]:
         """Sample every tree (``{key: root pid}``); trees that are gone are left out. Drops dead pids' objects."""

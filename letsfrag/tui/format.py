@@ -109,9 +109,18 @@ def cluster_cells(cluster: ClusterRow) -> tuple[Text | str, ...]:
         Text(f"{cluster.shards_ready}/{total}", style=ready_style),
         plain(cluster.state, style=state_style(cluster.state)), _num(cluster.pid) if cluster.pid else "–",
         Text(str(cluster.restarts), style="yellow" if cluster.restarts else ""), _dur(cluster.uptime),
-        _num(cluster.cpu_percent, "{:.1f}"), "–" if cluster.rss is None else format_size(cluster.rss),
+        _num(cluster.cpu_percent, "{:.1f}"), _memory_cell(cluster),
         _num(cluster.guilds), latency, beat, plain(error[:80], style="red" if error else ""),
     )
+
+
+def _memory_cell(cluster: ClusterRow) -> str:
+    """RSS, and the PSS beside it when the host reports it (a forked cluster shares most of its RSS)."""
+    if cluster.rss is None:
+        return "–"
+    if cluster.pss is None:
+        return format_size(cluster.rss)
+    return f"{format_size(cluster.rss)} (PSS {format_size(cluster.pss)})"
 
 
 def event_cells(event: Event, *, utc: bool = False) -> tuple[Text | str, ...]:

@@ -72,7 +72,7 @@ def test_frozen_host_past_its_lease_never_answers_twice(deploy: Callable[..., Se
     deployment = _started(deploy, lease_ttl=ttl, lease_grace=grace, sim_heartbeat_interval=10.0)
     client = deployment.redis_client()
     try:
-        frozen = [p.pid for p in deployment.tree(deployment.hosts["h0"])[1:]]
+        frozen = deployment.cluster_pids("h0")  # not its launcher, which the live supervisor keeps
         moved = [cid for cid, (host, _) in deployment.assignment(client).items() if host == "h0"]
         assert frozen and moved
         start_traffic(deployment, RATE)

@@ -57,7 +57,7 @@ def test_frozen_host_is_fenced_and_never_runs_twice(rehearsal: Callable[..., Reh
     deployment = rehearsal(hosts=2, shards=8, shards_per_cluster=2, lease_ttl=3.0, lease_grace=1.0,
                            sim_heartbeat_interval=1.0).start()
     wait_until_sync(deployment.all_ready, timeout=60, interval=0.25, message="8 shards READY")
-    frozen_pids = [p.pid for p in deployment.tree(deployment.hosts["h0"])[1:]]
+    frozen_pids = deployment.cluster_pids("h0")  # not its launcher, which the live supervisor keeps
     assert frozen_pids
     deployment.freeze_host("h0")
     wait_until_sync(lambda: hosts_of(deployment) == {"h1": 4} and deployment.all_ready(), timeout=60,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from helpers import wait_until_sync
 
@@ -171,7 +172,7 @@ def test_readyz_turns_503_while_a_cluster_restarts(deployment: MeteredRehearsal)
     wait_until_sync(deployment.all_ready, timeout=60, interval=0.25, message="8 shards READY")
     h0 = deployment.ports["h0"]
     wait_until_sync(lambda: _get(h0, "/readyz")[0] == 200, timeout=30, message="h0 ready")
-    victim = deployment.tree(deployment.hosts["h0"])[1]
+    victim = psutil.Process(deployment.cluster_pids("h0")[0])
     victim.kill()
     _, body = wait_until_sync(lambda: (r := _get(h0, "/readyz"))[0] == 503 and r, timeout=10, interval=0.02,
                                    message="h0 /readyz 503 after a cluster died")

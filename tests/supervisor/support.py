@@ -21,15 +21,28 @@ TOKEN = "stub-token-0123456789"
 KEYS = Keys(NS)
 
 
-def host_config(redis_url: str, tmp_path: Path, **overrides: Any) -> HostConfig:
-    """A host config running the stub with short timers; ``overrides`` replace top-level sections."""
+def stub_program(launcher: str) -> dict[str, Any]:
+    """The ``bot`` keys running the stub: forked as module ``stub`` (``fork``) or exec'd as a script (``exec``)."""
+    if launcher == "fork":
+        return {"module": "stub", "cwd": str(STUB.parent)}
+    return {"command": [sys.executable, str(STUB)]}
+
+
+def host_config(redis_url: str, tmp_path: Path, *, launcher: str = "fork", **overrides: Any) -> HostConfig:
+    """A host config running the stub with short timers; ``overrides`` replace top-level sections.
+
+    ``launcher``: how the stub is started (``fork``, the default for ``bot.module``, or ``exec``); a ``bot``
+    override naming ``command`` or ``module`` replaces the stub.
+    """
     stub_dir = tmp_path / "stub"
     stub_dir.mkdir(exist_ok=True)
+    bot = overrides.get("bot") or {}
+    program = {} if "command" in bot or "module" in bot else stub_program(launcher)
     data: dict[str, Any] = {
         "redis": redis_url,
         "namespace": NS,
         "host": {"id": HOST, "capacity": 4},
-        "bot": {"command": [sys.executable, str(STUB)], "token": TOKEN,
+        "bot": {**program, "token": TOKEN,
                 "env": {"STUB_DIR": str(stub_dir), "STUB_MODE_FILE": str(stub_dir / "modes.json")}},
         "restart": {"backoff": {"initial": 0.2, "factor": 2.0, "max": 1.0, "jitter": 0.0}, "max_restarts": 3,
                     "window": 60},

@@ -91,7 +91,7 @@ def test_status_fields_cover_the_contract() -> None:
     fields = status_fields(view, "h", 5.0)
     documented = ("cluster_id host epoch state pid shard_ids shard_range restarts started_at ready_at cpu_percent "
                   "rss threads last_heartbeat exit_code exit_signal reason last_error next_restart_at guilds "
-                  "latency log_errors updated_at").split()
+                  "latency log_errors updated_at pss uss").split()
     assert set(fields) == set(documented)
     assert fields["shard_range"] == "24–26" and fields["state"] == "ready" and fields["exit_code"] == ""
     assert all(isinstance(v, str) for v in fields.values())
