@@ -91,6 +91,15 @@ redis.call('INCR', KEYS[4])
 return {1, remaining, paced}
 """
 
+# KEYS: 1 slot; ARGV: 1 holder, 2 slot px. The window restarts now if the slot is still this holder's.
+_CONFIRM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
 # KEYS: 1 budget; ARGV: total, remaining, reset_at, max_concurrency, updated_at
 _WRITE_BUDGET = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -155,6 +164,7 @@ class IdentifyCoordinator:
         self.source = source
         self._grant: Any = redis.register_script(_GRANT)
         self._write_budget: Any = redis.register_script(_WRITE_BUDGET)
+        self._confirm: Any = redis.register_script(_CONFIRM)
         self._kept: dict[str, _Kept] = {}
         self._last_budget_event = -_EVENT_INTERVAL
 
@@ -232,6 +242,17 @@ class IdentifyCoordinator:
             if not isinstance(exc, IdentifyTimeout):
                 await asyncio.shield(self._withdraw(ticket, bucket))
             raise
+
+    async def confirm(self, shard_id: int, holder: str) -> bool:
+        """Just before the IDENTIFY of ``shard_id`` leaves: restart the bucket's window from now if the slot
+        granted to ``holder`` is still its own, and say so (False: the slot expired — acquire again).
+
+        A grant is taken before the gateway connection is opened; on a busy machine that connection can take
+        longer than the margin, and the next grant of the bucket would follow this IDENTIFY too closely.
+        """
+        slot_px = int((self.window + self.margin) * 1000)
+        return bool(int(await self._confirm(keys=[self.keys.identify(f"slot:{self.bucket(shard_id)}")],
+                                            args=[holder, slot_px])))
 
     def _keep(self, holder: str, ticket: str, bucket: int) -> None:
         task = asyncio.ensure_future(self._keep_alive(holder, ticket, bucket))

@@ -322,9 +322,14 @@ class ClusterMixin(_Base):
         assert self._lf_identify is not None and self._lf_env is not None
         sid = shard_id or 0
         granted_at = self._lf_pregrant.pop(sid, None)
+        holder = self._lf_holder(sid)
         if granted_at is None or self._lf_clock.monotonic() - granted_at > self._lf_env.identify_window:
             self._lf_tracker.set(sid, "identifying")
-            await self._lf_identify.acquire(sid, self._lf_holder(sid), timeout=_REIDENTIFY_WAIT)
+            await self._lf_identify.acquire(sid, holder, timeout=_REIDENTIFY_WAIT)
+        # the window counts from the IDENTIFY itself, not from the grant before the connection was opened
+        while not await self._lf_identify.confirm(sid, holder):
+            self._lf_tracker.set(sid, "identifying")
+            await self._lf_identify.acquire(sid, holder, timeout=_REIDENTIFY_WAIT)
         await self._lf_require_owner(f"IDENTIFY of shard {sid}")
 
     async def _lf_before_resume(self, shard_id: int | None) -> None:

@@ -56,6 +56,22 @@ async def test_fifo_and_one_grant_per_window_across_processes(r: aioredis.Redis,
         await c.aclose()
 
 
+async def test_confirm_restarts_the_window_from_the_identify(r: aioredis.Redis) -> None:
+    """A grant taken before a slow connection: confirming just before IDENTIFY pushes the next grant of the
+    bucket a whole window past the IDENTIFY, not past the grant; an expired slot is not confirmed."""
+    coord = coordinator(r)
+    await coord.acquire(0, "a", timeout=5)
+    granted = time.monotonic()
+    await wait_until(lambda: time.monotonic() - granted >= WINDOW * 0.75, message="a slow connect")
+    assert await coord.confirm(0, "a") is True
+    confirmed = time.monotonic()
+    await coord.acquire(1, "b", timeout=5)  # same bucket (max_concurrency 1)
+    assert time.monotonic() - confirmed >= WINDOW, "the next grant waits a window after the confirmation"
+    assert await coord.confirm(0, "a") is False, "b holds the slot now"
+    await wait_until(lambda: time.monotonic() - confirmed >= 3 * WINDOW, message="the slot expired")
+    assert await coord.confirm(1, "b") is False, "an expired slot is not confirmed: acquire again"
+
+
 async def test_dead_waiter_is_skipped(r: aioredis.Redis) -> None:
     """A ticket at the head whose waiter died (ticket key expired) does not block the bucket."""
     coord = coordinator(r)
