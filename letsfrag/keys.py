@@ -21,6 +21,8 @@ Keys
     ``{ns}:broker``               hash  leader broker info (id, since, identify depth, budget ...)
     ``{ns}:brokers:{id}``         str   every running broker's role (leader/standby), TTL = leader ttl
     ``{ns}:identify:*``           identify coordinator state (see ``letsfrag.broker.identify``)
+    ``{ns}:claim:{event}:{id}``   str   claim of one handled event, value = cluster/epoch, TTL = 10 min
+                                        (see ``letsfrag.claims``)
 
 Channels
     ``{ns}:cb``             broker inbox
@@ -97,6 +99,9 @@ class Keys:
 
     def identify(self, suffix: str) -> str:
         return f"{self.ns}:identify:{suffix}"
+
+    def claim(self, identity: str) -> str:
+        return f"{self.ns}:claim:{identity}"
 
     # channels
     @property

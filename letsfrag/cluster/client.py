@@ -15,6 +15,8 @@ What the mixin adds to discord.py 2.7 (see also :mod:`.gateway`):
 - ownership is checked before every IDENTIFY and RESUME and every heartbeat; a fenced process closes its
   sessions, tells the supervisor (IPC ``fenced``) and exits 75.
 - the dispatch guard (:mod:`.guard`) holds every parse and dispatch past the lease horizon.
+- claim before handle (:mod:`letsfrag.claims`): the parse of an event in ``LETSFRAG_CLAIM_EVENTS`` runs only in the
+  session that wins its claim in Redis, so two sessions of one shard handle it once.
 - health to the supervisor and Redis, fatal close codes -> exit 77, graceful stop on SIGTERM or IPC ``stop``.
 """
 
@@ -41,6 +43,7 @@ from discord.shard import EventType
 from redis.exceptions import RedisError
 
 from ..bus import Bus
+from ..claims import Claimer, ClaimSequencer, claim_identity
 from ..clock import Clock, SystemClock
 from ..connection import create_redis
 from ..environment import ClusterEnvironment
@@ -126,6 +129,10 @@ class ClusterMixin(_Base):
         self._lf_checker: OwnershipChecker | None = None
         self._lf_identify: IdentifyCoordinator | None = None
         self._lf_health: HealthReporter | None = None
+        self._lf_claim_events = frozenset(environment.claim_events if environment else ())
+        self._lf_claimer: Claimer | None = None
+        self._lf_claims = ClaimSequencer(self._lf_claim, self._lf_admit)
+        self._lf_verifying: asyncio.Task[bool | None] | None = None
 
     # --- running ------------------------------------------------------------------------------------------
     def run(self, token: str | None = None, **kwargs: Any) -> None:  # type: ignore[override]
@@ -206,9 +213,10 @@ class ClusterMixin(_Base):
             self._lf_ipc = await IpcChannel.from_socket(self._lf_ipc_socket)
         else:
             self._lf_ipc = await IpcChannel.from_env()
+        self._lf_claimer = Claimer(self._lf_redis, keys, f"{env.cluster_id}/{env.epoch}")
         self._lf_health = HealthReporter(self, self._lf_redis, keys, env.cluster_id, self._lf_tracker, self._lf_ipc)
         gateway.install()
-        gateway.wrap_parsers(self._connection.parsers, self._lf_admit)
+        gateway.wrap_parsers(self._connection.parsers, self._lf_parse)
         self._lf_active = True
         if self._lf_ipc is not None:
             await self._lf_ipc.send("hello", pid=os.getpid(), epoch=env.epoch)
@@ -221,6 +229,7 @@ class ClusterMixin(_Base):
         if not self.is_closed():
             with contextlib.suppress(Exception):
                 await self.close()
+        await self._lf_claims.close()
         current = asyncio.current_task()
         for task in [*self._lf_tasks, *self._lf_launching]:
             if task is not current:
@@ -353,6 +362,40 @@ class ClusterMixin(_Base):
             self._lf_shard_state_changed()
         parent = super().dispatch
         self._lf_admit(lambda: parent(event, *args, **kwargs))
+
+    @property
+    def claim_stats(self) -> dict[str, int]:
+        """Claimed events this process won (and handled), lost (another session had them) and still waiting."""
+        claims = self._lf_claims
+        return {"won": claims.won, "lost": claims.lost, "waiting": claims.waiting}
+
+    def _lf_parse(self, event: str, data: Any, parse: Any) -> None:
+        """A gateway parse: claimable events wait for their claim, in order per shard; then the guard."""
+        identity = claim_identity(event, data) if event in self._lf_claim_events else None
+        self._lf_claims.submit(gateway.current_shard.get(), identity, parse)
+
+    async def _lf_claim(self, identity: str) -> bool:
+        """Claim one event: True when this session handles it. Claims are taken only inside the dispatch horizon
+        (a woken process re-confirms ownership first) and retried while Redis is unreachable; a fenced or closed
+        process claims nothing (False)."""
+        assert self._lf_claimer is not None
+        while not self._lf_guard.fenced and not self.is_closed():
+            if not self._lf_guard.allows():
+                if await self._lf_verify_shared() is None:
+                    await asyncio.sleep(0.2)
+                continue
+            try:
+                return await self._lf_claimer.claim(identity)
+            except (RedisError, OSError) as exc:
+                log.warning("cannot claim %s in Redis (retrying): %s", identity, exc)
+                await asyncio.sleep(0.2)
+        return False
+
+    async def _lf_verify_shared(self) -> bool | None:
+        """:meth:`_lf_verify`, one at a time however many wait for it."""
+        if self._lf_verifying is None or self._lf_verifying.done():
+            self._lf_verifying = self._lf_spawn(self._lf_verify())
+        return await asyncio.shield(self._lf_verifying)
 
     def _lf_admit(self, thunk: Any) -> None:
         if self._lf_guard.admit(thunk) is Verdict.HOLD:

@@ -108,6 +108,7 @@ def cluster_environment(
         identify_window=identify_window,
         signature_window=config.signature_window,
         max_message_bytes=config.max_message_bytes,
+        claim_events=tuple(config.claim_events),
         allow_eval=config.allow_eval and broker_allows_eval,
     )
 
