@@ -96,17 +96,49 @@ def claim_identity(event: str, data: Any) -> str | None:
 
 
 class Claimer:
-    """``SET {ns}:claim:<identity> <owner> NX PX <ttl>``: True when this process won the event."""
+    """``SET {ns}:claim:<identity> <owner> NX PX <ttl>``: True when this process won the event.
+
+    Claims asked for in the same turn of the event loop go to Redis together in one pipeline (a burst of events
+    costs one round trip, not one each)."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, owner: str, ttl: float = CLAIM_TTL) -> None:
         self.redis = redis
         self.keys = keys
         self.owner = owner
         self.ttl_ms = int(ttl * 1000)
+        self._batch: list[tuple[str, asyncio.Future[bool]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
-    async def claim(self, identity: str) -> bool:
-        """One round trip; raises ``RedisError``/``OSError`` when Redis cannot be reached."""
-        return bool(await self.redis.set(self.keys.claim(identity), self.owner, nx=True, px=self.ttl_ms))
+    def claim(self, identity: str) -> asyncio.Future[bool]:
+        """The claim's answer; it fails with ``RedisError``/``OSError`` when Redis cannot be reached."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._batch.append((identity, future))
+        if len(self._batch) == 1:  # the batch is open until its sender starts running
+            task = asyncio.ensure_future(self._send())
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        return future
+
+    async def _send(self) -> None:
+        batch, self._batch = self._batch, []
+        try:
+            if len(batch) == 1:
+                results = [await self.redis.set(self.keys.claim(batch[0][0]), self.owner, nx=True, px=self.ttl_ms)]
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for identity, _ in batch:
+                        pipe.set(self.keys.claim(identity), self.owner, nx=True, px=self.ttl_ms)
+                    results = await pipe.execute()
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(bool(result))
 
 
 Thunk = Callable[[], None]
@@ -114,7 +146,7 @@ Thunk = Callable[[], None]
 
 @dataclass
 class _Lane:
-    items: deque[tuple[asyncio.Future[bool] | None, Thunk]] = field(default_factory=deque)
+    items: deque[tuple[str | None, asyncio.Future[bool] | None, Thunk]] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
 
 
@@ -122,11 +154,15 @@ class ClaimSequencer:
     """Per-shard FIFO of parses: claimable ones wait for their claim, the rest keep their place behind them.
 
     ``claim(identity)`` answers True (won: ``run`` the parse) or False (another session has it, or the process
-    may no longer handle anything: the parse is skipped). ``run`` receives the parses in arrival order per lane.
+    may no longer handle anything: the parse is skipped); when it fails, ``retry(identity)`` answers instead
+    (without ``retry`` the failure is logged and the parse skipped). ``run`` receives the parses in arrival
+    order per lane.
     """
 
-    def __init__(self, claim: Callable[[str], Awaitable[bool]], run: Callable[[Thunk], None]) -> None:
+    def __init__(self, claim: Callable[[str], Awaitable[bool]], run: Callable[[Thunk], None], *,
+                 retry: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self._claim = claim
+        self._retry = retry
         self._run = run
         self._lanes: dict[Any, _Lane] = {}
         self.won = 0
@@ -141,7 +177,7 @@ class ClaimSequencer:
         if state is None:
             state = self._lanes[lane] = _Lane()
         future = asyncio.ensure_future(self._claim(identity)) if identity is not None else None
-        state.items.append((future, thunk))
+        state.items.append((identity, future, thunk))
         if state.task is None or state.task.done():
             state.task = asyncio.ensure_future(self._drain(state))
 
@@ -152,14 +188,10 @@ class ClaimSequencer:
 
     async def _drain(self, state: _Lane) -> None:
         while state.items:
-            future, thunk = state.items[0]
+            identity, future, thunk = state.items[0]
             won = True
             if future is not None:
-                try:
-                    won = await future
-                except Exception:
-                    log.exception("claiming an event failed; it is not handled here")
-                    won = False
+                won = await self._answer(identity, future)
                 if won:
                     self.won += 1
                 else:
@@ -171,10 +203,23 @@ class ClaimSequencer:
                 except Exception:
                     log.exception("a gateway event failed in its parser")
 
+    async def _answer(self, identity: str | None, future: asyncio.Future[bool]) -> bool:
+        try:
+            return await future
+        except Exception as exc:
+            if self._retry is None or identity is None:
+                log.error("claiming %s failed (%s); it is not handled here", identity, exc)
+                return False
+        try:
+            return await self._retry(identity)
+        except Exception:
+            log.exception("claiming %s failed; it is not handled here", identity)
+            return False
+
     async def close(self) -> None:
         """Cancel every pending claim and forget the queued parses."""
         for state in self._lanes.values():
-            for future, _ in state.items:
+            for _, future, _ in state.items:
                 if future is not None:
                     future.cancel()
             state.items.clear()

@@ -31,7 +31,7 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -131,7 +131,7 @@ class ClusterMixin(_Base):
         self._lf_health: HealthReporter | None = None
         self._lf_claim_events = frozenset(environment.claim_events if environment else ())
         self._lf_claimer: Claimer | None = None
-        self._lf_claims = ClaimSequencer(self._lf_claim, self._lf_admit)
+        self._lf_claims = ClaimSequencer(self._lf_claim, self._lf_admit, retry=self._lf_claim_carefully)
         self._lf_verifying: asyncio.Task[bool | None] | None = None
 
     # --- running ------------------------------------------------------------------------------------------
@@ -374,10 +374,17 @@ class ClusterMixin(_Base):
         identity = claim_identity(event, data) if event in self._lf_claim_events else None
         self._lf_claims.submit(gateway.current_shard.get(), identity, parse)
 
-    async def _lf_claim(self, identity: str) -> bool:
-        """Claim one event: True when this session handles it. Claims are taken only inside the dispatch horizon
-        (a woken process re-confirms ownership first) and retried while Redis is unreachable; a fenced or closed
-        process claims nothing (False)."""
+    def _lf_claim(self, identity: str) -> Awaitable[bool]:
+        """Claim one event: True when this session handles it. Inside the dispatch horizon the claim goes straight
+        to Redis (a failure is retried by :meth:`_lf_claim_carefully`); outside it, carefully."""
+        assert self._lf_claimer is not None
+        if self._lf_guard.allows():
+            return self._lf_claimer.claim(identity)
+        return self._lf_claim_carefully(identity)
+
+    async def _lf_claim_carefully(self, identity: str) -> bool:
+        """Claims are taken only inside the dispatch horizon (a woken process re-confirms ownership first) and
+        retried while Redis is unreachable; a fenced or closed process claims nothing (False)."""
         assert self._lf_claimer is not None
         while not self._lf_guard.fenced and not self.is_closed():
             if not self._lf_guard.allows():

@@ -134,3 +134,41 @@ async def test_claimer_sets_once_with_owner_and_ttl(r: aioredis.Redis) -> None:
     assert await r.get(KEYS.claim("MESSAGE_CREATE:99")) == "0/1"
     ttl = await r.pttl(KEYS.claim("MESSAGE_CREATE:99"))
     assert CLAIM_TTL * 1000 - 5000 < ttl <= CLAIM_TTL * 1000
+
+
+async def test_a_failed_claim_is_retried_when_the_owner_says_so() -> None:
+    ran: list[str] = []
+    retried: list[str] = []
+
+    async def claim(identity: str) -> bool:
+        raise ConnectionError("Redis went away")
+
+    async def retry(identity: str) -> bool:
+        retried.append(identity)
+        return True
+
+    sequencer = ClaimSequencer(claim, lambda thunk: thunk(), retry=retry)
+    sequencer.submit(0, "MESSAGE_CREATE:1", lambda: ran.append("create 1"))
+    for _ in range(50):
+        if ran:
+            break
+        await asyncio.sleep(0.01)
+    assert ran == ["create 1"] and retried == ["MESSAGE_CREATE:1"]
+    await sequencer.close()
+
+
+async def test_claims_of_one_loop_turn_share_one_pipeline(r: aioredis.Redis) -> None:
+    await r.set(KEYS.claim("MESSAGE_CREATE:2"), "9/9")
+    claimer = Claimer(r, KEYS, "0/1")
+    answers = await asyncio.gather(*(claimer.claim(f"MESSAGE_CREATE:{n}") for n in range(1, 4)))
+    assert answers == [True, False, True]
+    assert await r.get(KEYS.claim("MESSAGE_CREATE:3")) == "0/1"
+
+
+async def test_a_claim_fails_when_redis_is_unreachable() -> None:
+    unreachable = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    try:
+        with pytest.raises((OSError, aioredis.ConnectionError)):
+            await Claimer(unreachable, KEYS, "0/1").claim("MESSAGE_CREATE:1")
+    finally:
+        await unreachable.aclose()
