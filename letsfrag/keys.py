@@ -23,6 +23,8 @@ Keys
     ``{ns}:identify:*``           identify coordinator state (see ``letsfrag.broker.identify``)
     ``{ns}:claim:{event}:{id}``   str   claim of one handled event, value = cluster/epoch, TTL = 10 min
                                         (see ``letsfrag.claims``)
+    ``{ns}:sessions:{id}``        hash  shard id -> JSON {session_id, resume_gateway_url, seq, epoch} of a
+                                        cluster's gateway sessions (see ``letsfrag.cluster.sessions``)
 
 Channels
     ``{ns}:cb``             broker inbox
@@ -102,6 +104,9 @@ class Keys:
 
     def claim(self, identity: str) -> str:
         return f"{self.ns}:claim:{identity}"
+
+    def session_records(self, cluster_id: int) -> str:
+        return f"{self.ns}:sessions:{cluster_id}"
 
     # channels
     @property

@@ -18,6 +18,8 @@ What the mixin adds to discord.py 2.7 (see also :mod:`.gateway`):
 - claim before handle (:mod:`letsfrag.claims`): the parse of an event in ``LETSFRAG_CLAIM_EVENTS`` runs only in the
   session that wins its claim in Redis, so two sessions of one shard handle it once.
 - health to the supervisor and Redis, fatal close codes -> exit 77, graceful stop on SIGTERM or IPC ``stop``.
+- session records (:mod:`.sessions`): each shard's ``session_id``, ``resume_gateway_url`` and ``seq`` in Redis at
+  every heartbeat and on a graceful stop.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from .context import ClusterContext
 from .guard import DispatchGuard, Verdict, default_margin
 from .health import HealthReporter, ShardTracker
 from .ownership import OwnershipChecker
+from .sessions import SessionStore, live_sessions
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,7 @@ class ClusterMixin(_Base):
         self._lf_checker: OwnershipChecker | None = None
         self._lf_identify: IdentifyCoordinator | None = None
         self._lf_health: HealthReporter | None = None
+        self._lf_sessions: SessionStore | None = None
         self._lf_claim_events = frozenset(environment.claim_events if environment else ())
         self._lf_claimer: Claimer | None = None
         self._lf_claims = ClaimSequencer(self._lf_claim, self._lf_admit, retry=self._lf_claim_carefully)
@@ -214,6 +218,7 @@ class ClusterMixin(_Base):
         else:
             self._lf_ipc = await IpcChannel.from_env()
         self._lf_claimer = Claimer(self._lf_redis, keys, f"{env.cluster_id}/{env.epoch}")
+        self._lf_sessions = SessionStore(self._lf_redis, keys, env.cluster_id)
         self._lf_health = HealthReporter(self, self._lf_redis, keys, env.cluster_id, self._lf_tracker, self._lf_ipc)
         gateway.install()
         gateway.wrap_parsers(self._connection.parsers, self._lf_parse)
@@ -481,6 +486,7 @@ class ClusterMixin(_Base):
         log.info("cluster %s stopping: %s", self.cluster.id, reason)
         if self.cluster.exit_code is None:
             self.cluster.exit_code = ExitCode.OK
+        await self._lf_save_sessions()
         await asyncio.shield(self.close())  # teardown cancels this task; never cancel the close itself
 
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
@@ -502,8 +508,19 @@ class ClusterMixin(_Base):
                 await self._lf_health.beat(lag)
             except Exception:
                 log.exception("heartbeat failed")
+            await self._lf_save_sessions()
             due = max(due + interval, loop.time())
             await asyncio.sleep(max(0.0, due - loop.time()))
+
+    async def _lf_save_sessions(self) -> None:
+        """Write this cluster's session records (only while it owns its shards; Redis failures are logged)."""
+        if self._lf_sessions is None or self._lf_guard.fenced or not self._lf_guard.allows():
+            return
+        env = self.cluster.environment
+        try:
+            await self._lf_sessions.save(live_sessions(self, env.shard_ids, env.epoch))
+        except (RedisError, OSError) as exc:
+            log.debug("could not write the session records: %s", exc)
 
     async def _lf_ipc_loop(self, ipc: IpcChannel) -> None:
         while True:
