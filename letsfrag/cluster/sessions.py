@@ -2,10 +2,11 @@
 
 ``{ns}:sessions:{cid}`` is a hash, shard id -> the JSON of a :class:`SessionRecord`
 (``{"session_id", "resume_gateway_url", "seq", "epoch"}`` — never the token). The owning cluster writes it at
-every heartbeat (``LETSFRAG_HEARTBEAT_INTERVAL``, well inside Discord's heartbeat interval) and once more on a
-graceful stop; the hash expires :data:`SESSION_RECORD_TTL` after the last write, longer than Discord keeps a
-session resumable. ``epoch`` tells whose session it was: a new owner of the cluster reads the records of the
-epoch before its own.
+every heartbeat (``LETSFRAG_HEARTBEAT_INTERVAL``, well inside Discord's heartbeat interval), whenever a shard
+becomes READY or RESUMED, and once more on a graceful stop; the hash expires :data:`SESSION_RECORD_TTL` after
+the last write, longer than Discord keeps a session resumable. ``epoch`` tells whose sessions they were. The
+next process of the cluster (a new owner after a takeover, or a restart) reads them before it writes its own:
+they are the sessions it replays (:mod:`.replay`).
 
 A graceful stop closes the connections with 1000, which ends the sessions at Discord: the last record then
 documents where they stopped but cannot be resumed; a crashed or killed process leaves resumable ones.

@@ -213,3 +213,48 @@ def test_rolling_restart_never_answers_twice(deploy: Callable[..., SecuredRehear
     assert counts["answered_twice_or_more"] == 0, counts
     assert "Traceback" not in done.stderr
     assert deployment.secret not in done.stdout + done.stderr, "the secret is never printed"
+
+
+def test_killed_host_loses_nothing_its_sessions_are_replayed(deploy: Callable[..., SecuredRehearsal]) -> None:
+    """Host SIGKILL under traffic with member joins: the new owner RESUMEs each dead session on a side connection
+    and hands the replay to its claims: 0 lost, 0 answered twice, no IDENTIFY spent on the replays."""
+    deployment = _started(deploy, lease_ttl=3.0, lease_grace=1.0)
+    client = deployment.redis_client()
+    try:
+        moved = [cid for cid, (host, _) in deployment.assignment(client).items() if host == "h0"]
+        shards_moved = len(moved) * deployment.settings.shards_per_cluster
+        assert moved
+        start_traffic(deployment, RATE, joins=0.3)
+        wait_until_sync(
+            lambda: handling(deployment)["answered_once"] >= 10, timeout=10, message="traffic answered"
+        )
+        identifies_before = deployment.sim_stats()["identifies"]["total"]
+        deployment.kill_host("h0")
+        def replayed() -> bool:
+            return len([e for e in deployment.events() if e.kind == "session_replayed"]) >= shards_moved
+
+        wait_until_sync(lambda: all_clusters_ready(deployment, client, host="h1"), timeout=40, interval=0.2,
+                        message="h0's clusters READY on h1")
+        try:
+            wait_until_sync(replayed, timeout=20, interval=0.2, message="h0's old sessions replayed")
+        except AssertionError:
+            print([(e.kind, e.message) for e in deployment.events() if "replay" in e.kind or "session" in e.kind])
+            raise
+        sent_after = handling(deployment)["sent"]
+        wait_until_sync(lambda: handling(deployment)["sent"] >= sent_after + 20, timeout=10,
+                        message="traffic after the takeover")
+        stop_traffic(deployment)
+        counts = settle(deployment)
+        stats = deployment.sim_stats()
+        kinds = [e.kind for e in deployment.events()]
+    finally:
+        client.close()
+    print(f"host kill: handling {counts}, resumes {stats['resumes']}")
+    assert counts["answered_twice_or_more"] == 0, counts
+    assert counts["unanswered_live"] == 0 and counts["undeliverable"] == 0, counts
+    assert counts["answered_once"] == counts["sent"] and counts["sent_join"] > 0, counts
+    # the fresh sessions are the only IDENTIFYs: the replays RESUMEd
+    assert stats["identifies"]["total"] - identifies_before == shards_moved, stats["identifies"]
+    assert stats["identify_violations"]["total"] == 0
+    assert "replay_refused" not in kinds and "replay_failed" not in kinds
+    _answered_cleanly(deployment)
