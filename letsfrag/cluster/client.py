@@ -20,9 +20,6 @@ What the mixin adds to discord.py 2.7 (see also :mod:`.gateway`):
 - health to the supervisor and Redis, fatal close codes -> exit 77, graceful stop on SIGTERM or IPC ``stop``.
 - session records (:mod:`.sessions`): each shard's ``session_id``, ``resume_gateway_url`` and ``seq`` in Redis at
   every heartbeat and on a graceful stop.
-- replay on takeover (:mod:`.replay`): the sessions a predecessor left in Redis are RESUMEd on side connections
-  once this process's own shards are READY; their replayed claimable events go through the claims (so what the
-  predecessor handled, or the fresh sessions also delivered, is dropped).
 """
 
 from __future__ import annotations
@@ -65,8 +62,7 @@ from .context import ClusterContext
 from .guard import DispatchGuard, Verdict, default_margin
 from .health import HealthReporter, ShardTracker
 from .ownership import OwnershipChecker
-from .replay import Replay, drain_session, is_expired_interaction
-from .sessions import SessionRecord, SessionStore, live_sessions
+from .sessions import SessionStore, live_sessions
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +133,6 @@ class ClusterMixin(_Base):
         self._lf_identify: IdentifyCoordinator | None = None
         self._lf_health: HealthReporter | None = None
         self._lf_sessions: SessionStore | None = None
-        #: sessions a predecessor left (read before this process writes its own), replayed once READY
-        self._lf_orphans: list[SessionRecord] = []
-        self._lf_replay_started = False
         self._lf_claim_events = frozenset(environment.claim_events if environment else ())
         self._lf_claimer: Claimer | None = None
         self._lf_claims = ClaimSequencer(self._lf_claim, self._lf_admit, retry=self._lf_claim_carefully)
@@ -226,13 +219,6 @@ class ClusterMixin(_Base):
             self._lf_ipc = await IpcChannel.from_env()
         self._lf_claimer = Claimer(self._lf_redis, keys, f"{env.cluster_id}/{env.epoch}")
         self._lf_sessions = SessionStore(self._lf_redis, keys, env.cluster_id)
-        if self._lf_claim_events:
-            try:
-                stored = await self._lf_sessions.load()
-            except (RedisError, OSError) as exc:
-                log.warning("cannot read the session records of cluster %s: %s", env.cluster_id, exc)
-                stored = {}
-            self._lf_orphans = [record for sid, record in sorted(stored.items()) if sid in env.shard_ids]
         self._lf_health = HealthReporter(self, self._lf_redis, keys, env.cluster_id, self._lf_tracker, self._lf_ipc)
         gateway.install()
         gateway.wrap_parsers(self._connection.parsers, self._lf_parse)
@@ -459,9 +445,6 @@ class ClusterMixin(_Base):
     def _lf_shard_state_changed(self) -> None:
         ready = self._lf_tracker.all_ready
         self.cluster.ready = ready
-        if ready and self._lf_orphans and not self._lf_replay_started:
-            self._lf_replay_started = True
-            self._lf_spawn(self._lf_replay_orphans())
         if ready and not self._lf_ready_sent:
             self._lf_ready_sent = True
             if self._lf_ipc is not None:
@@ -530,56 +513,6 @@ class ClusterMixin(_Base):
             await self._lf_save_sessions()
             due = max(due + interval, loop.time())
             await asyncio.sleep(max(0.0, due - loop.time()))
-
-    async def _lf_replay_orphans(self) -> None:
-        """Drain every session a predecessor left and hand its claimable events to the claims."""
-        orphans, self._lf_orphans = self._lf_orphans, []
-        results = await asyncio.gather(*(self._lf_drain(record) for record in orphans))
-        for replay in results:
-            if replay is not None:
-                await self._lf_dispatch_replay(replay)
-
-    async def _lf_drain(self, record: SessionRecord) -> Replay | None:
-        env = self.cluster.environment
-        keys = Keys(env.namespace)
-        try:
-            replay = await drain_session(record, env.token)
-        except Exception as exc:
-            await emit(self._lf_redis, keys, Severity.WARNING, "replay_failed",
-                       f"cluster {env.cluster_id}: could not replay shard {record.shard_id}'s previous session: "
-                       f"{exc}", source=cluster_node(env.cluster_id), cluster=env.cluster_id, shard=record.shard_id)
-            return None
-        if not replay.resumed:
-            await emit(self._lf_redis, keys, Severity.WARNING, "replay_refused",
-                       f"cluster {env.cluster_id}: shard {record.shard_id}'s previous session was not replayed: "
-                       f"{replay.reason}", source=cluster_node(env.cluster_id), cluster=env.cluster_id,
-                       shard=record.shard_id, epoch=record.epoch)
-            return None
-        return replay
-
-    async def _lf_dispatch_replay(self, replay: Replay) -> None:
-        env = self.cluster.environment
-        handed = expired = 0
-        parsers = self._connection.parsers
-        token = gateway.current_shard.set(replay.shard_id)
-        try:
-            for event, data in replay.events:
-                if event not in self._lf_claim_events or event not in parsers:
-                    continue
-                if is_expired_interaction(event, data):
-                    expired += 1
-                    log.warning("replayed interaction %s of shard %s is older than 3 s: expired, not answered",
-                                data.get("id"), replay.shard_id)
-                    continue
-                parsers[event](data)
-                handed += 1
-        finally:
-            gateway.current_shard.reset(token)
-        await emit(self._lf_redis, Keys(env.namespace), Severity.INFO, "session_replayed",
-                   f"cluster {env.cluster_id}: shard {replay.shard_id}'s previous session replayed "
-                   f"{len(replay.events)} events ({handed} handed to the claims, {expired} expired interactions)",
-                   source=cluster_node(env.cluster_id), cluster=env.cluster_id, shard=replay.shard_id,
-                   replayed=len(replay.events), claimed=handed, expired=expired)
 
     async def _lf_save_sessions(self) -> None:
         """Write this cluster's session records (only while it owns its shards; Redis failures are logged)."""

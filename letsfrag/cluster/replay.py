@@ -3,9 +3,11 @@
 :func:`drain_session` opens a websocket to the record's ``resume_gateway_url``, waits for HELLO, sends RESUME
 (``session_id``, the stored ``seq``, the token) — never IDENTIFY, so a replay spends no session start — keeps
 heartbeating while Discord replays the missed dispatches, stops at ``RESUMED`` (the end of the replay) and
-closes with 1000, which also ends the session at Discord. INVALID_SESSION (op 9) on RESUME means the session is
-no longer resumable: the result says so and carries no events. Handing the replayed events to the cluster
-(through its claims, once its fresh shards are READY) is the caller's business.
+closes with 1000, which also ends the session at Discord. The URL carries ``letsfrag_replay=1`` so the
+simulator's referee counts the drain in ``replay_drains`` rather than as a duplicate session of the shard.
+INVALID_SESSION (op 9) on RESUME means the session is no longer resumable: the result says so and carries no
+events. Handing the replayed events to the cluster (through its claims, once its fresh shards are READY) is the
+caller's business.
 
 :func:`is_expired_interaction`: Discord accepts an interaction's answer for 3 s after it was created; a replayed
 ``INTERACTION_CREATE`` older than that can only be counted, not answered.
@@ -67,7 +69,8 @@ def _gateway_url(url: str) -> str:
     parsed = yarl.URL(url)
     if not parsed.path:
         parsed = parsed.with_path("/")
-    return str(parsed.update_query({"v": "10", "encoding": "json"}))
+    # letsfrag_replay=1 marks the drain for the simulator's referee (Discord ignores unknown parameters)
+    return str(parsed.update_query({"v": "10", "encoding": "json", "letsfrag_replay": "1"}))
 
 
 async def drain_session(record: SessionRecord, token: str, *, timeout: float = 15.0,

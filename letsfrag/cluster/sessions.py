@@ -6,7 +6,7 @@ every heartbeat (``LETSFRAG_HEARTBEAT_INTERVAL``, well inside Discord's heartbea
 becomes READY or RESUMED, and once more on a graceful stop; the hash expires :data:`SESSION_RECORD_TTL` after
 the last write, longer than Discord keeps a session resumable. ``epoch`` tells whose sessions they were. The
 next process of the cluster (a new owner after a takeover, or a restart) reads them before it writes its own:
-they are the sessions it replays (:mod:`.replay`).
+they are the sessions it can replay (:mod:`.replay`).
 
 A graceful stop closes the connections with 1000, which ends the sessions at Discord: the last record then
 documents where they stopped but cannot be resumed; a crashed or killed process leaves resumable ones.

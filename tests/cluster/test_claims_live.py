@@ -46,10 +46,11 @@ async def test_two_sessions_of_one_shard_answer_each_event_once(redis_url: str, 
     async with Simulator(shards=1, guilds=2, identify_window=0.1, heartbeat_interval=5.0, ack_delay=0.005) as sim:
         await write_layout(r, 1, 1)
         await grant(r, 0)
+        await grant(r, 1)  # the second session runs as cluster 1 on the same shard (its own session records)
         overrides: dict[str, Any] = {} if claims else {"claim_events": ()}
         async with lease_kept(r):
             first = AnsweringClient(make_env(redis_url, sim, 0, (0,), 1, **overrides))
-            second = AnsweringClient(make_env(redis_url, sim, 0, (0,), 1, **overrides))
+            second = AnsweringClient(make_env(redis_url, sim, 1, (0,), 1, **overrides))
             async with running(first), running(second):
                 await wait_until(lambda: first.cluster.ready and second.cluster.ready, timeout=20,
                                  message="both sessions of shard 0 ready")

@@ -59,6 +59,7 @@ async def test_drain_replays_what_the_dead_session_missed_then_ends_it() -> None
         stats = sim.stats()
         assert stats["identifies"]["total"] == identifies  # a replay spends no IDENTIFY
         assert stats["resumes"] == 1 and stats["handling"]["undeliverable"] == 0
+        assert stats["replay_drains"] == 1 and stats["duplicate_sessions"]["count"] == 0
 
         # closed with 1000: the session is over, a second RESUME of it is refused (op 9)
         again = await drain_session(record, "test-token")
