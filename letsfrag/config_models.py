@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
 
+from letsfrag.claims import DEFAULT_CLAIM_EVENTS, check_claim_events
 from letsfrag.config_common import (
     CommonSettings,
     Duration,
@@ -236,6 +237,10 @@ class HostSettings(StrictModel):
     limits: LimitsSettings = Field(default_factory=LimitsSettings, description="health limits")
     logs: LogsSettings = Field(default_factory=LogsSettings, description="log files")
     sample_interval: Duration = Field(default=2.0, gt=0, description="how often CPU and memory are sampled")
+    claim_events: Annotated[list[str], AfterValidator(lambda names: list(check_claim_events(names)))] = Field(
+        default=list(DEFAULT_CLAIM_EVENTS),
+        description="gateway events a cluster claims in Redis before handling (each handled once); [] for none",
+    )
 
 
 # ------------------------------------------------------------------------------------------ the documents

@@ -24,6 +24,7 @@ Secrets (bot token, Redis password, signing secret) travel in the environment, n
 ``LETSFRAG_MAX_MESSAGE_BYTES``     the host's ``max_message_bytes`` (the bus's size cap)
 ``LETSFRAG_ALLOW_EVAL``            ``1`` when both broker and host allow ``broadcast_eval``
 ``LETSFRAG_LOG_FORMAT``            ``json`` when the supervisor logs JSON lines (the cluster does too), else ``plain``
+``LETSFRAG_CLAIM_EVENTS``          comma list of the gateway events claimed before handling (empty: none)
 ``LETSFRAG_IPC_FD``                the cluster's end of the supervisor socketpair
 =================================  =============================================================
 """
@@ -36,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .claims import DEFAULT_CLAIM_EVENTS, check_claim_events
 from .errors import NotInClusterError
 from .protocol import DEFAULT_MAX_BYTES, DEFAULT_WINDOW
 
@@ -72,8 +74,13 @@ class ClusterEnvironment:
     allow_eval: bool = False
     #: ``json`` or ``plain``: how the cluster process writes its log lines (the supervisor's ``--log-format``)
     log_format: str = "plain"
+    claim_events: tuple[str, ...] = DEFAULT_CLAIM_EVENTS
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "claim_events", check_claim_events(self.claim_events))
+        except ValueError as exc:
+            raise ValueError(f"LETSFRAG_CLAIM_EVENTS: {exc}") from None
         if not self.signature_window > 0:
             raise ValueError(f"LETSFRAG_SIGNATURE_WINDOW must be positive, found {self.signature_window!r}")
         if self.max_message_bytes < 1:
@@ -110,6 +117,7 @@ class ClusterEnvironment:
             "LETSFRAG_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
             "LETSFRAG_ALLOW_EVAL": "1" if self.allow_eval else "0",
             "LETSFRAG_LOG_FORMAT": self.log_format,
+            "LETSFRAG_CLAIM_EVENTS": ",".join(self.claim_events),
         }
         if self.secret:
             env["LETSFRAG_SECRET"] = self.secret
@@ -149,6 +157,14 @@ class ClusterEnvironment:
                 max_message_bytes=int(env.get("LETSFRAG_MAX_MESSAGE_BYTES", str(DEFAULT_MAX_BYTES))),
                 allow_eval=env.get("LETSFRAG_ALLOW_EVAL") == "1",
                 log_format="json" if env.get("LETSFRAG_LOG_FORMAT") == "json" else "plain",
+                claim_events=_claim_events(env.get("LETSFRAG_CLAIM_EVENTS")),
             )
         except (KeyError, ValueError) as exc:
             raise NotInClusterError(f"the letsfrag environment is incomplete or invalid ({exc}); {HOW_TO_RUN}") from exc
+
+
+def _claim_events(raw: str | None) -> tuple[str, ...]:
+    """``LETSFRAG_CLAIM_EVENTS``: absent -> the default set, empty -> none."""
+    if raw is None:
+        return DEFAULT_CLAIM_EVENTS
+    return tuple(name for name in (part.strip() for part in raw.split(",")) if name)

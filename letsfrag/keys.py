@@ -24,6 +24,10 @@ Keys
     ``{ns}:replay:{receiver}:{id}`` str "1", PX = 2 × signature window: a state-changing message id accepted
                                         by ``receiver`` (its target name, e.g. ``host:h0``, ``cluster:3``,
                                         ``broker``); a second copy is refused even after a restart
+    ``{ns}:claim:{event}:{id}``   str   claim of one handled event, value = cluster/epoch, TTL = 10 min
+                                        (see ``letsfrag.claims``)
+    ``{ns}:sessions:{id}``        hash  shard id -> JSON {session_id, resume_gateway_url, seq, epoch} of a
+                                        cluster's gateway sessions (see ``letsfrag.cluster.sessions``)
 
 Channels
     ``{ns}:cb``             broker inbox
@@ -103,6 +107,12 @@ class Keys:
 
     def replay(self, receiver: str, message_id: str) -> str:
         return f"{self.ns}:replay:{receiver}:{message_id}"
+
+    def claim(self, identity: str) -> str:
+        return f"{self.ns}:claim:{identity}"
+
+    def session_records(self, cluster_id: int) -> str:
+        return f"{self.ns}:sessions:{cluster_id}"
 
     # channels
     @property

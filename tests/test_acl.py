@@ -191,6 +191,9 @@ def test_cluster_and_host_users_are_denied_what_they_do_not_need(deployment: Acl
         assert denied(lambda: broker.flushall()) and denied(lambda: broker.get("other:key"))
         # what each role does need, the replay ids of the bus included
         assert not denied(lambda: cluster.set(f"{NS}:replay:acl-test-c", "1", nx=True, px=1000))
+        assert not denied(lambda: cluster.set(f"{NS}:claim:MESSAGE_CREATE:1", "0/1", nx=True, px=1000))
+        assert denied(lambda: host.set(f"{NS}:claim:MESSAGE_CREATE:2", "x", nx=True, px=1000))
+        assert not denied(lambda: cluster.hset(f"{NS}:sessions:0", "0", "{}"))
         assert not denied(lambda: host.set(f"{NS}:replay:acl-test-h", "1", nx=True, px=1000))
         assert not denied(lambda: broker.set(f"{NS}:replay:acl-test-b", "1", nx=True, px=1000))
     finally:

@@ -15,7 +15,11 @@ What the mixin adds to discord.py 2.7 (see also :mod:`.gateway`):
 - ownership is checked before every IDENTIFY and RESUME and every heartbeat; a fenced process closes its
   sessions, tells the supervisor (IPC ``fenced``) and exits 75.
 - the dispatch guard (:mod:`.guard`) holds every parse and dispatch past the lease horizon.
+- claim before handle (:mod:`letsfrag.claims`): the parse of an event in ``LETSFRAG_CLAIM_EVENTS`` runs only in the
+  session that wins its claim in Redis, so two sessions of one shard handle it once.
 - health to the supervisor and Redis, fatal close codes -> exit 77, graceful stop on SIGTERM or IPC ``stop``.
+- session records (:mod:`.sessions`): each shard's ``session_id``, ``resume_gateway_url`` and ``seq`` in Redis at
+  every heartbeat and on a graceful stop.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -41,6 +45,7 @@ from discord.shard import EventType
 from redis.exceptions import RedisError
 
 from ..bus import Bus
+from ..claims import Claimer, ClaimSequencer, claim_identity
 from ..clock import Clock, SystemClock
 from ..connection import create_redis
 from ..environment import ClusterEnvironment
@@ -58,6 +63,7 @@ from .context import ClusterContext
 from .guard import DispatchGuard, Verdict, default_margin
 from .health import HealthReporter, ShardTracker
 from .ownership import OwnershipChecker
+from .sessions import SessionStore, live_sessions
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +134,11 @@ class ClusterMixin(_Base):
         self._lf_checker: OwnershipChecker | None = None
         self._lf_identify: IdentifyCoordinator | None = None
         self._lf_health: HealthReporter | None = None
+        self._lf_sessions: SessionStore | None = None
+        self._lf_claim_events = frozenset(environment.claim_events if environment else ())
+        self._lf_claimer: Claimer | None = None
+        self._lf_claims = ClaimSequencer(self._lf_claim, self._lf_admit, retry=self._lf_claim_carefully)
+        self._lf_verifying: asyncio.Task[bool | None] | None = None
 
     # --- running ------------------------------------------------------------------------------------------
     def run(self, token: str | None = None, **kwargs: Any) -> None:  # type: ignore[override]
@@ -214,9 +225,11 @@ class ClusterMixin(_Base):
             self._lf_ipc = await IpcChannel.from_socket(self._lf_ipc_socket)
         else:
             self._lf_ipc = await IpcChannel.from_env()
+        self._lf_claimer = Claimer(self._lf_redis, keys, f"{env.cluster_id}/{env.epoch}")
+        self._lf_sessions = SessionStore(self._lf_redis, keys, env.cluster_id)
         self._lf_health = HealthReporter(self, self._lf_redis, keys, env.cluster_id, self._lf_tracker, self._lf_ipc)
         gateway.install()
-        gateway.wrap_parsers(self._connection.parsers, self._lf_admit)
+        gateway.wrap_parsers(self._connection.parsers, self._lf_parse)
         self._lf_active = True
         if self._lf_ipc is not None:
             await self._lf_ipc.send("hello", pid=os.getpid(), epoch=env.epoch)
@@ -229,6 +242,7 @@ class ClusterMixin(_Base):
         if not self.is_closed():
             with contextlib.suppress(Exception):
                 await self.close()
+        await self._lf_claims.close()
         current = asyncio.current_task()
         for task in [*self._lf_tasks, *self._lf_launching]:
             if task is not current:
@@ -370,6 +384,49 @@ class ClusterMixin(_Base):
         parent = super().dispatch
         self._lf_admit(lambda: parent(event, *args, **kwargs))
 
+    @property
+    def claim_stats(self) -> dict[str, int]:
+        """Claimed events this process won (and handled), lost (another session had them) and still waiting."""
+        claims = self._lf_claims
+        return {"won": claims.won, "lost": claims.lost, "waiting": claims.waiting}
+
+    def _lf_parse(self, event: str, data: Any, parse: Any) -> None:
+        """A gateway parse: claimable events wait for their claim, in order per shard; then the guard."""
+        identity = claim_identity(event, data) if event in self._lf_claim_events else None
+        self._lf_claims.submit(gateway.current_shard.get(), identity, parse)
+        if event in ("READY", "RESUMED"):  # a new session is on record at once, not a heartbeat later
+            self._lf_spawn(self._lf_save_sessions())
+
+    def _lf_claim(self, identity: str) -> Awaitable[bool]:
+        """Claim one event: True when this session handles it. Inside the dispatch horizon the claim goes straight
+        to Redis (a failure is retried by :meth:`_lf_claim_carefully`); outside it, carefully."""
+        assert self._lf_claimer is not None
+        if self._lf_guard.allows():
+            return self._lf_claimer.claim(identity)
+        return self._lf_claim_carefully(identity)
+
+    async def _lf_claim_carefully(self, identity: str) -> bool:
+        """Claims are taken only inside the dispatch horizon (a woken process re-confirms ownership first) and
+        retried while Redis is unreachable; a fenced or closed process claims nothing (False)."""
+        assert self._lf_claimer is not None
+        while not self._lf_guard.fenced and not self.is_closed():
+            if not self._lf_guard.allows():
+                if await self._lf_verify_shared() is None:
+                    await asyncio.sleep(0.2)
+                continue
+            try:
+                return await self._lf_claimer.claim(identity)
+            except (RedisError, OSError) as exc:
+                log.warning("cannot claim %s in Redis (retrying): %s", identity, exc)
+                await asyncio.sleep(0.2)
+        return False
+
+    async def _lf_verify_shared(self) -> bool | None:
+        """:meth:`_lf_verify`, one at a time however many wait for it."""
+        if self._lf_verifying is None or self._lf_verifying.done():
+            self._lf_verifying = self._lf_spawn(self._lf_verify())
+        return await asyncio.shield(self._lf_verifying)
+
     def _lf_admit(self, thunk: Any) -> None:
         if self._lf_guard.admit(thunk) is Verdict.HOLD:
             self._lf_request_check()
@@ -463,6 +520,7 @@ class ClusterMixin(_Base):
         log.info("cluster %s stopping: %s", self.cluster.id, reason)
         if self.cluster.exit_code is None:
             self.cluster.exit_code = ExitCode.OK
+        await self._lf_save_sessions()
         await asyncio.shield(self.close())  # teardown cancels this task; never cancel the close itself
 
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
@@ -484,8 +542,19 @@ class ClusterMixin(_Base):
                 await self._lf_health.beat(lag)
             except Exception:
                 log.exception("heartbeat failed")
+            await self._lf_save_sessions()
             due = max(due + interval, loop.time())
             await asyncio.sleep(max(0.0, due - loop.time()))
+
+    async def _lf_save_sessions(self) -> None:
+        """Write this cluster's session records (only while it owns its shards; Redis failures are logged)."""
+        if self._lf_sessions is None or self._lf_guard.fenced or not self._lf_guard.allows():
+            return
+        env = self.cluster.environment
+        try:
+            await self._lf_sessions.save(live_sessions(self, env.shard_ids, env.epoch))
+        except (RedisError, OSError) as exc:
+            log.debug("could not write the session records: %s", exc)
 
     async def _lf_ipc_loop(self, ipc: IpcChannel) -> None:
         while True:

@@ -12,17 +12,22 @@ received gateway message per shard (``last_event_age`` in the shard status).
 Parsers: discord.py parses a gateway dispatch (``ConnectionState.parse_*``) *before* calling
 ``Client.dispatch``, and some parsers act without dispatching (``INTERACTION_CREATE`` runs app commands and
 views directly). :func:`wrap_parsers` routes every parse through the guard so nothing the gateway delivered is
-acted on past the horizon; held parses run later in arrival order.
+acted on past the horizon; held parses run later in arrival order. The parse of a claimable event first waits
+for its claim (:mod:`letsfrag.claims`); :data:`current_shard` tells the admission which shard's order a parse keeps.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import discord.shard
 from discord.gateway import DiscordWebSocket
+
+#: the shard whose gateway message is being handled (set around every received message; parsers run inside it)
+current_shard: ContextVar[int | None] = ContextVar("letsfrag_current_shard", default=None)
 
 
 class GuardedWebSocket(DiscordWebSocket):
@@ -42,7 +47,11 @@ class GuardedWebSocket(DiscordWebSocket):
     async def received_message(self, msg: Any, /) -> None:
         self.letsfrag_last_receive = time.monotonic()
         self.letsfrag_messages += 1
-        await super().received_message(msg)
+        token = current_shard.set(self.shard_id)
+        try:
+            await super().received_message(msg)
+        finally:
+            current_shard.reset(token)
 
 
 def _client_of(ws: DiscordWebSocket) -> Any:
@@ -56,15 +65,18 @@ def install() -> None:
     discord.shard.DiscordWebSocket = GuardedWebSocket  # type: ignore[attr-defined,misc]
 
 
-def wrap_parsers(parsers: dict[str, Callable[[Any], None]], admit: Callable[[Callable[[], None]], Any]) -> int:
-    """Route every gateway parser through ``admit`` (which runs, holds or drops the parse); return how many."""
+def wrap_parsers(
+    parsers: dict[str, Callable[[Any], None]], admit: Callable[[str, Any, Callable[[], None]], Any]
+) -> int:
+    """Route every gateway parser through ``admit(event, data, parse)`` (which runs, holds or drops the parse);
+    return how many."""
     wrapped = 0
     for event, func in list(parsers.items()):
         if getattr(func, "__letsfrag_guarded__", False):
             continue
 
-        def guarded(data: Any, _func: Callable[[Any], None] = func) -> None:
-            admit(lambda: _func(data))
+        def guarded(data: Any, _func: Callable[[Any], None] = func, _event: str = event) -> None:
+            admit(_event, data, lambda: _func(data))
 
         guarded.__letsfrag_guarded__ = True  # type: ignore[attr-defined]
         parsers[event] = guarded

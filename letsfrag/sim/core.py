@@ -76,7 +76,8 @@ class SimCore:
         session.link = link
         session.resumable_until = None
         link.session = session
-        self.referee.session_live(session.shard_id, session.session_id, self.clock())
+        self.referee.session_live(session.shard_id, session.session_id, self.clock(),
+                                  drain=bool(getattr(link, "replay_drain", False)))
 
     def detach(self, session: Session, *, resumable: bool) -> None:
         """The session is no longer carried; keep it for ``resume_window`` or forget it."""

@@ -51,6 +51,8 @@ class GatewayConnection:
         self._rate_count = 0
         self._rate_flagged = False
         self._close_started = False
+        #: ``?letsfrag_replay=1``: a side connection that only drains a session's replay (not a duplicate)
+        self.replay_drain = request.query.get("letsfrag_replay") == "1"
 
     # --- Link -------------------------------------------------------------------------------------------
     def send(self, frame: str) -> None:

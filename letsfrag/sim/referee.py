@@ -134,8 +134,12 @@ class Referee:
         return max(0.0, self.budget_reset_at - now)
 
     # --- live sessions --------------------------------------------------------------------------------
-    def session_live(self, shard_id: int, session_id: str, now: float) -> None:
-        """A session of ``shard_id`` became live (READY or RESUMED sent)."""
+    def session_live(self, shard_id: int, session_id: str, now: float, *, drain: bool = False) -> None:
+        """A session of ``shard_id`` became live (READY or RESUMED sent). A ``drain`` (a letsfrag replay side
+        connection, which closes after RESUMED) is counted in ``replay_drains``, not as a live session."""
+        if drain:
+            self.counters["replay_drains"] += 1
+            return
         ids = self.live.setdefault(shard_id, set())
         if session_id in ids:
             return
@@ -177,6 +181,7 @@ class Referee:
             },
             "resumes": self.counters["resumes"],
             "resume_failures": self.counters["resume_failures"],
+            "replay_drains": self.counters["replay_drains"],
             "invalid_sessions": self.counters["invalid_sessions"],
             "reconnects": self.counters["reconnects"],
             "zombies_reaped": self.counters["zombies_reaped"],

@@ -146,6 +146,10 @@ class Simulator:
         """Send one ``!ping <n>`` (next guild in turn unless given); return ``n``."""
         return self.core.send_ping(guild_id)
 
+    def send_join(self, guild_id: int | None = None) -> int:
+        """A member ``joiner-<n>`` joins a guild (GUILD_MEMBER_ADD); return ``n``."""
+        return self.core.send_join(guild_id)
+
     def start_traffic(self, rate: float, seconds: float | None = None, joins: float = 0.0) -> asyncio.Task[None]:
         """Traffic at ``rate`` events per second for ``seconds`` (None = until ``stop_traffic``): ``!ping``
         messages, and member joins for a ``joins`` share of them."""

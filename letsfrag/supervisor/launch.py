@@ -104,6 +104,7 @@ def cluster_environment(
         identify_window=identify_window,
         signature_window=config.signature_window,
         max_message_bytes=config.max_message_bytes,
+        claim_events=tuple(config.claim_events),
         allow_eval=config.allow_eval and broker_allows_eval,
         log_format="json" if active_log_format() == "json" else "plain",
     )
