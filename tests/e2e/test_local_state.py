@@ -247,7 +247,9 @@ def test_two_runs_on_one_dir_never_start_two_redis_servers(copy: Path, simulator
         wait_until_sync(third_serving, timeout=30, interval=0.02, message="the third run's redis-server")
         assert max(counts) == 1, f"two redis-servers on one dir: {counts}"
         _, alive = psutil.wait_procs(first_tree, timeout=15)
-        assert alive == [] and not marked(first_mark), f"left by the SIGKILLed run: {alive}"
+        assert alive == [], f"left by the SIGKILLed run: {alive}"
+        # a cluster forked after the snapshot above goes the same way, within the same 15 s
+        wait_until_sync(lambda: not marked(first_mark), timeout=15, message="nothing of the SIGKILLed run left")
         third.send_signal(signal.SIGINT)
         assert third.wait(timeout=30) == 0, third.stderr.read().decode()[-2000:] if third.stderr else ""
         assert not (state / "redis.url").exists() and not (state / "secret").exists()
