@@ -25,6 +25,7 @@ Secrets (bot token, Redis password, signing secret) travel in the environment, n
 ``LETSFRAG_ALLOW_EVAL``            ``1`` when both broker and host allow ``broadcast_eval``
 ``LETSFRAG_LOG_FORMAT``            ``json`` when the supervisor logs JSON lines (the cluster does too), else ``plain``
 ``LETSFRAG_CLAIM_EVENTS``          comma list of the gateway events claimed before handling (empty: none)
+``LETSFRAG_HANDOVER``              ``1`` in a handover successor (see :mod:`letsfrag.handover`): gated until the switch
 ``LETSFRAG_IPC_FD``                the cluster's end of the supervisor socketpair
 =================================  =============================================================
 """
@@ -75,6 +76,8 @@ class ClusterEnvironment:
     #: ``json`` or ``plain``: how the cluster process writes its log lines (the supervisor's ``--log-format``)
     log_format: str = "plain"
     claim_events: tuple[str, ...] = DEFAULT_CLAIM_EVENTS
+    #: a handover successor (``LETSFRAG_HANDOVER=1``): identifies beside the current owner, gated until the switch
+    handover: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -119,6 +122,8 @@ class ClusterEnvironment:
             "LETSFRAG_LOG_FORMAT": self.log_format,
             "LETSFRAG_CLAIM_EVENTS": ",".join(self.claim_events),
         }
+        if self.handover:
+            env["LETSFRAG_HANDOVER"] = "1"
         if self.secret:
             env["LETSFRAG_SECRET"] = self.secret
         if self.discord_api_url:
@@ -158,6 +163,7 @@ class ClusterEnvironment:
                 allow_eval=env.get("LETSFRAG_ALLOW_EVAL") == "1",
                 log_format="json" if env.get("LETSFRAG_LOG_FORMAT") == "json" else "plain",
                 claim_events=_claim_events(env.get("LETSFRAG_CLAIM_EVENTS")),
+                handover=env.get("LETSFRAG_HANDOVER") == "1",
             )
         except (KeyError, ValueError) as exc:
             raise NotInClusterError(f"the letsfrag environment is incomplete or invalid ({exc}); {HOW_TO_RUN}") from exc

@@ -26,6 +26,8 @@ Keys
                                         ``broker``); a second copy is refused even after a restart
     ``{ns}:claim:{event}:{id}``   str   claim of one handled event, value = cluster/epoch, TTL = 10 min
                                         (see ``letsfrag.claims``)
+    ``{ns}:handover``             hash  cluster id -> JSON HandoverRecord of a planned handover in progress
+                                        (see ``letsfrag.handover``; written by the leader broker only)
     ``{ns}:sessions:{id}``        hash  shard id -> JSON {session_id, resume_gateway_url, seq, epoch} of a
                                         cluster's gateway sessions (see ``letsfrag.cluster.sessions``)
 
@@ -67,6 +69,10 @@ class Keys:
     @property
     def assignment(self) -> str:
         return f"{self.ns}:assignment"
+
+    @property
+    def handover(self) -> str:
+        return f"{self.ns}:handover"
 
     @property
     def epoch(self) -> str:

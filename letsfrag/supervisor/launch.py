@@ -79,6 +79,7 @@ def cluster_environment(
     max_concurrency: int,
     identify_window: float,
     broker_allows_eval: bool = False,
+    handover: bool = False,
 ) -> ClusterEnvironment:
     """The environment contract of one cluster process (see :mod:`letsfrag.environment`).
 
@@ -106,6 +107,7 @@ def cluster_environment(
         max_message_bytes=config.max_message_bytes,
         claim_events=tuple(config.claim_events),
         allow_eval=config.allow_eval and broker_allows_eval,
+        handover=handover,
         log_format="json" if active_log_format() == "json" else "plain",
     )
 

@@ -1,0 +1,204 @@
+"""Planned handover of a cluster: the records broker, supervisors and cluster processes agree on (pure, no I/O).
+
+A planned move of cluster C (restart, rolling restart, drain, rebalance, on-join, a supervisor leaving) starts a
+*successor* process P_new while the current process P_old keeps serving, then switches at one decided instant:
+
+1. **preparing** — the leader broker writes ``HSET {ns}:handover <C> <HandoverRecord JSON>`` (fenced by the
+   leader lock): the target host, a *new* epoch, the source host and epoch, the reason, a deadline. The
+   assignment still names P_old. The target host's supervisor reads the record with its grants and spawns
+   P_new with ``LETSFRAG_HANDOVER=1`` (:data:`HANDOVER_ENV`). P_new may IDENTIFY (through the global identify
+   queue) while the record names its host and epoch and its host's lease is valid; it parses every event (its
+   cache fills) but runs no user handler: claimable events are kept, in order, in its gate.
+2. P_new's shards are all READY: it sends IPC ``ready``; its supervisor publishes a :class:`SuccessorReport`
+   (state ``ready``) in its host record's ``successors`` field (:data:`SUCCESSORS_FIELD`) and rings the broker
+   (``host_hello``).
+3. **switched** — the broker, in one fenced script, sets ``assignment[C] = {host: target, epoch: new}`` only if
+   it still names the source epoch, and rewrites the record with state ``switched``. From then on P_new is the
+   owner: it submits the events kept in its gate, then every new one, through the claims
+   (:mod:`letsfrag.claims`), so an event P_old already handled is dropped and one P_old never saw is handled.
+   Events outside the claim set are dispatched by P_new only once the record is gone (below): P_old may still
+   dispatch them until it stops.
+4. The source host sees its grant gone (or replaced, for a restart in place) and stops P_old gracefully (IPC
+   ``stop``: it lets the claims in flight finish, closes its sessions with 1000 and exits), then confirms with
+   ``cluster_stopped`` for the *source* epoch. The broker deletes the record (``HDEL {ns}:handover <C>``): P_new
+   now dispatches everything.
+
+**Rollback** (before the switch only): P_new not READY by ``deadline``, P_new's report says ``failed``, or the
+target host is lost → the broker deletes the record; the target supervisor stops P_new; P_old never stopped
+serving. The new epoch is never used again (epochs only grow). After the switch there is no rollback: a lost
+target is an ordinary failover of C.
+
+**Capacity**: a host runs at most ``capacity + 1`` cluster processes; the extra slot is a successor. The broker
+runs at most one handover per target host at a time.
+
+**Referee**: a successor opens its gateway connection with ``?letsfrag_handover=<epoch>``
+(:data:`GATEWAY_PARAM`, ignored by Discord), so the simulator tells an announced overlap from a split brain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from .errors import RecordError
+from .records import MAX_EPOCH, parse_float, parse_int
+
+__all__ = [
+    "GATEWAY_PARAM", "HANDOVER_ENV", "IPC_PROMOTE", "SUCCESSORS_FIELD", "HandoverReason", "HandoverRecord",
+    "HandoverState", "SuccessorReport", "SuccessorState", "parse_successors",
+]
+
+#: in a successor process's environment: ``"1"``
+HANDOVER_ENV = "LETSFRAG_HANDOVER"
+#: the gateway URL query parameter of a successor's connections (the simulator's referee reads it)
+GATEWAY_PARAM = "letsfrag_handover"
+#: IPC op supervisor -> successor: "the switch happened, check ownership now" (a hint; the check decides)
+IPC_PROMOTE = "promote"
+#: the host record field (``{ns}:host:{id}``) holding this host's successor reports, JSON ``{cid: report}``
+SUCCESSORS_FIELD = "successors"
+#: the latest wall-clock time a record may carry (year ~33658)
+_MAX_TIME = 1e12
+
+
+class HandoverState(StrEnum):
+    """Where a handover is; the ``state`` of its :class:`HandoverRecord`."""
+
+    PREPARING = "preparing"  # P_new starting / identifying / gated; the assignment names P_old
+    SWITCHED = "switched"    # the assignment names P_new; P_old is stopping
+
+
+class HandoverReason(StrEnum):
+    """Why a cluster is handed over (also the ``reason`` of its events)."""
+
+    RESTART = "restart"
+    ROLLING = "rolling"
+    DRAIN = "drain"
+    REBALANCE = "rebalance"
+    LEAVE = "leave"
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverRecord:
+    """One field of ``{ns}:handover``: cluster id -> this record as JSON. Written only by the leader broker.
+
+    Times are wall-clock epoch seconds (Redis ``TIME`` of the broker that wrote it)."""
+
+    cluster: int
+    host: str
+    epoch: int
+    from_host: str
+    from_epoch: int
+    reason: str
+    state: HandoverState
+    started: float
+    deadline: float
+
+    def to_json(self) -> str:
+        """The field value."""
+        return json.dumps({
+            "host": self.host, "epoch": self.epoch, "from_host": self.from_host, "from_epoch": self.from_epoch,
+            "reason": self.reason, "state": str(self.state), "started": self.started, "deadline": self.deadline,
+        }, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, cluster: Any, raw: Any, *, key: str = "handover") -> HandoverRecord:
+        """Parse one field; a :class:`RecordError` names ``key``, the cluster field and what is wrong."""
+        field = str(cluster)
+        cid = parse_int(cluster, key=key, field="cluster id", maximum=1_000_000)
+        try:
+            data = json.loads(raw)
+        except (TypeError, ValueError):
+            raise RecordError(key, field, f"is not JSON: {str(raw)[:80]!r}") from None
+        if not isinstance(data, Mapping):
+            raise RecordError(key, field, "must be a JSON object")
+        host, from_host = data.get("host"), data.get("from_host")
+        if not isinstance(host, str) or not host or not isinstance(from_host, str) or not from_host:
+            raise RecordError(key, field, "needs the strings 'host' and 'from_host'")
+        try:
+            state = HandoverState(str(data.get("state")))
+        except ValueError:
+            raise RecordError(key, field, f"has an unknown state {data.get('state')!r}") from None
+        return cls(
+            cluster=cid, host=host, from_host=from_host, state=state, reason=str(data.get("reason") or ""),
+            epoch=parse_int(data.get("epoch"), key=key, field=f"{field}.epoch", minimum=1, maximum=MAX_EPOCH),
+            from_epoch=parse_int(data.get("from_epoch"), key=key, field=f"{field}.from_epoch", maximum=MAX_EPOCH),
+            started=parse_float(data.get("started"), key=key, field=f"{field}.started", maximum=_MAX_TIME),
+            deadline=parse_float(data.get("deadline"), key=key, field=f"{field}.deadline", maximum=_MAX_TIME),
+        )
+
+    @classmethod
+    def parse_all(cls, data: Mapping[str, str], *, key: str = "handover") -> tuple[dict[int, HandoverRecord],
+                                                                                   list[RecordError]]:
+        """Every readable record of ``HGETALL {ns}:handover`` and the problems of the unreadable ones."""
+        records: dict[int, HandoverRecord] = {}
+        problems: list[RecordError] = []
+        for field, raw in data.items():
+            try:
+                record = cls.from_json(field, raw, key=key)
+            except RecordError as exc:
+                problems.append(exc)
+                continue
+            records[record.cluster] = record
+        return records, problems
+
+    def names(self, host: str, epoch: int) -> bool:
+        """Is ``(host, epoch)`` this handover's successor?"""
+        return self.host == host and self.epoch == epoch
+
+
+class SuccessorState(StrEnum):
+    """A successor process as its supervisor reports it."""
+
+    STARTING = "starting"  # spawned, identifying, not every shard READY yet
+    READY = "ready"        # every shard READY, user dispatch gated: the broker may switch
+    FAILED = "failed"      # it exited or could not start before the switch: the broker rolls back
+
+
+@dataclass(frozen=True, slots=True)
+class SuccessorReport:
+    """One entry of a host record's ``successors`` field: the successor of ``cluster`` at ``epoch``."""
+
+    cluster: int
+    epoch: int
+    state: SuccessorState
+    pid: int | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON value under ``str(cluster)``."""
+        return {"epoch": self.epoch, "state": str(self.state), "pid": self.pid, "reason": self.reason}
+
+    @staticmethod
+    def dump(reports: Mapping[int, SuccessorReport]) -> str:
+        """The ``successors`` field value."""
+        return json.dumps({str(cid): r.to_dict() for cid, r in sorted(reports.items())}, separators=(",", ":"))
+
+
+def parse_successors(raw: Any, *, key: str = "host") -> dict[int, SuccessorReport]:
+    """The ``successors`` field of a host record (missing or empty: none); a :class:`RecordError` when broken."""
+    if raw in (None, ""):
+        return {}
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError):
+        raise RecordError(key, SUCCESSORS_FIELD, f"is not JSON: {str(raw)[:80]!r}") from None
+    if not isinstance(data, Mapping):
+        raise RecordError(key, SUCCESSORS_FIELD, "must be a JSON object")
+    reports: dict[int, SuccessorReport] = {}
+    for cid_text, value in data.items():
+        cid = parse_int(cid_text, key=key, field=SUCCESSORS_FIELD, maximum=1_000_000)
+        if not isinstance(value, Mapping):
+            raise RecordError(key, SUCCESSORS_FIELD, f"entry {cid_text!r} must be a JSON object")
+        try:
+            state = SuccessorState(str(value.get("state")))
+        except ValueError:
+            raise RecordError(key, SUCCESSORS_FIELD, f"entry {cid_text!r} has an unknown state") from None
+        pid = value.get("pid")
+        reports[cid] = SuccessorReport(
+            cluster=cid, state=state, reason=str(value.get("reason") or ""),
+            epoch=parse_int(value.get("epoch"), key=key, field=f"{SUCCESSORS_FIELD}.{cid_text}.epoch", minimum=1),
+            pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None)
+    return reports
