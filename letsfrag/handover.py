@@ -28,6 +28,10 @@ target host is lost → the broker deletes the record; the target supervisor sto
 serving. The new epoch is never used again (epochs only grow). After the switch there is no rollback: a lost
 target is an ordinary failover of C.
 
+**A supervisor leaving** (SIGTERM) asks the broker to hand its clusters to other hosts (``host_leave``) and waits
+until it holds none; when the broker finds no room anywhere it writes :data:`HANDOFF_BLOCKED_FIELD` in that
+host's record and the supervisor stops the rest as before.
+
 **Capacity**: a host runs at most ``capacity + 1`` cluster processes; the extra slot is a successor. The broker
 runs at most one handover per target host at a time.
 
@@ -47,8 +51,18 @@ from .errors import RecordError
 from .records import MAX_EPOCH, parse_float, parse_int
 
 __all__ = [
-    "GATEWAY_PARAM", "HANDOVER_ENV", "IPC_PROMOTE", "SUCCESSORS_FIELD", "HandoverReason", "HandoverRecord",
-    "HandoverState", "SuccessorReport", "SuccessorState", "parse_successors",
+    "GATEWAY_PARAM",
+    "HANDOFF_BLOCKED_FIELD",
+    "HANDOVER_ENV",
+    "IPC_PROMOTE",
+    "OPERATION_FIELD",
+    "SUCCESSORS_FIELD",
+    "HandoverReason",
+    "HandoverRecord",
+    "HandoverState",
+    "SuccessorReport",
+    "SuccessorState",
+    "parse_successors",
 ]
 
 #: in a successor process's environment: ``"1"``
@@ -59,6 +73,12 @@ GATEWAY_PARAM = "letsfrag_handover"
 IPC_PROMOTE = "promote"
 #: the host record field (``{ns}:host:{id}``) holding this host's successor reports, JSON ``{cid: report}``
 SUCCESSORS_FIELD = "successors"
+#: host record field written by the leader broker when a *leaving* host's clusters cannot be handed to any other
+#: host (no room anywhere): a sentence saying why; the supervisor then stops them as it always did, and says so
+HANDOFF_BLOCKED_FIELD = "handoff_blocked"
+#: ``{ns}:broker`` field: JSON of the operator operation in progress, e.g.
+#: ``{"kind": "rolling", "host": "h0", "done": 2, "total": 4, "cluster": 5}`` (absent when none) for status/top
+OPERATION_FIELD = "operation"
 #: the latest wall-clock time a record may carry (year ~33658)
 _MAX_TIME = 1e12
 
