@@ -576,8 +576,16 @@ class ClusterMixin(_Base):
         if waiting or pending:
             log.warning("cluster %s: stopping with %d claimed events unresolved and %d handlers still running "
                         "after %.1fs", self.cluster.id, waiting, len(pending), self._lf_stop_grace)
-        await self._lf_save_sessions()
+        await self._lf_save_final_sessions()
         await asyncio.shield(self.close())
+
+    async def _lf_save_final_sessions(self) -> None:
+        """The session records of a graceful stop, unless a fresh check finds the cluster handed over (its
+        successor's records must not be overwritten by the sessions this process is closing)."""
+        if self._lf_gate.phase is GatePhase.OFF and self._lf_checker is not None:
+            with contextlib.suppress(RedisError, OSError):
+                self._lf_observe_handover((await self._lf_checker.check()).ownership)
+        await self._lf_save_sessions()
 
     def _schedule_event(self, coro: Any, event_name: str, *args: Any, **kwargs: Any) -> asyncio.Task[Any]:
         task = super()._schedule_event(coro, event_name, *args, **kwargs)
@@ -623,7 +631,7 @@ class ClusterMixin(_Base):
         """Apply a verdict to the gate: at the switch the kept events go to the claims, in order, before any
         newer parse; once exclusive the suppressed lifecycle events are dispatched."""
         gate = self._lf_gate
-        if gate.phase is GatePhase.OFF:
+        if gate.phase is GatePhase.OFF and not ownership.handed_over:
             return
         before = gate.phase
         released = gate.observe(ownership)

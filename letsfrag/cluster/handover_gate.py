@@ -15,8 +15,11 @@ the switch. Its :class:`HandoverGate` goes through three phases, driven by the o
                before, such as ``ready``, are dispatched once then)
 =============  ==========================================================================================
 
-A normal process has the phase ``off``: nothing is gated. While in ``successor`` or ``owner`` the process checks
-ownership every ``check_interval`` seconds (:meth:`HandoverGate.next_check`) and at once on IPC ``promote``.
+A normal process has the phase ``off``: nothing is gated. Once a check finds it handed over (the old process after
+the switch, :attr:`~.guard.Ownership.handed_over`) its phase is ``handed_over``: it still dispatches everything
+(its claims keep events single) but writes nothing the owner writes (shard status, session records, errors).
+While in ``successor`` or ``owner`` the process checks ownership every ``check_interval`` seconds
+(:meth:`HandoverGate.next_check`) and at once on IPC ``promote``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class GatePhase(StrEnum):
     """Where a process stands in a handover (``off``: a normal process)."""
 
     OFF = "off"
+    HANDED_OVER = "handed_over"
     SUCCESSOR = "successor"
     OWNER = "owner"
     EXCLUSIVE = "exclusive"
@@ -87,12 +91,13 @@ class HandoverGate:
     @property
     def writes_allowed(self) -> bool:
         """May the process write what an owner writes (shard status, session records, errors)?"""
-        return self.phase is not GatePhase.SUCCESSOR
+        return self.phase not in (GatePhase.SUCCESSOR, GatePhase.HANDED_OVER)
 
     @property
     def exclusive(self) -> bool:
-        """Everything is dispatched (a normal process, or a successor once no record names it)."""
-        return self.phase in (GatePhase.OFF, GatePhase.EXCLUSIVE)
+        """Everything is dispatched (a normal process, handed over or not, or a successor once no record names
+        it)."""
+        return self.phase in (GatePhase.OFF, GatePhase.HANDED_OVER, GatePhase.EXCLUSIVE)
 
     def keep(self, lane: Any, identity: str, parse: Callable[[], None]) -> bool:
         """Keep a claimable parse; False when the gate is full (counted in ``overflowed``)."""
@@ -117,7 +122,9 @@ class HandoverGate:
     def observe(self, ownership: Ownership) -> list[KeptEvent]:
         """Apply one ownership verdict; return the kept events to submit to the claims now, oldest first
         (only at the switch). A fence drops them (counted in ``dropped``)."""
-        if self.phase is GatePhase.OFF:
+        if self.phase in (GatePhase.OFF, GatePhase.HANDED_OVER):
+            if ownership.handed_over:
+                self.phase = GatePhase.HANDED_OVER
             return []
         if ownership.fenced:
             self.dropped += len(self.kept)

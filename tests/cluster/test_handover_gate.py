@@ -201,3 +201,14 @@ async def test_drain_lets_claims_in_flight_resolve_and_their_parses_run() -> Non
     assert await sequencer.drain(0.2) == 1  # lane 1's claim never answers: bounded
     assert ran == ["won", "after"]
     await sequencer.close()
+
+
+def test_the_old_process_keeps_dispatching_but_stops_writing_once_handed_over() -> None:
+    gate = HandoverGate(FakeClock(), successor=False)
+    gate.observe(EXCLUSIVE)
+    assert gate.phase is GatePhase.OFF
+    gate.observe(Ownership(True, "handed over", 4.0, handed_over=True))
+    assert gate.phase is GatePhase.HANDED_OVER and gate.exclusive and not gate.writes_allowed
+    assert gate.allows_dispatch("reaction_add", (), claimed=False) and gate.next_check() is None
+    gate.observe(FENCED)
+    assert gate.phase is GatePhase.HANDED_OVER

@@ -29,6 +29,11 @@ def _record(state: HandoverState) -> str:
                           state=state, started=now, deadline=now + 60).to_json()
 
 
+async def _session_epochs(r: aioredis.Redis) -> set[int]:
+    records = await r.hgetall(KEYS.session_records(0))  # type: ignore[misc]
+    return {json.loads(value)["epoch"] for value in records.values()}
+
+
 async def _until_op(channel: IpcChannel, op: str) -> dict[str, Any]:
     while True:
         message = await channel.receive()
@@ -62,6 +67,7 @@ async def test_planned_handover_loses_nothing_and_answers_nothing_twice(redis_ur
                                      message="the successor keeps claimable events in its gate")
                     assert new.handled == 0 and new._lf_gate.phase is GatePhase.SUCCESSOR
                     assert await r.hlen(KEYS.shard_status(0)) == 2  # type: ignore[misc]  # the old one's
+                    assert await _session_epochs(r) == {1}  # the successor writes no session record yet
                     # the broker's switch: the assignment names the successor, the record says switched
                     async with r.pipeline(transaction=True) as pipe:
                         pipe.hset(KEYS.assignment, "0", json.dumps({"host": "h2", "epoch": 2}))
@@ -75,12 +81,16 @@ async def test_planned_handover_loses_nothing_and_answers_nothing_twice(redis_ur
                     await old_ipc.send("stop", reason="handed over")
                     await asyncio.wait_for(old_task, 15)
                     stopped_at = time.monotonic()
-                    assert old.cluster.exit_code == 0
+                    assert old.cluster.exit_code == 0 and old._lf_gate.phase is GatePhase.HANDED_OVER
                     await r.hdel(KEYS.handover, "0")  # type: ignore[misc]
                     await wait_until(lambda: new._lf_gate.phase is GatePhase.EXCLUSIVE, timeout=5,
                                      message="the successor dispatches everything once the record is gone")
                     await wait_until(lambda: sum(t > stopped_at for t in new.handled_at) >= 10, timeout=15,
                                      message="the new process handles events after the old one is gone")
+                    async def new_records() -> bool:
+                        return await _session_epochs(r) == {2}
+
+                    await wait_until(new_records, timeout=5, message="the new owner's session records")
                     sim.stop_traffic()
 
                     def settled() -> dict[str, int] | None:
