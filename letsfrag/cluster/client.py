@@ -39,6 +39,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Awaitable, Coroutine
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -84,6 +85,9 @@ _REIDENTIFY_WAIT = 50.0
 #: seconds a graceful stop waits for the claims in flight and the handlers they started (below the supervisor's
 #: ``stop_timeout / 2``)
 DEFAULT_STOP_GRACE = 2.0
+#: True inside the parse of a won claim and in every task it starts (its handlers, and what they dispatch later:
+#: a command's ``command_completion`` / ``command_error``): an owner that is not exclusive yet dispatches them
+_claimed_parse: ContextVar[bool] = ContextVar("letsfrag_claimed_parse", default=False)
 
 
 def apply_discord_urls(env: ClusterEnvironment) -> None:
@@ -154,7 +158,6 @@ class ClusterMixin(_Base):
         self._lf_gate = HandoverGate(self._lf_clock, successor=bool(environment and environment.handover),
                                      check_interval=handover_check_interval)
         self._lf_promote = asyncio.Event()
-        self._lf_in_claimed_parse = False  # the parse of a won claim is running (its dispatches are "claimed")
         self._lf_stop_grace = stop_grace
         self._lf_stopping: asyncio.Future[None] | None = None
         self._lf_stop_dropped = 0  # claimable events not claimed because the process is stopping
@@ -407,7 +410,7 @@ class ClusterMixin(_Base):
         if self._lf_tracker.on_event(event, args):
             self._lf_shard_state_changed()
         if not self._lf_gate.exclusive and not self._lf_gate.allows_dispatch(
-                event, args, claimed=self._lf_in_claimed_parse):
+                event, args, claimed=_claimed_parse.get()):
             return
         parent = super().dispatch
         self._lf_admit(lambda: parent(event, *args, **kwargs))
@@ -620,11 +623,11 @@ class ClusterMixin(_Base):
     def _lf_claimed(self, parse: Any) -> Any:
         """``parse`` marked as the parse of a won claim: its dispatches run in an owner that is not exclusive."""
         def claimed() -> None:
-            self._lf_in_claimed_parse = True
+            token = _claimed_parse.set(True)
             try:
                 parse()
             finally:
-                self._lf_in_claimed_parse = False
+                _claimed_parse.reset(token)
         return claimed
 
     def _lf_observe_handover(self, ownership: Ownership) -> None:

@@ -29,6 +29,15 @@ def _record(state: HandoverState) -> str:
                           state=state, started=now, deadline=now + 60).to_json()
 
 
+def _settled(sim: Simulator) -> dict[str, int] | None:
+    """The handling counters once every event sent is answered, or lost (not answered within the simulator's
+    ``answer_timeout``), or was delivered to no session."""
+    handling = sim.stats()["handling"]
+    done = (handling["answered_once"] + handling["answered_twice_or_more"] + handling["undeliverable"]
+            + handling["unanswered_live"])
+    return handling if done >= handling["sent"] else None
+
+
 async def _session_epochs(r: aioredis.Redis) -> set[int]:
     records = await r.hgetall(KEYS.session_records(0))  # type: ignore[misc]
     return {json.loads(value)["epoch"] for value in records.values()}
@@ -49,9 +58,9 @@ async def test_planned_handover_loses_nothing_and_answers_nothing_twice(redis_ur
         old_end, old_child = socket.socketpair()
         new_end, new_child = socket.socketpair()
         async with lease_kept(r, host="h1", incarnation="inc-1"), lease_kept(r, host="h2", incarnation="inc-2"):
-            old = AnsweringClient(make_env(redis_url, sim, 0, (0, 1), 2), ipc_socket=old_child)
+            old = AnsweringClient(make_env(redis_url, sim, 0, (0, 1), 2), ipc_socket=old_child, work=0.05)
             new = AnsweringClient(make_env(redis_url, sim, 0, (0, 1), 2, host_id="h2", host_incarnation="inc-2",
-                                           epoch=2, handover=True), ipc_socket=new_child)
+                                           epoch=2, handover=True), ipc_socket=new_child, work=0.05)
             old_ipc, new_ipc = await IpcChannel.from_socket(old_end), await IpcChannel.from_socket(new_end)
             async with running(old) as old_task:
                 await asyncio.wait_for(_until_op(old_ipc, "ready"), 20)
@@ -87,18 +96,13 @@ async def test_planned_handover_loses_nothing_and_answers_nothing_twice(redis_ur
                                      message="the successor dispatches everything once the record is gone")
                     await wait_until(lambda: sum(t > stopped_at for t in new.handled_at) >= 10, timeout=15,
                                      message="the new process handles events after the old one is gone")
+
                     async def new_records() -> bool:
                         return await _session_epochs(r) == {2}
 
                     await wait_until(new_records, timeout=5, message="the new owner's session records")
                     sim.stop_traffic()
-
-                    def settled() -> dict[str, int] | None:
-                        handling = sim.stats()["handling"]
-                        done = handling["answered_once"] + handling["answered_twice_or_more"]
-                        return handling if done + handling["undeliverable"] >= handling["sent"] else None
-
-                    handling = await wait_until(settled, timeout=15, message="every event answered")
+                    handling = await wait_until(lambda: _settled(sim), timeout=15, message="every event answered")
                     assert not new_task.done()
             assert handling["answered_twice_or_more"] == 0, handling
             assert handling["undeliverable"] == 0 and handling["unanswered_live"] == 0, handling
@@ -107,3 +111,36 @@ async def test_planned_handover_loses_nothing_and_answers_nothing_twice(redis_ur
             assert old.handled > 0 and min(new.handled_at) >= switched_at  # no user handler before the switch
             assert new.claim_stats["lost"] > 0  # kept events the old process had handled lost their claims
             assert sim.stats()["identify_violations"]["total"] == 0
+
+
+async def test_a_graceful_stop_never_loses_a_claimed_event(redis_url: str, r: aioredis.Redis) -> None:
+    """Two sessions of one shard (both under cluster 0's grant) under fast traffic, each answer taking 0.2 s of work;
+    the one winning the claims stops (IPC ``stop``) in the middle: whatever it claimed it answers before closing,
+    whatever it no longer claims the other one answers."""
+    async with Simulator(shards=1, guilds=2, identify_window=0.1, heartbeat_interval=5.0, ack_delay=0.005) as sim:
+        await write_layout(r, 1, 1)
+        await grant(r, 0)
+        pairs = [socket.socketpair() for _ in range(2)]
+        async with lease_kept(r):
+            clients = [AnsweringClient(make_env(redis_url, sim, 0, (0,), 1), ipc_socket=child, work=0.2)
+                       for _, child in pairs]
+            channels = [await IpcChannel.from_socket(end) for end, _ in pairs]
+            async with running(clients[0]) as first_task, running(clients[1]) as second_task:
+                await wait_until(lambda: all(c.cluster.ready for c in clients), timeout=20,
+                                 message="both sessions of shard 0 ready")
+                sim.start_traffic(100.0, joins=1 / 3)
+                await wait_until(lambda: max(c.handled for c in clients) >= 30, timeout=15, message="events handled")
+                index = 0 if clients[0].handled >= clients[1].handled else 1
+                stopping, staying = clients[index], clients[1 - index]
+                await channels[index].send("stop", reason="test")
+                await asyncio.wait_for((first_task, second_task)[index], 15)
+                assert stopping.cluster.exit_code == 0
+                handled_before = staying.handled
+                await wait_until(lambda: staying.handled >= handled_before + 20, timeout=15,
+                                 message="the other session goes on")
+                sim.stop_traffic()
+
+                handling = await wait_until(lambda: _settled(sim), timeout=15, message="every event answered")
+        assert handling["answered_twice_or_more"] == handling["unanswered_live"] == handling["undeliverable"] == 0, \
+            handling
+        assert handling["answered_once"] == handling["sent"] == stopping.handled + staying.handled, handling
