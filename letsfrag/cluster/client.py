@@ -389,10 +389,10 @@ class ClusterMixin(_Base):
         if result.ownership.fenced:
             self._lf_spawn(self._lf_fence(result.ownership.reason))
             raise FencedError(f"{what} refused: {result.ownership.reason}")
-        if result.ownership.handed_over:  # no new session for a cluster handed over: it stops soon
-            raise ConnectionError(f"{what} postponed: {result.ownership.reason}")
         self._lf_guard.confirm(result.sent_at, result.ownership.ttl)
         self._lf_observe_handover(result.ownership)
+        if result.ownership.handed_over:  # no new session for a cluster handed over: it stops soon
+            raise ConnectionError(f"{what} postponed: {result.ownership.reason}")
 
     async def _lf_ensure_budget(self) -> None:
         assert self._lf_identify is not None
@@ -420,6 +420,12 @@ class ClusterMixin(_Base):
         """Claimed events this process won (and handled), lost (another session had them) and still waiting."""
         claims = self._lf_claims
         return {"won": claims.won, "lost": claims.lost, "waiting": claims.waiting}
+
+    @property
+    def handover_stats(self) -> dict[str, Any]:
+        """The handover gate (:mod:`.handover_gate`): its phase (``off`` in a normal process), events kept,
+        released, overflowed and dropped, dispatches suppressed; and claimable events dropped by a graceful stop."""
+        return {**self._lf_gate.status(), "dropped_at_stop": self._lf_stop_dropped}
 
     def _lf_parse(self, event: str, data: Any, parse: Any) -> None:
         """A gateway parse: claimable events wait for their claim, in order per shard; then the guard."""

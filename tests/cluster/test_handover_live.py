@@ -15,7 +15,6 @@ import redis.asyncio as aioredis
 from cluster_support import KEYS, AnsweringClient, grant, lease_kept, make_env, running, write_layout
 from helpers import wait_until
 
-from letsfrag.cluster.handover_gate import GatePhase
 from letsfrag.handover import GATEWAY_PARAM, IPC_PROMOTE, HandoverRecord, HandoverState
 from letsfrag.ipc import IpcChannel
 from letsfrag.sim import Simulator
@@ -72,9 +71,9 @@ async def test_planned_handover_loses_nothing_and_answers_nothing_twice(redis_ur
                               if getattr(link, "request", None) is not None
                               and link.request.query.get(GATEWAY_PARAM) == "2"]
                     assert len(marked) == 2  # both of the successor's connections carry the marker
-                    await wait_until(lambda: len(new._lf_gate.kept) >= 3, timeout=10,
+                    await wait_until(lambda: new.handover_stats["kept"] >= 3, timeout=10,
                                      message="the successor keeps claimable events in its gate")
-                    assert new.handled == 0 and new._lf_gate.phase is GatePhase.SUCCESSOR
+                    assert new.handled == 0 and new.handover_stats["phase"] == "successor"
                     assert await r.hlen(KEYS.shard_status(0)) == 2  # type: ignore[misc]  # the old one's
                     assert await _session_epochs(r) == {1}  # the successor writes no session record yet
                     # the broker's switch: the assignment names the successor, the record says switched
@@ -84,15 +83,15 @@ async def test_planned_handover_loses_nothing_and_answers_nothing_twice(redis_ur
                         await pipe.execute()
                     switched_at = time.monotonic()
                     await new_ipc.send(IPC_PROMOTE)
-                    await wait_until(lambda: new._lf_gate.phase is GatePhase.OWNER, timeout=5,
+                    await wait_until(lambda: new.handover_stats["phase"] == "owner", timeout=5,
                                      message="the successor owns the cluster after promote")
                     # the old host's supervisor stops the old process gracefully, then the broker deletes the record
                     await old_ipc.send("stop", reason="handed over")
                     await asyncio.wait_for(old_task, 15)
                     stopped_at = time.monotonic()
-                    assert old.cluster.exit_code == 0 and old._lf_gate.phase is GatePhase.HANDED_OVER
+                    assert old.cluster.exit_code == 0 and old.handover_stats["phase"] == "handed_over"
                     await r.hdel(KEYS.handover, "0")  # type: ignore[misc]
-                    await wait_until(lambda: new._lf_gate.phase is GatePhase.EXCLUSIVE, timeout=5,
+                    await wait_until(lambda: new.handover_stats["phase"] == "exclusive", timeout=5,
                                      message="the successor dispatches everything once the record is gone")
                     await wait_until(lambda: sum(t > stopped_at for t in new.handled_at) >= 10, timeout=15,
                                      message="the new process handles events after the old one is gone")
