@@ -143,3 +143,32 @@ async def test_a_graceful_stop_never_loses_a_claimed_event(redis_url: str, r: ai
         assert handling["answered_twice_or_more"] == handling["unanswered_live"] == handling["undeliverable"] == 0, \
             handling
         assert handling["answered_once"] == handling["sent"] == stopping.handled + staying.handled, handling
+
+
+async def test_a_rolled_back_successor_is_fenced_having_handled_and_written_nothing(redis_url: str,
+                                                                                    r: aioredis.Redis) -> None:
+    """The broker deletes the preparing record (rollback): the successor fences itself (exit 75) without having run
+    a handler or written a session record; the old process never stopped serving and answers everything."""
+    async with Simulator(shards=1, guilds=2, identify_window=0.1, heartbeat_interval=5.0, ack_delay=0.005) as sim:
+        await write_layout(r, 1, 1)
+        await grant(r, 0, host="h1", epoch=1)
+        async with lease_kept(r, host="h1", incarnation="inc-1"), lease_kept(r, host="h2", incarnation="inc-2"):
+            old = AnsweringClient(make_env(redis_url, sim, 0, (0,), 1))
+            new = AnsweringClient(make_env(redis_url, sim, 0, (0,), 1, host_id="h2", host_incarnation="inc-2",
+                                           epoch=2, handover=True))
+            async with running(old):
+                await wait_until(lambda: old.cluster.ready, timeout=20, message="the old process ready")
+                await r.delete(KEYS.session_records(0))
+                await r.hset(KEYS.handover, "0", _record(HandoverState.PREPARING))  # type: ignore[misc]
+                async with running(new) as new_task:
+                    await wait_until(lambda: new.cluster.ready, timeout=20, message="the successor ready")
+                    sim.start_traffic(20.0, joins=1 / 3)
+                    await wait_until(lambda: new.handover_stats["kept"] >= 3, timeout=10, message="events kept")
+                    await r.hdel(KEYS.handover, "0")  # type: ignore[misc]
+                    await asyncio.wait_for(new_task, 10)
+                    assert new.cluster.exit_code == 75 and new.handover_stats["phase"] == "successor"
+                    assert new.handled == 0 and new.handover_stats["dropped"] >= 3
+                    sim.stop_traffic()
+                    handling = await wait_until(lambda: _settled(sim), timeout=15, message="every event answered")
+                assert await _session_epochs(r) == {1}  # the old process's records only
+        assert handling["answered_once"] == handling["sent"] == old.handled, handling
