@@ -77,11 +77,12 @@ async def test_planned_handover_loses_nothing_and_answers_nothing_twice(redis_ur
                     assert await r.hlen(KEYS.shard_status(0)) == 2  # type: ignore[misc]  # the old one's
                     assert await _session_epochs(r) == {1}  # the successor writes no session record yet
                     # the broker's switch: the assignment names the successor, the record says switched
+                    switched_at = time.monotonic()  # (just before the switch: no handler of the successor ran yet)
+                    assert new.handled == 0
                     async with r.pipeline(transaction=True) as pipe:
                         pipe.hset(KEYS.assignment, "0", json.dumps({"host": "h2", "epoch": 2}))
                         pipe.hset(KEYS.handover, "0", _record(HandoverState.SWITCHED))
                         await pipe.execute()
-                    switched_at = time.monotonic()
                     await new_ipc.send(IPC_PROMOTE)
                     await wait_until(lambda: new.handover_stats["phase"] == "owner", timeout=5,
                                      message="the successor owns the cluster after promote")
