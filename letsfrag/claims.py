@@ -216,6 +216,19 @@ class ClaimSequencer:
             log.exception("claiming %s failed; it is not handled here", identity)
             return False
 
+    async def drain(self, timeout: float) -> int:
+        """Wait (at most ``timeout`` seconds) until every queued parse has had its claim answered and ran or was
+        skipped; return how many still wait. A graceful stop calls it before closing: a claim won in Redis is
+        never left without its parse (the caller stops submitting claimable events first)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            tasks = [state.task for state in self._lanes.values() if state.task is not None and not state.task.done()]
+            left = deadline - loop.time()
+            if not tasks or left <= 0:
+                return self.waiting
+            await asyncio.wait(tasks, timeout=left)
+
     async def close(self) -> None:
         """Cancel every pending claim and forget the queued parses."""
         for state in self._lanes.values():

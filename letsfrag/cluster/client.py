@@ -17,7 +17,12 @@ What the mixin adds to discord.py 2.7 (see also :mod:`.gateway`):
 - the dispatch guard (:mod:`.guard`) holds every parse and dispatch past the lease horizon.
 - claim before handle (:mod:`letsfrag.claims`): the parse of an event in ``LETSFRAG_CLAIM_EVENTS`` runs only in the
   session that wins its claim in Redis, so two sessions of one shard handle it once.
-- health to the supervisor and Redis, fatal close codes -> exit 77, graceful stop on SIGTERM or IPC ``stop``.
+- health to the supervisor and Redis, fatal close codes -> exit 77, graceful stop on SIGTERM or IPC ``stop``: no
+  new claims, the claims in flight and their handlers finish (``stop_grace`` seconds at most), then close (1000).
+- planned handover (:mod:`letsfrag.handover`): a successor (``LETSFRAG_HANDOVER=1``) identifies beside the owner,
+  keeps its claimable events in a gate (:mod:`.handover_gate`) and runs no user handler until the switch; it
+  checks ownership every ``handover_check_interval`` seconds and at once on IPC ``promote``; its gateway URLs carry
+  ``letsfrag_handover=<epoch>``.
 - session records (:mod:`.sessions`): each shard's ``session_id``, ``resume_gateway_url`` and ``seq`` in Redis at
   every heartbeat and on a graceful stop.
 """
@@ -34,6 +39,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Awaitable, Coroutine
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -44,7 +50,7 @@ from discord.gateway import DiscordWebSocket
 from discord.shard import EventType
 from redis.exceptions import RedisError
 
-from ..bus import Bus
+from ..bus import NO_REPLY, Bus
 from ..claims import Claimer, ClaimSequencer, claim_identity
 from ..clock import Clock, SystemClock
 from ..connection import create_redis
@@ -52,6 +58,7 @@ from ..environment import ClusterEnvironment
 from ..errors import FencedError, NotInClusterError
 from ..events import Severity, emit
 from ..exitcodes import FATAL_CLOSE_CODES, ExitCode
+from ..handover import GATEWAY_PARAM, IPC_PROMOTE
 from ..identify import IdentifyCoordinator, IdentifyTimeout
 from ..ipc import IpcChannel
 from ..keys import Keys
@@ -60,7 +67,8 @@ from ..rpc import RpcCaller, cluster_node
 from ..units import format_shard_range
 from . import gateway
 from .context import ClusterContext
-from .guard import DispatchGuard, Verdict, default_margin
+from .guard import DispatchGuard, Ownership, Verdict, default_margin
+from .handover_gate import DEFAULT_CHECK_INTERVAL, GatePhase, HandoverGate
 from .health import HealthReporter, ShardTracker
 from .ownership import OwnershipChecker
 from .sessions import SessionStore, live_sessions
@@ -74,6 +82,12 @@ else:
 
 #: re-identify waits stay below discord.py's hard-coded ``wait_for(60 s)``
 _REIDENTIFY_WAIT = 50.0
+#: seconds a graceful stop waits for the claims in flight and the handlers they started (below the supervisor's
+#: ``stop_timeout / 2``)
+DEFAULT_STOP_GRACE = 2.0
+#: True inside the parse of a won claim and in every task it starts (its handlers, and what they dispatch later:
+#: a command's ``command_completion`` / ``command_error``): an owner that is not exclusive yet dispatches them
+_claimed_parse: ContextVar[bool] = ContextVar("letsfrag_claimed_parse", default=False)
 
 
 def apply_discord_urls(env: ClusterEnvironment) -> None:
@@ -95,6 +109,8 @@ class ClusterMixin(_Base):
         clock: Clock | None = None,
         guard_margin: float | None = None,
         identify_margin: float = 0.1,
+        handover_check_interval: float = DEFAULT_CHECK_INTERVAL,
+        stop_grace: float = DEFAULT_STOP_GRACE,
         **kwargs: Any,
     ) -> None:
         error: NotInClusterError | None = None
@@ -139,6 +155,13 @@ class ClusterMixin(_Base):
         self._lf_claimer: Claimer | None = None
         self._lf_claims = ClaimSequencer(self._lf_claim, self._lf_admit, retry=self._lf_claim_carefully)
         self._lf_verifying: asyncio.Task[bool | None] | None = None
+        self._lf_gate = HandoverGate(self._lf_clock, successor=bool(environment and environment.handover),
+                                     check_interval=handover_check_interval)
+        self._lf_promote = asyncio.Event()
+        self._lf_stop_grace = stop_grace
+        self._lf_stopping: asyncio.Future[None] | None = None
+        self._lf_stop_dropped = 0  # claimable events not claimed because the process is stopping
+        self._lf_handlers: set[asyncio.Task[Any]] = set()  # discord.py's event handler tasks still running
 
     # --- running ------------------------------------------------------------------------------------------
     def run(self, token: str | None = None, **kwargs: Any) -> None:  # type: ignore[override]
@@ -181,6 +204,8 @@ class ClusterMixin(_Base):
                     raise RuntimeError(f"cannot confirm ownership of cluster {env.cluster_id} in Redis")
                 return
             self._lf_spawn(self._lf_heartbeat_loop())
+            if not self._lf_gate.exclusive:
+                self._lf_spawn(self._lf_handover_loop())
             if self._lf_ipc is not None:
                 self._lf_spawn(self._lf_ipc_loop(self._lf_ipc))
             await super().start(token or env.token, reconnect=reconnect)
@@ -209,15 +234,15 @@ class ClusterMixin(_Base):
         self._lf_redis = create_redis(settings)
         bus = Bus(settings, node_id=cluster_node(env.cluster_id), namespace=env.namespace, secret=env.secret,
                   window=env.signature_window, max_bytes=env.max_message_bytes)
-        await bus.subscribe(keys.cluster_inbox(env.cluster_id), self.cluster.server.on_envelope)
-        await bus.subscribe(keys.broadcast, self.cluster.server.on_envelope)
+        await bus.subscribe(keys.cluster_inbox(env.cluster_id), self._lf_on_envelope)
+        await bus.subscribe(keys.broadcast, self._lf_on_envelope)
         await bus.start()
         self._lf_bus = bus
         self.cluster.caller = RpcCaller(bus, allow_eval=env.allow_eval)
         self._lf_checker = OwnershipChecker(
             self._lf_redis, keys, cluster_id=env.cluster_id, host_id=env.host_id, epoch=env.epoch,
             incarnation=env.host_incarnation, lease_ttl=env.lease_ttl, clock=self._lf_clock,
-            shard_ids=tuple(env.shard_ids))
+            shard_ids=tuple(env.shard_ids), successor=env.handover)
         self._lf_identify = IdentifyCoordinator(
             self._lf_redis, keys, max_concurrency=env.max_concurrency, window=env.identify_window,
             margin=self._lf_identify_margin, source=cluster_node(env.cluster_id))
@@ -361,10 +386,13 @@ class ClusterMixin(_Base):
         if result.ownership.undecided:
             await self._lf_hold_undecided(result.ownership.reason)
             raise ConnectionError(f"{what} postponed: {result.ownership.reason}")
-        if not result.ownership.owner:
+        if result.ownership.fenced:
             self._lf_spawn(self._lf_fence(result.ownership.reason))
             raise FencedError(f"{what} refused: {result.ownership.reason}")
         self._lf_guard.confirm(result.sent_at, result.ownership.ttl)
+        self._lf_observe_handover(result.ownership)
+        if result.ownership.handed_over:  # no new session for a cluster handed over: it stops soon
+            raise ConnectionError(f"{what} postponed: {result.ownership.reason}")
 
     async def _lf_ensure_budget(self) -> None:
         assert self._lf_identify is not None
@@ -381,6 +409,9 @@ class ClusterMixin(_Base):
             return super().dispatch(event, *args, **kwargs)
         if self._lf_tracker.on_event(event, args):
             self._lf_shard_state_changed()
+        if not self._lf_gate.exclusive and not self._lf_gate.allows_dispatch(
+                event, args, claimed=_claimed_parse.get()):
+            return
         parent = super().dispatch
         self._lf_admit(lambda: parent(event, *args, **kwargs))
 
@@ -390,10 +421,22 @@ class ClusterMixin(_Base):
         claims = self._lf_claims
         return {"won": claims.won, "lost": claims.lost, "waiting": claims.waiting}
 
+    @property
+    def handover_stats(self) -> dict[str, Any]:
+        """The handover gate (:mod:`.handover_gate`): its phase (``off`` in a normal process), events kept,
+        released, overflowed and dropped, dispatches suppressed; and claimable events dropped by a graceful stop."""
+        return {**self._lf_gate.status(), "dropped_at_stop": self._lf_stop_dropped}
+
     def _lf_parse(self, event: str, data: Any, parse: Any) -> None:
         """A gateway parse: claimable events wait for their claim, in order per shard; then the guard."""
         identity = claim_identity(event, data) if event in self._lf_claim_events else None
-        self._lf_claims.submit(gateway.current_shard.get(), identity, parse)
+        lane = gateway.current_shard.get()
+        if (identity is not None or not self._lf_gate.exclusive) and not self._lf_gate_parse(event, lane, identity,
+                                                                                              parse):
+            return
+        if identity is not None and not self._lf_gate.exclusive:
+            parse = self._lf_claimed(parse)
+        self._lf_claims.submit(lane, identity, parse)
         if event in ("READY", "RESUMED"):  # a new session is on record at once, not a heartbeat later
             self._lf_spawn(self._lf_save_sessions())
 
@@ -457,10 +500,12 @@ class ClusterMixin(_Base):
         if self._lf_undecided is not None:
             log.info("cluster %s: ownership decided again (%s)", self.cluster.id, result.ownership.reason)
             self._lf_undecided = None
-        if not result.ownership.owner:
+        if result.ownership.fenced:
+            self._lf_gate.observe(result.ownership)
             await self._lf_fence(result.ownership.reason)
             return False
         self._lf_guard.confirm(result.sent_at, result.ownership.ttl)
+        self._lf_observe_handover(result.ownership)
         self._lf_guard.release(lambda exc: log.error("a held event failed", exc_info=exc))
         return True
 
@@ -514,14 +559,120 @@ class ClusterMixin(_Base):
 
     async def _lf_report(self, text: str) -> None:
         if self._lf_health is not None:
-            await self._lf_health.report_error(text)
+            await self._lf_health.report_error(text, redis=self._lf_gate.writes_allowed)
 
     async def _lf_shutdown(self, reason: str) -> None:
+        """The graceful stop (IPC ``stop``, SIGTERM, the supervisor gone), once however often it is asked for."""
+        if self._lf_stopping is None:
+            self._lf_stopping = asyncio.ensure_future(self._lf_stop(reason))
+        await asyncio.shield(self._lf_stopping)  # teardown cancels the caller; never cancel the stop itself
+
+    async def _lf_stop(self, reason: str) -> None:
+        """No new claims (:meth:`_lf_parse` drops claimable events from now on: a successor handles them); the
+        claims in flight resolve, their parses run and the handlers they started finish, within ``stop_grace``
+        seconds; then the sessions are recorded and closed with 1000."""
         log.info("cluster %s stopping: %s", self.cluster.id, reason)
         if self.cluster.exit_code is None:
             self.cluster.exit_code = ExitCode.OK
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lf_stop_grace
+        waiting = await self._lf_claims.drain(self._lf_stop_grace)
+        handlers = [task for task in self._lf_handlers if not task.done()]
+        if handlers:
+            _, pending = await asyncio.wait(handlers, timeout=max(0.0, deadline - loop.time()))
+        else:
+            pending = set()
+        if waiting or pending:
+            log.warning("cluster %s: stopping with %d claimed events unresolved and %d handlers still running "
+                        "after %.1fs", self.cluster.id, waiting, len(pending), self._lf_stop_grace)
+        await self._lf_save_final_sessions()
+        await asyncio.shield(self.close())
+
+    async def _lf_save_final_sessions(self) -> None:
+        """The session records of a graceful stop, unless a fresh check finds the cluster handed over (its
+        successor's records must not be overwritten by the sessions this process is closing)."""
+        if self._lf_gate.phase is GatePhase.OFF and self._lf_checker is not None:
+            with contextlib.suppress(RedisError, OSError):
+                self._lf_observe_handover((await self._lf_checker.check()).ownership)
         await self._lf_save_sessions()
-        await asyncio.shield(self.close())  # teardown cancels this task; never cancel the close itself
+
+    def _schedule_event(self, coro: Any, event_name: str, *args: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = super()._schedule_event(coro, event_name, *args, **kwargs)
+        if self._lf_active:  # a graceful stop lets them finish (a handler answering a claimed event)
+            self._lf_handlers.add(task)
+            task.add_done_callback(self._lf_handlers.discard)
+        return task
+
+    # --- planned handover (the successor's gate, letsfrag.handover) ---------------------------------------
+    def _lf_gateway_query(self) -> dict[str, str] | None:
+        """Extra query parameters of the gateway connections this process opens now (see :mod:`.gateway`)."""
+        if self._lf_gate.phase is GatePhase.SUCCESSOR and self._lf_env is not None:
+            return {GATEWAY_PARAM: str(self._lf_env.epoch)}
+        return None
+
+    def _lf_gate_parse(self, event: str, lane: Any, identity: str | None, parse: Any) -> bool:
+        """True when the parse goes on to the claims; False when it is kept (a successor's claimable event),
+        dropped (a claimable event reaching a stopping process: its successor handles it) or left to the old
+        process (an unclaimed ``INTERACTION_CREATE``: its parse runs app commands, user code)."""
+        if identity is None:
+            return event != "INTERACTION_CREATE"
+        if self._lf_stopping is not None:
+            self._lf_stop_dropped += 1
+            return False
+        if self._lf_gate.keeps:
+            if not self._lf_gate.keep(lane, identity, parse) and self._lf_gate.overflowed == 1:
+                log.warning("cluster %s: the handover gate is full (%d events kept); later claimable events are "
+                            "left to the current owner", self.cluster.id, self._lf_gate.limit)
+            return False
+        return True
+
+    def _lf_claimed(self, parse: Any) -> Any:
+        """``parse`` marked as the parse of a won claim: its dispatches run in an owner that is not exclusive."""
+        def claimed() -> None:
+            token = _claimed_parse.set(True)
+            try:
+                parse()
+            finally:
+                _claimed_parse.reset(token)
+        return claimed
+
+    def _lf_observe_handover(self, ownership: Ownership) -> None:
+        """Apply a verdict to the gate: at the switch the kept events go to the claims, in order, before any
+        newer parse; once exclusive the suppressed lifecycle events are dispatched."""
+        gate = self._lf_gate
+        if gate.phase is GatePhase.OFF and not ownership.handed_over:
+            return
+        before = gate.phase
+        released = gate.observe(ownership)
+        for item in released:
+            self._lf_claims.submit(item.lane, item.identity, self._lf_claimed(item.parse))
+        if gate.phase is not before:
+            log.info("cluster %s: handover %s -> %s (%s; %d kept events submitted to the claims, %d overflowed)",
+                     self.cluster.id, before, gate.phase, ownership.reason, len(released), gate.overflowed)
+        parent = super().dispatch
+        for event, args in gate.take_lifecycle():
+            self._lf_admit(lambda event=event, args=args: parent(event, *args))
+
+    async def _lf_handover_loop(self) -> None:
+        """Check ownership every ``handover_check_interval`` seconds (at once on IPC ``promote``) until this
+        successor is the exclusive owner, or fenced, or closed."""
+        gate = self._lf_gate
+        while not self.is_closed() and not self._lf_guard.fenced:
+            wait = gate.next_check()
+            if wait is None:
+                return
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._lf_promote.wait(), wait)
+            self._lf_promote.clear()
+            gate.note_check()
+            await self._lf_verify_shared()
+
+    async def _lf_on_envelope(self, envelope: Any) -> Any:
+        """Cluster RPC, served once this process dispatches everything (the old process answers until then)."""
+        if not self._lf_gate.exclusive:
+            return NO_REPLY
+        return await self.cluster.server.on_envelope(envelope)
 
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
         await super().on_error(event_method, *args, **kwargs)
@@ -539,7 +690,7 @@ class ClusterMixin(_Base):
             if self._lf_guard.fenced:
                 return
             try:
-                await self._lf_health.beat(lag)
+                await self._lf_health.beat(lag, redis=self._lf_gate.writes_allowed)
             except Exception:
                 log.exception("heartbeat failed")
             await self._lf_save_sessions()
@@ -548,7 +699,8 @@ class ClusterMixin(_Base):
 
     async def _lf_save_sessions(self) -> None:
         """Write this cluster's session records (only while it owns its shards; Redis failures are logged)."""
-        if self._lf_sessions is None or self._lf_guard.fenced or not self._lf_guard.allows():
+        if (self._lf_sessions is None or self._lf_guard.fenced or not self._lf_guard.allows()
+                or not self._lf_gate.writes_allowed):
             return
         env = self.cluster.environment
         try:
@@ -565,6 +717,8 @@ class ClusterMixin(_Base):
             if message.get("op") == "stop":
                 await self._lf_shutdown(str(message.get("reason") or "stop requested by the supervisor"))
                 return
+            if message.get("op") == IPC_PROMOTE:
+                self._lf_promote.set()
 
 
 class ClusterShardClient(ClusterMixin, discord.AutoShardedClient):

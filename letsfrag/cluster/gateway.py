@@ -14,20 +14,31 @@ Parsers: discord.py parses a gateway dispatch (``ConnectionState.parse_*``) *bef
 views directly). :func:`wrap_parsers` routes every parse through the guard so nothing the gateway delivered is
 acted on past the horizon; held parses run later in arrival order. The parse of a claimable event first waits
 for its claim (:mod:`letsfrag.claims`); :data:`current_shard` tells the admission which shard's order a parse keeps.
+
+Gateway URL marker: discord.py builds each gateway URL in ``DiscordWebSocket.from_client`` with
+``gateway.with_query(v=..., encoding=..., compress=...)``, which *replaces* the query, so a parameter put into
+``DEFAULT_GATEWAY`` (or the ``resume_gateway_url`` it RESUMEs to) is lost. :class:`GuardedWebSocket`'s
+``from_client`` asks the client for extra parameters (``client._lf_gateway_query()``, e.g. a handover
+successor's ``letsfrag_handover=<epoch>``) and :func:`install` wraps ``HTTPClient.ws_connect`` to add them to
+the URL of the connection being opened (only inside that ``from_client``: voice connections are untouched).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
+import discord.http
 import discord.shard
+import yarl
 from discord.gateway import DiscordWebSocket
 
 #: the shard whose gateway message is being handled (set around every received message; parsers run inside it)
 current_shard: ContextVar[int | None] = ContextVar("letsfrag_current_shard", default=None)
+#: query parameters added to the gateway connection being opened (set inside ``GuardedWebSocket.from_client``)
+_extra_query: ContextVar[Mapping[str, str] | None] = ContextVar("letsfrag_gateway_query", default=None)
 
 
 class GuardedWebSocket(DiscordWebSocket):
@@ -36,6 +47,18 @@ class GuardedWebSocket(DiscordWebSocket):
     letsfrag_last_receive: float | None = None
     #: gateway messages received on this connection (``messages`` in the shard status; a Prometheus counter)
     letsfrag_messages: int = 0
+
+    @classmethod
+    async def from_client(cls, client: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        query = getattr(client, "_lf_gateway_query", None)
+        extra = query() if callable(query) else None
+        if not extra:
+            return await super().from_client(client, **kwargs)
+        token = _extra_query.set(extra)
+        try:
+            return await super().from_client(client, **kwargs)
+        finally:
+            _extra_query.reset(token)
 
     async def resume(self) -> None:
         client = _client_of(self)
@@ -60,9 +83,26 @@ def _client_of(ws: DiscordWebSocket) -> Any:
     return get_client() if get_client is not None else None
 
 
+def marked_url(url: str, extra: Mapping[str, str] | None) -> str:
+    """``url`` with the ``extra`` query parameters added (kept as they are when there are none)."""
+    if not extra:
+        return url
+    return str(yarl.URL(url).update_query(dict(extra)))
+
+
 def install() -> None:
-    """Make discord.py's shard machinery create :class:`GuardedWebSocket` (idempotent)."""
+    """Make discord.py's shard machinery create :class:`GuardedWebSocket` and let it mark its gateway URLs
+    (idempotent)."""
     discord.shard.DiscordWebSocket = GuardedWebSocket  # type: ignore[attr-defined,misc]
+    original = discord.http.HTTPClient.ws_connect
+    if getattr(original, "__letsfrag_marked__", False):
+        return
+
+    async def ws_connect(self: discord.http.HTTPClient, url: str, *, compress: int = 0) -> Any:
+        return await original(self, marked_url(url, _extra_query.get()), compress=compress)
+
+    ws_connect.__letsfrag_marked__ = True  # type: ignore[attr-defined]
+    discord.http.HTTPClient.ws_connect = ws_connect  # type: ignore[method-assign]
 
 
 def wrap_parsers(

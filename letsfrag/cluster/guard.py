@@ -27,6 +27,7 @@ from enum import StrEnum
 
 from ..clock import Clock
 from ..errors import RecordError
+from ..handover import HandoverRecord, HandoverState
 from ..records import MAX_SHARDS, parse_int
 
 #: the ``{ns}:layout`` fields an ownership check reads
@@ -42,6 +43,18 @@ class Ownership:
     ttl: float = 0.0
     #: neither owner nor fenced yet: hold events and check again (see the module docs)
     undecided: bool = False
+    #: a handover successor before the switch: may IDENTIFY, RESUME and parse, must not dispatch (``owner`` False)
+    successor: bool = False
+    #: an owner no handover record names as successor (a successor owner dispatches events outside the claims
+    #: only once exclusive)
+    exclusive: bool = True
+    #: the old process of a switched handover: still serving until stopped, opens no new session
+    handed_over: bool = False
+
+    @property
+    def fenced(self) -> bool:
+        """Neither owner, successor nor undecided: close the sessions and exit."""
+        return not (self.owner or self.successor or self.undecided)
 
 
 def _layout_verdict(layout: Mapping[str, str | None], cluster_id: int, shard_ids: tuple[int, ...] | None,
@@ -76,11 +89,16 @@ def decide_ownership(
     layout: Mapping[str, str | None] | None = None,
     shard_ids: tuple[int, ...] | None = None,
     layout_key: str = "layout",
+    handover: str | None = None,
+    successor: bool = False,
+    handover_key: str = "handover",
 ) -> Ownership:
     """Judge the raw Redis readings (assignment field, lease value, lease PTTL in ms).
 
     ``layout`` holds the :data:`LAYOUT_FIELDS` of ``{ns}:layout`` (``None``: not read); with ``shard_ids``
-    (what this process runs) each shard is checked against the layout, not only the cluster id.
+    (what this process runs) each shard is checked against the layout, not only the cluster id. ``handover``
+    is the cluster's ``{ns}:handover`` field (``None``: no record), ``successor`` whether this process was
+    started as a handover successor (see the module docs).
     """
     if layout is not None:
         gone = all(layout.get(name) is None for name in LAYOUT_FIELDS)
@@ -99,18 +117,92 @@ def decide_ownership(
         granted_host, granted_epoch = str(grant["host"]), int(grant["epoch"])
     except (ValueError, TypeError, KeyError):
         return Ownership(False, f"cluster {cluster_id}'s assignment is unreadable: {assignment[:80]!r}")
+    lease_problem = _lease_problem(lease_value, lease_pttl_ms, host_id, incarnation)
+    ttl = default_ttl if lease_pttl_ms < 0 else lease_pttl_ms / 1000.0
     if granted_host != host_id or granted_epoch != epoch:
-        return Ownership(
+        moved = Ownership(
             False,
             f"cluster {cluster_id} now belongs to host {granted_host} epoch {granted_epoch} "
             f"(this process runs host {host_id} epoch {epoch})",
         )
+        if successor:
+            return _successor_verdict(handover, moved, lease_problem, ttl, cluster_id=cluster_id, host_id=host_id,
+                                      epoch=epoch, key=handover_key)
+        return _handed_over_verdict(handover, moved, lease_problem, ttl, cluster_id=cluster_id, host_id=host_id,
+                                    epoch=epoch, granted=(granted_host, granted_epoch), key=handover_key)
+    if lease_problem is not None:
+        return Ownership(False, lease_problem)
+    if not successor:
+        return Ownership(True, "owner", ttl)
+    return _successor_owner_verdict(handover, ttl, cluster_id=cluster_id, host_id=host_id, epoch=epoch,
+                                    key=handover_key)
+
+
+def _lease_problem(lease_value: str | None, lease_pttl_ms: int, host_id: str, incarnation: str) -> str | None:
     if lease_value is None or lease_pttl_ms == -2:
-        return Ownership(False, f"host {host_id}'s lease has expired")
+        return f"host {host_id}'s lease has expired"
     if lease_value != incarnation:
-        return Ownership(False, f"host {host_id}'s lease belongs to another incarnation of the host")
-    ttl = default_ttl if lease_pttl_ms < 0 else lease_pttl_ms / 1000.0
+        return f"host {host_id}'s lease belongs to another incarnation of the host"
+    return None
+
+
+def _read_handover(raw: str | None, cluster_id: int, key: str) -> HandoverRecord | None:
+    """The cluster's handover record (None: no record); raises :class:`RecordError` when unreadable."""
+    if raw is None:
+        return None
+    return HandoverRecord.from_json(cluster_id, raw, key=key)
+
+
+def _successor_verdict(raw: str | None, moved: Ownership, lease_problem: str | None, ttl: float, *, cluster_id: int,
+                       host_id: str, epoch: int, key: str) -> Ownership:
+    """A successor process the assignment does not name (yet)."""
+    try:
+        record = _read_handover(raw, cluster_id, key)
+    except RecordError as exc:
+        return Ownership(False, f"{moved.reason}; cannot read the handover record: {exc}")
+    if record is None:
+        return Ownership(False, f"{moved.reason} and no handover of cluster {cluster_id} is in progress "
+                         "(rolled back)")
+    if not record.names(host_id, epoch):
+        return Ownership(False, f"{moved.reason}; the handover of cluster {cluster_id} now goes to host "
+                         f"{record.host} epoch {record.epoch}")
+    if record.state is not HandoverState.PREPARING:
+        return Ownership(False, f"{moved.reason} although the handover record says {record.state}")
+    if lease_problem is not None:
+        return Ownership(False, lease_problem)
+    return Ownership(False, f"successor of cluster {cluster_id} (host {record.from_host} epoch "
+                     f"{record.from_epoch} still owns it)", ttl, successor=True)
+
+
+def _successor_owner_verdict(raw: str | None, ttl: float, *, cluster_id: int, host_id: str, epoch: int,
+                             key: str) -> Ownership:
+    """A successor process the assignment names: the owner, exclusive once no record names it."""
+    try:
+        record = _read_handover(raw, cluster_id, key)
+    except RecordError as exc:
+        return Ownership(True, f"owner; not exclusive while the handover record is unreadable: {exc}", ttl,
+                         exclusive=False)
+    if record is not None and record.names(host_id, epoch):
+        return Ownership(True, f"owner since the switch; host {record.from_host} epoch {record.from_epoch} may "
+                         "still be stopping", ttl, exclusive=False)
     return Ownership(True, "owner", ttl)
+
+
+def _handed_over_verdict(raw: str | None, moved: Ownership, lease_problem: str | None, ttl: float, *,
+                         cluster_id: int, host_id: str, epoch: int, granted: tuple[str, int],
+                         key: str) -> Ownership:
+    """A normal process the assignment no longer names: fenced, unless it was just handed over (switched)."""
+    try:
+        record = _read_handover(raw, cluster_id, key)
+    except RecordError:
+        return moved
+    if (record is None or record.state is not HandoverState.SWITCHED or record.from_host != host_id
+            or record.from_epoch != epoch or (record.host, record.epoch) != granted):
+        return moved
+    if lease_problem is not None:
+        return Ownership(False, lease_problem)
+    return Ownership(True, f"cluster {cluster_id} handed over to host {record.host} epoch {record.epoch}; "
+                     "serving until stopped", ttl, handed_over=True)
 
 
 def bound_undecided(verdict: Ownership, since: float | None, now: float,

@@ -113,8 +113,9 @@ class HealthReporter:
         except (psutil.Error, OSError):
             return None
 
-    async def beat(self, loop_lag: float) -> dict[str, Any]:
-        """Report now; return the heartbeat sent (Redis or IPC failures are logged, not raised)."""
+    async def beat(self, loop_lag: float, *, redis: bool = True) -> dict[str, Any]:
+        """Report now; return the heartbeat sent (Redis or IPC failures are logged, not raised). ``redis`` False:
+        to the supervisor only (a handover successor writes nothing the owner writes)."""
         now_wall, now_mono = time.time(), time.monotonic()
         reports = shard_reports(self.client, self.tracker, now_wall, now_mono)
         latencies = [r["latency"] for r in reports.values() if r["latency"] is not None]
@@ -129,6 +130,8 @@ class HealthReporter:
         }
         if self.ipc is not None:
             await self.ipc.send("heartbeat", **heartbeat)
+        if not redis:
+            return heartbeat
         try:
             await self.redis.hset(self.keys.shard_status(self.cluster_id),  # type: ignore[misc]
                                   mapping={str(sid): json.dumps(r) for sid, r in reports.items()})
@@ -136,16 +139,18 @@ class HealthReporter:
             log.debug("could not write shard status: %s", exc)
         return heartbeat
 
-    async def report_error(self, text: str) -> None:
+    async def report_error(self, text: str, *, redis: bool = True) -> None:
         """An unhandled exception: IPC ``error`` and ``{ns}:errors:cluster:{cid}`` (newest first, 20 kept).
 
         A text longer than :data:`ERROR_TEXT_MAX` loses its middle (a huge exception message must not flood
         the IPC pipe or Redis). Secrets quoted by the traceback (token, Redis password, signing secret) are
-        masked first.
+        masked first. ``redis`` False: to the supervisor only.
         """
         text = clip_middle(mask(text))
         if self.ipc is not None:
             await self.ipc.send("error", text=text)
+        if not redis:
+            return
         key = self.keys.cluster_errors(self.cluster_id)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:

@@ -1,4 +1,5 @@
-"""Reading ownership from Redis: the assignment field and the host lease, in one round trip."""
+"""Reading ownership from Redis: the assignment field, the host lease, the layout and the cluster's handover
+record, in one round trip."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class OwnershipChecker:
         lease_ttl: float,
         clock: Clock,
         shard_ids: tuple[int, ...] | None = None,
+        successor: bool = False,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -47,14 +49,16 @@ class OwnershipChecker:
         self.lease_ttl = lease_ttl
         self.clock = clock
         self.shard_ids = shard_ids
+        #: started as a handover successor (``LETSFRAG_HANDOVER=1``): see :mod:`.guard`
+        self.successor = successor
         #: monotonic start of the current undecided wait (``None`` while decided)
         self.undecided_since: float | None = None
         #: checks answered so far
         self.checks = 0
 
     async def check(self) -> OwnershipCheck:
-        """Read the assignment, the lease and the layout's shard range atomically (MULTI); raises
-        ``RedisError``/``OSError`` offline. An undecided verdict lasting ``3 × lease_ttl`` becomes a fence."""
+        """Read the assignment, the lease, the layout's shard range and the handover record atomically (MULTI);
+        raises ``RedisError``/``OSError`` offline. An undecided verdict lasting ``3 × lease_ttl`` becomes a fence."""
         sent_at = self.clock.monotonic()
         lease = self.keys.lease(self.host_id)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -62,7 +66,8 @@ class OwnershipChecker:
             pipe.get(lease)
             pipe.pttl(lease)
             pipe.hmget(self.keys.layout, list(LAYOUT_FIELDS))
-            assignment, lease_value, pttl, layout_values = await pipe.execute()
+            pipe.hget(self.keys.handover, str(self.cluster_id))
+            assignment, lease_value, pttl, layout_values, handover = await pipe.execute()
         verdict = decide_ownership(
             assignment,
             lease_value,
@@ -75,6 +80,9 @@ class OwnershipChecker:
             layout=dict(zip(LAYOUT_FIELDS, layout_values, strict=True)),
             shard_ids=self.shard_ids,
             layout_key=self.keys.layout,
+            handover=handover,
+            successor=self.successor,
+            handover_key=self.keys.handover,
         )
         self.checks += 1
         verdict, self.undecided_since = bound_undecided(verdict, self.undecided_since, self.clock.monotonic(),

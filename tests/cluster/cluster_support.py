@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -134,3 +135,35 @@ async def running(client: ClusterMixin) -> AsyncIterator[asyncio.Task[None]]:
         await client.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, timeout=10)
+
+
+class AnsweringClient(ClusterShardClient):
+    """Answers ``!ping <n>`` with ``pong <n>`` and welcomes joins, like examples/bot.py; ``work`` seconds of
+    simulated work before each answer."""
+
+    def __init__(self, env: ClusterEnvironment, *, work: float = 0.0, **kwargs: Any) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True
+        intents.members = True
+        super().__init__(intents=intents, environment=env, chunk_guilds_at_startup=False, guild_ready_timeout=0.1,
+                         **kwargs)
+        self.work = work
+        self.handled = 0
+        #: monotonic times of the handled events
+        self.handled_at: list[float] = []
+
+    async def _handled(self) -> None:
+        self.handled += 1
+        self.handled_at.append(time.monotonic())
+        if self.work:
+            await asyncio.sleep(self.work)
+
+    async def on_message(self, message: discord.Message) -> None:
+        if message.content.startswith("!ping "):
+            await self._handled()
+            await message.reply("pong " + message.content.split()[1])
+
+    async def on_member_join(self, member: discord.Member) -> None:
+        await self._handled()
+        if member.guild.system_channel is not None:
+            await member.guild.system_channel.send(f"welcome {member.name}")

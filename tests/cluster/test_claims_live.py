@@ -5,39 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import discord
 import pytest
 import redis.asyncio as aioredis
-from cluster_support import KEYS, grant, lease_kept, make_env, running, write_layout
+from cluster_support import KEYS, AnsweringClient, grant, lease_kept, make_env, running, write_layout
 from helpers import wait_until
 
-from letsfrag.cluster import ClusterShardClient
-from letsfrag.environment import ClusterEnvironment
 from letsfrag.sim import Simulator
 
 EVENTS = 12
-
-
-class AnsweringClient(ClusterShardClient):
-    """Answers ``!ping <n>`` with ``pong <n>`` and welcomes joins, like examples/bot.py."""
-
-    def __init__(self, env: ClusterEnvironment, **kwargs: Any) -> None:
-        intents = discord.Intents.default()
-        intents.message_content = True
-        intents.members = True
-        super().__init__(intents=intents, environment=env, chunk_guilds_at_startup=False, guild_ready_timeout=0.1,
-                         **kwargs)
-        self.handled = 0
-
-    async def on_message(self, message: discord.Message) -> None:
-        if message.content.startswith("!ping "):
-            self.handled += 1
-            await message.reply("pong " + message.content.split()[1])
-
-    async def on_member_join(self, member: discord.Member) -> None:
-        self.handled += 1
-        if member.guild.system_channel is not None:
-            await member.guild.system_channel.send(f"welcome {member.name}")
 
 
 @pytest.mark.parametrize("claims", [True, False], ids=["claims", "control-without-claims"])
