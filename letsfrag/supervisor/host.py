@@ -354,7 +354,8 @@ class HostAgent:
             log.warning("host %s: could not set state %s: %s", self.host_id, state, exc)
 
     async def others_up(self) -> bool:
-        """Is there a leader broker and another host with a lease (someone who could take this host's clusters)?
+        """Is there a leader broker and another host with a lease that is neither leaving nor draining (someone
+        who could take this host's clusters)?
 
         False also when Redis cannot be asked: a leaving host then stops its clusters without waiting."""
         try:
@@ -365,7 +366,13 @@ class HostAgent:
                 hosts = [h for h in members if h != self.host_id]
                 if not hosts:
                     return False
-                return bool(await self.redis.exists(*[self.keys.lease(h) for h in hosts]))
+                pipe = self.redis.pipeline(transaction=False)
+                for host in hosts:
+                    pipe.exists(self.keys.lease(host))
+                    pipe.hget(self.keys.host(host), "state")
+                found = await pipe.execute()
+                return any(lease and state not in ("leaving", "draining")
+                           for lease, state in zip(found[::2], found[1::2], strict=True))
         except _REDIS_ERRORS as exc:
             log.warning("host %s: cannot ask Redis for other hosts: %s", self.host_id, exc)
             return False

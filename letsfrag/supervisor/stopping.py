@@ -145,14 +145,20 @@ class Stopper:
             m._event(Severity.INFO, "host_handing_off", f"host {m.host_id} is leaving: handing clusters {clusters} "
                      f"to other hosts (up to {timeout:g}s)", host=m.host_id)
             started = m.clock.monotonic()
+            others_up = True
 
             def verdict() -> LeaveVerdict:
                 return leave_verdict(now=m.clock.monotonic(), started=started, timeout=timeout,
                                      granted=len(m._desired), running=int(self._alive()),
-                                     blocked=agent.handoff_blocked, forced=self._forced.is_set())
+                                     blocked=agent.handoff_blocked, forced=self._forced.is_set(),
+                                     others_up=others_up)
 
-            await m.wait_for(lambda: verdict() is not LeaveVerdict.WAIT, timeout + 1.0)
-            result = verdict()
+            # every renewal interval: is someone still there to take the clusters (all hosts may be leaving)?
+            check = max(agent.heartbeat_interval, 0.5)
+            while (result := verdict()) is LeaveVerdict.WAIT:
+                await m.wait_for(lambda: verdict() is not LeaveVerdict.WAIT, check)
+                if verdict() is LeaveVerdict.WAIT:
+                    others_up = await agent.others_up()
         finally:
             self.handing_off = False
         left = sorted(cid for cid, r in m._records.items() if r.process is not None)
@@ -164,6 +170,8 @@ class Stopper:
             self._left_over(left, f"no other host has room ({agent.handoff_blocked})")
         elif result is LeaveVerdict.FORCED:
             self._left_over(left, "a second signal")
+        elif result is LeaveVerdict.ALONE:
+            self._left_over(left, "no broker or no other host is up any more")
         else:
             self._left_over(left, f"not handed over within limits.leave_timeout ({timeout:g}s)")
 

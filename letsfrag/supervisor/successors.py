@@ -112,20 +112,24 @@ class LeaveVerdict(StrEnum):
     BLOCKED = "blocked"    # the broker says no host has room (``handoff_blocked``)
     TIMED_OUT = "timed_out"  # ``limits.leave_timeout`` is over
     FORCED = "forced"      # a second signal: stop now
+    ALONE = "alone"        # no leader broker, or no other host that is up and not leaving, could take them
 
 
 def leave_verdict(*, now: float, started: float, timeout: float, granted: int, running: int,
-                  blocked: str | None, forced: bool) -> LeaveVerdict:
+                  blocked: str | None, forced: bool, others_up: bool = True) -> LeaveVerdict:
     """The verdict at ``now`` (monotonic seconds) of a leave that began at ``started``.
 
     ``granted``: clusters still granted here; ``running``: processes still running here (main, successor or
-    retiring); ``blocked``: the host record's ``handoff_blocked`` sentence, if any."""
+    retiring); ``blocked``: the host record's ``handoff_blocked`` sentence, if any; ``others_up``: a leader broker
+    and another host that is up (not leaving or draining) exist, as last checked."""
     if granted == 0 and running == 0:
         return LeaveVerdict.HANDED_OFF
     if forced:
         return LeaveVerdict.FORCED
     if blocked:
         return LeaveVerdict.BLOCKED
+    if not others_up:
+        return LeaveVerdict.ALONE
     if now - started >= timeout:
         return LeaveVerdict.TIMED_OUT
     return LeaveVerdict.WAIT

@@ -90,3 +90,13 @@ def test_leave_verdict(name: str, after: float, granted: int, running: int, bloc
     clock.advance(after)
     assert leave_verdict(now=clock.monotonic(), started=started, timeout=60.0, granted=granted, running=running,
                          blocked=blocked, forced=forced) is expected
+
+
+def test_leave_verdict_alone_when_nobody_can_take_the_clusters() -> None:
+    clock = FakeClock()
+    started = clock.monotonic()
+    clock.advance(3.0)
+    common = {"now": clock.monotonic(), "started": started, "timeout": 60.0, "blocked": None, "forced": False}
+    assert leave_verdict(**common, granted=1, running=1, others_up=False) is LeaveVerdict.ALONE
+    assert leave_verdict(**common, granted=0, running=0, others_up=False) is LeaveVerdict.HANDED_OFF
+    assert leave_verdict(**common, granted=1, running=1, others_up=True) is LeaveVerdict.WAIT

@@ -250,3 +250,21 @@ async def test_a_forced_close_does_not_wait_for_a_hand_off(
     await manager.close(force=True)  # what a second SIGTERM does
     await asyncio.wait_for(closing, 5)
     assert time.monotonic() - started < 5 and gone(pid)
+
+
+async def test_a_leaving_supervisor_stops_when_the_other_host_leaves_too(
+        redis_url: str, r: aioredis.Redis, tmp_path: Path, spy: BrokerSpy) -> None:
+    set_modes(tmp_path, default="well")
+    manager = ClusterManager(config(redis_url, tmp_path, limits={"leave_timeout": 30.0, "stop_timeout": 1.0}))
+    pid = await started_ready(manager, r)
+    await _others_up(r)
+    closing = asyncio.create_task(manager.close())
+    try:
+        await wait_until(lambda: spy.of("host_leave"), message="host_leave")
+        await r.hset(KEYS.host("h2"), "state", "leaving")  # type: ignore[misc]  # every host got SIGTERM
+        await asyncio.wait_for(closing, 10)
+        assert gone(pid)
+        events = [e for _, e in await r.xrange(KEYS.events)]
+        assert any(e["kind"] == "host_leave_stopping" and "no other host is up" in e["message"] for e in events)
+    finally:
+        await manager.close(force=True)
