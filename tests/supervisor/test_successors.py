@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +19,22 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from helpers import wait_until
-from support import HOST, KEYS, doorbell, gone, grant, host_config, revoke, set_modes, starts, write_layout
+from support import (
+    HOST,
+    KEYS,
+    doorbell,
+    gone,
+    grant,
+    host_config,
+    revoke,
+    set_modes,
+    start_supervisor,
+    starts,
+    status,
+    stub_program,
+    write_layout,
+    write_supervise_config,
+)
 
 from letsfrag.bus import Bus
 from letsfrag.handover import (
@@ -51,16 +68,16 @@ async def spy(redis_url: str) -> AsyncIterator[BrokerSpy]:
         yield result
 
 
-def config(redis_url: str, tmp_path: Path, **overrides: Any) -> Any:
+def config(redis_url: str, tmp_path: Path, *, launcher: str = "fork", **overrides: Any) -> Any:
     stub = tmp_path / "stub"
     env = {"STUB_DIR": str(stub), "STUB_MODE_FILE": str(stub / "modes.json"), "STUB_READY_DELAY": "0.6"}
-    return host_config(redis_url, tmp_path, bot={"env": env}, **overrides)
+    return host_config(redis_url, tmp_path, bot={**stub_program(launcher), "env": env}, **overrides)
 
 
 async def handover(r: aioredis.Redis, epoch: int, *, from_epoch: int, state: HandoverState = HandoverState.PREPARING,
-                   cluster: int = 0) -> None:
+                   cluster: int = 0, from_host: str = HOST) -> None:
     now = time.time()
-    record = HandoverRecord(cluster=cluster, host=HOST, epoch=epoch, from_host=HOST, from_epoch=from_epoch,
+    record = HandoverRecord(cluster=cluster, host=HOST, epoch=epoch, from_host=from_host, from_epoch=from_epoch,
                             reason="restart", state=state, started=now, deadline=now + 30)
     await r.hset(KEYS.handover, str(cluster), record.to_json())  # type: ignore[misc]
     await doorbell(r)
@@ -105,10 +122,11 @@ async def _state_is(r: aioredis.Redis, state: str) -> dict[int, Any] | None:
     return found if 0 in found and found[0].state == state else None
 
 
+@pytest.mark.parametrize("launcher", ["fork", "exec"])
 async def test_restart_in_place_promotes_the_successor_and_retires_the_old_process(
-        redis_url: str, r: aioredis.Redis, tmp_path: Path, spy: BrokerSpy) -> None:
+        redis_url: str, r: aioredis.Redis, tmp_path: Path, spy: BrokerSpy, launcher: str) -> None:
     set_modes(tmp_path, default="well")
-    manager = ClusterManager(config(redis_url, tmp_path))
+    manager = ClusterManager(config(redis_url, tmp_path, launcher=launcher))
     try:
         old = await started_ready(manager, r)
         new = await successor_ready(manager, r, spy, tmp_path)
@@ -136,6 +154,38 @@ async def test_restart_in_place_promotes_the_successor_and_retires_the_old_proce
         assert spy.of("cluster_stopped")[1]["epoch"] == 2
     finally:
         await manager.close()
+
+
+async def test_a_cluster_handed_over_from_another_host_becomes_this_hosts(
+        redis_url: str, r: aioredis.Redis, tmp_path: Path, spy: BrokerSpy) -> None:
+    set_modes(tmp_path, default="well")
+    manager = ClusterManager(config(redis_url, tmp_path))
+    try:
+        await started_ready(manager, r)
+        await r.hset(KEYS.assignment, "1", json.dumps({"host": "h0", "epoch": 3}))  # type: ignore[misc]
+        await handover(r, 4, from_epoch=3, cluster=1, from_host="h0")
+        ready = await wait_until(lambda: _reported(r, 1, "ready"), message="the successor of cluster 1 ready")
+        assert 1 not in manager.clusters  # not this host's cluster before the switch
+        await r.hset(KEYS.assignment, "1", json.dumps({"host": HOST, "epoch": 4}))  # type: ignore[misc]
+        await handover(r, 4, from_epoch=3, cluster=1, from_host="h0", state=HandoverState.SWITCHED)
+        await wait_until(lambda: 1 in manager.clusters and manager.clusters[1].state is ClusterState.READY,
+                         message="cluster 1 READY here")
+        view = manager.clusters[1]
+        assert view.pid == ready[1].pid and view.epoch == 4 and view.shard_ids == (1,)
+        await wait_until(lambda: _running(r, {"0": 1, "1": 4}), message="running lists cluster 1")
+        assert spy.of("cluster_stopped") == []  # the source host confirms its own stop
+        assert len(starts(tmp_path, 1)) == 1
+    finally:
+        await manager.close()
+
+
+async def _reported(r: aioredis.Redis, cluster: int, state: str) -> dict[int, Any] | None:
+    found = await reports(r)
+    return found if cluster in found and found[cluster].state == state else None
+
+
+async def _running(r: aioredis.Redis, expected: dict[str, int]) -> bool:
+    return json.loads(await r.hget(KEYS.host(HOST), "running") or "{}") == expected  # type: ignore[misc]
 
 
 async def test_record_deleted_before_the_switch_stops_the_successor(
@@ -268,3 +318,60 @@ async def test_a_leaving_supervisor_stops_when_the_other_host_leaves_too(
         assert any(e["kind"] == "host_leave_stopping" and "no other host is up" in e["message"] for e in events)
     finally:
         await manager.close(force=True)
+
+
+async def _supervise_until_handing_off(redis_url: str, r: aioredis.Redis, tmp_path: Path,
+                                       spy: BrokerSpy) -> tuple[subprocess.Popen[bytes], int]:
+    """``letsfrag supervise`` with cluster 0 READY, another host up, then SIGTERM: it asked to hand off."""
+    set_modes(tmp_path, default="well")
+    config = write_supervise_config(redis_url, tmp_path, leave_timeout="30s")
+    await write_layout(r)
+    await grant(r, 0, epoch=1)
+    proc = start_supervisor(config)
+    st = await wait_until(lambda: _ready_status(r), timeout=15, message="cluster 0 ready")
+    await _others_up(r)
+    proc.send_signal(signal.SIGTERM)
+    await wait_until(lambda: spy.of("host_leave"), message="host_leave")
+    assert spy.of("host_leave")[0]["hand_off"] is True
+    return proc, int(st["pid"])
+
+
+async def _ready_status(r: aioredis.Redis) -> dict[str, str] | None:
+    st = await status(r, 0)
+    return st if st.get("state") == "ready" and st.get("pid") else None
+
+
+async def test_sigterm_keeps_serving_until_the_grants_go(
+        redis_url: str, r: aioredis.Redis, tmp_path: Path, spy: BrokerSpy) -> None:
+    proc, pid = await _supervise_until_handing_off(redis_url, r, tmp_path, spy)
+    try:
+        renewed = await r.hget(KEYS.host(HOST), "heartbeat_at")  # type: ignore[misc]
+        await wait_until(lambda: _renewed_after(r, renewed), message="a renewal while leaving")
+        assert proc.poll() is None and not gone(pid)
+        await revoke(r, 0)
+        await wait_until(lambda: proc.poll() is not None, timeout=10, message="the supervisor exited")
+        assert proc.returncode == 0 and gone(pid)
+        assert spy.of("cluster_stopped") == [{"host": HOST, "cluster": 0, "epoch": 1}]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def _renewed_after(r: aioredis.Redis, before: str | None) -> bool:
+    return await r.hget(KEYS.host(HOST), "heartbeat_at") != before  # type: ignore[misc,no-any-return]
+
+
+async def test_a_second_sigterm_stops_at_once(
+        redis_url: str, r: aioredis.Redis, tmp_path: Path, spy: BrokerSpy) -> None:
+    proc, pid = await _supervise_until_handing_off(redis_url, r, tmp_path, spy)
+    try:
+        assert proc.poll() is None
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        await wait_until(lambda: proc.poll() is not None, timeout=10, message="the supervisor exited")
+        assert time.monotonic() - started < 8 and gone(pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
