@@ -354,14 +354,12 @@ class HostAgent:
             log.warning("host %s: could not set state %s: %s", self.host_id, state, exc)
 
     async def others_up(self) -> bool:
-        """Is there a leader broker and another host with a lease that is neither leaving nor draining (someone
-        who could take this host's clusters)?
+        """Is there another host with a lease that is neither leaving nor draining (someone who could take this
+        host's clusters)?
 
         False also when Redis cannot be asked: a leaving host then stops its clusters without waiting."""
         try:
             async with asyncio.timeout(2.0):
-                if not await self.redis.exists(self.keys.leader):
-                    return False
                 members: set[str] = await self.redis.smembers(self.keys.hosts)  # type: ignore[misc,assignment]
                 hosts = [h for h in members if h != self.host_id]
                 if not hosts:
@@ -377,12 +375,12 @@ class HostAgent:
             log.warning("host %s: cannot ask Redis for other hosts: %s", self.host_id, exc)
             return False
 
-    async def ask_to_leave(self) -> bool:
+    async def ask_to_leave(self) -> str | None:
         """Ask the broker to hand this host's clusters to other hosts: ``state: leaving`` (the lease stays) and
-        ``host_leave`` with ``hand_off: true``; each renewal then reads ``handoff_blocked``. False when Redis
-        could not be told."""
+        ``host_leave`` with ``hand_off: true``; each renewal then reads ``handoff_blocked``. Returns why that
+        cannot work (Redis unavailable, no broker listening), None when asked."""
         if not self.registered:
-            return False
+            return "not registered"
         self.leaving = True
         self.handoff_blocked = None
         try:
@@ -391,13 +389,15 @@ class HostAgent:
                 pipe.hset(self.keys.host(self.host_id), "state", "leaving")
                 pipe.hdel(self.keys.host(self.host_id), HANDOFF_BLOCKED_FIELD)
                 await pipe.execute()
-                await self.bus.publish(self.keys.broker_inbox, MessageType.HOST_LEAVE,
-                                       {"host": self.host_id, "incarnation": self.incarnation, "hand_off": True})
+                brokers = await self.bus.publish(self.keys.broker_inbox, MessageType.HOST_LEAVE, {
+                    "host": self.host_id, "incarnation": self.incarnation, "hand_off": True})
         except _REDIS_ERRORS as exc:
             log.warning("host %s: could not ask the broker to hand its clusters away: %s", self.host_id, exc)
-            return False
+            return f"Redis unavailable ({type(exc).__name__})"
+        if not brokers:
+            return "no broker is running"
         self.poke()
-        return True
+        return None
 
     async def leave(self) -> None:
         """Clean exit: record shows nothing running, lease removed, ``host_leave`` published."""

@@ -1,8 +1,8 @@
 """Stopping for ``ClusterManager``: one cluster's stop sequence, and the host's shutdown.
 
 :meth:`Stopper.begin_stop` runs inside the manager's decision loop (restart, revoke, fence, hang, memory and
-shutdown all stop a cluster through it). :meth:`Stopper.close` is the graceful leave: first, when a broker and
-another host are up, ask the broker to hand this host's clusters elsewhere (``host_leave`` with ``hand_off``)
+shutdown all stop a cluster through it). :meth:`Stopper.close` is the graceful leave: first, when another host is
+up and a broker listens, ask the broker to hand this host's clusters elsewhere (``host_leave`` with ``hand_off``)
 and wait until nothing is granted or runs here, the broker says no host has room (``handoff_blocked``) or
 ``limits.leave_timeout`` is over (:func:`letsfrag.supervisor.successors.leave_verdict`); then mark the host
 ``leaving``, stop every cluster left through the loop, wait for them (killing what outlives the limit), cancel
@@ -135,12 +135,12 @@ class Stopper:
             return
         clusters = sorted(cid for cid, r in m._records.items() if r.process is not None)
         if not await agent.others_up():
-            self._left_over(clusters, "no broker or no other host is up", Severity.INFO)
+            self._left_over(clusters, "no other host is up", Severity.INFO)
             return
         self.handing_off = True
         try:
-            if not await agent.ask_to_leave():
-                self._left_over(clusters, "the broker could not be asked")
+            if (problem := await agent.ask_to_leave()) is not None:
+                self._left_over(clusters, f"cannot ask the broker to hand them over: {problem}")
                 return
             m._event(Severity.INFO, "host_handing_off", f"host {m.host_id} is leaving: handing clusters {clusters} "
                      f"to other hosts (up to {timeout:g}s)", host=m.host_id)
@@ -171,7 +171,7 @@ class Stopper:
         elif result is LeaveVerdict.FORCED:
             self._left_over(left, "a second signal")
         elif result is LeaveVerdict.ALONE:
-            self._left_over(left, "no broker or no other host is up any more")
+            self._left_over(left, "no other host is up any more")
         else:
             self._left_over(left, f"not handed over within limits.leave_timeout ({timeout:g}s)")
 

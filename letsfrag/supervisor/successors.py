@@ -112,7 +112,7 @@ class LeaveVerdict(StrEnum):
     BLOCKED = "blocked"    # the broker says no host has room (``handoff_blocked``)
     TIMED_OUT = "timed_out"  # ``limits.leave_timeout`` is over
     FORCED = "forced"      # a second signal: stop now
-    ALONE = "alone"        # no leader broker, or no other host that is up and not leaving, could take them
+    ALONE = "alone"        # no other host that is up (not leaving or draining) could take them
 
 
 def leave_verdict(*, now: float, started: float, timeout: float, granted: int, running: int,
@@ -120,8 +120,8 @@ def leave_verdict(*, now: float, started: float, timeout: float, granted: int, r
     """The verdict at ``now`` (monotonic seconds) of a leave that began at ``started``.
 
     ``granted``: clusters still granted here; ``running``: processes still running here (main, successor or
-    retiring); ``blocked``: the host record's ``handoff_blocked`` sentence, if any; ``others_up``: a leader broker
-    and another host that is up (not leaving or draining) exist, as last checked."""
+    retiring); ``blocked``: the host record's ``handoff_blocked`` sentence, if any; ``others_up``: another host
+    that is up (not leaving or draining) exists, as last checked."""
     if granted == 0 and running == 0:
         return LeaveVerdict.HANDED_OFF
     if forced:

@@ -234,8 +234,7 @@ async def test_a_successor_that_exits_early_is_reported_failed(
 
 
 async def _others_up(r: aioredis.Redis) -> None:
-    """Another host and a leader broker are up (the test plays both)."""
-    await r.set(KEYS.leader, "broker:test", px=60_000)
+    """Another host is up (the test plays the broker: its spy listens on the broker inbox)."""
     await r.sadd(KEYS.hosts, "h2")  # type: ignore[misc]
     await r.set(KEYS.lease("h2"), "x", px=60_000)
 
@@ -289,7 +288,7 @@ async def test_a_leaving_supervisor_stops_at_once_when_no_host_has_room(
 
 
 async def test_a_forced_close_does_not_wait_for_a_hand_off(
-        redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
+        redis_url: str, r: aioredis.Redis, tmp_path: Path, spy: BrokerSpy) -> None:
     set_modes(tmp_path, default="well")
     manager = ClusterManager(config(redis_url, tmp_path, limits={"leave_timeout": 30.0, "stop_timeout": 1.0}))
     pid = await started_ready(manager, r)
@@ -300,6 +299,18 @@ async def test_a_forced_close_does_not_wait_for_a_hand_off(
     await manager.close(force=True)  # what a second SIGTERM does
     await asyncio.wait_for(closing, 5)
     assert time.monotonic() - started < 5 and gone(pid)
+
+
+async def test_no_hand_off_without_a_broker_listening(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
+    set_modes(tmp_path, default="well")
+    manager = ClusterManager(config(redis_url, tmp_path, limits={"leave_timeout": 30.0, "stop_timeout": 1.0}))
+    pid = await started_ready(manager, r)
+    await _others_up(r)
+    started = time.monotonic()
+    await manager.close()
+    assert time.monotonic() - started < 8 and gone(pid)
+    events = [e for _, e in await r.xrange(KEYS.events)]
+    assert any(e["kind"] == "host_leave_stopping" and "no broker is running" in e["message"] for e in events)
 
 
 async def test_a_leaving_supervisor_stops_when_the_other_host_leaves_too(
@@ -375,3 +386,27 @@ async def test_a_second_sigterm_stops_at_once(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_a_bad_handover_record_is_reported_once_and_ignored(
+        redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
+    set_modes(tmp_path, default="well")
+    manager = ClusterManager(config(redis_url, tmp_path))
+    try:
+        pid = await started_ready(manager, r)
+        await r.hset(KEYS.handover, "0", "{not json")  # type: ignore[misc]
+        await doorbell(r)
+        await wait_until(lambda: _invalid(r), message="redis_value_invalid")
+        renewals = manager.agent.renewals if manager.agent else 0
+        await wait_until(lambda: manager.agent is not None and manager.agent.renewals >= renewals + 3,
+                         message="renewals")
+        await doorbell(r)
+        events = await _invalid(r)
+        assert len(events) == 1 and events[0]["key"] == KEYS.handover and "is not JSON" in events[0]["message"]
+        assert await reports(r) == {} and manager.clusters[0].pid == pid
+    finally:
+        await manager.close()
+
+
+async def _invalid(r: aioredis.Redis) -> list[dict[str, str]]:
+    return [e for _, e in await r.xrange(KEYS.events) if e["kind"] == "redis_value_invalid"]
