@@ -127,12 +127,15 @@ class Handovers:
 
     def stop_all(self, reason: str, *, timeout: float | None = None) -> None:
         """Stop every successor (shutdown, fencing); failed reports are dropped."""
+        dropped = False
         for successor in list(self.successors.values()):
             if successor.process is None:
                 del self.successors[successor.cluster_id]
+                dropped = True
             else:
                 self.stop(successor, reason, timeout=timeout)
-        self._publish()
+        if dropped:
+            self._publish()
 
     def kill_all(self) -> None:
         for process in self.processes():
