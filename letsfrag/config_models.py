@@ -218,6 +218,9 @@ class LimitsSettings(StrictModel):
     max_memory: Size | None = Field(default=None, description="restart when RSS is above this on 3 samples in a row")
     hang_timeout: Duration = Field(default=30.0, gt=0, description="restart when the event loop sent no heartbeat")
     stop_timeout: Duration = Field(default=10.0, gt=0, description="wait after a stop request before SIGTERM/SIGKILL")
+    leave_timeout: Duration = Field(
+        default=60.0, ge=0, description="on SIGTERM, wait up to this long for the broker to hand this host's "
+        "clusters to other hosts before stopping what is left (0: stop at once)")
 
 
 class LogsSettings(StrictModel):

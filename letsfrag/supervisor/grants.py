@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from letsfrag.events import Severity
+from letsfrag.handover import HandoverRecord
 from letsfrag.protocol import MessageType
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.host import Layout
@@ -32,8 +33,10 @@ class Grants:
         self.m = manager
         self._refused: tuple[int, int] | None = None
 
-    async def apply(self, layout: Layout, grants: dict[int, int]) -> None:
-        """Take the grants read from Redis (``{cluster id: epoch}`` naming this host) and reconcile."""
+    async def apply(self, layout: Layout, grants: dict[int, int],
+                    handovers: dict[int, HandoverRecord] | None = None) -> None:
+        """Take the grants read from Redis (``{cluster id: epoch}`` naming this host) and the handover records,
+        carry out the handovers (spawn, promote or roll back successors), then reconcile."""
         if self.m._closing:
             return
         layout = self._keep_geometry(layout)
@@ -42,7 +45,10 @@ class Grants:
         for cid in grants.keys() - valid.keys():
             log.warning("cluster %d is granted to this host but is outside the layout; ignored", cid)
         self.m._desired = valid
+        # before the reconcile: a grant naming a successor's epoch promotes it (nothing new is spawned for it)
+        await self.m.handovers.apply(handovers or {}, valid)
         await self.reconcile()
+        self.m._pulse()
 
     def _keep_geometry(self, layout: Layout) -> Layout:
         """A layout that changes the shard ranges while clusters run here is refused (the last one stays):
@@ -130,6 +136,7 @@ class Grants:
         self.m._desired = {}
         hb = self.m._layout.heartbeat_interval if self.m._layout else 1.0
         budget = max(hb, 1.0) / 2
+        self.m.handovers.stop_all(f"fenced: {reason}", timeout=min(self.m.config.limits.stop_timeout, budget))
         for record in self.m._records.values():
             record.done_epoch = None
             if record.process is not None:

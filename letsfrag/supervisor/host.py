@@ -23,6 +23,7 @@ from letsfrag import __version__
 from letsfrag.bus import Bus
 from letsfrag.clock import Clock
 from letsfrag.errors import BusError, RecordError
+from letsfrag.handover import HANDOFF_BLOCKED_FIELD, SUCCESSORS_FIELD, HandoverRecord
 from letsfrag.protocol import MessageType
 from letsfrag.records import LayoutRecord as Layout
 
@@ -56,7 +57,8 @@ def fence_after(lease_ttl: float, heartbeat_interval: float) -> float:
     return max(lease_ttl - max(heartbeat_interval, 1.0), 0.0)
 
 
-GrantsCallback = Callable[[Layout, dict[int, int]], None]
+#: ``(layout, grants, handover records naming this host)``
+GrantsCallback = Callable[[Layout, dict[int, int], dict[int, HandoverRecord]], None]
 BadValueCallback = Callable[[RecordError], None]
 
 
@@ -102,6 +104,12 @@ class HostAgent:
         self.last_renewal: float | None = None  # monotonic, when the last successful renewal was sent
         self.renewals = 0
         self._poke = asyncio.Event()
+        #: set while this host hands its clusters away (SIGTERM): each renewal also reads ``handoff_blocked``
+        self.leaving = False
+        #: the broker's ``handoff_blocked`` sentence (no other host has room), read while leaving
+        self.handoff_blocked: str | None = None
+        #: problems of ``{ns}:handover`` fields last reported (each distinct one once, while it lasts)
+        self._handover_problems: set[str] = set()
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -187,8 +195,9 @@ class HostAgent:
             return None
         return self.last_renewal + fence_after(self.lease_ttl, self.heartbeat_interval)
 
-    async def _heartbeat(self) -> tuple[dict[str, str], dict[str, str]]:
-        """Renew the lease and the record; return the layout and assignment hashes read in the same trip."""
+    async def _heartbeat(self) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        """Renew the lease and the record; return the layout, assignment and handover hashes read in the same
+        trip (and, while leaving, note the record's ``handoff_blocked``)."""
         key = self.keys.host(self.host_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.keys.lease(self.host_id), self.incarnation, px=int(self.lease_ttl * 1000))
@@ -200,10 +209,15 @@ class HostAgent:
         pipe.hgetall(self.keys.layout)
         pipe.hgetall(self.keys.assignment)
         pipe.time()
+        pipe.hgetall(self.keys.handover)
+        if self.leaving:
+            pipe.hget(key, HANDOFF_BLOCKED_FIELD)
         before = self.clock.time()
         results = await pipe.execute()
         self._measure_offset(before, self.clock.time(), results[6])
-        return results[4], results[5]
+        if self.leaving:
+            self.handoff_blocked = results[8] or None
+        return results[4], results[5], results[7]
 
     def _measure_offset(self, before: float, after: float, redis_time: Any) -> None:
         """This host's clock minus Redis ``TIME`` (the midpoint of the round trip against the server's clock)."""
@@ -224,7 +238,20 @@ class HostAgent:
         if self._on_bad_value is not None:
             self._on_bad_value(exc)
 
-    def _deliver(self, layout_hash: Mapping[str, str], assignment: Mapping[str, str]) -> None:
+    def _handovers(self, data: Mapping[str, str]) -> dict[int, HandoverRecord]:
+        """The readable handover records naming this host; each new problem of a field is reported once."""
+        records, problems = HandoverRecord.parse_all(data, key=self.keys.handover)
+        texts = {str(problem) for problem in problems}
+        for problem in problems:
+            if str(problem) not in self._handover_problems:
+                log.error("host %s: ignoring a bad handover record: %s", self.host_id, problem)
+                if self._on_bad_value is not None:
+                    self._on_bad_value(problem)
+        self._handover_problems = texts
+        return {cid: record for cid, record in records.items() if record.host == self.host_id}
+
+    def _deliver(self, layout_hash: Mapping[str, str], assignment: Mapping[str, str],
+                 handover: Mapping[str, str]) -> None:
         if self.fenced or not self.registered:
             return
         if not layout_hash:
@@ -247,7 +274,7 @@ class HostAgent:
             # missing from the assignment is not a revoke yet
             grants = {**{c: e for c, e in self.last_grants.items() if str(c) not in assignment}, **grants}
         self.last_grants = grants
-        self._on_grants(self.layout, grants)
+        self._on_grants(self.layout, grants, self._handovers(handover))
 
     async def run(self) -> None:
         """The lease loop: renew every heartbeat interval, fence when renewals fail too long, re-register."""
@@ -291,7 +318,7 @@ class HostAgent:
         budget = self.heartbeat_interval if deadline is None else min(self.heartbeat_interval, deadline - sent)
         try:
             async with asyncio.timeout(max(budget, 0.05)):
-                layout_hash, assignment = await self._heartbeat()
+                layout_hash, assignment, handover = await self._heartbeat()
         except _REDIS_ERRORS as exc:
             if isinstance(exc, ResponseError) and str(exc) not in self._refusals:
                 # not an outage: Redis answered and said no (an ACL without a command the renewal needs, ...)
@@ -303,15 +330,20 @@ class HostAgent:
             return
         self.last_renewal = sent
         self.renewals += 1
-        self._deliver(layout_hash, assignment)
+        self._deliver(layout_hash, assignment, handover)
 
     async def _read_grants(self) -> None:
         async with asyncio.timeout(max(self.heartbeat_interval, 1.0)):
             pipe = self.redis.pipeline(transaction=False)
             pipe.hgetall(self.keys.layout)
             pipe.hgetall(self.keys.assignment)
-            layout_hash, assignment = await pipe.execute()
-        self._deliver(layout_hash, assignment)
+            pipe.hgetall(self.keys.handover)
+            if self.leaving:
+                pipe.hget(self.keys.host(self.host_id), HANDOFF_BLOCKED_FIELD)
+            results = await pipe.execute()
+        if self.leaving:
+            self.handoff_blocked = results[3] or None
+        self._deliver(results[0], results[1], results[2])
 
     async def set_state(self, state: str) -> None:
         """Write the record's ``state`` (``leaving`` on shutdown); errors are logged, not raised."""
@@ -321,6 +353,52 @@ class HostAgent:
         except _REDIS_ERRORS as exc:
             log.warning("host %s: could not set state %s: %s", self.host_id, state, exc)
 
+    async def others_up(self) -> bool:
+        """Is there another host with a lease that is neither leaving nor draining (someone who could take this
+        host's clusters)?
+
+        False also when Redis cannot be asked: a leaving host then stops its clusters without waiting."""
+        try:
+            async with asyncio.timeout(2.0):
+                members: set[str] = await self.redis.smembers(self.keys.hosts)  # type: ignore[misc,assignment]
+                hosts = [h for h in members if h != self.host_id]
+                if not hosts:
+                    return False
+                pipe = self.redis.pipeline(transaction=False)
+                for host in hosts:
+                    pipe.exists(self.keys.lease(host))
+                    pipe.hget(self.keys.host(host), "state")
+                found = await pipe.execute()
+                return any(lease and state not in ("leaving", "draining")
+                           for lease, state in zip(found[::2], found[1::2], strict=True))
+        except _REDIS_ERRORS as exc:
+            log.warning("host %s: cannot ask Redis for other hosts: %s", self.host_id, exc)
+            return False
+
+    async def ask_to_leave(self) -> str | None:
+        """Ask the broker to hand this host's clusters to other hosts: ``state: leaving`` (the lease stays) and
+        ``host_leave`` with ``hand_off: true``; each renewal then reads ``handoff_blocked``. Returns why that
+        cannot work (Redis unavailable, no broker listening), None when asked."""
+        if not self.registered:
+            return "not registered"
+        self.leaving = True
+        self.handoff_blocked = None
+        try:
+            async with asyncio.timeout(2.0):
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.hset(self.keys.host(self.host_id), "state", "leaving")
+                pipe.hdel(self.keys.host(self.host_id), HANDOFF_BLOCKED_FIELD)
+                await pipe.execute()
+                brokers = await self.bus.publish(self.keys.broker_inbox, MessageType.HOST_LEAVE, {
+                    "host": self.host_id, "incarnation": self.incarnation, "hand_off": True})
+        except _REDIS_ERRORS as exc:
+            log.warning("host %s: could not ask the broker to hand its clusters away: %s", self.host_id, exc)
+            return f"Redis unavailable ({type(exc).__name__})"
+        if not brokers:
+            return "no broker is running"
+        self.poke()
+        return None
+
     async def leave(self) -> None:
         """Clean exit: record shows nothing running, lease removed, ``host_leave`` published."""
         if not self.registered:
@@ -328,8 +406,9 @@ class HostAgent:
         try:
             async with asyncio.timeout(2.0):
                 pipe = self.redis.pipeline(transaction=True)
-                pipe.hset(self.keys.host(self.host_id), mapping={"running": "{}", "state": "leaving",
-                                                                 "heartbeat_at": f"{self.clock.time():.3f}"})
+                pipe.hset(self.keys.host(self.host_id), mapping={
+                    "running": "{}", SUCCESSORS_FIELD: "{}", "state": "leaving",
+                    "heartbeat_at": f"{self.clock.time():.3f}"})
                 pipe.delete(self.keys.lease(self.host_id))
                 await pipe.execute()
                 await self.bus.publish(self.keys.broker_inbox, MessageType.HOST_LEAVE,

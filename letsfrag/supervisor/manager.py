@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import json
 import logging
 import random
@@ -25,6 +26,7 @@ from letsfrag.clock import Clock, SystemClock
 from letsfrag.config import HostConfig
 from letsfrag.errors import BusError, RecordError
 from letsfrag.events import Severity
+from letsfrag.handover import SUCCESSORS_FIELD, HandoverRecord
 from letsfrag.logs import set_log_context
 from letsfrag.loops import supervised
 from letsfrag.metrics import MetricsServer, start_metrics
@@ -32,6 +34,7 @@ from letsfrag.protocol import Envelope, MessageType
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.commands import CommandHandler
 from letsfrag.supervisor.grants import Grants
+from letsfrag.supervisor.handoff import Handovers
 from letsfrag.supervisor.host import HostAgent, Layout
 from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, register_config_secrets
 from letsfrag.supervisor.logfile import ClusterLog, log_path
@@ -81,6 +84,8 @@ class ClusterManager:
         self.handle_signals = handle_signals
         self._rng = rng or random.Random()
         self._records: dict[int, ClusterRecord] = {}
+        #: process tokens: unique per spawned process (main or successor), so late events find their process
+        self._tokens = itertools.count(1)
         self._desired: dict[int, int] = {}
         self._layout: Layout | None = None
         self._logs: dict[int, ClusterLog] = {}
@@ -108,6 +113,8 @@ class ClusterManager:
         self.reactions = Reactions(self)
         self.grants = Grants(self)
         self.stopper = Stopper(self)
+        #: successors and retiring processes of planned handovers (one home, apart from the records)
+        self.handovers = Handovers(self)
         self.argv = build_argv(config)
         #: the pre-fork launcher (``bot.launcher: fork``), None when every cluster is exec'd
         self.launcher: Launcher | None = Launcher() if launcher_mode(config) == "fork" else None
@@ -287,6 +294,11 @@ class ClusterManager:
             if item.future is not None and not item.future.done():
                 item.future.set_result(result)
             return
+        if isinstance(item, IpcMessage | ProcessExited) and self.handovers.owns(item.cluster_id, item.token):
+            self.handovers.on_item(item)
+            if isinstance(item, ProcessExited) and self.publisher is not None:
+                self.publisher.host_fields({"running": self._running_json()})
+            return
         record = self._records.get(item.cluster_id)
         if record is None or record.token != item.token:
             return  # a late event of a process that was replaced
@@ -359,12 +371,13 @@ class ClusterManager:
 
     def _record_fields(self) -> dict[str, str]:
         return {"cpu_percent": f"{self.host_cpu:.1f}", "rss": str(self.host_rss), "running": self._running_json(),
-                "log_write_errors": str(sum(log_file.write_errors for log_file in self._logs.values()))}
+                "log_write_errors": str(sum(log_file.write_errors for log_file in self._logs.values())),
+                SUCCESSORS_FIELD: self.handovers.field_value()}
 
     # ------------------------------------------------------------------------------------------ grants
 
-    def _on_grants(self, layout: Layout, grants: dict[int, int]) -> None:
-        self._queue.put_nowait(Call(lambda: self.grants.apply(layout, grants)))
+    def _on_grants(self, layout: Layout, grants: dict[int, int], handovers: dict[int, HandoverRecord]) -> None:
+        self._queue.put_nowait(Call(lambda: self.grants.apply(layout, grants, handovers)))
 
     def _on_fence(self, reason: str) -> None:
         self._queue.put_nowait(Call(lambda: self.grants.fence_all(reason)))
@@ -386,13 +399,14 @@ class ClusterManager:
             self._logs[cluster_id] = log_file
         return log_file
 
-    async def _spawn(self, record: ClusterRecord, epoch: int | None = None) -> None:
-        assert self._layout is not None and self.agent is not None
+    def _next_token(self) -> int:
+        return next(self._tokens)
+
+    def _begin_run(self, record: ClusterRecord, *, epoch: int | None = None, token: int | None = None) -> None:
+        """A new run of ``record`` (a spawn, or a promoted successor): a new token, the per-run fields cleared."""
         if epoch is not None:
             record.epoch = epoch
-        assert record.epoch is not None
-        layout = self._layout
-        record.token += 1
+        record.token = self._next_token() if token is None else token
         record.spawns += 1
         if record.spawns > 1 and record.state is not ClusterState.PENDING:
             record.restarts += 1
@@ -401,25 +415,43 @@ class ClusterManager:
             setattr(record, name, None)
         record.hang_signalled = False
         record.memory.reset()
+
+    async def _launch(self, cluster_id: int, shard_ids: tuple[int, ...], epoch: int, token: int, *,
+                      handover: bool = False) -> ClusterProcess:
+        """Start one process of ``cluster_id`` (a cluster, or with ``handover`` a successor); raises ``OSError``."""
+        assert self._layout is not None and self.agent is not None
+        layout = self._layout
         environment = cluster_environment(
-            self.config, cluster_id=record.cluster_id, shard_ids=record.shard_ids, shard_count=layout.shard_count,
-            host_id=self.host_id, incarnation=self.agent.incarnation, epoch=record.epoch,
+            self.config, cluster_id=cluster_id, shard_ids=shard_ids, shard_count=layout.shard_count,
+            host_id=self.host_id, incarnation=self.agent.incarnation, epoch=epoch,
             heartbeat_interval=layout.heartbeat_interval, lease_ttl=layout.lease_ttl,
             max_concurrency=layout.max_concurrency, identify_window=layout.identify_window,
-            broker_allows_eval=layout.allow_eval)
+            broker_allows_eval=layout.allow_eval, handover=handover)
         process = ClusterProcess(
-            record.cluster_id, record.token, argv=self.argv, cwd=self.config.bot.cwd,
+            cluster_id, token, argv=self.argv, cwd=self.config.bot.cwd,
             env_for_fd=lambda fd: build_env(self.config, environment, fd),
-            log_file=self._log_for(record.cluster_id), sink=self._queue.put_nowait, launcher=self.launcher,
+            log_file=self._log_for(cluster_id), sink=self._queue.put_nowait, launcher=self.launcher,
             module=self.config.bot.module)
-        record.started_at = self.clock.time()
-        record.started_mono = self.clock.monotonic()
         try:
             await process.start()
         except OSError as exc:
-            program = f"module {process.module}" if self.launcher is not None else self.argv[0]
-            self._log_for(record.cluster_id).note(f"cannot start {program}: {exc}")
-            record.last_error = f"cannot start {program}: {exc}"
+            self._log_for(cluster_id).note(f"cannot start {self._program()}: {exc}")
+            raise
+        return process
+
+    def _program(self) -> str:
+        """What is started for a cluster, for messages: ``module <name>`` (forked) or the command."""
+        return f"module {self.config.bot.module}" if self.launcher is not None else self.argv[0]
+
+    async def _spawn(self, record: ClusterRecord, epoch: int | None = None) -> None:
+        self._begin_run(record, epoch=epoch)
+        assert record.epoch is not None
+        record.started_at = self.clock.time()
+        record.started_mono = self.clock.monotonic()
+        try:
+            process = await self._launch(record.cluster_id, record.shard_ids, record.epoch, record.token)
+        except OSError as exc:
+            record.last_error = f"cannot start {self._program()}: {exc}"
             self.reactions._decide(record, policy.ExitInfo(code=127, signal=None), cause=f"cannot start: {exc}")
             return
         record.process = process  # recorded before anything is written about it (a log write may fail)

@@ -124,9 +124,7 @@ class Reactions:
             self.m._event(Severity.WARNING, "cluster_leftovers",
                         f"cluster {record.cluster_id}: killed {len(leftovers)} leftover process(es) {leftovers}",
                         cluster=record.cluster_id)
-        confirm = asyncio.ensure_future(self._confirm_gone(process))
-        self.m._confirming.add(confirm)
-        confirm.add_done_callback(self.m._confirming.discard)
+        self.confirm_gone_later(process)
         info = policy.ExitInfo.from_returncode(returncode, fatal_reason=record.fatal_reason)
         record.exit_code, record.exit_signal = info.code, info.signal
         record.cpu_percent, record.rss, record.threads, record.pss, record.uss = 0.0, 0, 0, 0, 0
@@ -198,6 +196,12 @@ class Reactions:
         else:
             record.done_epoch = record.epoch
             self.m._set_state(record, ClusterState.STOPPED, decision.reason)
+
+    def confirm_gone_later(self, process: ClusterProcess) -> None:
+        """After an exit: make sure, in the background, that nothing of the process tree is left (close awaits it)."""
+        confirm = asyncio.ensure_future(self._confirm_gone(process))
+        self.m._confirming.add(confirm)
+        confirm.add_done_callback(self.m._confirming.discard)
 
     async def _confirm_gone(self, process: ClusterProcess) -> None:
         """Make sure nothing of an ended cluster is left (kill again what is still there)."""
@@ -292,7 +296,8 @@ class Reactions:
                 self.m._begin_stop(record, StopIntent.MEMORY, cause, cause=cause)
         self.m.host_cpu, self.m.host_rss = total_cpu, total_rss
         if self.m.launcher is not None:  # a subreaper inherits the orphans of its clusters' trees
-            self.m.launcher.reap_strays({r.process.pid for r in self.m._records.values() if r.process is not None})
+            keep = {r.process.pid for r in self.m._records.values() if r.process is not None}
+            self.m.launcher.reap_strays(keep | {p.pid for p in self.m.handovers.processes()})
 
 
 def _last_line(text: str) -> str:

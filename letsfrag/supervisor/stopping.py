@@ -1,10 +1,13 @@
 """Stopping for ``ClusterManager``: one cluster's stop sequence, and the host's shutdown.
 
 :meth:`Stopper.begin_stop` runs inside the manager's decision loop (restart, revoke, fence, hang, memory and
-shutdown all stop a cluster through it). :meth:`Stopper.close` is the graceful leave: mark the host
-``leaving``, stop every cluster through the loop, wait for them (killing what outlives the limit), cancel the
-lease, publish the last changes and leave the host set. SIGTERM/SIGINT start that close; a second one kills
-every cluster at once.
+shutdown all stop a cluster through it). :meth:`Stopper.close` is the graceful leave: first, when another host is
+up and a broker listens, ask the broker to hand this host's clusters elsewhere (``host_leave`` with ``hand_off``)
+and wait until nothing is granted or runs here, the broker says no host has room (``handoff_blocked``) or
+``limits.leave_timeout`` is over (:func:`letsfrag.supervisor.successors.leave_verdict`); then mark the host
+``leaving``, stop every cluster left through the loop, wait for them (killing what outlives the limit), cancel
+the lease, publish the last changes and leave the host set. SIGTERM/SIGINT start that close; a second one ends
+the wait and kills every cluster at once. ``close(force=True)`` skips the hand-off.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
+from letsfrag.events import Severity
 from letsfrag.supervisor.state import FINAL_STOP_INTENTS, ClusterRecord, ClusterState, StopIntent
+from letsfrag.supervisor.successors import LeaveVerdict, leave_verdict
 
 if TYPE_CHECKING:
     from letsfrag.supervisor.manager import ClusterManager
@@ -33,6 +38,9 @@ class Stopper:
     def __init__(self, manager: ClusterManager) -> None:
         self.m = manager
         self._signals = 0
+        #: True while the host waits for the broker to hand its clusters away (grants still apply)
+        self.handing_off = False
+        self._forced = asyncio.Event()
 
     # ------------------------------------------------------------------------------------------ one cluster
 
@@ -54,10 +62,11 @@ class Stopper:
             self.m._set_state(record, ClusterState.STOPPING, reason)
         stop_timeout = self.m.config.limits.stop_timeout if timeout is None else timeout
         record.stop_task = asyncio.create_task(
-            self._run_stop(process, ask=ask, reason=str(intent), stop_timeout=stop_timeout))
+            self.run_stop(process, ask=ask, reason=str(intent), stop_timeout=stop_timeout))
 
     @staticmethod
-    async def _run_stop(process: ClusterProcess, *, ask: bool, reason: str, stop_timeout: float) -> None:
+    async def run_stop(process: ClusterProcess, *, ask: bool, reason: str, stop_timeout: float) -> None:
+        """The stop sequence of one process (:meth:`ClusterProcess.stop`); a failing sequence kills it."""
         try:
             how = await process.stop(ask=ask, reason=reason, stop_timeout=stop_timeout)
             log.debug("cluster %d stopped (%s)", process.cluster_id, how)
@@ -72,19 +81,28 @@ class Stopper:
         for record in self.m._records.values():
             if record.process is not None:
                 record.process.kill_all()
+        self.m.handovers.kill_all()
+
+    def _alive(self) -> bool:
+        """Does any process (a cluster's, a successor or a retiring one) still run here?"""
+        m = self.m
+        return any(r.process is not None for r in m._records.values()) or any(True for _ in m.handovers.processes())
 
     # ------------------------------------------------------------------------------------------ the host
 
     async def close(self, *, force: bool = False) -> None:
         """Stop every cluster (gracefully unless ``force``), leave the host set's lease and disconnect."""
         m = self.m
-        if m._closing:
+        if m._closing or self.handing_off:
             if force:
+                self._forced.set()
                 self.kill_everything()
             await m._closed.wait()
             return
-        m._closing = True
         try:
+            if not force:
+                await self._hand_off()
+            m._closing = True
             await self._shutdown(force)
         finally:
             for task in m._tasks:
@@ -92,9 +110,12 @@ class Stopper:
             for task in m._tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            m._closing = True
             for record in m._records.values():
                 if record.process is not None:
                     record.process.cancel_tasks()
+            for process in m.handovers.processes():
+                process.cancel_tasks()
             for task in list(m._background):
                 task.cancel()
             if m._bus is not None:
@@ -105,6 +126,62 @@ class Stopper:
                 self.remove_signals()
             m._closed.set()
 
+    async def _hand_off(self) -> None:
+        """Ask the broker to hand this host's clusters to other hosts and wait (see the module docstring)."""
+        m = self.m
+        agent = m.agent
+        timeout = m.config.limits.leave_timeout
+        if agent is None or not agent.registered or not m._tasks or timeout <= 0 or not self._alive():
+            return
+        clusters = sorted(cid for cid, r in m._records.items() if r.process is not None)
+        if not await agent.others_up():
+            self._left_over(clusters, "no other host is up", Severity.INFO)
+            return
+        self.handing_off = True
+        try:
+            if (problem := await agent.ask_to_leave()) is not None:
+                self._left_over(clusters, f"cannot ask the broker to hand them over: {problem}")
+                return
+            m._event(Severity.INFO, "host_handing_off", f"host {m.host_id} is leaving: handing clusters {clusters} "
+                     f"to other hosts (up to {timeout:g}s)", host=m.host_id)
+            started = m.clock.monotonic()
+            others_up = True
+
+            def verdict() -> LeaveVerdict:
+                return leave_verdict(now=m.clock.monotonic(), started=started, timeout=timeout,
+                                     granted=len(m._desired), running=int(self._alive()),
+                                     blocked=agent.handoff_blocked, forced=self._forced.is_set(),
+                                     others_up=others_up)
+
+            # every renewal interval: is someone still there to take the clusters (all hosts may be leaving)?
+            check = max(agent.heartbeat_interval, 0.5)
+            while (result := verdict()) is LeaveVerdict.WAIT:
+                await m.wait_for(lambda: verdict() is not LeaveVerdict.WAIT, check)
+                if verdict() is LeaveVerdict.WAIT:
+                    others_up = await agent.others_up()
+        finally:
+            self.handing_off = False
+        left = sorted(cid for cid, r in m._records.items() if r.process is not None)
+        took = m.clock.monotonic() - started
+        if result is LeaveVerdict.HANDED_OFF:
+            m._event(Severity.INFO, "host_handed_off", f"host {m.host_id} handed every cluster to other hosts in "
+                     f"{took:.1f}s", host=m.host_id)
+        elif result is LeaveVerdict.BLOCKED:
+            self._left_over(left, f"no other host has room ({agent.handoff_blocked})")
+        elif result is LeaveVerdict.FORCED:
+            self._left_over(left, "a second signal")
+        elif result is LeaveVerdict.ALONE:
+            self._left_over(left, "no other host is up any more")
+        else:
+            self._left_over(left, f"not handed over within limits.leave_timeout ({timeout:g}s)")
+
+    def _left_over(self, clusters: list[int], why: str, severity: Severity = Severity.WARNING) -> None:
+        """Say why clusters are stopped instead of handed over (their shards go offline)."""
+        if not clusters:
+            return
+        self.m._event(severity, "host_leave_stopping", f"host {self.m.host_id}: {why}: stopping clusters "
+                      f"{clusters} (their shards go offline)", host=self.m.host_id)
+
     async def _shutdown(self, force: bool) -> None:
         m = self.m
         if m.agent is not None and m.agent.registered:
@@ -112,6 +189,7 @@ class Stopper:
 
         def stop_all() -> None:
             m._desired = {}
+            m.handovers.stop_all("supervisor shutting down")
             for record in m._records.values():
                 if record.process is not None:
                     self.begin_stop(record, StopIntent.SHUTDOWN, "supervisor shutting down")
@@ -124,9 +202,9 @@ class Stopper:
         if m._tasks:
             await m.call(stop_all)
             limit = m.config.limits.stop_timeout * 1.5 + 5.0
-            if not await m.wait_for(lambda: all(r.process is None for r in m._records.values()), limit):
+            if not await m.wait_for(lambda: not self._alive(), limit):
                 self.kill_everything()
-                await m.wait_for(lambda: all(r.process is None for r in m._records.values()), 5.0)
+                await m.wait_for(lambda: not self._alive(), 5.0)
         pending = [task for task in m._confirming if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=3.0)
@@ -160,4 +238,5 @@ class Stopper:
             self.m._spawn_bg(self.m.close())
         else:
             log.warning("received %s again: killing every cluster now", signal.Signals(sig).name)
+            self._forced.set()
             self.kill_everything()

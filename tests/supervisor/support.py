@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import psutil
 import redis.asyncio as aioredis
+import yaml
 
 from letsfrag.config import HostConfig
 from letsfrag.keys import Keys
@@ -104,3 +107,27 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def write_supervise_config(redis_url: str, tmp_path: Path, stop_timeout: str = "1s", **limits: str) -> Path:
+    """A ``letsfrag supervise`` config file running the stub (``limits`` added to ``limits``)."""
+    stub_dir = tmp_path / "stub"
+    stub_dir.mkdir(exist_ok=True)
+    data = {
+        "redis": redis_url, "namespace": "t", "host": {"id": "placeholder", "capacity": 2},
+        "bot": {"command": [sys.executable, str(STUB)], "token": "${STUB_TOKEN}",
+                "env": {"STUB_DIR": str(stub_dir), "STUB_MODE_FILE": str(stub_dir / "modes.json")}},
+        "limits": {"stop_timeout": stop_timeout, **limits}, "logs": {"dir": str(tmp_path / "logs")},
+        "sample_interval": "200ms",
+    }
+    path = tmp_path / "host.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start_supervisor(config: Path) -> subprocess.Popen[bytes]:
+    """``letsfrag supervise config --host-id h1`` as its own process (output on its stdout pipe)."""
+    code = "import sys; from letsfrag.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, "--log-format", "plain", "supervise", str(config),
+                             "--host-id", HOST], env={**os.environ, "STUB_TOKEN": TOKEN},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

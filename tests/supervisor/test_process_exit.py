@@ -3,38 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-import yaml
 from helpers import wait_until
-from support import HOST, KEYS, STUB, TOKEN, gone, grant, set_modes, status, write_layout
-
-
-def _write_config(redis_url: str, tmp_path: Path, stop_timeout: str = "1s") -> Path:
-    stub_dir = tmp_path / "stub"
-    stub_dir.mkdir(exist_ok=True)
-    data = {
-        "redis": redis_url, "namespace": "t", "host": {"id": "placeholder", "capacity": 2},
-        "bot": {"command": [sys.executable, str(STUB)], "token": "${STUB_TOKEN}",
-                "env": {"STUB_DIR": str(stub_dir), "STUB_MODE_FILE": str(stub_dir / "modes.json")}},
-        "limits": {"stop_timeout": stop_timeout}, "logs": {"dir": str(tmp_path / "logs")}, "sample_interval": "200ms",
-    }
-    path = tmp_path / "host.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def _start(config: Path) -> subprocess.Popen[bytes]:
-    code = "import sys; from letsfrag.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, "--log-format", "plain", "supervise", str(config),
-                             "--host-id", HOST], env={**os.environ, "STUB_TOKEN": TOKEN},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+from support import (
+    HOST,
+    KEYS,
+    TOKEN,
+    gone,
+    grant,
+    set_modes,
+    start_supervisor,
+    status,
+    write_layout,
+    write_supervise_config,
+)
 
 
 async def _ready_pids(r: aioredis.Redis, clusters: list[int]) -> list[int] | None:
@@ -50,7 +36,7 @@ async def _ready_pids(r: aioredis.Redis, clusters: list[int]) -> list[int] | Non
 async def _two_clusters(redis_url: str, r: aioredis.Redis, tmp_path: Path, **modes: str) -> Path:
     """Stub modes set, the layout written and clusters 0 and 1 granted; returns the config path."""
     set_modes(tmp_path, default="well", **modes)
-    config = _write_config(redis_url, tmp_path)
+    config = write_supervise_config(redis_url, tmp_path)
     await write_layout(r)
     await grant(r, 0, epoch=1)
     await grant(r, 1, epoch=1)
@@ -61,7 +47,7 @@ async def test_sigterm_then_sigkill(redis_url: str, r: aioredis.Redis, tmp_path:
     config = await _two_clusters(redis_url, r, tmp_path)
 
     # 1. SIGTERM: every cluster stopped, lease removed, exit 0
-    proc = _start(config)
+    proc = start_supervisor(config)
     try:
         pids = await wait_until(lambda: _ready_pids(r, [0, 1]), timeout=15, message="clusters ready")
         proc.send_signal(signal.SIGTERM)
@@ -77,7 +63,7 @@ async def test_sigterm_then_sigkill(redis_url: str, r: aioredis.Redis, tmp_path:
 
     # 2. SIGKILL: no chance to clean up, yet the clusters exit by themselves (IPC EOF + parent-death signal)
     await r.delete(KEYS.cluster_status(0), KEYS.cluster_status(1))
-    proc = _start(config)
+    proc = start_supervisor(config)
     try:
         pids = await wait_until(lambda: _ready_pids(r, [0, 1]), timeout=15, message="clusters ready again")
         proc.kill()
@@ -97,7 +83,7 @@ async def test_sigkill_with_a_hung_cluster_leaves_no_process(redis_url: str, r: 
                                                             tmp_path: Path) -> None:
     """A blocked event loop sees neither the parent-death SIGTERM nor the IPC EOF: the orphan watchdog ends it."""
     config = await _two_clusters(redis_url, r, tmp_path, **{"0": "hang"})
-    proc = _start(config)
+    proc = start_supervisor(config)
     try:
         pids = await wait_until(lambda: _ready_pids(r, [0, 1]), timeout=15, message="clusters ready")
 
@@ -118,10 +104,10 @@ async def test_sigkill_with_a_hung_cluster_leaves_no_process(redis_url: str, r: 
 
 async def test_second_sigint_forces(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
     set_modes(tmp_path, default="ignore_term")  # would take 15 s to stop gracefully
-    config = _write_config(redis_url, tmp_path, stop_timeout="10s")
+    config = write_supervise_config(redis_url, tmp_path, stop_timeout="10s")
     await write_layout(r)
     await grant(r, 0, epoch=1)
-    proc = _start(config)
+    proc = start_supervisor(config)
     try:
         pids = await wait_until(lambda: _ready_pids(r, [0]), timeout=15, message="cluster ready")
         proc.send_signal(signal.SIGINT)

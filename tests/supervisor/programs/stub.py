@@ -18,7 +18,9 @@ memory        ready; then grows RSS by ``STUB_GROW_MB`` MiB
 flood         ready; writes ``STUB_FLOOD_MB`` MiB to stdout as fast as it can, then idles
 huge_line     ready; sends one IPC ``error`` line of ``STUB_LINE_MB`` MiB (default 2), then heartbeats on
 
-Every start appends ``{"pid", "epoch", "incarnation", "mode", "argv"}`` to ``$STUB_DIR/starts-<cid>.jsonl``;
+Every start appends ``{"pid", "epoch", "incarnation", "mode", "argv", "handover"}`` to ``$STUB_DIR/starts-<cid>.jsonl``
+(``handover``: ``LETSFRAG_HANDOVER``; a successor reports ready like any cluster); an IPC ``promote`` appends
+``{"pid", "epoch"}`` to ``$STUB_DIR/promoted-<cid>.jsonl``;
 the ``fork`` grandchild writes its pid to ``$STUB_DIR/grandchild-<cid>-<pid>.pid``.
 """
 
@@ -52,9 +54,15 @@ def mode() -> str:
 def record_start(current: str) -> None:
     entry = {"pid": os.getpid(), "epoch": os.environ.get("LETSFRAG_EPOCH"), "mode": current,
              "incarnation": os.environ.get("LETSFRAG_HOST_INCARNATION"), "argv": sys.argv,
-             "token_in_env": bool(os.environ.get("LETSFRAG_TOKEN")), "ts": time.time()}
+             "token_in_env": bool(os.environ.get("LETSFRAG_TOKEN")), "ts": time.time(),
+             "handover": os.environ.get("LETSFRAG_HANDOVER", "")}
     with open(STUB_DIR / f"starts-{CLUSTER}.jsonl", "a") as handle:
         handle.write(json.dumps(entry) + "\n")
+
+
+def record_promote(epoch: object) -> None:
+    with open(STUB_DIR / f"promoted-{CLUSTER}.jsonl", "a") as handle:
+        handle.write(json.dumps({"pid": os.getpid(), "epoch": epoch}) + "\n")
 
 
 def fork_grandchild() -> None:
@@ -116,6 +124,8 @@ async def main() -> int:
                 os._exit(0)
             if message.get("op") == "stop" and current != "ignore_term":
                 stop.set()
+            elif message.get("op") == "promote":
+                record_promote(message.get("epoch"))
 
     reader = asyncio.create_task(read_ipc())
     await asyncio.sleep(float(os.environ.get("STUB_READY_DELAY", "0.05")))
