@@ -44,11 +44,12 @@ def _str_keys(counter: dict[int, int] | Counter[int]) -> dict[str, int]:
 class Referee:
     """Counters and the two physical rules: identify windows and one live session per shard.
 
-    A shard may have two live sessions during an *announced* handover: one of the two was opened by a letsfrag
-    successor (its connection carried ``?letsfrag_handover=<epoch>``, :data:`letsfrag.handover.GATEWAY_PARAM`),
-    and not both by successors of the same epoch. Such an overlap is counted in ``announced_overlaps``; one that
-    lasts longer than ``handover_deadline`` is a violation (``over_deadline``). Any other second live session —
-    or a third — is a duplicate (``duplicate_sessions``: a split brain).
+    A shard may have two live sessions during an *announced* handover: the newer of the two sessions (the one
+    that first went live later; a RESUME keeps a session's place) was opened by a letsfrag successor (its
+    connection carried ``?letsfrag_handover=<epoch>``, :data:`letsfrag.handover.GATEWAY_PARAM`), and the older
+    one is not a successor of the same or a later epoch. Such an overlap is counted in ``announced_overlaps``; one
+    that lasts longer than ``handover_deadline`` is a violation (``over_deadline``). Any other second live
+    session — a stray one next to a former successor, or a third — is a duplicate (``duplicate_sessions``).
     """
 
     def __init__(
@@ -77,6 +78,8 @@ class Referee:
         self.live: dict[int, set[str]] = {}
         #: session id -> the handover epoch its connection announced (successor sessions only)
         self.announced: dict[str, int] = {}
+        #: session id -> the order in which sessions first became live (a RESUME keeps a session's place)
+        self.first_seen: dict[str, int] = {}
         self.budget_reset_at = now + BUDGET_PERIOD
         self._zero(now)
 
@@ -163,6 +166,7 @@ class Referee:
             return
         if announced is not None:
             self.announced.setdefault(session_id, announced)
+        self.first_seen.setdefault(session_id, len(self.first_seen))
         ids = self.live.setdefault(shard_id, set())
         if session_id in ids:
             return
@@ -192,9 +196,10 @@ class Referee:
         if len(ids) <= 1:
             return "single"
         if len(ids) == 2:
-            epochs = [self.announced.get(sid) for sid in ids]
-            marked = [e for e in epochs if e is not None]
-            if marked and not (len(marked) == 2 and marked[0] == marked[1]):
+            older, newer = sorted(ids, key=lambda sid: self.first_seen.get(sid, -1))
+            new_epoch, old_epoch = self.announced.get(newer), self.announced.get(older)
+            # the newer session is the successor: announced, and of a later epoch than an older successor's
+            if new_epoch is not None and (old_epoch is None or old_epoch < new_epoch):
                 return "announced"
         return "split"
 

@@ -124,6 +124,23 @@ def test_unannounced_third_and_same_epoch_overlaps_are_duplicates() -> None:
     referee.session_live(5, "f", now=0.0, announced=9)
     referee.session_live(5, "g", now=0.0, announced=9)  # two successors of one handover: a duplicate
     assert referee.snapshot(now=1.0)["duplicate_sessions"]["per_shard"]["5"] == 1
+    referee.session_live(6, "owner", now=0.0, announced=4)  # a former successor, the owner now
+    referee.session_live(6, "stray", now=1.0)  # nobody announced the newer one: a split brain
+    assert referee.snapshot(now=1.0)["duplicate_sessions"]["per_shard"]["6"] == 1
+    referee.session_dead(6, "stray", now=2.0)
+    referee.session_live(6, "next", now=3.0, announced=5)  # the next handover of the same shard
+    snap = referee.snapshot(now=3.0)
+    assert snap["duplicate_sessions"]["per_shard"]["6"] == 1 and snap["announced_overlaps"]["per_shard"]["6"] == 1
+
+
+def test_the_old_session_resuming_during_a_handover_stays_announced() -> None:
+    referee = make_referee()
+    referee.session_live(1, "old", now=0.0)
+    referee.session_live(1, "new", now=1.0, announced=2)
+    referee.session_dead(1, "old", now=2.0)  # the old process's connection dropped ...
+    referee.session_live(1, "old", now=2.5)  # ... and it RESUMEd while the successor was still gated
+    snap = referee.snapshot(now=3.0)
+    assert snap["duplicate_sessions"]["count"] == 0 and snap["announced_overlaps"]["count"] == 2
 
 
 def test_an_announced_overlap_longer_than_the_deadline_is_counted_once() -> None:
