@@ -182,7 +182,8 @@ def _assert_nothing_twice(move: Move) -> None:
 
 def _assert_nothing_lost(move: Move) -> None:
     counts = move.counts
-    assert counts["unanswered_live"] == 0 and counts["undeliverable"] == 0, counts
+    lost = counts["unanswered_live"] + counts["undeliverable"]
+    assert lost == 0, f"lost {lost} of {counts['sent']} events: {counts}"
     assert counts["answered_once"] == counts["sent"] > 0, counts
     assert counts["sent_ping"] > 0 and counts["sent_join"] > 0, counts
 
@@ -208,6 +209,20 @@ def _hosted(move: Move, host: str) -> list[int]:
     return sorted(cid for cid, (owner, _, _) in move.before.items() if owner == host)
 
 
+def _wait_started(deployment: SecuredRehearsal) -> None:
+    """Every shard READY; a broker or supervisor that exits at start (a config it refuses) fails at once."""
+
+    def up() -> bool:
+        for name, process in [*deployment.brokers.items(), *deployment.hosts.items()]:
+            if process.poll() is not None:
+                log = deployment.workdir / f"{'broker' if name in deployment.brokers else 'host'}-{name}.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise AssertionError(f"{name} exited with {process.returncode} at start:\n{tail}")
+        return deployment.all_ready()
+
+    wait_until_sync(up, timeout=60, interval=0.25, message="every shard READY at start")
+
+
 # ------------------------------------------------------------------------------------ the planned moves
 
 
@@ -217,6 +232,7 @@ def moves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredRehearsal
     make = next(factory)
     deployment = make(**MOVES).start()
     try:
+        _wait_started(deployment)
         yield deployment
     finally:
         with contextlib.suppress(StopIteration):
@@ -343,6 +359,7 @@ def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gated]:
         broker_extra=BROKER_DEADLINE_YAML,
     ).start()
     try:
+        _wait_started(deployment)
         yield Gated(deployment, crash, stall)
     finally:
         with contextlib.suppress(StopIteration):
