@@ -19,6 +19,15 @@ import redis.asyncio as aioredis
 
 from .errors import RecordError
 from .events import Event, Severity
+from .handover import (
+    HANDOFF_BLOCKED_FIELD,
+    OPERATION_FIELD,
+    SUCCESSORS_FIELD,
+    HandoverRecord,
+    HandoverState,
+    SuccessorReport,
+    parse_successors,
+)
 from .keys import Keys
 from .records import (
     CLOCK_OFFSET_WARN,
@@ -35,8 +44,9 @@ from .supervisor.policy import heartbeat_colour
 from .units import format_shard_range
 
 __all__ = [
-    "RUNNING_STATES", "SCHEMA_VERSION", "ClusterDetail", "ClusterRow", "HostRow", "Layout", "LeaderInfo",
-    "ShardRow", "Snapshot", "count_errors", "format_range", "read_cluster_detail", "read_snapshot",
+    "HANDOVER_STATES", "RUNNING_STATES", "SCHEMA_VERSION", "ClusterDetail", "ClusterRow", "HandoverInfo", "HostRow",
+    "Layout", "LeaderInfo", "ShardRow", "Snapshot", "count_errors", "format_range", "operation_text",
+    "read_cluster_detail", "read_snapshot",
 ]
 
 #: version of the ``to_json()`` document; bumped only on incompatible changes
@@ -47,6 +57,12 @@ RUNNING_STATES = frozenset({"starting", "ready", "degraded"})
 #: its supervisor stopped reporting (host dead, frozen or cut off) and its READY can no longer be trusted
 STALE_AFTER_INTERVALS = 5.0
 ERROR_WINDOW = 600.0
+#: how a cluster being handed over is shown, by the state of its ``{ns}:handover`` record
+HANDOVER_STATES: dict[HandoverState, str] = {HandoverState.PREPARING: "handing over",
+                                             HandoverState.SWITCHED: "switching"}
+#: how the broker's operation kinds read (``{ns}:broker`` field ``operation``)
+_OPERATION_NAMES = {"rolling": "rolling restart", "restart": "restart", "drain": "drain", "rebalance": "rebalance",
+                    "leave": "hand-off", "on_join": "rebalance on join"}
 #: the numeric fields of a host record (a value that is not a finite number is listed in ``HostRow.invalid``)
 _HOST_NUMBERS = ("heartbeat_at", "capacity", "cpu_percent", "rss", "started_at", "pid", "clock_offset")
 
@@ -106,6 +122,27 @@ class LeaderInfo:
     heartbeat_age: float | None = None
     identify_depth: int | None = None
     standbys: list[str] = field(default_factory=list)
+    #: the operator operation in progress (``{ns}:broker`` field ``operation``, JSON), None when none
+    operation: dict[str, Any] | None = None
+
+
+def operation_text(operation: dict[str, Any] | None) -> str:
+    """One line for an operation in progress: ``rolling restart of h0: 2 of 4`` ('' when none)."""
+    if not operation:
+        return ""
+    kind = str(operation.get("kind") or "operation")
+    text = _OPERATION_NAMES.get(kind, kind.replace("_", " "))
+    host, cluster = operation.get("host"), operation.get("cluster")
+    if isinstance(host, str) and host:
+        text += f" of {host}"
+    elif isinstance(cluster, int) and not isinstance(cluster, bool) and kind == "restart":
+        text += f" of cluster {cluster}"
+    done, total = _int(operation.get("done")), _int(operation.get("total"))
+    if done is not None and total:
+        text += f": {done} of {total}"
+    if isinstance(cluster, int) and not isinstance(cluster, bool) and kind != "restart":
+        text += f" (cluster {cluster})"
+    return text
 
 
 @dataclass(slots=True)
@@ -131,6 +168,10 @@ class HostRow:
     clock_offset: float | None = None
     #: fields of the host record that hold something other than a finite number (shown as unknown)
     invalid: list[str] = field(default_factory=list)
+    #: clusters whose successor process this host runs (its record's ``successors`` field)
+    successors: list[int] = field(default_factory=list)
+    #: why this leaving host's clusters could not be handed to another host ('' when they could)
+    handoff_blocked: str = ""
 
     @property
     def problem(self) -> bool:
@@ -153,6 +194,45 @@ class ShardRow:
     guilds: int | None
     last_event_age: float | None
     report_age: float | None
+
+
+@dataclass(slots=True)
+class HandoverInfo:
+    """A planned handover of a cluster in progress: its ``{ns}:handover`` record and the successor's report."""
+
+    #: as shown: ``handing over`` (preparing: the successor starts) or ``switching`` (switched: the old stops)
+    state: str
+    #: the record's own state, ``preparing`` or ``switched``
+    phase: str
+    reason: str
+    from_host: str
+    from_epoch: int
+    #: the target host and the new epoch
+    host: str
+    epoch: int
+    #: the process handing over and its successor (None when not reported)
+    old_pid: int | None
+    new_pid: int | None
+    #: the successor's state as its host reports it (``starting``, ``ready``, ``failed``; None: no report yet)
+    successor: str | None
+    age: float | None
+    deadline_in: float
+
+
+def _handover_info(record: HandoverRecord, status: dict[str, str], report: SuccessorReport | None,
+                   now: float) -> HandoverInfo:
+    """Join a handover record, the cluster's status hash (whichever process wrote it) and the successor report."""
+    status_epoch, status_pid = _int(status.get("epoch")), _int(status.get("pid")) or None
+    new_pid = report.pid if report is not None and report.epoch == record.epoch else None
+    if new_pid is None and status_epoch == record.epoch:
+        new_pid = status_pid
+    return HandoverInfo(
+        state=HANDOVER_STATES.get(record.state, str(record.state)), phase=str(record.state), reason=record.reason,
+        from_host=record.from_host, from_epoch=record.from_epoch, host=record.host, epoch=record.epoch,
+        old_pid=status_pid if status_epoch == record.from_epoch else None, new_pid=new_pid,
+        successor=str(report.state) if report is not None and report.epoch == record.epoch else None,
+        age=_age(now, record.started), deadline_in=record.deadline - now,
+    )
 
 
 @dataclass(slots=True)
@@ -185,6 +265,8 @@ class ClusterRow:
     #: writes to the cluster's log file that failed (its output was dropped; the cluster kept running)
     log_errors: int = 0
     shards: list[ShardRow] = field(default_factory=list)
+    #: the planned handover of this cluster in progress, None when none
+    handover: HandoverInfo | None = None
 
     @property
     def assigned(self) -> bool:
@@ -299,6 +381,11 @@ def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: Layout | No
     shards = sum(len(layout.shard_ids(c)) for c in clusters) if layout else 0
     invalid = [name for name in _HOST_NUMBERS if data.get(name) not in (None, "") and _float(data.get(name)) is None]
     invalid += bad_running
+    try:
+        successors = sorted(parse_successors(data.get(SUCCESSORS_FIELD), key=f"host {host_id}"))
+    except RecordError:
+        successors = []
+        invalid.append(SUCCESSORS_FIELD)
     return HostRow(
         id=host_id, hostname=data.get("hostname", ""), state=state, lease=lease,
         lease_age=_age(now, _float(data.get("heartbeat_at"))),
@@ -307,7 +394,8 @@ def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: Layout | No
         cpu_percent=_float(data.get("cpu_percent")), rss=_int(data.get("rss")),
         uptime=_age(now, _float(data.get("started_at"))), pid=_int(data.get("pid")),
         version=data.get("version", ""), running=running,
-        clock_offset=_float(data.get("clock_offset")), invalid=invalid,
+        clock_offset=_float(data.get("clock_offset")), invalid=invalid, successors=successors,
+        handoff_blocked=str(data.get(HANDOFF_BLOCKED_FIELD) or ""),
     )
 
 
@@ -322,7 +410,7 @@ def _warnings(keys: Keys, layout_raw: dict[str, str], hosts: list[HostRow]) -> l
     for host in hosts:
         if host.invalid:
             out.append(f"host {host.id}: {keys.host(host.id)} has invalid {', '.join(host.invalid)} "
-                       "(not a finite number; shown as unknown)")
+                       "(not a finite number or not the expected JSON; shown as unknown)")
         skew = clock_skew_text(host.id, host.clock_offset)
         if skew is not None:
             out.append(skew)
@@ -421,13 +509,16 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
     pipe.hgetall(keys.broker)
     pipe.xrevrange(keys.events, min=f"({events_after}" if events_after else "-", count=events)
     pipe.hgetall(keys.identify("budget"))
-    (layout_raw, members, leader_id, broker, entries, budget_raw), claims = await asyncio.gather(
+    pipe.hgetall(keys.handover)
+    (layout_raw, members, leader_id, broker, entries, budget_raw, handover_raw), claims = await asyncio.gather(
         pipe.execute(), read_assignment(redis, keys))
     layout = Layout.from_hash(layout_raw or {})
 
     cluster_ids = sorted(set(range(layout.cluster_count) if layout else ()) | claims.keys())
     host_ids = set(members or ())
     host_ids.update(c["host"] for c in claims.values() if isinstance(c, dict) and isinstance(c.get("host"), str))
+    handovers, handover_problems = HandoverRecord.parse_all(handover_raw or {}, key=keys.handover)
+    host_ids.update(r.host for r in handovers.values())
     hosts_sorted = sorted(host_ids)
 
     pipe = redis.pipeline(transaction=False)
@@ -449,6 +540,11 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
     clusters = [_cluster_row(cid, claims.get(cid), status, shard_map, layout,
                              now + offsets.get(_claim_host(claims.get(cid)) or "", 0.0))
                 for cid, (status, shard_map) in zip(cluster_ids, packed, strict=True)]
+    reports = {h: _successor_reports(h, data) for h, (data, _) in zip(hosts_sorted, host_data, strict=True)}
+    for row, (status, _) in zip(clusters, packed, strict=True):
+        record = handovers.get(row.id)
+        if record is not None:
+            row.handover = _handover_info(record, status, reports.get(record.host, {}).get(row.id), now)
 
     event_list = [Event.from_stream(str(eid), dict(data)) for eid, data in entries or []]
     errors = count_errors(event_list, now)
@@ -459,9 +555,25 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
         since=_float(broker.get("since")), heartbeat_age=_age(now, _float(broker.get("heartbeat_at"))),
         identify_depth=_int(broker.get("identify_depth")),
         standbys=[str(s) for s in standbys] if isinstance(standbys, list) else [],
+        operation=_operation(broker.get(OPERATION_FIELD)) if leader_id else None,
     )
+    warnings = _warnings(keys, layout_raw or {}, hosts) + [str(problem) for problem in handover_problems]
     return Snapshot(keys.ns, now, layout, leader, hosts, clusters, event_list, depth, errors, _budget(budget_raw),
-                    _warnings(keys, layout_raw or {}, hosts))
+                    warnings)
+
+
+def _successor_reports(host_id: str, data: dict[str, str]) -> dict[int, SuccessorReport]:
+    """A host record's successor reports (none when the field is unreadable: its row lists it as invalid)."""
+    try:
+        return parse_successors(data.get(SUCCESSORS_FIELD), key=f"host {host_id}")
+    except RecordError:
+        return {}
+
+
+def _operation(raw: Any) -> dict[str, Any] | None:
+    """The broker's ``operation`` field as a JSON object (None when absent or unreadable)."""
+    value = _json(raw)
+    return value if isinstance(value, dict) else None
 
 
 def _budget(raw: dict[str, str] | None) -> dict[str, float] | None:
@@ -512,7 +624,17 @@ async def read_cluster_detail(redis: aioredis.Redis, keys: Keys, cluster_id: int
     pipe.lrange(keys.cluster_errors(cluster_id), 0, 19)
     pipe.lrange(keys.cluster_restarts(cluster_id), 0, 49)
     pipe.lrange(keys.cluster_metrics(cluster_id), 0, 119)
-    layout_raw, claim, status, shards, errors, restarts, metrics = await pipe.execute()
+    pipe.hget(keys.handover, str(cluster_id))
+    layout_raw, claim, status, shards, errors, restarts, metrics, handover_raw = await pipe.execute()
     layout = Layout.from_hash(layout_raw or {})
     row = _cluster_row(cluster_id, _json(claim), status or {}, shards or {}, layout, now)
+    if handover_raw:
+        try:
+            record = HandoverRecord.from_json(cluster_id, handover_raw, key=keys.handover)
+        except RecordError:
+            record = None
+        if record is not None:
+            raw_reports = await redis.hget(keys.host(record.host), SUCCESSORS_FIELD)  # type: ignore[misc]
+            report = _successor_reports(record.host, {SUCCESSORS_FIELD: str(raw_reports)} if raw_reports else {})
+            row.handover = _handover_info(record, status or {}, report.get(cluster_id), now)
     return ClusterDetail(row, _json_list(errors), _json_list(restarts), _json_list(metrics))

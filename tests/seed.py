@@ -187,3 +187,29 @@ async def seed_hostile(redis: aioredis.Redis, namespace: str = "letsfrag", clust
     pipe.xadd(keys.events, {"ts": f"{now - 1:.3f}", "severity": "error", "kind": "cluster_crash",
                             "message": HOSTILE, "source": f"host:{HOSTILE}", "cluster": str(cluster)})
     await pipe.execute()
+
+
+async def seed_handover(redis: aioredis.Redis, namespace: str = "letsfrag", now: float = NOW) -> None:
+    """Two planned handovers on top of :func:`seed` and a rolling restart in progress (docs/redis.md formats).
+
+    Cluster 5 (host-03, epoch 6, pid 10005) is being handed to host-01 at epoch 20: *preparing*, its successor
+    (pid 20005) READY. Cluster 2 restarts in place on host-03 at epoch 21: *switched*; its successor (pid 20002)
+    already wrote the cluster's status hash. The leader broker reports "rolling restart of host-03: 2 of 4".
+    """
+    keys = Keys(namespace)
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(keys.handover, mapping={
+        "5": json.dumps({"host": "host-01", "epoch": 20, "from_host": "host-03", "from_epoch": 6,
+                         "reason": "rolling", "state": "preparing", "started": now - 3, "deadline": now + 57}),
+        "2": json.dumps({"host": "host-03", "epoch": 21, "from_host": "host-03", "from_epoch": 3,
+                         "reason": "rolling", "state": "switched", "started": now - 9, "deadline": now + 51}),
+    })
+    pipe.hset(keys.host("host-01"), "successors",
+              json.dumps({"5": {"epoch": 20, "state": "ready", "pid": 20005, "reason": ""}}))
+    pipe.hset(keys.host("host-03"), "successors",
+              json.dumps({"2": {"epoch": 21, "state": "ready", "pid": 20002, "reason": ""}}))
+    pipe.hset(keys.assignment, "2", json.dumps({"host": "host-03", "epoch": 21}))
+    pipe.hset(keys.cluster_status(2), mapping={"epoch": 21, "pid": 20002})
+    pipe.hset(keys.broker, "operation",
+              json.dumps({"kind": "rolling", "host": "host-03", "done": 2, "total": 4, "cluster": 5}))
+    await pipe.execute()

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from seed import HOSTILE, HOSTILE_SHOWN, NOW, seed, seed_hostile
+from seed import HOSTILE, HOSTILE_SHOWN, NOW, seed, seed_handover, seed_hostile
 
 from letsfrag.cli import build_parser
 from letsfrag.connection import create_redis
@@ -119,3 +119,56 @@ async def test_shard_rows_and_a_malformed_shard_report(redis_url: str) -> None:
     assert by_id[2].shards_ready == 3 == {c.id: c for c in summary.clusters}[2].shards_ready
     assert {s.status for s in by_id[4].shards} == {"down"}  # a FAILED cluster's stale reports are not believed
     assert summary.clusters[0].shards == [] and summary.shards_ready == full.shards_ready == 39
+
+
+async def test_a_cluster_being_handed_over_and_a_rolling_restart(redis_url: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    redis = create_redis(redis_url)
+    try:
+        await seed(redis, now=time.time(), healthy=True)
+        await seed_handover(redis, now=time.time())
+    finally:
+        await redis.aclose()
+    code, out, err = await _status(capsys, "--redis", redis_url)
+    assert code == 0, err
+    words = " ".join(out.split())  # the header line may wrap
+    assert "rolling restart of host-03: 2 of 4 (cluster 5)" in words and "handovers 2" in words
+    rows = {cells[1].strip(): line for line in out.splitlines()
+            if len(cells := line.split("│")) > 2 and cells[1].strip().isdigit()}
+    assert "host-03 → host-01" in rows["5"] and "handing over" in rows["5"] and "10005 → 20005" in rows["5"]
+    assert "rolling to host-01 epoch 20," in rows["5"]
+    assert "switching" in rows["2"] and "– → 20002" in rows["2"] and "→ host" not in rows["2"]
+    assert "handing over" not in rows["4"] and "switching" not in rows["4"]
+    code, out, err = await _status(capsys, "--json", "--redis", redis_url)
+    doc = json.loads(out)
+    assert code == 0 and set(doc) == {"schema", "namespace", "taken_at", "summary", "layout", "leader", "hosts",
+                                      "clusters", "events", "warnings"}
+    assert doc["schema"] == SCHEMA_VERSION and doc["warnings"] == []
+    clusters = {c["id"]: c for c in doc["clusters"]}
+    moving = clusters[5]["handover"]
+    assert {k: moving[k] for k in ("state", "phase", "reason", "from_host", "from_epoch", "host", "epoch",
+                                   "old_pid", "new_pid", "successor")} == {
+        "state": "handing over", "phase": "preparing", "reason": "rolling", "from_host": "host-03",
+        "from_epoch": 6, "host": "host-01", "epoch": 20, "old_pid": 10005, "new_pid": 20005, "successor": "ready"}
+    assert moving["deadline_in"] == pytest.approx(57, abs=5) and clusters[5]["state"] == "ready"
+    assert clusters[2]["handover"]["state"] == "switching" and clusters[2]["handover"]["old_pid"] is None
+    assert clusters[0]["handover"] is None
+    assert doc["leader"]["operation"] == {"kind": "rolling", "host": "host-03", "done": 2, "total": 4, "cluster": 5}
+    hosts = {h["id"]: h for h in doc["hosts"]}
+    assert hosts["host-01"]["successors"] == [5] and hosts["host-02"]["successors"] == []
+
+
+async def test_unreadable_handover_records_are_warnings_not_failures(redis_url: str) -> None:
+    redis = create_redis(redis_url)
+    keys = Keys()
+    try:
+        await seed(redis, now=NOW, healthy=True)
+        await redis.hset(keys.handover, mapping={"3": "{not json", "x": "{}"})
+        await redis.hset(keys.host("host-02"), "successors", "[1]")
+        await redis.hset(keys.broker, "operation", "nonsense")
+        snapshot = await read_snapshot(redis, keys, now=NOW)
+    finally:
+        await redis.aclose()
+    assert all(c.handover is None for c in snapshot.clusters) and snapshot.leader.operation is None
+    text = " | ".join(snapshot.warnings)
+    assert "letsfrag:handover" in text and "successors" in text, text

@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a !ping unanswered for this long counts as unanswered (default 5s)")
     add("--traffic-rate", type=_non_negative_float, default=0.0,
         help="background '!ping <n>' messages per second, spread over all guilds (default 0 = none)")
+    add("--handover-deadline", type=_duration, default=d.handover_deadline,
+        help="an announced handover may keep two live sessions of a shard this long (default 120s)")
     add("--seed", type=int, default=None, help="seed for chaos and traffic choices")
 
 
@@ -87,6 +89,7 @@ def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
         privileged_intents_allowed=not args.deny_privileged_intents,
         answer_timeout=args.answer_timeout,
         traffic_rate=args.traffic_rate,
+        handover_deadline=args.handover_deadline,
         seed=args.seed,
     )
 

@@ -52,6 +52,7 @@ class SimCore:
             reject_when_exhausted=options.reject_when_exhausted,
             answer_timeout=options.answer_timeout,
             now=self.clock(),
+            handover_deadline=options.handover_deadline,
         )
         self.links: set[Link] = set()
         self.gateway_url = "ws://127.0.0.1:0/"
@@ -76,8 +77,12 @@ class SimCore:
         session.link = link
         session.resumable_until = None
         link.session = session
+        marker = getattr(link, "handover_epoch", None)
+        if marker is not None and session.handover_epoch is None:
+            session.handover_epoch = marker
         self.referee.session_live(session.shard_id, session.session_id, self.clock(),
-                                  drain=bool(getattr(link, "replay_drain", False)))
+                                  drain=bool(getattr(link, "replay_drain", False)),
+                                  announced=session.handover_epoch)
 
     def detach(self, session: Session, *, resumable: bool) -> None:
         """The session is no longer carried; keep it for ``resume_window`` or forget it."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
+from letsfrag.handover import GATEWAY_PARAM
 from letsfrag.sim import payloads
 from letsfrag.sim.commands import handle_command
 from letsfrag.sim.compression import Compressor, make_compressor
@@ -24,6 +25,17 @@ _RATE_PERIOD = 60.0
 _ACK_FRAME = payloads.op_frame(Op.HEARTBEAT_ACK)
 #: a close the peer does not complete (it stopped reading) ends in a TCP reset after this long
 _CLOSE_GRACE = 30.0
+
+
+def handover_marker(value: str | None) -> int | None:
+    """The epoch of a ``letsfrag_handover`` query value; None when absent or not a positive integer."""
+    if value is None:
+        return None
+    try:
+        epoch = int(value)
+    except ValueError:
+        return None
+    return epoch if epoch > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,8 @@ class GatewayConnection:
         self._close_started = False
         #: ``?letsfrag_replay=1``: a side connection that only drains a session's replay (not a duplicate)
         self.replay_drain = request.query.get("letsfrag_replay") == "1"
+        #: ``?letsfrag_handover=<epoch>``: a letsfrag successor's connection (an announced overlap, not a duplicate)
+        self.handover_epoch = handover_marker(request.query.get(GATEWAY_PARAM))
 
     # --- Link -------------------------------------------------------------------------------------------
     def send(self, frame: str) -> None:

@@ -48,6 +48,8 @@ class SimulatorOptions:
     gateway_rate_limit: int = 120
     #: background ``!ping`` traffic started with the server, messages per second (0 = none)
     traffic_rate: float = 0.0
+    #: an announced handover overlap (two live sessions of a shard, one a letsfrag successor's) may last this long
+    handover_deadline: float = 120.0
     #: seed of the random choices (chaos, traffic guild order); None = not reproducible
     seed: int | None = None
 
@@ -81,6 +83,7 @@ class SimulatorOptions:
         need(self.resume_buffer >= 1, f"resume_buffer: must be at least 1, found {self.resume_buffer}")
         need(self.zombie_factor >= 1, f"zombie_factor: must be at least 1, found {self.zombie_factor}")
         need(self.gateway_rate_limit >= 1, f"gateway_rate_limit: must be at least 1, found {self.gateway_rate_limit}")
+        need(self.handover_deadline > 0, f"handover_deadline: must be positive, found {self.handover_deadline}")
         need(self.traffic_rate >= 0, f"traffic_rate: cannot be negative, found {self.traffic_rate}")
         if problems:
             raise ConfigError(problems, source="simulator options")

@@ -42,7 +42,15 @@ def _str_keys(counter: dict[int, int] | Counter[int]) -> dict[str, int]:
 
 
 class Referee:
-    """Counters and the two physical rules: identify windows and one live session per shard."""
+    """Counters and the two physical rules: identify windows and one live session per shard.
+
+    A shard may have two live sessions during an *announced* handover: the newer of the two sessions (the one
+    that first went live later; a RESUME keeps a session's place) was opened by a letsfrag successor (its
+    connection carried ``?letsfrag_handover=<epoch>``, :data:`letsfrag.handover.GATEWAY_PARAM`), and the older
+    one is not a successor of the same or a later epoch. Such an overlap is counted in ``announced_overlaps``; one
+    that lasts longer than ``handover_deadline`` is a violation (``over_deadline``). Any other second live
+    session — a stray one next to a former successor, or a third — is a duplicate (``duplicate_sessions``).
+    """
 
     def __init__(
         self,
@@ -54,18 +62,24 @@ class Referee:
         reject_when_exhausted: bool,
         answer_timeout: float,
         now: float,
+        handover_deadline: float = 120.0,
     ) -> None:
         self.max_concurrency = max_concurrency
         self.identify_window = identify_window
         self.enforce_window = enforce_window
         self.session_start_total = session_start_total
         self.reject_when_exhausted = reject_when_exhausted
+        self.handover_deadline = handover_deadline
         self.handling = HandlingReferee(answer_timeout)
         # physical state, kept across reset()
         self.last_identify: dict[int, float] = {}
         #: shard -> when its latest IDENTIFY arrived (the simulator's monotonic clock)
         self.identified_at: dict[int, float] = {}
         self.live: dict[int, set[str]] = {}
+        #: session id -> the handover epoch its connection announced (successor sessions only)
+        self.announced: dict[str, int] = {}
+        #: session id -> the order in which sessions first became live (a RESUME keeps a session's place)
+        self.first_seen: dict[str, int] = {}
         self.budget_reset_at = now + BUDGET_PERIOD
         self._zero(now)
 
@@ -73,8 +87,16 @@ class Referee:
         self.identifies: Counter[int] = Counter()
         self.violations: Counter[int] = Counter()
         self.duplicates: Counter[int] = Counter()
-        self.overlap_since: dict[int, float] = {s: now for s, ids in self.live.items() if len(ids) > 1}
+        self.overlap_since: dict[int, float] = {s: now for s in self.live if self._kind(s) == "split"}
         self.longest_overlap = 0.0
+        self.announced_overlaps: Counter[int] = Counter()
+        #: shard -> when its announced overlap began (still two live sessions)
+        self.announced_since: dict[int, float] = {s: now for s in self.live if self._kind(s) == "announced"}
+        #: shard -> its longest finished announced overlap, seconds
+        self.announced_longest: dict[int, float] = {}
+        self.over_deadline: Counter[int] = Counter()
+        #: shards whose current announced overlap was already counted in ``over_deadline``
+        self._overdue: set[int] = set()
         self.session_start_remaining = self.session_start_total
         self.counters: Counter[str] = Counter()
         self.close_codes: Counter[int] = Counter()
@@ -134,30 +156,81 @@ class Referee:
         return max(0.0, self.budget_reset_at - now)
 
     # --- live sessions --------------------------------------------------------------------------------
-    def session_live(self, shard_id: int, session_id: str, now: float, *, drain: bool = False) -> None:
+    def session_live(self, shard_id: int, session_id: str, now: float, *, drain: bool = False,
+                     announced: int | None = None) -> None:
         """A session of ``shard_id`` became live (READY or RESUMED sent). A ``drain`` (a letsfrag replay side
-        connection, which closes after RESUMED) is counted in ``replay_drains``, not as a live session."""
+        connection, which closes after RESUMED) is counted in ``replay_drains``, not as a live session.
+        ``announced`` is the handover epoch the session's connection carried (a successor), else None."""
         if drain:
             self.counters["replay_drains"] += 1
             return
+        if announced is not None:
+            self.announced.setdefault(session_id, announced)
+        self.first_seen.setdefault(session_id, len(self.first_seen))
         ids = self.live.setdefault(shard_id, set())
         if session_id in ids:
             return
-        if ids:
-            self.duplicates[shard_id] += 1
-            self.overlap_since.setdefault(shard_id, now)
+        before = self._kind(shard_id)
         ids.add(session_id)
+        after = self._kind(shard_id)
+        if after == "split":
+            self.duplicates[shard_id] += 1
+        elif after == "announced" and before == "single":
+            self.announced_overlaps[shard_id] += 1
+        self._moved(shard_id, before, after, now)
 
     def session_dead(self, shard_id: int, session_id: str, now: float) -> None:
         """A session of ``shard_id`` stopped being live (socket closed, reaped, invalidated)."""
         ids = self.live.get(shard_id)
         if ids is None or session_id not in ids:
             return
+        before = self._kind(shard_id)
         ids.discard(session_id)
         if not ids:
             del self.live[shard_id]
-        if len(ids) <= 1 and shard_id in self.overlap_since:
+        self._moved(shard_id, before, self._kind(shard_id), now)
+
+    def _kind(self, shard_id: int) -> str:
+        """``single`` (0-1 live sessions), ``announced`` (an announced handover's two) or ``split``."""
+        ids = self.live.get(shard_id, ())
+        if len(ids) <= 1:
+            return "single"
+        if len(ids) == 2:
+            older, newer = sorted(ids, key=lambda sid: self.first_seen.get(sid, -1))
+            new_epoch, old_epoch = self.announced.get(newer), self.announced.get(older)
+            # the newer session is the successor: announced, and of a later epoch than an older successor's
+            if new_epoch is not None and (old_epoch is None or old_epoch < new_epoch):
+                return "announced"
+        return "split"
+
+    def _moved(self, shard_id: int, before: str, after: str, now: float) -> None:
+        """Start and end the overlap timers of one shard on a change of its kind."""
+        if before == "announced" and after != "announced":
+            self._end_announced(shard_id, now)
+        if before != "announced" and after == "announced":
+            self.announced_since.setdefault(shard_id, now)
+        if after == "split":
+            self.overlap_since.setdefault(shard_id, now)
+        elif shard_id in self.overlap_since:
             self.longest_overlap = max(self.longest_overlap, now - self.overlap_since.pop(shard_id))
+
+    def _end_announced(self, shard_id: int, now: float) -> None:
+        since = self.announced_since.pop(shard_id, None)
+        if since is None:
+            return
+        self.announced_longest[shard_id] = max(self.announced_longest.get(shard_id, 0.0), now - since)
+        self._check_deadline(shard_id, since, now)
+        self._overdue.discard(shard_id)
+
+    def _check_deadline(self, shard_id: int, since: float, now: float) -> None:
+        if now - since > self.handover_deadline and shard_id not in self._overdue:
+            self._overdue.add(shard_id)
+            self.over_deadline[shard_id] += 1
+
+    def check_deadlines(self, now: float) -> None:
+        """Count every announced overlap that is running longer than the handover deadline (once each)."""
+        for shard_id, since in list(self.announced_since.items()):
+            self._check_deadline(shard_id, since, now)
 
     def live_shards(self) -> list[int]:
         """Shard ids with at least one live session."""
@@ -167,6 +240,10 @@ class Referee:
     def snapshot(self, now: float) -> dict[str, Any]:
         """Every counter as a JSON-ready dict (string keys for shard and bucket ids)."""
         longest = max([self.longest_overlap] + [now - since for since in self.overlap_since.values()])
+        self.check_deadlines(now)
+        announced_longest = dict(self.announced_longest)
+        for shard_id, since in self.announced_since.items():
+            announced_longest[shard_id] = max(announced_longest.get(shard_id, 0.0), now - since)
         return {
             "identifies": {"total": sum(self.identifies.values()), "per_shard": _str_keys(self.identifies)},
             "identified_at": {str(s): round(t, 6) for s, t in sorted(self.identified_at.items())},
@@ -178,6 +255,15 @@ class Referee:
                 "longest_overlap_seconds": round(longest, 3),
                 "per_shard": _str_keys(self.duplicates),
                 "overlapping_now": sorted(self.overlap_since),
+            },
+            "announced_overlaps": {
+                "count": sum(self.announced_overlaps.values()),
+                "per_shard": _str_keys(self.announced_overlaps),
+                "longest_overlap_seconds": round(max(announced_longest.values(), default=0.0), 3),
+                "longest_per_shard": {str(s): round(v, 3) for s, v in sorted(announced_longest.items())},
+                "overlapping_now": sorted(self.announced_since),
+                "over_deadline": sum(self.over_deadline.values()),
+                "deadline_seconds": self.handover_deadline,
             },
             "resumes": self.counters["resumes"],
             "resume_failures": self.counters["resume_failures"],

@@ -49,6 +49,8 @@ class Session:
     link: Link | None = None
     resumable_until: float | None = None
     dropped_upto: int = 0
+    #: the handover epoch (``?letsfrag_handover=``) of the connection that identified or resumed it: a successor's
+    handover_epoch: int | None = None
     #: (seq, frame, tag) — tag is the id of a handling-referee message, else 0
     buffer: deque[tuple[int, str, int]] = field(default_factory=deque)
 

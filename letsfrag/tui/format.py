@@ -17,18 +17,18 @@ from rich.text import Text
 
 from ..events import Event
 from ..logs import escape_control
-from ..snapshot import ClusterRow, HostRow, Snapshot
+from ..snapshot import ClusterRow, HandoverInfo, HostRow, Snapshot, operation_text
 from ..units import format_duration, format_size
 
 __all__ = [
-    "CLUSTER_COLUMNS", "CLUSTER_SORTS", "HOST_COLUMNS", "cluster_cells", "event_cells", "host_cells",
-    "matches", "plain", "plain_lines", "state_style", "summary_text",
+    "CLUSTER_COLUMNS", "CLUSTER_SORTS", "HOST_COLUMNS", "cluster_cells", "event_cells", "handover_text",
+    "host_cells", "matches", "plain", "plain_lines", "state_style", "summary_text",
 ]
 
 STATE_STYLES: dict[str, str] = {
     "ready": "green", "up": "green", "starting": "cyan", "pending": "cyan", "leaving": "cyan",
     "degraded": "yellow", "stale": "yellow", "backoff": "yellow", "draining": "yellow",
-    "stopping": "dim", "stopped": "dim",
+    "stopping": "dim", "stopped": "dim", "handing over": "bold cyan", "switching": "bold cyan",
     "failed": "bold red", "unassigned": "bold red", "lost": "bold red",
 }
 SEVERITY_STYLES = {"info": "", "warning": "yellow", "error": "bold red"}
@@ -84,10 +84,11 @@ def _num(value: float | int | None, fmt: str = "{:.0f}") -> str:
 def host_cells(host: HostRow) -> tuple[Text | str, ...]:
     """Cells of one hosts-table row, in :data:`HOST_COLUMNS` order."""
     capacity = f"/{host.capacity}" if host.capacity is not None else ""
+    successors = f"+{len(host.successors)}" if host.successors else ""
     return (
         plain(host.id), plain(host.hostname), plain(host.state, style=state_style(host.state)),
         Text(_dur(host.lease_age), style="" if host.lease else "red"),
-        f"{len(host.clusters)}{capacity}", str(host.shards), _num(host.cpu_percent, "{:.1f}"),
+        f"{len(host.clusters)}{successors}{capacity}", str(host.shards), _num(host.cpu_percent, "{:.1f}"),
         "–" if host.rss is None else format_size(host.rss), _dur(host.uptime),
     )
 
@@ -104,14 +105,36 @@ def cluster_cells(cluster: ClusterRow) -> tuple[Text | str, ...]:
     latency = "–" if cluster.latency is None else f"{cluster.latency * 1000:.0f}ms"
     beat = Text(_dur(cluster.heartbeat_age), style=cluster.heartbeat_colour)
     error = cluster.last_error or (cluster.reason if cluster.state != "ready" else "")
+    host: Text | str = plain(cluster.host or "–")
+    state: Text | str = plain(cluster.state, style=state_style(cluster.state))
+    pid: Text | str = _num(cluster.pid) if cluster.pid else "–"
+    handover = cluster.handover
+    if handover is not None:
+        host = plain(handover.from_host if handover.from_host == handover.host
+                     else f"{handover.from_host} → {handover.host}")
+        state = plain(handover.state, style=state_style(handover.state))
+        pid = f"{_num(handover.old_pid) if handover.old_pid else '–'} → " \
+              f"{_num(handover.new_pid) if handover.new_pid else '–'}"
+        error = cluster.last_error or handover_text(handover)
     return (
-        str(cluster.id), plain(cluster.host or "–"), plain(cluster.shard_range),
+        str(cluster.id), host, plain(cluster.shard_range),
         Text(f"{cluster.shards_ready}/{total}", style=ready_style),
-        plain(cluster.state, style=state_style(cluster.state)), _num(cluster.pid) if cluster.pid else "–",
+        state, pid,
         Text(str(cluster.restarts), style="yellow" if cluster.restarts else ""), _dur(cluster.uptime),
         _num(cluster.cpu_percent, "{:.1f}"), _memory_cell(cluster),
-        _num(cluster.guilds), latency, beat, plain(error[:80], style="red" if error else ""),
+        _num(cluster.guilds), latency, beat,
+        plain(error[:80], style="cyan" if handover is not None and not cluster.last_error else "red" if error else ""),
     )
+
+
+def handover_text(handover: HandoverInfo) -> str:
+    """``rolling to h1 epoch 12, successor ready, 3s`` for a cluster's handover in progress."""
+    parts = [f"{handover.reason or 'handover'} to {handover.host} epoch {handover.epoch}"]
+    if handover.successor:
+        parts.append(f"successor {handover.successor}")
+    if handover.age is not None:
+        parts.append(_dur(handover.age))
+    return ", ".join(parts)
 
 
 def _memory_cell(cluster: ClusterRow) -> str:
@@ -173,6 +196,14 @@ def summary_text(snapshot: Snapshot | None, address: str, *, connected: bool = T
         text.append(f"{remaining}/{total}", style="bold red" if remaining < total * 0.1 else "")
     text.append("  errors 10m ")
     text.append(str(s["errors_10m"]), style="bold red" if s["errors_10m"] else "green")
+    handing = sum(1 for c in snapshot.clusters if c.handover is not None)
+    if handing:
+        text.append("  handovers ")
+        text.append(str(handing), style="bold cyan")
+    operation = operation_text(snapshot.leader.operation)
+    if operation:
+        text.append("  ")
+        text.append(escape_control(operation), style="bold cyan")
     if paused:
         text.append("  PAUSED", style="bold reverse yellow")
     return text

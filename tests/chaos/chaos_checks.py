@@ -42,11 +42,13 @@ def kinds(events: Iterable[Event], since: float = 0.0) -> list[str]:
 
 def assert_clean_end(deployment: Rehearsal, expected_kinds: Iterable[str] = (), since: float = 0.0,
                      timeout: float = 60.0) -> list[Event]:
-    """Every shard READY exactly once, 0 duplicate sessions, 0 identify violations, the expected events."""
+    """Every shard READY exactly once, 0 duplicate sessions, 0 identify violations, no handover overlap longer
+    than its deadline, the expected events."""
     wait_ready(deployment, timeout=timeout, message="every shard READY exactly once at the end")
     stats = deployment.sim_stats()
     assert stats["duplicate_sessions"]["count"] == 0, stats["duplicate_sessions"]
     assert stats["identify_violations"]["total"] == 0, stats["identify_violations"]
+    assert stats["announced_overlaps"]["over_deadline"] == 0, stats["announced_overlaps"]
     events = deployment.events()
     seen = kinds(events, since)
     missing = [k for k in expected_kinds if k not in seen]

@@ -43,6 +43,8 @@ class SecuredRehearsal(Rehearsal):
     redis_username: str | None = None
     redis_password: str | None = None
     signature_window: float | None = None
+    #: YAML appended to the broker's config (e.g. a handover deadline)
+    broker_extra: str = ""
 
     def start_redis(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +87,9 @@ class SecuredRehearsal(Rehearsal):
             text += f"signature_window: {self.signature_window}s\n"
         return text
 
+    def broker_yaml(self) -> str:
+        return super().broker_yaml() + self.broker_extra
+
     def redis_client(self) -> redis.Redis:
         """A sync client (str responses) that may connect whatever the ACL."""
         return redis.Redis.from_url(
@@ -102,7 +107,8 @@ class SecuredRehearsal(Rehearsal):
 
 
 def deployment_factory(tmp_path: Path) -> Iterator[Callable[..., SecuredRehearsal]]:
-    """Factory fixture body: ``make(redis_username=.., signature_window=.., **settings)``, torn down after."""
+    """Factory fixture body: ``make(redis_username=.., signature_window=.., broker_extra=.., **settings)``, torn
+    down after."""
     made: list[SecuredRehearsal] = []
 
     def make(
@@ -110,6 +116,7 @@ def deployment_factory(tmp_path: Path) -> Iterator[Callable[..., SecuredRehearsa
         redis_username: str | None = None,
         redis_password: str | None = None,
         signature_window: float | None = None,
+        broker_extra: str = "",
         **settings: Any,
     ) -> SecuredRehearsal:
         deployment = SecuredRehearsal(
@@ -118,6 +125,7 @@ def deployment_factory(tmp_path: Path) -> Iterator[Callable[..., SecuredRehearsa
             redis_username=redis_username,
             redis_password=redis_password,
             signature_window=signature_window,
+            broker_extra=broker_extra,
         )
         made.append(deployment)
         return deployment

@@ -200,3 +200,27 @@ async def test_added_guilds_reach_live_sessions() -> None:
         assert sum(1 for g in new_ids if (g >> 22) % 4 == 0) == 1
         create = await gw.recv()
         assert create["t"] == "GUILD_CREATE" and int(create["d"]["id"]) in new_ids
+
+
+async def test_a_successor_connection_is_an_announced_overlap_not_a_duplicate() -> None:
+    async with Simulator(**FAST) as sim, raw_gateway(sim) as old, \
+            raw_gateway(sim, query="v=10&encoding=json&letsfrag_handover=5") as new:
+        await _ready(old, [1, 4])
+        ready = await _ready(new, [1, 4])
+        stats = sim.stats()
+        assert stats["duplicate_sessions"]["count"] == 0 and stats["sessions_active"]["1"] == 2
+        assert stats["announced_overlaps"]["count"] == 1 and stats["announced_overlaps"]["overlapping_now"] == [1]
+        # the successor's session resumed on a plain connection (resume_gateway_url) keeps its mark
+        await new.close()
+        async with raw_gateway(sim) as again:
+            await again.recv()
+            await again.send(6, {"token": "test-token", "session_id": ready["d"]["session_id"], "seq": ready["s"]})
+            await again.recv_until(lambda p: p.get("t") == "RESUMED")
+            assert sim.stats()["duplicate_sessions"]["count"] == 0
+        await old.close(1000)
+        await wait_until(lambda: sim.stats()["announced_overlaps"]["overlapping_now"] == [], timeout=5)
+        assert "1" in sim.stats()["announced_overlaps"]["longest_per_shard"]
+    async with Simulator(**FAST) as sim, raw_gateway(sim) as first, raw_gateway(sim) as second:
+        await _ready(first, [2, 4])
+        await _ready(second, [2, 4])  # two sessions nobody announced: still a duplicate
+        assert sim.stats()["duplicate_sessions"]["count"] == 1 and sim.stats()["announced_overlaps"]["count"] == 0

@@ -88,6 +88,72 @@ def test_duplicate_sessions_and_longest_overlap() -> None:
     assert snap["sessions_active"] == {"3": 1} and snap["shards_ready"] == [3]
 
 
+def test_an_announced_handover_overlap_is_not_a_duplicate() -> None:
+    referee = make_referee(handover_deadline=10.0)
+    referee.session_live(2, "old", now=0.0)
+    referee.session_live(2, "new", now=1.0, announced=7)  # the successor of epoch 7
+    snap = referee.snapshot(now=2.0)
+    assert snap["duplicate_sessions"]["count"] == 0 and snap["duplicate_sessions"]["overlapping_now"] == []
+    assert snap["announced_overlaps"]["count"] == 1 and snap["announced_overlaps"]["overlapping_now"] == [2]
+    assert snap["announced_overlaps"]["longest_overlap_seconds"] == 1.0
+    referee.session_dead(2, "old", now=4.0)  # the old process closed: the overlap lasted 3 s
+    referee.session_live(2, "new", now=5.0)  # a RESUME of the successor's session keeps its mark
+    snap = referee.snapshot(now=9.0)
+    assert snap["announced_overlaps"] == {
+        "count": 1, "per_shard": {"2": 1}, "longest_overlap_seconds": 3.0, "longest_per_shard": {"2": 3.0},
+        "overlapping_now": [], "over_deadline": 0, "deadline_seconds": 10.0,
+    }
+    assert snap["duplicate_sessions"]["count"] == 0
+
+
+def test_unannounced_third_and_same_epoch_overlaps_are_duplicates() -> None:
+    referee = make_referee()
+    referee.session_live(0, "a", now=0.0)
+    referee.session_live(0, "b", now=1.0)  # nobody announced it: a split brain
+    assert referee.snapshot(now=1.0)["duplicate_sessions"]["count"] == 1
+    referee.session_live(1, "c", now=0.0)
+    referee.session_live(1, "d", now=1.0, announced=3)
+    referee.session_live(1, "e", now=2.0, announced=4)  # a third session is never allowed
+    snap = referee.snapshot(now=3.0)
+    assert snap["duplicate_sessions"]["per_shard"] == {"0": 1, "1": 1}
+    assert snap["announced_overlaps"]["count"] == 1 and snap["announced_overlaps"]["overlapping_now"] == []
+    referee.session_dead(1, "e", now=4.0)  # back to the announced pair: no longer a split
+    snap = referee.snapshot(now=4.0)
+    assert snap["duplicate_sessions"]["overlapping_now"] == [0]
+    assert snap["announced_overlaps"]["overlapping_now"] == [1]
+    referee.session_live(5, "f", now=0.0, announced=9)
+    referee.session_live(5, "g", now=0.0, announced=9)  # two successors of one handover: a duplicate
+    assert referee.snapshot(now=1.0)["duplicate_sessions"]["per_shard"]["5"] == 1
+    referee.session_live(6, "owner", now=0.0, announced=4)  # a former successor, the owner now
+    referee.session_live(6, "stray", now=1.0)  # nobody announced the newer one: a split brain
+    assert referee.snapshot(now=1.0)["duplicate_sessions"]["per_shard"]["6"] == 1
+    referee.session_dead(6, "stray", now=2.0)
+    referee.session_live(6, "next", now=3.0, announced=5)  # the next handover of the same shard
+    snap = referee.snapshot(now=3.0)
+    assert snap["duplicate_sessions"]["per_shard"]["6"] == 1 and snap["announced_overlaps"]["per_shard"]["6"] == 1
+
+
+def test_the_old_session_resuming_during_a_handover_stays_announced() -> None:
+    referee = make_referee()
+    referee.session_live(1, "old", now=0.0)
+    referee.session_live(1, "new", now=1.0, announced=2)
+    referee.session_dead(1, "old", now=2.0)  # the old process's connection dropped ...
+    referee.session_live(1, "old", now=2.5)  # ... and it RESUMEd while the successor was still gated
+    snap = referee.snapshot(now=3.0)
+    assert snap["duplicate_sessions"]["count"] == 0 and snap["announced_overlaps"]["count"] == 2
+
+
+def test_an_announced_overlap_longer_than_the_deadline_is_counted_once() -> None:
+    referee = make_referee(handover_deadline=5.0)
+    referee.session_live(4, "old", now=0.0)
+    referee.session_live(4, "new", now=0.0, announced=2)
+    assert referee.snapshot(now=4.0)["announced_overlaps"]["over_deadline"] == 0
+    assert referee.snapshot(now=6.0)["announced_overlaps"]["over_deadline"] == 1
+    referee.session_dead(4, "old", now=8.0)
+    snap = referee.snapshot(now=9.0)
+    assert snap["announced_overlaps"]["over_deadline"] == 1 and snap["duplicate_sessions"]["count"] == 0
+
+
 def test_reset_zeroes_counters_but_keeps_live_sessions() -> None:
     referee = make_referee()
     referee.identify(0, now=0.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers import wait_until
 from rich.text import Text
-from seed import HOSTILE, HOSTILE_SHOWN, seed_hostile
+from seed import HOSTILE, HOSTILE_SHOWN, NOW, seed_handover, seed_hostile
 from textual.widgets import Input, Label, Static
 from tui_support import SIZE, FakeInbox, make_app, seed_url
 
@@ -207,3 +207,30 @@ async def test_hostile_strings_from_redis_render_literally(redis_url: str) -> No
         assert question == f"Drain {HOSTILE_SHOWN}? Its clusters move to other hosts."
         assert "\x1b" not in app.export_screenshot()
         await pilot.press("n")
+
+
+async def test_a_handover_and_a_rolling_restart_are_shown(redis_url: str) -> None:
+    await seed_url(redis_url, healthy=True)
+    redis = create_redis(redis_url)
+    try:
+        await seed_handover(redis, now=NOW)
+    finally:
+        await redis.aclose()
+    app = make_app(redis_url)
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(app, pilot)
+        moving = [str(cell) for cell in _clusters(app).cells_of("5") or ()]
+        assert moving[1] == "host-03 → host-01" and moving[4] == "handing over" and moving[5] == "10005 → 20005"
+        assert moving[-1].startswith("rolling to host-01 epoch 20, successor ready")
+        switching = [str(cell) for cell in _clusters(app).cells_of("2") or ()]
+        assert switching[4] == "switching" and switching[5] == "– → 20002"
+        header = str(app.main_screen.query_one("#summary", SummaryHeader).render())
+        assert "rolling restart of host-03: 2 of 4" in header and "handovers 2" in header, header
+        hosts = app.main_screen.query_one("#hosts", HostsTable)
+        assert str((hosts.cells_of("host-01") or ())[4]) == "4+1/4"
+        _clusters(app).move_cursor(row=5)
+        await pilot.press("enter")
+        await wait_until(lambda: isinstance(app.screen, ClusterScreen) and app.screen.detail is not None)
+        await pilot.pause()
+        title = str(app.screen.query_one("#cluster-title", Static).render())
+        assert "handing over" in title and "host-03 pid 10005 epoch 6 → host-01 pid 20005 epoch 20" in title

@@ -18,7 +18,7 @@ from textual.widgets import Footer, Label, Static
 from ...logs import escape_control
 from ...snapshot import ClusterDetail
 from ...units import format_duration, format_size
-from ..format import plain, plain_lines, state_style
+from ..format import handover_text, plain, plain_lines, state_style
 from ..widgets.header import ConnectionBanner
 from ..widgets.sparklines import LabelledSparkline
 from ..widgets.tables import RestartsTable, ShardsTable
@@ -111,6 +111,12 @@ class ClusterScreen(Screen[None]):
         title.append(f"heartbeat {_dur(c.heartbeat_age)}", style=c.heartbeat_colour)
         if c.reason:
             title.append(plain(f"  reason: {c.reason}", style="yellow"))
+        if c.handover is not None:
+            h = c.handover
+            title.append("\n")
+            title.append(plain(h.state, style=state_style(h.state)))
+            title.append(plain(f"  {h.from_host} pid {h.old_pid or '–'} epoch {h.from_epoch} → {h.host} pid "
+                               f"{h.new_pid or '–'} epoch {h.epoch}  ({handover_text(h)})"))
         self.query_one("#cluster-title", Static).update(title)
         self.query_one("#shards", ShardsTable).sync([
             (str(s.id), (str(s.id), plain(s.status, style=_shard_style(s.status)),
