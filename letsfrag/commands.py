@@ -115,6 +115,9 @@ async def _run(args: argparse.Namespace, describe: str, action: Action, watch: W
         if watcher is not None:
             await asyncio.wait({watcher}, timeout=2.0)
         await bus.close()
+    steps = outcome.get("steps")
+    for step in steps if isinstance(steps, list) else []:
+        print(str(step), file=sys.stderr)
     message = outcome.get("message") or ("done" if outcome.get("ok") else "failed")
     if outcome.get("ok"):
         print(f"ok: {message}")

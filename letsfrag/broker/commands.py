@@ -162,14 +162,14 @@ class CommandHandler:
                                  f"rolling restart of host {host}: {op['total']} cluster(s)", host=host)
         finished = await self._wait(lambda: op["state"] != "running", wait)
         rec.finish_operation()
-        total, done = op["total"], op["done"]
+        total, done, steps = op["total"], op["done"], op["steps"]
         if op["state"] == "done":
-            return {"ok": True, "done": True, "total": total,
+            return {"ok": True, "done": True, "total": total, "steps": steps,
                     "message": f"rolling restart of host {host}: {total} of {total} cluster(s) handed over"}
         if op["state"] == "failed":
-            return {"ok": False, "done": False, "total": total, "restarted": done,
+            return {"ok": False, "done": False, "total": total, "restarted": done, "steps": steps,
                     "message": f"rolling restart of host {host} stopped after {done} of {total}: {op['message']}"}
         assert not finished
-        return {"ok": False, "done": False, "total": total, "restarted": done,
+        return {"ok": False, "done": False, "total": total, "restarted": done, "steps": steps,
                 "message": f"rolling restart of host {host}: {done} of {total} so far, no end within the wait "
                            "(it goes on)"}

@@ -156,8 +156,8 @@ class Handovers:
         return out
 
     def targeting(self, host: str) -> HandoverRecord | None:
-        """The handover whose successor runs on ``host``, if any."""
-        return next((r for r in self.records.values() if r.host == host), None)
+        """The handover whose successor prepares on ``host`` (not yet switched), if any."""
+        return next((r for r in self.preparing() if r.host == host), None)
 
     def preparing(self) -> list[HandoverRecord]:
         """Records not yet switched."""

@@ -369,7 +369,7 @@ class Reconciler:
         frozen = self._frozen(verdicts)
         capacities = {h: r.capacity for h, r in snap.hosts.items()}
         draining = sorted(h for h in frozen if any(v == h for v in current.values()))
-        busy = {r.host for r in self.handovers.records.values()}
+        busy = {r.host for r in self.handovers.preparing()}
         move: tuple[int, str, str] | None = None
         reason = "drain"
         if draining:
@@ -614,7 +614,7 @@ class Reconciler:
         self._rolling_clusters = clusters
         self._rolling_serial = 0
         self.operation = {"kind": "rolling", "host": host, "done": 0, "total": len(clusters), "cluster": None,
-                          "state": "running", "message": ""}
+                          "state": "running", "message": "", "steps": []}
         return None
 
     async def _advance_operation(self) -> None:
@@ -626,8 +626,11 @@ class Reconciler:
         if self._rolling_serial:
             outcome = self.outcomes.get(self._rolling_serial)
             if outcome is not None and outcome.final:
+                steps = op["steps"]
+                assert isinstance(steps, list)
                 if outcome.state in ("switched", "done"):
                     op["done"] = int(str(op["done"])) + 1
+                    steps.append(f"{outcome.message} ({op['done']} of {op['total']})")
                     self._rolling_serial = 0
                 else:
                     op["state"] = "failed"

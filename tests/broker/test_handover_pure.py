@@ -103,6 +103,7 @@ def test_bookkeeping_queries() -> None:
     book.load({3: a, 5: b})
     assert len(book) == 2 and 3 in book
     assert book.targeting("b") == a and book.targeting("a") is None
+    assert book.targeting("c") is None  # switched: its successor is the owner now
     assert book.preparing() == [a]
     assert book.sources("a") == [3, 5]
     assert sorted(book.epochs()) == [7, 8, 12, 13]
