@@ -59,12 +59,13 @@ class ClusterBroker:
     ``budget_interval``: how often the identify budget is refreshed from Discord (needs a token);
     ``command_wait``: how long a ``drain``/``rebalance`` command waits for completion before replying (a
     ``restart``/``rolling_restart`` waits as long as its payload's ``wait`` asks, at most ``max_command_wait``);
-    ``handover_timeout``: how long a handover's successor has to become ready before it is rolled back.
+    ``handover_timeout``: how long a handover's successor has to become ready before it is rolled back (default
+    the config's ``handover_timeout``).
     """
 
     def __init__(self, config: BrokerConfig, *, broker_id: str | None = None, clock: Clock | None = None,
                  handle_signals: bool = False, move_timeout: float | None = None,
-                 budget_interval: float = 600.0, command_wait: float = 5.0, handover_timeout: float = 120.0,
+                 budget_interval: float = 600.0, command_wait: float = 5.0, handover_timeout: float | None = None,
                  max_command_wait: float = 3600.0) -> None:
         self.config = config
         self.broker_id = broker_id or config.broker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -73,7 +74,7 @@ class ClusterBroker:
         self.move_timeout = move_timeout if move_timeout is not None else 3 * config.lease.ttl
         self.budget_interval = budget_interval
         self.command_wait = command_wait
-        self.handover_timeout = handover_timeout
+        self.handover_timeout = handover_timeout if handover_timeout is not None else float(config.handover_timeout)
         self.max_command_wait = max_command_wait
         secret = config.secret.get_secret_value() if config.secret else None
         register_secrets_in(config)

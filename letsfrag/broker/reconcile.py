@@ -23,7 +23,6 @@ from letsfrag.clock import Clock
 from letsfrag.config import BrokerConfig
 from letsfrag.events import Severity
 from letsfrag.handover import HANDOFF_BLOCKED_FIELD, OPERATION_FIELD, HandoverReason, HandoverRecord
-from letsfrag.identify import RESERVE_FRACTION
 from letsfrag.records import LayoutRecord
 
 from .assignment import plan_assignment, plan_rebalance_step
@@ -431,7 +430,7 @@ class Reconciler:
         spec = next((c for c in self.layout.clusters if c.id == cluster), None)
         shards = len(spec.shard_ids) if spec is not None else 0
         return budget_refusal(cluster, shards, total=self.budget_total, remaining=self.budget_remaining,
-                              reserve_fraction=RESERVE_FRACTION)
+                              reserve_fraction=float(self.config.identify_reserve))
 
     def _refusal(self, cluster: int, target: str, *, in_place: bool) -> str | None:
         """Why a handover of ``cluster`` to ``target`` must not start now (one sentence with the numbers)."""
