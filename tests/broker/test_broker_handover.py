@@ -4,6 +4,7 @@ restart, drain, a leaving host, rollbacks, the gates and a broker failover mid-h
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -186,3 +187,58 @@ async def test_a_new_leader_continues_a_handover_it_finds(deployment: Deployment
 
 async def _assigned_at(dep: Deployment, cluster: int, epoch: int) -> bool:
     return (await dep.assignment()).get(cluster) == ("h1", epoch)
+
+
+async def test_on_join_rebalance_hands_over(deployment: Deployment) -> None:
+    dep = deployment
+    await dep.broker(make_config(dep.url, hosts={"expected": 1}))
+    await dep.host("h1", handovers=True)
+    await wait_until(lambda: dep.settled({"h1": 4}), message="4 clusters on h1")
+    await dep.host("h2", handovers=True)
+    await wait_until(lambda: dep.settled({"h1": 2, "h2": 2}), message="2 + 2 after the join")
+    await wait_until(lambda: _no_records(dep), message="the handovers finished")
+    done = await dep.events("handover_done")
+    assert len(done) == 2 and {d["reason"] for d in done} == {"rebalance"}
+    assert len(dep.hosts["h2"].promoted) == 2
+    assert not await dep.events("cluster_revoked") and not dep.ledger.violations
+
+
+async def test_the_death_of_the_target_rolls_the_drain_back(deployment: Deployment) -> None:
+    dep = deployment
+    broker = await dep.broker(make_config(dep.url, hosts={"expected": 2}, rebalance="manual"), command_wait=0.2)
+    await dep.host("h1", handovers=True)
+    h2 = await dep.host("h2", handovers=True, successor="never")
+    await wait_until(lambda: dep.settled({"h1": 2, "h2": 2}), message="2 + 2")
+    before = await dep.assignment()
+    assert broker._commands is not None
+    await broker._commands.handle({"action": "drain", "host": "h1"})
+    raw = await wait_until(lambda: dep.redis.hvals(dep.keys.handover), message="a preparing handover")
+    cluster = int(next(c for c, v in (await dep.redis.hgetall(dep.keys.handover)).items() if v == raw[0]))
+    await h2.kill()
+    rolled = await wait_until(lambda: dep.events("handover_rolled_back"), message="the rollback")
+    assert "the target host h2 is not alive" in rolled[0]["why"]
+    assert (await dep.assignment())[cluster] == before[cluster], "h1 keeps serving it"
+    assert await dep.redis.hget(dep.keys.host("h2"), "state") == "lost"
+
+
+async def test_a_rolling_restart_publishes_its_progress(deployment: Deployment) -> None:
+    dep = deployment
+    broker = await dep.broker(make_config(dep.url, hosts={"expected": 1}))
+    await dep.host("h1", handovers=True, ready_after=8)
+    await wait_until(lambda: dep.settled({"h1": 4}), message="4 clusters on h1")
+    assert broker._commands is not None
+    task = asyncio.create_task(broker._commands.handle({"action": "rolling_restart", "host": "h1", "wait": 30}))
+    raw = await wait_until(lambda: dep.redis.hget(dep.keys.broker, "operation"), message="the operation field")
+    op = json.loads(raw)
+    assert op["kind"] == "rolling" and op["host"] == "h1" and op["total"] == 4 and op["cluster"] == 0
+    seen = await wait_until(lambda: _op_done(dep, 2), message="2 of 4")
+    assert seen["cluster"] == 2
+    reply = await task
+    assert reply["ok"] and len(reply["steps"]) == 4, reply
+    assert await dep.redis.hget(dep.keys.broker, "operation") is None
+
+
+async def _op_done(dep: Deployment, done: int) -> dict[str, Any] | None:
+    raw = await dep.redis.hget(dep.keys.broker, "operation")
+    op = json.loads(raw) if raw else None
+    return op if op is not None and op["done"] == done else None
