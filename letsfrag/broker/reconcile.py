@@ -183,9 +183,16 @@ class Reconciler:
                 await self._event(Severity.ERROR, "epoch_repaired",
                                   f"{p}; rewritten to {floor} (the highest epoch in the assignment and the host "
                                   "records)", key=keys.epoch)
-        current = {str(p) for p in snap.problems if p.key != keys.epoch}
+        if snap.handover_invalid:
+            # the leader's own key: an unreadable record would block that cluster's handovers for good, and no
+            # supervisor acts on it; deleting it is a rollback (or, after a switch, the end) of that handover
+            await self.store.fenced("HDEL", keys.handover, *snap.handover_invalid)
+            await self._event(Severity.ERROR, "handover_repaired",
+                              f"{keys.handover}: deleted unreadable field(s) {snap.handover_invalid}",
+                              key=keys.handover)
+        current = {str(p) for p in snap.problems if p.key not in (keys.epoch, keys.handover)}
         for p in snap.problems:
-            if p.key != keys.epoch and str(p) not in self._reported_values:
+            if p.key not in (keys.epoch, keys.handover) and str(p) not in self._reported_values:
                 await self._event(Severity.ERROR, "redis_value_invalid", f"{p}; the value is ignored",
                                   key=p.key, field=p.field)
         self._reported_values = current

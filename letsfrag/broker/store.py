@@ -82,6 +82,8 @@ class Snapshot:
     epoch_invalid: bool = False
     #: ``{ns}:handover``: the planned handovers in progress (readable records only; the rest are problems)
     handovers: dict[int, HandoverRecord] = field(default_factory=dict)
+    #: fields of ``{ns}:handover`` that hold no readable record (the leader deletes them)
+    handover_invalid: list[str] = field(default_factory=list)
     #: Redis ``TIME`` (epoch seconds) when the snapshot was read: the clock of the handover records
     time: float = 0.0
     #: ``{ns}:identify:budget`` ``total`` and ``remaining`` (``None``: no budget known)
@@ -322,12 +324,16 @@ class Store:
         except RecordError as exc:
             problems.append(exc)
             epoch_invalid = True
-        handovers, bad = HandoverRecord.parse_all(first[4] or {}, key=k.handover)
+        raw_handovers: dict[str, str] = first[4] or {}
+        handovers, bad = HandoverRecord.parse_all(raw_handovers, key=k.handover)
         problems += bad
+        good = {str(c) for c in handovers}
+        bad_fields = sorted(f for f in raw_handovers if f not in good)
         seconds, micros = first[5]
         total, remaining = (_budget_int(v) for v in first[6] or (None, None))
         return Snapshot(hosts, assignment, epoch, dict(first[3] or {}), sum(int(n) for n in first[7:]),
-                        problems, epoch_invalid, handovers=handovers, time=int(seconds) + int(micros) / 1e6,
+                        problems, epoch_invalid, handovers=handovers, handover_invalid=bad_fields,
+                        time=int(seconds) + int(micros) / 1e6,
                         budget_total=total, budget_remaining=remaining)
 
     # fenced writes ------------------------------------------------------------------------------------

@@ -169,7 +169,11 @@ class FakeHost:
         changed = False
         wanted: dict[int, int] = {}
         for cid, raw in records.items():
-            record = json.loads(raw)
+            try:
+                record = json.loads(raw)
+                int(cid)
+            except ValueError:
+                continue  # unreadable: a supervisor ignores it (the broker deletes it)
             if record["host"] == self.id and record["state"] == "preparing":
                 wanted[int(cid)] = record["epoch"]
         for cluster, epoch in wanted.items():

@@ -242,3 +242,14 @@ async def _op_done(dep: Deployment, done: int) -> dict[str, Any] | None:
     raw = await dep.redis.hget(dep.keys.broker, "operation")
     op = json.loads(raw) if raw else None
     return op if op is not None and op["done"] == done else None
+
+
+async def test_an_unreadable_handover_record_is_deleted(deployment: Deployment) -> None:
+    dep = deployment
+    await _one_host(dep)
+    await dep.redis.hset(dep.keys.handover, mapping={"2": "{not json", "9x": "{}"})
+    repaired = await wait_until(lambda: dep.events("handover_repaired"), message="the repair event")
+    assert "'2'" in repaired[0]["message"] and "'9x'" in repaired[0]["message"]
+    await wait_until(lambda: _no_records(dep), message="the fields are gone")
+    code = await run_restart(_args("restart", "--cluster", "2", "--redis", dep.url, "--timeout", "20s"))
+    assert code == 0, "the cluster can be handed over again"

@@ -117,7 +117,7 @@ async def test_snapshot_reads_successors_and_reports_bad_values(r: aioredis.Redi
     assert snap.hosts["a"].successors == {3: ready} and snap.hosts["a"].handovers
     assert snap.hosts["b"].successors == {} and snap.hosts["b"].handovers
     assert not snap.hosts["c"].handovers  # an older supervisor: no successors field
-    assert snap.handovers == {}
+    assert snap.handovers == {} and snap.handover_invalid == ["5", "x"]
     problems = sorted(str(p) for p in snap.problems)
     assert len(problems) == 3, problems
     assert any("successors" in p and "not JSON" in p for p in problems)
