@@ -82,6 +82,7 @@ class CommandHandler:
         rec.draining.add(host)
         rec.drain_blocked.discard(host)
         rec.drain_failed.discard(host)
+        rec.drain_why.pop(host, None)
         await rec.store.hset(rec.store.keys.host(host), {"state": "draining"})
         total = len(rec.held_by(host))
         await self.broker._event(Severity.INFO, "drain", f"draining host {host}: {total} cluster(s) to move",
@@ -92,8 +93,9 @@ class CommandHandler:
             return {"ok": True, "done": True, "remaining": 0,
                     "message": f"host {host} drained: {total} cluster(s) moved"}
         if host in rec.drain_blocked:
+            why = rec.drain_why.get(host, "no other host has room")
             return {"ok": False, "done": False, "remaining": left,
-                    "message": f"cannot finish draining {host}: no other host has room; {left} cluster(s) stay"}
+                    "message": f"cannot finish draining {host}: {why}; {left} cluster(s) stay"}
         assert not finished
         return {"ok": True, "done": False, "remaining": left,
                 "message": f"draining host {host}: {total - left} of {total} cluster(s) moved so far; continuing"}
@@ -162,7 +164,11 @@ class CommandHandler:
                                  f"rolling restart of host {host}: {op['total']} cluster(s)", host=host)
         finished = await self._wait(lambda: op["state"] != "running", wait)
         rec.finish_operation()
-        total, done, steps = op["total"], op["done"], op["steps"]
+        total, done, steps, skipped = op["total"], op["done"], op["steps"], op["skipped"]
+        if op["state"] == "done" and skipped:
+            return {"ok": False, "done": True, "total": total, "restarted": done, "steps": steps, "skipped": skipped,
+                    "message": f"rolling restart of host {host}: {done} of {total} cluster(s) handed over; skipped "
+                               f"{skipped} (not running here: restart each with `letsfrag restart --cluster N`)"}
         if op["state"] == "done":
             return {"ok": True, "done": True, "total": total, "steps": steps,
                     "message": f"rolling restart of host {host}: {total} of {total} cluster(s) handed over"}

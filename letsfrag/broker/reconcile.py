@@ -107,6 +107,8 @@ class Reconciler:
         self.rebalance_requested = False
         self.rebalance_blocked = False
         self.drain_blocked: set[str] = set()
+        #: why a draining host is blocked, when it is not "no other host has room"
+        self.drain_why: dict[str, str] = {}
         self.ready = False
         self.max_epoch = 0
         self.identify_depth = 0
@@ -288,6 +290,8 @@ class Reconciler:
         if after in (Verdict.UP, Verdict.LEAVING) and before in (None, Verdict.LOST, Verdict.LEFT):
             self.rebalance_blocked = False
             self.handoff_blocked.discard(host)
+            if record.handovers:  # a new run of its supervisor: a refusal of the previous run no longer holds
+                await self.store.fenced("HDEL", self.store.keys.host(host), HANDOFF_BLOCKED_FIELD)
             await self._event(Severity.INFO, "host_joined",
                               f"host {host} is up (capacity {record.capacity})", host=host)
             self._fire("connect", host)
@@ -457,6 +461,9 @@ class Reconciler:
                                   cluster=cluster, host=source, to=target)
             if reason == "leave":
                 await self._block_leaving(source, refused)
+            if reason in ("drain", "leave"):
+                self.drain_blocked.add(source)
+                self.drain_why[source] = refused
             elif reason == "rebalance":
                 self.rebalance_requested = False
                 self.rebalance_blocked = True
@@ -540,6 +547,7 @@ class Reconciler:
             if record.reason in ("drain", "leave"):
                 self.drain_blocked.add(record.from_host)
                 self.drain_failed.add(record.from_host)
+                self.drain_why[record.from_host] = f"the handover of cluster {record.cluster} rolled back: {reason}"
                 await self._block_leaving(record.from_host, f"the handover of cluster {record.cluster} failed: "
                                           f"{reason}")
             elif record.reason == "rebalance":
@@ -620,7 +628,7 @@ class Reconciler:
         self._rolling_clusters = clusters
         self._rolling_serial = 0
         self.operation = {"kind": "rolling", "host": host, "done": 0, "total": len(clusters), "cluster": None,
-                          "state": "running", "message": "", "steps": []}
+                          "state": "running", "message": "", "steps": [], "skipped": []}
         return None
 
     async def _advance_operation(self) -> None:
@@ -632,11 +640,18 @@ class Reconciler:
         if self._rolling_serial:
             outcome = self.outcomes.get(self._rolling_serial)
             if outcome is not None and outcome.final:
+                del self.outcomes[self._rolling_serial]
                 steps = op["steps"]
                 assert isinstance(steps, list)
                 if outcome.state in ("switched", "done"):
                     op["done"] = int(str(op["done"])) + 1
                     steps.append(f"{outcome.message} ({op['done']} of {op['total']})")
+                    self._rolling_serial = 0
+                elif outcome.state == "fallback":  # e.g. FAILED: not running, nothing to hand over
+                    skipped = op["skipped"]
+                    assert isinstance(skipped, list)
+                    skipped.append(outcome.cluster)
+                    steps.append(f"{outcome.message}: skipped")
                     self._rolling_serial = 0
                 else:
                     op["state"] = "failed"
@@ -651,11 +666,6 @@ class Reconciler:
                 op["cluster"] = None
         if json.dumps(op, sort_keys=True) != before or op["state"] != "running":
             await self._write_operation()
-
-    @property
-    def rolling_outcome(self) -> Outcome | None:
-        """The outcome of the rolling restart's current cluster (for the command's progress)."""
-        return self.outcomes.get(self._rolling_serial) if self._rolling_serial else None
 
     async def _write_operation(self) -> None:
         op = self.operation
@@ -718,7 +728,7 @@ class Reconciler:
         if revoke_now:
             await self.store.revoke(revoke_now)
             self._changed = True
-        grants = [(c, h) for c, h in plan.granted.items() if c not in self.moves]
+        grants = [(c, h) for c, h in plan.granted.items() if c not in self.moves and c not in self.handovers]
         if grants:
             sources = {c: plan.revoked.get(c) for c, _ in grants}
             await self._grant(grants, kind="cluster_granted", sources=sources)

@@ -253,3 +253,20 @@ async def test_an_unreadable_handover_record_is_deleted(deployment: Deployment) 
     await wait_until(lambda: _no_records(dep), message="the fields are gone")
     code = await run_restart(_args("restart", "--cluster", "2", "--redis", dep.url, "--timeout", "20s"))
     assert code == 0, "the cluster can be handed over again"
+
+
+async def test_a_drain_the_budget_cannot_pay_says_so(deployment: Deployment,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    dep = deployment
+    await dep.broker(make_config(dep.url, hosts={"expected": 2}, rebalance="manual"), command_wait=10.0)
+    await dep.host("h1", handovers=True)
+    await dep.host("h2", handovers=True)
+    await wait_until(lambda: dep.settled({"h1": 2, "h2": 2}), message="2 + 2")
+    await dep.redis.hset(dep.keys.identify("budget"), mapping={"total": 100, "remaining": 12})
+    before = await dep.assignment()
+    assert await run_drain(_args("drain", "h1", "--redis", dep.url, "--timeout", "20s")) == 1
+    err = capsys.readouterr().err
+    assert "cannot finish draining h1: the identify budget cannot pay a handover of cluster" in err
+    assert "12 session starts remain, 10 are the reserve, and its 8 shard(s) need 8" in err
+    assert await dep.assignment() == before
+    assert len(await dep.events("handover_refused")) == 1
