@@ -375,6 +375,8 @@ class Reconciler:
         """At most one planned move: out of a draining or leaving host first, else a rebalance step. To a host
         that takes part in handovers it is a handover (one per target at a time), else revoke-then-grant (one
         at a time)."""
+        if self.moves.pending:
+            return  # an older supervisor's move waits alone, as it always did
         current = self._planned()
         frozen = self._frozen(verdicts)
         capacities = {h: r.capacity for h, r in snap.hosts.items()}
@@ -394,7 +396,7 @@ class Reconciler:
                 self.drain_blocked |= set(draining)
             if move is not None and self._move_blocked(move):
                 return
-        if move is None and not draining and not self.handovers and not self.moves.pending and (
+        if move is None and not self.handovers and (
                 self.rebalance_requested or (self.config.rebalance == "on-join" and not self.rebalance_blocked)):
             reason = "rebalance"
             views = planning_views(capacities, alive, frozen, current)
@@ -411,7 +413,7 @@ class Reconciler:
         if target_record is not None and target_record.handovers:
             await self._begin_planned(cluster, source, target, reason)
             return
-        if self.moves.pending or self.handovers:
+        if self.handovers:
             return  # an older supervisor's move waits for every other move to finish
         grant = self.assignment.pop(cluster)
         await self.store.revoke([cluster])
