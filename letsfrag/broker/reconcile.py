@@ -560,8 +560,8 @@ class Reconciler:
 
     def _outcome(self, record: HandoverRecord, state: str, message: str, seconds: float) -> None:
         serial = self._origin.get(record.cluster)
-        if not serial:
-            return
+        if not serial or serial not in self.outcomes:
+            return  # no request, or its command has read the outcome already
         previous = self.outcomes.get(serial)
         if state == "done" and previous is not None and previous.state == "switched":
             return  # the command answered at the switch
