@@ -572,12 +572,18 @@ class Reconciler:
     def request_restart(self, cluster: int, reason: HandoverReason = HandoverReason.RESTART) -> int:
         """Queue a restart in place of ``cluster`` for the next tick; return the serial its outcome carries."""
         self._serial += 1
+        if cluster in self.requests:
+            self.outcomes[self._serial] = Outcome(self._serial, cluster, "refused",
+                                                  f"cluster {cluster}: a restart of it is already queued")
+            return self._serial
         self.requests[cluster] = (reason, self._serial)
         self.outcomes[self._serial] = Outcome(self._serial, cluster, "queued", f"cluster {cluster}: queued")
         return self._serial
 
     async def _start_requests(self, snap: Snapshot, alive: dict[str, bool]) -> None:
         for cluster, (reason, serial) in sorted(self.requests.items()):
+            if self.requests.get(cluster) != (reason, serial):
+                continue  # replaced by a newer request while this loop awaited: that one goes next tick
             del self.requests[cluster]
             grant = self.assignment.get(cluster)
             if cluster not in self.layout.cluster_ids:
