@@ -270,3 +270,19 @@ async def test_a_drain_the_budget_cannot_pay_says_so(deployment: Deployment,
     assert "12 session starts remain, 10 are the reserve, and its 8 shard(s) need 8" in err
     assert await dep.assignment() == before
     assert len(await dep.events("handover_refused")) == 1
+
+
+async def test_an_older_supervisor_gets_the_host_command(deployment: Deployment) -> None:
+    dep = deployment
+    broker = await dep.broker(make_config(dep.url, hosts={"expected": 1}))
+    await dep.host("h1")  # no successors field: it does not take part in handovers
+    await wait_until(lambda: dep.settled({"h1": 4}), message="4 clusters on h1")
+    assert broker._commands is not None
+    reply = await broker._commands.handle({"action": "restart", "cluster": 1, "wait": 5})
+    assert reply["ok"] is False and reply["fallback"] == "host" and reply["host"] == "h1", reply
+    assert "does not take part in handovers" in reply["message"]
+    rolling = await broker._commands.handle({"action": "rolling_restart", "host": "h1", "wait": 5})
+    assert rolling["fallback"] == "host"
+    bad = await broker._commands.handle({"action": "restart", "cluster": 99, "wait": 5})
+    assert bad["ok"] is False and "not in the layout (clusters 0-3)" in bad["message"]
+    assert not await dep.events("handover_started")
