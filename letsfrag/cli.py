@@ -164,20 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
     check = command("check", "validate a config and print it with secrets masked", config_sub)
     add_config_arg(check, required=True, help_text="a broker, host or local YAML config")
 
-    p = command("restart", "restart one cluster, or every cluster of a host (optionally rolling)")
+    p = command("restart", "restart one cluster by a handover, or every cluster of a host (rolling: one handover "
+                           "at a time; without: stop and start, lossy)")
     add_connection_args(p)
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--cluster", type=int, metavar="N", help="cluster id (also clears FAILED)")
+    target.add_argument("--cluster", type=int, metavar="N",
+                        help="cluster id: handed over to a fresh process (a FAILED one is stopped and started)")
     target.add_argument("--host", metavar="H", type=_id_arg, help="host id")
-    p.add_argument("--rolling", action="store_true", help="with --host: one cluster at a time, each waits for READY")
+    p.add_argument("--rolling", action="store_true",
+                   help="with --host: one handover at a time, the next after the previous switch")
     p.add_argument("--timeout", default="120s", help="how long to wait for the outcome (default 120s)")
 
-    p = command("drain", "stop a host's clusters and hand them to other hosts (capacity 0)")
+    p = command("drain", "hand a host's clusters over to other hosts (capacity 0)")
     p.add_argument("host", metavar="HOST", type=_id_arg, help="host id")
     add_connection_args(p)
     p.add_argument("--timeout", default="60s", help="how long to wait for the outcome (default 60s)")
 
-    p = command("rebalance", "move clusters until hosts are balanced by capacity")
+    p = command("rebalance", "hand clusters over until hosts are balanced by capacity")
     add_connection_args(p)
     p.add_argument("--timeout", default="60s", help="how long to wait for the outcome (default 60s)")
 

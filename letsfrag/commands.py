@@ -1,14 +1,21 @@
 """``letsfrag restart``, ``letsfrag drain`` and ``letsfrag rebalance``: send one command, print its outcome.
 
-Exit codes: 0 the target reported success, 1 it reported failure or did not answer in time, 2 bad arguments
-or Redis unreachable.
+``restart --cluster N`` and ``restart --host H --rolling`` go to the broker, which hands each cluster over to a
+fresh process (nothing lost); while it works the command prints the handovers it sees in ``{ns}:handover`` and
+the rolling restart's ``n of m`` from ``{ns}:broker`` ``operation``.
+
+Exit codes: 0 the target reported success (a restart: switched), 1 it reported failure (a restart: rolled back
+or refused, naming the cluster and the reason) or did not answer in time, 2 bad arguments or Redis unreachable.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -17,12 +24,58 @@ from .bus import Bus
 from .cli_connection import connection_from_args, tool_node_id
 from .connection import display_url
 from .control import Control
-from .errors import BusError, ConfigError
+from .errors import BusError, ConfigError, RecordError
+from .handover import OPERATION_FIELD, HandoverRecord, HandoverState
 from .units import parse_duration
 
 __all__ = ["run_drain", "run_rebalance", "run_restart"]
 
 Action = Callable[[Control, float], Awaitable[dict[str, Any]]]
+Watch = Callable[[Bus, asyncio.Event], Coroutine[Any, Any, None]]
+#: how often the progress of a restart is read from Redis (seconds)
+PROGRESS_INTERVAL = 0.2
+
+
+def _watch_handovers(cluster: int | None = None, host: str | None = None) -> Watch:
+    """Print each handover of ``cluster`` (or of ``host``'s clusters) and the rolling ``n of m`` as they change."""
+
+    async def watch(bus: Bus, stop: asyncio.Event) -> None:
+        seen: set[tuple[int, int, str]] = set()
+        last_op = ""
+        while not stop.is_set():
+            with contextlib.suppress(RedisError, OSError):
+                raw: Any = await bus.redis.hgetall(bus.keys.handover)  # type: ignore[misc]
+                op: Any = await bus.redis.hget(bus.keys.broker, OPERATION_FIELD)  # type: ignore[misc]
+                if op and op != last_op:
+                    last_op = op
+                    with contextlib.suppress(ValueError, TypeError, AttributeError):
+                        data = json.loads(op)
+                        if data.get("host") == host:
+                            print(f"rolling restart of {host}: {data['done']} of {data['total']} handed over",
+                                  file=sys.stderr)
+                for field, value in sorted(raw.items()):
+                    try:
+                        record = HandoverRecord.from_json(field, value, key=bus.keys.handover)
+                    except RecordError:
+                        continue
+                    if (cluster is not None and record.cluster != cluster) or \
+                            (host is not None and record.from_host != host):
+                        continue
+                    key = (record.cluster, record.epoch, str(record.state))
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    if record.state is HandoverState.PREPARING:
+                        print(f"cluster {record.cluster}: handing over to {record.host} (epoch {record.epoch})…",
+                              file=sys.stderr)
+                    else:
+                        print(f"cluster {record.cluster}: switched to {record.host} (epoch {record.epoch}); "
+                              f"{record.from_host} stops epoch {record.from_epoch}", file=sys.stderr)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PROGRESS_INTERVAL):  # not a cancel: redis-py may swallow one
+                    await stop.wait()
+
+    return watch
 
 
 def _timeout(args: argparse.Namespace) -> float:
@@ -36,7 +89,7 @@ def _timeout(args: argparse.Namespace) -> float:
     return value
 
 
-async def _run(args: argparse.Namespace, describe: str, action: Action) -> int:
+async def _run(args: argparse.Namespace, describe: str, action: Action, watch: Watch | None = None) -> int:
     try:
         redis, namespace, secret = connection_from_args(args)
         timeout = _timeout(args)
@@ -52,11 +105,19 @@ async def _run(args: argparse.Namespace, describe: str, action: Action) -> int:
         print(f"error: cannot reach Redis at {display_url(redis)}", file=sys.stderr)
         await bus.close()
         return 2
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch(bus, stop)) if watch is not None else None
     try:
         print(f"{describe} …", file=sys.stderr)
         outcome = await action(Control(bus, timeout=timeout), timeout)
     finally:
+        stop.set()
+        if watcher is not None:
+            await asyncio.wait({watcher}, timeout=2.0)
         await bus.close()
+    steps = outcome.get("steps")
+    for step in steps if isinstance(steps, list) else []:
+        print(str(step), file=sys.stderr)
     message = outcome.get("message") or ("done" if outcome.get("ok") else "failed")
     if outcome.get("ok"):
         print(f"ok: {message}")
@@ -78,18 +139,20 @@ async def run_restart(args: argparse.Namespace) -> int:
             print(f"error: --cluster: expected a cluster id >= 0, found {cluster}", file=sys.stderr)
             return 2
         return await _run(args, f"restarting cluster {cluster}",
-                          lambda c, t: c.restart_cluster(cluster, timeout=t))
+                          lambda c, t: c.restart_cluster(cluster, timeout=t), _watch_handovers(cluster=cluster))
     if not host:
         print("error: one of --cluster or --host is required", file=sys.stderr)
         return 2
-    what = f"rolling restart of host {host}" if rolling else f"restarting every cluster of host {host}"
-    return await _run(args, what, lambda c, t: c.restart_host(host, rolling=rolling, timeout=t))
+    what = f"rolling restart of host {host}" if rolling else f"restarting every cluster of host {host} (stop and start)"
+    return await _run(args, what, lambda c, t: c.restart_host(host, rolling=rolling, timeout=t),
+                      _watch_handovers(host=host) if rolling else None)
 
 
 async def run_drain(args: argparse.Namespace) -> int:
     """``letsfrag drain HOST``."""
     host = str(args.host)
-    return await _run(args, f"draining host {host}", lambda c, t: c.drain(host, timeout=t))
+    return await _run(args, f"draining host {host}", lambda c, t: c.drain(host, timeout=t),
+                      _watch_handovers(host=host))
 
 
 async def run_rebalance(args: argparse.Namespace) -> int:

@@ -86,6 +86,10 @@ class BrokerSettings(StrictModel):
     identify_window: Duration = Field(default=5.0, gt=0, description="Discord's IDENTIFY rate window per bucket")
     identify_reserve: Number = Field(default=0.1, ge=0, le=1, description="share of the daily session budget kept back")
     leader_ttl: Duration = Field(default=10.0, gt=0, description="lifetime of the broker leader lock")
+    handover_timeout: Duration = Field(
+        default=120.0, gt=0, description="how long a planned handover's successor may take to be READY before it "
+        "is rolled back"
+    )
     broker_id: str | None = Field(default=None, description="id of this broker process; unset: hostname and pid")
 
     def effective_token(self) -> SecretStr | None:

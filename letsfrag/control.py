@@ -1,5 +1,10 @@
 """Operator commands (docs/redis.md, "Commands"): restart, rolling restart, drain, undrain, rebalance.
 
+A restart of one cluster and a rolling restart of a host go to the leader broker, which hands each cluster over
+to a fresh process beside the running one (:mod:`letsfrag.handover`) and answers once it switched (or rolled
+back). When no broker listens, or the broker answers ``"fallback": "host"`` (an older supervisor, or the
+cluster is not running, e.g. FAILED), the command goes to the host as before: stop, then start (lossy).
+
 Every method sends one ``command`` request over the :class:`~letsfrag.bus.Bus` and returns the reply value,
 always a dict with at least ``ok`` (bool) and ``message`` (str): a timeout, a remote error or an unknown target
 becomes ``{"ok": False, "message": ...}`` instead of an exception, so the CLI and the dashboard show it as is.
@@ -40,8 +45,26 @@ class Control:
         host = claim.get("host") if isinstance(claim, dict) else None
         return host if isinstance(host, str) and host else None
 
+    @staticmethod
+    def _broker_wait(timeout: float) -> float:
+        """How long the broker may wait before it replies: inside the caller's timeout, with a margin."""
+        return max(0.5, min(timeout - 1.0, timeout * 0.9))
+
+    def _wants_host(self, reply: dict[str, Any]) -> bool:
+        return reply.get("fallback") == "host" or "no broker is running" in str(reply.get("message", ""))
+
     async def restart_cluster(self, cluster_id: int, *, timeout: float | None = None) -> dict[str, Any]:
-        """Restart cluster ``cluster_id`` on the host that runs it (also clears FAILED)."""
+        """Restart cluster ``cluster_id``: by a handover through the broker (nothing lost), else through the host
+        that runs it (stop and start; also clears FAILED)."""
+        wait = self.timeout if timeout is None else timeout
+        payload = {"action": "restart", "cluster": cluster_id, "wait": self._broker_wait(wait)}
+        reply = await self._send(self.bus.keys.broker_inbox, "broker", payload, wait)
+        if not self._wants_host(reply):
+            return reply
+        return await self.restart_cluster_on_host(cluster_id, timeout=timeout)
+
+    async def restart_cluster_on_host(self, cluster_id: int, *, timeout: float | None = None) -> dict[str, Any]:
+        """Restart cluster ``cluster_id`` through the host that runs it: stop, then start (also clears FAILED)."""
         try:
             host = await self.host_of(cluster_id)
         except BusError as exc:
@@ -52,7 +75,15 @@ class Control:
         return await self._send(self.bus.keys.host_inbox(host), f"host:{host}", payload, timeout)
 
     async def restart_host(self, host: str, *, rolling: bool = False, timeout: float | None = None) -> dict[str, Any]:
-        """Restart every cluster of ``host``: all at once, or ``rolling`` (one at a time, each waits for READY)."""
+        """Restart every cluster of ``host``: all at once through the host (stop and start, lossy), or
+        ``rolling``: one handover at a time through the broker, each after the previous switch (through the host,
+        each waiting for READY, when the broker cannot)."""
+        if rolling:
+            wait = self.timeout if timeout is None else timeout
+            request = {"action": "rolling_restart", "host": host, "wait": self._broker_wait(wait)}
+            reply = await self._send(self.bus.keys.broker_inbox, "broker", request, wait)
+            if not self._wants_host(reply):
+                return reply
         payload = {"action": "rolling_restart" if rolling else "restart_all"}
         return await self._send(self.bus.keys.host_inbox(host), f"host:{host}", payload, timeout)
 

@@ -57,12 +57,16 @@ class ClusterBroker:
 
     ``move_timeout``: how long a move waits for the old host to confirm the stop (default ``3 × lease.ttl``);
     ``budget_interval``: how often the identify budget is refreshed from Discord (needs a token);
-    ``command_wait``: how long a ``drain``/``rebalance`` command waits for completion before replying.
+    ``command_wait``: how long a ``drain``/``rebalance`` command waits for completion before replying (a
+    ``restart``/``rolling_restart`` waits as long as its payload's ``wait`` asks, at most ``max_command_wait``);
+    ``handover_timeout``: how long a handover's successor has to become ready before it is rolled back (default
+    the config's ``handover_timeout``).
     """
 
     def __init__(self, config: BrokerConfig, *, broker_id: str | None = None, clock: Clock | None = None,
                  handle_signals: bool = False, move_timeout: float | None = None,
-                 budget_interval: float = 600.0, command_wait: float = 5.0) -> None:
+                 budget_interval: float = 600.0, command_wait: float = 5.0, handover_timeout: float | None = None,
+                 max_command_wait: float = 3600.0) -> None:
         self.config = config
         self.broker_id = broker_id or config.broker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.clock = clock or SystemClock()
@@ -70,6 +74,8 @@ class ClusterBroker:
         self.move_timeout = move_timeout if move_timeout is not None else 3 * config.lease.ttl
         self.budget_interval = budget_interval
         self.command_wait = command_wait
+        self.handover_timeout = handover_timeout if handover_timeout is not None else float(config.handover_timeout)
+        self.max_command_wait = max_command_wait
         secret = config.secret.get_secret_value() if config.secret else None
         register_secrets_in(config)
         self.bus = Bus(config.redis, node_id=f"broker:{self.broker_id}", namespace=config.namespace, secret=secret,
@@ -152,7 +158,8 @@ class ClusterBroker:
         set_log_context(broker=self.broker_id)
         self._layout, self._budget = await resolve_layout(self.config)
         self._reconciler = Reconciler(self.config, self._layout, self.store, event=self._event, fire=self._fire,
-                                      notify=self._notify, move_timeout=self.move_timeout, clock=self.clock)
+                                      notify=self._notify, move_timeout=self.move_timeout, clock=self.clock,
+                                      handover_timeout=self.handover_timeout)
         self._commands = CommandHandler(self, self._reconciler)
         self._redis_lost_at: float | None = None
         self.bus.on_state(self._on_bus_state)
@@ -362,9 +369,12 @@ class ClusterBroker:
             incarnation = payload.get("incarnation")
             rec.leave_signals[host] = incarnation if isinstance(incarnation, str) else None
         elif env.type is MessageType.CLUSTER_STOPPED and host:
-            cluster, epoch = payload.get("cluster"), payload.get("epoch")
+            cluster, raw_epoch = payload.get("cluster"), payload.get("epoch")
+            epoch = raw_epoch if isinstance(raw_epoch, int) and not isinstance(raw_epoch, bool) else None
+            if isinstance(cluster, int) and not isinstance(cluster, bool):
+                rec.handovers.confirm_stopped(cluster, host, epoch)
             if isinstance(cluster, int) and not isinstance(cluster, bool) and not rec.moves.confirm_stopped(
-                    cluster, host, epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None):
+                    cluster, host, epoch):
                 log.warning("ignored cluster_stopped for cluster %d from %r: epoch %r is not the epoch of its "
                             "pending move", cluster, host, epoch)
         elif env.type is MessageType.COMMAND:

@@ -1,7 +1,14 @@
-"""Operator commands the leader broker answers on ``{ns}:cb``: ``drain``, ``undrain``, ``rebalance``.
+"""Operator commands the leader broker answers on ``{ns}:cb``: ``drain``, ``undrain``, ``rebalance``,
+``restart`` (one cluster, in place, by a handover) and ``rolling_restart`` (every cluster of a host, one handover
+at a time, the next after the previous switch).
 
 Every reply is ``{"ok": bool, "message": str, ...}``. ``drain`` and ``rebalance`` wait up to the broker's
 ``command_wait`` for the work to finish and otherwise reply with the progress so far (the work goes on).
+``restart`` and ``rolling_restart`` wait up to the payload's ``wait`` seconds (default ``command_wait``, at most
+``max_command_wait``): ``ok`` once switched, not ``ok`` after a rollback or a refusal (the message names the
+cluster and the reason). When the cluster's host does not take part in handovers (an older supervisor) or does
+not run it (e.g. FAILED), the reply carries ``"fallback": "host"`` and ``host``: the caller restarts it through
+that host's own command, as before.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from letsfrag.events import Severity
+from letsfrag.handover import HandoverReason
 
 if TYPE_CHECKING:
     from .broker import ClusterBroker
@@ -36,12 +44,30 @@ class CommandHandler:
             return await (self.drain(host) if action == "drain" else self.undrain(host))
         if action == "rebalance":
             return await self.rebalance()
-        return {"ok": False, "message": f"unknown action {action!r}; the broker accepts drain, undrain, rebalance"}
+        if action == "restart":
+            cluster = payload.get("cluster")
+            if isinstance(cluster, bool) or not isinstance(cluster, int) or cluster < 0:
+                return {"ok": False, "message": f"restart: expected a cluster id >= 0, found {cluster!r}"}
+            return await self.restart(cluster, self._wait_of(payload))
+        if action == "rolling_restart":
+            host = payload.get("host")
+            if not isinstance(host, str) or host not in self.rec.hosts:
+                known = ", ".join(sorted(self.rec.hosts)) or "none"
+                return {"ok": False, "message": f"rolling_restart: unknown host {host!r} (known hosts: {known})"}
+            return await self.rolling_restart(host, self._wait_of(payload))
+        return {"ok": False, "message": f"unknown action {action!r}; the broker accepts drain, undrain, rebalance, "
+                                        "restart, rolling_restart"}
 
-    async def _wait(self, done: Any) -> bool:
-        """Wait tick by tick until ``done()`` is true or ``command_wait`` passed."""
+    def _wait_of(self, payload: dict[str, Any]) -> float:
+        wait = payload.get("wait")
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or wait <= 0:
+            return self.broker.command_wait
+        return min(float(wait), self.broker.max_command_wait)
+
+    async def _wait(self, done: Any, wait: float | None = None) -> bool:
+        """Wait tick by tick until ``done()`` is true or ``wait`` (default ``command_wait``) passed."""
         loop_time = asyncio.get_running_loop().time
-        deadline = loop_time() + self.broker.command_wait
+        deadline = loop_time() + (self.broker.command_wait if wait is None else wait)
         while not done():
             left = deadline - loop_time()
             if left <= 0:
@@ -55,6 +81,8 @@ class CommandHandler:
         rec = self.rec
         rec.draining.add(host)
         rec.drain_blocked.discard(host)
+        rec.drain_failed.discard(host)
+        rec.drain_why.pop(host, None)
         await rec.store.hset(rec.store.keys.host(host), {"state": "draining"})
         total = len(rec.held_by(host))
         await self.broker._event(Severity.INFO, "drain", f"draining host {host}: {total} cluster(s) to move",
@@ -65,8 +93,9 @@ class CommandHandler:
             return {"ok": True, "done": True, "remaining": 0,
                     "message": f"host {host} drained: {total} cluster(s) moved"}
         if host in rec.drain_blocked:
+            why = rec.drain_why.get(host, "no other host has room")
             return {"ok": False, "done": False, "remaining": left,
-                    "message": f"cannot finish draining {host}: no other host has room; {left} cluster(s) stay"}
+                    "message": f"cannot finish draining {host}: {why}; {left} cluster(s) stay"}
         assert not finished
         return {"ok": True, "done": False, "remaining": left,
                 "message": f"draining host {host}: {total - left} of {total} cluster(s) moved so far; continuing"}
@@ -90,8 +119,63 @@ class CommandHandler:
         rec.rebalance_requested = True
         rec.rebalance_blocked = False
         await self.broker._event(Severity.INFO, "rebalance", "rebalance requested")
-        done = await self._wait(lambda: not rec.rebalance_requested and not rec.moves.pending)
+        done = await self._wait(lambda: not rec.rebalance_requested and not rec.moves.pending and not rec.handovers)
+        if done and rec.rebalance_blocked:
+            return {"ok": False, "done": False, "message": "rebalance stopped: a handover was refused or rolled back "
+                                                           "(see the events)"}
         if done:
             return {"ok": True, "done": True, "message": "clusters are balanced"}
-        return {"ok": True, "done": False,
-                "message": f"rebalancing: {len(rec.moves.pending)} move(s) in progress; continuing"}
+        moving = len(rec.moves.pending) + len(rec.handovers)
+        return {"ok": True, "done": False, "message": f"rebalancing: {moving} move(s) in progress; continuing"}
+
+    @staticmethod
+    def _reply(outcome: Any, cluster: int) -> dict[str, Any]:
+        if outcome is None or not outcome.final:
+            state = outcome.message if outcome is not None else f"cluster {cluster}: queued"
+            return {"ok": False, "done": False, "cluster": cluster,
+                    "message": f"{state}; no switch yet within the wait (the handover goes on)"}
+        reply: dict[str, Any] = {"ok": outcome.state in ("switched", "done"), "done": True, "cluster": cluster,
+                                 "state": outcome.state, "message": outcome.message, "epoch": outcome.epoch,
+                                 "seconds": round(outcome.seconds, 3)}
+        if outcome.state == "fallback":
+            reply.update(fallback="host", host=outcome.host)
+        return reply
+
+    async def restart(self, cluster: int, wait: float) -> dict[str, Any]:
+        """Hand ``cluster`` over to a fresh process on its own host; reply once switched (or rolled back)."""
+        rec = self.rec
+        serial = rec.request_restart(cluster, HandoverReason.RESTART)
+        await self._wait(lambda: rec.outcomes[serial].final, wait)
+        return self._reply(rec.outcomes.pop(serial, None), cluster)
+
+    async def rolling_restart(self, host: str, wait: float) -> dict[str, Any]:
+        """Hand every cluster of ``host`` over in place, one at a time; reply when all switched or one failed."""
+        rec = self.rec
+        record = rec.hosts.get(host)
+        if record is None or not record.handovers:
+            return {"ok": False, "fallback": "host", "host": host,
+                    "message": f"host {host} does not take part in handovers; restart it through the host"}
+        refused = rec.start_rolling(host)
+        if refused is not None:
+            return {"ok": False, "message": f"rolling_restart: {refused}"}
+        op = rec.operation
+        assert op is not None
+        await self.broker._event(Severity.INFO, "rolling_restart",
+                                 f"rolling restart of host {host}: {op['total']} cluster(s)", host=host)
+        finished = await self._wait(lambda: op["state"] != "running", wait)
+        rec.finish_operation()
+        total, done, steps, skipped = op["total"], op["done"], op["steps"], op["skipped"]
+        if op["state"] == "done" and skipped:
+            return {"ok": False, "done": True, "total": total, "restarted": done, "steps": steps, "skipped": skipped,
+                    "message": f"rolling restart of host {host}: {done} of {total} cluster(s) handed over; skipped "
+                               f"{skipped} (not running here: restart each with `letsfrag restart --cluster N`)"}
+        if op["state"] == "done":
+            return {"ok": True, "done": True, "total": total, "steps": steps,
+                    "message": f"rolling restart of host {host}: {total} of {total} cluster(s) handed over"}
+        if op["state"] == "failed":
+            return {"ok": False, "done": False, "total": total, "restarted": done, "steps": steps,
+                    "message": f"rolling restart of host {host} stopped after {done} of {total}: {op['message']}"}
+        assert not finished
+        return {"ok": False, "done": False, "total": total, "restarted": done, "steps": steps,
+                "message": f"rolling restart of host {host}: {done} of {total} so far, no end within the wait "
+                           "(it goes on)"}

@@ -1,9 +1,15 @@
 """The leader's reconcile step: from one Redis snapshot to fenced grants, revokes, moves and events.
 
-One :class:`Reconciler` lives for one leadership term. Each tick it judges membership, settles pending moves,
-adopts claims, waits for hosts on a cold start, executes :func:`plan_assignment`, then starts at most one move
-(drain first, then rebalance). Decisions come from the pure modules (``assignment``, ``membership``,
-``moves``); this class only executes them and reports every decision as an event.
+One :class:`Reconciler` lives for one leadership term. Each tick it judges membership, settles pending moves and
+handovers, adopts claims, waits for hosts on a cold start, executes :func:`plan_assignment`, then starts the
+operator's restarts and at most one planned move (drain or a leaving host first, then rebalance). Decisions come
+from the pure modules (``assignment``, ``membership``, ``moves``, ``handovers``); this class only executes them
+and reports every decision as an event.
+
+A planned move to (or restart on) a host whose supervisor takes part in handovers (its record has a
+``successors`` field) is a **handover** (:mod:`letsfrag.handover`): the successor starts beside the running
+process and the assignment switches to it once it is ready. A move to an older supervisor, and every unplanned
+change (a lost host, a cluster over capacity), still revokes first and grants after the stop.
 """
 
 from __future__ import annotations
@@ -11,19 +17,23 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from letsfrag.clock import Clock
 from letsfrag.config import BrokerConfig
 from letsfrag.events import Severity
+from letsfrag.handover import HANDOFF_BLOCKED_FIELD, OPERATION_FIELD, HandoverReason, HandoverRecord
 from letsfrag.records import LayoutRecord
 
 from .assignment import plan_assignment, plan_rebalance_step
+from .handovers import Action, Handovers, budget_refusal, slot_refusal
+from .handovers import HostFacts as HandoverFacts
 from .layout import Layout
 from .membership import HostObservation, Membership, Transition, Verdict
 from .moves import HostFacts, Move, Moves, pick_drain_move, planning_views
 from .store import Grant, HostRecord, Snapshot, Store
 
-__all__ = ["Reconciler"]
+__all__ = ["Outcome", "Reconciler"]
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +42,34 @@ Fire = Callable[..., None]  # (callback name, *args)
 Notify = Callable[[set[str]], Awaitable[None]]  # hosts whose grants changed
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of an operator's restart request (``serial``) of ``cluster``.
+
+    ``state``: ``started``, ``switched``, ``done``, ``rolled_back``, ``refused`` (a gate said no: ``message``
+    names the numbers) or ``fallback`` (the cluster's host cannot hand over: restart it through the host)."""
+
+    serial: int
+    cluster: int
+    state: str
+    message: str
+    epoch: int = 0
+    host: str = ""
+    seconds: float = 0.0
+
+    @property
+    def final(self) -> bool:
+        """The request's command can answer (a switch is final: there is no rollback after it)."""
+        return self.state in ("switched", "done", "rolled_back", "refused", "fallback")
+
+
 class Reconciler:
-    """Executes the broker's decisions while this broker is the leader."""
+    """Executes the broker's decisions while this broker is the leader.
+
+    ``handover_timeout``: seconds a successor has to become ready before the handover is rolled back."""
 
     def __init__(self, config: BrokerConfig, layout: Layout, store: Store, *, event: EventSink, fire: Fire,
-                 notify: Notify, move_timeout: float, clock: Clock) -> None:
+                 notify: Notify, move_timeout: float, clock: Clock, handover_timeout: float = 120.0) -> None:
         self.config = config
         self.clock = clock
         self.now = clock.monotonic()
@@ -48,6 +81,24 @@ class Reconciler:
         max_gap = max(config.lease.grace, 3 * config.heartbeat_interval)
         self.membership = Membership(config.lease.grace, max_gap=max_gap)
         self.moves = Moves(move_timeout)
+        self.handovers = Handovers()
+        self.handover_timeout = handover_timeout
+        #: operator restarts waiting for the next tick: cluster -> (reason, serial)
+        self.requests: dict[int, tuple[HandoverReason, int]] = {}
+        #: the latest outcome of each operator request, by serial
+        self.outcomes: dict[int, Outcome] = {}
+        self._origin: dict[int, int] = {}  # cluster -> serial of the request whose handover runs
+        self._serial = 0
+        #: the rolling restart in progress (``{ns}:broker`` field ``operation``), or None
+        self.operation: dict[str, object] | None = None
+        self._rolling_clusters: list[int] = []
+        self._rolling_serial = 0
+        self.handoff_blocked: set[str] = set()
+        #: draining/leaving hosts whose handover rolled back: not retried until the next drain command
+        self.drain_failed: set[str] = set()
+        self.budget_total: int | None = None
+        self.budget_remaining: int | None = None
+        self._refused_reported: set[str] = set()
         self.state = "starting"
         self.assignment: dict[int, Grant] = {}
         self.hosts: dict[str, HostRecord] = {}
@@ -56,6 +107,8 @@ class Reconciler:
         self.rebalance_requested = False
         self.rebalance_blocked = False
         self.drain_blocked: set[str] = set()
+        #: why a draining host is blocked, when it is not "no other host has room"
+        self.drain_why: dict[str, str] = {}
         self.ready = False
         self.max_epoch = 0
         self.identify_depth = 0
@@ -78,6 +131,14 @@ class Reconciler:
         if not snap.assignment:
             self._cold_start(now, snap)
         await self._write_layout()
+        self.handovers.load(snap.handovers)
+        if self.handovers:
+            await self._event(Severity.INFO, "handover_continued",
+                              f"continuing {len(self.handovers)} handover(s) found in Redis: "
+                              f"{sorted(self.handovers.records)}")
+        # an operator's rolling restart belonged to the previous leader's command: it ends with it
+        await self.store.fenced("HDEL", self.store.keys.broker, OPERATION_FIELD)
+        self.operation = None
         self.state = "waiting_for_hosts" if self._startup_deadline is not None else "running"
 
     def _cold_start(self, now: float, snap: Snapshot) -> None:
@@ -124,9 +185,16 @@ class Reconciler:
                 await self._event(Severity.ERROR, "epoch_repaired",
                                   f"{p}; rewritten to {floor} (the highest epoch in the assignment and the host "
                                   "records)", key=keys.epoch)
-        current = {str(p) for p in snap.problems if p.key != keys.epoch}
+        if snap.handover_invalid:
+            # the leader's own key: an unreadable record would block that cluster's handovers for good, and no
+            # supervisor acts on it; deleting it is a rollback (or, after a switch, the end) of that handover
+            await self.store.fenced("HDEL", keys.handover, *snap.handover_invalid)
+            await self._event(Severity.ERROR, "handover_repaired",
+                              f"{keys.handover}: deleted unreadable field(s) {snap.handover_invalid}",
+                              key=keys.handover)
+        current = {str(p) for p in snap.problems if p.key not in (keys.epoch, keys.handover)}
         for p in snap.problems:
-            if p.key != keys.epoch and str(p) not in self._reported_values:
+            if p.key not in (keys.epoch, keys.handover) and str(p) not in self._reported_values:
                 await self._event(Severity.ERROR, "redis_value_invalid", f"{p}; the value is ignored",
                                   key=p.key, field=p.field)
         self._reported_values = current
@@ -139,6 +207,7 @@ class Reconciler:
         self.now = now
         self.hosts = snap.hosts
         self.identify_depth = snap.identify_depth
+        self.budget_total, self.budget_remaining = snap.budget_total, snap.budget_remaining
         if not snap.layout_present:
             await self._event(Severity.WARNING, "redis_data_lost",
                               "the layout key is gone (Redis lost its data?): rewriting it and re-adopting claims")
@@ -153,6 +222,7 @@ class Reconciler:
         verdicts = await self._judge(now, snap)
         alive = {h: v.alive for h, v in verdicts.items()}
         await self._settle_moves(now, snap, alive)
+        await self._settle_handovers(snap, alive)
         await self._adopt(snap, verdicts)
         if self._startup_deadline is not None:
             up = sum(1 for v in verdicts.values() if v is Verdict.UP)
@@ -168,7 +238,9 @@ class Reconciler:
                 await self.store.fenced("HDEL", self.store.keys.layout, "adopting")
             await self._event(Severity.INFO, "startup", f"assigning clusters with {up} host(s) up")
         changed = await self._plan(snap, verdicts, alive)
-        if not changed and not self.moves.pending:
+        await self._advance_operation()
+        await self._start_requests(snap, alive)
+        if not changed:
             await self._start_move(now, snap, verdicts, alive)
         await self._forget_left(verdicts)
         await self._check_ready()
@@ -177,6 +249,8 @@ class Reconciler:
     def _epoch_floor(self, snap: Snapshot) -> int:
         seen = [g.epoch for g in snap.assignment.values()]
         seen += [e for h in snap.hosts.values() for e in h.running.values()]
+        seen += [e for r in snap.handovers.values() for e in (r.epoch, r.from_epoch)]
+        seen += [r.epoch for h in snap.hosts.values() for r in h.successors.values()]
         return max([self.max_epoch, *seen])
 
     async def _keep_epoch(self, snap: Snapshot) -> None:
@@ -196,13 +270,18 @@ class Reconciler:
                 self.leave_signals[host_id] = record.incarnation
             elif signal != record.incarnation:
                 del self.leave_signals[host_id]  # it registered again
-        observed = {
-            h: HostObservation(lease=r.lease is not None, state=r.state, said_leave=h in self.leave_signals)
-            for h, r in snap.hosts.items()
-        }
+        observed = {h: self._observation(h, r) for h, r in snap.hosts.items()}
         for change in self.membership.observe(now, observed):
             await self._on_transition(change, snap)
         return dict(self.membership.verdicts)
+
+    def _observation(self, host: str, record: HostRecord) -> HostObservation:
+        """A host that takes part in handovers and said ``host_leave`` while its lease is valid is *leaving*
+        (its clusters are handed to other hosts first); once its lease is gone it has left."""
+        said = host in self.leave_signals
+        if said and record.handovers and record.lease is not None:
+            return HostObservation(lease=True, state="leaving")
+        return HostObservation(lease=record.lease is not None, state=record.state, said_leave=said)
 
     async def _on_transition(self, change: Transition, snap: Snapshot) -> None:
         host, before, after = change.host, change.before, change.after
@@ -210,6 +289,9 @@ class Reconciler:
         self._changed = True
         if after in (Verdict.UP, Verdict.LEAVING) and before in (None, Verdict.LOST, Verdict.LEFT):
             self.rebalance_blocked = False
+            self.handoff_blocked.discard(host)
+            if record.handovers:  # a new run of its supervisor: a refusal of the previous run no longer holds
+                await self.store.fenced("HDEL", self.store.keys.host(host), HANDOFF_BLOCKED_FIELD)
             await self._event(Severity.INFO, "host_joined",
                               f"host {host} is up (capacity {record.capacity})", host=host)
             self._fire("connect", host)
@@ -278,24 +360,44 @@ class Reconciler:
             current[cluster] = move.source
         return current
 
+    def _planned(self) -> dict[int, str | None]:
+        """:meth:`_current` with every preparing handover counted at its target (where it is going)."""
+        current = self._current()
+        for record in self.handovers.preparing():
+            current[record.cluster] = record.host
+        return current
+
+    def _held(self, host: str) -> int:
+        return sum(1 for h in self._planned().values() if h == host)
+
     async def _start_move(self, now: float, snap: Snapshot, verdicts: dict[str, Verdict],
                           alive: dict[str, bool]) -> None:
-        current = self._current()
+        """At most one planned move: out of a draining or leaving host first, else a rebalance step. To a host
+        that takes part in handovers it is a handover (one per target at a time), else revoke-then-grant (one
+        at a time)."""
+        if self.moves.pending:
+            return  # an older supervisor's move waits alone, as it always did
+        current = self._planned()
         frozen = self._frozen(verdicts)
         capacities = {h: r.capacity for h, r in snap.hosts.items()}
         draining = sorted(h for h in frozen if any(v == h for v in current.values()))
+        busy = {r.host for r in self.handovers.preparing()}
         move: tuple[int, str, str] | None = None
         reason = "drain"
         if draining:
             eligible = {h for h, ok in alive.items() if ok and h not in frozen}
-            move = pick_drain_move(draining, capacities, eligible, current)
-            if move is None:
+            retry = [h for h in draining if h not in self.drain_failed]
+            move = pick_drain_move(retry, capacities, eligible - busy, current) if retry else None
+            if move is None and pick_drain_move(draining, capacities, eligible, current) is None:
                 for host in set(draining) - self.drain_blocked:
                     await self._event(Severity.ERROR, "drain_blocked",
                                       f"cannot drain host {host}: no other host has room", host=host)
+                    await self._block_leaving(host, f"no other host has room for the clusters of {host}")
                 self.drain_blocked |= set(draining)
-        if move is None and (self.rebalance_requested or
-                             (self.config.rebalance == "on-join" and not self.rebalance_blocked)):
+            if move is not None and self._move_blocked(move):
+                return
+        if move is None and not self.handovers and (
+                self.rebalance_requested or (self.config.rebalance == "on-join" and not self.rebalance_blocked)):
             reason = "rebalance"
             views = planning_views(capacities, alive, frozen, current)
             move = plan_rebalance_step(self.layout.cluster_ids, views, current)
@@ -305,15 +407,286 @@ class Reconciler:
         if move is None:
             return
         cluster, source, target = move
+        if reason == "drain" and verdicts.get(source) is Verdict.LEAVING:
+            reason = "leave"
+        target_record = self.hosts.get(target)
+        if target_record is not None and target_record.handovers:
+            await self._begin_planned(cluster, source, target, reason)
+            return
+        if self.handovers:
+            return  # an older supervisor's move waits for every other move to finish
         grant = self.assignment.pop(cluster)
         await self.store.revoke([cluster])
         self.moves.begin(Move(cluster, source, target, reason, now, grant.epoch))
         self._changed = True
-        kind = "drain" if reason == "drain" else "rebalance_step"
+        kind = "drain" if reason in ("drain", "leave") else "rebalance_step"
         await self._event(Severity.INFO, kind, f"{reason}: moving cluster {cluster} from {source} to {target} "
                           "(revoked; waiting for it to stop)", cluster=cluster, host=source, to=target)
         self._fire("assign", cluster, None, grant.epoch)
         await self._notify({source})
+
+    def _move_blocked(self, move: tuple[int, str, str]) -> bool:
+        """A drain/leave move already refused by the identify budget (reported once, retried when it changes)."""
+        return f"budget:{move[0]}" in self._refused_reported and self._budget_refusal(move[0]) is not None
+
+    async def _block_leaving(self, host: str, sentence: str) -> None:
+        """A leaving host's clusters can go nowhere: tell its supervisor (``handoff_blocked``) and the stream."""
+        if self.membership.verdicts.get(host) is not Verdict.LEAVING or host in self.handoff_blocked:
+            return
+        self.handoff_blocked.add(host)
+        await self.store.hset(self.store.keys.host(host), {HANDOFF_BLOCKED_FIELD: sentence})
+        await self._event(Severity.ERROR, "handoff_blocked",
+                          f"host {host} is leaving but its clusters cannot be handed over: {sentence}; "
+                          "it stops them itself (lossy)", host=host)
+
+    def _budget_refusal(self, cluster: int) -> str | None:
+        spec = next((c for c in self.layout.clusters if c.id == cluster), None)
+        shards = len(spec.shard_ids) if spec is not None else 0
+        return budget_refusal(cluster, shards, total=self.budget_total, remaining=self.budget_remaining,
+                              reserve_fraction=float(self.config.identify_reserve))
+
+    def _refusal(self, cluster: int, target: str, *, in_place: bool) -> str | None:
+        """Why a handover of ``cluster`` to ``target`` must not start now (one sentence with the numbers)."""
+        record = self.hosts.get(target)
+        capacity = record.capacity if record is not None else 0
+        refused = slot_refusal(cluster, target, capacity=capacity, held=self._held(target), in_place=in_place,
+                               busy=self.handovers.targeting(target))
+        return refused or self._budget_refusal(cluster)
+
+    async def _begin_planned(self, cluster: int, source: str, target: str, reason: str) -> None:
+        refused = self._refusal(cluster, target, in_place=False)
+        if refused is not None:
+            key = f"budget:{cluster}" if "identify budget" in refused else f"slot:{cluster}:{target}"
+            if key not in self._refused_reported:
+                self._refused_reported.add(key)
+                await self._event(Severity.WARNING, "handover_refused", f"{reason} of cluster {cluster}: {refused}",
+                                  cluster=cluster, host=source, to=target)
+            if reason == "leave":
+                await self._block_leaving(source, refused)
+            if reason in ("drain", "leave"):
+                self.drain_blocked.add(source)
+                self.drain_why[source] = refused
+            elif reason == "rebalance":
+                self.rebalance_requested = False
+                self.rebalance_blocked = True
+            return
+        await self._begin(cluster, target, HandoverReason(reason), serial=0)
+
+    async def _begin(self, cluster: int, target: str, reason: HandoverReason, *, serial: int) -> HandoverRecord | None:
+        """Write the ``preparing`` record (fenced) and ring the target; ``None`` when the assignment changed."""
+        grant = self.assignment.get(cluster)
+        if grant is None:
+            return None
+        record = await self.store.begin_handover(cluster, target, grant, str(reason), self.handover_timeout,
+                                                 self.max_epoch)
+        if record is None:
+            return None
+        self.handovers.put(record)
+        self.max_epoch = max(self.max_epoch, record.epoch)
+        self._changed = True
+        if serial:
+            self._origin[cluster] = serial
+        where = "in place" if target == grant.host else f"from {grant.host} to {target}"
+        await self._event(Severity.INFO, "handover_started",
+                          f"{reason}: handing cluster {cluster} over {where} (epoch {grant.epoch} -> {record.epoch}, "
+                          f"ready within {self.handover_timeout:g}s)", cluster=cluster, host=grant.host, to=target,
+                          epoch=record.epoch, reason=str(reason))
+        await self._notify({target})
+        return record
+
+    async def _settle_handovers(self, snap: Snapshot, alive: dict[str, bool]) -> None:
+        """Switch, finish or roll back the records of ``{ns}:handover`` (as read this tick)."""
+        self.handovers.load(snap.handovers)
+        facts = {h: HandoverFacts(alive.get(h, False), r.running, r.successors) for h, r in snap.hosts.items()}
+        assigned = {c: (g.host, g.epoch) for c, g in self.assignment.items()}
+        for step in self.handovers.steps(snap.time, facts, assigned):
+            record = step.record
+            if step.action is Action.SWITCH:
+                switched = await self.store.switch_handover(record, self.moves.timeout)
+                if switched is None:
+                    await self._end(record, snap.time, "rolled_back", "the switch was refused: the assignment or "
+                                    "the record changed")
+                    continue
+                self.handovers.put(switched)
+                self.assignment[record.cluster] = Grant(record.host, record.epoch)
+                self._changed = True
+                seconds = max(0.0, snap.time - record.started)
+                await self._event(Severity.INFO, "handover_switched",
+                                  f"cluster {record.cluster} switched to {record.host} (epoch {record.epoch}) "
+                                  f"{seconds:.1f}s after the successor started; {record.from_host} stops epoch "
+                                  f"{record.from_epoch}", cluster=record.cluster, host=record.host,
+                                  epoch=record.epoch, overlap=f"{seconds:.3f}", reason=record.reason)
+                self._fire("assign", record.cluster, record.host, record.epoch)
+                self._outcome(record, "switched", f"cluster {record.cluster}: switched to {record.host} "
+                              f"(epoch {record.epoch}) in {seconds:.1f} s", seconds)
+                await self._notify({record.host, record.from_host})
+            elif step.action is Action.ROLLBACK:
+                await self._end(record, snap.time, "rolled_back", step.reason)
+            else:
+                await self._end(record, snap.time, "done", step.reason)
+
+    async def _end(self, record: HandoverRecord, now: float, state: str, reason: str) -> None:
+        await self.store.end_handover(record)
+        self.handovers.forget(record.cluster)
+        self._changed = True
+        seconds = max(0.0, now - record.started)
+        if state == "done":
+            severity = Severity.WARNING if "in time" in reason else Severity.INFO
+            await self._event(severity, "handover_done",
+                              f"cluster {record.cluster}: handover to {record.host} (epoch {record.epoch}) done: "
+                              f"{reason}; {seconds:.1f}s with two processes", cluster=record.cluster,
+                              host=record.host, epoch=record.epoch, overlap=f"{seconds:.3f}", reason=record.reason)
+            self._outcome(record, "done", f"cluster {record.cluster}: handed over to {record.host} "
+                          f"(epoch {record.epoch})", seconds)
+        else:
+            await self._event(Severity.ERROR, "handover_rolled_back",
+                              f"cluster {record.cluster}: handover to {record.host} (epoch {record.epoch}) rolled "
+                              f"back: {reason}; {record.from_host} keeps serving it (epoch {record.from_epoch})",
+                              cluster=record.cluster, host=record.host, epoch=record.epoch, why=reason,
+                              reason=record.reason)
+            self._outcome(record, "rolled_back", f"cluster {record.cluster}: rolled back ({reason}); "
+                          f"{record.from_host} keeps serving it", seconds)
+            if record.reason in ("drain", "leave"):
+                self.drain_blocked.add(record.from_host)
+                self.drain_failed.add(record.from_host)
+                self.drain_why[record.from_host] = f"the handover of cluster {record.cluster} rolled back: {reason}"
+                await self._block_leaving(record.from_host, f"the handover of cluster {record.cluster} failed: "
+                                          f"{reason}")
+            elif record.reason == "rebalance":
+                self.rebalance_requested = False
+                self.rebalance_blocked = True
+        self._origin.pop(record.cluster, None)
+        await self._notify({record.host})
+
+    def _outcome(self, record: HandoverRecord, state: str, message: str, seconds: float) -> None:
+        serial = self._origin.get(record.cluster)
+        if not serial or serial not in self.outcomes:
+            return  # no request, or its command has read the outcome already
+        previous = self.outcomes.get(serial)
+        if state == "done" and previous is not None and previous.state == "switched":
+            return  # the command answered at the switch
+        self.outcomes[serial] = Outcome(serial, record.cluster, state, message, record.epoch, record.host, seconds)
+
+    # operator restarts -------------------------------------------------------------------------------------
+
+    def request_restart(self, cluster: int, reason: HandoverReason = HandoverReason.RESTART) -> int:
+        """Queue a restart in place of ``cluster`` for the next tick; return the serial its outcome carries."""
+        self._serial += 1
+        if cluster in self.requests:
+            self.outcomes[self._serial] = Outcome(self._serial, cluster, "refused",
+                                                  f"cluster {cluster}: a restart of it is already queued")
+            return self._serial
+        self.requests[cluster] = (reason, self._serial)
+        self.outcomes[self._serial] = Outcome(self._serial, cluster, "queued", f"cluster {cluster}: queued")
+        return self._serial
+
+    async def _start_requests(self, snap: Snapshot, alive: dict[str, bool]) -> None:
+        for cluster, (reason, serial) in sorted(self.requests.items()):
+            if self.requests.get(cluster) != (reason, serial):
+                continue  # replaced by a newer request while this loop awaited: that one goes next tick
+            del self.requests[cluster]
+            grant = self.assignment.get(cluster)
+            if cluster not in self.layout.cluster_ids:
+                self._refuse(serial, cluster, "refused", f"cluster {cluster} is not in the layout "
+                             f"(clusters 0-{len(self.layout.clusters) - 1})")
+                continue
+            if grant is None:
+                self._refuse(serial, cluster, "refused", f"cluster {cluster} is not assigned to any host")
+                continue
+            record = self.hosts.get(grant.host)
+            if cluster in self.handovers:
+                busy = self.handovers.records[cluster]
+                self._refuse(serial, cluster, "refused", f"cluster {cluster} is already being handed over to "
+                             f"{busy.host} (epoch {busy.epoch})")
+                continue
+            if record is None or not record.handovers or record.running.get(cluster) != grant.epoch:
+                why = ("its host does not take part in handovers" if record is None or not record.handovers
+                       else f"host {grant.host} does not run it at epoch {grant.epoch}")
+                self._refuse(serial, cluster, "fallback", f"cluster {cluster}: {why}; restart it through host "
+                             f"{grant.host}", host=grant.host)
+                continue
+            if not alive.get(grant.host):
+                self._refuse(serial, cluster, "refused", f"host {grant.host} of cluster {cluster} is not alive")
+                continue
+            refused = self._refusal(cluster, grant.host, in_place=True)
+            if refused is not None:
+                self._refuse(serial, cluster, "refused", f"cannot restart cluster {cluster}: {refused}")
+                await self._event(Severity.WARNING, "handover_refused", f"{reason} of cluster {cluster}: {refused}",
+                                  cluster=cluster, host=grant.host)
+                continue
+            started = await self._begin(cluster, grant.host, reason, serial=serial)
+            if started is None:
+                self._refuse(serial, cluster, "refused", f"cluster {cluster}: the assignment changed; try again")
+                continue
+            self.outcomes[serial] = Outcome(serial, cluster, "started", f"cluster {cluster}: handing over to "
+                                            f"{started.host} (epoch {started.epoch})", started.epoch, started.host)
+
+    def _refuse(self, serial: int, cluster: int, state: str, message: str, host: str = "") -> None:
+        self.outcomes[serial] = Outcome(serial, cluster, state, message, host=host)
+
+    def start_rolling(self, host: str) -> str | None:
+        """Begin a rolling restart of ``host`` (its clusters one at a time, each after the previous switch);
+        return why not (one sentence) or ``None``."""
+        if self.operation is not None:
+            return (f"a rolling restart of host {self.operation['host']} is in progress "
+                    f"({self.operation['done']} of {self.operation['total']})")
+        clusters = sorted(c for c, g in self.assignment.items() if g.host == host)
+        if not clusters:
+            return f"host {host} runs no cluster"
+        self._rolling_clusters = clusters
+        self._rolling_serial = 0
+        self.operation = {"kind": "rolling", "host": host, "done": 0, "total": len(clusters), "cluster": None,
+                          "state": "running", "message": "", "steps": [], "skipped": []}
+        return None
+
+    async def _advance_operation(self) -> None:
+        """One step of the rolling restart: when the current cluster switched, queue the next."""
+        op = self.operation
+        if op is None or op["state"] != "running":
+            return
+        before = json.dumps(op, sort_keys=True)
+        if self._rolling_serial:
+            outcome = self.outcomes.get(self._rolling_serial)
+            if outcome is not None and outcome.final:
+                del self.outcomes[self._rolling_serial]
+                steps = op["steps"]
+                assert isinstance(steps, list)
+                if outcome.state in ("switched", "done"):
+                    op["done"] = int(str(op["done"])) + 1
+                    steps.append(f"{outcome.message} ({op['done']} of {op['total']})")
+                    self._rolling_serial = 0
+                elif outcome.state == "fallback":  # e.g. FAILED: not running, nothing to hand over
+                    skipped = op["skipped"]
+                    assert isinstance(skipped, list)
+                    skipped.append(outcome.cluster)
+                    steps.append(f"{outcome.message}: skipped")
+                    self._rolling_serial = 0
+                else:
+                    op["state"] = "failed"
+                    op["message"] = outcome.message
+        if op["state"] == "running" and not self._rolling_serial:
+            if self._rolling_clusters:
+                cluster = self._rolling_clusters.pop(0)
+                op["cluster"] = cluster
+                self._rolling_serial = self.request_restart(cluster, HandoverReason.ROLLING)
+            else:
+                op["state"] = "done"
+                op["cluster"] = None
+        if json.dumps(op, sort_keys=True) != before or op["state"] != "running":
+            await self._write_operation()
+
+    async def _write_operation(self) -> None:
+        op = self.operation
+        if op is None or op["state"] != "running":
+            await self.store.fenced("HDEL", self.store.keys.broker, OPERATION_FIELD)
+            return
+        data = {k: op[k] for k in ("kind", "host", "done", "total", "cluster")}
+        await self.store.hset(self.store.keys.broker, {OPERATION_FIELD: json.dumps(data, separators=(",", ":"))})
+
+    def finish_operation(self) -> None:
+        """The command read the final state of the rolling restart."""
+        if self.operation is not None and self.operation["state"] != "running":
+            self.operation = None
 
     # planning ------------------------------------------------------------------------------------------
 
@@ -340,7 +713,7 @@ class Reconciler:
                 self._fire("assign", cluster, grant.host, grant.epoch)
 
     async def _plan(self, snap: Snapshot, verdicts: dict[str, Verdict], alive: dict[str, bool]) -> bool:
-        current = self._current()
+        current = self._planned()
         frozen = self._frozen(verdicts)
         capacities = {h: r.capacity for h, r in snap.hosts.items()}
         views = planning_views(capacities, alive, frozen, current)
@@ -348,7 +721,7 @@ class Reconciler:
         revoke_now: list[int] = []
         notify: set[str] = set()
         for cluster, host in plan.revoked.items():
-            if cluster in self.moves:
+            if cluster in self.moves or (cluster in self.handovers and plan.reasons.get(cluster) != "not in layout"):
                 continue
             reason = plan.reasons.get(cluster, "")
             grant = self.assignment.pop(cluster, None)
@@ -363,7 +736,7 @@ class Reconciler:
         if revoke_now:
             await self.store.revoke(revoke_now)
             self._changed = True
-        grants = [(c, h) for c, h in plan.granted.items() if c not in self.moves]
+        grants = [(c, h) for c, h in plan.granted.items() if c not in self.moves and c not in self.handovers]
         if grants:
             sources = {c: plan.revoked.get(c) for c, _ in grants}
             await self._grant(grants, kind="cluster_granted", sources=sources)
@@ -410,6 +783,7 @@ class Reconciler:
 
     def held_by(self, host: str) -> list[int]:
         """Clusters assigned to (or still stopping on) ``host``."""
-        return sorted(c for c, h in self._current().items() if h == host)
+        held = {c for c, h in self._current().items() if h == host}
+        return sorted(held | set(self.handovers.sources(host)))
 
 

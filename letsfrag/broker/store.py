@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from letsfrag.errors import LetsfragError, RecordError
+from letsfrag.handover import SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, parse_successors
 from letsfrag.keys import Keys
 from letsfrag.records import LayoutRecord, parse_epoch, parse_int, parse_running
 
@@ -60,6 +61,11 @@ class HostRecord:
     running: dict[int, int] = field(default_factory=dict)
     lease: str | None = None
     registered: bool = True  # the record hash exists
+    #: the ``successors`` field: this host's reports of handover successors
+    successors: dict[int, SuccessorReport] = field(default_factory=dict)
+    #: the record has a ``successors`` field (even ``{}``): its supervisor takes part in handovers; without it
+    #: a planned move falls back to revoke-then-grant (an older supervisor)
+    handovers: bool = False
 
 
 @dataclass(slots=True)
@@ -74,6 +80,15 @@ class Snapshot:
     problems: list[RecordError] = field(default_factory=list)
     #: ``{ns}:epoch`` holds something that is not an epoch (it must be rewritten before the next grant)
     epoch_invalid: bool = False
+    #: ``{ns}:handover``: the planned handovers in progress (readable records only; the rest are problems)
+    handovers: dict[int, HandoverRecord] = field(default_factory=dict)
+    #: fields of ``{ns}:handover`` that hold no readable record (the leader deletes them)
+    handover_invalid: list[str] = field(default_factory=list)
+    #: Redis ``TIME`` (epoch seconds) when the snapshot was read: the clock of the handover records
+    time: float = 0.0
+    #: ``{ns}:identify:budget`` ``total`` and ``remaining`` (``None``: no budget known)
+    budget_total: int | None = None
+    budget_remaining: int | None = None
 
     @property
     def layout_present(self) -> bool:
@@ -108,6 +123,14 @@ def _parse_grant(key: str, cid: str, raw: str) -> tuple[int, Grant] | None:
         return None
 
 
+def _budget_int(raw: Any) -> int | None:
+    """A number of the identify budget hash (``None`` when missing or not a number: no gate)."""
+    try:
+        return int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _parse_host(host_id: str, key: str, data: dict[str, str], lease: str | None,
                 problems: list[RecordError]) -> HostRecord:
     """One host record; a bad ``capacity`` reads as 0 and a bad ``running`` as nothing (both reported)."""
@@ -121,6 +144,11 @@ def _parse_host(host_id: str, key: str, data: dict[str, str], lease: str | None,
         running = parse_running(data.get("running"), key=key)
     except RecordError as exc:
         problems.append(exc)
+    successors: dict[int, SuccessorReport] = {}
+    try:
+        successors = parse_successors(data.get(SUCCESSORS_FIELD), key=key)
+    except RecordError as exc:
+        problems.append(exc)
     return HostRecord(
         id=host_id,
         capacity=capacity,
@@ -129,6 +157,8 @@ def _parse_host(host_id: str, key: str, data: dict[str, str], lease: str | None,
         running=running,
         lease=lease,
         registered=bool(data),
+        successors=successors,
+        handovers=SUCCESSORS_FIELD in data,
     )
 
 
@@ -168,6 +198,65 @@ if cur == nil or cur < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]
 return 1
 """
 
+# the assignment field ARGV[n] of hash KEY names host h at epoch e (decoded leniently: any bad value is "no")
+_NAMES = """
+local function names(key, cid, host, epoch)
+  local raw = redis.call('HGET', key, cid)
+  if not raw then return false end
+  local ok, v = pcall(cjson.decode, raw)
+  return ok and type(v) == 'table' and v.host == host and tonumber(v.epoch) == tonumber(epoch)
+end
+local function now_s()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# KEYS: leader, epoch, assignment, handover; ARGV: id, cluster, target, from host, from epoch, reason, timeout,
+# epoch floor. Only while the assignment names the source at its epoch and no record exists; returns the record
+_BEGIN = _GUARD + _EPOCH_OF + _NAMES + """
+if not names(KEYS[3], ARGV[2], ARGV[4], ARGV[5]) then return 0 end
+if redis.call('HEXISTS', KEYS[4], ARGV[2]) == 1 then return 0 end
+local floor = tonumber(ARGV[8])
+local e = epoch_of(KEYS[2])
+if e == nil or e < floor then e = floor end
+e = e + 1
+redis.call('SET', KEYS[2], e)
+local now = now_s()
+local rec = cjson.encode({host = ARGV[3], epoch = e, from_host = ARGV[4], from_epoch = tonumber(ARGV[5]),
+                          reason = ARGV[6], state = 'preparing', started = now, deadline = now + tonumber(ARGV[7])})
+redis.call('HSET', KEYS[4], ARGV[2], rec)
+return rec
+"""
+
+# KEYS: leader, assignment, handover; ARGV: id, cluster, target, epoch, from host, from epoch, stop timeout.
+# Only while the record names the target at the epoch (preparing) and the assignment still names the source at
+# its epoch: the assignment names the target at the new epoch, the record says switched; returns the record
+_SWITCH = _GUARD + _NAMES + """
+if not names(KEYS[3], ARGV[2], ARGV[3], ARGV[4]) then return 0 end
+local rec = cjson.decode(redis.call('HGET', KEYS[3], ARGV[2]))
+if rec.state ~= 'preparing' then return 0 end
+if not names(KEYS[2], ARGV[2], ARGV[5], ARGV[6]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], '{"host": ' .. cjson.encode(ARGV[3]) .. ', "epoch": ' .. ARGV[4] .. '}')
+local now = now_s()
+rec.state = 'switched'
+rec.switched = now
+rec.deadline = now + tonumber(ARGV[7])
+local out = cjson.encode(rec)
+redis.call('HSET', KEYS[3], ARGV[2], out)
+return out
+"""
+
+# KEYS: leader, handover; ARGV: id, cluster, epoch. Deletes the record only if it is still the one of that epoch
+_END = _GUARD + """
+local raw = redis.call('HGET', KEYS[2], ARGV[2])
+if not raw then return 0 end
+local ok, rec = pcall(cjson.decode, raw)
+if ok and type(rec) == 'table' and tonumber(rec.epoch) ~= tonumber(ARGV[3]) then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[2])
+return 1
+"""
+
 # a fenced single command on KEYS[2]; ARGV[2] is a whitelisted command name
 _FENCED = _GUARD + """
 local cmd = ARGV[2]
@@ -188,6 +277,9 @@ class Store:
         self._adopt = redis.register_script(_ADOPT)
         self._raise = redis.register_script(_RAISE_EPOCH)
         self._fenced = redis.register_script(_FENCED)
+        self._begin = redis.register_script(_BEGIN)
+        self._switch = redis.register_script(_SWITCH)
+        self._end = redis.register_script(_END)
         #: fenced writes attempted (for tests: a standby must attempt none)
         self.writes = 0
 
@@ -207,6 +299,9 @@ class Store:
             pipe.hgetall(k.assignment)
             pipe.get(k.epoch)
             pipe.hgetall(k.layout)
+            pipe.hgetall(k.handover)
+            pipe.time()
+            pipe.hmget(k.identify("budget"), ["total", "remaining"])
             for bucket in range(buckets):
                 pipe.zcard(k.identify(f"queue:{bucket}"))
             first: list[Any] = await pipe.execute()
@@ -229,8 +324,17 @@ class Store:
         except RecordError as exc:
             problems.append(exc)
             epoch_invalid = True
-        return Snapshot(hosts, assignment, epoch, dict(first[3] or {}), sum(int(n) for n in first[4:]),
-                        problems, epoch_invalid)
+        raw_handovers: dict[str, str] = first[4] or {}
+        handovers, bad = HandoverRecord.parse_all(raw_handovers, key=k.handover)
+        problems += bad
+        good = {str(c) for c in handovers}
+        bad_fields = sorted(f for f in raw_handovers if f not in good)
+        seconds, micros = first[5]
+        total, remaining = (_budget_int(v) for v in first[6] or (None, None))
+        return Snapshot(hosts, assignment, epoch, dict(first[3] or {}), sum(int(n) for n in first[7:]),
+                        problems, epoch_invalid, handovers=handovers, handover_invalid=bad_fields,
+                        time=int(seconds) + int(micros) / 1e6,
+                        budget_total=total, budget_remaining=remaining)
 
     # fenced writes ------------------------------------------------------------------------------------
 
@@ -302,3 +406,40 @@ class Store:
         for name, value in mapping.items():
             flat += [name, value]
         await self.fenced("HSET", key, *flat)
+
+    # handovers ----------------------------------------------------------------------------------------
+
+    def _record(self, cluster: int, raw: Any) -> HandoverRecord | None:
+        if raw in (0, None):
+            return None
+        return HandoverRecord.from_json(cluster, raw, key=self.keys.handover)
+
+    async def begin_handover(self, cluster: int, target: str, source: Grant, reason: str, timeout: float,
+                             min_epoch: int = 0) -> HandoverRecord | None:
+        """Write a ``preparing`` record for ``cluster`` with a new epoch (kept above ``min_epoch``) from
+        ``source`` to ``target``, due in ``timeout`` seconds (Redis ``TIME``); ``None`` when the assignment no
+        longer names ``source`` or a record exists already."""
+        self.writes += 1
+        k = self.keys
+        result = await self._script(self._begin, [k.leader, k.epoch, k.assignment, k.handover],
+                                    [self.broker_id, cluster, target, source.host, source.epoch, reason, timeout,
+                                     min_epoch])
+        return self._record(cluster, self._check(result))
+
+    async def switch_handover(self, record: HandoverRecord, stop_timeout: float) -> HandoverRecord | None:
+        """Assign ``record.cluster`` to its target at the record's epoch and mark the record ``switched`` (the
+        source has ``stop_timeout`` seconds to confirm the stop); ``None`` when the record or the assignment
+        changed (nothing written)."""
+        self.writes += 1
+        k = self.keys
+        result = await self._script(self._switch, [k.leader, k.assignment, k.handover],
+                                    [self.broker_id, record.cluster, record.host, record.epoch, record.from_host,
+                                     record.from_epoch, stop_timeout])
+        return self._record(record.cluster, self._check(result))
+
+    async def end_handover(self, record: HandoverRecord) -> bool:
+        """Delete the record (done or rolled back) if it is still the one of ``record.epoch``."""
+        self.writes += 1
+        k = self.keys
+        result = await self._script(self._end, [k.leader, k.handover], [self.broker_id, record.cluster, record.epoch])
+        return bool(self._check(result))

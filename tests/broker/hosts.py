@@ -8,6 +8,13 @@ take missing assignment fields for revokes, so the broker can adopt them. ``kill
 dead (no more renewals, its record keeps the stale ``running``); ``leave()`` stops its clusters first, then
 marks itself ``leaving``, deletes its lease and sends ``host_leave``.
 
+With ``handovers=True`` it plays the supervisor side of a planned handover (letsfrag.handover): it registers a
+``successors`` field, "spawns" a successor for each ``preparing`` record of ``{ns}:handover`` naming it, reports
+it ``starting`` then (after ``ready_after`` beats) ``ready`` — or ``failed`` / never, as ``successor`` says —
+and rings the broker; when the assignment names it at the successor's epoch it promotes the successor (a
+restart in place stops the old run and confirms ``cluster_stopped`` with the old epoch). ``leave_by_handover()``
+says ``host_leave`` while its lease is valid and keeps running until it holds nothing or ``handoff_blocked``.
+
 A shared :class:`Ledger` records, in-process and instantly, which live host runs each cluster: a second live
 host starting a cluster that another still runs is a violation.
 """
@@ -44,6 +51,11 @@ class Ledger:
         self.owner[cluster] = host
         self.history.append(("start", cluster, host, epoch))
 
+    def promote(self, cluster: int, host: str, epoch: int) -> None:
+        """A handover's successor became the owner: the announced overlap is no violation."""
+        self.owner[cluster] = host
+        self.history.append(("promote", cluster, host, epoch))
+
     def stop(self, cluster: int, host: str, epoch: int) -> None:
         if self.owner.get(cluster) == host:
             del self.owner[cluster]
@@ -61,7 +73,8 @@ class FakeHost:
 
     def __init__(self, redis_url: str, host_id: str, *, capacity: int = 4, namespace: str = "letsfrag",
                  lease_ttl: float = 1.0, heartbeat: float = 0.2, secret: str | None = None,
-                 ledger: Ledger | None = None, confirm_stops: bool = True) -> None:
+                 ledger: Ledger | None = None, confirm_stops: bool = True, handovers: bool = False,
+                 successor: str = "ready", ready_after: int = 2) -> None:
         self.id = host_id
         self.capacity = capacity
         self.lease_ttl = lease_ttl
@@ -78,6 +91,12 @@ class FakeHost:
         self._task: asyncio.Task[None] | None = None
         self.beats = 0
         self._keep_until = 0.0
+        self.handovers = handovers
+        self.successor = successor  # "ready", "fail" or "never"
+        self.ready_after = ready_after
+        #: cluster -> [epoch, beats since spawned, state] of the successors it "runs"
+        self.successors: dict[int, list[Any]] = {}
+        self.promoted: list[tuple[int, int]] = []  # (cluster, epoch) of successors promoted
 
     async def start(self) -> FakeHost:
         await self.bus.subscribe(self.keys.host_inbox(self.id), self._on_inbox)
@@ -98,6 +117,7 @@ class FakeHost:
                 "id": self.id, "hostname": "fake", "pid": 0, "version": "test", "capacity": self.capacity,
                 "incarnation": self.incarnation, "registered_at": now, "heartbeat_at": now, "state": self.state,
                 "running": json.dumps({str(c): e for c, e in self.running.items()}),
+                **({"successors": self._successors_json()} if self.handovers else {}),
             })
             pipe.set(self.keys.lease(self.id), self.incarnation, px=int(self.lease_ttl * 1000))
             await pipe.execute()
@@ -122,16 +142,75 @@ class FakeHost:
             self._keep_until = time.monotonic() + 2 * self.lease_ttl
             await self._register()
         await self.redis.set(self.keys.lease(self.id), self.incarnation, px=int(self.lease_ttl * 1000))
-        stopped = await self._apply(await self.redis.hgetall(self.keys.assignment))
+        assignment = await self.redis.hgetall(self.keys.assignment)
+        ring = await self._successors(await self.redis.hgetall(self.keys.handover), assignment) \
+            if self.handovers else False
+        stopped = await self._apply(assignment)
         await self.redis.hset(self.keys.host(self.id), mapping={
             "heartbeat_at": f"{time.time():.3f}", "running": json.dumps({str(c): e for c, e in self.running.items()}),
+            **({"successors": self._successors_json()} if self.handovers else {}),
         })
+        if ring:
+            with contextlib.suppress(BusError):
+                await self.bus.publish(self.keys.broker_inbox, MessageType.HOST_HELLO, {"host": self.id})
         for cluster, epoch in stopped:
             if self.confirm_stops:
                 with contextlib.suppress(BusError):
                     await self.bus.publish(self.keys.broker_inbox, MessageType.CLUSTER_STOPPED,
                                            {"host": self.id, "cluster": cluster, "epoch": epoch})
         self.beats += 1
+
+    def _successors_json(self) -> str:
+        return json.dumps({str(c): {"epoch": e, "state": st, "pid": 1000 + c, "reason": "exit code 1" if
+                                    st == "failed" else ""} for c, (e, _, st) in sorted(self.successors.items())})
+
+    async def _successors(self, records: dict[str, str], assignment: dict[str, str]) -> bool:
+        """Spawn, advance and drop successors from the handover records; True when a report changed."""
+        changed = False
+        wanted: dict[int, int] = {}
+        for cid, raw in records.items():
+            try:
+                record = json.loads(raw)
+                int(cid)
+            except ValueError:
+                continue  # unreadable: a supervisor ignores it (the broker deletes it)
+            if record["host"] == self.id and record["state"] == "preparing":
+                wanted[int(cid)] = record["epoch"]
+        for cluster, epoch in wanted.items():
+            entry = self.successors.get(cluster)
+            if entry is None or entry[0] != epoch:
+                self.successors[cluster] = [epoch, 0, "starting"]
+                self.ledger.history.append(("spawn", cluster, self.id, epoch))
+                changed = True
+                continue
+            entry[1] += 1
+            if entry[2] == "starting" and entry[1] >= self.ready_after and self.successor != "never":
+                entry[2] = "ready" if self.successor == "ready" else "failed"
+                changed = True
+        for cluster, (epoch, _, _) in list(self.successors.items()):
+            if cluster in wanted:
+                continue
+            grant = json.loads(assignment[str(cluster)]) if str(cluster) in assignment else None
+            if grant is not None and grant["host"] == self.id and grant["epoch"] == epoch:
+                old = self.running.get(cluster)
+                self.running[cluster] = epoch  # promoted: the successor is the owner now
+                self.ledger.promote(cluster, self.id, epoch)
+                self.promoted.append((cluster, epoch))
+                if old is not None and old != epoch:
+                    self.ledger.history.append(("stop", cluster, self.id, old))
+                    with contextlib.suppress(BusError):
+                        await self.bus.publish(self.keys.broker_inbox, MessageType.CLUSTER_STOPPED,
+                                               {"host": self.id, "cluster": cluster, "epoch": old})
+            else:
+                self.ledger.history.append(("successor_stopped", cluster, self.id, epoch))  # rolled back
+            del self.successors[cluster]
+            changed = True
+        return changed
+
+    async def leave_by_handover(self) -> None:
+        """SIGTERM of a supervisor that hands over: ``host_leave`` with the lease still valid."""
+        await self.bus.publish(self.keys.broker_inbox, MessageType.HOST_LEAVE,
+                               {"host": self.id, "incarnation": self.incarnation})
 
     async def _apply(self, raw: dict[str, str]) -> list[tuple[int, int]]:
         grants = {int(c): json.loads(v) for c, v in raw.items()}

@@ -14,7 +14,32 @@ def _args(*argv: str):  # type: ignore[no-untyped-def]
     return build_parser().parse_args(list(argv))
 
 
-async def test_restart_cluster_goes_to_its_host(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_restart_cluster_goes_to_the_broker(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    reply = {"ok": True, "state": "switched", "message": "cluster 7: switched to h0 (epoch 12) in 2.1 s"}
+    async with FakeInbox(redis_url, lambda k: k.broker_inbox, "broker:a", reply) as inbox:
+        code = await run_restart(_args("restart", "--cluster", "7", "--redis", redis_url, "--timeout", "5s"))
+    assert code == 0 and len(inbox.received) == 1
+    sent = inbox.received[0]
+    assert sent["action"] == "restart" and sent["cluster"] == 7 and 0 < sent["wait"] < 5
+    assert "switched to h0 (epoch 12) in 2.1 s" in capsys.readouterr().out
+    rolled = {"ok": False, "state": "rolled_back", "message": "cluster 7: rolled back (the successor failed)"}
+    async with FakeInbox(redis_url, lambda k: k.broker_inbox, "broker:a", rolled):
+        code = await run_restart(_args("restart", "--cluster", "7", "--redis", redis_url, "--timeout", "5s"))
+    assert code == 1 and "cluster 7: rolled back (the successor failed)" in capsys.readouterr().err
+
+
+async def test_restart_falls_back_to_the_host_when_the_broker_says_so(redis_url: str) -> None:
+    await seed_url(redis_url)
+    fallback = {"ok": False, "fallback": "host", "host": "host-02", "message": "its host does not hand over"}
+    ok = {"ok": True, "message": "cluster 7 restarted"}
+    async with FakeInbox(redis_url, lambda k: k.broker_inbox, "broker:a", fallback) as broker, \
+            FakeInbox(redis_url, lambda k: k.host_inbox("host-02"), "host:host-02", ok) as host:
+        code = await run_restart(_args("restart", "--cluster", "7", "--redis", redis_url, "--timeout", "5s"))
+    assert code == 0 and len(broker.received) == 1 and host.received == [{"action": "restart", "cluster": 7}]
+
+
+async def test_restart_cluster_goes_to_its_host_without_a_broker(redis_url: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     await seed_url(redis_url)
     reply = {"ok": True, "message": "cluster 7 restarted"}
     async with FakeInbox(redis_url, lambda k: k.host_inbox("host-02"), "host:host-02", reply) as inbox:
