@@ -66,7 +66,7 @@ HANDOVER_BOT = [sys.executable, str(Path(__file__).resolve().parent / "programs"
 #: the broker's handover deadline in the gated deployment (P_new never READY → rolled back after this long)
 DEADLINE = 8.0
 #: how the broker config names it (ASSUMED: the broker side defines the key; adjust here if it differs)
-BROKER_DEADLINE_YAML = f"handover:\n  deadline: {DEADLINE:g}s\n"
+BROKER_DEADLINE_YAML = f"handover_timeout: {DEADLINE:g}s\n"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
