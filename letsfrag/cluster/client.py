@@ -146,6 +146,8 @@ class ClusterMixin(_Base):
         self._lf_replay_started = False
         #: a graceful stop (its sessions end with 1000); any other exit leaves them resumable
         self._lf_graceful = False
+        #: the supervisor's pid (read at start): a SIGTERM after it changed is the parent-death signal
+        self._lf_parent_pid = 0
         self._lf_claim_events = frozenset(environment.claim_events if environment else ())
         self._lf_claimer: Claimer | None = None
         self._lf_claims = ClaimSequencer(self._lf_claim, self._lf_admit, retry=self._lf_claim_carefully)
@@ -243,12 +245,13 @@ class ClusterMixin(_Base):
         gateway.install()
         gateway.wrap_parsers(self._connection.parsers, self._lf_parse)
         self._lf_active = True
+        self._lf_parent_pid = os.getppid()
         if self._lf_ipc is not None:
             await self._lf_ipc.send("hello", pid=os.getpid(), epoch=env.epoch)
         if self._lf_handle_signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 asyncio.get_running_loop().add_signal_handler(
-                    signal.SIGTERM, lambda: self._lf_spawn(self._lf_shutdown("SIGTERM")))
+                    signal.SIGTERM, lambda: self._lf_spawn(self._lf_on_sigterm()))
 
     async def _lf_teardown(self) -> None:
         if not self.is_closed() and not self._lf_graceful:
@@ -585,6 +588,14 @@ class ClusterMixin(_Base):
             await self._lf_sessions.end(live_sessions(self, env.shard_ids, env.epoch))
         except (RedisError, OSError) as exc:
             log.warning("could not mark the sessions of cluster %s ended: %s", env.cluster_id, exc)
+
+    async def _lf_on_sigterm(self) -> None:
+        """SIGTERM: a planned stop, unless it is the parent-death signal (the supervisor died: the cluster was
+        reparented), which leaves the sessions resumable like the IPC hang-up does."""
+        if os.getppid() != self._lf_parent_pid:
+            await self._lf_abandon("the supervisor is gone (parent-death SIGTERM)")
+        else:
+            await self._lf_shutdown("SIGTERM")
 
     async def _lf_abandon(self, reason: str) -> None:
         """Stop without ending the sessions (the supervisor is gone: not a planned stop): the last seq on record,

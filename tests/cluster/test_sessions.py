@@ -119,7 +119,7 @@ async def test_a_session_ended_by_a_graceful_stop_is_never_offered_for_replay(r:
     assert await store.end(live[:1]) == 1
     records = await store.load()
     assert records[0].closed and not records[1].closed
-    assert json.loads((await r.hget(KEYS.session_records(8), "0")))["closed"] is True  # type: ignore[misc]
+    assert json.loads(await r.hget(KEYS.session_records(8), "0"))["closed"] is True  # type: ignore[misc]
     assert await store.save([SessionRecord(0, "a", "ws://g/", 9, 2)]) == 0  # a late write does not reopen it
     assert [rec.session_id for rec in resumable(await store.load(), (0, 1), 3)] == ["b"]
     # the successor already overwrote shard 1's record when the old process ends session b: b is marked anyway
