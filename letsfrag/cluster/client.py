@@ -80,6 +80,8 @@ else:
 
 #: re-identify waits stay below discord.py's hard-coded ``wait_for(60 s)``
 _REIDENTIFY_WAIT = 50.0
+#: how long a SIGTERM waits for the IPC hang-up that tells a dead supervisor from a planned stop
+_SIGTERM_PROBE = 1.0
 
 
 def apply_discord_urls(env: ClusterEnvironment) -> None:
@@ -148,6 +150,7 @@ class ClusterMixin(_Base):
         self._lf_graceful = False
         #: the supervisor's pid (read at start): a SIGTERM after it changed is the parent-death signal
         self._lf_parent_pid = 0
+        self._lf_supervisor_gone = asyncio.Event()
         self._lf_claim_events = frozenset(environment.claim_events if environment else ())
         self._lf_claimer: Claimer | None = None
         self._lf_claims = ClaimSequencer(self._lf_claim, self._lf_admit, retry=self._lf_claim_carefully)
@@ -590,8 +593,15 @@ class ClusterMixin(_Base):
             log.warning("could not mark the sessions of cluster %s ended: %s", env.cluster_id, exc)
 
     async def _lf_on_sigterm(self) -> None:
-        """SIGTERM: a planned stop, unless it is the parent-death signal (the supervisor died: the cluster was
-        reparented), which leaves the sessions resumable like the IPC hang-up does."""
+        """SIGTERM: a planned stop, unless it is the parent-death signal (the supervisor died), which leaves the
+        sessions resumable like the IPC hang-up does. Linux sends the parent-death signal when the parent *thread*
+        exits, so a SIGKILLed supervisor's first one can come while ``getppid()`` still names it: the IPC hang-up
+        (within :data:`_SIGTERM_PROBE` s) or a changed parent pid decides."""
+        if self._lf_ipc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lf_supervisor_gone.wait(), _SIGTERM_PROBE)
+            if self._lf_supervisor_gone.is_set():
+                return  # the IPC loop abandons
         if os.getppid() != self._lf_parent_pid:
             await self._lf_abandon("the supervisor is gone (parent-death SIGTERM)")
         else:
@@ -696,6 +706,7 @@ class ClusterMixin(_Base):
         while True:
             message = await ipc.receive()
             if message is None:
+                self._lf_supervisor_gone.set()
                 await self._lf_abandon("the supervisor is gone (IPC closed)")
                 return
             if message.get("op") == "stop":

@@ -56,8 +56,12 @@ def _replays_since(deployment: SecuredRehearsal, since: float) -> list[str]:
 def _ends_with_nothing_lost(deployment: SecuredRehearsal, *, since: float, replays: int, identifies_before: int,
                             fresh_sessions: int) -> dict[str, int]:
     """Wait for ``replays`` session_replayed events, run traffic a little longer, then check the whole run."""
-    wait_until_sync(lambda: len(_replays_since(deployment, since)) >= replays, timeout=20, interval=0.2,
-                    message=f"{replays} sessions replayed")
+    try:
+        wait_until_sync(lambda: len(_replays_since(deployment, since)) >= replays, timeout=20, interval=0.2,
+                        message=f"{replays} sessions replayed")
+    except AssertionError:
+        print("\n".join(f"{e.kind}: {e.message}" for e in deployment.events() if e.ts >= since))
+        raise
     sent_after = handling(deployment)["sent"]
     wait_until_sync(lambda: handling(deployment)["sent"] >= sent_after + 20, timeout=10,
                     message="traffic after the takeover")

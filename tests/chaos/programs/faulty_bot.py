@@ -4,7 +4,8 @@ Environment (set through the host config's ``bot.env``):
 
 ``CHAOS_FAULT``    ``crash`` (exit 1 after READY), ``crash_on_flag`` (exit 1 as soon as the flag appears, any
                    time after READY; the flag is consumed, so the restarted process behaves), ``hang`` (block
-                   the event loop with ``time.sleep`` after READY) or ``memory`` (grow RSS by ``CHAOS_MEMORY_STEP`` bytes every 0.1 s after READY)
+                   the event loop with ``time.sleep`` after READY) or ``memory`` (grow RSS by
+                   ``CHAOS_MEMORY_STEP`` bytes every 0.1 s after READY)
 ``CHAOS_CLUSTER``  the cluster id the fault applies to (compared with ``LETSFRAG_CLUSTER_ID``)
 ``CHAOS_FLAG``     a file; the fault fires only while it exists. ``hang`` and ``memory`` delete it when they
                    fire, so the restarted process behaves; ``crash`` keeps firing until the test removes it.
