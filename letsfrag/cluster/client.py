@@ -575,8 +575,12 @@ class ClusterMixin(_Base):
         if self._lf_sessions is None or self._lf_guard.fenced or not self._lf_guard.allows():
             return
         env = self.cluster.environment
+        # a shard with a parse still waiting for its claim keeps its older record: discord.py's seq already counts
+        # that event, and a successor replaying from it would never see the event (the claims drop the extra ones)
+        records = [record for record in live_sessions(self, env.shard_ids, env.epoch)
+                   if not self._lf_claims.pending(record.shard_id)]
         try:
-            await self._lf_sessions.save(live_sessions(self, env.shard_ids, env.epoch))
+            await self._lf_sessions.save(records)
         except (RedisError, OSError) as exc:
             log.debug("could not write the session records: %s", exc)
 
