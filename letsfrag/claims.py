@@ -181,6 +181,11 @@ class ClaimSequencer:
         if state.task is None or state.task.done():
             state.task = asyncio.ensure_future(self._drain(state))
 
+    def pending(self, lane: Any) -> int:
+        """Parses of ``lane`` still queued (behind or waiting for a claim)."""
+        state = self._lanes.get(lane)
+        return len(state.items) if state is not None else 0
+
     @property
     def waiting(self) -> int:
         """Parses queued behind a claim."""

@@ -24,7 +24,12 @@ What the mixin adds to discord.py 2.7 (see also :mod:`.gateway`):
   checks ownership every ``handover_check_interval`` seconds and at once on IPC ``promote``; its gateway URLs carry
   ``letsfrag_handover=<epoch>``.
 - session records (:mod:`.sessions`): each shard's ``session_id``, ``resume_gateway_url`` and ``seq`` in Redis at
-  every heartbeat and on a graceful stop.
+  READY/RESUMED, every heartbeat and on a graceful stop (only while this process owns the cluster; never over a
+  newer epoch's record). A graceful stop marks them ended before closing with 1000; any other exit (fenced,
+  crashed, the supervisor gone) closes with 4000 so they stay resumable.
+- replay on takeover (:mod:`.replay`): the sessions a predecessor left in Redis are RESUMEd on side connections
+  once this process's own shards are READY; their replayed claimable events go through the claims (so what the
+  predecessor handled, or the fresh sessions also delivered, is dropped).
 """
 
 from __future__ import annotations
@@ -71,7 +76,8 @@ from .guard import DispatchGuard, Ownership, Verdict, default_margin
 from .handover_gate import DEFAULT_CHECK_INTERVAL, GatePhase, HandoverGate
 from .health import HealthReporter, ShardTracker
 from .ownership import OwnershipChecker
-from .sessions import SessionStore, live_sessions
+from .replay import Replay, drain_session, is_expired_interaction
+from .sessions import SessionRecord, SessionStore, close_resumably, live_sessions, resumable
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,8 @@ DEFAULT_STOP_GRACE = 2.0
 #: True inside the parse of a won claim and in every task it starts (its handlers, and what they dispatch later:
 #: a command's ``command_completion`` / ``command_error``): an owner that is not exclusive yet dispatches them
 _claimed_parse: ContextVar[bool] = ContextVar("letsfrag_claimed_parse", default=False)
+#: how long a SIGTERM waits for the IPC hang-up that tells a dead supervisor from a planned stop
+_SIGTERM_PROBE = 1.0
 
 
 def apply_discord_urls(env: ClusterEnvironment) -> None:
@@ -151,6 +159,14 @@ class ClusterMixin(_Base):
         self._lf_identify: IdentifyCoordinator | None = None
         self._lf_health: HealthReporter | None = None
         self._lf_sessions: SessionStore | None = None
+        #: sessions a predecessor left (read before this process writes its own), replayed once READY
+        self._lf_orphans: list[SessionRecord] = []
+        self._lf_replay_started = False
+        #: a graceful stop (its sessions end with 1000); any other exit leaves them resumable
+        self._lf_graceful = False
+        #: the supervisor's pid (read at start): a SIGTERM after it changed is the parent-death signal
+        self._lf_parent_pid = 0
+        self._lf_supervisor_gone = asyncio.Event()
         self._lf_claim_events = frozenset(environment.claim_events if environment else ())
         self._lf_claimer: Claimer | None = None
         self._lf_claims = ClaimSequencer(self._lf_claim, self._lf_admit, retry=self._lf_claim_carefully)
@@ -251,19 +267,23 @@ class ClusterMixin(_Base):
         else:
             self._lf_ipc = await IpcChannel.from_env()
         self._lf_claimer = Claimer(self._lf_redis, keys, f"{env.cluster_id}/{env.epoch}")
-        self._lf_sessions = SessionStore(self._lf_redis, keys, env.cluster_id)
+        self._lf_sessions = SessionStore(self._lf_redis, keys, env.cluster_id, owner=(env.host_id, env.epoch))
+        await self._lf_load_orphans()
         self._lf_health = HealthReporter(self, self._lf_redis, keys, env.cluster_id, self._lf_tracker, self._lf_ipc)
         gateway.install()
         gateway.wrap_parsers(self._connection.parsers, self._lf_parse)
         self._lf_active = True
+        self._lf_parent_pid = os.getppid()
         if self._lf_ipc is not None:
             await self._lf_ipc.send("hello", pid=os.getpid(), epoch=env.epoch)
         if self._lf_handle_signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 asyncio.get_running_loop().add_signal_handler(
-                    signal.SIGTERM, lambda: self._lf_spawn(self._lf_shutdown("SIGTERM")))
+                    signal.SIGTERM, lambda: self._lf_spawn(self._lf_on_sigterm()))
 
     async def _lf_teardown(self) -> None:
+        if not self.is_closed() and not self._lf_graceful:
+            await self._lf_close_resumably()
         if not self.is_closed():
             with contextlib.suppress(Exception):
                 await self.close()
@@ -512,6 +532,8 @@ class ClusterMixin(_Base):
     def _lf_shard_state_changed(self) -> None:
         ready = self._lf_tracker.all_ready
         self.cluster.ready = ready
+        if ready:
+            self._lf_start_replay()
         if ready and not self._lf_ready_sent:
             self._lf_ready_sent = True
             if self._lf_ipc is not None:
@@ -545,6 +567,7 @@ class ClusterMixin(_Base):
                    f"cluster {env.cluster_id} fenced, closing its sessions: {reason} ({dropped} held events dropped)",
                    source=cluster_node(env.cluster_id),
                    cluster=env.cluster_id, host=env.host_id, epoch=env.epoch, dropped=dropped)
+        await asyncio.shield(self._lf_close_resumably())  # the successor may still replay these sessions
         await asyncio.shield(self.close())  # teardown cancels this task; never cancel the close itself
 
     async def _lf_fatal(self, code: int, reason: str) -> None:
@@ -585,16 +608,17 @@ class ClusterMixin(_Base):
         if waiting or pending:
             log.warning("cluster %s: stopping with %d claimed events unresolved and %d handlers still running "
                         "after %.1fs", self.cluster.id, waiting, len(pending), self._lf_stop_grace)
+        self._lf_graceful = True
         await self._lf_save_final_sessions()
-        await asyncio.shield(self.close())
+        await asyncio.shield(self.close())  # teardown cancels this task; never cancel the close itself
 
     async def _lf_save_final_sessions(self) -> None:
-        """The session records of a graceful stop, unless a fresh check finds the cluster handed over (its
-        successor's records must not be overwritten by the sessions this process is closing)."""
+        """The session records of a graceful stop, marked ended (:meth:`_lf_end_sessions`), after a fresh check
+        that tells whether the cluster was handed over (its successor's records must not be overwritten)."""
         if self._lf_gate.phase is GatePhase.OFF and self._lf_checker is not None:
             with contextlib.suppress(RedisError, OSError):
                 self._lf_observe_handover((await self._lf_checker.check()).ownership)
-        await self._lf_save_sessions()
+        await self._lf_end_sessions()
 
     def _schedule_event(self, coro: Any, event_name: str, *args: Any, **kwargs: Any) -> asyncio.Task[Any]:
         task = super()._schedule_event(coro, event_name, *args, **kwargs)
@@ -703,16 +727,143 @@ class ClusterMixin(_Base):
                 or not self._lf_gate.writes_allowed):
             return
         env = self.cluster.environment
+        # a shard with a parse still waiting for its claim keeps its older record: discord.py's seq already counts
+        # that event, and a successor replaying from it would never see the event (the claims drop the extra ones)
+        records = [record for record in live_sessions(self, env.shard_ids, env.epoch)
+                   if not self._lf_claims.pending(record.shard_id)]
         try:
-            await self._lf_sessions.save(live_sessions(self, env.shard_ids, env.epoch))
+            await self._lf_sessions.save(records)
         except (RedisError, OSError) as exc:
             log.debug("could not write the session records: %s", exc)
+
+    async def _lf_end_sessions(self) -> None:
+        """A graceful stop: the last seq on record (while owner), then every session marked ended — before the
+        1000 close ends them at Discord, so no successor tries to RESUME them (and gets op 9)."""
+        await self._lf_save_sessions()
+        if self._lf_sessions is None:
+            return
+        env = self.cluster.environment
+        try:
+            await self._lf_sessions.end(live_sessions(self, env.shard_ids, env.epoch))
+        except (RedisError, OSError) as exc:
+            log.warning("could not mark the sessions of cluster %s ended: %s", env.cluster_id, exc)
+
+    async def _lf_on_sigterm(self) -> None:
+        """SIGTERM: a planned stop, unless it is the parent-death signal (the supervisor died), which leaves the
+        sessions resumable like the IPC hang-up does. Linux sends the parent-death signal when the parent *thread*
+        exits, so a SIGKILLed supervisor's first one can come while ``getppid()`` still names it: the IPC hang-up
+        (within :data:`_SIGTERM_PROBE` s) or a changed parent pid decides."""
+        if self._lf_ipc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lf_supervisor_gone.wait(), _SIGTERM_PROBE)
+            if self._lf_supervisor_gone.is_set():
+                return  # the IPC loop abandons
+        if os.getppid() != self._lf_parent_pid:
+            await self._lf_abandon("the supervisor is gone (parent-death SIGTERM)")
+        else:
+            await self._lf_shutdown("SIGTERM")
+
+    async def _lf_abandon(self, reason: str) -> None:
+        """Stop without ending the sessions (the supervisor is gone: not a planned stop): the last seq on record,
+        then the connections closed with 4000, so the next owner RESUMEs them and replays what was missed."""
+        log.info("cluster %s stopping, its sessions left resumable: %s", self.cluster.id, reason)
+        if self.cluster.exit_code is None:
+            self.cluster.exit_code = ExitCode.OK
+        await self._lf_save_sessions()
+        await asyncio.shield(self._lf_close_resumably())
+        await asyncio.shield(self.close())  # teardown cancels this task; never cancel the close itself
+
+    async def _lf_close_resumably(self) -> None:
+        with contextlib.suppress(Exception):
+            await close_resumably(self)
+
+    # --- replay on takeover (see :mod:`.replay`) ------------------------------------------------------------
+    async def _lf_load_orphans(self) -> None:
+        """Read the sessions a predecessor left (before this process writes its own). Not in a handover
+        successor: its predecessor is alive and ends its own sessions."""
+        env = self.cluster.environment
+        if not self._lf_claim_events or env.handover or self._lf_sessions is None:
+            return
+        try:
+            stored = await self._lf_sessions.load()
+        except (RedisError, OSError) as exc:
+            log.warning("cannot read the session records of cluster %s: %s", env.cluster_id, exc)
+            return
+        self._lf_orphans = resumable(stored, env.shard_ids, env.epoch)
+
+    def _lf_start_replay(self) -> None:
+        if self._lf_orphans and not self._lf_replay_started:
+            self._lf_replay_started = True
+            self._lf_spawn(self._lf_replay_orphans())
+
+    async def _lf_replay_orphans(self) -> None:
+        """Drain every session a predecessor left and hand its claimable events to the claims."""
+        orphans, self._lf_orphans = self._lf_orphans, []
+        assert self._lf_sessions is not None
+        try:  # a predecessor stopping gracefully after this process read the records has ended them since
+            ended = await self._lf_sessions.ended(record.session_id for record in orphans)
+        except (RedisError, OSError):
+            ended = set()
+        for record in orphans:
+            if record.session_id in ended:
+                log.info("shard %s's previous session was ended by a graceful stop: nothing to replay",
+                         record.shard_id)
+        results = await asyncio.gather(*(self._lf_drain(r) for r in orphans if r.session_id not in ended))
+        for replay in results:
+            if replay is not None and not self._lf_guard.fenced and not self.is_closed():
+                await self._lf_dispatch_replay(replay)
+
+    async def _lf_drain(self, record: SessionRecord) -> Replay | None:
+        env = self.cluster.environment
+        keys = Keys(env.namespace)
+        try:
+            replay = await drain_session(record, env.token)
+        except Exception as exc:
+            await emit(self._lf_redis, keys, Severity.WARNING, "replay_failed",
+                       f"cluster {env.cluster_id}: could not replay shard {record.shard_id}'s previous session: "
+                       f"{mask(str(exc))}", source=cluster_node(env.cluster_id), cluster=env.cluster_id,
+                       shard=record.shard_id)
+            return None
+        if not replay.resumed:
+            await emit(self._lf_redis, keys, Severity.WARNING, "replay_refused",
+                       f"cluster {env.cluster_id}: shard {record.shard_id}'s previous session (epoch "
+                       f"{record.epoch}) was not replayed, its missed events are lost: {replay.reason}",
+                       source=cluster_node(env.cluster_id), cluster=env.cluster_id, shard=record.shard_id,
+                       epoch=record.epoch)
+            return None
+        return replay
+
+    async def _lf_dispatch_replay(self, replay: Replay) -> None:
+        """The replay's claimable events through the (wrapped) parsers, so through the claims and the guard."""
+        env = self.cluster.environment
+        handed = expired = 0
+        parsers = self._connection.parsers
+        token = gateway.current_shard.set(replay.shard_id)
+        try:
+            for event, data in replay.events:
+                if event not in self._lf_claim_events or event not in parsers:
+                    continue
+                if is_expired_interaction(event, data):
+                    expired += 1
+                    log.warning("replayed interaction %s of shard %s is older than 3 s: expired, not answered",
+                                data.get("id"), replay.shard_id)
+                    continue
+                parsers[event](data)
+                handed += 1
+        finally:
+            gateway.current_shard.reset(token)
+        await emit(self._lf_redis, Keys(env.namespace), Severity.INFO, "session_replayed",
+                   f"cluster {env.cluster_id}: shard {replay.shard_id}'s previous session replayed "
+                   f"{len(replay.events)} events ({handed} handed to the claims, {expired} expired interactions)",
+                   source=cluster_node(env.cluster_id), cluster=env.cluster_id, shard=replay.shard_id,
+                   replayed=len(replay.events), claimed=handed, expired=expired)
 
     async def _lf_ipc_loop(self, ipc: IpcChannel) -> None:
         while True:
             message = await ipc.receive()
             if message is None:
-                await self._lf_shutdown("the supervisor is gone (IPC closed)")
+                self._lf_supervisor_gone.set()
+                await self._lf_abandon("the supervisor is gone (IPC closed)")
                 return
             if message.get("op") == "stop":
                 await self._lf_shutdown(str(message.get("reason") or "stop requested by the supervisor"))

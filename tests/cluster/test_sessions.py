@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from cluster_support import KEYS, RecordingClient, grant, lease_kept, make_env, running, write_layout
 from helpers import wait_until
 
-from letsfrag.cluster.sessions import SESSION_RECORD_TTL, SessionRecord, SessionStore
+from letsfrag.cluster.sessions import SESSION_RECORD_TTL, SessionRecord, SessionStore, resumable
 from letsfrag.ipc import IpcChannel
 from letsfrag.sim import Simulator
 
@@ -87,3 +87,45 @@ async def test_a_running_cluster_keeps_its_session_records(redis_url: str, r: ai
                     sid: session.seq for sid, session in sessions.items() if session is not None}
                 assert final[0].seq > first[0].seq
             await supervisor.close()
+
+
+async def test_an_older_epoch_never_replaces_a_newer_record(r: aioredis.Redis) -> None:
+    """A woken or stopping old process (epoch 4) cannot overwrite what its successor (epoch 5) wrote."""
+    successor = SessionStore(r, KEYS, 6)
+    assert await successor.save([SessionRecord(0, "new", "ws://g/", 3, 5)]) == 1
+    old = SessionStore(r, KEYS, 6)
+    assert await old.save([SessionRecord(0, "old", "ws://g/", 99, 4), SessionRecord(1, "old1", "ws://g/", 7, 4)]) == 1
+    records = await old.load()
+    assert records[0] == SessionRecord(0, "new", "ws://g/", 3, 5)
+    assert records[1].epoch == 4  # a field nobody newer wrote is still the old process's to keep
+
+
+async def test_records_are_written_only_while_the_assignment_names_the_writer(r: aioredis.Redis) -> None:
+    await grant(r, 7, epoch=5)
+    moved_away = SessionStore(r, KEYS, 7, owner=("h1", 4))
+    assert await moved_away.save([SessionRecord(0, "s", "ws://g/", 3, 4)]) == -1
+    assert await moved_away.load() == {}
+    owner = SessionStore(r, KEYS, 7, owner=("h1", 5))
+    assert await owner.save([SessionRecord(0, "s", "ws://g/", 3, 5)]) == 1
+    other_host = SessionStore(r, KEYS, 7, owner=("h2", 5))
+    assert await other_host.save([SessionRecord(0, "t", "ws://g/", 4, 5)]) == -1
+
+
+async def test_a_session_ended_by_a_graceful_stop_is_never_offered_for_replay(r: aioredis.Redis) -> None:
+    store = SessionStore(r, KEYS, 8)
+    live = [SessionRecord(0, "a", "ws://g/", 5, 2), SessionRecord(1, "b", "ws://g/", 6, 2)]
+    await store.save(live)
+    assert [rec.session_id for rec in resumable(await store.load(), (0, 1), 3)] == ["a", "b"]
+    assert await store.end(live[:1]) == 1
+    records = await store.load()
+    assert records[0].closed and not records[1].closed
+    assert json.loads(await r.hget(KEYS.session_records(8), "0"))["closed"] is True  # type: ignore[misc]
+    assert await store.save([SessionRecord(0, "a", "ws://g/", 9, 2)]) == 0  # a late write does not reopen it
+    assert [rec.session_id for rec in resumable(await store.load(), (0, 1), 3)] == ["b"]
+    # the successor already overwrote shard 1's record when the old process ends session b: b is marked anyway
+    await store.save([SessionRecord(1, "c", "ws://g/", 1, 3)])
+    await store.end(live[1:])
+    assert (await store.load())[1] == SessionRecord(1, "c", "ws://g/", 1, 3)
+    assert await store.ended(["b", "c"]) == {"b"}
+    # a record of a newer epoch than the reader's is not the reader's to replay
+    assert resumable({1: SessionRecord(1, "c", "ws://g/", 1, 3)}, (1,), 2) == []

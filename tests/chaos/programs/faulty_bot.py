@@ -2,8 +2,10 @@
 
 Environment (set through the host config's ``bot.env``):
 
-``CHAOS_FAULT``    ``crash`` (exit 1 after READY), ``hang`` (block the event loop with ``time.sleep`` after
-                   READY) or ``memory`` (grow RSS by ``CHAOS_MEMORY_STEP`` bytes every 0.1 s after READY)
+``CHAOS_FAULT``    ``crash`` (exit 1 after READY), ``crash_on_flag`` (exit 1 as soon as the flag appears, any
+                   time after READY; the flag is consumed, so the restarted process behaves), ``hang`` (block
+                   the event loop with ``time.sleep`` after READY) or ``memory`` (grow RSS by
+                   ``CHAOS_MEMORY_STEP`` bytes every 0.1 s after READY)
 ``CHAOS_CLUSTER``  the cluster id the fault applies to (compared with ``LETSFRAG_CLUSTER_ID``)
 ``CHAOS_FLAG``     a file; the fault fires only while it exists. ``hang`` and ``memory`` delete it when they
                    fire, so the restarted process behaves; ``crash`` keeps firing until the test removes it.
@@ -27,6 +29,7 @@ TARGET = os.environ.get("CHAOS_CLUSTER", "")
 FLAG = Path(os.environ.get("CHAOS_FLAG", "/nonexistent"))
 STEP = int(os.environ.get("CHAOS_MEMORY_STEP", str(16 * 1024 * 1024)))
 hoard: list[bytes] = []
+watchers: list[asyncio.Task[None]] = []
 
 
 def _armed() -> bool:
@@ -40,6 +43,14 @@ def _consume() -> None:
         pass
 
 
+async def _crash_when_flagged() -> None:
+    while not await asyncio.to_thread(FLAG.exists):
+        await asyncio.sleep(0.05)
+    _consume()
+    print(f"chaos: cluster {TARGET} crashes (flag)", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
 async def _grow() -> None:
     while len(hoard) * STEP < 4 * 1024**3:
         hoard.append(os.urandom(1024) * (STEP // 1024))
@@ -48,6 +59,10 @@ async def _grow() -> None:
 
 @client.event
 async def on_ready() -> None:
+    if FAULT == "crash_on_flag" and os.environ.get("LETSFRAG_CLUSTER_ID") == TARGET:
+        if not watchers:  # on_ready may come again after a reconnect
+            watchers.append(asyncio.get_running_loop().create_task(_crash_when_flagged()))
+        return
     if not _armed():
         return
     print(f"chaos: cluster {TARGET} fault {FAULT}", file=sys.stderr, flush=True)

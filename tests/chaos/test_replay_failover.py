@@ -1,0 +1,171 @@
+"""Unplanned failures lose nothing and handle nothing twice: the next process of a cluster replays its
+predecessor's sessions (RESUME on side connections) through the claims.
+
+Every test runs 20 events/s (30 % member joins) through a 2-host deployment (8 shards, 4 clusters), disturbs it
+and ends with: each event answered exactly once (0 lost, 0 twice), 0 identify violations, a ``session_replayed``
+event per shard whose process went away (no ``replay_refused``/``replay_failed``), no IDENTIFY beyond the fresh
+sessions of the moved shards, every shard READY, and (the fixture) no process left behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from chaos_checks import FAULTY_BOT
+from exactly_once_support import (
+    SecuredRehearsal,
+    all_clusters_ready,
+    deployment_factory,
+    handling,
+    live_pids,
+    reset_referee,
+    settle,
+    start_traffic,
+    stop_traffic,
+)
+from helpers import wait_until_sync
+
+pytestmark = pytest.mark.chaos
+
+RATE = 20.0
+JOINS = 0.3
+SHAPE = {"hosts": 2, "shards": 8, "shards_per_cluster": 2, "max_concurrency": 4, "identify_window": 1.0,
+         "lease_ttl": 3.0, "lease_grace": 1.0, "rebalance": "manual"}
+
+
+@pytest.fixture
+def deploy(tmp_path: Path) -> Iterator[Callable[..., SecuredRehearsal]]:
+    yield from deployment_factory(tmp_path)
+
+
+def _traffic_flowing(deployment: SecuredRehearsal) -> None:
+    wait_until_sync(deployment.all_ready, timeout=60, interval=0.25, message="8 shards READY")
+    reset_referee(deployment)
+    start_traffic(deployment, RATE, joins=JOINS)
+    wait_until_sync(lambda: handling(deployment)["answered_once"] >= 10, timeout=10, message="traffic answered")
+
+
+def _replays_since(deployment: SecuredRehearsal, since: float) -> list[str]:
+    return [e.kind for e in deployment.events() if e.ts >= since and e.kind.startswith(("session_replayed",
+                                                                                        "replay_"))]
+
+
+def _ends_with_nothing_lost(deployment: SecuredRehearsal, *, since: float, replays: int, identifies_before: int,
+                            fresh_sessions: int) -> dict[str, int]:
+    """Wait for ``replays`` session_replayed events, run traffic a little longer, then check the whole run."""
+    try:
+        wait_until_sync(lambda: len(_replays_since(deployment, since)) >= replays, timeout=20, interval=0.2,
+                        message=f"{replays} sessions replayed")
+    except AssertionError:
+        print("\n".join(f"{e.kind}: {e.message}" for e in deployment.events() if e.ts >= since))
+        raise
+    sent_after = handling(deployment)["sent"]
+    wait_until_sync(lambda: handling(deployment)["sent"] >= sent_after + 20, timeout=10,
+                    message="traffic after the takeover")
+    stop_traffic(deployment)
+    counts = settle(deployment)
+    stats = deployment.sim_stats()
+    story = _replays_since(deployment, since)
+    print(f"handling {counts}, replays {story}, resumes {stats['resumes']}, drains {stats['replay_drains']}")
+    assert counts["answered_twice_or_more"] == 0, counts
+    assert counts["unanswered_live"] == 0 and counts["undeliverable"] == 0, counts
+    assert counts["answered_once"] == counts["sent"] and counts["sent_join"] > 0, counts
+    assert story == ["session_replayed"] * replays, story
+    assert stats["identifies"]["total"] - identifies_before == fresh_sessions, stats["identifies"]
+    assert stats["identify_violations"]["total"] == 0, stats["identify_violations"]
+    wait_until_sync(deployment.all_ready, timeout=30, interval=0.25, message="every shard READY at the end")
+    return counts
+
+
+def test_host_sigkill_loses_nothing(deploy: Callable[..., SecuredRehearsal]) -> None:
+    deployment = deploy(**SHAPE).start()
+    client = deployment.redis_client()
+    try:
+        _traffic_flowing(deployment)
+        moved = [cid for cid, (host, _) in deployment.assignment(client).items() if host == "h0"]
+        shards_moved = len(moved) * deployment.settings.shards_per_cluster
+        assert moved
+        identifies = deployment.sim_stats()["identifies"]["total"]
+        since = time.time()
+        deployment.kill_host("h0")
+        wait_until_sync(lambda: all_clusters_ready(deployment, client, host="h1"), timeout=40, interval=0.2,
+                        message="h0's clusters READY on h1")
+        _ends_with_nothing_lost(deployment, since=since, replays=shards_moved, identifies_before=identifies,
+                                fresh_sessions=shards_moved)
+    finally:
+        client.close()
+
+
+def test_host_frozen_past_its_lease_loses_nothing(deploy: Callable[..., SecuredRehearsal]) -> None:
+    """SIGSTOP past the lease, SIGCONT after the takeover; the simulator heartbeat (10 s) is longer than the lease,
+    so the frozen sessions are still live when the successor RESUMEs (takes over) them."""
+    deployment = deploy(**SHAPE, sim_heartbeat_interval=10.0).start()
+    client = deployment.redis_client()
+    try:
+        _traffic_flowing(deployment)
+        frozen = deployment.cluster_pids("h0")
+        moved = [cid for cid, (host, _) in deployment.assignment(client).items() if host == "h0"]
+        shards_moved = len(moved) * deployment.settings.shards_per_cluster
+        assert frozen and moved
+        identifies = deployment.sim_stats()["identifies"]["total"]
+        since = time.time()
+        deployment.freeze_host("h0")
+        wait_until_sync(lambda: all_clusters_ready(deployment, client, host="h1"), timeout=40, interval=0.1,
+                        message="h0's clusters READY on h1")
+        deployment.thaw_host("h0")
+        wait_until_sync(lambda: not live_pids(frozen), timeout=30, message="woken cluster processes exit")
+        _ends_with_nothing_lost(deployment, since=since, replays=shards_moved, identifies_before=identifies,
+                                fresh_sessions=shards_moved)
+    finally:
+        client.close()
+
+
+def test_cluster_crash_restarted_in_place_loses_nothing(deploy: Callable[..., SecuredRehearsal],
+                                                        tmp_path: Path) -> None:
+    victim, flag = 1, tmp_path / "crash.flag"
+    deployment = deploy(**SHAPE, bot_command=FAULTY_BOT,
+                        bot_env={"CHAOS_FAULT": "crash_on_flag", "CHAOS_CLUSTER": str(victim),
+                                 "CHAOS_FLAG": str(flag)}).start()
+    client = deployment.redis_client()
+    try:
+        _traffic_flowing(deployment)
+        before = deployment.assignment(client)
+        identifies = deployment.sim_stats()["identifies"]["total"]
+        since = time.time()
+        flag.touch()  # the victim exits 1 at once; its supervisor restarts it on the same host
+        wait_until_sync(lambda: not flag.exists(), timeout=10, interval=0.05, message="the victim crashed")
+        wait_until_sync(lambda: all_clusters_ready(deployment, client), timeout=40, interval=0.2,
+                        message="the crashed cluster READY again")
+        assert deployment.assignment(client) == before, "restarted in place: same host, same epoch"
+        _ends_with_nothing_lost(deployment, since=since, replays=deployment.settings.shards_per_cluster,
+                                identifies_before=identifies, fresh_sessions=deployment.settings.shards_per_cluster)
+        restarts = [e for e in deployment.events() if e.ts >= since and e.kind == "cluster_crash"]
+        assert restarts, "the supervisor saw the crash"
+    finally:
+        client.close()
+
+
+def test_supervisor_sigkill_loses_nothing(deploy: Callable[..., SecuredRehearsal]) -> None:
+    """Only the supervisor dies: its clusters exit by themselves leaving their sessions resumable (not ended with
+    1000, the cause of the old flake), and the new owners replay them after the lease."""
+    deployment = deploy(**SHAPE).start()
+    client = deployment.redis_client()
+    try:
+        _traffic_flowing(deployment)
+        moved = [cid for cid, (host, _) in deployment.assignment(client).items() if host == "h0"]
+        shards_moved = len(moved) * deployment.settings.shards_per_cluster
+        identifies = deployment.sim_stats()["identifies"]["total"]
+        since = time.time()
+        orphans = deployment.kill_supervisor("h0")
+        assert orphans
+        wait_until_sync(lambda: not live_pids(orphans), timeout=5, interval=0.05,
+                        message="h0's clusters exit by themselves")
+        wait_until_sync(lambda: all_clusters_ready(deployment, client, host="h1"), timeout=40, interval=0.2,
+                        message="h0's clusters READY on h1")
+        _ends_with_nothing_lost(deployment, since=since, replays=shards_moved, identifies_before=identifies,
+                                fresh_sessions=shards_moved)
+    finally:
+        client.close()
