@@ -39,7 +39,8 @@ def _settled(sim: Simulator) -> dict[str, int] | None:
 
 async def _session_epochs(r: aioredis.Redis) -> set[int]:
     records = await r.hgetall(KEYS.session_records(0))  # type: ignore[misc]
-    return {json.loads(value)["epoch"] for value in records.values()}
+    # shard fields only (a graceful stop also writes ``closed:<session_id>`` markers)
+    return {json.loads(value)["epoch"] for field, value in records.items() if field.isdigit()}
 
 
 async def _until_op(channel: IpcChannel, op: str) -> dict[str, Any]:
