@@ -32,19 +32,21 @@ import os
 import runpy
 import signal
 import socket
+import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from letsfrag.ipc import ENV_IPC_FD
-
-__all__ = ["ENV_CONTROL_FD", "PRELOAD", "LaunchReply", "LaunchRequest", "main"]
+__all__ = ["ENV_CONTROL_FD", "PRELOAD", "LaunchReply", "LaunchRequest", "fork_supported", "main", "start_launcher",
+           "stop_launcher"]
 
 ENV_CONTROL_FD = "LETSFRAG_LAUNCHER_FD"
 #: imported once by the launcher, shared by every cluster process it forks
+#: (``letsfrag.config``: a cluster reads its Redis settings into the config model, pydantic and all)
 PRELOAD = ("asyncio", "aiohttp", "discord", "discord.ext.commands", "redis.asyncio", "letsfrag.cluster.client",
-           "letsfrag.ipc", "letsfrag.rpc")
+           "letsfrag.ipc", "letsfrag.rpc", "letsfrag.config", "letsfrag.environment", "letsfrag.connection")
 #: the largest request accepted (the environment of one cluster)
 MAX_REQUEST = 1024 * 1024
 #: descriptors per request: IPC, stdout, stderr
@@ -110,6 +112,42 @@ class LaunchReply:
             return cls(0, f"the launcher sent an unreadable reply ({len(data)} bytes)")
 
 
+def fork_supported() -> bool:
+    """The pre-fork launcher needs Linux (subreaper, pidfd)."""
+    return sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
+
+
+def start_launcher(env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start ``python -m letsfrag.launcher`` (the caller's end of its control socket beside it); it imports at once.
+
+    This module imports only the standard library, so ``letsfrag supervise`` calls this before its own imports and
+    the launcher's imports run beside them (:class:`letsfrag.supervisor.prefork.Launcher` adopts the pair).
+    """
+    from letsfrag.lifeline import parent_death_preexec  # standard library only
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.set_inheritable(True)
+    full = {**(os.environ if env is None else env), ENV_CONTROL_FD: str(theirs.fileno()), "PYTHONUNBUFFERED": "1"}
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "letsfrag.launcher"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env=full, pass_fds=(theirs.fileno(),), start_new_session=True, preexec_fn=parent_death_preexec())
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return process, ours
+
+
+def stop_launcher(process: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    """End a launcher nobody will use (its clusters, if any, are not touched) and reap it."""
+    sock.close()
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    process.wait()
+
+
 def _preload() -> None:
     for name in PRELOAD:
         importlib.import_module(name)
@@ -150,6 +188,8 @@ def _become_cluster(request: LaunchRequest, fds: list[int], middle: int) -> None
         if fd > 2:
             os.close(fd)
     os.set_inheritable(ipc_fd, True)
+    from letsfrag.ipc import ENV_IPC_FD  # preloaded
+
     os.environ.clear()
     os.environ.update(request.env)
     os.environ[ENV_IPC_FD] = str(ipc_fd)
