@@ -19,8 +19,9 @@ from letsfrag.launcher import fork_supported, start_launcher, stop_launcher
 
 if TYPE_CHECKING:
     from letsfrag.config import HostConfig
+    from letsfrag.supervisor.prefork import Launcher
 
-__all__ = ["run", "serve"]
+__all__ = ["adopt_launcher", "run", "serve"]
 
 _Started = tuple[subprocess.Popen[bytes], socket.socket]
 
@@ -49,26 +50,33 @@ async def serve(config: HostConfig, *, host_id: str | None = None, capacity: int
     """
     from letsfrag.connection import check_redis_credentials
     from letsfrag.supervisor.manager import ClusterManager
-    from letsfrag.supervisor.prefork import Launcher, launcher_mode
 
     try:
         await check_redis_credentials(config.redis)
-        adopted = None
-        if launcher is not None:
-            if launcher_mode(config) == "fork":
-                adopted = Launcher(started=launcher)
-            else:
-                stop_launcher(*launcher)
-            launcher = None
-        manager = ClusterManager(config, handle_signals=True, host_id=host_id, capacity=capacity, launcher=adopted)
-    finally:
+    except BaseException:
         if launcher is not None:
             stop_launcher(*launcher)
+        raise
+    manager = ClusterManager(config, handle_signals=True, host_id=host_id, capacity=capacity,
+                             launcher=adopt_launcher(config, launcher))
     try:
         await manager.serve_forever()
     finally:
         await manager.close()
     return 0
+
+
+def adopt_launcher(config: HostConfig, launcher: _Started | None) -> Launcher | None:
+    """The :class:`Launcher` around a launcher started early when ``config`` forks its clusters; otherwise
+    end that launcher (``None``)."""
+    from letsfrag.supervisor.prefork import Launcher, launcher_mode
+
+    if launcher is None:
+        return None
+    if launcher_mode(config) == "fork":
+        return Launcher(started=launcher)
+    stop_launcher(*launcher)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
