@@ -21,9 +21,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -31,6 +30,9 @@ from redis.exceptions import RedisError
 
 from letsfrag.errors import ConfigError
 from letsfrag.units import parse_listen
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = ["MetricsServer", "MetricsSource", "Probe", "bus_drops", "liveness", "redis_answers", "start_metrics"]
 
@@ -116,6 +118,8 @@ class MetricsServer:
 
     async def start(self) -> None:
         """Bind and serve; ``port`` then holds the bound port (useful with port 0)."""
+        from aiohttp import web  # only when metrics are on: a broker or supervisor starts faster without it
+
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -141,6 +145,8 @@ class MetricsServer:
         except Exception:  # a scrape shows what it has; the process goes on
             log.exception("metrics: refresh failed")
         body = generate_latest(self.source.registry)
+        from aiohttp import web
+
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
@@ -151,6 +157,8 @@ class MetricsServer:
 
 
 def _probe_response(probe: Probe) -> web.Response:
+    from aiohttp import web
+
     return web.Response(status=200 if probe.ok else 503, text=probe.detail + "\n")
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from letsfrag.config import BrokerConfig
 from letsfrag.errors import DiscordSetupError
 
@@ -79,6 +77,8 @@ async def fetch_gateway_bot(api_url: str | None, token: str, *, timeout: float =
     """``GET /gateway/bot``; raise :class:`DiscordSetupError` on any failure (401, network, bad reply)."""
     base = (api_url or DEFAULT_API_URL).rstrip("/")
     where = f"GET {base}/gateway/bot"
+    import aiohttp  # only for shards: auto (a broker with a fixed shard count starts faster without it)
+
     headers = {"Authorization": f"Bot {token}", "User-Agent": "letsfrag (https://github.com/letsfrag, 0.1)"}
     try:
         async with (

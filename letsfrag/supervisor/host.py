@@ -32,7 +32,8 @@ __all__ = ["HostAgent", "Layout", "fence_after", "parse_assignment"]
 log = logging.getLogger(__name__)
 
 WAITING_LOG_INTERVAL = 10.0
-LAYOUT_POLL = 0.25
+#: how often a supervisor that started before the broker looks for the layout (a cold start waits for it)
+LAYOUT_POLL = 0.05
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError, BusError)
 
 

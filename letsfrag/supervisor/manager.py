@@ -76,7 +76,9 @@ class ClusterManager:
         host_id: str | None = None,
         capacity: int | None = None,
         rng: random.Random | None = None,
+        launcher: Launcher | None = None,
     ) -> None:
+        """``launcher``: the pre-fork launcher to use with ``bot.launcher: fork`` (default: a new one)."""
         self.config = config
         self.host_id = host_id or config.host.id
         self.capacity = config.host.capacity if capacity is None else capacity
@@ -117,7 +119,7 @@ class ClusterManager:
         self.handovers = Handovers(self)
         self.argv = build_argv(config)
         #: the pre-fork launcher (``bot.launcher: fork``), None when every cluster is exec'd
-        self.launcher: Launcher | None = Launcher() if launcher_mode(config) == "fork" else None
+        self.launcher: Launcher | None = (launcher or Launcher()) if launcher_mode(config) == "fork" else None
 
     # ------------------------------------------------------------------------------------------ public API
 

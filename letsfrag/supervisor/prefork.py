@@ -22,14 +22,13 @@ import ctypes
 import logging
 import os
 import socket
-import sys
+import subprocess
 from typing import Any
 
 import psutil
 
 from letsfrag.config import HostConfig
-from letsfrag.launcher import ENV_CONTROL_FD, LaunchReply, LaunchRequest
-from letsfrag.supervisor.launch import parent_death_preexec
+from letsfrag.launcher import LaunchReply, LaunchRequest, fork_supported, start_launcher, stop_launcher
 
 __all__ = ["ForkedProcess", "Launcher", "fork_supported", "launcher_mode", "set_child_subreaper"]
 
@@ -42,9 +41,25 @@ REPLY_TIMEOUT = 60.0
 RESTART_DELAY = 0.5
 
 
-def fork_supported() -> bool:
-    """The pre-fork launcher needs Linux (subreaper, pidfd)."""
-    return sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
+async def _wait_exit(process: subprocess.Popen[bytes]) -> int:
+    """Wait for a child started with ``subprocess.Popen`` without blocking the loop (a pidfd); its exit code."""
+    if process.poll() is not None:
+        return process.returncode
+    loop = asyncio.get_running_loop()
+    fd = os.pidfd_open(process.pid)
+    ended = loop.create_future()
+
+    def readable() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await ended
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return process.wait()  # it ended: no wait
 
 
 def launcher_mode(config: HostConfig) -> str:
@@ -128,11 +143,17 @@ class _Pipe(asyncio.Protocol):
 
 
 class Launcher:
-    """One launcher process per supervisor; :meth:`spawn` forks a cluster process running ``module``."""
+    """One launcher process per supervisor; :meth:`spawn` forks a cluster process running ``module``.
 
-    def __init__(self, *, env: dict[str, str] | None = None) -> None:
+    ``started``: a launcher :func:`letsfrag.launcher.start_launcher` started before the supervisor's own imports
+    (``letsfrag supervise`` does, so both import at once); it is adopted as the first launcher.
+    """
+
+    def __init__(self, *, env: dict[str, str] | None = None,
+                 started: tuple[subprocess.Popen[bytes], socket.socket] | None = None) -> None:
         self._env = dict(os.environ if env is None else env)
-        self._process: asyncio.subprocess.Process | None = None
+        self._adopt = started
+        self._process: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._lock = asyncio.Lock()
         self._closing = False
@@ -157,20 +178,14 @@ class Launcher:
         if self.pid is not None and self._sock is not None:
             return
         if not set_child_subreaper(True):
+            if self._adopt is not None:
+                stop_launcher(*self._adopt)
+                self._adopt = None
             raise OSError("cannot make the supervisor a child subreaper (needed by bot.launcher: fork)")
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        theirs.set_inheritable(True)
-        env = {**self._env, ENV_CONTROL_FD: str(theirs.fileno()), "PYTHONUNBUFFERED": "1"}
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "letsfrag.launcher", stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=None, env=env, pass_fds=(theirs.fileno(),),
-                start_new_session=True, preexec_fn=parent_death_preexec())
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
+        if self._adopt is not None:
+            (process, ours), self._adopt = self._adopt, None
+        else:
+            process, ours = start_launcher(self._env)
         if self._sock is not None:
             self._sock.close()
         self._sock, self._process = ours, process
@@ -179,8 +194,8 @@ class Launcher:
         log.info("launcher started (pid %d)", process.pid)
         self._watcher = asyncio.create_task(self._watch(process), name="launcher-watch")
 
-    async def _watch(self, process: asyncio.subprocess.Process) -> None:
-        code = await process.wait()
+    async def _watch(self, process: subprocess.Popen[bytes]) -> None:
+        code = await _wait_exit(process)
         if self._closing or process is not self._process:
             return
         log.warning("the launcher (pid %d) ended with %s; starting a new one (running clusters are not affected)",
@@ -236,7 +251,12 @@ class Launcher:
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
+            self._spawn_reaper(process)
         await self._ensure()
+
+    def _spawn_reaper(self, process: subprocess.Popen[bytes]) -> None:
+        task = asyncio.ensure_future(_wait_exit(process))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def reap_strays(self, keep: set[int]) -> list[int]:
         """Reap zombie children not in ``keep`` that were zombies at the previous call too; return their pids.
@@ -245,6 +265,8 @@ class Launcher:
         process asyncio spawned is reaped by asyncio's own watcher at once, so it is never taken from it.
         """
         zombies: set[int] = set()
+        if self._process is not None:  # reaped by its own watcher
+            keep = keep | {self._process.pid}
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process().children():
                 with contextlib.suppress(psutil.Error):
@@ -264,14 +286,17 @@ class Launcher:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._adopt is not None:  # adopted, never started
+            stop_launcher(*self._adopt)
+            self._adopt = None
         process = self._process
         if process is not None and process.returncode is None:
             try:
-                await asyncio.wait_for(process.wait(), 5.0)
+                await asyncio.wait_for(_wait_exit(process), 5.0)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
-                await process.wait()
+                await _wait_exit(process)
         if self._watcher is not None and not self._watcher.done():
             self._watcher.cancel()
         set_child_subreaper(False)

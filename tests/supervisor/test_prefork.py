@@ -16,7 +16,9 @@ import redis.asyncio as aioredis
 from helpers import wait_until
 from support import grant, host_config, set_modes, write_layout
 
+from letsfrag.launcher import start_launcher
 from letsfrag.supervisor import ClusterManager, ClusterState
+from letsfrag.supervisor.main import adopt_launcher
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="the launcher needs Linux")
 
@@ -98,3 +100,23 @@ async def test_exit_codes_and_signals_are_exact(redis_url: str, r: aioredis.Redi
         os.kill(pid, signal.SIGKILL)
         await wait_until(lambda: manager.clusters[2].exit_signal is not None, timeout=10, message="cluster 2 exit")
         assert manager.clusters[2].exit_signal == signal.SIGKILL
+
+
+async def test_a_launcher_started_before_the_supervisor_is_adopted_or_ended(redis_url: str, r: aioredis.Redis,
+                                                                             tmp_path: Path) -> None:
+    # letsfrag supervise starts the launcher before its imports and its config: used with fork, ended with exec
+    started = start_launcher()
+    assert adopt_launcher(host_config(redis_url, tmp_path, launcher="exec"), started) is None
+    assert started[0].returncode is not None and started[1].fileno() == -1
+    set_modes(tmp_path, default="well")
+    started = start_launcher()
+    launcher = adopt_launcher(host_config(redis_url, tmp_path), started)
+    assert launcher is not None
+    await write_layout(r)
+    async with ClusterManager(host_config(redis_url, tmp_path), launcher=launcher) as manager:
+        assert manager.launcher is launcher
+        await grant(r, 0, epoch=1)
+        pids = await wait_until(lambda: _ready(manager, [0]), timeout=20, message="cluster ready")
+        assert launcher.pid == started[0].pid and launcher.starts == 1
+        assert psutil.Process(pids[0]).ppid() == os.getpid()
+    assert started[0].returncode is not None  # closed with the supervisor
