@@ -106,7 +106,8 @@ def test_containers_run_real_commands_with_real_configs(tmp_path: Path) -> None:
         if kind == "host":
             assert config.host.id == ENV["POD_NAME"], "host.id comes from the pod name"
             assert doc["kind"] == "StatefulSet"
-            assert pod["terminationGracePeriodSeconds"] >= 2 * config.limits.stop_timeout + 10
+            assert pod["terminationGracePeriodSeconds"] >= (config.limits.leave_timeout + 2 * config.limits.stop_timeout
+                                                            + 10), "the SIGTERM hand-off and the stop fit"
         else:
             assert doc["kind"] == "Deployment" and doc["spec"]["replicas"] == 2, "leader + standby"
     assert seen == {"broker", "supervise"}
