@@ -19,6 +19,8 @@ from letsfrag.lifeline import ENV_LIFELINE_FD, Lifeline, watch_lifeline
 from letsfrag.local import EmbeddedRedis
 from letsfrag.redis_server import RedisServer
 
+pytestmark = pytest.mark.integration
+
 
 def local_config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "conf" / "local.yaml"

@@ -81,6 +81,7 @@ def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.cleanup()
 
 
+@pytest.mark.integration
 async def test_redis_restart_causes_no_reassignment(persistent_redis: RedisServer) -> None:
     dep = Deployment(persistent_redis.url)
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import discord
+import pytest
 import redis.asyncio as aioredis
 from cluster_support import KEYS, grant, intents, lease_kept, make_env, running, write_layout
 from discord.ext import commands
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SIM: dict[str, Any] = {"shards": 1, "guilds": 2, "identify_window": 0.1, "heartbeat_interval": 30.0, "ack_delay": 0.005}
 
 
+@pytest.mark.integration
 def test_outside_a_supervisor_one_sentence_and_exit_78() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LETSFRAG_")}
     code = ("import discord\nfrom letsfrag import ClusterShardClient\n"

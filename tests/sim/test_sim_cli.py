@@ -45,6 +45,7 @@ def test_bad_duration_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -
     assert "argument --ack-delay: expected a duration" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_module_serves_prints_its_port_and_stops_on_sigterm() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(
@@ -71,6 +72,7 @@ def _serve_and_stop(process: subprocess.Popen[str]) -> None:
             process.wait()
 
 
+@pytest.mark.integration
 def test_bad_option_value_exits_2_with_the_field_named() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "letsfrag.sim", "--shards", "0"], cwd=ROOT, capture_output=True, text=True,

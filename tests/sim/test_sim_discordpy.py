@@ -14,6 +14,8 @@ from sim_support import FastClient, ZlibContext, intents, running
 from letsfrag.sim import Simulator, SimulatorOptions
 from letsfrag.sim.compression import zstd_available
 
+pytestmark = pytest.mark.integration
+
 Point = Callable[[Simulator], None]
 FAST: dict[str, Any] = dict(shards=8, guilds=40, heartbeat_interval=1.0, identify_window=0.0)
 

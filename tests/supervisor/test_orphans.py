@@ -42,6 +42,7 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
             proc.wait()
 
 
+@pytest.mark.integration
 def test_a_blocked_loop_is_killed_after_the_grace(tmp_path: Path) -> None:
     proc, parent = _spawn(tmp_path, "blocked")
     wait_until_sync(lambda: (tmp_path / "child.pid").exists(), timeout=10, message="the child was started")
@@ -55,6 +56,7 @@ def test_a_blocked_loop_is_killed_after_the_grace(tmp_path: Path) -> None:
     wait_until_sync(lambda: gone(grandchild), timeout=5, message="the program's child is gone too")
 
 
+@pytest.mark.integration
 def test_a_healthy_loop_closes_gracefully_first(tmp_path: Path) -> None:
     proc, parent = _spawn(tmp_path, "graceful")
     parent.close()
