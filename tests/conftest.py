@@ -23,6 +23,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from helpers import scaled
+
 from letsfrag.redis_server import RedisServer
 from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 
@@ -136,5 +138,5 @@ def rehearsal(tmp_path: Path) -> Iterator[Callable[..., Rehearsal]]:
 
     yield factory
     for deployment in made:
-        leftovers = deployment.close()
+        leftovers = deployment.close(timeout=scaled(15.0))
         assert leftovers == [], f"processes survived the graceful stop: {leftovers}"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from broker_support import Deployment, make_config
-from helpers import wait_until
+from helpers import scaled, wait_until
 
 from letsfrag.broker.layout import fetch_gateway_bot, resolve_layout
 from letsfrag.broker.main import run
@@ -126,7 +126,7 @@ async def test_cli_runs_until_sigterm_and_exits_0(tmp_path: Path, deployment: De
     try:
         await wait_until(lambda: _leader_is(dep, "cli-b"), timeout=15, message="the CLI broker leads")
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await asyncio.wait_for(proc.wait(), scaled(10)) == 0
         assert await dep.redis.get(dep.keys.leader) is None, "the lock is released on a clean exit"
     finally:
         if proc.returncode is None:

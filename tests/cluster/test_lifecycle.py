@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from cluster_support import KEYS, grant, intents, lease_kept, make_env, running, write_layout
 from discord.ext import commands
-from helpers import wait_until
+from helpers import scaled, wait_until
 
 from letsfrag import ClusterShardBot, ClusterShardClient
 from letsfrag.environment import HOW_TO_RUN
@@ -68,7 +68,7 @@ async def test_supervisor_gone_closes_the_sessions(redis_url: str, r: aioredis.R
                 parent.close()
                 started = time.monotonic()
                 await wait_until(lambda: task.done(), timeout=5, message="exit after IPC EOF")
-                assert time.monotonic() - started < 3
+                assert time.monotonic() - started < scaled(3)
                 await wait_until(lambda: sim.stats()["connections"] == 0, timeout=3, message="sessions closed")
 
 

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import scaled
 
 from letsfrag.sim.cli import add_arguments, options_from_args
 
@@ -65,7 +66,7 @@ def _serve_and_stop(process: subprocess.Popen[str]) -> None:
             stats = json.load(response)
         assert stats["guilds"] == 3 and stats["shard_count"] == 2
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=scaled(10)) == 0
     finally:
         if process.poll() is None:
             process.kill()

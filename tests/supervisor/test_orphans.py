@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import wait_until_sync
+from helpers import scaled, wait_until_sync
 from support import gone
 
 from letsfrag import ipc, orphan
@@ -28,14 +28,14 @@ def _spawn(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[bytes], socket.s
     proc = subprocess.Popen([sys.executable, str(ORPHAN)], env=env, pass_fds=(child.fileno(),),
                             start_new_session=True)
     child.close()
-    parent.settimeout(20)
+    parent.settimeout(scaled(20))
     assert b'"op":"hello"' in parent.recv(4096), "the program said hello"
     return proc, parent
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
     try:
-        return proc.wait(timeout=timeout)
+        return proc.wait(timeout=scaled(timeout))
     finally:
         if proc.poll() is None:
             proc.kill()
