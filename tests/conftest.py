@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import scaled
+from helpers import scaled, time_scale
 
 from letsfrag.redis_server import RedisServer
 from letsfrag.rehearsal import Rehearsal, RehearsalSettings
@@ -45,6 +45,13 @@ def _starts_real_parts(item: pytest.Item) -> bool:
     if folder in INTEGRATION_DIRS:
         return True
     return bool(INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-timeout's limit (``timeout`` in pyproject.toml) scales with the wait deadlines, unless given."""
+    if getattr(config.option, "timeout", None) is None and config.getini("timeout"):
+        config.option.timeout = float(config.getini("timeout")) * time_scale()
 
 
 @pytest.hookimpl(tryfirst=True)
