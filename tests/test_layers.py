@@ -19,8 +19,7 @@ LAYERS: dict[str, tuple[int, str]] = {
         ["errors", "clock", "units", "keys", "logs", "loops", "lifeline", "exitcodes", "orphan", "protocol",
          "records", "handover", "claims", "events", "identify", "metrics", "progress", "redis_server", "embedded",
          "connection", "bus", "environment", "ipc", "launcher", "control", "rpc", "bench", "samples",
-         "config", "config_check", "config_common", "config_models", "config_program", "config_reference",
-         "config_source"],
+         "config"],
         (0, "foundations")),
     # the roles and the read side: independent of each other; the simulator stands on the foundations only
     "broker": (1, "broker"),
@@ -150,6 +149,13 @@ def allowed(importer: str, imp: Import) -> bool:
 def test_every_module_has_a_layer() -> None:
     for name in modules():
         layer(name)
+
+
+def test_every_import_names_a_module_of_the_package() -> None:
+    """A moved module leaves no import of its old name behind (relative ones included)."""
+    known = modules()
+    missing = sorted(f"{i.importer} (line {i.line}): {i.target}" for i in all_imports() if i.target not in known)
+    assert not missing, "imports of modules that do not exist:\n" + "\n".join(missing)
 
 
 def test_imports_follow_the_layer_table() -> None:

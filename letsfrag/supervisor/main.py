@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from letsfrag.config import HostConfig, load_host_config
-from letsfrag.config_common import check_name
+from letsfrag.config.common import check_name
 from letsfrag.connection import check_redis_credentials
 from letsfrag.errors import ConfigError
 from letsfrag.supervisor.manager import ClusterManager
