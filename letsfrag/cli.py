@@ -28,7 +28,7 @@ HANDLERS: dict[str, str] = {
     "status": "letsfrag.status:run",
     "top": "letsfrag.tui.app:run_from_args",
     "sim": "letsfrag.sim.cli:run",
-    "config check": "letsfrag.config_check:run",
+    "config check": "letsfrag.config.check:run",
     "restart": "letsfrag.commands:run_restart",
     "drain": "letsfrag.commands:run_drain",
     "rebalance": "letsfrag.commands:run_rebalance",
@@ -102,7 +102,7 @@ def add_top_args(parser: argparse.ArgumentParser) -> None:
 
 def _id_arg(value: str) -> str:
     """An id given on the command line: the whole text must be letters, digits, '_', '.', '-'."""
-    from .config_common import check_name
+    from .config.common import check_name
 
     try:
         return check_name(value)

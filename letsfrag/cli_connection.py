@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 
 from .config import LocalConfig, RedisSettings, load_config_file
-from .config_common import check_redis_url
+from .config.common import check_redis_url
 from .embedded import EmbeddedDir
 from .errors import ConfigError
 from .logs import mask_urls, register_secrets_in

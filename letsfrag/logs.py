@@ -3,7 +3,7 @@
 Secrets (bot token, Redis passwords, signing secret, secret-looking ``bot.env`` values) are registered once
 with :func:`register_secret` / :func:`register_secrets_in`; :func:`mask` replaces them, and the password of
 any ``scheme://user:password@host`` URL, by ``***``. Every log record (message, traceback, stack) is masked
-by :class:`_SecretFilter`; the supervisor's publisher, the cluster's health reporter, the event stream and the
+by :class:`SecretFilter`; the supervisor's publisher, the cluster's health reporter, the event stream and the
 cluster log files call :func:`mask` / :func:`mask_value` before writing. Plain and rich log lines also show
 control characters of the message (a forged newline, a terminal escape) as escapes.
 """
@@ -116,8 +116,9 @@ def json_text(value: Any, indent: int | None = None) -> str:
 _TRACEBACKS = logging.Formatter()
 
 
-class _SecretFilter(logging.Filter):
-    """Masks the message, the traceback (``exc_info``) and the stack of every record it sees."""
+class SecretFilter(logging.Filter):
+    """Masks the message, the traceback (``exc_info``) and the stack of every record it sees (add it to a handler
+    that does not come from :func:`setup_logging`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -131,6 +132,10 @@ class _SecretFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = mask(record.stack_info)
         return True
+
+
+#: the old name: cluster/client.py, changed on another branch, still imports it (tests/test_layers.py)
+_SecretFilter = SecretFilter
 
 
 class _EscapingFormatter(logging.Formatter):
@@ -208,7 +213,7 @@ def setup_logging(verbosity: int = 0, fmt: str = "auto", stream: Any = None) -> 
             formatter = _EscapingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
             formatter.converter = time.gmtime
             handler.setFormatter(formatter)
-    handler.addFilter(_SecretFilter())
+    handler.addFilter(SecretFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -45,6 +45,7 @@ def bad_broker(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_config_positionally_or_with_c(tmp_path: Path, bad_broker: Path) -> None:
     host = tmp_path / "host.yaml"
     host.write_text("redis: redis://127.0.0.1:1/0\nhost: {capacity: many}\nbot: {module: json.tool, token: t}\n")
@@ -86,6 +87,7 @@ def test_config_positionally_or_with_c(tmp_path: Path, bad_broker: Path) -> None
     assert not (tmp_path / ".letsfrag").exists(), "run started an embedded Redis for a bad config"
 
 
+@pytest.mark.integration
 def test_global_options_after_the_command(tmp_path: Path) -> None:
     config = ROOT / "configs" / "broker.yaml"
     [(code, out, err)] = run_all([["config", "check", str(config), "-v", "--log-format", "json", "-q"]], tmp_path)
@@ -96,6 +98,7 @@ def test_global_options_after_the_command(tmp_path: Path) -> None:
     assert args.log_format == "plain" and not hasattr(args, "verbose_after"), "unsaid after-options keep values"
 
 
+@pytest.mark.integration
 def test_version_everywhere_and_bad_global_value(tmp_path: Path) -> None:
     assert TOP.exists(), "the letsfrag-top console script is installed next to the interpreter"
     results = run_all([["--version"], ["status", "--version"], [str(TOP), "--version"],
@@ -106,6 +109,7 @@ def test_version_everywhere_and_bad_global_value(tmp_path: Path) -> None:
     assert code == 2 and "--log-format: invalid choice: 'yaml'" in err and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_letsfrag_top_takes_the_same_arguments(tmp_path: Path, bad_broker: Path) -> None:
     results = run_all([[str(TOP), str(bad_broker)], [str(TOP), "-c", str(bad_broker)],
                        [str(TOP), "--redis", "redis://h:abc/0"], [str(TOP), "--help"]], tmp_path)
@@ -117,6 +121,7 @@ def test_letsfrag_top_takes_the_same_arguments(tmp_path: Path, bad_broker: Path)
     assert code == 0 and "usage: letsfrag-top" in out and "--log-format" in out and "--readonly" in out
 
 
+@pytest.mark.integration
 def test_ids_and_redis_urls_on_the_command_line(tmp_path: Path) -> None:
     host = tmp_path / "host.yaml"
     host.write_text("redis: redis://127.0.0.1:1/0\nbot: {module: json.tool, token: t}\n")
@@ -131,6 +136,7 @@ def test_ids_and_redis_urls_on_the_command_line(tmp_path: Path) -> None:
         assert code == 2 and needle in err and "Traceback" not in err, err
 
 
+@pytest.mark.integration
 def test_config_check_refuses_what_would_fail_later(tmp_path: Path) -> None:
     cases = {
         "port.yaml": ("shards: 2\nredis: redis://127.0.0.1:99999/0\n", "port.yaml:2: redis.url: expected a port"),
@@ -153,6 +159,7 @@ def test_config_check_refuses_what_would_fail_later(tmp_path: Path) -> None:
         assert code == 2 and needle in err and "Traceback" not in out + err, f"{name}: {code}\n{err}"
 
 
+@pytest.mark.integration
 def test_supervise_and_run_refuse_a_missing_bot_program_before_starting(tmp_path: Path) -> None:
     (tmp_path / "host.yaml").write_text("redis: redis://127.0.0.1:1/0\nbot:\n  command: [./nope.sh]\n  token: t\n")
     (tmp_path / "local.yaml").write_text("shards: 2\nbot:\n  module: no_such_bot_xyz\n  token: t\n")
@@ -165,6 +172,7 @@ def test_supervise_and_run_refuse_a_missing_bot_program_before_starting(tmp_path
     assert not (tmp_path / ".letsfrag").exists() and not (tmp_path / "logs").exists(), "nothing was started"
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_bash_completion_completes_commands_options_and_values(tmp_path: Path) -> None:
     (script_result, fish, zsh) = run_all([["completion", "bash"], ["completion", "fish"], ["completion", "zsh"]],

@@ -145,6 +145,7 @@ def test_dockerfile_runs_letsfrag_as_a_non_root_user() -> None:
     assert re.search(r"^FROM python:3\.\d+-slim", text, re.M)
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 @pytest.mark.parametrize("unit", sorted(p.name for p in (ROOT / "deploy").glob("*.service")))
 def test_systemd_units_are_hardened(unit: str) -> None:

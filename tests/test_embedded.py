@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from helpers import scaled
 
 from letsfrag.config import load_local_config
 from letsfrag.embedded import MAX_SOCKET_PATH, EmbeddedDir
@@ -18,6 +19,8 @@ from letsfrag.errors import ConfigError, LetsfragError
 from letsfrag.lifeline import ENV_LIFELINE_FD, Lifeline, watch_lifeline
 from letsfrag.local import EmbeddedRedis
 from letsfrag.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
 
 
 def local_config(tmp_path: Path, extra: str = "") -> Path:
@@ -78,7 +81,7 @@ def test_the_lock_refuses_a_live_owner_and_waits_for_a_dead_owners_server(tmp_pa
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
-        holder.wait(timeout=10)
+        holder.wait(timeout=scaled(10))
     fd = state.acquire(wait=0)
     assert os.pread(fd, 32, 0) == f"{os.getpid()}\n".encode()
     os.close(fd)
@@ -140,7 +143,7 @@ def test_lifeline_child_stops_when_the_parent_closes_it() -> None:
         assert child.stdout is not None and child.stdout.readline() == "True\n"
         assert child.poll() is None  # alive while the lifeline is open
         lifeline.close()
-        assert child.wait(timeout=10) == -15
+        assert child.wait(timeout=scaled(10)) == -15
     finally:
         if child.poll() is None:
             child.kill()
@@ -162,8 +165,8 @@ def test_lifeline_guard_stops_a_foreign_program_when_the_lifeline_closes() -> No
     try:
         assert program.poll() is None and guard.poll() is None
         lifeline.close()  # what the kernel does when the owner dies, SIGKILL included
-        assert program.wait(timeout=10) == -15
-        assert guard.wait(timeout=10) == 0
+        assert program.wait(timeout=scaled(10)) == -15
+        assert guard.wait(timeout=scaled(10)) == 0
     finally:
         for process in (program, guard):
             if process.poll() is None:

@@ -77,6 +77,7 @@ def test_config_secrets_are_registered_url_password_and_secret_env() -> None:
     assert mask_value({"a": ["plain-pw-Rr07", 1]}) == {"a": ["***", 1]}
 
 
+@pytest.mark.integration
 def test_config_check_never_echoes_a_url_password(tmp_path: Path) -> None:
     path = tmp_path / "host.yaml"
     path.write_text(textwrap.dedent("""\

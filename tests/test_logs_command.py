@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import redis
 from helpers import wait_until_sync
 
@@ -31,6 +32,7 @@ def _logs(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.integration
 def test_last_lines_of_one_cluster_and_prefixed_lines_of_all(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     for cid in (0, 1):
@@ -46,6 +48,7 @@ def test_last_lines_of_one_cluster_and_prefixed_lines_of_all(tmp_path: Path) -> 
     assert done.stdout.splitlines() == ["cluster-0 | c0 line 29", "cluster-1 | c1 line 29"]
 
 
+@pytest.mark.integration
 def test_follow_reads_every_line_once_through_rotations(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     log = ClusterLog(log_path(logs, 0), max_bytes=600, backups=2)

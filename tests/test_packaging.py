@@ -61,6 +61,7 @@ def test_packaged_samples_are_the_checkout_files_not_copies() -> None:
         assert samples.sample_config(name).resolve() == (ROOT / "configs" / name).resolve()
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_sdist_holds_the_tests_and_its_wheel_the_demo_bot_and_sample_configs(tmp_path: Path) -> None:
     # python -m build: the sdist from the checkout, then the wheel from that sdist (as an installer would)

@@ -44,6 +44,7 @@ def test_unknown_attribute() -> None:
         letsfrag.Nope  # noqa: B018
 
 
+@pytest.mark.integration
 def test_import_is_light() -> None:
     code = "import sys, letsfrag; print('discord' in sys.modules, 'redis' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import enum
 
+# the close codes: one definition for the product and the simulator
+from letsfrag.exitcodes import CloseCode as CloseCode
+
 
 class Op(enum.IntEnum):
     """Gateway opcodes."""
@@ -19,25 +22,6 @@ class Op(enum.IntEnum):
     INVALID_SESSION = 9
     HELLO = 10
     HEARTBEAT_ACK = 11
-
-
-class CloseCode(enum.IntEnum):
-    """Close codes the simulator sends (Discord's gateway close event codes)."""
-
-    UNKNOWN_ERROR = 4000
-    UNKNOWN_OPCODE = 4001
-    DECODE_ERROR = 4002
-    NOT_AUTHENTICATED = 4003
-    AUTHENTICATION_FAILED = 4004
-    ALREADY_AUTHENTICATED = 4005
-    INVALID_SEQ = 4007
-    RATE_LIMITED = 4008
-    SESSION_TIMED_OUT = 4009
-    INVALID_SHARD = 4010
-    SHARDING_REQUIRED = 4011
-    INVALID_API_VERSION = 4012
-    INVALID_INTENTS = 4013
-    DISALLOWED_INTENTS = 4014
 
 
 class Intent(enum.IntFlag):

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from letsfrag.config import HostConfig
-from letsfrag.config_common import is_secret_env_name
+from letsfrag.config.common import is_secret_env_name
 from letsfrag.environment import ClusterEnvironment
 from letsfrag.ipc import ENV_IPC_FD
 from letsfrag.lifeline import parent_death_preexec  # the cluster's preexec_fn (re-exported)

@@ -27,7 +27,7 @@ _Started = tuple[subprocess.Popen[bytes], socket.socket]
 
 
 def _overrides(args: argparse.Namespace) -> tuple[str | None, int | None]:
-    from letsfrag.config_common import check_name
+    from letsfrag.config.common import check_name
 
     host_id = getattr(args, "host_id", None)
     capacity = getattr(args, "capacity", None)

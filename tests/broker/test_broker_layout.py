@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from broker_support import Deployment, make_config
-from helpers import wait_until
+from helpers import scaled, wait_until
 
 from letsfrag.broker.layout import fetch_gateway_bot, resolve_layout
 from letsfrag.broker.main import run
@@ -61,6 +61,7 @@ def _config(url: str, api_url: str, **over: Any) -> Any:
                        **over)
 
 
+@pytest.mark.integration
 async def test_auto_rounds_shards_to_max_concurrency(stub: Stub) -> None:
     layout, info = await resolve_layout(_config("redis://127.0.0.1:1/0", stub.url))
     assert (layout.shard_count, layout.max_concurrency) == (16, 4)  # 13 rounded up to a multiple of 4
@@ -69,12 +70,14 @@ async def test_auto_rounds_shards_to_max_concurrency(stub: Stub) -> None:
     assert stub.calls == [f"Bot {TOKEN}"]
 
 
+@pytest.mark.integration
 async def test_numbers_are_used_as_they_are(stub: Stub) -> None:
     layout, info = await resolve_layout(make_config("redis://127.0.0.1:1/0", shards=10, max_concurrency=2))
     assert (layout.shard_count, layout.max_concurrency, info) == (10, 2, None)
     assert stub.calls == []
 
 
+@pytest.mark.integration
 async def test_bad_token_and_network_errors_are_one_clear_sentence(stub: Stub) -> None:
     with pytest.raises(DiscordSetupError, match="rejected the bot token") as err:
         await fetch_gateway_bot(stub.url, "wrong-token")
@@ -123,7 +126,7 @@ async def test_cli_runs_until_sigterm_and_exits_0(tmp_path: Path, deployment: De
     try:
         await wait_until(lambda: _leader_is(dep, "cli-b"), timeout=15, message="the CLI broker leads")
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await asyncio.wait_for(proc.wait(), scaled(10)) == 0
         assert await dep.redis.get(dep.keys.leader) is None, "the lock is released on a clean exit"
     finally:
         if proc.returncode is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from broker_support import Deployment, make_config
-from helpers import wait_until
+from helpers import scaled, wait_until
 
 from letsfrag.broker.store import Grant, NotLeader
 from letsfrag.bus import Bus
@@ -49,7 +49,7 @@ async def test_standby_takes_over_within_leader_ttl_and_never_writes(deployment:
     leader._loop_task.cancel()
     crashed = time.monotonic()
     await wait_until(lambda: standby.is_leader, timeout=3, interval=0.02, message="b2 takes over")
-    assert time.monotonic() - crashed <= config.leader_ttl + standby.interval + 0.3
+    assert time.monotonic() - crashed <= config.leader_ttl + standby.interval + scaled(0.3)
     assert roles == [True]
     for _ in range(3):
         await standby.wait_tick(1.0)
@@ -68,7 +68,7 @@ async def test_clean_close_hands_over_at_once(deployment: Deployment) -> None:
     started = time.monotonic()
     await first.close()
     await wait_until(lambda: second.is_leader, timeout=3)
-    assert time.monotonic() - started < 2.0, "a released lock is taken without waiting for its ttl"
+    assert time.monotonic() - started < config.leader_ttl, "a released lock is taken without waiting for its ttl"
 
 
 @pytest.fixture
@@ -81,6 +81,7 @@ def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.cleanup()
 
 
+@pytest.mark.integration
 async def test_redis_restart_causes_no_reassignment(persistent_redis: RedisServer) -> None:
     dep = Deployment(persistent_redis.url)
     try:

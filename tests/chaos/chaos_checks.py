@@ -61,6 +61,12 @@ def fault_window(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def wait_on_ready(flag: Path, pid: int, timeout: float = 30.0) -> None:
+    """Wait until the faulty bot's process ``pid`` has run ``on_ready`` (so arming ``flag`` now cannot fault it)."""
+    wait_until_sync((flag.parent / f"on_ready-{pid}").exists, timeout=timeout, interval=0.1,
+                    message=f"on_ready in process {pid}")
+
+
 def status_of(deployment: Rehearsal, cluster_id: int) -> dict[str, str]:
     """The supervisor's ``{ns}:status:cluster:{cid}`` hash."""
     client = deployment.redis_client()

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 import redis
-from helpers import wait_until_sync
+from helpers import scaled, wait_until_sync
 
 from letsfrag.keys import Keys
 from letsfrag.redis_server import RedisServer, find_redis_server
@@ -218,7 +218,7 @@ def letsfrag_cli(
         cwd=cwd or REPO,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=scaled(timeout),
         stdin=subprocess.DEVNULL,
     )
 

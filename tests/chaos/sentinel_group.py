@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from helpers import scaled
 
 from letsfrag.redis_server import RedisServer, find_redis_server, free_port
 
@@ -55,7 +56,7 @@ class SentinelGroup:
             self.sentinels.append(subprocess.Popen([find_redis_server(), str(conf), "--sentinel"],
                                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                    stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while time.monotonic() < deadline:
             if self._synced():
                 return

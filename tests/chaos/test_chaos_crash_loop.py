@@ -8,7 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from chaos_checks import FAULTY_BOT, SMALL, assert_clean_end, cluster_pids_by_id, identifies, status_of, wait_ready
+from chaos_checks import (
+    FAULTY_BOT,
+    SMALL,
+    assert_clean_end,
+    cluster_pids_by_id,
+    identifies,
+    status_of,
+    wait_on_ready,
+    wait_ready,
+)
 from helpers import wait_until_sync
 
 from letsfrag.rehearsal import Rehearsal
@@ -29,6 +38,8 @@ def test_crash_loop_ends_failed_and_spares_the_rest(rehearsal: Callable[..., Reh
     assert len(others) == deployment.settings.clusters - 1
     spent = identifies(deployment)
     victim_shards = len(json.loads(status_of(deployment, VICTIM)["shard_ids"]))
+    # else the running process, reaching on_ready late on a busy machine, crashes too: one start more
+    wait_on_ready(flag, cluster_pids_by_id(deployment)[VICTIM])
 
     flag.touch()
     armed_at = time.time()

@@ -8,7 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from chaos_checks import FAULTY_BOT, SMALL, assert_clean_end, cluster_pids_by_id, status_of, wait_ready
+from chaos_checks import (
+    FAULTY_BOT,
+    SMALL,
+    assert_clean_end,
+    cluster_pids_by_id,
+    status_of,
+    wait_on_ready,
+    wait_ready,
+)
 from helpers import wait_until_sync
 
 from letsfrag.rehearsal import Rehearsal
@@ -29,6 +37,7 @@ def test_memory_growth_restarts_with_reason(rehearsal: Callable[..., Rehearsal],
     before = cluster_pids_by_id(deployment)
     assert all(int(status_of(deployment, c).get("rss") or 0) < LIMIT_MIB * 2**20 for c in before), \
         "a healthy cluster is well below the limit"
+    wait_on_ready(flag, before[VICTIM])  # else the running process, not the restarted one, could take the fault
 
     flag.touch()
     armed_at = time.time()

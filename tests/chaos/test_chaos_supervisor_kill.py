@@ -8,7 +8,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from chaos_checks import FAULTY_BOT, SMALL, assert_clean_end, cluster_pids_by_id, status_of, wait_ready
+from chaos_checks import (
+    FAULTY_BOT,
+    SMALL,
+    assert_clean_end,
+    cluster_pids_by_id,
+    status_of,
+    wait_on_ready,
+    wait_ready,
+)
 from helpers import wait_until_sync
 
 from letsfrag.rehearsal import Rehearsal
@@ -61,6 +69,7 @@ def test_orphaned_hung_cluster_is_killed_before_its_shards_move(rehearsal: Calla
     deployment.start()
     wait_ready(deployment)
     host = status_of(deployment, victim)["host"]
+    wait_on_ready(flag, cluster_pids_by_id(deployment)[victim])  # else the running process could take the fault
     flag.touch()
     restart = deployment.letsfrag_cli("restart", "--cluster", str(victim), "--secret-env", "REHEARSAL_SECRET")
     assert restart.returncode == 0, restart.stderr

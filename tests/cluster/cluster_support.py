@@ -11,6 +11,7 @@ from typing import Any
 
 import discord
 import redis.asyncio as aioredis
+from helpers import scaled
 
 from letsfrag.cluster import ClusterMixin, ClusterShardClient
 from letsfrag.environment import ClusterEnvironment
@@ -134,7 +135,7 @@ async def running(client: ClusterMixin) -> AsyncIterator[asyncio.Task[None]]:
     finally:
         await client.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, timeout=10)
+            await asyncio.wait_for(task, timeout=scaled(10))
 
 
 class AnsweringClient(ClusterShardClient):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from cluster_support import grant, lease_kept, make_env, write_layout
-from helpers import wait_until
+from helpers import scaled, wait_until
 
 from letsfrag.exitcodes import ExitCode
 from letsfrag.sim import Simulator
@@ -42,7 +42,7 @@ async def bot_process(redis_url: str, sim: Simulator) -> AsyncIterator[asyncio.s
         if proc.returncode is None:
             proc.send_signal(signal.SIGCONT)
             proc.kill()
-        await asyncio.wait_for(proc.wait(), 10)
+        await asyncio.wait_for(proc.wait(), scaled(10))
 
 
 async def _answered_once(sim: Simulator, n: int) -> bool:

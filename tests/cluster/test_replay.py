@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import aiohttp
+import pytest
 from helpers import wait_until
 
 from letsfrag.cluster.replay import (
@@ -42,6 +43,7 @@ async def dead_session(sim: Simulator) -> SessionRecord:
         await http.close()  # the socket goes away without a websocket close frame
 
 
+@pytest.mark.integration
 async def test_drain_replays_what_the_dead_session_missed_then_ends_it() -> None:
     async with Simulator(shards=1, guilds=2, identify_window=0.1, heartbeat_interval=5.0, ack_delay=0.005) as sim:
         record = await dead_session(sim)

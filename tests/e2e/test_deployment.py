@@ -9,7 +9,7 @@ from typing import Any
 import psutil
 import pytest
 import redis
-from helpers import wait_until_sync
+from helpers import scaled, wait_until_sync
 
 from letsfrag.rehearsal import Rehearsal
 
@@ -47,7 +47,7 @@ def test_host_sigkill_fails_over_within_the_bound(rehearsal: Callable[..., Rehea
                     interval=0.25, message="all clusters READY on h1")
     elapsed = time.monotonic() - killed_at
     # bound: ttl + grace + identify time (8 shards over 4 buckets, 1 s window) + process start slack
-    assert elapsed < 3.0 + 1.0 + 2.0 + 10.0
+    assert elapsed < 3.0 + 1.0 + 2.0 + scaled(10.0)
     after = deployment.assignment()
     assert all(after[c][1] > before[c][1] for c, (h, _) in before.items() if h == "h0"), "epochs must grow"
     assert referee(deployment) == (0, 0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import wait_until_sync
+from helpers import scaled, wait_until_sync
 
 from letsfrag.rehearsal import EXAMPLE_BOT, Rehearsal
 
@@ -62,8 +62,8 @@ def test_letsfrag_run_brings_shards_up_restarts_a_killed_cluster_and_stops_clean
         wait_until_sync(sim.all_ready, timeout=60, interval=0.25, message="8 shards READY again")
         tree = [psutil.Process(run.pid), *psutil.Process(run.pid).children(recursive=True)]
         run.send_signal(signal.SIGINT)
-        assert run.wait(timeout=30) == 0, run.stderr.read().decode()[-2000:] if run.stderr else ""
-        _, alive = psutil.wait_procs(tree, timeout=5)
+        assert run.wait(timeout=scaled(30)) == 0, run.stderr.read().decode()[-2000:] if run.stderr else ""
+        _, alive = psutil.wait_procs(tree, timeout=scaled(5))
         assert alive == [], f"left behind: {alive}"
         assert not url_file.exists()
     finally:
@@ -93,8 +93,8 @@ def test_demo_interrupted_leaves_nothing_behind(sig: signal.Signals) -> None:
         tree = [psutil.Process(demo.pid), *psutil.Process(demo.pid).children(recursive=True)]
         assert len(tree) >= 5, "redis, simulator, broker and two hosts were started"
         demo.send_signal(sig)
-        assert demo.wait(timeout=60) == 130
-        _, alive = psutil.wait_procs(tree, timeout=10)
+        assert demo.wait(timeout=scaled(60)) == 130
+        _, alive = psutil.wait_procs(tree, timeout=scaled(10))
         assert alive == [], f"left behind: {alive}"
     finally:
         if demo.poll() is None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import wait_until_sync
+from helpers import scaled, wait_until_sync
 
 from letsfrag.rehearsal import Rehearsal
 
@@ -228,7 +228,7 @@ def test_two_runs_on_one_dir_never_start_two_redis_servers(copy: Path, simulator
                                      and marked(first_mark, state), timeout=30,
                                      message="the first run's redis-server and clusters")
         second = start_run(copy, simulator, uuid.uuid4().hex)
-        _, err = second.communicate(timeout=30)
+        _, err = second.communicate(timeout=scaled(30))
         assert second.returncode == 2, err.decode()
         assert f"is in use by another `letsfrag run` (pid {first.pid})" in err.decode()
         assert "Traceback" not in err.decode()
@@ -246,12 +246,12 @@ def test_two_runs_on_one_dir_never_start_two_redis_servers(copy: Path, simulator
 
         wait_until_sync(third_serving, timeout=30, interval=0.02, message="the third run's redis-server")
         assert max(counts) == 1, f"two redis-servers on one dir: {counts}"
-        _, alive = psutil.wait_procs(first_tree, timeout=15)
+        _, alive = psutil.wait_procs(first_tree, timeout=scaled(15))
         assert alive == [], f"left by the SIGKILLed run: {alive}"
         # a cluster forked after the snapshot above goes the same way, within the same 15 s
         wait_until_sync(lambda: not marked(first_mark), timeout=15, message="nothing of the SIGKILLed run left")
         third.send_signal(signal.SIGINT)
-        assert third.wait(timeout=30) == 0, third.stderr.read().decode()[-2000:] if third.stderr else ""
+        assert third.wait(timeout=scaled(30)) == 0, third.stderr.read().decode()[-2000:] if third.stderr else ""
         assert not (state / "redis.url").exists() and not (state / "secret").exists()
     finally:
         for process in (first, third):

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import wait_until_sync
+from helpers import scaled, wait_until_sync
 
 from letsfrag.redis_server import free_port
 from letsfrag.rehearsal import Rehearsal, RehearsalSettings
@@ -165,7 +165,7 @@ def test_metrics_and_probes_of_a_running_deployment(deployment: MeteredRehearsal
         assert not empty, f"dashboard queries without data: {empty}"
     finally:
         server.terminate()
-        server.wait(10)
+        server.wait(scaled(10))
 
 
 def test_readyz_turns_503_while_a_cluster_restarts(deployment: MeteredRehearsal) -> None:

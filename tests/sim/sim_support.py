@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import discord
+from helpers import scaled
 
 from letsfrag.sim import Simulator
 
@@ -66,7 +67,7 @@ async def running(client: discord.Client, token: str = "test-token") -> AsyncIte
     finally:
         await client.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, timeout=10)
+            await asyncio.wait_for(task, timeout=scaled(10))
 
 
 class ZlibContext:

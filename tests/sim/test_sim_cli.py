@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import scaled
 
 from letsfrag.sim.cli import add_arguments, options_from_args
 
@@ -45,6 +46,7 @@ def test_bad_duration_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -
     assert "argument --ack-delay: expected a duration" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_module_serves_prints_its_port_and_stops_on_sigterm() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(
@@ -64,13 +66,14 @@ def _serve_and_stop(process: subprocess.Popen[str]) -> None:
             stats = json.load(response)
         assert stats["guilds"] == 3 and stats["shard_count"] == 2
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=scaled(10)) == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
 
 
+@pytest.mark.integration
 def test_bad_option_value_exits_2_with_the_field_named() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "letsfrag.sim", "--shards", "0"], cwd=ROOT, capture_output=True, text=True,

@@ -8,11 +8,13 @@ from typing import Any
 
 import discord
 import pytest
-from helpers import wait_until
+from helpers import scaled, wait_until
 from sim_support import FastClient, ZlibContext, intents, running
 
 from letsfrag.sim import Simulator, SimulatorOptions
 from letsfrag.sim.compression import zstd_available
+
+pytestmark = pytest.mark.integration
 
 Point = Callable[[Simulator], None]
 FAST: dict[str, Any] = dict(shards=8, guilds=40, heartbeat_interval=1.0, identify_window=0.0)
@@ -212,7 +214,7 @@ async def test_bad_token_is_login_failure(point_discord: Point) -> None:
         client = FastClient(shard_ids=[0], shard_count=8, intents=intents())
         try:
             with pytest.raises(discord.LoginFailure):
-                await asyncio.wait_for(client.start("a-wrong-token"), timeout=10)
+                await asyncio.wait_for(client.start("a-wrong-token"), timeout=scaled(10))
         finally:
             await client.close()
 
@@ -223,7 +225,7 @@ async def test_disallowed_intents_surface_as_privileged_intents_required(point_d
         client = FastClient(shard_ids=[0], shard_count=8, intents=intents(members=True))
         try:
             with pytest.raises(discord.PrivilegedIntentsRequired):
-                await asyncio.wait_for(client.start("token"), timeout=10)
+                await asyncio.wait_for(client.start("token"), timeout=scaled(10))
         finally:
             await client.close()
         assert sim.stats()["close_codes"] == {"4014": 1}
@@ -236,7 +238,7 @@ async def test_plain_client_and_gateway_bot_shard_count(point_discord: Point) ->
         ready = asyncio.Event()
         plain.event(_setter(ready, "on_ready"))
         async with running(plain):
-            await asyncio.wait_for(ready.wait(), timeout=10)
+            await asyncio.wait_for(ready.wait(), timeout=scaled(10))
             assert len(plain.guilds) == 3 and plain.application_id is not None
     async with Simulator(**FAST) as sim:
         point_discord(sim)

@@ -11,6 +11,8 @@ from sim_support import RawGateway, raw_gateway
 
 from letsfrag.sim import Simulator
 
+pytestmark = pytest.mark.integration
+
 FAST: dict[str, Any] = dict(shards=4, guilds=8, heartbeat_interval=5.0, identify_window=0.0, ack_delay=0.0)
 
 

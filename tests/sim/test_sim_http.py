@@ -10,6 +10,8 @@ from sim_support import raw_gateway
 
 from letsfrag.sim import Simulator
 
+pytestmark = pytest.mark.integration
+
 AUTH = {"Authorization": "Bot some-token"}
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 import yaml
 from helpers import wait_until
@@ -75,6 +76,7 @@ def _leaks(text: str) -> list[str]:
     return [secret for secret in SECRETS if secret in text]
 
 
+@pytest.mark.integration
 async def test_crash_quoting_every_secret_is_masked_everywhere(tmp_path: Path) -> None:
     server = RedisServer(data_dir=tmp_path / "redis", password=PASSWORD)
     server.start()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import wait_until_sync
+from helpers import scaled, wait_until_sync
 from support import gone
 
 from letsfrag import ipc, orphan
@@ -28,20 +28,21 @@ def _spawn(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[bytes], socket.s
     proc = subprocess.Popen([sys.executable, str(ORPHAN)], env=env, pass_fds=(child.fileno(),),
                             start_new_session=True)
     child.close()
-    parent.settimeout(20)
+    parent.settimeout(scaled(20))
     assert b'"op":"hello"' in parent.recv(4096), "the program said hello"
     return proc, parent
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
     try:
-        return proc.wait(timeout=timeout)
+        return proc.wait(timeout=scaled(timeout))
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
 
+@pytest.mark.integration
 def test_a_blocked_loop_is_killed_after_the_grace(tmp_path: Path) -> None:
     proc, parent = _spawn(tmp_path, "blocked")
     wait_until_sync(lambda: (tmp_path / "child.pid").exists(), timeout=10, message="the child was started")
@@ -55,6 +56,7 @@ def test_a_blocked_loop_is_killed_after_the_grace(tmp_path: Path) -> None:
     wait_until_sync(lambda: gone(grandchild), timeout=5, message="the program's child is gone too")
 
 
+@pytest.mark.integration
 def test_a_healthy_loop_closes_gracefully_first(tmp_path: Path) -> None:
     proc, parent = _spawn(tmp_path, "graceful")
     parent.close()

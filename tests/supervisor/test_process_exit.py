@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from helpers import wait_until
+from helpers import scaled, wait_until
 from support import (
     HOST,
     KEYS,
@@ -51,7 +51,7 @@ async def test_sigterm_then_sigkill(redis_url: str, r: aioredis.Redis, tmp_path:
     try:
         pids = await wait_until(lambda: _ready_pids(r, [0, 1]), timeout=15, message="clusters ready")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=scaled(10)) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -67,7 +67,7 @@ async def test_sigterm_then_sigkill(redis_url: str, r: aioredis.Redis, tmp_path:
     try:
         pids = await wait_until(lambda: _ready_pids(r, [0, 1]), timeout=15, message="clusters ready again")
         proc.kill()
-        proc.wait(timeout=5)
+        proc.wait(timeout=scaled(5))
         await wait_until(lambda: all(gone(pid) for pid in pids), timeout=5, message="no orphan cluster process")
     finally:
         if proc.poll() is None:
@@ -92,11 +92,11 @@ async def test_sigkill_with_a_hung_cluster_leaves_no_process(redis_url: str, r: 
 
         await wait_until(hung, timeout=15, message="cluster 0's event loop blocked, cluster 1 beating")
         proc.kill()
-        proc.wait(timeout=5)
+        proc.wait(timeout=scaled(5))
         killed_at = time.monotonic()
         await wait_until(lambda: gone(pids[1]), timeout=5, message="the healthy cluster exits at once")
         await wait_until(lambda: gone(pids[0]), timeout=15, message="the hung cluster is gone within 15 s")
-        assert time.monotonic() - killed_at < 15
+        assert time.monotonic() - killed_at < scaled(15)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -114,8 +114,8 @@ async def test_second_sigint_forces(redis_url: str, r: aioredis.Redis, tmp_path:
         await wait_until(lambda: _state_is(r, 0, "stopping"), message="stopping after the first SIGINT")
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=5) == 0
-        assert time.monotonic() - started < 4
+        assert proc.wait(timeout=scaled(5)) == 0
+        assert time.monotonic() - started < scaled(4)
         assert gone(pids[0])
     finally:
         if proc.poll() is None:

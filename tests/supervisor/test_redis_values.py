@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from helpers import wait_until
+from helpers import scaled, wait_until
 from support import HOST, KEYS, doorbell, grant, host_config, set_modes, status, write_layout
 
 from letsfrag.events import recent
@@ -163,7 +163,7 @@ async def test_a_bad_layout_at_startup_is_reported_and_the_host_registers_once_i
         await wait_until(reported, message="an error event naming the field, while waiting for the layout")
         assert not starting.done() and await r.exists(KEYS.lease(HOST)) == 0
         await write_layout(r, heartbeat=HEARTBEAT, ttl=TTL)
-        await asyncio.wait_for(starting, timeout=10)
+        await asyncio.wait_for(starting, timeout=scaled(10))
         assert await r.get(KEYS.lease(HOST)) == manager.incarnation
     finally:
         if not starting.done():

@@ -35,6 +35,7 @@ async def _all_ready(manager: ClusterManager, count: int) -> bool:
     return len(views) == count and all(v.state is ClusterState.READY for v in views)
 
 
+@pytest.mark.integration
 async def test_short_outage_changes_nothing_long_outage_fences(durable: RedisServer, tmp_path: Path) -> None:
     set_modes(tmp_path, default="well")
     r = create_redis(durable.url)  # retries once on a connection the restart closed

@@ -159,6 +159,7 @@ def test_supervise_overrides_are_checked() -> None:
         _overrides(argparse.Namespace(host_id=None, capacity=-1))
 
 
+@pytest.mark.integration
 def test_sampler_sees_children_of_a_tree() -> None:
     code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']);" \
            " time.sleep(30)"

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from helpers import scaled
 from tui_support import SIZE, make_app, seed_url
 
 from letsfrag.redis_server import RedisServer
@@ -24,7 +25,7 @@ def seeded_url(redis_server: RedisServer) -> str:
 
 
 async def _wait(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for the dashboard")

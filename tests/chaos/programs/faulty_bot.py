@@ -9,6 +9,11 @@ Environment (set through the host config's ``bot.env``):
 ``CHAOS_CLUSTER``  the cluster id the fault applies to (compared with ``LETSFRAG_CLUSTER_ID``)
 ``CHAOS_FLAG``     a file; the fault fires only while it exists. ``hang`` and ``memory`` delete it when they
                    fire, so the restarted process behaves; ``crash`` keeps firing until the test removes it.
+
+The target cluster's process leaves ``on_ready-<pid>`` beside the flag when discord.py's ``on_ready`` has run
+(with or without the fault): discord.py fires it after the shards' READY, so after the supervisor reports the
+cluster READY; a test arms the flag only once the running process is past it (``chaos_checks.wait_on_ready``),
+else that process, not the restarted one, would take the fault.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ async def _grow() -> None:
 
 @client.event
 async def on_ready() -> None:
+    if FAULT and os.environ.get("LETSFRAG_CLUSTER_ID") == TARGET:
+        (FLAG.parent / f"on_ready-{os.getpid()}").touch()
     if FAULT == "crash_on_flag" and os.environ.get("LETSFRAG_CLUSTER_ID") == TARGET:
         if not watchers:  # on_ready may come again after a reconnect
             watchers.append(asyncio.get_running_loop().create_task(_crash_when_flagged()))

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from letsfrag.config_source import KeyProblems, describe, mask_url
+from letsfrag.config.source import KeyProblems, describe, mask_url
 from letsfrag.units import parse_duration, parse_listen, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

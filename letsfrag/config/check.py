@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import check_config_file
+from letsfrag.config import check_config_file
 
 
 def run(args: argparse.Namespace) -> int:

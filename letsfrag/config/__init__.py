@@ -3,7 +3,7 @@
 Files are YAML with unknown keys forbidden; string values may use ``${VAR}`` and ``${VAR:-default}``.
 Loading collects every problem and raises :class:`letsfrag.errors.ConfigError`, one line per problem:
 ``configs/host.yaml:12: restart.backoff.factor: expected a number >= 1, found 0.5``.
-Models: :mod:`letsfrag.config_common` and :mod:`letsfrag.config_models`; reading: :mod:`letsfrag.config_source`.
+Models: :mod:`letsfrag.config.common` and :mod:`letsfrag.config.models`; reading: :mod:`letsfrag.config.source`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from letsfrag.config_common import (
+from letsfrag.config.common import (
     CommonSettings,
     DiscordSettings,
     Duration,
@@ -23,7 +23,7 @@ from letsfrag.config_common import (
     Size,
     TlsSettings,
 )
-from letsfrag.config_models import (
+from letsfrag.config.models import (
     BackoffSettings,
     BotSettings,
     BrokerConfig,
@@ -40,9 +40,9 @@ from letsfrag.config_models import (
     LogsSettings,
     RestartSettings,
 )
-from letsfrag.config_program import program_problems
-from letsfrag.config_reference import reference_markdown
-from letsfrag.config_source import read_source, validate
+from letsfrag.config.program import program_problems
+from letsfrag.config.reference import reference_markdown
+from letsfrag.config.source import read_source, validate
 from letsfrag.errors import ConfigError
 
 __all__ = [
@@ -102,7 +102,7 @@ def load_host_config(path: str | Path, env: Mapping[str, str] | None = None, *,
                      check_program: bool = False) -> HostConfig:
     """Load a host config; ``env`` replaces ``os.environ`` for ``${VAR}``. Raises ConfigError.
 
-    ``check_program``: also require the bot program on this machine (:mod:`letsfrag.config_program`).
+    ``check_program``: also require the bot program on this machine (:mod:`letsfrag.config.program`).
     """
     result = _load("host", path, env, check_program)
     assert isinstance(result, HostConfig)
@@ -113,7 +113,7 @@ def load_local_config(path: str | Path, env: Mapping[str, str] | None = None, *,
                       check_program: bool = False) -> LocalConfig:
     """Load a local config; ``env`` replaces ``os.environ`` for ``${VAR}``. Raises ConfigError.
 
-    ``check_program``: also require the bot program on this machine (:mod:`letsfrag.config_program`).
+    ``check_program``: also require the bot program on this machine (:mod:`letsfrag.config.program`).
     """
     result = _load("local", path, env, check_program)
     assert isinstance(result, LocalConfig)
@@ -137,7 +137,7 @@ def check_config_file(path: str | Path, env: Mapping[str, str] | None = None) ->
     """``(0, header + effective config as YAML, secrets masked)`` or ``(2, one line per problem)``.
 
     Beyond loading, a host or local config's bot program must exist on this machine
-    (:func:`letsfrag.config_program.program_problems`).
+    (:func:`letsfrag.config.program.program_problems`).
     """
     try:
         config = _load(None, path, env, check_program=True)

@@ -1,6 +1,6 @@
 """The config documents. Three share their building blocks (no field is defined twice):
 
-* :class:`~letsfrag.config_common.CommonSettings` – redis, namespace, secret, limits, discord (every kind);
+* :class:`~letsfrag.config.common.CommonSettings` – redis, namespace, secret, limits, discord (every kind);
 * :class:`BrokerSettings` – the layout, leases and identify pacing (broker and local);
 * :class:`HostSettings` – host identity, the bot program, restart policy, limits, logs (host and local);
 * :class:`LocalSettings` – the embedded redis-server (local only);
@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
 
 from letsfrag.claims import DEFAULT_CLAIM_EVENTS, check_claim_events
-from letsfrag.config_common import (
+from letsfrag.config.common import (
     CommonSettings,
     Duration,
     Int,
@@ -32,7 +32,7 @@ from letsfrag.config_common import (
     mask_env,
     non_empty_secret,
 )
-from letsfrag.config_source import KeyProblems, Loc
+from letsfrag.config.source import KeyProblems, Loc
 
 # ------------------------------------------------------------------------------------------------ broker
 

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from letsfrag.config_models import BotSettings
-from letsfrag.config_source import Loc
+from letsfrag.config.models import BotSettings
+from letsfrag.config.source import Loc
 
 __all__ = ["program_problems"]
 

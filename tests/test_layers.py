@@ -1,0 +1,268 @@
+"""The package's layers, read from the source (``ast``, nothing imported): who may import whom, no import cycle
+between modules, no import of another module's private name. The table is docs/architecture.md's."""
+
+from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "letsfrag"
+
+#: rank, then group: a module may import its own group and any group of a lower rank; groups of one rank are
+#: independent of each other. Matched by the longest dotted prefix (``letsfrag.`` left out; "" is the package's
+#: ``__init__``, the public API).
+LAYERS: dict[str, tuple[int, str]] = {
+    **dict.fromkeys(
+        ["errors", "clock", "units", "keys", "logs", "loops", "lifeline", "exitcodes", "orphan", "protocol",
+         "records", "handover", "claims", "events", "identify", "metrics", "progress", "redis_server", "embedded",
+         "connection", "bus", "environment", "ipc", "launcher", "control", "rpc", "bench", "samples",
+         "config"],
+        (0, "foundations")),
+    # the roles and the read side: independent of each other; the simulator stands on the foundations only
+    "broker": (1, "broker"),
+    "supervisor": (1, "supervisor"),
+    "cluster": (1, "cluster"),
+    "sim": (1, "sim"),
+    "snapshot": (1, "snapshot"),
+    "snapshot_read": (1, "snapshot"),
+    "": (2, "api"),
+    # the programs on top: the command line, the dashboard it starts, the lab (rehearsal, demo, the demo bot)
+    **dict.fromkeys(["cli", "cli_completion", "cli_connection", "commands", "status", "logtail", "local",
+                     "__main__"], (3, "cli")),
+    "tui": (4, "tui"),
+    **dict.fromkeys(["demo", "rehearsal", "samples.bot"], (5, "lab")),
+}
+
+#: imports against the table that stay for now, each with the reason (the files are being changed elsewhere)
+KNOWN_WRONG_WAY = {
+    # the colour rule of a heartbeat age belongs to the snapshot's render rules (issue #14: snapshot/)
+    ("letsfrag.snapshot", "letsfrag.supervisor.policy"),
+    # status renders with the dashboard's formatting; both should use the snapshot's render rules (issue #14)
+    ("letsfrag.status", "letsfrag.tui.format"),
+}
+
+#: packages whose modules may still import each other in a cycle: the supervisor's pieces and the manager that
+#: builds them with ``self`` (issue #14, item 3: a pure lifecycle and a shell), the broker's commands and metrics
+#: built with the broker, the dashboard's app and the screens it pushes. A cycle with a module outside them fails.
+KNOWN_CYCLES_INSIDE = ("letsfrag.broker", "letsfrag.supervisor", "letsfrag.tui")
+
+#: private names of another module still used: (importer, module.name)
+KNOWN_PRIVATE = {
+    # cluster/client.py is being changed on another branch: it should import logs.SecretFilter (then delete the
+    # old alias logs._SecretFilter)
+    ("letsfrag.cluster.client", "letsfrag.logs._SecretFilter"),
+}
+
+
+@dataclass(frozen=True)
+class Import:
+    importer: str
+    target: str  # a module of the package
+    name: str | None  # ``from target import name`` (None: ``import target``)
+    line: int
+    type_only: bool  # under ``if TYPE_CHECKING:``
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.with_suffix("").relative_to(PACKAGE.parent).parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@functools.cache
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _type_checking_lines(tree: ast.Module) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def imports_of(name: str, path: Path, known: dict[str, Path]) -> Iterator[Import]:
+    """Every import of a package module in ``path`` (module level, lazy in a function, or for type checking)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    type_only = _type_checking_lines(tree)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "letsfrag":
+                    yield Import(name, alias.name, None, node.lineno, node.lineno in type_only)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "letsfrag":
+                continue
+            for alias in node.names:
+                submodule = f"{target}.{alias.name}"
+                if submodule in known:  # ``from letsfrag import orphan``: the module itself
+                    yield Import(name, submodule, None, node.lineno, node.lineno in type_only)
+                else:
+                    yield Import(name, target, alias.name, node.lineno, node.lineno in type_only)
+
+
+@functools.cache
+def imports_by_module() -> dict[str, tuple[Import, ...]]:
+    known = modules()
+    return {name: tuple(imports_of(name, path, known)) for name, path in known.items()}
+
+
+def all_imports() -> list[Import]:
+    return [imp for found in imports_by_module().values() for imp in found]
+
+
+def _is_version(imp: Import) -> bool:
+    """``from letsfrag import __version__``: a constant of the package's __init__, which imports nothing at run
+    time (its API names load on first use)."""
+    return imp.target == "letsfrag" and imp.name == "__version__"
+
+
+def layer(module: str) -> tuple[int, str]:
+    short = module.removeprefix("letsfrag").removeprefix(".")
+    parts = short.split(".") if short else []
+    for end in range(len(parts), -1, -1):
+        key = ".".join(parts[:end])
+        if key in LAYERS:
+            return LAYERS[key]
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS in tests/test_layers.py")
+
+
+def allowed(importer: str, imp: Import) -> bool:
+    if _is_version(imp):
+        return True
+    (rank, group), (target_rank, target_group) = layer(importer), layer(imp.target)
+    return group == target_group or target_rank < rank
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in modules():
+        layer(name)
+
+
+def test_every_import_names_a_module_of_the_package() -> None:
+    """A moved module leaves no import of its old name behind (relative ones included)."""
+    known = modules()
+    missing = sorted(f"{i.importer} (line {i.line}): {i.target}" for i in all_imports() if i.target not in known)
+    assert not missing, "imports of modules that do not exist:\n" + "\n".join(missing)
+
+
+def test_imports_follow_the_layer_table() -> None:
+    wrong = sorted({f"{i.importer} -> {i.target} (line {i.line}): {layer(i.importer)[1]} may not import "
+                    f"{layer(i.target)[1]}" for i in all_imports()
+                    if not allowed(i.importer, i) and (i.importer, i.target) not in KNOWN_WRONG_WAY})
+    assert not wrong, "imports against the layer table:\n" + "\n".join(wrong)
+
+
+def test_known_wrong_way_imports_are_still_there() -> None:
+    """Fixing one of them means deleting it from KNOWN_WRONG_WAY, so the table stays honest."""
+    seen = {(i.importer, i.target) for i in all_imports()}
+    assert KNOWN_WRONG_WAY <= seen, f"no longer imported, delete from KNOWN_WRONG_WAY: {KNOWN_WRONG_WAY - seen}"
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {name: set() for name in modules()}
+    for imp in all_imports():
+        if imp.target in graph and imp.target != imp.importer and not _is_version(imp):
+            graph[imp.importer].add(imp.target)
+    return graph
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's components of more than one module (each is an import cycle)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """Type-only and lazy imports count too: a cycle is a design knot whether or not Python trips on it."""
+    cycles = [c for c in strongly_connected(_graph()) if _tolerated(c) is None]
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def _tolerated(cycle: list[str]) -> str | None:
+    for package in KNOWN_CYCLES_INSIDE:
+        if all(m == package or m.startswith(package + ".") for m in cycle):
+            return package
+    return None
+
+
+def test_known_cycles_are_still_there() -> None:
+    knotted = {_tolerated(c) for c in strongly_connected(_graph())}
+    gone = [p for p in KNOWN_CYCLES_INSIDE if p not in knotted]
+    assert not gone, f"no import cycle left inside {gone}: delete from KNOWN_CYCLES_INSIDE"
+
+
+def _private_uses(name: str, path: Path) -> Iterator[tuple[str, str, int]]:
+    """(importer, module.name, line) for each private name of another package module that ``name`` uses."""
+    found = imports_by_module()[name]
+    aliases: dict[str, str] = {}  # a local name bound to a package module -> that module
+    for imp in found:
+        if imp.name is not None and imp.name.startswith("_") and not imp.name.startswith("__"):
+            yield name, f"{imp.target}.{imp.name}", imp.line
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            modules_here = [imp.target for imp in found if imp.line == node.lineno and imp.name is None]
+            for alias in node.names:
+                for target in modules_here:
+                    if target.split(".")[-1] == alias.name.split(".")[-1]:
+                        aliases[alias.asname or alias.name.split(".")[-1]] = target
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            yield name, f"{aliases[node.value.id]}.{node.attr}", node.lineno
+
+
+def _private() -> list[tuple[str, str, int]]:
+    return sorted(use for name, path in modules().items() for use in _private_uses(name, path))
+
+
+def test_no_module_imports_a_private_name_of_another() -> None:
+    found = [f"{who} uses {what} (line {line})" for who, what, line in _private() if (who, what) not in KNOWN_PRIVATE]
+    assert not found, "private names used across modules:\n" + "\n".join(found)
+
+
+def test_known_private_uses_are_still_there() -> None:
+    gone = KNOWN_PRIVATE - {(who, what) for who, what, _ in _private()}
+    assert not gone, f"no longer used, delete from KNOWN_PRIVATE: {gone}"
