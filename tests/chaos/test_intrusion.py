@@ -216,9 +216,17 @@ def test_replayed_signed_restart_outside_the_window_is_rejected(deployment: Secu
     before = baseline(deployment)
     keys = Keys(deployment.settings.namespace)
     cid = max(before.assignment)
-    host = before.assignment[cid][0]
+    # `restart --cluster` is a broker command (a planned handover): capture it on the broker's inbox
     tap = redis.Redis.from_url(deployment.redis_url).pubsub(ignore_subscribe_messages=True)
-    tap.subscribe(keys.host_inbox(host))
+    tap.subscribe(keys.broker_inbox)
+    commands: list[dict[str, Any]] = []
+
+    def captured_command() -> dict[str, Any] | None:
+        while (message := tap.get_message(timeout=0.1)) is not None:
+            if json.loads(split_frame(message["data"])[1]).get("type") == "command":
+                commands.append(message)
+        return commands[0] if commands else None
+
     try:
         done = letsfrag_cli(
             "restart",
@@ -233,9 +241,7 @@ def test_replayed_signed_restart_outside_the_window_is_rejected(deployment: Secu
             env={"LETSFRAG_SECRET": deployment.secret},
         )
         assert done.returncode == 0, done.stdout + done.stderr
-        captured = wait_until_sync(
-            lambda: tap.get_message(timeout=0.1), timeout=5, message="captured command"
-        )
+        captured = wait_until_sync(captured_command, timeout=5, message="captured command")
     finally:
         tap.close()
     raw: bytes = captured["data"]
@@ -248,7 +254,7 @@ def test_replayed_signed_restart_outside_the_window_is_rejected(deployment: Secu
     wait_until_sync(
         lambda: time.time() > original["ts"] + WINDOW + 0.5, timeout=WINDOW + 5, message="window passed"
     )
-    publish_raw(deployment, keys.host_inbox(host), raw.decode())
+    publish_raw(deployment, keys.broker_inbox, raw.decode())
     # and a correctly signed command with an old timestamp (a stolen-but-old message)
     old = Codec(deployment.secret).encode(
         Envelope(
@@ -256,12 +262,12 @@ def test_replayed_signed_restart_outside_the_window_is_rejected(deployment: Secu
             sender="tool:replayer-old",
             payload={"action": "restart", "cluster": cid},
             reply_to="tool:replayer-old",
-            target=f"host:{host}",
-            channel=keys.host_inbox(host),
+            target="broker",
+            channel=keys.broker_inbox,
             ts=time.time() - 3600,
         )
     )
-    publish_raw(deployment, keys.host_inbox(host), old.decode())
+    publish_raw(deployment, keys.broker_inbox, old.decode())
     wait_dropped(deployment, [original["sender"], "tool:replayer-old"], reason="stale")
     probe(deployment)
     assert_unchanged(deployment, restarted)
