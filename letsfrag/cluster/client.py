@@ -73,7 +73,7 @@ from ..units import format_shard_range
 from . import gateway
 from .context import ClusterContext
 from .guard import DispatchGuard, Ownership, Verdict, default_margin
-from .handover_gate import DEFAULT_CHECK_INTERVAL, GatePhase, HandoverGate
+from .handover_gate import DEFAULT_CHECK_INTERVAL, GatePhase, GuildStream, HandoverGate
 from .health import HealthReporter, ShardTracker
 from .ownership import OwnershipChecker
 from .replay import Replay, drain_session, is_expired_interaction
@@ -152,6 +152,9 @@ class ClusterMixin(_Base):
         self._lf_launching: list[asyncio.Task[Any]] = []
         self._lf_check_task: asyncio.Task[Any] | None = None
         self._lf_ready_sent = False
+        #: a successor reports ready once its cache is full, not discord.py's guild_ready_timeout later
+        self._lf_stream = GuildStream(tuple(environment.shard_ids) if environment and environment.handover else ())
+        self._lf_stream_sent = False
         self._lf_ipc: IpcChannel | None = None
         self._lf_redis: Any = None
         self._lf_bus: Bus | None = None
@@ -451,6 +454,8 @@ class ClusterMixin(_Base):
         """A gateway parse: claimable events wait for their claim, in order per shard; then the guard."""
         identity = claim_identity(event, data) if event in self._lf_claim_events else None
         lane = gateway.current_shard.get()
+        if not self._lf_stream_sent and self._lf_gate.phase is GatePhase.SUCCESSOR:
+            self._lf_note_stream(lane, event, data)
         if (identity is not None or not self._lf_gate.exclusive) and not self._lf_gate_parse(event, lane, identity,
                                                                                               parse):
             return
@@ -649,6 +654,17 @@ class ClusterMixin(_Base):
                             "left to the current owner", self.cluster.id, self._lf_gate.limit)
             return False
         return True
+
+    def _lf_note_stream(self, lane: Any, event: str, data: Any) -> None:
+        """A successor without member chunking sends IPC ``ready`` once every guild its READYs listed arrived."""
+        if self._connection._chunk_guilds:  # the member cache fills later: discord.py's ready decides
+            return
+        self._lf_stream.on_parse(lane, event, data)
+        if self._lf_stream.complete and self._lf_ipc is not None:
+            self._lf_stream_sent = True
+            log.info("cluster %s: every guild of the successor's shards arrived; ready for the switch",
+                     self.cluster.id)
+            self._lf_spawn(self._lf_ipc.send("ready"))
 
     def _lf_claimed(self, parse: Any) -> Any:
         """``parse`` marked as the parse of a won claim: its dispatches run in an owner that is not exclusive."""

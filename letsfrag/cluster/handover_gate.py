@@ -165,3 +165,32 @@ class HandoverGate:
         """Counters for logs and tests."""
         return {"phase": str(self.phase), "kept": len(self.kept), "released": self.released,
                 "overflowed": self.overflowed, "dropped": self.dropped, "suppressed": self.suppressed}
+
+
+class GuildStream:
+    """Has every shard received the guilds its READY announced? (pure)
+
+    discord.py's own ready (``on_shard_ready``) comes ``guild_ready_timeout`` seconds (2 s by default) after the
+    last ``GUILD_CREATE``; a successor's cache is full as soon as each guild listed in its shards' READY has
+    arrived, so it reports ready then and the switch does not wait for that timeout. Without member chunking
+    only: chunking fills the member cache later, and then discord.py's ready is the one that counts."""
+
+    def __init__(self, shard_ids: tuple[int, ...]) -> None:
+        self._shards = frozenset(shard_ids)
+        self._pending: dict[int, set[str]] = {}
+
+    def on_parse(self, shard: Any, event: str, data: Any) -> None:
+        """Feed one raw gateway dispatch of ``shard``."""
+        if not isinstance(shard, int) or not isinstance(data, dict):
+            return
+        if event == "READY":
+            guilds = data.get("guilds")
+            ids = {str(g.get("id")) for g in guilds if isinstance(g, dict)} if isinstance(guilds, list) else set()
+            self._pending[shard] = ids
+        elif event in ("GUILD_CREATE", "GUILD_DELETE") and shard in self._pending:
+            self._pending[shard].discard(str(data.get("id")))
+
+    @property
+    def complete(self) -> bool:
+        """Every shard had its READY and every guild it listed arrived."""
+        return bool(self._shards) and all(not self._pending.get(s, {""}) for s in self._shards)

@@ -212,3 +212,24 @@ def test_the_old_process_keeps_dispatching_but_stops_writing_once_handed_over() 
     assert gate.allows_dispatch("reaction_add", (), claimed=False) and gate.next_check() is None
     gate.observe(FENCED)
     assert gate.phase is GatePhase.HANDED_OVER
+
+
+def test_guild_stream_is_complete_once_every_listed_guild_arrived() -> None:
+    from letsfrag.cluster.handover_gate import GuildStream
+
+    stream = GuildStream((0, 1))
+    assert not stream.complete
+    stream.on_parse(0, "READY", {"guilds": [{"id": "10", "unavailable": True}, {"id": "11"}]})
+    stream.on_parse(1, "READY", {"guilds": []})
+    assert not stream.complete
+    stream.on_parse(0, "GUILD_CREATE", {"id": "10"})
+    stream.on_parse(0, "MESSAGE_CREATE", {"id": "11"})  # other events change nothing
+    assert not stream.complete
+    stream.on_parse(0, "GUILD_DELETE", {"id": "11", "unavailable": True})  # an outage: it will not come
+    assert stream.complete
+    stream.on_parse(0, "READY", {"guilds": [{"id": "12"}]})  # a new session starts over
+    assert not stream.complete
+    assert not GuildStream(()).complete
+    stream.on_parse(None, "GUILD_CREATE", {"id": "12"})  # no shard: ignored
+    stream.on_parse(0, "GUILD_CREATE", "not a dict")
+    assert not stream.complete
