@@ -207,8 +207,10 @@ def test_session_replay_buffer() -> None:
 
 def test_options_validation_names_every_bad_field() -> None:
     with pytest.raises(ConfigError) as info:
-        SimulatorOptions(shards=0, on_violation="explode", heartbeat_interval=0)  # type: ignore[arg-type]
+        SimulatorOptions(shards=0, on_violation="explode", heartbeat_interval=0,  # type: ignore[arg-type]
+                         guilds_per_shard=0, max_guilds_per_shard=-1)
     text = str(info.value)
+    assert "guilds_per_shard: must be at least 1" in text and "max_guilds_per_shard: cannot be negative" in text
     assert "shards: must be at least 1" in text
     assert "on_violation: must be one of close, invalid, count" in text
     assert "heartbeat_interval" in text
