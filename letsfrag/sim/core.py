@@ -217,10 +217,8 @@ class SimCore:
         count in use. A session whose shard now holds more than ``max_guilds_per_shard`` guilds is closed with
         4011 instead (and forgotten: 4011 cannot be resumed)."""
         created = self.world.add_guilds(count)
-        closed: set[str] = set()
         for session in self.sessions:
             if self.oversized(session.shard_id, session.shard_count):
-                closed.add(session.session_id)
                 reason = self.sharding_required(session.shard_id, session.shard_count)
                 link = session.link
                 if link is not None:
