@@ -37,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--host", default=d.host, help=f"address to bind (default {d.host})")
     add("--port", type=int, default=d.port, help="port to bind; 0 picks a free one and prints it (default 0)")
-    add("--shards", type=int, default=d.shards, help=f"shard count of the bot (default {d.shards})")
+    add("--shards", type=int, default=d.shards,
+        help=f"shard count of the bot: guild ids are generated round-robin over it; sessions of any shard count "
+             f"may identify at once and get the guilds (guild_id >> 22) %% num_shards routes to them "
+             f"(default {d.shards})")
     add("--guilds", type=int, default=d.guilds, help=f"guilds, spread round-robin over shards (default {d.guilds})")
     add("--members-per-guild", type=int, default=d.members_per_guild,
         help=f"non-bot members in every guild (default {d.members_per_guild})")
@@ -66,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="background '!ping <n>' messages per second, spread over all guilds (default 0 = none)")
     add("--handover-deadline", type=_duration, default=d.handover_deadline,
         help="an announced handover may keep two live sessions of a shard this long (default 120s)")
+    add("--guilds-per-shard", type=int, default=None,
+        help="GET /gateway/bot recommends ceil(guilds / this) shards, rounded up to a multiple of "
+             "--max-concurrency (Discord: about 1000; default: recommend --shards)")
+    add("--max-guilds-per-shard", type=int, default=d.max_guilds_per_shard,
+        help="close a shard holding more guilds than this with 4011, at IDENTIFY or when POST /_sim/guilds adds "
+             f"guilds past it (default {d.max_guilds_per_shard} like Discord; 0 = no limit)")
     add("--seed", type=int, default=None, help="seed for chaos and traffic choices")
 
 
@@ -90,6 +99,8 @@ def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
         answer_timeout=args.answer_timeout,
         traffic_rate=args.traffic_rate,
         handover_deadline=args.handover_deadline,
+        guilds_per_shard=args.guilds_per_shard,
+        max_guilds_per_shard=args.max_guilds_per_shard,
         seed=args.seed,
     )
 

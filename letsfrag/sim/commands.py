@@ -68,8 +68,9 @@ def identify(core: SimCore, link: Link, data: Any) -> None:
         return
     shard = data.get("shard")
     if shard is None:
-        if options.shards != 1:
-            core.close_link(link, CloseCode.SHARDING_REQUIRED, f"Sharding required: use {options.shards} shards.")
+        if core.recommended_shards() != 1 or core.oversized(0, 1):
+            core.close_link(link, CloseCode.SHARDING_REQUIRED,
+                            f"Sharding required: use {core.recommended_shards()} shards.")
             return
         shard = [0, 1]
     if (
@@ -77,9 +78,16 @@ def identify(core: SimCore, link: Link, data: Any) -> None:
         or len(shard) != 2
         or not all(_is_int(x) for x in shard)
         or not 0 <= shard[0] < shard[1]
-        or shard[1] != options.shards
     ):
-        core.close_link(link, CloseCode.INVALID_SHARD, f"Invalid shard {shard!r}: this bot uses {options.shards}.")
+        core.close_link(link, CloseCode.INVALID_SHARD, f"Invalid shard {shard!r}.")
+        return
+    if options.max_concurrency > 1 and shard[1] % options.max_concurrency:
+        core.close_link(link, CloseCode.INVALID_SHARD,
+                        f"Invalid shard {shard!r}: the shard count must be a multiple of max_concurrency "
+                        f"{options.max_concurrency}.")
+        return
+    if core.oversized(shard[0], shard[1]):
+        core.close_link(link, CloseCode.SHARDING_REQUIRED, core.sharding_required(shard[0], shard[1]))
         return
     intents = data.get("intents")
     if not isinstance(intents, int) or isinstance(intents, bool) or intents < 0 or intents & ~VALID_INTENTS:
@@ -146,7 +154,7 @@ def request_members(core: SimCore, link: Link, data: Any) -> None:
         return
     for guild_id in guild_ids:
         guild = core.world.guilds.get(guild_id) if guild_id is not None else None
-        if guild is None or guild.shard_id != session.shard_id:
+        if guild is None or payloads.shard_for(guild.id, session.shard_count) != session.shard_id:
             continue
         members, not_found = core.world.query_members(guild, query=query, user_ids=user_ids, limit=limit)
         chunks = [members[i : i + _CHUNK_SIZE] for i in range(0, len(members), _CHUNK_SIZE)] or [[]]

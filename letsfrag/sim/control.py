@@ -8,6 +8,7 @@ from aiohttp import web
 
 from letsfrag.sim.background import Background
 from letsfrag.sim.core import SimCore
+from letsfrag.sim.payloads import shard_for
 from letsfrag.sim.rest import CORE_KEY, json_response
 from letsfrag.units import parse_duration
 
@@ -66,6 +67,17 @@ def _int(value: Any, name: str) -> int:
         raise BadRequest(f"{name} must be an integer, found {value!r}") from None
 
 
+def _num_shards(request: web.Request, body: dict[str, Any]) -> int | None:
+    """The optional ``num_shards`` parameter: which shard count a shard id means (None = every count in use)."""
+    value = _param(request, body, "num_shards")
+    if value is None:
+        return None
+    count = _int(value, "num_shards")
+    if count < 1:
+        raise BadRequest(f"num_shards must be at least 1, found {count}")
+    return count
+
+
 async def stats(request: web.Request) -> web.Response:
     return json_response(_core(request).stats())
 
@@ -81,13 +93,14 @@ async def shard_action(request: web.Request) -> web.Response:
     try:
         shard_id = _int(request.match_info["shard_id"], "shard id")
         body = await _body(request)
+        num_shards = _num_shards(request, body)
         if action == "reconnect":
-            count = core.reconnect_shard(shard_id)
+            count = core.reconnect_shard(shard_id, num_shards)
         elif action == "invalidate":
             resumable = str(_param(request, body, "resumable", "false")).lower() in ("1", "true", "yes")
-            count = core.invalidate_shard(shard_id, resumable=resumable)
+            count = core.invalidate_shard(shard_id, resumable=resumable, shard_count=num_shards)
         elif action == "drop":
-            count = core.drop_shard(shard_id)
+            count = core.drop_shard(shard_id, num_shards)
         else:
             return _error(f"unknown shard action {action!r} (expected reconnect, invalidate or drop)", 404)
     except ValueError as exc:
@@ -109,6 +122,7 @@ async def dispatch(request: web.Request) -> web.Response:
             body.get("data", {}),
             guild_id=None if guild_id is None else _int(guild_id, "guild_id"),
             shard_id=None if shard_id is None else _int(shard_id, "shard_id"),
+            shard_count=_num_shards(request, body),
         )
     except ValueError as exc:
         return _error(str(exc))
@@ -117,8 +131,13 @@ async def dispatch(request: web.Request) -> web.Response:
 
 async def list_guilds(request: web.Request) -> web.Response:
     world = _core(request).world
+    try:
+        num_shards = _num_shards(request, {}) or world.shard_count
+    except ValueError as exc:
+        return _error(str(exc))
     return json_response(
-        [{"id": str(g.id), "shard_id": g.shard_id, "channel_id": str(g.text_channel_id)} for g in world.guilds.values()]
+        [{"id": str(g.id), "shard_id": shard_for(g.id, num_shards), "channel_id": str(g.text_channel_id)}
+         for g in world.guilds.values()]
     )
 
 

@@ -17,7 +17,7 @@ from letsfrag.sim.options import SimulatorOptions
 from letsfrag.sim.protocol import CloseCode, Intent, Op
 from letsfrag.sim.referee import Referee
 from letsfrag.sim.sessions import Link, Session, SessionRegistry
-from letsfrag.sim.world import Guild, World
+from letsfrag.sim.world import Guild, World, recommended_shards
 
 _GUILD_MESSAGES = 1 << 9
 
@@ -53,6 +53,7 @@ class SimCore:
             answer_timeout=options.answer_timeout,
             now=self.clock(),
             handover_deadline=options.handover_deadline,
+            shards=options.shards,
         )
         self.links: set[Link] = set()
         self.gateway_url = "ws://127.0.0.1:0/"
@@ -82,14 +83,14 @@ class SimCore:
             session.handover_epoch = marker
         self.referee.session_live(session.shard_id, session.session_id, self.clock(),
                                   drain=bool(getattr(link, "replay_drain", False)),
-                                  announced=session.handover_epoch)
+                                  announced=session.handover_epoch, shard_count=session.shard_count)
 
     def detach(self, session: Session, *, resumable: bool) -> None:
         """The session is no longer carried; keep it for ``resume_window`` or forget it."""
         now = self.clock()
         if session.link is not None:
             session.link = None
-            self.referee.session_dead(session.shard_id, session.session_id, now)
+            self.referee.session_dead(session.shard_id, session.session_id, now, shard_count=session.shard_count)
         if resumable and self.options.resume_window > 0:
             session.resumable_until = now + self.options.resume_window
         else:
@@ -114,7 +115,7 @@ class SimCore:
 
     def start_session(self, link: Link, shard_id: int, shard_count: int, intents: int) -> Session:
         """Create a session after an accepted IDENTIFY: READY, then one GUILD_CREATE per guild."""
-        guild_ids = self.world.guild_ids_for_shard(shard_id)
+        guild_ids = self.world.guild_ids_for_shard(shard_id, shard_count)
         session = self.sessions.create(shard_id, shard_count, intents, extra_buffer=len(guild_ids))
         ready = payloads.ready(
             session_id=session.session_id,
@@ -169,32 +170,63 @@ class SimCore:
         if session is not None and session.link is link:
             self.detach(session, resumable=True)
 
+    # --- shard counts -----------------------------------------------------------------------------------
+    def recommended_shards(self) -> int:
+        """The ``shards`` of ``/gateway/bot``: from the guild count with ``guilds_per_shard``, else ``shards``."""
+        per_shard = self.options.guilds_per_shard
+        if per_shard is None:
+            return self.options.shards
+        return recommended_shards(len(self.world.guilds), per_shard, self.options.max_concurrency)
+
+    def oversized(self, shard_id: int, shard_count: int) -> bool:
+        """Whether the shard would hold more guilds than ``max_guilds_per_shard`` (Discord closes it with 4011)."""
+        limit = self.options.max_guilds_per_shard
+        return limit > 0 and self.world.guild_count(shard_id, shard_count) > limit
+
+    def sharding_required(self, shard_id: int, shard_count: int) -> str:
+        """The reason of a 4011 close for an oversized shard."""
+        return (f"Sharding required: shard {shard_id} of {shard_count} would hold "
+                f"{self.world.guild_count(shard_id, shard_count)} guilds (at most "
+                f"{self.options.max_guilds_per_shard}); use {self.recommended_shards()} shards.")
+
     # --- routing ----------------------------------------------------------------------------------------
-    def route(self, shard_id: int, event: str, data_json: str, *, tag: int = 0) -> Routed:
-        """Dispatch to every session of a shard: live ones get it, detached ones buffer it for RESUME."""
+    @staticmethod
+    def route(sessions: list[Session], event: str, data_json: str, *, tag: int = 0) -> Routed:
+        """Dispatch to ``sessions``: live ones get it, detached ones buffer it for RESUME."""
         live = buffered = 0
-        for session in self.sessions.for_shard(shard_id):
+        for session in sessions:
             if session.dispatch(event, data_json, tag=tag):
                 live += 1
             else:
                 buffered += 1
         return Routed(live, buffered)
 
-    def dispatch(self, event: str, data: Any, *, guild_id: int | None = None, shard_id: int | None = None) -> Routed:
-        """Send any dispatch to the shard owning ``guild_id`` (or to ``shard_id``)."""
+    def dispatch(self, event: str, data: Any, *, guild_id: int | None = None, shard_id: int | None = None,
+                 shard_count: int | None = None) -> Routed:
+        """Send any dispatch to the sessions of ``guild_id`` (its shard of every shard count in use), or to
+        ``shard_id`` (of ``shard_count`` shards, or of every count)."""
         if shard_id is None:
             if guild_id is None:
                 raise ValueError("dispatch needs guild_id or shard_id")
-            shard_id = payloads.shard_for(guild_id, self.options.shards)
-        if not 0 <= shard_id < self.options.shards:
-            raise ValueError(f"shard_id {shard_id} is outside 0..{self.options.shards - 1}")
-        return self.route(shard_id, event, payloads.dumps(data))
+            return self.route(self.sessions.for_guild(guild_id), event, payloads.dumps(data))
+        self._check_shard(shard_id, shard_count)
+        return self.route(self.sessions.for_shard(shard_id, shard_count), event, payloads.dumps(data))
 
     def add_guilds(self, count: int) -> list[int]:
-        """Create ``count`` guilds and send their GUILD_CREATE to the owning shards' sessions."""
+        """Create ``count`` guilds and send their GUILD_CREATE to the sessions they route to, of every shard
+        count in use. A session whose shard now holds more than ``max_guilds_per_shard`` guilds is closed with
+        4011 instead (and forgotten: 4011 cannot be resumed)."""
         created = self.world.add_guilds(count)
+        for session in self.sessions:
+            if self.oversized(session.shard_id, session.shard_count):
+                reason = self.sharding_required(session.shard_id, session.shard_count)
+                link = session.link
+                if link is not None:
+                    self.close_link(link, CloseCode.SHARDING_REQUIRED, reason)
+                    link.session = None
+                self.detach(session, resumable=False)
         for guild in created:
-            for session in self.sessions.for_shard(guild.shard_id):
+            for session in self.sessions.for_guild(guild.id):
                 all_members = bool(session.intents & Intent.GUILD_PRESENCES)
                 session.dispatch("GUILD_CREATE", self.world.guild_json(guild.id, all_members=all_members))
         return [g.id for g in created]
@@ -225,7 +257,7 @@ class SimCore:
         )
         encoded: dict[bool, str] = {}
         delivered = False
-        for session in self.sessions.for_shard(guild.shard_id):
+        for session in self.sessions.for_guild(guild.id):
             if not session.intents & _GUILD_MESSAGES:
                 continue
             with_content = bool(session.intents & Intent.MESSAGE_CONTENT)
@@ -246,7 +278,7 @@ class SimCore:
                 "joined_at": payloads.iso_timestamp(self.wall())}
         encoded = payloads.dumps(body)
         delivered = False
-        for session in self.sessions.for_shard(guild.shard_id):
+        for session in self.sessions.for_guild(guild.id):
             if session.intents & Intent.GUILD_MEMBERS:
                 delivered |= session.dispatch("GUILD_MEMBER_ADD", encoded, tag=user_id)
         handling.sent(n, user_id, self.clock(), delivered=delivered, kind="join")
@@ -309,33 +341,37 @@ class SimCore:
         )
 
     # --- control ----------------------------------------------------------------------------------------
-    def _check_shard(self, shard_id: int) -> None:
-        if not 0 <= shard_id < self.options.shards:
-            raise ValueError(f"shard_id {shard_id} is outside 0..{self.options.shards - 1}")
+    def _check_shard(self, shard_id: int, shard_count: int | None = None) -> None:
+        if shard_count is not None and shard_count < 1:
+            raise ValueError(f"num_shards must be at least 1, found {shard_count}")
+        top = shard_count if shard_count is not None else max([self.options.shards, *self.sessions.shard_counts])
+        if not 0 <= shard_id < top:
+            raise ValueError(f"shard_id {shard_id} is outside 0..{top - 1}")
 
-    def _live_links(self, shard_id: int) -> list[Link]:
-        return [s.link for s in self.sessions.live_for_shard(shard_id) if s.link is not None]
+    def _live_links(self, shard_id: int, shard_count: int | None) -> list[Link]:
+        self._check_shard(shard_id, shard_count)
+        return [s.link for s in self.sessions.live_for_shard(shard_id, shard_count) if s.link is not None]
 
-    def reconnect_shard(self, shard_id: int) -> int:
-        """Send RECONNECT (op 7) to every live session of a shard; return how many."""
-        self._check_shard(shard_id)
-        links = self._live_links(shard_id)
+    def reconnect_shard(self, shard_id: int, shard_count: int | None = None) -> int:
+        """Send RECONNECT (op 7) to every live session of a shard (of ``shard_count`` shards, or of every count);
+        return how many."""
+        links = self._live_links(shard_id, shard_count)
         for link in links:
             self.send_reconnect(link)
         return len(links)
 
-    def invalidate_shard(self, shard_id: int, *, resumable: bool = False) -> int:
-        """Send INVALID_SESSION (op 9) to every live session of a shard; return how many."""
-        self._check_shard(shard_id)
-        links = self._live_links(shard_id)
+    def invalidate_shard(self, shard_id: int, *, resumable: bool = False, shard_count: int | None = None) -> int:
+        """Send INVALID_SESSION (op 9) to every live session of a shard (of ``shard_count`` shards, or of every
+        count); return how many."""
+        links = self._live_links(shard_id, shard_count)
         for link in links:
             self.send_invalid_session(link, resumable=resumable)
         return len(links)
 
-    def drop_shard(self, shard_id: int) -> int:
-        """Cut the TCP connection of every live session of a shard (no close frame); return how many."""
-        self._check_shard(shard_id)
-        links = self._live_links(shard_id)
+    def drop_shard(self, shard_id: int, shard_count: int | None = None) -> int:
+        """Cut the TCP connection of every live session of a shard (of ``shard_count`` shards, or of every count;
+        no close frame); return how many."""
+        links = self._live_links(shard_id, shard_count)
         for link in links:
             session = link.session
             link.abort()
@@ -345,7 +381,7 @@ class SimCore:
 
     def chaos_step(self) -> str | None:
         """One random RECONNECT or INVALID_SESSION on a random live shard; return what was done."""
-        shards = self.referee.live_shards()
+        shards = self.referee.live_shard_ids()
         if not shards:
             return None
         shard_id = self.rng.choice(shards)
@@ -391,6 +427,8 @@ class SimCore:
         data = self.referee.snapshot(now)
         data.update(
             shard_count=self.options.shards,
+            recommended_shards=self.recommended_shards(),
+            max_guilds_per_shard=self.options.max_guilds_per_shard,
             guilds=len(self.world.guilds),
             connections=len(self.links),
             sessions_resumable=sum(1 for s in self.sessions if not s.live),

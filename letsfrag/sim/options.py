@@ -18,7 +18,9 @@ class SimulatorOptions:
 
     ``on_violation`` decides what an IDENTIFY that breaks the per-bucket identify window gets:
     ``close`` closes the socket with 4008, ``invalid`` answers INVALID_SESSION(false), ``count`` lets it
-    through and only counts it. ``reject_when_exhausted`` refuses an IDENTIFY once
+    through and only counts it. Sessions of any shard count may identify (several counts at once during a
+    reshard); ``shards`` is the count the guild ids are generated for and the one ``/gateway/bot`` recommends
+    unless ``guilds_per_shard`` is set. ``reject_when_exhausted`` refuses an IDENTIFY once
     ``session_start_limit.remaining`` is 0 by closing the socket with 4008 (reason "session start limit
     exhausted"); without it the budget only goes down to 0 and is reported.
     """
@@ -50,6 +52,12 @@ class SimulatorOptions:
     traffic_rate: float = 0.0
     #: an announced handover overlap (two live sessions of a shard, one a letsfrag successor's) may last this long
     handover_deadline: float = 120.0
+    #: ``/gateway/bot`` recommends ``ceil(guilds / guilds_per_shard)`` shards (rounded up to a multiple of
+    #: ``max_concurrency``; Discord: about 1000); None = recommend ``shards``
+    guilds_per_shard: int | None = None
+    #: a shard that would hold more guilds than this is closed with 4011 (at IDENTIFY, or live when guilds are
+    #: added); 0 = no limit (Discord: 2500)
+    max_guilds_per_shard: int = 2500
     #: seed of the random choices (chaos, traffic guild order); None = not reproducible
     seed: int | None = None
 
@@ -85,6 +93,12 @@ class SimulatorOptions:
         need(self.gateway_rate_limit >= 1, f"gateway_rate_limit: must be at least 1, found {self.gateway_rate_limit}")
         need(self.handover_deadline > 0, f"handover_deadline: must be positive, found {self.handover_deadline}")
         need(self.traffic_rate >= 0, f"traffic_rate: cannot be negative, found {self.traffic_rate}")
+        need(
+            self.guilds_per_shard is None or self.guilds_per_shard >= 1,
+            f"guilds_per_shard: must be at least 1 (or None), found {self.guilds_per_shard}",
+        )
+        need(self.max_guilds_per_shard >= 0,
+             f"max_guilds_per_shard: cannot be negative (0 = no limit), found {self.max_guilds_per_shard}")
         if problems:
             raise ConfigError(problems, source="simulator options")
 

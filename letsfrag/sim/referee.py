@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from letsfrag.sim.handling import HandlingReferee
+from letsfrag.sim.sessions import ShardKey
 
 BUDGET_PERIOD = 86_400.0  # session_start_limit resets daily
 
@@ -37,6 +38,11 @@ class IdentifyResult:
     early_by: float = 0.0
 
 
+def _order(key: ShardKey) -> tuple[int, int]:
+    """Shards sorted by shard count, then id."""
+    return (key[1], key[0])
+
+
 def _str_keys(counter: dict[int, int] | Counter[int]) -> dict[str, int]:
     return {str(k): v for k, v in sorted(counter.items())}
 
@@ -50,6 +56,10 @@ class Referee:
     one is not a successor of the same or a later epoch. Such an overlap is counted in ``announced_overlaps``; one
     that lasts longer than ``handover_deadline`` is a violation (``over_deadline``). Any other second live
     session — a stray one next to a former successor, or a third — is a duplicate (``duplicate_sessions``).
+
+    A shard is ``(shard_id, num_shards)``: sessions of two shard counts (a reshard's generations) are never
+    duplicates of each other. In the snapshot a shard of the configured count ``shards`` is named ``"<id>"``,
+    one of another count ``"<id>/<count>"``.
     """
 
     def __init__(
@@ -63,7 +73,9 @@ class Referee:
         answer_timeout: float,
         now: float,
         handover_deadline: float = 120.0,
+        shards: int = 1,
     ) -> None:
+        self.shards = shards
         self.max_concurrency = max_concurrency
         self.identify_window = identify_window
         self.enforce_window = enforce_window
@@ -75,7 +87,7 @@ class Referee:
         self.last_identify: dict[int, float] = {}
         #: shard -> when its latest IDENTIFY arrived (the simulator's monotonic clock)
         self.identified_at: dict[int, float] = {}
-        self.live: dict[int, set[str]] = {}
+        self.live: dict[ShardKey, set[str]] = {}
         #: session id -> the handover epoch its connection announced (successor sessions only)
         self.announced: dict[str, int] = {}
         #: session id -> the order in which sessions first became live (a RESUME keeps a session's place)
@@ -86,17 +98,17 @@ class Referee:
     def _zero(self, now: float) -> None:
         self.identifies: Counter[int] = Counter()
         self.violations: Counter[int] = Counter()
-        self.duplicates: Counter[int] = Counter()
-        self.overlap_since: dict[int, float] = {s: now for s in self.live if self._kind(s) == "split"}
+        self.duplicates: Counter[ShardKey] = Counter()
+        self.overlap_since: dict[ShardKey, float] = {s: now for s in self.live if self._kind(s) == "split"}
         self.longest_overlap = 0.0
-        self.announced_overlaps: Counter[int] = Counter()
+        self.announced_overlaps: Counter[ShardKey] = Counter()
         #: shard -> when its announced overlap began (still two live sessions)
-        self.announced_since: dict[int, float] = {s: now for s in self.live if self._kind(s) == "announced"}
+        self.announced_since: dict[ShardKey, float] = {s: now for s in self.live if self._kind(s) == "announced"}
         #: shard -> its longest finished announced overlap, seconds
-        self.announced_longest: dict[int, float] = {}
-        self.over_deadline: Counter[int] = Counter()
+        self.announced_longest: dict[ShardKey, float] = {}
+        self.over_deadline: Counter[ShardKey] = Counter()
         #: shards whose current announced overlap was already counted in ``over_deadline``
-        self._overdue: set[int] = set()
+        self._overdue: set[ShardKey] = set()
         self.session_start_remaining = self.session_start_total
         self.counters: Counter[str] = Counter()
         self.close_codes: Counter[int] = Counter()
@@ -156,41 +168,59 @@ class Referee:
         return max(0.0, self.budget_reset_at - now)
 
     # --- live sessions --------------------------------------------------------------------------------
+    def key(self, shard_id: int, shard_count: int | None = None) -> ShardKey:
+        """The shard ``(shard_id, num_shards)``; ``shard_count`` None = the configured count."""
+        return (shard_id, self.shards if shard_count is None else shard_count)
+
+    def name(self, key: ShardKey) -> str:
+        """A shard's name in the snapshot: ``"<id>"`` for the configured count, else ``"<id>/<count>"``."""
+        return str(key[0]) if key[1] == self.shards else f"{key[0]}/{key[1]}"
+
+    def _names(self, keys: Any) -> list[int | str]:
+        return [k[0] if k[1] == self.shards else self.name(k) for k in sorted(keys, key=_order)]
+
+    def _per_shard(self, values: dict[ShardKey, Any]) -> dict[str, Any]:
+        return {self.name(k): v for k, v in sorted(values.items(), key=lambda kv: _order(kv[0]))}
+
     def session_live(self, shard_id: int, session_id: str, now: float, *, drain: bool = False,
-                     announced: int | None = None) -> None:
-        """A session of ``shard_id`` became live (READY or RESUMED sent). A ``drain`` (a letsfrag replay side
-        connection, which closes after RESUMED) is counted in ``replay_drains``, not as a live session.
-        ``announced`` is the handover epoch the session's connection carried (a successor), else None."""
+                     announced: int | None = None, shard_count: int | None = None) -> None:
+        """A session of ``shard_id`` (of ``shard_count`` shards, default the configured count) became live
+        (READY or RESUMED sent). A ``drain`` (a letsfrag replay side connection, which closes after RESUMED) is
+        counted in ``replay_drains``, not as a live session. ``announced`` is the handover epoch the session's
+        connection carried (a successor), else None."""
         if drain:
             self.counters["replay_drains"] += 1
             return
         if announced is not None:
             self.announced.setdefault(session_id, announced)
         self.first_seen.setdefault(session_id, len(self.first_seen))
-        ids = self.live.setdefault(shard_id, set())
+        shard = self.key(shard_id, shard_count)
+        ids = self.live.setdefault(shard, set())
         if session_id in ids:
             return
-        before = self._kind(shard_id)
+        before = self._kind(shard)
         ids.add(session_id)
-        after = self._kind(shard_id)
+        after = self._kind(shard)
         if after == "split":
-            self.duplicates[shard_id] += 1
+            self.duplicates[shard] += 1
         elif after == "announced" and before == "single":
-            self.announced_overlaps[shard_id] += 1
-        self._moved(shard_id, before, after, now)
+            self.announced_overlaps[shard] += 1
+        self._moved(shard, before, after, now)
 
-    def session_dead(self, shard_id: int, session_id: str, now: float) -> None:
-        """A session of ``shard_id`` stopped being live (socket closed, reaped, invalidated)."""
-        ids = self.live.get(shard_id)
+    def session_dead(self, shard_id: int, session_id: str, now: float, *, shard_count: int | None = None) -> None:
+        """A session of ``shard_id`` (of ``shard_count`` shards) stopped being live (socket closed, reaped,
+        invalidated)."""
+        shard = self.key(shard_id, shard_count)
+        ids = self.live.get(shard)
         if ids is None or session_id not in ids:
             return
-        before = self._kind(shard_id)
+        before = self._kind(shard)
         ids.discard(session_id)
         if not ids:
-            del self.live[shard_id]
-        self._moved(shard_id, before, self._kind(shard_id), now)
+            del self.live[shard]
+        self._moved(shard, before, self._kind(shard), now)
 
-    def _kind(self, shard_id: int) -> str:
+    def _kind(self, shard_id: ShardKey) -> str:
         """``single`` (0-1 live sessions), ``announced`` (an announced handover's two) or ``split``."""
         ids = self.live.get(shard_id, ())
         if len(ids) <= 1:
@@ -203,7 +233,7 @@ class Referee:
                 return "announced"
         return "split"
 
-    def _moved(self, shard_id: int, before: str, after: str, now: float) -> None:
+    def _moved(self, shard_id: ShardKey, before: str, after: str, now: float) -> None:
         """Start and end the overlap timers of one shard on a change of its kind."""
         if before == "announced" and after != "announced":
             self._end_announced(shard_id, now)
@@ -214,7 +244,7 @@ class Referee:
         elif shard_id in self.overlap_since:
             self.longest_overlap = max(self.longest_overlap, now - self.overlap_since.pop(shard_id))
 
-    def _end_announced(self, shard_id: int, now: float) -> None:
+    def _end_announced(self, shard_id: ShardKey, now: float) -> None:
         since = self.announced_since.pop(shard_id, None)
         if since is None:
             return
@@ -222,7 +252,7 @@ class Referee:
         self._check_deadline(shard_id, since, now)
         self._overdue.discard(shard_id)
 
-    def _check_deadline(self, shard_id: int, since: float, now: float) -> None:
+    def _check_deadline(self, shard_id: ShardKey, since: float, now: float) -> None:
         if now - since > self.handover_deadline and shard_id not in self._overdue:
             self._overdue.add(shard_id)
             self.over_deadline[shard_id] += 1
@@ -232,9 +262,23 @@ class Referee:
         for shard_id, since in list(self.announced_since.items()):
             self._check_deadline(shard_id, since, now)
 
-    def live_shards(self) -> list[int]:
-        """Shard ids with at least one live session."""
-        return sorted(self.live)
+    def live_shards(self, shard_count: int | None = None) -> list[int]:
+        """Shard ids of ``shard_count`` shards (default: the configured count) with at least one live session."""
+        count = self.shards if shard_count is None else shard_count
+        return sorted(s for s, n in self.live if n == count)
+
+    def live_shard_ids(self) -> list[int]:
+        """Shard ids with at least one live session, of any shard count."""
+        return sorted({s for s, _ in self.live})
+
+    def by_shard_count(self) -> dict[str, dict[str, Any]]:
+        """Per shard count in use: its live shard ids and live session count."""
+        counts: dict[int, dict[str, Any]] = {}
+        for (shard_id, count), ids in sorted(self.live.items(), key=lambda kv: _order(kv[0])):
+            entry = counts.setdefault(count, {"shards_ready": [], "sessions": 0})
+            entry["shards_ready"].append(shard_id)
+            entry["sessions"] += len(ids)
+        return {str(count): entry for count, entry in sorted(counts.items())}
 
     # --- report -----------------------------------------------------------------------------------------
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -248,20 +292,21 @@ class Referee:
             "identifies": {"total": sum(self.identifies.values()), "per_shard": _str_keys(self.identifies)},
             "identified_at": {str(s): round(t, 6) for s, t in sorted(self.identified_at.items())},
             "identify_violations": {"total": sum(self.violations.values()), "per_bucket": _str_keys(self.violations)},
-            "sessions_active": {str(s): len(ids) for s, ids in sorted(self.live.items())},
+            "sessions_active": self._per_shard({k: len(ids) for k, ids in self.live.items()}),
             "shards_ready": self.live_shards(),
+            "shard_counts": self.by_shard_count(),
             "duplicate_sessions": {
                 "count": sum(self.duplicates.values()),
                 "longest_overlap_seconds": round(longest, 3),
-                "per_shard": _str_keys(self.duplicates),
-                "overlapping_now": sorted(self.overlap_since),
+                "per_shard": self._per_shard(self.duplicates),
+                "overlapping_now": self._names(self.overlap_since),
             },
             "announced_overlaps": {
                 "count": sum(self.announced_overlaps.values()),
-                "per_shard": _str_keys(self.announced_overlaps),
+                "per_shard": self._per_shard(self.announced_overlaps),
                 "longest_overlap_seconds": round(max(announced_longest.values(), default=0.0), 3),
-                "longest_per_shard": {str(s): round(v, 3) for s, v in sorted(announced_longest.items())},
-                "overlapping_now": sorted(self.announced_since),
+                "longest_per_shard": self._per_shard({k: round(v, 3) for k, v in announced_longest.items()}),
+                "overlapping_now": self._names(self.announced_since),
                 "over_deadline": sum(self.over_deadline.values()),
                 "deadline_seconds": self.handover_deadline,
             },

@@ -89,7 +89,8 @@ async def gateway(request: web.Request) -> web.Response:
 async def gateway_bot(request: web.Request) -> web.Response:
     core = _core(request)
     return json_response(
-        {"url": core.gateway_url, "shards": core.options.shards, "session_start_limit": core.session_start_limit()}
+        {"url": core.gateway_url, "shards": core.recommended_shards(),
+         "session_start_limit": core.session_start_limit()}
     )
 
 

@@ -122,24 +122,28 @@ class Simulator:
         self.core.reset()
 
     # --- control ----------------------------------------------------------------------------------------
-    def reconnect_shard(self, shard_id: int) -> int:
+    # ``shard_count`` below: the shard count a shard id means (None = the sessions of that id of every count)
+    def reconnect_shard(self, shard_id: int, shard_count: int | None = None) -> int:
         """Send RECONNECT (op 7) to the shard's live sessions; return how many got it."""
-        return self.core.reconnect_shard(shard_id)
+        return self.core.reconnect_shard(shard_id, shard_count)
 
-    def invalidate_shard(self, shard_id: int, *, resumable: bool = False) -> int:
+    def invalidate_shard(self, shard_id: int, *, resumable: bool = False, shard_count: int | None = None) -> int:
         """Send INVALID_SESSION (op 9) to the shard's live sessions; return how many got it."""
-        return self.core.invalidate_shard(shard_id, resumable=resumable)
+        return self.core.invalidate_shard(shard_id, resumable=resumable, shard_count=shard_count)
 
-    def drop_shard(self, shard_id: int) -> int:
+    def drop_shard(self, shard_id: int, shard_count: int | None = None) -> int:
         """Cut the shard's connections without a close frame (clients RESUME); return how many."""
-        return self.core.drop_shard(shard_id)
+        return self.core.drop_shard(shard_id, shard_count)
 
-    def dispatch(self, event: str, data: Any, *, guild_id: int | None = None, shard_id: int | None = None) -> Routed:
-        """Send a dispatch to the sessions of the shard owning ``guild_id`` (or of ``shard_id``)."""
-        return self.core.dispatch(event, data, guild_id=guild_id, shard_id=shard_id)
+    def dispatch(self, event: str, data: Any, *, guild_id: int | None = None, shard_id: int | None = None,
+                 shard_count: int | None = None) -> Routed:
+        """Send a dispatch to the sessions ``guild_id`` routes to (of every shard count in use), or of
+        ``shard_id``."""
+        return self.core.dispatch(event, data, guild_id=guild_id, shard_id=shard_id, shard_count=shard_count)
 
     def add_guilds(self, count: int) -> list[int]:
-        """Create guilds and send GUILD_CREATE to the owning shards; return the new ids."""
+        """Create guilds and send GUILD_CREATE to the sessions they route to (a shard past
+        ``max_guilds_per_shard`` is closed with 4011 instead); return the new ids."""
         return self.core.add_guilds(count)
 
     def send_ping(self, guild_id: int | None = None) -> int:
@@ -163,11 +167,11 @@ class Simulator:
         """Random RECONNECT / INVALID_SESSION on random live shards for ``seconds`` at ``rate`` per second."""
         return self.background.start_chaos(seconds, rate)
 
-    def guild_ids(self, shard_id: int | None = None) -> list[int]:
-        """Every guild id, or those of one shard."""
+    def guild_ids(self, shard_id: int | None = None, shard_count: int | None = None) -> list[int]:
+        """Every guild id, or those of one shard (of ``shard_count`` shards, default the configured count)."""
         if shard_id is None:
             return list(self.core.world.guilds)
-        return self.core.world.guild_ids_for_shard(shard_id)
+        return self.core.world.guild_ids_for_shard(shard_id, shard_count)
 
     def text_channel_id(self, guild_id: int) -> int:
         """The id of a guild's text channel."""

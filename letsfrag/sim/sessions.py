@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -84,13 +84,23 @@ class Session:
         return [(frame, tag) for s, frame, tag in self.buffer if s > seq]
 
 
+#: a shard of one shard count: ``(shard_id, num_shards)`` — sessions of two shard counts are different shards
+ShardKey = tuple[int, int]
+
+
 class SessionRegistry:
-    """Every known session — live or waiting to be resumed — by id and by shard."""
+    """Every known session — live or waiting to be resumed — by id and by shard ``(shard_id, num_shards)``.
+
+    Sessions of several shard counts may exist at once (a reshard's overlap, as Discord allows): a guild's
+    events go to the sessions of every count whose ``(guild_id >> 22) % num_shards == shard_id``.
+    """
 
     def __init__(self, buffer_size: int) -> None:
         self.buffer_size = buffer_size
         self.by_id: dict[str, Session] = {}
-        self.by_shard: dict[int, set[Session]] = {}
+        self.by_shard: dict[ShardKey, set[Session]] = {}
+        #: shard count -> how many sessions of it exist
+        self.shard_counts: Counter[int] = Counter()
 
     def create(self, shard_id: int, shard_count: int, intents: int, *, extra_buffer: int = 0) -> Session:
         """A new session with a fresh random id; ``extra_buffer`` more replayable dispatches (its GUILD_CREATEs)."""
@@ -102,7 +112,8 @@ class SessionRegistry:
             buffer_size=self.buffer_size + extra_buffer,
         )
         self.by_id[session.session_id] = session
-        self.by_shard.setdefault(shard_id, set()).add(session)
+        self.by_shard.setdefault((shard_id, shard_count), set()).add(session)
+        self.shard_counts[shard_count] += 1
         return session
 
     def get(self, session_id: str | None) -> Session | None:
@@ -111,20 +122,32 @@ class SessionRegistry:
 
     def forget(self, session: Session) -> None:
         """Remove a session for good (invalidated or expired)."""
-        self.by_id.pop(session.session_id, None)
-        shard_sessions = self.by_shard.get(session.shard_id)
+        if self.by_id.pop(session.session_id, None) is None:
+            return
+        key = (session.shard_id, session.shard_count)
+        shard_sessions = self.by_shard.get(key)
         if shard_sessions is not None:
             shard_sessions.discard(session)
             if not shard_sessions:
-                del self.by_shard[session.shard_id]
+                del self.by_shard[key]
+        self.shard_counts[session.shard_count] -= 1
+        if self.shard_counts[session.shard_count] <= 0:
+            del self.shard_counts[session.shard_count]
 
-    def for_shard(self, shard_id: int) -> list[Session]:
-        """Sessions of a shard, live or resumable."""
-        return list(self.by_shard.get(shard_id, ()))
+    def for_shard(self, shard_id: int, shard_count: int | None = None) -> list[Session]:
+        """Sessions of a shard, live or resumable: of ``shard_count`` shards, or of every shard count."""
+        if shard_count is not None:
+            return list(self.by_shard.get((shard_id, shard_count), ()))
+        return [s for count in sorted(self.shard_counts) for s in self.by_shard.get((shard_id, count), ())]
 
-    def live_for_shard(self, shard_id: int) -> list[Session]:
-        """Sessions of a shard with a connection."""
-        return [s for s in self.by_shard.get(shard_id, ()) if s.live]
+    def for_guild(self, guild_id: int) -> list[Session]:
+        """Sessions (live or resumable) that carry a guild's events: one shard per shard count in use."""
+        return [s for count in sorted(self.shard_counts)
+                for s in self.by_shard.get((payloads.shard_for(guild_id, count), count), ())]
+
+    def live_for_shard(self, shard_id: int, shard_count: int | None = None) -> list[Session]:
+        """Sessions of a shard with a connection (of ``shard_count`` shards, or of every count)."""
+        return [s for s in self.for_shard(shard_id, shard_count) if s.live]
 
     def expired(self, now: float) -> list[Session]:
         """Detached sessions whose resume window is over."""

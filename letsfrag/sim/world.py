@@ -37,7 +37,11 @@ class Member:
 
 @dataclass
 class World:
-    """Guilds spread over ``shard_count`` shards (guild ``i`` on shard ``i % shard_count``)."""
+    """Guilds spread over ``shard_count`` shards (guild ``i`` on shard ``i % shard_count``).
+
+    ``shard_count`` is the configured count; the guilds of a shard of any other count are found by Discord's
+    rule too (:meth:`guild_ids_for_shard` with ``num_shards``).
+    """
 
     shard_count: int
     members_per_guild: int
@@ -48,6 +52,8 @@ class World:
     members: list[Member] = field(default_factory=list)
     _next_object: int = _FIRST_FREE_OBJECT
     _guild_cache: dict[tuple[int, bool], str] = field(default_factory=dict)
+    #: shard count other than ``shard_count`` -> shard id -> guild ids (built on first use, kept up to date)
+    _by_count: dict[int, dict[int, list[int]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.bot_user: Json = payloads.user(BOT_USER_ID, self.bot_name, bot=True)
@@ -78,12 +84,30 @@ class World:
             self.guilds[guild_id] = guild
             self.by_shard.setdefault(guild.shard_id, []).append(guild_id)
             self.by_channel[guild.text_channel_id] = guild_id
+            for count, shards in self._by_count.items():
+                shards.setdefault(payloads.shard_for(guild_id, count), []).append(guild_id)
             created.append(guild)
         return created
 
-    def guild_ids_for_shard(self, shard_id: int) -> list[int]:
-        """Guild ids owned by ``shard_id``, in creation order."""
-        return list(self.by_shard.get(shard_id, ()))
+    def _shards_of(self, num_shards: int | None) -> dict[int, list[int]]:
+        if num_shards is None or num_shards == self.shard_count:
+            return self.by_shard
+        shards = self._by_count.get(num_shards)
+        if shards is None:
+            shards = {}
+            for guild_id in self.guilds:
+                shards.setdefault(payloads.shard_for(guild_id, num_shards), []).append(guild_id)
+            self._by_count[num_shards] = shards
+        return shards
+
+    def guild_ids_for_shard(self, shard_id: int, num_shards: int | None = None) -> list[int]:
+        """Guild ids owned by ``shard_id`` of ``num_shards`` shards (default: the configured count), in creation
+        order."""
+        return list(self._shards_of(num_shards).get(shard_id, ()))
+
+    def guild_count(self, shard_id: int, num_shards: int | None = None) -> int:
+        """How many guilds ``shard_id`` of ``num_shards`` shards (default: the configured count) holds."""
+        return len(self._shards_of(num_shards).get(shard_id, ()))
 
     def member_user(self, user_id: int) -> Json:
         """The user object of a simulated member."""
@@ -144,3 +168,12 @@ class World:
         if limit > 0:
             chosen = chosen[:limit]
         return [self.member_payload(guild, u) for u in chosen], not_found
+
+
+def recommended_shards(guilds: int, guilds_per_shard: int, max_concurrency: int) -> int:
+    """The shard count ``/gateway/bot`` recommends: ``ceil(guilds / guilds_per_shard)`` (at least 1), rounded up
+    to a multiple of ``max_concurrency`` (Discord recommends about one shard per 1,000 guilds)."""
+    if guilds_per_shard < 1 or max_concurrency < 1:
+        raise ValueError("guilds_per_shard and max_concurrency must be at least 1")
+    shards = max(1, -(-guilds // guilds_per_shard))
+    return -(-shards // max_concurrency) * max_concurrency

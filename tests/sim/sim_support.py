@@ -14,6 +14,7 @@ import discord
 from helpers import scaled
 
 from letsfrag.sim import Simulator
+from letsfrag.sim.sessions import Session
 
 
 class FastClient(discord.AutoShardedClient):
@@ -161,3 +162,25 @@ async def raw_gateway(sim: Simulator, **kwargs: Any) -> AsyncIterator[RawGateway
         yield gateway
     finally:
         await gateway.close()
+
+
+class FakeLink:
+    """A Link without a socket."""
+
+    def __init__(self, now: float) -> None:
+        self.conn_id = 1
+        self.last_heartbeat = now
+        self.closing = False
+        self.session: Session | None = None
+        self.sent: list[str] = []
+        self.closed_with: tuple[int, str] | None = None
+
+    def send(self, frame: str) -> None:
+        self.sent.append(frame)
+
+    def close(self, code: int, reason: str = "") -> None:
+        self.closing = True
+        self.closed_with = (code, reason)
+
+    def abort(self) -> None:
+        self.closing = True

@@ -31,13 +31,16 @@ def test_arguments_become_options() -> None:
         "--shards", "16", "--guilds", "9", "--identify-window", "2s", "--ack-delay", "5ms",
         "--heartbeat-interval", "1m", "--on-violation", "close", "--resume-window", "90s",
         "--reject-when-exhausted", "--deny-privileged-intents", "--traffic-rate", "2.5", "--token", "T",
+        "--guilds-per-shard", "1000", "--max-guilds-per-shard", "0",
     ))
     assert (options.shards, options.guilds, options.identify_window, options.ack_delay) == (16, 9, 2.0, 0.005)
     assert (options.heartbeat_interval, options.on_violation, options.resume_window) == (60.0, "close", 90.0)
     assert options.reject_when_exhausted and not options.privileged_intents_allowed
     assert (options.traffic_rate, options.token) == (2.5, "T")
+    assert (options.guilds_per_shard, options.max_guilds_per_shard) == (1000, 0)
     defaults = options_from_args(parse())
     assert (defaults.port, defaults.identify_window, defaults.heartbeat_interval) == (0, 5.0, 41.25)
+    assert (defaults.guilds_per_shard, defaults.max_guilds_per_shard) == (None, 2500)
 
 
 def test_bad_duration_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -57,7 +57,7 @@ async def test_heartbeat_ack_waits_for_the_ack_delay() -> None:
     [
         ([0, 4], {"token": ""}, 4004),
         ([4, 4], {}, 4010),
-        ([0, 8], {}, 4010),
+        ([0, 0], {}, 4010),
         (None, {}, 4011),
         ([0, 4], {"intents": 1 << 30}, 4013),
     ],

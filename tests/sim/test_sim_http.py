@@ -154,6 +154,7 @@ async def test_control_endpoints(http: aiohttp.ClientSession) -> None:
         ("/_sim/chaos?seconds=abc", None, "seconds"),
         ("/_sim/traffic?rate=0", None, "rate"),
         ("/_sim/guilds?count=-1", None, "count"),
+        ("/_sim/shards/0/drop?num_shards=0", None, "num_shards"),
     ],
 )
 async def test_bad_control_input_is_a_clear_400(

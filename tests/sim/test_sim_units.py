@@ -8,7 +8,7 @@ import pytest
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
-from sim_support import ZlibContext
+from sim_support import FakeLink, ZlibContext
 
 import letsfrag.sim
 from letsfrag.clock import FakeClock
@@ -207,8 +207,10 @@ def test_session_replay_buffer() -> None:
 
 def test_options_validation_names_every_bad_field() -> None:
     with pytest.raises(ConfigError) as info:
-        SimulatorOptions(shards=0, on_violation="explode", heartbeat_interval=0)  # type: ignore[arg-type]
+        SimulatorOptions(shards=0, on_violation="explode", heartbeat_interval=0,  # type: ignore[arg-type]
+                         guilds_per_shard=0, max_guilds_per_shard=-1)
     text = str(info.value)
+    assert "guilds_per_shard: must be at least 1" in text and "max_guilds_per_shard: cannot be negative" in text
     assert "shards: must be at least 1" in text
     assert "on_violation: must be one of close, invalid, count" in text
     assert "heartbeat_interval" in text
@@ -245,28 +247,6 @@ def test_make_compressor() -> None:
     assert isinstance(make_compressor(None), Plain)
     with pytest.raises(ValueError, match="unsupported compress='gzip'"):
         make_compressor("gzip")
-
-
-class FakeLink:
-    """A Link without a socket."""
-
-    def __init__(self, now: float) -> None:
-        self.conn_id = 1
-        self.last_heartbeat = now
-        self.closing = False
-        self.session: Session | None = None
-        self.sent: list[str] = []
-        self.closed_with: tuple[int, str] | None = None
-
-    def send(self, frame: str) -> None:
-        self.sent.append(frame)
-
-    def close(self, code: int, reason: str = "") -> None:
-        self.closing = True
-        self.closed_with = (code, reason)
-
-    def abort(self) -> None:
-        self.closing = True
 
 
 def test_core_reaps_silent_links_and_expires_sessions_on_its_clock() -> None:
