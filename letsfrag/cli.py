@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the new shard count (rounded up to a multiple of max_concurrency)")
     goal.add_argument("--recommended", action="store_true", help="the shard count /gateway/bot recommends")
     p.add_argument("--dry-run", action="store_true", help="only print the plan (exit 0), or the refusal (exit 1)")
-    p.add_argument("--timeout", default="60s", help="how long to wait for the broker's answer (default 60s)")
+    p.add_argument("--timeout", default="60s", metavar="D",
+                   help="how long to wait for the broker's answer (default 60s)")
 
     p = command("logs", "this host's cluster logs: the last lines, -f to follow through rotations")
     add_connection_args(p)

@@ -8,7 +8,7 @@ import os
 import sys
 
 import pytest
-from broker_support import Deployment, make_config
+from broker_support import TOKEN, Deployment, Stub, make_config
 from helpers import scaled, wait_until
 
 from letsfrag.commands import RESHARD_NOT_AVAILABLE
@@ -30,9 +30,10 @@ async def _letsfrag(dep: Deployment, *args: str, secret: str | None = SECRET) ->
     return process.returncode, text_out, text_err
 
 
-async def _two_hosts(dep: Deployment, *, capacity: int = 4) -> None:
+async def _two_hosts(dep: Deployment, *, capacity: int = 4, **config: object) -> None:
     """8 shards in 2 clusters of 4, max_concurrency 4, one cluster on each host; budget 990 of 1000."""
-    await dep.broker(make_config(dep.url, secret=SECRET, shards=8, shards_per_cluster=4, max_concurrency=4))
+    await dep.broker(make_config(dep.url, secret=SECRET, shards=8, shards_per_cluster=4, max_concurrency=4,
+                                 **config))
     await dep.host("h1", capacity=capacity, secret=SECRET)
     await dep.host("h2", capacity=capacity, secret=SECRET)
     await wait_until(lambda: dep.settled({"h1": 1, "h2": 1}), message="one cluster on each host")
@@ -83,6 +84,17 @@ async def test_without_dry_run_it_prints_the_plan_and_says_it_cannot_execute(dep
     assert err.rstrip().endswith(f"not executed: {RESHARD_NOT_AVAILABLE}")
 
 
+async def test_recommended_takes_the_count_of_gateway_bot(deployment: Deployment, stub: Stub) -> None:
+    dep = deployment
+    await _two_hosts(dep, token=TOKEN, discord={"api_url": stub.url})
+    await wait_until(lambda: stub.calls == [f"Bot {TOKEN}"], message="the broker fetched /gateway/bot")
+    code, out, err = await _letsfrag(dep, "--recommended", "--dry-run")
+    assert code == 0, err
+    first, _, rest = PLAN_13.partition("\n")
+    assert out == first.replace("(--shards 13)", "(--recommended: 13 from /gateway/bot)") + "\n" + rest
+    assert "planning a reshard to the recommended shard count" in err
+
+
 async def test_a_low_budget_is_refused_with_the_numbers(deployment: Deployment) -> None:
     dep = deployment
     await _two_hosts(dep)
@@ -116,7 +128,7 @@ async def test_bad_arguments_exit_2_naming_the_argument(deployment: Deployment) 
         (["--shards", "many"], "argument --shards: expected a whole number of shards >= 1, found 'many'"),
         (["--shards", "16", "--recommended"], "argument --recommended: not allowed with argument --shards"),
         ([], "one of the arguments --shards --recommended is required"),
-        (["--shards", "16", "--timeout", "soon"], "--timeout:"),
+        (["--shards", "16", "--timeout", "soon"], "error: --timeout:"),
     ]:
         code, out, err = await _letsfrag(dep, *args)
         assert code == 2, (args, out, err)
