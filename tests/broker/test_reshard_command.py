@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from broker_support import TOKEN, Deployment, Stub, make_config
@@ -62,6 +63,7 @@ async def test_dry_run_prints_the_plan_from_the_live_state_and_exits_0(deploymen
     await _ticks_after_write(dep)
     code, out, err = await _letsfrag(dep, "--shards", "13", "--dry-run")
     assert (code, out) == (0, PLAN_13), err
+    assert PLAN_13 in (Path(__file__).resolve().parents[2] / "README.md").read_text(), "the README shows this output"
     assert "planning a reshard to 13 shards" in err
     # nothing changed: a plan only
     assert await dep.assignment() == before
