@@ -56,6 +56,10 @@ against its host's capacity
 """
 
 
+def test_the_readme_shows_this_output() -> None:
+    assert PLAN_13 in (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
 async def test_dry_run_prints_the_plan_from_the_live_state_and_exits_0(deployment: Deployment) -> None:
     dep = deployment
     await _two_hosts(dep)
@@ -63,7 +67,6 @@ async def test_dry_run_prints_the_plan_from_the_live_state_and_exits_0(deploymen
     await _ticks_after_write(dep)
     code, out, err = await _letsfrag(dep, "--shards", "13", "--dry-run")
     assert (code, out) == (0, PLAN_13), err
-    assert PLAN_13 in (Path(__file__).resolve().parents[2] / "README.md").read_text(), "the README shows this output"
     assert "planning a reshard to 13 shards" in err
     # nothing changed: a plan only
     assert await dep.assignment() == before
