@@ -32,6 +32,7 @@ HANDLERS: dict[str, str] = {
     "restart": "letsfrag.commands:run_restart",
     "drain": "letsfrag.commands:run_drain",
     "rebalance": "letsfrag.commands:run_rebalance",
+    "reshard": "letsfrag.commands:run_reshard",
     "bench": "letsfrag.bench:run",
     "logs": "letsfrag.logtail:run",
     "completion": "letsfrag.cli_completion:run",
@@ -110,6 +111,17 @@ def _id_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _shard_count_arg(value: str) -> int:
+    """A shard count given on the command line: a whole number >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of shards >= 1, found {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of shards >= 1, found {value!r}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``letsfrag`` command line (also walked by ``letsfrag completion``)."""
     parser = argparse.ArgumentParser(
@@ -183,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("rebalance", "hand clusters over until hosts are balanced by capacity")
     add_connection_args(p)
     p.add_argument("--timeout", default="60s", help="how long to wait for the outcome (default 60s)")
+
+    p = command("reshard", "plan a reshard to a new shard count (--dry-run: print the plan; executing it is not "
+                           "available yet)")
+    add_connection_args(p)
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--shards", type=_shard_count_arg, metavar="N",
+                      help="the new shard count (rounded up to a multiple of max_concurrency)")
+    goal.add_argument("--recommended", action="store_true", help="the shard count /gateway/bot recommends")
+    p.add_argument("--dry-run", action="store_true", help="only print the plan (exit 0), or the refusal (exit 1)")
+    p.add_argument("--timeout", default="60s", metavar="D",
+                   help="how long to wait for the broker's answer (default 60s)")
 
     p = command("logs", "this host's cluster logs: the last lines, -f to follow through rotations")
     add_connection_args(p)

@@ -1,11 +1,15 @@
-"""``letsfrag restart``, ``letsfrag drain`` and ``letsfrag rebalance``: send one command, print its outcome.
+"""``letsfrag restart``, ``drain``, ``rebalance`` and ``reshard``: send one command, print its outcome.
 
 ``restart --cluster N`` and ``restart --host H --rolling`` go to the broker, which hands each cluster over to a
 fresh process (nothing lost); while it works the command prints the handovers it sees in ``{ns}:handover`` and
 the rolling restart's ``n of m`` from ``{ns}:broker`` ``operation``.
 
-Exit codes: 0 the target reported success (a restart: switched), 1 it reported failure (a restart: rolled back
-or refused, naming the cluster and the reason) or did not answer in time, 2 bad arguments or Redis unreachable.
+``reshard --shards N | --recommended [--dry-run]`` asks the leader broker for the plan of a reshard
+(:mod:`letsfrag.broker.reshard`) and prints it on stdout; executing it is not available yet in this version.
+
+Exit codes: 0 the target reported success (a restart: switched; ``reshard --dry-run``: a plan), 1 it reported
+failure (a restart: rolled back or refused, naming the cluster and the reason; a reshard: refused, or any plan
+without ``--dry-run``) or did not answer in time, 2 bad arguments or Redis unreachable.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from .errors import BusError, ConfigError, RecordError
 from .handover import OPERATION_FIELD, HandoverRecord, HandoverState
 from .units import parse_duration
 
-__all__ = ["run_drain", "run_rebalance", "run_restart"]
+__all__ = ["run_drain", "run_rebalance", "run_reshard", "run_restart"]
 
 Action = Callable[[Control, float], Awaitable[dict[str, Any]]]
 Watch = Callable[[Bus, asyncio.Event], Coroutine[Any, Any, None]]
@@ -89,7 +93,8 @@ def _timeout(args: argparse.Namespace) -> float:
     return value
 
 
-async def _run(args: argparse.Namespace, describe: str, action: Action, watch: Watch | None = None) -> int:
+async def _run(args: argparse.Namespace, describe: str, action: Action, watch: Watch | None = None,
+               show: Callable[[dict[str, Any]], int] | None = None) -> int:
     try:
         redis, namespace, secret = connection_from_args(args)
         timeout = _timeout(args)
@@ -115,6 +120,8 @@ async def _run(args: argparse.Namespace, describe: str, action: Action, watch: W
         if watcher is not None:
             await asyncio.wait({watcher}, timeout=2.0)
         await bus.close()
+    if show is not None:
+        return show(outcome)
     steps = outcome.get("steps")
     for step in steps if isinstance(steps, list) else []:
         print(str(step), file=sys.stderr)
@@ -158,3 +165,40 @@ async def run_drain(args: argparse.Namespace) -> int:
 async def run_rebalance(args: argparse.Namespace) -> int:
     """``letsfrag rebalance``."""
     return await _run(args, "rebalancing", lambda c, t: c.rebalance(timeout=t))
+
+
+#: what ``letsfrag reshard`` without ``--dry-run`` says after the plan (exit 1)
+RESHARD_NOT_AVAILABLE = ("executing a reshard is not available yet in this version of letsfrag: nothing was changed "
+                         "(the plan above is what it would do; use --dry-run to only print it)")
+
+
+def _show_reshard(dry_run: bool) -> Callable[[dict[str, Any]], int]:
+    def show(outcome: dict[str, Any]) -> int:
+        lines = outcome.get("lines")
+        if not outcome.get("ok") or not isinstance(lines, list):
+            message = outcome.get("message") or "no answer"
+            print(f"refused: {message}" if outcome.get("refused") else f"failed: {message}", file=sys.stderr)
+            return 1
+        for line in lines:
+            print(str(line))
+        if dry_run:
+            return 0
+        print(f"not executed: {RESHARD_NOT_AVAILABLE}", file=sys.stderr)
+        return 1
+
+    return show
+
+
+async def run_reshard(args: argparse.Namespace) -> int:
+    """``letsfrag reshard --shards N | --recommended [--dry-run] [--timeout D]``."""
+    shards = getattr(args, "shards", None)
+    recommended = bool(getattr(args, "recommended", False))
+    if shards is None and not recommended:
+        print("error: one of --shards or --recommended is required", file=sys.stderr)
+        return 2
+    dry_run = bool(getattr(args, "dry_run", False))
+    target = "the recommended shard count" if recommended else f"{shards} shards"
+    return await _run(args, f"planning a reshard to {target}",
+                      lambda c, t: c.reshard(shards=None if recommended else shards, recommended=recommended,
+                                             timeout=t),
+                      show=_show_reshard(dry_run))

@@ -1,4 +1,4 @@
-"""Operator commands (docs/redis.md, "Commands"): restart, rolling restart, drain, undrain, rebalance.
+"""Operator commands (docs/redis.md, "Commands"): restart, rolling restart, drain, undrain, rebalance, reshard.
 
 A restart of one cluster and a rolling restart of a host go to the leader broker, which hands each cluster over
 to a fresh process beside the running one (:mod:`letsfrag.handover`) and answers once it switched (or rolled
@@ -98,6 +98,14 @@ class Control:
     async def rebalance(self, *, timeout: float | None = None) -> dict[str, Any]:
         """Ask the broker to move clusters until hosts are balanced by capacity."""
         return await self._send(self.bus.keys.broker_inbox, "broker", {"action": "rebalance"}, timeout)
+
+    async def reshard(self, *, shards: int | None = None, recommended: bool = False,
+                      timeout: float | None = None) -> dict[str, Any]:
+        """Ask the leader broker for the plan of a reshard to ``shards`` (or to the recommended count): the reply
+        has ``lines`` (the plan as text) or ``refused`` and the sentence why; nothing is executed yet."""
+        payload: dict[str, Any] = {"action": "reshard", "recommended": True} if recommended else \
+            {"action": "reshard", "shards": shards}
+        return await self._send(self.bus.keys.broker_inbox, "broker", payload, timeout)
 
     async def _clock_hint(self, target: str) -> str:
         """`` (host h1: clock is 120.0s behind Redis TIME ...)`` when the silent host's clock is skewed."""

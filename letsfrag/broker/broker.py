@@ -130,6 +130,11 @@ class ClusterBroker:
         return {c: (grants[c].host if c in grants else None) for c in self._layout.cluster_ids}
 
     @property
+    def recommended_shards(self) -> int | None:
+        """The shard count ``/gateway/bot`` recommended at the last refresh (``None``: never fetched, no token)."""
+        return self._budget.shards if self._budget is not None else None
+
+    @property
     def buckets(self) -> int:
         """IDENTIFY buckets of the layout (0 before :meth:`start`)."""
         return self._layout.max_concurrency if self._layout else 0

@@ -1,6 +1,8 @@
 """Operator commands the leader broker answers on ``{ns}:cb``: ``drain``, ``undrain``, ``rebalance``,
-``restart`` (one cluster, in place, by a handover) and ``rolling_restart`` (every cluster of a host, one handover
-at a time, the next after the previous switch).
+``restart`` (one cluster, in place, by a handover), ``rolling_restart`` (every cluster of a host, one handover
+at a time, the next after the previous switch) and ``reshard`` (``{"shards": N}`` or ``{"recommended": true}``:
+replies with the plan of :mod:`letsfrag.broker.reshard`, ``lines`` to print, or the refusal; executing a reshard
+is not available yet, so the reply always carries ``"executed": false``).
 
 Every reply is ``{"ok": bool, "message": str, ...}``. ``drain`` and ``rebalance`` wait up to the broker's
 ``command_wait`` for the work to finish and otherwise reply with the progress so far (the work goes on).
@@ -55,8 +57,21 @@ class CommandHandler:
                 known = ", ".join(sorted(self.rec.hosts)) or "none"
                 return {"ok": False, "message": f"rolling_restart: unknown host {host!r} (known hosts: {known})"}
             return await self.rolling_restart(host, self._wait_of(payload))
+        if action == "reshard":
+            return self.reshard(payload)
         return {"ok": False, "message": f"unknown action {action!r}; the broker accepts drain, undrain, rebalance, "
-                                        "restart, rolling_restart"}
+                                        "restart, rolling_restart, reshard"}
+
+    def reshard(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The plan of a reshard (or the refusal) from the leader's live state; nothing is executed yet."""
+        shards = payload.get("shards")
+        use_recommended = payload.get("recommended") is True
+        if not use_recommended and (isinstance(shards, bool) or not isinstance(shards, int)):
+            return {"ok": False, "refused": True, "executed": False,
+                    "message": f"reshard: expected \"shards\" (a number) or \"recommended\": true, found {shards!r}"}
+        outcome = self.rec.plan_reshard(shards=shards if not use_recommended else None,
+                                        recommended=self.broker.recommended_shards, use_recommended=use_recommended)
+        return {**outcome.to_dict(), "executed": False}
 
     def _wait_of(self, payload: dict[str, Any]) -> float:
         wait = payload.get("wait")

@@ -33,6 +33,7 @@ __all__ = [
     "Step",
     "budget_refusal",
     "decide",
+    "reserve_of",
     "slot_refusal",
 ]
 
@@ -188,13 +189,18 @@ def slot_refusal(cluster: int, target: str, *, capacity: int, held: int, in_plac
     return None
 
 
+def reserve_of(total: int, reserve_fraction: float) -> int:
+    """The session starts kept back from Discord's daily ``total`` (``identify_reserve``), rounded up."""
+    return math.ceil(total * reserve_fraction)
+
+
 def budget_refusal(cluster: int, shards: int, *, total: int | None, remaining: int | None,
                    reserve_fraction: float) -> str | None:
     """Why the identify budget cannot pay ``shards`` IDENTIFYs for a handover of ``cluster`` (``None``: it can,
     or the budget is unknown: no ``{ns}:identify:budget``)."""
     if total is None or remaining is None:
         return None
-    reserve = math.ceil(total * reserve_fraction)
+    reserve = reserve_of(total, reserve_fraction)
     if remaining - reserve >= shards:
         return None
     return (f"the identify budget cannot pay a handover of cluster {cluster}: {remaining} session starts remain, "

@@ -31,6 +31,7 @@ from .handovers import HostFacts as HandoverFacts
 from .layout import Layout
 from .membership import HostObservation, Membership, Transition, Verdict
 from .moves import HostFacts, Move, Moves, pick_drain_move, planning_views
+from .reshard import BudgetView, CurrentLayout, HostRoom, ReshardPlan, ReshardRefusal, plan_reshard
 from .store import Grant, HostRecord, Snapshot, Store
 
 __all__ = ["Outcome", "Reconciler"]
@@ -780,6 +781,28 @@ class Reconciler:
     def unassigned(self) -> int:
         """Clusters of the layout without a host."""
         return sum(1 for c in self.layout.cluster_ids if c not in self.assignment)
+
+    def plan_reshard(self, *, shards: int | None = None, recommended: int | None = None,
+                     use_recommended: bool = False) -> ReshardPlan | ReshardRefusal:
+        """The plan of a reshard from this tick's layout, hosts and identify budget (see :mod:`.reshard`).
+
+        The layout has no generation number yet: the live one is generation 1. A handover in progress is a
+        refusal (its successor already uses the host's extra slot)."""
+        if self.handovers:
+            return ReshardRefusal(f"{len(self.handovers)} handover(s) in progress (cluster(s) "
+                                  f"{sorted(self.handovers.records)}); reshard once they finished")
+        lay = self.layout
+        current = CurrentLayout(generation=1, shard_count=lay.shard_count, shards_per_cluster=lay.shards_per_cluster,
+                                max_concurrency=lay.max_concurrency,
+                                identify_window=float(self.config.identify_window))
+        verdicts = self.membership.verdicts
+        frozen = self._frozen(verdicts)
+        rooms = {h: HostRoom(capacity=r.capacity, held=len(self.held_by(h)),
+                             alive=h in verdicts and verdicts[h].alive, draining=h in frozen)
+                 for h, r in self.hosts.items()}
+        budget = BudgetView(self.budget_total, self.budget_remaining, float(self.config.identify_reserve))
+        return plan_reshard(current, rooms, budget, shards=shards, recommended=recommended,
+                            use_recommended=use_recommended)
 
     def held_by(self, host: str) -> list[int]:
         """Clusters assigned to (or still stopping on) ``host``."""

@@ -12,9 +12,22 @@ from letsfrag.config import BrokerConfig
 from letsfrag.connection import create_redis
 from letsfrag.keys import Keys
 
+#: the bot token the ``/gateway/bot`` stub (fixture ``stub``) accepts
+TOKEN = "stub-token-123456"
 TTL = 1.0
 GRACE = 0.6
 HEARTBEAT = 0.1
+
+
+class Stub:
+    """The state of the ``/gateway/bot`` stub (fixture ``stub`` in conftest.py): its URL, the Authorization
+    headers it received, and what it answers."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.calls: list[str] = []
+        self.shards = 13
+        self.max_concurrency = 4
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

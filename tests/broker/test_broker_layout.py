@@ -6,54 +6,17 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from broker_support import Deployment, make_config
+from broker_support import TOKEN, Deployment, Stub, make_config
 from helpers import scaled, wait_until
 
 from letsfrag.broker.layout import fetch_gateway_bot, resolve_layout
 from letsfrag.broker.main import run
 from letsfrag.errors import ConfigError, DiscordSetupError
 from letsfrag.redis_server import free_port
-
-TOKEN = "stub-token-123456"
-
-
-class Stub:
-    def __init__(self) -> None:
-        self.url = ""
-        self.calls: list[str] = []
-        self.shards = 13
-        self.max_concurrency = 4
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[Stub]:
-    state = Stub()
-
-    async def gateway_bot(request: web.Request) -> web.Response:
-        state.calls.append(request.headers.get("Authorization", ""))
-        if request.headers.get("Authorization") != f"Bot {TOKEN}":
-            return web.json_response({"message": "401: Unauthorized", "code": 0}, status=401)
-        return web.json_response({"url": "wss://gateway", "shards": state.shards, "session_start_limit": {
-            "total": 1000, "remaining": 990, "reset_after": 60_000, "max_concurrency": state.max_concurrency}})
-
-    app = web.Application()
-    app.router.add_get("/api/v10/gateway/bot", gateway_bot)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    state.url = f"http://127.0.0.1:{port}/api/v10"
-    try:
-        yield state
-    finally:
-        await runner.cleanup()
 
 
 def _config(url: str, api_url: str, **over: Any) -> Any:

@@ -1,0 +1,222 @@
+"""The plan of a reshard (generation g → g+1), or the one sentence why not: pure, no I/O, no clock.
+
+The leader broker calls :func:`plan_reshard` with what it reads every tick (the layout, the hosts, the identify
+budget) and the operator's target (``letsfrag reshard --shards N`` or ``--recommended``, the shard count
+``/gateway/bot`` recommends). The answer is a :class:`ReshardPlan` or a :class:`ReshardRefusal`; the same inputs
+always give the same answer.
+
+* **Shard count**: rounded up to a multiple of ``max_concurrency`` (Discord requires it of large bots and closes
+  with 4010 otherwise); the plan says so in a sentence when it rounded. Refused: below 1, above
+  :data:`~letsfrag.records.MAX_SHARDS`, or equal to the current count.
+* **Clusters** of the new generation keep ``shards_per_cluster``: ``ceil(N / shards_per_cluster)`` of them.
+* **Capacity during the overlap**: the new generation's processes run *beside* the old ones until the switch, so
+  each counts against its host's ``capacity`` as much as an old one does: a host has
+  ``capacity − clusters it holds now`` free slots for the new generation (the handover's ``capacity + 1`` slot is
+  for one handover and is not used). New clusters go to live hosts that are not draining, one at a time to the
+  host with the lowest ``(held + new) / capacity`` (ties: the host id). Refused when the free slots are fewer
+  than the new clusters.
+* **Identify budget**: every new shard IDENTIFYs once, so the reshard needs ``N`` session starts; refused when
+  ``remaining − reserve < N`` (``reserve = ceil(total × identify_reserve)``, as for a handover). An unknown budget
+  (no ``{ns}:identify:budget``) is not checked, and the plan says so.
+* **Time**: the new sessions identify through the global queue by buckets, ``max_concurrency`` per
+  ``identify_window``: at least ``ceil(N / max_concurrency) × identify_window`` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from letsfrag.records import MAX_SHARDS
+
+from .assignment import round_shard_count
+from .handovers import reserve_of
+
+__all__ = ["BudgetView", "CurrentLayout", "HostRoom", "ReshardPlan", "ReshardRefusal", "plan_reshard"]
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentLayout:
+    """The live generation's layout."""
+
+    generation: int
+    shard_count: int
+    shards_per_cluster: int
+    max_concurrency: int
+    identify_window: float
+
+
+@dataclass(frozen=True, slots=True)
+class HostRoom:
+    """One host as the plan sees it: its capacity and how many clusters it holds now."""
+
+    capacity: int
+    held: int
+    alive: bool = True
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetView:
+    """Discord's session-start budget (``total``/``remaining`` ``None``: unknown) and the reserve kept back."""
+
+    total: int | None
+    remaining: int | None
+    reserve_fraction: float
+
+    @property
+    def known(self) -> bool:
+        """Both numbers were read from ``{ns}:identify:budget``."""
+        return self.total is not None and self.remaining is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ReshardRefusal:
+    """Why there is no plan: one sentence naming the numbers."""
+
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The command reply."""
+        return {"ok": False, "refused": True, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class ReshardPlan:
+    """Generation ``generation`` → ``generation + 1``: what it takes and where the new clusters run."""
+
+    generation: int
+    old_shards: int
+    new_shards: int
+    requested: int
+    shards_per_cluster: int
+    max_concurrency: int
+    identify_window: float
+    clusters: int
+    #: host -> new clusters it receives (hosts receiving none are left out)
+    hosts: Mapping[str, int] = field(default_factory=dict)
+    #: host -> free slots it had for the new generation (live, not draining hosts)
+    free: Mapping[str, int] = field(default_factory=dict)
+    identifies: int = 0
+    budget_remaining: int | None = None
+    budget_reserve: int | None = None
+    #: how the target was chosen, e.g. "--shards 13" or "--recommended (13 from /gateway/bot)"
+    source: str = ""
+
+    @property
+    def new_generation(self) -> int:
+        """The generation the reshard prepares."""
+        return self.generation + 1
+
+    @property
+    def rounded(self) -> str | None:
+        """The sentence saying the count was rounded (``None``: used as requested)."""
+        if self.new_shards == self.requested:
+            return None
+        return (f"{self.requested} shards rounded up to {self.new_shards}, a multiple of max_concurrency "
+                f"{self.max_concurrency} (Discord requires it)")
+
+    @property
+    def estimated_seconds(self) -> float:
+        """The physical limit of the new sessions' IDENTIFYs: ``ceil(N / max_concurrency) × identify_window``."""
+        return math.ceil(self.new_shards / self.max_concurrency) * self.identify_window
+
+    def lines(self) -> list[str]:
+        """The plan as the CLI prints it, one line each."""
+        g, n = self.generation, self.new_generation
+        out = [f"reshard plan: generation {g} -> {n}" + (f" ({self.source})" if self.source else "")]
+        out.append(f"  shards: {self.old_shards} -> {self.new_shards}")
+        if self.rounded:
+            out.append(f"  note: {self.rounded}")
+        out.append(f"  clusters of generation {n}: {self.clusters} ({self.shards_per_cluster} shards per cluster)")
+        out.append(f"  capacity during the overlap: generation {n}'s processes run beside generation {g}'s until "
+                   "the switch; each counts against its host's capacity")
+        for host in sorted(self.free):
+            out.append(f"    {host}: {self.hosts.get(host, 0)} new cluster(s) in {self.free[host]} free slot(s)")
+        if self.budget_remaining is None or self.budget_reserve is None:
+            out.append(f"  identifies: {self.identifies} needed; the identify budget is unknown (not checked)")
+        else:
+            left = self.budget_remaining - self.budget_reserve
+            out.append(f"  identifies: {self.identifies} needed of {self.budget_remaining} remaining "
+                       f"({self.budget_reserve} reserve, {left - self.identifies} left after)")
+        buckets = math.ceil(self.new_shards / self.max_concurrency)
+        out.append(f"  estimated time: {self.estimated_seconds:g}s (ceil({self.new_shards} / {self.max_concurrency})"
+                   f" = {buckets} x identify_window {self.identify_window:g}s)")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The command reply (JSON); ``lines`` is what the CLI prints."""
+        return {"ok": True, "refused": False, "generation": self.generation, "new_generation": self.new_generation,
+                "old_shards": self.old_shards, "new_shards": self.new_shards, "requested": self.requested,
+                "rounded": self.rounded, "clusters": self.clusters, "hosts": dict(sorted(self.hosts.items())),
+                "free": dict(sorted(self.free.items())), "identifies": self.identifies,
+                "budget_remaining": self.budget_remaining, "budget_reserve": self.budget_reserve,
+                "estimated_seconds": self.estimated_seconds, "lines": self.lines(),
+                "message": f"generation {self.generation} -> {self.new_generation}: {self.old_shards} -> "
+                           f"{self.new_shards} shards"}
+
+
+def _distribute(clusters: int, free: Mapping[str, int], rooms: Mapping[str, HostRoom]) -> dict[str, int]:
+    """``clusters`` new clusters onto the hosts with free slots, each to the least loaded (by held + new over
+    capacity, exact fractions), ties by host id."""
+    given = dict.fromkeys(free, 0)
+    for _ in range(clusters):
+        open_hosts: Sequence[str] = [h for h in sorted(free) if given[h] < free[h]]
+        host = min(open_hosts, key=lambda h: (Fraction(rooms[h].held + given[h], rooms[h].capacity), h))
+        given[host] += 1
+    return {h: n for h, n in given.items() if n}
+
+
+def plan_reshard(layout: CurrentLayout, hosts: Mapping[str, HostRoom], budget: BudgetView, *,
+                 shards: int | None = None, recommended: int | None = None,
+                 use_recommended: bool = False) -> ReshardPlan | ReshardRefusal:
+    """The plan of resharding ``layout`` to ``shards`` (or, ``use_recommended``, to ``recommended``: ``None`` when
+    the broker has no ``/gateway/bot`` answer), or why not."""
+    if use_recommended:
+        if recommended is None:
+            return ReshardRefusal("the recommended shard count is unknown: the broker has no /gateway/bot answer "
+                                  "(it needs a bot token); give --shards N")
+        requested, source = recommended, f"--recommended: {recommended} from /gateway/bot"
+    elif shards is None:
+        return ReshardRefusal("no target: give --shards N or --recommended")
+    else:
+        requested, source = shards, f"--shards {shards}"
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        return ReshardRefusal(f"the shard count must be at least 1, found {requested!r}")
+    if requested > MAX_SHARDS:
+        return ReshardRefusal(f"the shard count {requested} is too large: at most {MAX_SHARDS}")
+    new = round_shard_count(requested, layout.max_concurrency)
+    if new > MAX_SHARDS:
+        return ReshardRefusal(f"the shard count {requested} rounds up to {new} (a multiple of max_concurrency "
+                              f"{layout.max_concurrency}), more than the largest, {MAX_SHARDS}")
+    if new == layout.shard_count:
+        same = "" if new == requested else f" ({requested} rounded up to a multiple of {layout.max_concurrency})"
+        return ReshardRefusal(f"generation {layout.generation} already has {new} shards{same}: nothing to reshard")
+    clusters = math.ceil(new / layout.shards_per_cluster)
+    usable = {h: r for h, r in hosts.items() if r.alive and not r.draining and r.capacity > 0}
+    free = {h: max(0, r.capacity - r.held) for h, r in usable.items()}
+    room = sum(free.values())
+    if room < clusters:
+        each = ", ".join(f"{h}: {free[h]} of capacity {usable[h].capacity} free" for h in sorted(free)) or \
+            "no live host"
+        return ReshardRefusal(
+            f"no room for generation {layout.generation + 1}: its {clusters} cluster(s) run beside generation "
+            f"{layout.generation}'s during the overlap and need {clusters} free slot(s), the live hosts have "
+            f"{room} ({each})")
+    reserve: int | None = None
+    if budget.known:
+        assert budget.total is not None and budget.remaining is not None
+        reserve = reserve_of(budget.total, budget.reserve_fraction)
+        if budget.remaining - reserve < new:
+            return ReshardRefusal(
+                f"the identify budget cannot pay a reshard to {new} shards: {budget.remaining} session starts "
+                f"remain, {reserve} are the reserve, and the {new} new sessions need {new}")
+    return ReshardPlan(
+        generation=layout.generation, old_shards=layout.shard_count, new_shards=new, requested=requested,
+        shards_per_cluster=layout.shards_per_cluster, max_concurrency=layout.max_concurrency,
+        identify_window=layout.identify_window, clusters=clusters, hosts=_distribute(clusters, free, usable),
+        free=free, identifies=new, budget_remaining=budget.remaining if budget.known else None,
+        budget_reserve=reserve, source=source)
