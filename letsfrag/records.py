@@ -175,25 +175,25 @@ class LayoutRecord:
         """Parse and check the hash; :class:`RecordError` names the key and the first bad field.
 
         ``only`` (e.g. :data:`GEOMETRY_FIELDS`, :data:`ROUTING_FIELDS`): check just those fields, for a reader
-        that needs no more; the others read leniently (a missing ``cluster_count`` is derived from the shards,
-        a missing or unreadable timing field is its :data:`LAYOUT_FALLBACKS` value) and the checks across
-        fields are skipped."""
+        that needs no more; any other field that would fail its check reads as its :data:`LAYOUT_FALLBACKS`
+        value, ``cluster_count`` (unless checked) is derived from the shards, and the checks across fields are
+        skipped."""
         checked = frozenset(_INTS + _FLOATS if only is None else only)
         values: dict[str, Any] = {}
-        for name in _INTS:
-            top = MAX_CONCURRENCY if name == "max_concurrency" else MAX_SHARDS
-            if name in checked:
-                values[name] = parse_int(data.get(name), key=key, field=name, minimum=1, maximum=top)
-            elif name != "cluster_count":
-                found = lenient_int(data.get(name))
-                values[name] = found if found is not None and 1 <= found <= top else int(LAYOUT_FALLBACKS[name])
-        for name in _FLOATS:
-            if name in checked:
-                values[name] = parse_float(data.get(name), key=key, field=name, positive=name != "lease_grace")
-            else:
-                number = lenient_float(data.get(name))
-                values[name] = LAYOUT_FALLBACKS[name] if number is None else number
-        if "cluster_count" not in values:
+        for name in (*_INTS, *_FLOATS):
+            try:
+                if name in _INTS:
+                    top = MAX_CONCURRENCY if name == "max_concurrency" else MAX_SHARDS
+                    values[name] = parse_int(data.get(name), key=key, field=name, minimum=1, maximum=top)
+                else:
+                    values[name] = parse_float(data.get(name), key=key, field=name, positive=name != "lease_grace")
+            except RecordError:
+                if name in checked:
+                    raise
+                if name in LAYOUT_FALLBACKS:
+                    fallback = LAYOUT_FALLBACKS[name]
+                    values[name] = int(fallback) if name in _INTS else float(fallback)
+        if "cluster_count" not in values or "cluster_count" not in checked:
             values["cluster_count"] = -(-values["shard_count"] // values["shards_per_cluster"])
         values["allow_eval"] = data.get("allow_eval") == "1"
         values["updated_at"] = lenient_float(data.get("updated_at"))
