@@ -250,6 +250,8 @@ class LayoutRecord:
 
     def shards_of(self, cluster_id: int) -> tuple[int, ...]:
         """The contiguous block of shards of ``cluster_id`` (empty when outside the layout)."""
+        if cluster_id < 0:
+            return ()
         start = cluster_id * self.shards_per_cluster
         return tuple(range(start, min(start + self.shards_per_cluster, self.shard_count)))
 

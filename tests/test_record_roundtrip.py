@@ -56,6 +56,7 @@ def test_layout_round_trips(layout: LayoutRecord) -> None:
 def test_geometry_covers_each_shard_once(layout: LayoutRecord, guild_shard: int) -> None:
     last = layout.shards_of(layout.cluster_count - 1)
     assert last and last[-1] == layout.shard_count - 1 and layout.shards_of(layout.cluster_count) == ()
+    assert layout.shards_of(-1) == ()
     shard = guild_shard % layout.shard_count
     assert shard in layout.shards_of(layout.cluster_of_guild(guild_shard << 22))
 
