@@ -12,15 +12,14 @@ becomes ``{"ok": False, "message": ...}`` instead of an exception, so the CLI an
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from .bus import Bus
-from .errors import BusError, RemoteError, RequestTimeout
+from .errors import BusError, RecordError, RemoteError, RequestTimeout
 from .protocol import MessageType
-from .records import clock_skew_text, lenient_float
+from .records import Grant, clock_skew_text, lenient_float
 
 __all__ = ["Control"]
 
@@ -38,12 +37,12 @@ class Control:
             raw = await self.bus.redis.hget(self.bus.keys.assignment, str(cluster_id))
         except (RedisError, OSError) as exc:
             raise BusError(f"cannot read the assignment from Redis at {self.bus.address}: {exc}") from exc
-        try:
-            claim = json.loads(raw) if raw else None
-        except ValueError:
+        if not raw:
             return None
-        host = claim.get("host") if isinstance(claim, dict) else None
-        return host if isinstance(host, str) and host else None
+        try:
+            return Grant.from_json(raw, key=self.bus.keys.assignment, field=str(cluster_id)).host
+        except RecordError:
+            return None
 
     @staticmethod
     def _broker_wait(timeout: float) -> float:

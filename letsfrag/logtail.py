@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import re
 import sys
@@ -26,7 +25,8 @@ from typing import BinaryIO, TextIO
 from redis.exceptions import RedisError
 
 from letsfrag.config import BrokerConfig, load_config_file
-from letsfrag.errors import ConfigError, LetsfragError
+from letsfrag.errors import ConfigError, LetsfragError, RecordError
+from letsfrag.records import Grant
 from letsfrag.supervisor.logfile import log_path
 
 __all__ = ["LogFollower", "run"]
@@ -146,12 +146,12 @@ async def _owner(args: argparse.Namespace, cluster_id: int) -> str | None:
         return None
     finally:
         await redis.aclose()
-    try:
-        grant = json.loads(raw) if raw else None
-    except ValueError:
+    if not raw:
         return None
-    host = grant.get("host") if isinstance(grant, dict) else None
-    return host if isinstance(host, str) else None
+    try:
+        return Grant.from_json(raw).host
+    except RecordError:
+        return None
 
 
 def _select(args: argparse.Namespace, directory: Path, host_id: str | None) -> dict[int, Path]:

@@ -12,13 +12,14 @@ from rich.console import Console
 from rich.live import Live
 
 from .keys import Keys
+from .records import LayoutRecord
 
 
 async def count_ready(redis: aioredis.Redis, keys: Keys) -> tuple[int, int, int, int]:
     """``(shards_ready, shard_count, clusters_ready, cluster_count)`` from the status keys."""
-    layout = await redis.hgetall(keys.layout)  # type: ignore[misc]
-    shard_count = int(layout.get("shard_count", 0) or 0)
-    cluster_count = int(layout.get("cluster_count", 0) or 0)
+    raw: dict[str, str] = await redis.hgetall(keys.layout)  # type: ignore[misc,assignment]
+    layout = LayoutRecord.for_display(raw)
+    shard_count, cluster_count = (layout.shard_count, layout.cluster_count) if layout else (0, 0)
     pipe = redis.pipeline(transaction=False)
     for cid in range(cluster_count):
         pipe.hget(keys.cluster_status(cid), "state")

@@ -1,4 +1,5 @@
-"""Values read from Redis, validated: finite, bounded, typed — and the ``{ns}:layout`` record in one class.
+"""Values read from Redis, validated: finite, bounded, typed — and the ``{ns}:layout`` and ``{ns}:assignment``
+records, one class each (:class:`LayoutRecord`, :class:`Grant`).
 
 Anything in Redis can be changed by hand (``HSET {ns}:layout lease_ttl inf``) or lost. Every reader turns a raw
 value into a number through :func:`parse_int`/:func:`parse_float` (strict: a bad value raises a
@@ -17,16 +18,18 @@ from typing import Any
 from .errors import RecordError
 
 __all__ = [
-    "CLOCK_OFFSET_WARN", "MAX_DURATION", "MAX_EPOCH", "MAX_SHARDS", "LayoutRecord", "RecordError", "clock_skew_text",
-    "lenient_float", "lenient_int", "parse_epoch", "parse_float", "parse_int", "parse_running",
+    "CLOCK_OFFSET_WARN", "GEOMETRY_FIELDS", "GRANT_LUA", "LAYOUT_FALLBACKS", "MAX_DURATION", "MAX_EPOCH", "MAX_SHARDS",
+    "ROUTING_FIELDS", "Grant", "LayoutRecord", "RecordError", "clock_skew_text", "lenient_float", "lenient_int",
+    "parse_epoch", "parse_float", "parse_int", "parse_running",
 ]
 
 #: the largest shard count (and shards per cluster) a layout may name
 MAX_SHARDS = 1_000_000
 #: the longest duration (seconds) a Redis record may carry: an hour
 MAX_DURATION = 3600.0
-#: the largest epoch: exact in a Lua number (a double), far beyond any real deployment
-MAX_EPOCH = 10**15 - 1
+#: the largest epoch, far beyond any real deployment: exact in a Lua number (a double) *and* in its text, which Lua
+#: and cjson write with ``%.14g`` (14 digits: a larger epoch would reach the assignment as ``1e+14``)
+MAX_EPOCH = 10**14 - 1
 #: the largest IDENTIFY concurrency
 MAX_CONCURRENCY = 4096
 #: a host whose clock differs from Redis ``TIME`` by more than this (seconds) is flagged: its timestamps look
@@ -135,6 +138,15 @@ def parse_running(raw: Any, *, key: str) -> dict[int, int]:
 
 _INTS = ("shard_count", "shards_per_cluster", "cluster_count", "max_concurrency")
 _FLOATS = ("identify_window", "lease_ttl", "lease_grace", "heartbeat_interval")
+#: the ``{ns}:layout`` fields that fix each cluster's shards
+GEOMETRY_FIELDS = ("shard_count", "shards_per_cluster")
+#: the fields an RPC caller routes by (``cluster_count`` as written: a layout may announce clusters not running)
+ROUTING_FIELDS = ("shard_count", "shards_per_cluster", "cluster_count")
+#: what a reader that does not check a field (display, RPC) assumes for it when it is missing or unreadable: the
+#: broker config's defaults (``max_concurrency: 1``, ``identify_window: 5s``, ``lease.ttl: 10s``,
+#: ``lease.grace: 2s``, ``heartbeat_interval: 2s``), i.e. what a default broker would have written
+LAYOUT_FALLBACKS: dict[str, float] = {"max_concurrency": 1, "identify_window": 5.0, "lease_ttl": 10.0,
+                                      "lease_grace": 2.0, "heartbeat_interval": 2.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,19 +170,36 @@ class LayoutRecord:
     updated_at: float | None = field(default=None, compare=False)
 
     @classmethod
-    def from_hash(cls, data: Mapping[str, Any], *, key: str = "layout") -> LayoutRecord:
-        """Parse and check the hash; :class:`RecordError` names the key and the first bad field."""
+    def from_hash(cls, data: Mapping[str, Any], *, key: str = "layout",
+                  only: tuple[str, ...] | None = None) -> LayoutRecord:
+        """Parse and check the hash; :class:`RecordError` names the key and the first bad field.
+
+        ``only`` (e.g. :data:`GEOMETRY_FIELDS`, :data:`ROUTING_FIELDS`): check just those fields, for a reader
+        that needs no more; any other field that would fail its check reads as its :data:`LAYOUT_FALLBACKS`
+        value, ``cluster_count`` (unless checked) is derived from the shards, and the checks across fields are
+        skipped."""
+        checked = frozenset(_INTS + _FLOATS if only is None else only)
         values: dict[str, Any] = {}
-        for name in _INTS:
-            top = MAX_CONCURRENCY if name == "max_concurrency" else MAX_SHARDS
-            values[name] = parse_int(data.get(name), key=key, field=name, minimum=1, maximum=top)
-        for name in _FLOATS:
-            values[name] = parse_float(data.get(name), key=key, field=name,
-                                       positive=name != "lease_grace")
+        for name in (*_INTS, *_FLOATS):
+            try:
+                if name in _INTS:
+                    top = MAX_CONCURRENCY if name == "max_concurrency" else MAX_SHARDS
+                    values[name] = parse_int(data.get(name), key=key, field=name, minimum=1, maximum=top)
+                else:
+                    values[name] = parse_float(data.get(name), key=key, field=name, positive=name != "lease_grace")
+            except RecordError:
+                if name in checked:
+                    raise
+                if name in LAYOUT_FALLBACKS:
+                    fallback = LAYOUT_FALLBACKS[name]
+                    values[name] = int(fallback) if name in _INTS else float(fallback)
+        if "cluster_count" not in values or "cluster_count" not in checked:
+            values["cluster_count"] = -(-values["shard_count"] // values["shards_per_cluster"])
         values["allow_eval"] = data.get("allow_eval") == "1"
-        stamp = data.get("updated_at")
-        values["updated_at"] = lenient_float(stamp)
+        values["updated_at"] = lenient_float(data.get("updated_at"))
         record = cls(**values)
+        if only is not None:
+            return record
         clusters = -(-record.shard_count // record.shards_per_cluster)
         if record.cluster_count != clusters:
             raise RecordError(key, "cluster_count", f"must be {clusters} for {record.shard_count} shards in "
@@ -179,6 +208,22 @@ class LayoutRecord:
             raise RecordError(key, "heartbeat_interval", f"must be less than lease_ttl ({record.lease_ttl:g}s), "
                               f"found {record.heartbeat_interval:g}")
         return record
+
+    @classmethod
+    def of_geometry(cls, shard_count: int, shards_per_cluster: int) -> LayoutRecord:
+        """A record of this geometry (positive integers) whose other fields are their :data:`LAYOUT_FALLBACKS`."""
+        return cls.from_hash({"shard_count": shard_count, "shards_per_cluster": shards_per_cluster},
+                             only=GEOMETRY_FIELDS)
+
+    @classmethod
+    def for_display(cls, data: Mapping[str, Any]) -> LayoutRecord | None:
+        """Read leniently for display: ``None`` without a usable shard count and cluster size; every other field
+        falls back to :data:`LAYOUT_FALLBACKS`, and the cluster count is derived from the shards, so a hand-edited
+        ``cluster_count`` cannot make a reader walk a billion clusters."""
+        shards, per = lenient_int(data.get("shard_count")), lenient_int(data.get("shards_per_cluster"))
+        if not shards or not per or not 0 < shards <= MAX_SHARDS or not 0 < per <= MAX_SHARDS:
+            return None
+        return cls.from_hash({**data, "shard_count": shards, "shards_per_cluster": per}, only=GEOMETRY_FIELDS)
 
     def to_hash(self) -> dict[str, str]:
         """The hash the broker writes (every value a string)."""
@@ -198,11 +243,87 @@ class LayoutRecord:
         """``(shard_count, shards_per_cluster)``: what fixes each cluster's shard range."""
         return self.shard_count, self.shards_per_cluster
 
+    @property
+    def cluster_ids(self) -> range:
+        """Every cluster id of the layout, ascending."""
+        return range(self.cluster_count)
+
     def shards_of(self, cluster_id: int) -> tuple[int, ...]:
         """The contiguous block of shards of ``cluster_id`` (empty when outside the layout)."""
+        if cluster_id < 0:
+            return ()
         start = cluster_id * self.shards_per_cluster
         return tuple(range(start, min(start + self.shards_per_cluster, self.shard_count)))
 
     def cluster_of_guild(self, guild_id: int) -> int:
         """The cluster running the shard Discord routes ``guild_id`` to."""
         return ((guild_id >> 22) % self.shard_count) // self.shards_per_cluster
+
+
+#: Lua: ``grant_json(host, epoch)``, the :meth:`Grant.to_json` text written by the broker's scripts, and
+#: ``grant_names(raw, host, epoch)``, whether an assignment field names ``host`` at ``epoch`` (anything unreadable
+#: names nobody). Both are pasted into every script that writes or checks a grant.
+GRANT_LUA = """
+local function grant_json(host, epoch)
+  return '{"host": ' .. cjson.encode(host) .. ', "epoch": ' .. string.format('%d', tonumber(epoch)) .. '}'
+end
+local function grant_names(raw, host, epoch)
+  if not raw then return false end
+  local ok, v = pcall(cjson.decode, raw)
+  return ok and type(v) == 'table' and type(v.host) == 'string' and v.host == host
+         and tonumber(v.epoch) == tonumber(epoch)
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One field of ``{ns}:assignment``: cluster id -> JSON ``{"host": id, "epoch": n}``. Written only by the
+    leader broker (:meth:`to_json`, or :data:`GRANT_LUA`'s ``grant_json`` inside its scripts); read by the
+    broker, the supervisors, the cluster processes and the status readers with :meth:`from_json`."""
+
+    host: str
+    epoch: int
+
+    def to_json(self) -> str:
+        """The field value."""
+        return json.dumps({"host": self.host, "epoch": self.epoch})
+
+    @classmethod
+    def from_json(cls, raw: Any, *, key: str = "assignment", field: str = "?") -> Grant:
+        """Parse one field value; :class:`RecordError` names ``key``, the cluster ``field`` and what is wrong."""
+        try:
+            data = json.loads(raw)
+        except (TypeError, ValueError):
+            raise RecordError(key, field, f"is not JSON: {_shown(raw)}") from None
+        return cls.from_data(data, key=key, field=field)
+
+    @classmethod
+    def from_data(cls, data: Any, *, key: str = "assignment", field: str = "?") -> Grant:
+        """:meth:`from_json` of a value already decoded from JSON (a reader that unpacks many at once)."""
+        if not isinstance(data, dict):
+            raise RecordError(key, field, f"must be a JSON object, found {_shown(json.dumps(data))}")
+        host, epoch = data.get("host"), data.get("epoch")
+        if not isinstance(host, str) or not host:
+            raise RecordError(key, field, f"needs a host name, found {host!r}")
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise RecordError(key, field, f"epoch must be an integer, found {epoch!r}")
+        return cls(host, parse_int(epoch, key=key, field=field))
+
+    @classmethod
+    def parse_all(cls, data: Mapping[Any, Any], *, key: str = "assignment") -> tuple[dict[int, Grant],
+                                                                                  list[RecordError]]:
+        """Every readable grant of ``HGETALL {ns}:assignment`` by cluster id, and the problems of the others."""
+        grants: dict[int, Grant] = {}
+        problems: list[RecordError] = []
+        for cid, raw in data.items():
+            try:
+                grants[parse_int(cid, key=key, field=str(cid), maximum=MAX_SHARDS)] = cls.from_json(
+                    raw, key=key, field=str(cid))
+            except RecordError as exc:
+                problems.append(exc)
+        return grants, problems
+
+    def names(self, host: str, epoch: int) -> bool:
+        """Does this grant give the cluster to ``host`` at ``epoch``?"""
+        return self.host == host and self.epoch == epoch

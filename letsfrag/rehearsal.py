@@ -31,6 +31,7 @@ from .errors import LetsfragError
 from .events import Event
 from .launcher import NAME as LAUNCHER_NAME
 from .lifeline import Lifeline
+from .records import Grant
 from .redis_server import RedisServer
 
 #: the demo bot every rehearsal host runs unless told otherwise (``examples/bot.py``, shipped in the package)
@@ -346,8 +347,8 @@ class Rehearsal:
         finally:
             if own:
                 client.close()
-        grants = {int(cid): json.loads(value) for cid, value in raw.items()}
-        return {cid: (str(grant["host"]), int(grant["epoch"])) for cid, grant in grants.items()}
+        grants, _ = Grant.parse_all(raw, key=f"{self.settings.namespace}:assignment")
+        return {cid: (grant.host, grant.epoch) for cid, grant in grants.items()}
 
     def redis_client(self) -> Any:
         """A synchronous redis-py client of the deployment's Redis (close it after use)."""

@@ -27,38 +27,22 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .bus import Bus, Result
 from .errors import BusError, LetsfragError, RecordError
 from .protocol import MessageType
-from .records import MAX_SHARDS, parse_int
+from .records import ROUTING_FIELDS, LayoutRecord
 
 if TYPE_CHECKING:
     from .config import RedisSettings
 
-__all__ = ["Layout", "RpcCaller", "RpcClient", "cluster_node"]
+__all__ = ["RpcCaller", "RpcClient", "cluster_node"]
 
 
 def cluster_node(cluster_id: int) -> str:
     """The bus node id (reply sender) of a cluster."""
     return f"cluster:{cluster_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """What a caller needs from ``{ns}:layout``."""
-
-    shard_count: int
-    shards_per_cluster: int
-    cluster_count: int
-    #: the broker's ``allow_eval`` (``broadcast_eval`` is refused without it)
-    allow_eval: bool = False
-
-    def cluster_of_guild(self, guild_id: int) -> int:
-        """The cluster running the shard Discord routes ``guild_id`` to."""
-        return ((guild_id >> 22) % self.shard_count) // self.shards_per_cluster
 
 
 class RpcCaller:
@@ -68,23 +52,19 @@ class RpcCaller:
         self.bus = bus
         self.allow_eval = allow_eval
         self._signing = bus.codec.signing if signing is None else signing
-        self._layout: Layout | None = None
+        self._layout: LayoutRecord | None = None
 
-    async def layout(self, *, refresh: bool = False) -> Layout:
+    async def layout(self, *, refresh: bool = False) -> LayoutRecord:
         """The deployment's layout (cached; ``refresh`` re-reads ``{ns}:layout``)."""
         if self._layout is None or refresh:
             raw: Any = await self.bus.redis.hgetall(self.bus.keys.layout)  # type: ignore[misc]
             key = self.bus.keys.layout
             try:
-                values = [parse_int(raw.get(name), key=key, field=name, minimum=1, maximum=MAX_SHARDS)
-                          for name in ("shard_count", "shards_per_cluster", "cluster_count")]
+                self._layout = LayoutRecord.from_hash(raw, key=key, only=ROUTING_FIELDS)
             except RecordError as exc:
                 raise BusError(
                     f"no usable layout: {exc}: is a broker running for namespace {self.bus.keys.ns!r}?"
                 ) from exc
-            shard_count, shards_per_cluster, cluster_count = values
-            layout = Layout(shard_count, shards_per_cluster, cluster_count, allow_eval=raw.get("allow_eval") == "1")
-            self._layout = layout
         return self._layout
 
     async def _expected(self) -> list[str]:

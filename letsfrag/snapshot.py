@@ -31,7 +31,7 @@ from .handover import (
 from .keys import Keys
 from .records import (
     CLOCK_OFFSET_WARN,
-    MAX_SHARDS,
+    Grant,
     LayoutRecord,
     clock_skew_text,
     lenient_float,
@@ -45,7 +45,7 @@ from .units import format_shard_range
 
 __all__ = [
     "HANDOVER_STATES", "RUNNING_STATES", "SCHEMA_VERSION", "ClusterDetail", "ClusterRow", "HandoverInfo", "HostRow",
-    "Layout", "LeaderInfo", "ShardRow", "Snapshot", "count_errors", "format_range", "operation_text",
+    "LeaderInfo", "ShardRow", "Snapshot", "count_errors", "format_range", "operation_text",
     "read_cluster_detail", "read_snapshot",
 ]
 
@@ -74,37 +74,13 @@ def _age(now: float, ts: float | None) -> float | None:
     return None if ts is None else max(0.0, now - ts)
 
 
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """``{ns}:layout``: how shards are split into clusters, and the timing everyone uses."""
+#: the ``layout`` object of ``status --json`` (docs/status.md): the record's fields but ``allow_eval``
+_LAYOUT_JSON = ("shard_count", "shards_per_cluster", "cluster_count", "max_concurrency", "identify_window", "lease_ttl",
+                "lease_grace", "heartbeat_interval", "updated_at")
 
-    shard_count: int
-    shards_per_cluster: int
-    cluster_count: int
-    max_concurrency: int = 1
-    identify_window: float = 5.0
-    lease_ttl: float = 10.0
-    lease_grace: float = 2.0
-    heartbeat_interval: float = 2.0
-    updated_at: float | None = None
 
-    @classmethod
-    def from_hash(cls, data: dict[str, str]) -> Layout | None:
-        """Read leniently for display (``None`` without a usable shard count); the cluster count is derived
-        from the shards, so a hand-edited ``cluster_count`` cannot make a reader walk a billion clusters."""
-        shards, per = _int(data.get("shard_count")), _int(data.get("shards_per_cluster"))
-        if not shards or not per or not 0 < shards <= MAX_SHARDS or not 0 < per <= MAX_SHARDS:
-            return None
-        count = -(-shards // per)
-        return cls(shards, per, count, _int(data.get("max_concurrency")) or 1,
-                   _float(data.get("identify_window")) or 5.0, _float(data.get("lease_ttl")) or 10.0,
-                   _float(data.get("lease_grace")) or 0.0, _float(data.get("heartbeat_interval")) or 2.0,
-                   _float(data.get("updated_at")))
-
-    def shard_ids(self, cluster_id: int) -> range:
-        """The contiguous block of shards of ``cluster_id``."""
-        first = cluster_id * self.shards_per_cluster
-        return range(first, min(first + self.shards_per_cluster, self.shard_count))
+def _layout_json(layout: LayoutRecord | None) -> dict[str, Any] | None:
+    return {name: getattr(layout, name) for name in _LAYOUT_JSON} if layout else None
 
 
 def format_range(shards: range | list[int]) -> str:
@@ -285,7 +261,7 @@ class Snapshot:
 
     namespace: str
     taken_at: float
-    layout: Layout | None
+    layout: LayoutRecord | None
     leader: LeaderInfo
     hosts: list[HostRow]
     clusters: list[ClusterRow]
@@ -343,7 +319,7 @@ class Snapshot:
             "namespace": self.namespace,
             "taken_at": round(self.taken_at, 3),
             "summary": self.summary(),
-            "layout": asdict(self.layout) if self.layout else None,
+            "layout": _layout_json(self.layout),
             "leader": asdict(self.leader),
             "hosts": [asdict(h) for h in self.hosts],
             "clusters": clusters,
@@ -360,12 +336,21 @@ def count_errors(events: list[Event], now: float, window: float = ERROR_WINDOW) 
     return sum(1 for e in events if e.severity is Severity.ERROR and now - e.ts <= window)
 
 
-def _claim_host(claim: Any) -> str | None:
-    host = claim.get("host") if isinstance(claim, dict) else None
-    return host if isinstance(host, str) else None
+def _host_of(grant: Grant | None) -> str:
+    return grant.host if grant else ""
 
 
-def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: Layout | None, clusters: list[int],
+def _grant(raw: str | None, keys: Keys, cluster_id: int) -> Grant | None:
+    """The cluster's grant (``None``: unassigned or unreadable, shown as unassigned)."""
+    if raw is None:
+        return None
+    try:
+        return Grant.from_json(raw, key=keys.assignment, field=str(cluster_id))
+    except RecordError:
+        return None
+
+
+def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: LayoutRecord | None, clusters: list[int],
               now: float) -> HostRow:
     offset = _float(data.get("clock_offset"))
     now = now + (offset or 0.0)  # the host's timestamps are on its own clock
@@ -378,7 +363,7 @@ def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: Layout | No
         bad_running = []
     except RecordError:
         running, bad_running = {}, ["running"]
-    shards = sum(len(layout.shard_ids(c)) for c in clusters) if layout else 0
+    shards = sum(len(layout.shards_of(c)) for c in clusters) if layout else 0
     invalid = [name for name in _HOST_NUMBERS if data.get(name) not in (None, "") and _float(data.get(name)) is None]
     invalid += bad_running
     try:
@@ -451,14 +436,13 @@ def _listed_shards(text: Any) -> tuple[int, ...] | None:
     return ids
 
 
-def _cluster_row(cid: int, claim: Any, status: dict[str, str], shards_raw: dict[str, Any] | int,
-                 layout: Layout | None, now: float) -> ClusterRow:
-    """Join one cluster's claim, status and shard reports (a dict of reports, or only their READY count)."""
-    host = _claim_host(claim)
-    epoch = _int(claim.get("epoch")) if isinstance(claim, dict) else None
+def _cluster_row(cid: int, grant: Grant | None, status: dict[str, str], shards_raw: dict[str, Any] | int,
+                 layout: LayoutRecord | None, now: float) -> ClusterRow:
+    """Join one cluster's grant, status and shard reports (a dict of reports, or only their READY count)."""
+    host, epoch = (grant.host, grant.epoch) if grant else (None, None)
     state = (status.get("state") or "pending") if host else "unassigned"
     listed = _listed_shards(status.get("shard_ids"))
-    ids = list(listed) if listed is not None else list(layout.shard_ids(cid)) if layout else []
+    ids = list(listed) if listed is not None else list(layout.shards_of(cid)) if layout else []
     interval = layout.heartbeat_interval if layout else 2.0
     beat_age = _age(now, _float(status.get("last_heartbeat")))
     if state in RUNNING_STATES and beat_age is not None and beat_age > STALE_AFTER_INTERVALS * interval:
@@ -510,13 +494,13 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
     pipe.xrevrange(keys.events, min=f"({events_after}" if events_after else "-", count=events)
     pipe.hgetall(keys.identify("budget"))
     pipe.hgetall(keys.handover)
-    (layout_raw, members, leader_id, broker, entries, budget_raw, handover_raw), claims = await asyncio.gather(
+    (layout_raw, members, leader_id, broker, entries, budget_raw, handover_raw), grants = await asyncio.gather(
         pipe.execute(), read_assignment(redis, keys))
-    layout = Layout.from_hash(layout_raw or {})
+    layout = LayoutRecord.for_display(layout_raw or {})
 
-    cluster_ids = sorted(set(range(layout.cluster_count) if layout else ()) | claims.keys())
+    cluster_ids = sorted(set(range(layout.cluster_count) if layout else ()) | grants.keys())
     host_ids = set(members or ())
-    host_ids.update(c["host"] for c in claims.values() if isinstance(c, dict) and isinstance(c.get("host"), str))
+    host_ids.update(grant.host for grant in grants.values() if grant)
     handovers, handover_problems = HandoverRecord.parse_all(handover_raw or {}, key=keys.handover)
     host_ids.update(r.host for r in handovers.values())
     hosts_sorted = sorted(host_ids)
@@ -529,16 +513,16 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
         pipe.execute(), read_hosts(redis, keys, hosts_sorted), read_clusters(redis, keys, cluster_ids, shards))
 
     by_host: dict[str, list[int]] = {h: [] for h in hosts_sorted}
-    for cid, claim in sorted(claims.items()):
-        if isinstance(claim, dict) and claim.get("host") in by_host:
-            by_host[claim["host"]].append(cid)
+    for cid, grant in sorted(grants.items()):
+        if grant and grant.host in by_host:
+            by_host[grant.host].append(cid)
     hosts = [_host_row(h, data, pttl, layout, by_host[h], now)
              for h, (data, pttl) in zip(hosts_sorted, host_data, strict=True)]
     # a host's timestamps are read on its own clock: ``now`` there is ``now + its offset to Redis TIME``
     offsets = {h.id: h.clock_offset for h in hosts if h.clock_offset is not None}
     depth = sum(int(n or 0) for n in depths)
-    clusters = [_cluster_row(cid, claims.get(cid), status, shard_map, layout,
-                             now + offsets.get(_claim_host(claims.get(cid)) or "", 0.0))
+    clusters = [_cluster_row(cid, grants.get(cid), status, shard_map, layout,
+                             now + offsets.get(_host_of(grants.get(cid)), 0.0))
                 for cid, (status, shard_map) in zip(cluster_ids, packed, strict=True)]
     reports = {h: _successor_reports(h, data) for h, (data, _) in zip(hosts_sorted, host_data, strict=True)}
     for row, (status, _) in zip(clusters, packed, strict=True):
@@ -625,9 +609,9 @@ async def read_cluster_detail(redis: aioredis.Redis, keys: Keys, cluster_id: int
     pipe.lrange(keys.cluster_restarts(cluster_id), 0, 49)
     pipe.lrange(keys.cluster_metrics(cluster_id), 0, 119)
     pipe.hget(keys.handover, str(cluster_id))
-    layout_raw, claim, status, shards, errors, restarts, metrics, handover_raw = await pipe.execute()
-    layout = Layout.from_hash(layout_raw or {})
-    row = _cluster_row(cluster_id, _json(claim), status or {}, shards or {}, layout, now)
+    layout_raw, grant_raw, status, shards, errors, restarts, metrics, handover_raw = await pipe.execute()
+    layout = LayoutRecord.for_display(layout_raw or {})
+    row = _cluster_row(cluster_id, _grant(grant_raw, keys, cluster_id), status or {}, shards or {}, layout, now)
     if handover_raw:
         try:
             record = HandoverRecord.from_json(cluster_id, handover_raw, key=keys.handover)

@@ -13,7 +13,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from .errors import RecordError
 from .keys import Keys
+from .records import Grant
 
 
 def parse_json(value: Any) -> Any:
@@ -149,14 +151,21 @@ async def read_hosts(redis: aioredis.Redis, keys: Keys, host_ids: list[str]) -> 
     return [(plain[2 * i] or {}, plain[2 * i + 1]) for i in range(len(host_ids))]
 
 
-async def read_assignment(redis: aioredis.Redis, keys: Keys) -> dict[int, Any]:
-    """cluster id -> claim (parsed JSON, None when unparsable) from the assignment hash."""
+async def read_assignment(redis: aioredis.Redis, keys: Keys) -> dict[int, Grant | None]:
+    """cluster id -> its :class:`~letsfrag.records.Grant` (``None`` when unreadable) from the assignment hash."""
     try:
         blob = await redis.register_script(_PACK_ASSIGNMENT_LUA)(keys=[keys.assignment])
     except ResponseError:
         blob = None
     packed = parse_json(blob) if isinstance(blob, str) else None
     if isinstance(packed, dict):
-        return {int(k): v for k, v in packed.items() if str(k).isdigit()}
+        return {int(k): _grant(v) for k, v in packed.items() if str(k).isdigit()}
     raw = await redis.hgetall(keys.assignment)  # type: ignore[misc]
-    return {int(k): parse_json(v) for k, v in (raw or {}).items() if str(k).isdigit()}
+    return {int(k): _grant(parse_json(v)) for k, v in (raw or {}).items() if str(k).isdigit()}
+
+
+def _grant(data: Any) -> Grant | None:
+    try:
+        return Grant.from_data(data)
+    except RecordError:
+        return None

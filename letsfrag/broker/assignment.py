@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import pairwise
 
+from ..records import LayoutRecord
 from ..units import format_shard_range
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "HostView",
     "Plan",
     "cluster_of_shard",
+    "cluster_specs",
     "compute_layout",
     "is_balanced",
     "plan_assignment",
@@ -55,10 +57,12 @@ def compute_layout(shard_count: int, shards_per_cluster: int) -> list[ClusterSpe
     """Split ``shard_count`` shards into contiguous clusters of ``shards_per_cluster``; the last may be shorter."""
     _require_positive("shard_count", shard_count)
     _require_positive("shards_per_cluster", shards_per_cluster)
-    return [
-        ClusterSpec(id=index, shard_ids=tuple(range(start, min(start + shards_per_cluster, shard_count))))
-        for index, start in enumerate(range(0, shard_count, shards_per_cluster))
-    ]
+    return cluster_specs(LayoutRecord.of_geometry(shard_count, shards_per_cluster))
+
+
+def cluster_specs(layout: LayoutRecord) -> list[ClusterSpec]:
+    """Every cluster of ``layout`` with its shards (:meth:`LayoutRecord.shards_of`), by id."""
+    return [ClusterSpec(id=cid, shard_ids=layout.shards_of(cid)) for cid in layout.cluster_ids]
 
 
 def round_shard_count(recommended: int, max_concurrency: int) -> int:

@@ -36,10 +36,11 @@ from letsfrag.logs import register_secrets_in, set_log_context
 from letsfrag.loops import supervised
 from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
+from letsfrag.records import LayoutRecord
 
-from .assignment import ClusterSpec
+from .assignment import ClusterSpec, cluster_specs
 from .commands import CommandHandler
-from .layout import GatewayBot, Layout, fetch_gateway_bot, resolve_layout
+from .layout import GatewayBot, fetch_gateway_bot, resolve_layout
 from .leader import LeaderLock, Term
 from .metrics import BrokerMetrics
 from .reconcile import Reconciler
@@ -85,7 +86,7 @@ class ClusterBroker:
         self.lock = LeaderLock(self.bus.redis, self.keys, self.broker_id, config.leader_ttl)
         self.interval = min(config.heartbeat_interval, config.leader_ttl / 3)
         self._callbacks: dict[str, list[Callable[..., Any]]] = {name: [] for name in CALLBACKS}
-        self._layout: Layout | None = None
+        self._layout: LayoutRecord | None = None
         self._reconciler: Reconciler | None = None
         self._commands: CommandHandler | None = None
         self._budget: GatewayBot | None = None
@@ -119,7 +120,7 @@ class ClusterBroker:
     @property
     def layout(self) -> list[ClusterSpec]:
         """The clusters (empty before :meth:`start`)."""
-        return list(self._layout.clusters) if self._layout else []
+        return cluster_specs(self._layout) if self._layout else []
 
     @property
     def assignment(self) -> dict[int, str | None]:
@@ -179,7 +180,7 @@ class ClusterBroker:
                               "no secret is configured: bus messages are unsigned and anyone with access to "
                               "Redis can control this deployment (set `secret`)")
         log.info("broker %s: %d shards in %d clusters of %d, max_concurrency %d", self.broker_id,
-                 self._layout.shard_count, len(self._layout.clusters), self._layout.shards_per_cluster,
+                 self._layout.shard_count, self._layout.cluster_count, self._layout.shards_per_cluster,
                  self._layout.max_concurrency)
         self._loop_task = asyncio.create_task(
             supervised("broker tick loop", self._run, logger=log, on_crash=self._on_crash),

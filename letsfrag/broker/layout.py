@@ -1,4 +1,5 @@
-"""The broker's layout: how many shards, how many IDENTIFY buckets, and the clusters they form.
+"""The broker's layout: how many shards, how many IDENTIFY buckets, and the clusters they form — resolved from
+its config into the :class:`~letsfrag.records.LayoutRecord` it writes to ``{ns}:layout``.
 
 ``shards`` and ``max_concurrency`` are either numbers (used as they are) or ``auto``: then the broker asks
 Discord (``GET {api_url}/gateway/bot`` with ``Authorization: Bot <token>``) and rounds the recommended shard
@@ -13,10 +14,11 @@ from typing import Any
 
 from letsfrag.config import BrokerConfig
 from letsfrag.errors import DiscordSetupError
+from letsfrag.records import LayoutRecord
 
-from .assignment import ClusterSpec, compute_layout, round_shard_count
+from .assignment import round_shard_count
 
-__all__ = ["DEFAULT_API_URL", "GatewayBot", "Layout", "fetch_gateway_bot", "resolve_layout"]
+__all__ = ["DEFAULT_API_URL", "GatewayBot", "fetch_gateway_bot", "resolve_layout"]
 
 DEFAULT_API_URL = "https://discord.com/api/v10"
 
@@ -30,21 +32,6 @@ class GatewayBot:
     remaining: int
     reset_after: float  # seconds
     max_concurrency: int
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """The resolved layout written to ``{ns}:layout``."""
-
-    shard_count: int
-    shards_per_cluster: int
-    max_concurrency: int
-    clusters: tuple[ClusterSpec, ...]
-
-    @property
-    def cluster_ids(self) -> list[int]:
-        """Every cluster id, ascending."""
-        return [c.id for c in self.clusters]
 
 
 def _int_field(data: dict[str, Any], name: str, where: str) -> int:
@@ -104,8 +91,9 @@ async def fetch_gateway_bot(api_url: str | None, token: str, *, timeout: float =
     return _parse_gateway_bot(body, where)
 
 
-async def resolve_layout(config: BrokerConfig, *, timeout: float = 10.0) -> tuple[Layout, GatewayBot | None]:
-    """The layout of ``config``; asks Discord only when ``shards`` or ``max_concurrency`` is ``auto``.
+async def resolve_layout(config: BrokerConfig, *, timeout: float = 10.0) -> tuple[LayoutRecord, GatewayBot | None]:
+    """The layout record of ``config`` (``updated_at`` unset: the writer stamps it); asks Discord only when
+    ``shards`` or ``max_concurrency`` is ``auto``.
 
     Returns the layout and the ``/gateway/bot`` answer when one was fetched (else ``None``).
     """
@@ -122,5 +110,9 @@ async def resolve_layout(config: BrokerConfig, *, timeout: float = 10.0) -> tupl
         shards = round_shard_count(info.shards, concurrency)
     else:
         shards = int(config.shards)
-    clusters = tuple(compute_layout(shards, config.shards_per_cluster))
-    return Layout(shards, config.shards_per_cluster, concurrency, clusters), info
+    per = config.shards_per_cluster
+    return LayoutRecord(
+        shard_count=shards, shards_per_cluster=per, cluster_count=-(-shards // per), max_concurrency=concurrency,
+        identify_window=float(config.identify_window), lease_ttl=float(config.lease.ttl),
+        lease_grace=float(config.lease.grace), heartbeat_interval=float(config.heartbeat_interval),
+        allow_eval=config.allow_eval), info

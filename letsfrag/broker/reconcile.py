@@ -14,6 +14,7 @@ change (a lost host, a cluster over capacity), still revokes first and grants af
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -23,16 +24,15 @@ from letsfrag.clock import Clock
 from letsfrag.config import BrokerConfig
 from letsfrag.events import Severity
 from letsfrag.handover import HANDOFF_BLOCKED_FIELD, OPERATION_FIELD, HandoverReason, HandoverRecord
-from letsfrag.records import LayoutRecord
+from letsfrag.records import Grant, LayoutRecord
 
 from .assignment import plan_assignment, plan_rebalance_step
 from .handovers import Action, Handovers, budget_refusal, slot_refusal
 from .handovers import HostFacts as HandoverFacts
-from .layout import Layout
 from .membership import HostObservation, Membership, Transition, Verdict
 from .moves import HostFacts, Move, Moves, pick_drain_move, planning_views
 from .reshard import BudgetView, CurrentLayout, HostRoom, ReshardPlan, ReshardRefusal, plan_reshard
-from .store import Grant, HostRecord, Snapshot, Store
+from .store import HostRecord, Snapshot, Store
 
 __all__ = ["Outcome", "Reconciler"]
 
@@ -69,7 +69,7 @@ class Reconciler:
 
     ``handover_timeout``: seconds a successor has to become ready before the handover is rolled back."""
 
-    def __init__(self, config: BrokerConfig, layout: Layout, store: Store, *, event: EventSink, fire: Fire,
+    def __init__(self, config: BrokerConfig, layout: LayoutRecord, store: Store, *, event: EventSink, fire: Fire,
                  notify: Notify, move_timeout: float, clock: Clock, handover_timeout: float = 120.0) -> None:
         self.config = config
         self.clock = clock
@@ -155,12 +155,7 @@ class Reconciler:
 
     def layout_record(self) -> LayoutRecord:
         """The ``{ns}:layout`` record of this broker's config (the one every host must use)."""
-        c, lay = self.config, self.layout
-        return LayoutRecord(
-            shard_count=lay.shard_count, shards_per_cluster=lay.shards_per_cluster, cluster_count=len(lay.clusters),
-            max_concurrency=lay.max_concurrency, identify_window=float(c.identify_window),
-            lease_ttl=float(c.lease.ttl), lease_grace=float(c.lease.grace),
-            heartbeat_interval=float(c.heartbeat_interval), allow_eval=c.allow_eval, updated_at=self.clock.time())
+        return dataclasses.replace(self.layout, updated_at=self.clock.time())
 
     async def _write_layout(self) -> None:
         fields = dict(self.layout_record().to_hash())
@@ -441,8 +436,7 @@ class Reconciler:
                           "it stops them itself (lossy)", host=host)
 
     def _budget_refusal(self, cluster: int) -> str | None:
-        spec = next((c for c in self.layout.clusters if c.id == cluster), None)
-        shards = len(spec.shard_ids) if spec is not None else 0
+        shards = len(self.layout.shards_of(cluster))
         return budget_refusal(cluster, shards, total=self.budget_total, remaining=self.budget_remaining,
                               reserve_fraction=float(self.config.identify_reserve))
 
@@ -589,7 +583,7 @@ class Reconciler:
             grant = self.assignment.get(cluster)
             if cluster not in self.layout.cluster_ids:
                 self._refuse(serial, cluster, "refused", f"cluster {cluster} is not in the layout "
-                             f"(clusters 0-{len(self.layout.clusters) - 1})")
+                             f"(clusters 0-{self.layout.cluster_count - 1})")
                 continue
             if grant is None:
                 self._refuse(serial, cluster, "refused", f"cluster {cluster} is not assigned to any host")
@@ -764,7 +758,7 @@ class Reconciler:
     async def _check_ready(self) -> None:
         if not self.ready and all(c in self.assignment for c in self.layout.cluster_ids):
             self.ready = True
-            await self._event(Severity.INFO, "ready", f"all {len(self.layout.clusters)} clusters are assigned")
+            await self._event(Severity.INFO, "ready", f"all {self.layout.cluster_count} clusters are assigned")
             self._fire("ready")
 
     async def _report_unassigned(self, unassigned: list[int]) -> None:

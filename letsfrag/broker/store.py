@@ -7,7 +7,6 @@ not noticed yet. A grant is one script (``INCR`` epoch + ``HSET`` assignment), s
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,9 +18,9 @@ from redis.exceptions import ResponseError
 from letsfrag.errors import LetsfragError, RecordError
 from letsfrag.handover import SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, parse_successors
 from letsfrag.keys import Keys
-from letsfrag.records import LayoutRecord, parse_epoch, parse_int, parse_running
+from letsfrag.records import GRANT_LUA, Grant, LayoutRecord, parse_epoch, parse_int, parse_running
 
-__all__ = ["Grant", "HostRecord", "NotLeader", "RedisDataError", "Snapshot", "Store"]
+__all__ = ["HostRecord", "NotLeader", "RedisDataError", "Snapshot", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +36,6 @@ class RedisDataError(LetsfragError):
     def __init__(self, key: str, detail: str) -> None:
         self.key = key
         super().__init__(f"Redis refused a write to {key}: {detail}")
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """One field of ``{ns}:assignment``."""
-
-    host: str
-    epoch: int
-
-    def to_json(self) -> str:
-        return json.dumps({"host": self.host, "epoch": self.epoch})
 
 
 @dataclass(slots=True)
@@ -110,17 +98,11 @@ class Snapshot:
             f"{name} ({getattr(found, name)!r}, expected {getattr(expected, name)!r})" for name in changed)
 
 
-def _parse_grant(key: str, cid: str, raw: str) -> tuple[int, Grant] | None:
-    try:
-        data = json.loads(raw)
-        epoch = data["epoch"]
-        if isinstance(epoch, bool) or not isinstance(epoch, int):
-            raise TypeError(f"epoch {epoch!r} is not an integer")
-        return (parse_int(cid, key=key, field=cid, maximum=1_000_000),
-                Grant(str(data["host"]), parse_int(epoch, key=key, field=cid)))
-    except (ValueError, KeyError, TypeError):
-        log.warning("ignoring a malformed assignment field %s %r = %r", key, cid, raw[:80])
-        return None
+def _parse_assignment(key: str, data: dict[str, str]) -> dict[int, Grant]:
+    grants, problems = Grant.parse_all(data, key=key)
+    for problem in problems:
+        log.warning("ignoring a malformed assignment field: %s", problem)
+    return grants
 
 
 def _budget_int(raw: Any) -> int | None:
@@ -169,18 +151,18 @@ _EPOCH_OF = """
 local function epoch_of(key)
   local v = redis.call('GET', key)
   if not v then return 0 end
-  if string.match(v, '^%d+$') and #v <= 15 then return tonumber(v) end
+  if string.match(v, '^%d+$') and #v <= 14 then return tonumber(v) end
   return nil
 end
 """
 
-_GRANT = _GUARD + _EPOCH_OF + """
+_GRANT = _GUARD + _EPOCH_OF + GRANT_LUA + """
 local floor = tonumber(ARGV[4])
 local cur = epoch_of(KEYS[2])
 if cur == nil or cur < floor then cur = floor end
 local e = cur + 1
 redis.call('SET', KEYS[2], e)
-redis.call('HSET', KEYS[3], ARGV[2], '{"host": ' .. cjson.encode(ARGV[3]) .. ', "epoch": ' .. e .. '}')
+redis.call('HSET', KEYS[3], ARGV[2], grant_json(ARGV[3], e))
 return e
 """
 
@@ -198,13 +180,11 @@ if cur == nil or cur < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]
 return 1
 """
 
-# the assignment field ARGV[n] of hash KEY names host h at epoch e (decoded leniently: any bad value is "no")
-_NAMES = """
+# the field cid of hash key (a grant, or a handover record: both have host and epoch) names host at epoch
+# (decoded leniently: any bad value is "no")
+_NAMES = GRANT_LUA + """
 local function names(key, cid, host, epoch)
-  local raw = redis.call('HGET', key, cid)
-  if not raw then return false end
-  local ok, v = pcall(cjson.decode, raw)
-  return ok and type(v) == 'table' and v.host == host and tonumber(v.epoch) == tonumber(epoch)
+  return grant_names(redis.call('HGET', key, cid), host, epoch)
 end
 local function now_s()
   local t = redis.call('TIME')
@@ -237,7 +217,7 @@ if not names(KEYS[3], ARGV[2], ARGV[3], ARGV[4]) then return 0 end
 local rec = cjson.decode(redis.call('HGET', KEYS[3], ARGV[2]))
 if rec.state ~= 'preparing' then return 0 end
 if not names(KEYS[2], ARGV[2], ARGV[5], ARGV[6]) then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], '{"host": ' .. cjson.encode(ARGV[3]) .. ', "epoch": ' .. ARGV[4] .. '}')
+redis.call('HSET', KEYS[2], ARGV[2], grant_json(ARGV[3], ARGV[4]))
 local now = now_s()
 rec.state = 'switched'
 rec.switched = now
@@ -316,8 +296,7 @@ class Store:
             host_id: _parse_host(host_id, k.host(host_id), second[2 * i] or {}, second[2 * i + 1], problems)
             for i, host_id in enumerate(host_ids)
         }
-        assignment = dict(g for cid, raw in (first[1] or {}).items()
-                          if (g := _parse_grant(k.assignment, cid, raw)) is not None)
+        assignment = _parse_assignment(k.assignment, first[1] or {})
         epoch, epoch_invalid = 0, False
         try:
             epoch = parse_epoch(first[2], key=k.epoch)

@@ -18,7 +18,6 @@ decides, and :func:`bound_undecided` turns a wait longer than its limit into a f
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -28,7 +27,7 @@ from enum import StrEnum
 from ..clock import Clock
 from ..errors import RecordError
 from ..handover import HandoverRecord, HandoverState
-from ..records import MAX_SHARDS, parse_int
+from ..records import GEOMETRY_FIELDS, Grant, LayoutRecord
 
 #: the ``{ns}:layout`` fields an ownership check reads
 LAYOUT_FIELDS = ("shard_count", "shards_per_cluster", "adopting")
@@ -63,13 +62,9 @@ def _layout_verdict(layout: Mapping[str, str | None], cluster_id: int, shard_ids
     if shard_ids is None:
         return None
     try:
-        count = parse_int(layout.get("shard_count"), key=key, field="shard_count", minimum=1, maximum=MAX_SHARDS)
-        per = parse_int(layout.get("shards_per_cluster"), key=key, field="shards_per_cluster", minimum=1,
-                        maximum=MAX_SHARDS)
+        expected = LayoutRecord.from_hash(layout, key=key, only=GEOMETRY_FIELDS).shards_of(cluster_id)
     except RecordError as exc:
         return Ownership(False, f"cannot check cluster {cluster_id}'s shards: {exc}", undecided=True)
-    start = cluster_id * per
-    expected = tuple(range(start, min(start + per, count)))
     if expected != tuple(shard_ids):
         return Ownership(False, f"{key} gives cluster {cluster_id} shards {list(expected)[:8]} but this process "
                          f"runs {list(shard_ids)[:8]}", undecided=True)
@@ -89,6 +84,7 @@ def decide_ownership(
     layout: Mapping[str, str | None] | None = None,
     shard_ids: tuple[int, ...] | None = None,
     layout_key: str = "layout",
+    assignment_key: str = "assignment",
     handover: str | None = None,
     successor: bool = False,
     handover_key: str = "handover",
@@ -113,10 +109,10 @@ def decide_ownership(
     if assignment is None:
         return Ownership(False, f"cluster {cluster_id} is no longer assigned to any host")
     try:
-        grant = json.loads(assignment)
-        granted_host, granted_epoch = str(grant["host"]), int(grant["epoch"])
-    except (ValueError, TypeError, KeyError):
-        return Ownership(False, f"cluster {cluster_id}'s assignment is unreadable: {assignment[:80]!r}")
+        grant = Grant.from_json(assignment, key=assignment_key, field=str(cluster_id))
+    except RecordError as exc:
+        return Ownership(False, f"cluster {cluster_id}'s assignment is unreadable: {exc}")
+    granted_host, granted_epoch = grant.host, grant.epoch
     lease_problem = _lease_problem(lease_value, lease_pttl_ms, host_id, incarnation)
     ttl = default_ttl if lease_pttl_ms < 0 else lease_pttl_ms / 1000.0
     if granted_host != host_id or granted_epoch != epoch:

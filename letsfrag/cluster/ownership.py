@@ -80,6 +80,7 @@ class OwnershipChecker:
             layout=dict(zip(LAYOUT_FIELDS, layout_values, strict=True)),
             shard_ids=self.shard_ids,
             layout_key=self.keys.layout,
+            assignment_key=self.keys.assignment,
             handover=handover,
             successor=self.successor,
             handover_key=self.keys.handover,

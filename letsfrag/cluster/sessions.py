@@ -33,6 +33,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from ..keys import Keys
+from ..records import GRANT_LUA
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,10 @@ CLOSED_PREFIX = "closed:"
 
 #: KEYS: sessions hash, assignment hash; ARGV: cluster id, host ('' = no owner check), epoch, ttl ms, then pairs
 #: (shard field, record JSON). Returns the number written, or -1 when the assignment does not name host/epoch.
-SAVE_SCRIPT = """
+SAVE_SCRIPT = GRANT_LUA + """
 local epoch = tonumber(ARGV[3])
-if ARGV[2] ~= '' then
-  local raw = redis.call('HGET', KEYS[2], ARGV[1])
-  if not raw then return -1 end
-  local ok, grant = pcall(cjson.decode, raw)
-  if not ok or type(grant) ~= 'table' or tostring(grant['host']) ~= ARGV[2]
-     or tonumber(grant['epoch']) ~= epoch then
-    return -1
-  end
+if ARGV[2] ~= '' and not grant_names(redis.call('HGET', KEYS[2], ARGV[1]), ARGV[2], epoch) then
+  return -1
 end
 local written = 0
 for i = 5, #ARGV, 2 do

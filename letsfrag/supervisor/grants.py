@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from letsfrag.events import Severity
 from letsfrag.handover import HandoverRecord
 from letsfrag.protocol import MessageType
+from letsfrag.records import LayoutRecord
 from letsfrag.supervisor import policy
-from letsfrag.supervisor.host import Layout
 from letsfrag.supervisor.state import FINAL_STOP_INTENTS, ClusterRecord, ClusterState, StopIntent
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class Grants:
         self.m = manager
         self._refused: tuple[int, int] | None = None
 
-    async def apply(self, layout: Layout, grants: dict[int, int],
+    async def apply(self, layout: LayoutRecord, grants: dict[int, int],
                     handovers: dict[int, HandoverRecord] | None = None) -> None:
         """Take the grants read from Redis (``{cluster id: epoch}`` naming this host) and the handover records,
         carry out the handovers (spawn, promote or roll back successors), then reconcile."""
@@ -50,7 +50,7 @@ class Grants:
         await self.reconcile()
         self.m._pulse()
 
-    def _keep_geometry(self, layout: Layout) -> Layout:
+    def _keep_geometry(self, layout: LayoutRecord) -> LayoutRecord:
         """A layout that changes the shard ranges while clusters run here is refused (the last one stays):
         two processes would run the same shard. It is reported once; it applies when nothing runs."""
         current = self.m._layout

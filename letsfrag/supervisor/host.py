@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -25,9 +24,9 @@ from letsfrag.clock import Clock
 from letsfrag.errors import BusError, RecordError
 from letsfrag.handover import HANDOFF_BLOCKED_FIELD, SUCCESSORS_FIELD, HandoverRecord
 from letsfrag.protocol import MessageType
-from letsfrag.records import LayoutRecord as Layout
+from letsfrag.records import Grant, LayoutRecord
 
-__all__ = ["HostAgent", "Layout", "fence_after", "parse_assignment"]
+__all__ = ["HostAgent", "fence_after", "parse_assignment"]
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +36,12 @@ LAYOUT_POLL = 0.05
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError, BusError)
 
 
-def parse_assignment(data: Mapping[str, str], host_id: str) -> dict[int, int]:
+def parse_assignment(data: Mapping[str, str], host_id: str, *, key: str = "assignment") -> dict[int, int]:
     """``{cluster id: epoch}`` of the grants naming ``host_id``; malformed fields are skipped (and logged)."""
-    grants: dict[int, int] = {}
-    for field, raw in data.items():
-        try:
-            cluster_id = int(field)
-            value = json.loads(raw)
-            host, epoch = value["host"], value["epoch"]
-        except (ValueError, TypeError, KeyError):
-            log.warning("ignoring malformed assignment field %r: %r", field, raw[:200] if isinstance(raw, str) else raw)
-            continue
-        if host == host_id and isinstance(epoch, int) and not isinstance(epoch, bool):
-            grants[cluster_id] = epoch
-    return grants
+    grants, problems = Grant.parse_all(data, key=key)
+    for problem in problems:
+        log.warning("ignoring malformed assignment field: %s", problem)
+    return {cid: grant.epoch for cid, grant in grants.items() if grant.host == host_id}
 
 
 def fence_after(lease_ttl: float, heartbeat_interval: float) -> float:
@@ -59,7 +50,7 @@ def fence_after(lease_ttl: float, heartbeat_interval: float) -> float:
 
 
 #: ``(layout, grants, handover records naming this host)``
-GrantsCallback = Callable[[Layout, dict[int, int], dict[int, HandoverRecord]], None]
+GrantsCallback = Callable[[LayoutRecord, dict[int, int], dict[int, HandoverRecord]], None]
 BadValueCallback = Callable[[RecordError], None]
 
 
@@ -95,7 +86,7 @@ class HostAgent:
         #: the grants last delivered (``{cluster id: epoch}``)
         self.last_grants: dict[int, int] = {}
         self.incarnation = ""
-        self.layout: Layout | None = None
+        self.layout: LayoutRecord | None = None
         self.fenced = False
         self.registered = False
         self.started_at = clock.time()
@@ -143,7 +134,7 @@ class HostAgent:
 
     # ------------------------------------------------------------------------------------- layout, register
 
-    async def wait_for_layout(self) -> Layout:
+    async def wait_for_layout(self) -> LayoutRecord:
         """Poll ``{ns}:layout`` until the broker wrote it (logging every 10 s while waiting)."""
         next_log = self.clock.monotonic()
         while True:
@@ -153,7 +144,7 @@ class HostAgent:
                     data: dict[str, str] = await self.redis.hgetall(self.keys.layout)  # type: ignore[misc,assignment]
                 if data:
                     try:
-                        self.layout = Layout.from_hash(data, key=self.keys.layout)
+                        self.layout = LayoutRecord.from_hash(data, key=self.keys.layout)
                         return self.layout
                     except RecordError as exc:
                         problem = str(exc)
@@ -260,7 +251,7 @@ class HostAgent:
             # and adopt our clusters from the record's ``running``; an empty assignment here is not a revoke.
             return
         try:
-            self.layout = Layout.from_hash(layout_hash, key=self.keys.layout)
+            self.layout = LayoutRecord.from_hash(layout_hash, key=self.keys.layout)
         except RecordError as exc:
             self._bad_layout(exc)
             if self.layout is None:
@@ -269,7 +260,7 @@ class HostAgent:
             if self.layout_problem is not None:
                 log.info("host %s: the layout %s is valid again", self.host_id, self.keys.layout)
                 self.layout_problem = None
-        grants = parse_assignment(assignment, self.host_id)
+        grants = parse_assignment(assignment, self.host_id, key=self.keys.assignment)
         if layout_hash.get("adopting"):
             # the broker is re-adopting running clusters from the hosts' claims (Redis lost its data): a grant
             # missing from the assignment is not a revoke yet

@@ -31,11 +31,12 @@ from letsfrag.logs import set_log_context
 from letsfrag.loops import supervised
 from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
+from letsfrag.records import LayoutRecord
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.commands import CommandHandler
 from letsfrag.supervisor.grants import Grants
 from letsfrag.supervisor.handoff import Handovers
-from letsfrag.supervisor.host import HostAgent, Layout
+from letsfrag.supervisor.host import HostAgent
 from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, register_config_secrets
 from letsfrag.supervisor.logfile import ClusterLog, log_path
 from letsfrag.supervisor.metrics import HostMetrics
@@ -89,7 +90,7 @@ class ClusterManager:
         #: process tokens: unique per spawned process (main or successor), so late events find their process
         self._tokens = itertools.count(1)
         self._desired: dict[int, int] = {}
-        self._layout: Layout | None = None
+        self._layout: LayoutRecord | None = None
         self._logs: dict[int, ClusterLog] = {}
         self._callbacks: dict[str, list[Callable[..., Any]]] = {name: [] for name in EVENT_NAMES}
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -378,7 +379,7 @@ class ClusterManager:
 
     # ------------------------------------------------------------------------------------------ grants
 
-    def _on_grants(self, layout: Layout, grants: dict[int, int], handovers: dict[int, HandoverRecord]) -> None:
+    def _on_grants(self, layout: LayoutRecord, grants: dict[int, int], handovers: dict[int, HandoverRecord]) -> None:
         self._queue.put_nowait(Call(lambda: self.grants.apply(layout, grants, handovers)))
 
     def _on_fence(self, reason: str) -> None:

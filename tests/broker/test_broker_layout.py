@@ -28,7 +28,7 @@ def _config(url: str, api_url: str, **over: Any) -> Any:
 async def test_auto_rounds_shards_to_max_concurrency(stub: Stub) -> None:
     layout, info = await resolve_layout(_config("redis://127.0.0.1:1/0", stub.url))
     assert (layout.shard_count, layout.max_concurrency) == (16, 4)  # 13 rounded up to a multiple of 4
-    assert len(layout.clusters) == 2 and layout.clusters[1].shard_ids == tuple(range(8, 16))
+    assert layout.cluster_count == 2 and layout.shards_of(1) == tuple(range(8, 16))
     assert info is not None and info.remaining == 990 and info.reset_after == 60.0
     assert stub.calls == [f"Bot {TOKEN}"]
 

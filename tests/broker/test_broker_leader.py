@@ -12,11 +12,12 @@ import redis.asyncio as aioredis
 from broker_support import Deployment, make_config
 from helpers import scaled, wait_until
 
-from letsfrag.broker.store import Grant, NotLeader
+from letsfrag.broker.store import NotLeader
 from letsfrag.bus import Bus
 from letsfrag.control import Control
 from letsfrag.errors import RequestTimeout
 from letsfrag.protocol import MessageType, split_frame
+from letsfrag.records import Grant
 from letsfrag.redis_server import RedisServer
 
 

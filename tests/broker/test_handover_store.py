@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from letsfrag.broker.store import Grant, NotLeader, Store
+from letsfrag.broker.store import NotLeader, Store
 from letsfrag.handover import HandoverState, SuccessorReport, SuccessorState
 from letsfrag.keys import Keys
+from letsfrag.records import Grant
 
 KEYS = Keys("letsfrag")
 

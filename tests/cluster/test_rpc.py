@@ -16,7 +16,8 @@ from helpers import scaled, wait_until
 
 from letsfrag.cluster.rpc import FETCHABLE, RpcRefused, resolve_path
 from letsfrag.errors import BusError, LetsfragError, RemoteError, RequestTimeout
-from letsfrag.rpc import Layout, RpcClient
+from letsfrag.records import ROUTING_FIELDS, LayoutRecord
+from letsfrag.rpc import RpcClient
 from letsfrag.sim import Simulator
 
 SHARDS = 4
@@ -120,7 +121,8 @@ async def test_layout_missing_is_a_clear_error(redis_url: str) -> None:
 
 
 def test_layout_routes_guilds_to_clusters() -> None:
-    layout = Layout(shard_count=8, shards_per_cluster=4, cluster_count=2)
+    layout = LayoutRecord.from_hash({"shard_count": "8", "shards_per_cluster": "4", "cluster_count": "2"},
+                                    only=ROUTING_FIELDS)
     assert layout.cluster_of_guild(3 << 22) == 0
     assert layout.cluster_of_guild(5 << 22) == 1
 

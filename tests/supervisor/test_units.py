@@ -15,8 +15,9 @@ from support import TOKEN, host_config
 from letsfrag.environment import ClusterEnvironment
 from letsfrag.errors import ConfigError, NotInClusterError
 from letsfrag.ipc import ENV_IPC_FD
+from letsfrag.records import LayoutRecord
 from letsfrag.supervisor import ClusterState, ClusterView
-from letsfrag.supervisor.host import Layout, fence_after, parse_assignment
+from letsfrag.supervisor.host import fence_after, parse_assignment
 from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, plain_redis_settings
 from letsfrag.supervisor.logfile import ClusterLog
 from letsfrag.supervisor.main import _overrides
@@ -63,12 +64,12 @@ def test_log_tail_prefers_stderr_lines(tmp_path: Path) -> None:
 
 
 def test_layout_parsing_names_the_bad_field() -> None:
-    layout = Layout.from_hash(LAYOUT)
+    layout = LayoutRecord.from_hash(LAYOUT)
     assert layout.shards_of(0) == (0, 1, 2, 3) and layout.shards_of(2) == (8, 9) and layout.shards_of(3) == ()
     with pytest.raises(ValueError, match="'lease_ttl' is missing"):
-        Layout.from_hash({k: v for k, v in LAYOUT.items() if k != "lease_ttl"})
+        LayoutRecord.from_hash({k: v for k, v in LAYOUT.items() if k != "lease_ttl"})
     with pytest.raises(ValueError, match="'shard_count' must be an integer"):
-        Layout.from_hash({**LAYOUT, "shard_count": "many"})
+        LayoutRecord.from_hash({**LAYOUT, "shard_count": "many"})
 
 
 def test_parse_assignment_keeps_only_this_host() -> None:
@@ -146,9 +147,9 @@ def test_cluster_processes_may_get_their_own_redis_user(tmp_path: Path) -> None:
 def test_layout_reads_the_brokers_eval_opt_in() -> None:
     fields = {"shard_count": "2", "shards_per_cluster": "2", "cluster_count": "1", "max_concurrency": "1",
               "identify_window": "5", "lease_ttl": "3", "lease_grace": "1", "heartbeat_interval": "1"}
-    assert Layout.from_hash(fields).allow_eval is False  # a broker that does not write the field: off
-    assert Layout.from_hash({**fields, "allow_eval": "0"}).allow_eval is False
-    assert Layout.from_hash({**fields, "allow_eval": "1"}).allow_eval is True
+    assert LayoutRecord.from_hash(fields).allow_eval is False  # a broker that does not write the field: off
+    assert LayoutRecord.from_hash({**fields, "allow_eval": "0"}).allow_eval is False
+    assert LayoutRecord.from_hash({**fields, "allow_eval": "1"}).allow_eval is True
 
 
 def test_supervise_overrides_are_checked() -> None:
