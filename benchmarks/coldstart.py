@@ -25,11 +25,9 @@ import asyncio
 import contextlib
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.report import fmt_spread, print_rich_table, spread, write_result
+from benchmarks.report import fmt_spread, print_rich_table, spread, work_root, write_result
 from letsfrag.rehearsal import Rehearsal, RehearsalSettings, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +195,6 @@ def _variant(samples: list[dict[str, Any]]) -> dict[str, Any]:
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     limit = (math.ceil(args.shards / args.max_concurrency) - 1) * args.window
     spawn_delay = args.per_cluster * args.window
-    root = Path(tempfile.mkdtemp(prefix="letsfrag-bench-coldstart-"))
     plans: list[tuple[str, Any]] = [("letsfrag", lambda w: run_letsfrag(args, w))] * args.repeats
     plans += [(EXEC_VARIANT, lambda w: run_letsfrag(args, w, "exec"))] * args.repeats
     if not args.skip_baselines:
@@ -205,14 +202,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         plans += [("spawn delay (1 window per shard)",
                    lambda w: run_plain(args, w, "process", spawn_delay))] * args.baseline_repeats
     samples: dict[str, list[dict[str, Any]]] = {}
-    try:
+    with work_root("coldstart", keep=args.keep) as root:
         for index, (name, run) in enumerate(plans):
             sample = run(root / f"run-{index}")
             samples.setdefault(name, []).append(sample)
             print(f"  {name}: {sample['seconds']:.2f} s, {sample['violations']} violations", file=sys.stderr)
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
     variants = {name: _variant(found) for name, found in samples.items()}
     ours = variants["letsfrag"]
     goal = round(GOAL_FACTOR * limit, 3)

@@ -24,9 +24,7 @@ plus the grace, and the moved shards cannot identify faster than their buckets a
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.report import fmt_spread, print_rich_table, spread, write_result
+from benchmarks.report import fmt_spread, print_rich_table, spread, traffic_outcome, work_root, write_result
 from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,8 +49,8 @@ def _settings(args: argparse.Namespace) -> RehearsalSettings:
                              namespace="bench-failover")
 
 
-def _poll(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> float:
-    """Poll ``predicate`` until true; return the monotonic time it first held."""
+def poll(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> float:
+    """Poll ``predicate`` every ``interval`` seconds until true; return the monotonic time it first held."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -71,7 +69,8 @@ def _poll_value(predicate: Any, timeout: float, what: str, interval: float = 0.2
     return value
 
 
-def _handling(deployment: Rehearsal) -> dict[str, int]:
+def handling(deployment: Rehearsal) -> dict[str, int]:
+    """The simulator referee's handling counters of ``deployment``."""
     return {k: int(v) for k, v in deployment.sim_stats()["handling"].items()}
 
 
@@ -92,7 +91,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         deployment.start()
         client = redis.Redis.from_url(deployment.redis_url, decode_responses=True)
         clusters = settings.clusters
-        _poll(lambda: len(deployment.assignment(client)) == clusters and deployment.all_ready(), args.timeout,
+        poll(lambda: len(deployment.assignment(client)) == clusters and deployment.all_ready(), args.timeout,
               "all shards READY before the kill", interval=0.1)
         before = deployment.assignment(client)
         victims = sorted(cid for cid, (host, _) in before.items() if host == VICTIM)
@@ -104,7 +103,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         deployment.sim_post("/_sim/reset")
         if args.rate > 0:
             deployment.sim_post(f"/_sim/traffic?rate={args.rate}&joins={args.joins}")
-            _poll(lambda: _handling(deployment)["answered_once"] >= 10, args.timeout, "traffic answered", 0.1)
+            poll(lambda: handling(deployment)["answered_once"] >= 10, args.timeout, "traffic answered", 0.1)
         killed_wall = time.time()
         killed = time.monotonic()
         deployment.kill_host(VICTIM)
@@ -113,22 +112,22 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             now = deployment.assignment(client)
             return all(cid in now and now[cid][0] != VICTIM for cid in victims)
 
-        detected = _poll(reassigned, args.timeout, f"{VICTIM}'s clusters reassigned")
-        ready = _poll(deployment.all_ready, args.timeout, "all shards READY after the failover", interval=0.05)
+        detected = poll(reassigned, args.timeout, f"{VICTIM}'s clusters reassigned")
+        ready = poll(deployment.all_ready, args.timeout, "all shards READY after the failover", interval=0.05)
         after = deployment.assignment(client)
         stats = deployment.sim_stats()
 
         def replays() -> list[Any]:
             return [e for e in deployment.events() if e.ts >= killed_wall and e.kind in (
                 "session_replayed", "replay_refused", "replay_failed")]
-        _poll(lambda: len(replays()) >= len(moved), args.timeout, "the dead sessions replayed", interval=0.1)
+        poll(lambda: len(replays()) >= len(moved), args.timeout, "the dead sessions replayed", interval=0.1)
         replayed = [e for e in replays() if e.kind == "session_replayed"]
         replay_done = max(e.ts for e in replayed) - killed_wall if replayed else float("nan")
         if args.rate > 0:
-            sent = _handling(deployment)["sent"]
-            _poll(lambda: _handling(deployment)["sent"] >= sent + 20, args.timeout, "traffic after the takeover", 0.1)
+            sent = handling(deployment)["sent"]
+            poll(lambda: handling(deployment)["sent"] >= sent + 20, args.timeout, "traffic after the takeover", 0.1)
             deployment.sim_post("/_sim/traffic/stop")
-        counts = _poll_value(lambda: (h := _handling(deployment))["pending"] == 0 and h, args.timeout,
+        counts = _poll_value(lambda: (h := handling(deployment))["pending"] == 0 and h, args.timeout,
                              "no pending event at the simulator")
         bound_identify = identify_time(moved, settings.max_concurrency, settings.identify_window)
         return {
@@ -139,8 +138,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "violations": violations_before + int(deployment.sim_stats()["identify_violations"]["total"]),
             "duplicates": int(stats["duplicate_sessions"]["count"]),
             "replay": replay_done, "replayed_sessions": len(replayed),
-            "sent": counts["sent"], "lost": counts["unanswered_live"] + counts["undeliverable"],
-            "twice": counts["answered_twice_or_more"],
+            **traffic_outcome(counts),
         }
     finally:
         if client is not None:
@@ -149,18 +147,14 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="letsfrag-bench-failover-"))
     samples: list[dict[str, Any]] = []
-    try:
+    with work_root("failover", keep=args.keep) as root:
         for index in range(args.repeats):
             sample = run_once(args, root / f"run-{index}")
             samples.append(sample)
             print(f"  repeat {index + 1}: detection {sample['detection']:.2f} s, re-identify "
                   f"{sample['reidentify']:.2f} s, total {sample['total']:.2f} s, replay {sample['replay']:.2f} s; "
                   f"{sample['sent']} events, lost {sample['lost']}, twice {sample['twice']}", file=sys.stderr)
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
     bound = max(s["bound"] for s in samples)
     total = spread([s["total"] for s in samples])
     violations = max(s["violations"] for s in samples)

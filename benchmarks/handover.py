@@ -21,18 +21,16 @@ moved, 0 identify violations, 0 duplicate (unannounced) sessions. Identify time 
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from benchmarks.failover import identify_time
-from benchmarks.report import RESULTS, fmt_spread, print_rich_table, spread, write_result
+from benchmarks.failover import handling, identify_time, poll
+from benchmarks.report import RESULTS, fmt_spread, print_rich_table, spread, traffic_outcome, work_root, write_result
 from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +38,8 @@ COMMAND = "python -m benchmarks.handover"
 HOST = "h0"
 #: overlap allowance on top of the identify time (issue 15's goal)
 OVERLAP_SLACK = 1.0
+#: seconds between the polls of a phase
+POLL = 0.05
 
 
 def _settings(args: argparse.Namespace) -> RehearsalSettings:
@@ -47,20 +47,6 @@ def _settings(args: argparse.Namespace) -> RehearsalSettings:
                              max_concurrency=args.max_concurrency, identify_window=args.window, lease_ttl=4.0,
                              lease_grace=1.0, heartbeat_interval=1.0, guilds_per_shard=4, capacity=args.clusters,
                              namespace="bench-handover")
-
-
-def _poll(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> float:
-    """Poll ``predicate`` until true; return the monotonic time it first held."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic()
-
-
-def _handling(deployment: Rehearsal) -> dict[str, int]:
-    return {k: int(v) for k, v in deployment.sim_stats()["handling"].items()}
 
 
 def _quiet(deployment: Rehearsal, client: redis.Redis) -> bool:
@@ -76,14 +62,14 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     try:
         deployment.start()
         client = redis.Redis.from_url(deployment.redis_url, decode_responses=True)
-        _poll(lambda: len(deployment.assignment(client)) == settings.clusters and _quiet(deployment, client),
+        poll(lambda: len(deployment.assignment(client)) == settings.clusters and _quiet(deployment, client),
               args.timeout, "all shards READY before the restart", interval=0.2)
         clusters = sorted(cid for cid, (host, _) in deployment.assignment(client).items() if host == HOST)
         shards = {cid: [s for s in range(cid * settings.shards_per_cluster, (cid + 1) * settings.shards_per_cluster)
                         if s < settings.shards] for cid in clusters}
         deployment.sim_post("/_sim/reset")
         deployment.sim_post(f"/_sim/traffic?rate={args.rate}&joins=0.5")
-        _poll(lambda: _handling(deployment)["answered_once"] >= 10, 30, "traffic answered")
+        poll(lambda: handling(deployment)["answered_once"] >= 10, 30, "traffic answered", POLL)
         started = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "letsfrag", "restart", "--host", HOST, "--rolling", "--timeout",
@@ -93,14 +79,13 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         wall = time.monotonic() - started
         if done.returncode != 0:
             raise RuntimeError(f"letsfrag restart --rolling exited {done.returncode}: {done.stdout}{done.stderr}")
-        _poll(lambda: _quiet(deployment, client), args.timeout, "quiet after the restart")
+        poll(lambda: _quiet(deployment, client), args.timeout, "quiet after the restart", POLL)
         identifies = int(deployment.sim_stats()["identifies"]["total"])
-        sent = _handling(deployment)["sent"]
-        _poll(lambda: _handling(deployment)["sent"] >= sent + args.rate, 30, "a second of traffic after")
+        sent = handling(deployment)["sent"]
+        poll(lambda: handling(deployment)["sent"] >= sent + args.rate, 30, "a second of traffic after", POLL)
         deployment.sim_post("/_sim/traffic/stop")
-        _poll(lambda: _handling(deployment)["pending"] == 0, 30, "no pending event")
+        poll(lambda: handling(deployment)["pending"] == 0, 30, "no pending event", POLL)
         stats = deployment.sim_stats()
-        counts = {k: int(v) for k, v in stats["handling"].items()}
         per_shard = {int(s): float(v) for s, v in stats["announced_overlaps"]["longest_per_shard"].items()}
         overlap = {cid: max((per_shard.get(s, 0.0) for s in ids), default=0.0) for cid, ids in shards.items()}
         bound = {cid: identify_time(ids, settings.max_concurrency, settings.identify_window) + OVERLAP_SLACK
@@ -108,8 +93,7 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return {
             "wall": wall, "overlap": overlap, "overlap_bound": bound, "identifies": identifies,
             "shards_moved": sum(len(ids) for ids in shards.values()), "clusters": clusters,
-            "sent": counts["sent"], "lost": counts["unanswered_live"] + counts["undeliverable"],
-            "twice": counts["answered_twice_or_more"], "violations": int(stats["identify_violations"]["total"]),
+            **traffic_outcome(stats["handling"]), "violations": int(stats["identify_violations"]["total"]),
             "duplicates": int(stats["duplicate_sessions"]["count"]),
             "over_deadline": int(stats["announced_overlaps"]["over_deadline"]),
         }
@@ -120,18 +104,14 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="letsfrag-bench-handover-"))
     samples: list[dict[str, Any]] = []
-    try:
+    with work_root("handover", keep=args.keep) as root:
         for index in range(args.repeats):
             sample = run_once(args, root / f"run-{index}")
             samples.append(sample)
             print(f"  repeat {index + 1}: wall {sample['wall']:.2f} s, overlap "
                   f"{', '.join(f'{v:.2f}' for v in sample['overlap'].values())} s, identifies {sample['identifies']}"
                   f", lost {sample['lost']}, twice {sample['twice']}", file=sys.stderr)
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
     overlaps = [v for s in samples for v in s["overlap"].values()]
     bound = max(v for s in samples for v in s["overlap_bound"].values())
     moved = samples[0]["shards_moved"]

@@ -13,17 +13,15 @@ Goal: PSS per cluster ≤ 20 MiB with ``fork``. Writes ``benchmarks/results/memo
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from benchmarks.report import print_rich_table, write_result
+from benchmarks.report import print_rich_table, work_root, write_result
 from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 
 MIB = 1024 * 1024
@@ -78,14 +76,10 @@ def run_one(args: argparse.Namespace, workdir: Path, launcher: str) -> dict[str,
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="letsfrag-bench-memory-"))
-    try:
+    with work_root("memory", keep=args.keep) as root:
         variants = {launcher: run_one(args, root / launcher, launcher) for launcher in ("fork", "exec")}
         for launcher, variant in variants.items():
             print(f"  {launcher}: PSS {variant['pss_mib']['median']} MiB per cluster", file=sys.stderr)
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
     fork = variants["fork"]["pss_per_cluster_with_launcher_mib"]
     return {"goal": {"text": f"PSS per cluster ≤ {GOAL_MIB:g} MiB with fork", "mib": GOAL_MIB},
             "measured_mib": fork, "met": fork <= GOAL_MIB, "variants": variants,

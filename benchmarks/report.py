@@ -8,12 +8,15 @@ carry a ``summary`` block with those columns; the older results (``coldstart_cli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,25 @@ class Row:
     goal: str
     met: bool | None
     command: str
+
+
+@contextlib.contextmanager
+def work_root(name: str, *, keep: bool = False) -> Iterator[Path]:
+    """A fresh folder for one benchmark's runs (``letsfrag-bench-<name>-*``), removed afterwards unless ``keep``
+    (``--keep``: the logs stay for a look)."""
+    root = Path(tempfile.mkdtemp(prefix=f"letsfrag-bench-{name}-"))
+    try:
+        yield root
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def traffic_outcome(handling: Mapping[str, Any]) -> dict[str, int]:
+    """The simulator referee's handling counters as a benchmark reports them: events sent, lost (never answered,
+    or delivered to no session) and answered twice or more."""
+    return {"sent": int(handling["sent"]), "lost": int(handling["unanswered_live"]) + int(handling["undeliverable"]),
+            "twice": int(handling["answered_twice_or_more"])}
 
 
 def spread(samples: Sequence[float], digits: int = 3) -> dict[str, Any]:
