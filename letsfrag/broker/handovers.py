@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
-from letsfrag.handover import HandoverRecord, HandoverState, SuccessorReport, SuccessorState
+from letsfrag.handover import HandoverRecord, HandoverState, SuccessorState
+
+from .moves import HostFacts
 
 __all__ = [
     "Action",
     "Handovers",
-    "HostFacts",
     "Step",
     "budget_refusal",
     "decide",
@@ -45,17 +46,6 @@ class Action(StrEnum):
     SWITCH = "switch"
     ROLLBACK = "rollback"
     DONE = "done"
-
-
-@dataclass(frozen=True, slots=True)
-class HostFacts:
-    """What the handover decisions need to know about one host."""
-
-    alive: bool
-    #: the host record's ``running``: cluster id -> epoch
-    running: Mapping[int, int] = field(default_factory=dict)
-    #: the host record's ``successors``: cluster id -> report
-    successors: Mapping[int, SuccessorReport] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,10 @@ pending the cluster counts as still on its old host, so the planner grants it no
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
+
+from letsfrag.handover import SuccessorReport
 
 from .assignment import HostView
 
@@ -33,10 +35,13 @@ class Move:
 
 @dataclass(frozen=True, slots=True)
 class HostFacts:
-    """What the move bookkeeping needs to know about one host."""
+    """What the move and handover decisions need to know about one host (built once per tick)."""
 
     alive: bool
-    running: frozenset[int]
+    #: the host record's ``running``: cluster id -> epoch
+    running: Mapping[int, int] = field(default_factory=dict)
+    #: the host record's ``successors``: cluster id -> report (:mod:`letsfrag.handover`)
+    successors: Mapping[int, SuccessorReport] = field(default_factory=dict)
 
 
 class Moves:

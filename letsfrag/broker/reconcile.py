@@ -28,7 +28,6 @@ from letsfrag.records import Grant, LayoutRecord
 
 from .assignment import plan_assignment, plan_rebalance_step
 from .handovers import Action, Handovers, budget_refusal, slot_refusal
-from .handovers import HostFacts as HandoverFacts
 from .membership import HostObservation, Membership, Transition, Verdict
 from .moves import HostFacts, Move, Moves, pick_drain_move, planning_views
 from .reshard import BudgetView, CurrentLayout, HostRoom, ReshardPlan, ReshardRefusal, plan_reshard
@@ -217,8 +216,9 @@ class Reconciler:
         self.assignment = dict(snap.assignment)
         verdicts = await self._judge(now, snap)
         alive = {h: v.alive for h, v in verdicts.items()}
-        await self._settle_moves(now, snap, alive)
-        await self._settle_handovers(snap, alive)
+        facts = {h: HostFacts(alive.get(h, False), r.running, r.successors) for h, r in snap.hosts.items()}
+        await self._settle_moves(now, facts, alive)
+        await self._settle_handovers(snap, facts)
         await self._adopt(snap, verdicts)
         if self._startup_deadline is not None:
             up = sum(1 for v in verdicts.values() if v is Verdict.UP)
@@ -321,8 +321,7 @@ class Reconciler:
         drain = {h for h, r in self.hosts.items() if r.state == "draining"} | self.draining
         return {h for h in drain if h in self.hosts} | {h for h, v in verdicts.items() if v is Verdict.LEAVING}
 
-    async def _settle_moves(self, now: float, snap: Snapshot, alive: dict[str, bool]) -> None:
-        facts = {h: HostFacts(alive.get(h, False), frozenset(r.running)) for h, r in snap.hosts.items()}
+    async def _settle_moves(self, now: float, facts: dict[str, HostFacts], alive: dict[str, bool]) -> None:
         done, expired = self.moves.settle(now, facts)
         for move in done:
             target = move.target
@@ -489,10 +488,9 @@ class Reconciler:
         await self._notify({target})
         return record
 
-    async def _settle_handovers(self, snap: Snapshot, alive: dict[str, bool]) -> None:
+    async def _settle_handovers(self, snap: Snapshot, facts: dict[str, HostFacts]) -> None:
         """Switch, finish or roll back the records of ``{ns}:handover`` (as read this tick)."""
         self.handovers.load(snap.handovers)
-        facts = {h: HandoverFacts(alive.get(h, False), r.running, r.successors) for h, r in snap.hosts.items()}
         assigned = {c: (g.host, g.epoch) for c, g in self.assignment.items()}
         for step in self.handovers.steps(snap.time, facts, assigned):
             record = step.record

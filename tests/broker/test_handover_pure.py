@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from letsfrag.broker.handovers import Action, Handovers, HostFacts, budget_refusal, decide, slot_refusal
+from letsfrag.broker.handovers import Action, Handovers, budget_refusal, decide, slot_refusal
+from letsfrag.broker.moves import HostFacts
 from letsfrag.handover import HandoverRecord, HandoverState, SuccessorReport, SuccessorState
 
 T0 = 1_000_000.0
