@@ -134,10 +134,6 @@ class SecretFilter(logging.Filter):
         return True
 
 
-#: the old name: cluster/client.py, changed on another branch, still imports it (tests/test_layers.py)
-_SecretFilter = SecretFilter
-
-
 class _EscapingFormatter(logging.Formatter):
     """Plain and rich lines: control characters in the message are escaped, so one record is one line
     (the traceback that follows keeps its lines)."""

@@ -50,11 +50,7 @@ KNOWN_WRONG_WAY = {
 KNOWN_CYCLES_INSIDE = ("letsfrag.broker", "letsfrag.supervisor", "letsfrag.tui")
 
 #: private names of another module still used: (importer, module.name)
-KNOWN_PRIVATE = {
-    # cluster/client.py is being changed on another branch: it should import logs.SecretFilter (then delete the
-    # old alias logs._SecretFilter)
-    ("letsfrag.cluster.client", "letsfrag.logs._SecretFilter"),
-}
+KNOWN_PRIVATE: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)

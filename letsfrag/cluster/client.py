@@ -194,10 +194,10 @@ class ClusterMixin(_Base):
             faulthandler.register(signal.SIGUSR1, all_threads=True)
         self._lf_handle_signals = True
         if "log_handler" not in kwargs:
-            from ..logs import _SecretFilter
+            from ..logs import SecretFilter
 
             handler = logging.StreamHandler(sys.stderr)
-            handler.addFilter(_SecretFilter())
+            handler.addFilter(SecretFilter())
             if env.log_format == "json":
                 set_log_context(host=env.host_id, cluster=env.cluster_id, epoch=env.epoch,
                                 shards=format_shard_range(env.shard_ids))
