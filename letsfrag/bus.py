@@ -34,6 +34,7 @@ from .connection import create_redis, display_url
 from .errors import BusError, ProtocolError, RemoteError, RequestTimeout
 from .keys import Keys
 from .logs import mask
+from .loops import cancel_and_wait
 from .protocol import (
     DEFAULT_BROADCAST_MAX_BYTES,
     DEFAULT_MAX_BYTES,
@@ -170,11 +171,7 @@ class Bus:
     async def close(self) -> None:
         """Stop the receive loop, fail pending requests and close connections."""
         self._closing = True
-        for loop_task in (self._loop_task, self._broadcast_task):
-            if loop_task is not None:
-                loop_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await loop_task
+        await cancel_and_wait(self._loop_task, self._broadcast_task)
         self._loop_task = self._broadcast_task = None
         for task in list(self._tasks):
             task.cancel()

@@ -30,7 +30,6 @@ with nothing waiting runs a non-claimable parse at once (no cost without claims)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -40,6 +39,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from .keys import Keys
+from .loops import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,5 @@ class ClaimSequencer:
                 if future is not None:
                     future.cancel()
             state.items.clear()
-            if state.task is not None:
-                state.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await state.task
+            await cancel_and_wait(state.task)
         self._lanes.clear()

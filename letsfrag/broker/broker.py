@@ -33,7 +33,7 @@ from letsfrag.config import BrokerConfig
 from letsfrag.errors import BusError, DiscordSetupError, LetsfragError
 from letsfrag.events import Severity, emit
 from letsfrag.logs import register_secrets_in, set_log_context
-from letsfrag.loops import supervised
+from letsfrag.loops import cancel_and_wait, supervised
 from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
 from letsfrag.records import LayoutRecord
@@ -197,9 +197,7 @@ class ClusterBroker:
         if self._metrics is not None:
             await self._metrics.close()
             self._metrics = None
-        for task in (self._loop_task, self._budget_task, *self._tasks):
-            if task is not None:
-                await _cancel(task)
+        await cancel_and_wait(self._loop_task, self._budget_task, *self._tasks)
         self._loop_task = self._budget_task = None
         if self._started:
             with contextlib.suppress(RedisError, OSError):
@@ -442,15 +440,3 @@ class ClusterBroker:
             "max_concurrency": info.max_concurrency, "updated_at": f"{now:.3f}",
         })
 
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` and wait for it; cancel again if a library swallowed the first cancellation (aiohttp's
-    timeouts and 3.11's ``wait_for`` can turn a cancel into an ordinary exception)."""
-    for _ in range(10):
-        if task.done():
-            break
-        task.cancel()
-        await asyncio.wait({task}, timeout=1.0)
-    if task.done() and not task.cancelled():
-        with contextlib.suppress(BaseException):
-            task.result()

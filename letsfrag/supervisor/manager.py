@@ -28,7 +28,7 @@ from letsfrag.errors import BusError, RecordError
 from letsfrag.events import Severity
 from letsfrag.handover import SUCCESSORS_FIELD, HandoverRecord
 from letsfrag.logs import set_log_context
-from letsfrag.loops import supervised
+from letsfrag.loops import cancel_and_wait, supervised
 from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
 from letsfrag.records import LayoutRecord
@@ -232,11 +232,7 @@ class ClusterManager:
                 starting.result()
                 await closed
         finally:
-            for task in (starting, closed):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await cancel_and_wait(starting, closed)
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``predicate()`` is true, re-checking at every state change; False after ``timeout``."""

@@ -19,6 +19,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from letsfrag.events import Severity
+from letsfrag.loops import cancel_and_wait
 from letsfrag.supervisor.state import FINAL_STOP_INTENTS, ClusterRecord, ClusterState, StopIntent
 from letsfrag.supervisor.successors import LeaveVerdict, leave_verdict
 
@@ -105,11 +106,7 @@ class Stopper:
             m._closing = True
             await self._shutdown(force)
         finally:
-            for task in m._tasks:
-                task.cancel()
-            for task in m._tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(*m._tasks)
             m._closing = True
             for record in m._records.values():
                 if record.process is not None:

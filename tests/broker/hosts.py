@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from letsfrag.bus import NO_REPLY, Bus
 from letsfrag.errors import BusError
 from letsfrag.keys import Keys
+from letsfrag.loops import cancel_and_wait
 from letsfrag.protocol import Envelope, MessageType
 
 
@@ -235,11 +236,8 @@ class FakeHost:
         return stopped
 
     async def _halt(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def kill(self) -> None:
         """Die: no more renewals; its record keeps the stale ``running``."""
