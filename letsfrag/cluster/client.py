@@ -238,7 +238,7 @@ class ClusterMixin(_Base):
             if exc.code not in FATAL_CLOSE_CODES:
                 await self._lf_report(traceback.format_exc())
                 raise
-            await self._lf_fatal(exc.code, exc.reason or f"gateway closed with {exc.code}")
+            await self._lf_fatal(exc.code, exc.reason or f"gateway closed with {exc.code}", shard=exc.shard_id)
         except Exception:
             if not self._lf_guard.fenced:
                 self.cluster.exit_code = self.cluster.exit_code or ExitCode.FAILURE
@@ -575,15 +575,19 @@ class ClusterMixin(_Base):
         await asyncio.shield(self._lf_close_resumably())  # the successor may still replay these sessions
         await asyncio.shield(self.close())  # teardown cancels this task; never cancel the close itself
 
-    async def _lf_fatal(self, code: int, reason: str) -> None:
+    async def _lf_fatal(self, code: int, reason: str, *, shard: int | None = None) -> None:
+        """Discord closed with a code after which reconnecting cannot help: tell the supervisor (which does not
+        restart this process) and the event stream, naming the shard when discord.py said which one."""
         self.cluster.exit_code = ExitCode.FATAL_GATEWAY
         env = self.cluster.environment
-        log.error("cluster %s: fatal gateway close %r (%r); not restarting", env.cluster_id, code, reason)
+        on_shard = f" on shard {shard}" if shard is not None else ""
+        log.error("cluster %s: fatal gateway close %r%s (%r); not restarting", env.cluster_id, code, on_shard, reason)
         if self._lf_ipc is not None:
-            await self._lf_ipc.send("fatal", code=code, reason=reason)
+            await self._lf_ipc.send("fatal", code=code, reason=reason, shard=shard)
         await emit(self._lf_redis, Keys(env.namespace), Severity.ERROR, "fatal_gateway",
-                   f"cluster {env.cluster_id}: Discord closed with {code} ({reason})",
-                   source=cluster_node(env.cluster_id), cluster=env.cluster_id, code=code)
+                   f"cluster {env.cluster_id}: Discord closed with {code}{on_shard} ({reason})",
+                   source=cluster_node(env.cluster_id), cluster=env.cluster_id, code=code,
+                   **({"shard": shard} if shard is not None else {}))
 
     async def _lf_report(self, text: str) -> None:
         if self._lf_health is not None:

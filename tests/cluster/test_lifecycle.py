@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -52,6 +53,24 @@ async def test_bad_token_is_fatal_exit_77(redis_url: str, r: aioredis.Redis) -> 
             while (message := await supervisor.receive()) is not None and message["op"] != "fatal":
                 pass
             assert message is not None and message["code"] == 4004
+            await supervisor.close()
+
+
+async def test_sharding_required_names_the_shard_and_is_fatal(redis_url: str, r: aioredis.Redis) -> None:
+    """Discord closes an oversized shard with 4011: the cluster tells its supervisor which shard, and exits 77."""
+    parent, child = socket.socketpair()
+    async with Simulator(**{**SIM, "shards": 2, "guilds": 6, "max_guilds_per_shard": 2}) as sim:
+        await write_layout(r, 2, 2)
+        await grant(r, 0)
+        async with lease_kept(r):
+            client = ClusterShardClient(intents=intents(), environment=make_env(redis_url, sim, 0, (0, 1), 2),
+                                        ipc_socket=child)
+            supervisor = await IpcChannel.from_socket(parent)
+            await asyncio.wait_for(client.start(), timeout=scaled(20))
+            assert client.cluster.exit_code == ExitCode.FATAL_GATEWAY
+            while (message := await supervisor.receive()) is not None and message["op"] != "fatal":
+                pass
+            assert message is not None and message["code"] == 4011 and message["shard"] in (0, 1)
             await supervisor.close()
 
 
