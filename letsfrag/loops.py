@@ -60,8 +60,12 @@ async def supervised(name: str, run: Callable[[], Awaitable[None]], *, logger: l
 async def cancel_and_wait(*tasks: asyncio.Future[Any] | None, attempts: int = 10, wait: float = 1.0) -> None:
     """Cancel each of ``tasks`` (``None`` and finished ones are skipped) and wait until they have ended; a task
     still running ``wait`` seconds after a cancel is cancelled again, up to ``attempts`` times, then left with
-    a warning naming it. Their results and exceptions are consumed: the caller is stopping them."""
-    pending = {task for task in tasks if task is not None}
+    a warning naming it. Their results and exceptions are consumed: the caller is stopping them.
+
+    The calling task itself is skipped when it is among ``tasks`` (a loop that stops its siblings): cancelling
+    itself would end the caller's own stop at its next ``await``."""
+    current = asyncio.current_task()
+    pending = {task for task in tasks if task is not None and task is not current}
     for _ in range(attempts):
         running = {task for task in pending if not task.done()}
         if not running:

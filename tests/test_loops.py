@@ -60,6 +60,26 @@ async def test_finished_tasks_and_none_are_skipped_and_their_errors_consumed() -
     assert isinstance(failed.exception(), RuntimeError)
 
 
+async def test_the_calling_task_is_never_cancelled_by_its_own_stop() -> None:
+    """A loop that stops its siblings and itself (the supervisor's stop runs in one of its own tasks) goes on
+    after the call: it is not cancelled, and it does not wait for itself."""
+    reached: list[str] = []
+    siblings: list[asyncio.Task[None]] = []
+
+    async def sibling() -> None:
+        await asyncio.Event().wait()
+
+    async def stopper() -> None:
+        await cancel_and_wait(*siblings, asyncio.current_task(), wait=0.05)
+        await asyncio.sleep(0)  # an await after the call: a self-cancel would raise here
+        reached.append("after")
+
+    siblings.append(asyncio.create_task(sibling()))
+    task = asyncio.create_task(stopper())
+    await asyncio.wait_for(task, timeout=5)
+    assert reached == ["after"] and siblings[0].cancelled() and not task.cancelled()
+
+
 async def test_supervised_restarts_a_loop_that_raised_and_returns_when_it_returns() -> None:
     runs = 0
 

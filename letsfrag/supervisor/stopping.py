@@ -114,7 +114,8 @@ class Stopper:
             for process in m.handovers.processes():
                 process.cancel_tasks()
             for task in list(m._background):
-                task.cancel()
+                if task is not asyncio.current_task():  # this stop may run as one of them: never cancel itself
+                    task.cancel()
             if m._bus is not None:
                 await m._bus.close()
             for log_file in m._logs.values():
