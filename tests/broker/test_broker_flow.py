@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from broker_support import GRACE, TTL, Deployment, make_config
-from helpers import scaled, wait_until
+from support.broker import GRACE, TTL, Deployment, make_config
+from support.waiting import scaled, wait_until
 
 
 async def test_startup_waits_for_expected_hosts_then_balances(deployment: Deployment) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
-from exactly_once_support import SecuredRehearsal, deployment_factory, letsfrag_cli
-from helpers import wait_until_sync
+from support.exactly_once import SecuredRehearsal, deployment_factory, letsfrag_cli
+from support.waiting import wait_until_sync
 
 from letsfrag.redis_server import RedisServer
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from exactly_once_support import (
+from support.exactly_once import (
     REPO,
     SecuredRehearsal,
     all_clusters_ready,
@@ -47,7 +47,7 @@ from exactly_once_support import (
     start_traffic,
     stop_traffic,
 )
-from helpers import wait_until_sync
+from support.waiting import wait_until_sync
 
 from letsfrag.bus import Bus
 from letsfrag.control import Control
