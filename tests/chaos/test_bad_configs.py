@@ -1,16 +1,16 @@
 """Invalid configs and wrong Redis credentials: exit 2, the key path named, no traceback, nothing started.
 
 Every case is run through every command that takes that kind of config (``broker``/``supervise``/``run``,
-``config check``, ``status -c``) in this process, through :func:`letsfrag.cli.main` (what ``python -m letsfrag``
-calls: the same parsing, handler and error printing). A few of them (:data:`SUBPROCESS_CASES`: one per kind of
-config, the deep nesting that could overflow a real process's stack among them) also run as real subprocesses,
-all at once. The configs point at a private Redis, so "nothing started" is checked twice: the Redis stays empty
-and no process runs the config afterwards (in this process: no child is left).
+``config check``, ``status -c``) in this process, through :func:`letsfrag.cli.main`
+(``support.cli.main_in_process``: what ``python -m letsfrag`` calls, the same parsing, handler and error
+printing). A few of them (:data:`SUBPROCESS_CASES`: one per kind of config, the deep nesting that could overflow
+a real process's stack among them) also run as real subprocesses, all at once. The configs point at a private
+Redis, so "nothing started" is checked twice: the Redis stays empty and no process runs the config afterwards
+(in this process: no child is left).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -21,10 +21,10 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
+from support.cli import main_in_process
 from support.exactly_once import SecuredRehearsal, deployment_factory, letsfrag_cli
 from support.waiting import wait_until_sync
 
-from letsfrag.cli import main
 from letsfrag.redis_server import RedisServer
 
 pytestmark = pytest.mark.chaos
@@ -154,23 +154,6 @@ def _without_test_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def _main(argv: list[str]) -> object:
-    """``letsfrag.cli.main(argv)``; the root logger it configures (on the captured stderr) is put back after."""
-    root = logging.getLogger()
-    handlers, level, discord_level = list(root.handlers), root.level, logging.getLogger("discord").level
-    try:
-        return main(argv)
-    except SystemExit as exc:  # argparse's errors, as the real command would exit
-        return exc.code
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
-        logging.getLogger("discord").setLevel(discord_level)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_invalid_config_exits_2_naming_the_key(
     case: Case, empty_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -182,7 +165,7 @@ def test_invalid_config_exits_2_naming_the_key(
     children = set(psutil.Process().children(recursive=True))  # the Redis of the module
     for argv in COMMANDS[case.kind]:
         capfd.readouterr()
-        code = _main(["--log-format", "plain", *argv, str(config)])
+        code = main_in_process(["--log-format", "plain", *argv, str(config)])
         out, err = capfd.readouterr()
         _assert_clear_error(case, argv, code, out, err)
     left = set(psutil.Process().children(recursive=True)) - children
