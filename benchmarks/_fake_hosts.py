@@ -1,6 +1,6 @@
 """Many lightweight fake hosts in one process, speaking the host side of docs/redis.md to a real broker.
 
-Adapted from ``tests/broker/hosts.py`` (``FakeHost``) for scale: a :class:`FakeFleet` of hundreds of
+Adapted from ``tests/support/fake_hosts.py`` (``FakeHost``) for scale: a :class:`FakeFleet` of hundreds of
 :class:`FakeHost` objects shares one Redis client, one bus (one pub/sub connection subscribed to every host
 inbox ``{ns}:cm:{host}``) and one parsed copy of ``{ns}:assignment`` (:class:`AssignmentView`), so the
 fleet stays cheap and the broker, not the fleet, is what a benchmark measures.

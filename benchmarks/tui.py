@@ -21,7 +21,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from seed import NOW, seed  # noqa: E402
+from support.seed import NOW, seed  # noqa: E402
 
 from letsfrag.clock import FakeClock  # noqa: E402
 from letsfrag.connection import create_redis  # noqa: E402

@@ -14,16 +14,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from helpers import scaled, time_scale
+from support.waiting import scaled, time_scale
 
 from letsfrag.redis_server import RedisServer
 from letsfrag.rehearsal import Rehearsal, RehearsalSettings

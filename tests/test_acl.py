@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import wait_until_sync
+from support.waiting import wait_until_sync
 
 from letsfrag.redis_server import RedisServer
 from letsfrag.rehearsal import Rehearsal, RehearsalSettings

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from helpers import wait_until
+from support.waiting import wait_until
 
 from letsfrag.bus import NO_REPLY, Bus
 from letsfrag.errors import ProtocolError, RemoteError, RequestTimeout

@@ -1,7 +1,9 @@
 """The command line as a user runs it: ``python -m letsfrag ...`` and the ``letsfrag-top`` script as subprocesses.
 
 Commands that would connect somewhere are given bad input, so each run ends (exit 2) before it connects.
-Runs are started together and then awaited, so the file costs a few interpreter starts of wall time.
+Runs are started together and then awaited, so the file costs a few interpreter starts of wall time; where one
+test checks many command lines, most run in this process through ``support.cli.main_in_process`` (the same
+``letsfrag.cli.main``) and a few as subprocesses.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.cli import main_in_process
 
 from letsfrag import __version__
 from letsfrag.cli import build_parser
@@ -45,8 +48,13 @@ def bad_broker(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.integration
-def test_config_positionally_or_with_c(tmp_path: Path, bad_broker: Path) -> None:
+#: the command lines of test_config_positionally_or_with_c that also run as real subprocesses
+REAL_PROCESS = {"broker CONFIG", "supervise -c", "run CONFIG", "no config"}
+
+
+@pytest.mark.integration  # supervise starts its launcher process before it reads the config
+def test_config_positionally_or_with_c(tmp_path: Path, bad_broker: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capfd: pytest.CaptureFixture[str]) -> None:
     host = tmp_path / "host.yaml"
     host.write_text("redis: redis://127.0.0.1:1/0\nhost: {capacity: many}\nbot: {module: json.tool, token: t}\n")
     local = tmp_path / "local.yaml"
@@ -69,10 +77,20 @@ def test_config_positionally_or_with_c(tmp_path: Path, bad_broker: Path) -> None
         "no config": ["broker"],
         "two configs": ["supervise", str(host), "-c", str(bad_broker)],
     }
-    results = dict(zip(commands, run_all(list(commands.values()), tmp_path), strict=True))
+    real = [label for label in commands if label in REAL_PROCESS]
+    results = {f"{label} (process)": result
+               for label, result in zip(real, run_all([commands[label] for label in real], tmp_path), strict=True)}
+    monkeypatch.delenv("LETSFRAG_SECRET", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for label, argv in commands.items():
+        capfd.readouterr()
+        code = main_in_process(argv)
+        out, err = capfd.readouterr()
+        results[label] = (code, out, err)
     expected_key = {"supervise": "host.capacity", "run": "embedded: unknown key 'prot'"}
     for label, (code, out, err) in results.items():
         assert "Traceback" not in out + err, f"{label}:\n{err}"
+        label = label.removesuffix(" (process)")
         if label == "header of broker.yaml":
             assert code == 0 and out.startswith(f"{broker_ok}: valid broker config"), f"{label}: {code}\n{err}"
             continue

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import scaled
+from support.waiting import scaled
 
 import letsfrag.config as config_module
 from letsfrag.config import (

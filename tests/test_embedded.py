@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import scaled
+from support.waiting import scaled
 
 from letsfrag.config import load_local_config
 from letsfrag.embedded import MAX_SOCKET_PATH, EmbeddedDir

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import wait_until_sync
+from support.waiting import wait_until_sync
 
 from letsfrag.keys import Keys
 from letsfrag.supervisor.logfile import ClusterLog, log_path

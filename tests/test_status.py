@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from seed import HOSTILE, HOSTILE_SHOWN, NOW, seed, seed_handover, seed_hostile
+from support.seed import HOSTILE, HOSTILE_SHOWN, NOW, seed, seed_handover, seed_hostile
 
 from letsfrag.cli import build_parser
 from letsfrag.connection import create_redis

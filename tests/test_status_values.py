@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from seed import seed
+from support.seed import seed
 
 from letsfrag.cli import build_parser
 from letsfrag.commands import run_restart

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from broker_support import TOKEN, Deployment, Stub
+from support.broker import TOKEN, Deployment, Stub
 
 from letsfrag.redis_server import free_port
 

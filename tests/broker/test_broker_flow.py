@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from broker_support import GRACE, TTL, Deployment, make_config
-from helpers import scaled, wait_until
+from support.broker import GRACE, TTL, Deployment, make_config
+from support.waiting import scaled, wait_until
 
 from letsfrag.records import SHARDING_REQUIRED_FIELD, ShardingRequired
 

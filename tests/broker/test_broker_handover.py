@@ -9,8 +9,8 @@ import json
 from typing import Any
 
 import pytest
-from broker_support import Deployment, make_config
-from helpers import wait_until
+from support.broker import Deployment, make_config
+from support.waiting import wait_until
 
 from letsfrag.cli import build_parser
 from letsfrag.commands import run_drain, run_restart

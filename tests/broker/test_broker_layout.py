@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker_support import TOKEN, Deployment, Stub, make_config
-from helpers import scaled, wait_until
+from support.broker import TOKEN, Deployment, Stub, make_config
+from support.waiting import scaled, wait_until
 
 from letsfrag.broker.layout import fetch_gateway_bot, resolve_layout
 from letsfrag.broker.main import run

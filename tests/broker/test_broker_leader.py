@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from broker_support import Deployment, make_config
-from helpers import scaled, wait_until
+from support.broker import Deployment, make_config
+from support.waiting import scaled, wait_until
 
 from letsfrag.broker.store import NotLeader
 from letsfrag.bus import Bus

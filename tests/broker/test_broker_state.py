@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker_support import Deployment, make_config
-from helpers import wait_until
+from support.broker import Deployment, make_config
+from support.waiting import wait_until
 
 from letsfrag.bus import Bus
 from letsfrag.protocol import MessageType

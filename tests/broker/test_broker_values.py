@@ -7,8 +7,8 @@ import logging
 from typing import Any
 
 import pytest
-from broker_support import Deployment, make_config
-from helpers import wait_until
+from support.broker import Deployment, make_config
+from support.waiting import wait_until
 
 
 async def _layout_is(dep: Deployment, expected: dict[str, str]) -> bool:

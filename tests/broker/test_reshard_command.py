@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from broker_support import TOKEN, Deployment, Stub, make_config
-from helpers import scaled, wait_until
+from support.broker import TOKEN, Deployment, Stub, make_config
+from support.waiting import scaled, wait_until
 
 from letsfrag.commands import RESHARD_NOT_AVAILABLE
 

@@ -1,8 +1,12 @@
 """Invalid configs and wrong Redis credentials: exit 2, the key path named, no traceback, nothing started.
 
 Every case is run through every command that takes that kind of config (``broker``/``supervise``/``run``,
-``config check``, ``status -c``) as real subprocesses, all at once. The configs point at a private Redis, so
-"nothing started" is checked twice: the Redis stays empty and no process runs the config afterwards.
+``config check``, ``status -c``) in this process, through :func:`letsfrag.cli.main`
+(``support.cli.main_in_process``: what ``python -m letsfrag`` calls, the same parsing, handler and error
+printing). A few of them (:data:`SUBPROCESS_CASES`: one per kind of config, the deep nesting that could overflow
+a real process's stack among them) also run as real subprocesses, all at once. The configs point at a private
+Redis, so "nothing started" is checked twice: the Redis stays empty and no process runs the config afterwards
+(in this process: no child is left).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
-from exactly_once_support import SecuredRehearsal, deployment_factory, letsfrag_cli
-from helpers import wait_until_sync
+from support.cli import main_in_process
+from support.exactly_once import SecuredRehearsal, deployment_factory, letsfrag_cli
+from support.waiting import wait_until_sync
 
 from letsfrag.redis_server import RedisServer
 
@@ -96,6 +101,10 @@ COMMANDS = {
     "local": [["run", "--no-progress"], ["config", "check"], ["status", "-c"]],
 }
 
+#: the cases also run as real subprocesses: one per kind, the deep nesting (a real process's C stack) among them
+SUBPROCESS_CASES = [case for case in CASES if case.name in {"deep-nesting", "env-unquoted-on",
+                                                            "local-bot-token-missing-env"}]
+
 
 @pytest.fixture(scope="module")
 def empty_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
@@ -116,10 +125,59 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_invalid_config_exits_2_naming_the_key(case: Case, empty_redis: RedisServer, tmp_path: Path) -> None:
+def _write(case: Case, redis_url: str, tmp_path: Path) -> Path:
     config = tmp_path / f"{case.kind}-{case.name}.yaml"
-    config.write_text(f"redis: {empty_redis.url}\n{case.body}")
+    config.write_text(f"redis: {redis_url}\n{case.body}")
+    return config
+
+
+def _assert_clear_error(case: Case, argv: list[str], code: object, out: str, err: str) -> None:
+    label = f"letsfrag {' '.join(argv)} {case.name}"
+    assert code == 2, f"{label}: exit {code}\n{out}\n{err}"
+    assert case.path in err, f"{label}: stderr does not name {case.path!r}:\n{err}"
+    assert "Traceback" not in out + err, f"{label} printed a traceback:\n{err}"
+    assert err.strip(), label
+
+
+def _assert_nothing_started(config: Path, redis_url: str, tmp_path: Path) -> None:
+    assert _processes_mentioning(str(config)) == [], "a process was left running"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.dbsize() == 0, f"keys were written: {client.keys('*')[:10]}"
+    finally:
+        client.close()
+    assert not (tmp_path / ".letsfrag").exists() and not (tmp_path / "logs").exists(), "nothing was created"
+
+
+def _without_test_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith("LETSFRAG_NO_SUCH")] + ["LETSFRAG_SECRET"]:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_invalid_config_exits_2_naming_the_key(
+    case: Case, empty_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    config = _write(case, empty_redis.url, tmp_path)
+    _without_test_variables(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    children = set(psutil.Process().children(recursive=True))  # the Redis of the module
+    for argv in COMMANDS[case.kind]:
+        capfd.readouterr()
+        code = main_in_process(["--log-format", "plain", *argv, str(config)])
+        out, err = capfd.readouterr()
+        _assert_clear_error(case, argv, code, out, err)
+    left = set(psutil.Process().children(recursive=True)) - children
+    assert not left, f"a child process was left running: {left}"
+    _assert_nothing_started(config, empty_redis.url, tmp_path)
+
+
+@pytest.mark.parametrize("case", SUBPROCESS_CASES, ids=[c.name for c in SUBPROCESS_CASES])
+def test_invalid_config_exits_2_naming_the_key_in_a_real_process(
+    case: Case, empty_redis: RedisServer, tmp_path: Path
+) -> None:
+    config = _write(case, empty_redis.url, tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LETSFRAG_NO_SUCH")}
     env.pop("LETSFRAG_SECRET", None)
     runs = [
@@ -139,18 +197,8 @@ def test_invalid_config_exits_2_naming_the_key(case: Case, empty_redis: RedisSer
     ]
     for argv, process in runs:
         out, err = process.communicate(timeout=60)
-        label = f"letsfrag {' '.join(argv)} {case.name}"
-        assert process.returncode == 2, f"{label}: exit {process.returncode}\n{out}\n{err}"
-        assert case.path in err, f"{label}: stderr does not name {case.path!r}:\n{err}"
-        assert "Traceback" not in out + err, f"{label} printed a traceback:\n{err}"
-        assert err.strip(), label
-    assert _processes_mentioning(str(config)) == [], "a process was left running"
-    client = redis.Redis.from_url(empty_redis.url)
-    try:
-        assert client.dbsize() == 0, f"keys were written: {client.keys('*')[:10]}"
-    finally:
-        client.close()
-    assert not (tmp_path / ".letsfrag").exists() and not (tmp_path / "logs").exists(), "nothing was created"
+        _assert_clear_error(case, argv, process.returncode, out, err)
+    _assert_nothing_started(config, empty_redis.url, tmp_path)
 
 
 # --------------------------------------------------------------------------------------- Redis ACL

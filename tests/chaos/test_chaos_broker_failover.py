@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from chaos_checks import SMALL, assert_clean_end, kinds, wait_ready
-from helpers import scaled, wait_until_sync
+from support.chaos import SMALL, assert_clean_end, kinds, wait_ready
+from support.waiting import scaled, wait_until_sync
 
 from letsfrag.rehearsal import Rehearsal
 

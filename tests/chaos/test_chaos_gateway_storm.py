@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from chaos_checks import SMALL, assert_clean_end, fault_window, kinds, wait_ready
+from support.chaos import SMALL, assert_clean_end, fault_window, kinds, wait_ready
 
 from letsfrag.rehearsal import Rehearsal
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from chaos_checks import (
+from support.chaos import (
     FAULTY_BOT,
     SMALL,
     assert_clean_end,
@@ -17,7 +17,7 @@ from chaos_checks import (
     wait_on_ready,
     wait_ready,
 )
-from helpers import wait_until_sync
+from support.waiting import wait_until_sync
 
 from letsfrag.rehearsal import Rehearsal
 

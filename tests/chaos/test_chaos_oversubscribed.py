@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from exactly_once_support import (
+from support.exactly_once import (
     SecuredRehearsal,
     all_clusters_ready,
     cluster_states,
@@ -26,7 +26,7 @@ from exactly_once_support import (
     start_traffic,
     stop_traffic,
 )
-from helpers import wait_until_sync
+from support.waiting import wait_until_sync
 
 from letsfrag.keys import Keys
 

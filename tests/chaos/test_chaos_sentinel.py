@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from chaos_checks import SMALL, assert_clean_end, cluster_pids_by_id, kinds, status_of, wait_ready
-from helpers import wait_until_sync
-from sentinel_group import SentinelGroup
+from support.chaos import SMALL, assert_clean_end, cluster_pids_by_id, kinds, status_of, wait_ready
+from support.sentinel import SentinelGroup
+from support.waiting import wait_until_sync
 
 from letsfrag.rehearsal import Rehearsal
 

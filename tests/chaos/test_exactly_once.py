@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from exactly_once_support import (
+from support.exactly_once import (
     SecuredRehearsal,
     all_clusters_ready,
     cluster_states,
@@ -27,7 +27,7 @@ from exactly_once_support import (
     start_traffic,
     stop_traffic,
 )
-from helpers import wait_until_sync
+from support.waiting import wait_until_sync
 
 pytestmark = pytest.mark.chaos
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import redis
-from exactly_once_support import (
+from support.exactly_once import (
     SecuredRehearsal,
     all_clusters_ready,
     cluster_states,
@@ -30,7 +30,7 @@ from exactly_once_support import (
     letsfrag_cli,
     publish_raw,
 )
-from helpers import wait_until_sync
+from support.waiting import wait_until_sync
 
 from letsfrag.bus import Bus
 from letsfrag.keys import Keys

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from chaos_checks import FAULTY_BOT
-from exactly_once_support import (
+from support.chaos import FAULTY_BOT
+from support.exactly_once import (
     SecuredRehearsal,
     all_clusters_ready,
     deployment_factory,
@@ -26,7 +26,7 @@ from exactly_once_support import (
     start_traffic,
     stop_traffic,
 )
-from helpers import wait_until_sync
+from support.waiting import wait_until_sync
 
 pytestmark = pytest.mark.chaos
 

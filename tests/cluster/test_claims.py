@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
-from cluster_support import KEYS
+from support.cluster import KEYS
 
 from letsfrag.claims import (
     CLAIM_TTL,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from cluster_support import KEYS, AnsweringClient, grant, lease_kept, make_env, running, write_layout
-from helpers import wait_until
+from support.cluster import KEYS, AnsweringClient, grant, lease_kept, make_env, running, write_layout
+from support.waiting import wait_until
 
 from letsfrag.sim import Simulator
 

@@ -6,8 +6,8 @@ import json
 import socket
 
 import redis.asyncio as aioredis
-from cluster_support import KEYS, RecordingClient, grant, lease_kept, make_env, running, write_layout
-from helpers import wait_until
+from support.cluster import KEYS, RecordingClient, grant, lease_kept, make_env, running, write_layout
+from support.waiting import wait_until
 
 from letsfrag.ipc import IpcChannel
 from letsfrag.sim import Simulator

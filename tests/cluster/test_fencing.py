@@ -6,8 +6,8 @@ import socket
 from typing import Any
 
 import redis.asyncio as aioredis
-from cluster_support import RecordingClient, grant, lease_kept, make_env, running, write_layout
-from helpers import wait_until
+from support.cluster import RecordingClient, grant, lease_kept, make_env, running, write_layout
+from support.waiting import wait_until
 
 from letsfrag.exitcodes import ExitCode
 from letsfrag.ipc import IpcChannel

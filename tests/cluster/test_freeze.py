@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from cluster_support import grant, lease_kept, make_env, write_layout
-from helpers import scaled, wait_until
+from support.cluster import grant, lease_kept, make_env, write_layout
+from support.waiting import scaled, wait_until
 
 from letsfrag.exitcodes import ExitCode
 from letsfrag.sim import Simulator

@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from cluster_support import KEYS, AnsweringClient, grant, lease_kept, make_env, running, write_layout
-from helpers import wait_until
+from support.cluster import KEYS, AnsweringClient, grant, lease_kept, make_env, running, write_layout
+from support.waiting import wait_until
 
 from letsfrag.handover import GATEWAY_PARAM, IPC_PROMOTE, HandoverRecord, HandoverState
 from letsfrag.ipc import IpcChannel

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from cluster_support import KEYS
-from helpers import wait_until
+from support.cluster import KEYS
+from support.waiting import wait_until
 
 from letsfrag.events import recent
 from letsfrag.identify import IdentifyCoordinator, IdentifyTimeout, budget_from_gateway

@@ -14,9 +14,9 @@ from typing import Any
 import discord
 import pytest
 import redis.asyncio as aioredis
-from cluster_support import KEYS, grant, intents, lease_kept, make_env, running, write_layout
 from discord.ext import commands
-from helpers import scaled, wait_until
+from support.cluster import KEYS, grant, intents, lease_kept, make_env, running, write_layout
+from support.waiting import scaled, wait_until
 
 from letsfrag import ClusterShardBot, ClusterShardClient
 from letsfrag.environment import HOW_TO_RUN

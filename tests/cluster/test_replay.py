@@ -6,7 +6,7 @@ import json
 
 import aiohttp
 import pytest
-from helpers import wait_until
+from support.waiting import wait_until
 
 from letsfrag.cluster.replay import (
     DISCORD_EPOCH_MS,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from cluster_support import KEYS, NS, RecordingClient, grant, lease_kept, make_env, running, write_layout
-from helpers import scaled, wait_until
+from support.cluster import KEYS, NS, RecordingClient, grant, lease_kept, make_env, running, write_layout
+from support.waiting import scaled, wait_until
 
 from letsfrag.cluster.rpc import FETCHABLE, RpcRefused, resolve_path
 from letsfrag.errors import BusError, LetsfragError, RemoteError, RequestTimeout

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
-from cluster_support import KEYS, RecordingClient, grant, lease_kept, make_env, running, write_layout
-from helpers import wait_until
+from support.cluster import KEYS, RecordingClient, grant, lease_kept, make_env, running, write_layout
+from support.waiting import wait_until
 
 from letsfrag.cluster.sessions import SESSION_RECORD_TTL, SessionRecord, SessionStore, resumable
 from letsfrag.ipc import IpcChannel

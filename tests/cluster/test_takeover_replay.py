@@ -11,8 +11,8 @@ from __future__ import annotations
 import socket
 
 import redis.asyncio as aioredis
-from cluster_support import KEYS, RecordingClient, grant, lease_kept, make_env, running, write_layout
-from helpers import wait_until
+from support.cluster import KEYS, RecordingClient, grant, lease_kept, make_env, running, write_layout
+from support.waiting import wait_until
 
 from letsfrag.cluster.sessions import SessionRecord, SessionStore
 from letsfrag.events import recent

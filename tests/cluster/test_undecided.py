@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 import redis.asyncio as aioredis
-from cluster_support import KEYS, RecordingClient, grant, lease_kept, make_env, running, write_layout
-from helpers import wait_until
+from support.cluster import KEYS, RecordingClient, grant, lease_kept, make_env, running, write_layout
+from support.waiting import wait_until
 
 from letsfrag.cluster.guard import Ownership, bound_undecided, decide_ownership
 from letsfrag.sim import Simulator

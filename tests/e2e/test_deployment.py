@@ -9,7 +9,7 @@ from typing import Any
 import psutil
 import pytest
 import redis
-from helpers import scaled, wait_until_sync
+from support.waiting import scaled, wait_until_sync
 
 from letsfrag.rehearsal import Rehearsal
 

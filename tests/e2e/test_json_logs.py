@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import wait_until_sync
+from support.waiting import wait_until_sync
 
 from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 

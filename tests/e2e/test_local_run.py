@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import scaled, wait_until_sync
+from support.waiting import scaled, wait_until_sync
 
 from letsfrag.rehearsal import EXAMPLE_BOT, Rehearsal
 

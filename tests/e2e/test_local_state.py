@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import scaled, wait_until_sync
+from support.waiting import scaled, wait_until_sync
 
 from letsfrag.rehearsal import Rehearsal
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import scaled, wait_until_sync
+from support.waiting import scaled, wait_until_sync
 
 from letsfrag.redis_server import free_port
 from letsfrag.rehearsal import Rehearsal, RehearsalSettings

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import wait_until_sync
+from support.waiting import wait_until_sync
 
 from letsfrag.bus import Bus
 from letsfrag.errors import LetsfragError, RemoteError

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import scaled
+from support.waiting import scaled
 
 from letsfrag.sim.cli import add_arguments, options_from_args
 

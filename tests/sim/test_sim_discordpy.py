@@ -8,8 +8,8 @@ from typing import Any
 
 import discord
 import pytest
-from helpers import scaled, wait_until
-from sim_support import FastClient, ZlibContext, intents, running
+from support.sim import FastClient, ZlibContext, intents, running
+from support.waiting import scaled, wait_until
 
 from letsfrag.sim import Simulator, SimulatorOptions
 from letsfrag.sim.compression import zstd_available

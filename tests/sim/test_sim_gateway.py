@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 import pytest
-from helpers import wait_until
-from sim_support import RawGateway, raw_gateway
+from support.sim import RawGateway, raw_gateway
+from support.waiting import wait_until
 
 from letsfrag.sim import Simulator
 

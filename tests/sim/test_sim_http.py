@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from sim_support import raw_gateway
+from support.sim import raw_gateway
 
 from letsfrag.sim import Simulator
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from sim_support import FakeLink
+from support.sim import FakeLink
 
 from letsfrag.clock import FakeClock
 from letsfrag.sim import SimulatorOptions, payloads

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import aiohttp
 import discord
 import pytest
-from helpers import scaled, wait_until
-from sim_support import FastClient, intents, running
+from support.sim import FastClient, intents, running
+from support.waiting import scaled, wait_until
 
 from letsfrag.sim import Simulator
 

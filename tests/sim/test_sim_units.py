@@ -8,7 +8,7 @@ import pytest
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
-from sim_support import FakeLink, ZlibContext
+from support.sim import FakeLink, ZlibContext
 
 import letsfrag.sim
 from letsfrag.clock import FakeClock

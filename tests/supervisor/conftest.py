@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture

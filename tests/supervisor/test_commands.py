@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from helpers import wait_until
-from support import HOST, KEYS, doorbell, grant, host_config, set_modes, starts, write_layout
+from support.supervisor import HOST, KEYS, doorbell, grant, host_config, set_modes, starts, write_layout
+from support.waiting import wait_until
 
 from letsfrag.bus import Bus
 from letsfrag.errors import RequestTimeout

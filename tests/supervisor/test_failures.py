@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from helpers import time_scale, wait_until
-from support import KEYS, gone, grant, host_config, set_modes, starts, status, write_layout
+from support.supervisor import KEYS, gone, grant, host_config, set_modes, starts, status, write_layout
+from support.waiting import time_scale, wait_until
 
 from letsfrag.events import recent
 from letsfrag.records import SHARDING_REQUIRED_FIELD, ShardingRequired

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from helpers import wait_until
-from support import grant, host_config, set_modes, starts, write_layout
+from support.supervisor import grant, host_config, set_modes, starts, write_layout
+from support.waiting import wait_until
 
 from letsfrag.ipc import MAX_LINE
 from letsfrag.supervisor import ClusterManager, ClusterState

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import host_config
+from support.supervisor import host_config
 
 from letsfrag.launcher import LaunchReply, LaunchRequest
 from letsfrag.supervisor.prefork import launcher_mode

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from helpers import wait_until
 from rich.console import Console
-from support import HOST, KEYS, gone, grant, host_config, set_modes, starts, status, write_layout
+from support.supervisor import HOST, KEYS, gone, grant, host_config, set_modes, starts, status, write_layout
+from support.waiting import wait_until
 
 from letsfrag.events import recent
 from letsfrag.snapshot import read_snapshot

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import yaml
-from helpers import wait_until
-from support import HOST, KEYS, STUB, TOKEN, grant, set_modes, write_layout
+from support.supervisor import HOST, KEYS, STUB, TOKEN, grant, set_modes, write_layout
+from support.waiting import wait_until
 
 from letsfrag.cluster.health import HealthReporter, ShardTracker
 from letsfrag.logs import register_secret

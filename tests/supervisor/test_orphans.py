@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import scaled, wait_until_sync
-from support import gone
+from support.supervisor import gone
+from support.waiting import scaled, wait_until_sync
 
 from letsfrag import ipc, orphan
 

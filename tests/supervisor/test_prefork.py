@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 import redis.asyncio as aioredis
-from helpers import wait_until
-from support import grant, host_config, set_modes, write_layout
+from support.supervisor import grant, host_config, set_modes, write_layout
+from support.waiting import wait_until
 
 from letsfrag.launcher import start_launcher
 from letsfrag.supervisor import ClusterManager, ClusterState

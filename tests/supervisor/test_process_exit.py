@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from helpers import scaled, wait_until
-from support import (
+from support.supervisor import (
     HOST,
     KEYS,
     TOKEN,
@@ -21,6 +20,7 @@ from support import (
     write_layout,
     write_supervise_config,
 )
+from support.waiting import scaled, wait_until
 
 
 async def _ready_pids(r: aioredis.Redis, clusters: list[int]) -> list[int] | None:

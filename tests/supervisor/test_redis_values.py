@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from helpers import scaled, wait_until
-from support import HOST, KEYS, doorbell, grant, host_config, set_modes, status, write_layout
+from support.supervisor import HOST, KEYS, doorbell, grant, host_config, set_modes, status, write_layout
+from support.waiting import scaled, wait_until
 
 from letsfrag.events import recent
 from letsfrag.supervisor import ClusterManager, ClusterState

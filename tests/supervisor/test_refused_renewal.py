@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from helpers import wait_until
-from support import host_config, set_modes, write_layout
+from support.supervisor import host_config, set_modes, write_layout
+from support.waiting import wait_until
 
 from letsfrag.redis_server import RedisServer
 from letsfrag.supervisor import ClusterManager

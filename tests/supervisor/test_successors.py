@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from helpers import wait_until
-from support import (
+from support.supervisor import (
     HOST,
     KEYS,
     doorbell,
@@ -35,6 +34,7 @@ from support import (
     write_layout,
     write_supervise_config,
 )
+from support.waiting import wait_until
 
 from letsfrag.bus import Bus
 from letsfrag.handover import (

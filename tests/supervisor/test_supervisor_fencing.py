@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import wait_until
-from support import HOST, KEYS, gone, grant, host_config, set_modes, write_layout
+from support.supervisor import HOST, KEYS, gone, grant, host_config, set_modes, write_layout
+from support.waiting import wait_until
 
 from letsfrag.connection import create_redis
 from letsfrag.events import recent

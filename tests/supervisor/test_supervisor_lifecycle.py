@@ -7,8 +7,20 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from helpers import scaled, wait_until
-from support import HOST, KEYS, TOKEN, gone, grant, host_config, revoke, set_modes, starts, status, write_layout
+from support.supervisor import (
+    HOST,
+    KEYS,
+    TOKEN,
+    gone,
+    grant,
+    host_config,
+    revoke,
+    set_modes,
+    starts,
+    status,
+    write_layout,
+)
+from support.waiting import scaled, wait_until
 
 from letsfrag.bus import Bus
 from letsfrag.protocol import Envelope

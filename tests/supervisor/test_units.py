@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import wait_until_sync
-from support import TOKEN, host_config
+from support.supervisor import TOKEN, host_config
+from support.waiting import wait_until_sync
 
 from letsfrag.environment import ClusterEnvironment
 from letsfrag.errors import ConfigError, NotInClusterError

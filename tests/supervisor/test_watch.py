@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from helpers import scaled, wait_until
-from support import KEYS, gone, grant, host_config, revoke, set_modes, starts, write_layout
+from support.supervisor import KEYS, gone, grant, host_config, revoke, set_modes, starts, write_layout
+from support.waiting import scaled, wait_until
 
 from letsfrag.events import recent
 from letsfrag.supervisor import ClusterManager, ClusterState

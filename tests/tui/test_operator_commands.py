@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tui_support import FakeInbox, seed_url
+from support.tui import FakeInbox, seed_url
 
 from letsfrag.cli import build_parser
 from letsfrag.commands import run_drain, run_rebalance, run_restart

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from redis.exceptions import ResponseError
-from seed import NOW, seed
+from support.seed import NOW, seed
 
 from letsfrag.connection import create_redis
 from letsfrag.keys import Keys

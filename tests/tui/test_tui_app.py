@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from helpers import wait_until
 from rich.text import Text
-from seed import HOSTILE, HOSTILE_SHOWN, NOW, seed_handover, seed_hostile
+from support.seed import HOSTILE, HOSTILE_SHOWN, NOW, seed_handover, seed_hostile
+from support.tui import SIZE, FakeInbox, make_app, seed_url
+from support.waiting import wait_until
 from textual.widgets import Input, Label, Static
-from tui_support import SIZE, FakeInbox, make_app, seed_url
 
 from letsfrag.connection import create_redis
 from letsfrag.redis_server import RedisServer

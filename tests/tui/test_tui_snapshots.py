@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 import pytest
-from helpers import scaled
-from tui_support import SIZE, make_app, seed_url
+from support.tui import SIZE, make_app, seed_url
+from support.waiting import scaled
 
 from letsfrag.redis_server import RedisServer
 from letsfrag.tui.screens.cluster import ClusterScreen

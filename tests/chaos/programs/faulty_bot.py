@@ -12,7 +12,7 @@ Environment (set through the host config's ``bot.env``):
 
 The target cluster's process leaves ``on_ready-<pid>`` beside the flag when discord.py's ``on_ready`` has run
 (with or without the fault): discord.py fires it after the shards' READY, so after the supervisor reports the
-cluster READY; a test arms the flag only once the running process is past it (``chaos_checks.wait_on_ready``),
+cluster READY; a test arms the flag only once the running process is past it (``support.chaos.wait_on_ready``),
 else that process, not the restarted one, would take the fault.
 """
 

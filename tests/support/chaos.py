@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from helpers import wait_until_sync
+from support.waiting import wait_until_sync
 
 from letsfrag.events import Event
 from letsfrag.rehearsal import Rehearsal
@@ -20,7 +20,7 @@ SMALL: dict[str, Any] = {"hosts": 2, "shards": 8, "shards_per_cluster": 2, "max_
 
 
 #: the chaos test bot: examples/bot.py with one fault switched on by ``CHAOS_*`` variables
-FAULTY_BOT = [sys.executable, str(Path(__file__).resolve().parent / "programs" / "faulty_bot.py")]
+FAULTY_BOT = [sys.executable, str(Path(__file__).resolve().parents[1] / "chaos" / "programs" / "faulty_bot.py")]
 
 
 def wait_ready(deployment: Rehearsal, timeout: float = 60.0, message: str = "every shard READY") -> None:

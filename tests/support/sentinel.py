@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from helpers import scaled
+from support.waiting import scaled
 
 from letsfrag.redis_server import RedisServer, find_redis_server, free_port
 

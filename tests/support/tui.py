@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from seed import NOW, Seeded, seed
+from support.seed import NOW, Seeded, seed
 
 from letsfrag.bus import Bus
 from letsfrag.clock import FakeClock

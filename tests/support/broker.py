@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hosts import FakeHost, Ledger
+from support.fake_hosts import FakeHost, Ledger
 
 from letsfrag.broker import ClusterBroker
 from letsfrag.config import BrokerConfig

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import discord
-from helpers import scaled
+from support.waiting import scaled
 
 from letsfrag.sim import Simulator
 from letsfrag.sim.sessions import Session

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 import redis
-from helpers import scaled, wait_until_sync
+from support.waiting import scaled, wait_until_sync
 
 from letsfrag.keys import Keys
 from letsfrag.redis_server import RedisServer, find_redis_server

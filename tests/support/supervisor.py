@@ -17,7 +17,7 @@ from letsfrag.config import HostConfig
 from letsfrag.keys import Keys
 from letsfrag.protocol import Codec, Envelope, MessageType
 
-STUB = Path(__file__).parent / "programs" / "stub.py"
+STUB = Path(__file__).parent.parent / "supervisor" / "programs" / "stub.py"
 NS = "t"
 HOST = "h1"
 TOKEN = "stub-token-0123456789"

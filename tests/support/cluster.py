@@ -11,7 +11,7 @@ from typing import Any
 
 import discord
 import redis.asyncio as aioredis
-from helpers import scaled
+from support.waiting import scaled
 
 from letsfrag.cluster import ClusterMixin, ClusterShardClient
 from letsfrag.environment import ClusterEnvironment
