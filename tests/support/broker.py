@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from support.fake_hosts import FakeHost, Ledger
-
 from letsfrag.broker import ClusterBroker
 from letsfrag.config import BrokerConfig
 from letsfrag.connection import create_redis
 from letsfrag.keys import Keys
+from support.fake_hosts import FakeHost, Ledger
 
 #: the bot token the ``/gateway/bot`` stub (fixture ``stub``) accepts
 TOKEN = "stub-token-123456"

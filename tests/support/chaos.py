@@ -8,10 +8,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from support.waiting import wait_until_sync
-
 from letsfrag.events import Event
 from letsfrag.rehearsal import Rehearsal
+from support.waiting import wait_until_sync
 
 #: the small deployment most chaos tests use: 2 hosts, 8 shards in 4 clusters of 2
 SMALL: dict[str, Any] = {"hosts": 2, "shards": 8, "shards_per_cluster": 2, "max_concurrency": 4,

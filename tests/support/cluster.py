@@ -11,12 +11,12 @@ from typing import Any
 
 import discord
 import redis.asyncio as aioredis
-from support.waiting import scaled
 
 from letsfrag.cluster import ClusterMixin, ClusterShardClient
 from letsfrag.environment import ClusterEnvironment
 from letsfrag.keys import Keys
 from letsfrag.sim import Simulator
+from support.waiting import scaled
 
 NS = "lftest"
 KEYS = Keys(NS)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from support.waiting import scaled
 
 from letsfrag.redis_server import RedisServer, find_redis_server, free_port
+from support.waiting import scaled
 
 MASTER_NAME = "mymaster"
 

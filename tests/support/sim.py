@@ -11,10 +11,10 @@ from typing import Any
 
 import aiohttp
 import discord
-from support.waiting import scaled
 
 from letsfrag.sim import Simulator
 from letsfrag.sim.sessions import Session
+from support.waiting import scaled
 
 
 class FastClient(discord.AutoShardedClient):

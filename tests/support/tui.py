@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from support.seed import NOW, Seeded, seed
-
 from letsfrag.bus import Bus
 from letsfrag.clock import FakeClock
 from letsfrag.connection import create_redis
 from letsfrag.protocol import Envelope
 from letsfrag.tui.app import LetsfragTop
+from support.seed import NOW, Seeded, seed
 
 SIZE = (160, 45)
 
