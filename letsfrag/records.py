@@ -1,6 +1,5 @@
 """Values read from Redis, validated: finite, bounded, typed — and the ``{ns}:layout`` and ``{ns}:assignment``
-records, one class each (:class:`LayoutRecord`, :class:`Grant`), and a host's 4011 reports
-(:class:`ShardingRequired`).
+records, one class each (:class:`LayoutRecord`, :class:`Grant`).
 
 Anything in Redis can be changed by hand (``HSET {ns}:layout lease_ttl inf``) or lost. Every reader turns a raw
 value into a number through :func:`parse_int`/:func:`parse_float` (strict: a bad value raises a
@@ -20,8 +19,8 @@ from .errors import RecordError
 
 __all__ = [
     "CLOCK_OFFSET_WARN", "GEOMETRY_FIELDS", "GRANT_LUA", "LAYOUT_FALLBACKS", "MAX_DURATION", "MAX_EPOCH", "MAX_SHARDS",
-    "ROUTING_FIELDS", "SHARDING_REQUIRED_FIELD", "Grant", "LayoutRecord", "RecordError", "ShardingRequired",
-    "clock_skew_text", "lenient_float", "lenient_int", "parse_epoch", "parse_float", "parse_int", "parse_running",
+    "ROUTING_FIELDS", "Grant", "LayoutRecord", "RecordError", "clock_skew_text", "lenient_float", "lenient_int",
+    "parse_epoch", "parse_float", "parse_int", "parse_running",
 ]
 
 #: the largest shard count (and shards per cluster) a layout may name
@@ -328,52 +327,3 @@ class Grant:
     def names(self, host: str, epoch: int) -> bool:
         """Does this grant give the cluster to ``host`` at ``epoch``?"""
         return self.host == host and self.epoch == epoch
-
-
-#: host record field (``{ns}:host:{id}``): JSON ``{cid: {"shard": s, "epoch": e}}`` of this host's clusters that
-#: Discord closed with 4011 ("sharding required"), written by the supervisor, read by the leader broker
-SHARDING_REQUIRED_FIELD = "sharding_required"
-
-
-@dataclass(frozen=True, slots=True)
-class ShardingRequired:
-    """A cluster that Discord closed with 4011: one of its shards holds more guilds than a shard may (2,500).
-
-    The cluster process exits (reconnecting would be closed again, and every try spends an IDENTIFY); its
-    supervisor does not restart it and reports it here, in its host record, until the cluster is granted again
-    or revoked; the leader broker reads it and asks for more shards (``letsfrag reshard --recommended``).
-    ``shard`` is -1 when discord.py did not say which shard was closed."""
-
-    cluster: int
-    shard: int
-    epoch: int
-
-    @staticmethod
-    def to_field(reports: Mapping[int, ShardingRequired]) -> str:
-        """The host record field value for ``reports`` (by cluster id)."""
-        return json.dumps({str(cid): {"shard": r.shard, "epoch": r.epoch} for cid, r in sorted(reports.items())})
-
-    @classmethod
-    def parse_field(cls, raw: Any, *, key: str) -> dict[int, ShardingRequired]:
-        """Read the field (missing or empty: none); :class:`RecordError` names ``key`` and what is wrong."""
-        if raw in (None, ""):
-            return {}
-        try:
-            data = json.loads(raw)
-        except (TypeError, ValueError):
-            raise RecordError(key, SHARDING_REQUIRED_FIELD, f"is not JSON: {_shown(raw)}") from None
-        if not isinstance(data, dict):
-            raise RecordError(key, SHARDING_REQUIRED_FIELD, f"must be a JSON object, found {_shown(raw)}")
-        out: dict[int, ShardingRequired] = {}
-        for cid, entry in data.items():
-            where = f"{SHARDING_REQUIRED_FIELD}.{cid}"
-            cluster = parse_int(cid, key=key, field=where, maximum=MAX_SHARDS)
-            if not isinstance(entry, dict):
-                raise RecordError(key, where, f"must be a JSON object, found {_shown(json.dumps(entry))}")
-            shard, epoch = entry.get("shard"), entry.get("epoch")
-            if isinstance(shard, bool) or not isinstance(shard, int) or not -1 <= shard <= MAX_SHARDS:
-                raise RecordError(key, where, f"shard must be an integer from -1, found {shard!r}")
-            if isinstance(epoch, bool) or not isinstance(epoch, int):
-                raise RecordError(key, where, f"epoch must be an integer, found {epoch!r}")
-            out[cluster] = cls(cluster, shard, parse_int(epoch, key=key, field=where))
-        return out

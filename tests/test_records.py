@@ -11,7 +11,6 @@ from letsfrag.errors import RecordError
 from letsfrag.records import (
     MAX_EPOCH,
     LayoutRecord,
-    ShardingRequired,
     lenient_float,
     lenient_int,
     parse_epoch,
@@ -114,27 +113,3 @@ def test_bounds_are_inclusive() -> None:
         parse_float("0", key="k", field="f", positive=True)
     with pytest.raises(RecordError, match="k field 'f' must be an integer, found True"):
         parse_int(True, key="k", field="f")
-
-
-def test_sharding_required_reports_round_trip() -> None:
-    reports = {3: ShardingRequired(3, 12, 7), 0: ShardingRequired(0, -1, 1)}
-    raw = ShardingRequired.to_field(reports)
-    assert json.loads(raw) == {"0": {"shard": -1, "epoch": 1}, "3": {"shard": 12, "epoch": 7}}
-    assert ShardingRequired.parse_field(raw, key="ns:host:h1") == reports
-    assert ShardingRequired.parse_field(None, key="k") == {} == ShardingRequired.parse_field("{}", key="k")
-
-
-@pytest.mark.parametrize(("raw", "says"), [
-    ("nope", "field 'sharding_required' is not JSON: 'nope'"),
-    ("[1]", "field 'sharding_required' must be a JSON object"),
-    ('{"x": {"shard": 1, "epoch": 1}}', "field 'sharding_required.x' must be an integer"),
-    ('{"1": 5}', "field 'sharding_required.1' must be a JSON object"),
-    ('{"1": {"shard": "3", "epoch": 1}}', "shard must be an integer from -1, found '3'"),
-    ('{"1": {"shard": -2, "epoch": 1}}', "shard must be an integer from -1, found -2"),
-    ('{"1": {"shard": 1, "epoch": true}}', "epoch must be an integer, found True"),
-    ('{"1": {"shard": 1, "epoch": -4}}', "field 'sharding_required.1'"),
-])
-def test_bad_sharding_required_names_the_key_and_field(raw: str, says: str) -> None:
-    with pytest.raises(RecordError) as caught:
-        ShardingRequired.parse_field(raw, key="ns:host:h1")
-    assert "ns:host:h1" in str(caught.value) and says in str(caught.value)

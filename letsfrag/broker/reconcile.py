@@ -98,8 +98,6 @@ class Reconciler:
         self.drain_failed: set[str] = set()
         self.budget_total: int | None = None
         self.budget_remaining: int | None = None
-        #: (cluster, epoch) of the 4011 reports already announced (one event each)
-        self._sharding_noted: set[tuple[int, int]] = set()
         self._refused_reported: set[str] = set()
         self.state = "starting"
         self.assignment: dict[int, Grant] = {}
@@ -221,7 +219,6 @@ class Reconciler:
         facts = {h: HostFacts(alive.get(h, False), r.running, r.successors) for h, r in snap.hosts.items()}
         await self._settle_moves(now, facts, alive)
         await self._settle_handovers(snap, facts)
-        await self._note_sharding_required(snap)
         await self._adopt(snap, verdicts)
         if self._startup_deadline is not None:
             up = sum(1 for v in verdicts.values() if v is Verdict.UP)
@@ -244,26 +241,6 @@ class Reconciler:
         await self._forget_left(verdicts)
         await self._check_ready()
         return self._changed
-
-    async def _note_sharding_required(self, snap: Snapshot) -> None:
-        """One event per cluster run that Discord closed with 4011, while its grant still names that run."""
-        current: set[tuple[int, int]] = set()
-        for host, record in sorted(snap.hosts.items()):
-            for cluster, report in sorted(record.sharding_required.items()):
-                grant = self.assignment.get(cluster)
-                if grant is None or not grant.names(host, report.epoch):
-                    continue
-                current.add((cluster, report.epoch))
-                if (cluster, report.epoch) in self._sharding_noted:
-                    continue
-                on_shard = f"shard {report.shard} of " if report.shard >= 0 else ""
-                await self._event(
-                    Severity.ERROR, "sharding_required",
-                    f"Discord requires more shards: it closed {on_shard}cluster {cluster} on host {host} with 4011 "
-                    f"(a shard holds more guilds than Discord allows; {self.layout.shard_count} shards now); "
-                    "add shards with `letsfrag reshard --recommended`",
-                    cluster=cluster, host=host, shard=report.shard, epoch=report.epoch)
-        self._sharding_noted = current
 
     def _epoch_floor(self, snap: Snapshot) -> int:
         seen = [g.epoch for g in snap.assignment.values()]

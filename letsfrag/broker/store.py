@@ -18,16 +18,7 @@ from redis.exceptions import ResponseError
 from letsfrag.errors import LetsfragError, RecordError
 from letsfrag.handover import SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, parse_successors
 from letsfrag.keys import Keys
-from letsfrag.records import (
-    GRANT_LUA,
-    SHARDING_REQUIRED_FIELD,
-    Grant,
-    LayoutRecord,
-    ShardingRequired,
-    parse_epoch,
-    parse_int,
-    parse_running,
-)
+from letsfrag.records import GRANT_LUA, Grant, LayoutRecord, parse_epoch, parse_int, parse_running
 
 __all__ = ["HostRecord", "NotLeader", "RedisDataError", "Snapshot", "Store"]
 
@@ -63,8 +54,6 @@ class HostRecord:
     #: the record has a ``successors`` field (even ``{}``): its supervisor takes part in handovers; without it
     #: a planned move falls back to revoke-then-grant (an older supervisor)
     handovers: bool = False
-    #: the ``sharding_required`` field: this host's clusters that Discord closed with 4011
-    sharding_required: dict[int, ShardingRequired] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -142,11 +131,6 @@ def _parse_host(host_id: str, key: str, data: dict[str, str], lease: str | None,
         successors = parse_successors(data.get(SUCCESSORS_FIELD), key=key)
     except RecordError as exc:
         problems.append(exc)
-    sharding: dict[int, ShardingRequired] = {}
-    try:
-        sharding = ShardingRequired.parse_field(data.get(SHARDING_REQUIRED_FIELD), key=key)
-    except RecordError as exc:
-        problems.append(exc)
     return HostRecord(
         id=host_id,
         capacity=capacity,
@@ -157,7 +141,6 @@ def _parse_host(host_id: str, key: str, data: dict[str, str], lease: str | None,
         registered=bool(data),
         successors=successors,
         handovers=SUCCESSORS_FIELD in data,
-        sharding_required=sharding,
     )
 
 

@@ -31,7 +31,7 @@ from letsfrag.logs import set_log_context
 from letsfrag.loops import cancel_and_wait, supervised
 from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
-from letsfrag.records import SHARDING_REQUIRED_FIELD, LayoutRecord, ShardingRequired
+from letsfrag.records import LayoutRecord
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.commands import CommandHandler
 from letsfrag.supervisor.grants import Grants
@@ -371,14 +371,7 @@ class ClusterManager:
     def _record_fields(self) -> dict[str, str]:
         return {"cpu_percent": f"{self.host_cpu:.1f}", "rss": str(self.host_rss), "running": self._running_json(),
                 "log_write_errors": str(sum(log_file.write_errors for log_file in self._logs.values())),
-                SUCCESSORS_FIELD: self.handovers.field_value(),
-                SHARDING_REQUIRED_FIELD: ShardingRequired.to_field(self._sharding_required())}
-
-    def _sharding_required(self) -> dict[int, ShardingRequired]:
-        """This host's clusters that Discord closed with 4011 and that still wait for more shards."""
-        return {cid: ShardingRequired(cid, rec.sharding_required, rec.epoch) for cid, rec in self._records.items()
-                if rec.sharding_required is not None and rec.epoch is not None and rec.state is ClusterState.FAILED
-                and self._desired.get(cid) == rec.epoch}
+                SUCCESSORS_FIELD: self.handovers.field_value()}
 
     # ------------------------------------------------------------------------------------------ grants
 
@@ -416,9 +409,8 @@ class ClusterManager:
         record.spawns += 1
         if record.spawns > 1 and record.state is not ClusterState.PENDING:
             record.restarts += 1
-        for name in ("fatal_reason", "sharding_required", "stop_intent", "stop_cause", "stop_task", "ready_at",
-                     "last_heartbeat", "last_heartbeat_mono", "exit_code", "exit_signal", "next_restart_at", "guilds",
-                     "latency"):
+        for name in ("fatal_reason", "stop_intent", "stop_cause", "stop_task", "ready_at", "last_heartbeat",
+                     "last_heartbeat_mono", "exit_code", "exit_signal", "next_restart_at", "guilds", "latency"):
             setattr(record, name, None)
         record.hang_signalled = False
         record.memory.reset()

@@ -12,7 +12,7 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 from letsfrag.events import Severity
-from letsfrag.exitcodes import CloseCode, ExitCode
+from letsfrag.exitcodes import ExitCode
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.state import Call, ClusterRecord, ClusterState, RestartDue, StopIntent
 
@@ -103,15 +103,6 @@ class Reactions:
             reason = policy.fatal_close_reason(code)
         else:
             reason = str(message.get("reason") or "fatal error reported by the cluster")
-        if code == CloseCode.SHARDING_REQUIRED:
-            shard = message.get("shard")
-            record.sharding_required = shard if isinstance(shard, int) and not isinstance(shard, bool) else -1
-            on_shard = f" on shard {shard}" if record.sharding_required >= 0 else ""
-            reason = f"{reason}{on_shard}: the bot needs more shards; waiting for a reshard"
-            self.m._event(Severity.WARNING, "sharding_required",
-                          f"cluster {record.cluster_id}: Discord closed with 4011{on_shard} (sharding required); "
-                          "reported to the broker, not restarting (`letsfrag reshard --recommended` adds shards)",
-                          cluster=record.cluster_id, shard=record.sharding_required)
         record.fatal_reason = reason
         record.last_error = reason
         record.done_epoch = record.epoch

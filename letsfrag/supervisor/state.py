@@ -145,8 +145,6 @@ class ClusterRecord:
     stop_cause: str | None = None
     stop_task: asyncio.Task[None] | None = None
     fatal_reason: str | None = None
-    #: Discord closed this run with 4011 (sharding required): the shard it named, -1 when unknown
-    sharding_required: int | None = None
     hang_signalled: bool = False
     cpu_percent: float = 0.0
     rss: int = 0

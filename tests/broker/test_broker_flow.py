@@ -7,8 +7,6 @@ import time
 from support.broker import GRACE, TTL, Deployment, make_config
 from support.waiting import scaled, wait_until
 
-from letsfrag.records import SHARDING_REQUIRED_FIELD, ShardingRequired
-
 
 async def test_startup_waits_for_expected_hosts_then_balances(deployment: Deployment) -> None:
     dep = deployment
@@ -191,31 +189,3 @@ async def test_manual_mode_keeps_joiner_empty_until_rebalance(deployment: Deploy
 def h3_seen(broker: object) -> bool:
     rec = getattr(broker, "reconciler", None)
     return rec is not None and "h3" in rec.membership.verdicts
-
-
-async def test_a_4011_report_in_a_host_record_is_announced_once_per_run(deployment: Deployment) -> None:
-    """A supervisor reports a cluster Discord closed with 4011 in its host record (``sharding_required``): the
-    leader says once what it means and what to run; a report of a run the grant no longer names is ignored, and
-    an unreadable field is reported as an invalid Redis value."""
-    dep = deployment
-    broker = await dep.broker(make_config(dep.url, hosts={"expected": 1}))
-    await dep.host("h1")
-    await wait_until(lambda: dep.settled({"h1": 4}), message="4 clusters on h1")
-    epoch = (await dep.assignment())[2][1]
-    report = ShardingRequired.to_field({2: ShardingRequired(2, 17, epoch), 3: ShardingRequired(3, 30, epoch + 99)})
-    await dep.redis.hset(dep.keys.host("h1"), SHARDING_REQUIRED_FIELD, report)
-    await wait_until(lambda: dep.events("sharding_required"), message="the sharding_required event")
-    for _ in range(2):
-        await broker.wait_tick(scaled(5.0))
-    events = await dep.events("sharding_required")
-    assert len(events) == 1, events  # once, and not for cluster 3 (its grant names another epoch)
-    assert events[0]["message"] == (
-        "Discord requires more shards: it closed shard 17 of cluster 2 on host h1 with 4011 (a shard holds more "
-        "guilds than Discord allows; 32 shards now); add shards with `letsfrag reshard --recommended`")
-    assert (events[0]["cluster"], events[0]["shard"]) == ("2", "17")
-    await dep.redis.hset(dep.keys.host("h1"), SHARDING_REQUIRED_FIELD, '{"2": {"shard": "x"}}')
-    await wait_until(lambda: _invalid_field(dep), message="the unreadable field reported")
-
-
-async def _invalid_field(dep: Deployment) -> bool:
-    return any(SHARDING_REQUIRED_FIELD in e["message"] for e in await dep.events("redis_value_invalid"))

@@ -11,7 +11,6 @@ from support.supervisor import KEYS, gone, grant, host_config, set_modes, starts
 from support.waiting import time_scale, wait_until
 
 from letsfrag.events import recent
-from letsfrag.records import SHARDING_REQUIRED_FIELD, ShardingRequired
 from letsfrag.supervisor import ClusterManager, ClusterState
 
 
@@ -71,17 +70,15 @@ async def test_backoff_restart_after_crash(redis_url: str, r: aioredis.Redis, tm
 
 
 async def test_exit_78_and_fatal_4004_fail_at_once(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
-    """... and a 4011 (sharding required) is not restarted either: it is reported in the host record, for the
-    broker, until the cluster is granted again."""
-    set_modes(tmp_path, **{"0": "config", "1": "fatal", "2": "fenced", "3": "sharding"})
+    set_modes(tmp_path, **{"0": "config", "1": "fatal", "2": "fenced"})
     config = host_config(redis_url, tmp_path)
     await write_layout(r)
-    for cid in (0, 1, 2, 3):
+    for cid in (0, 1, 2):
         await grant(r, cid, epoch=1)
     async with ClusterManager(config) as manager:
-        await wait_until(lambda: len(manager.clusters) == 4 and all(
-            v.state is ClusterState.FAILED and v.pid is None for cid, v in manager.clusters.items() if cid != 2),
-            timeout=10, message="0, 1 and 3 FAILED without a process")
+        await wait_until(lambda: len(manager.clusters) == 3 and all(
+            v.state is ClusterState.FAILED and v.pid is None for cid, v in manager.clusters.items() if cid < 2),
+            timeout=10, message="both FAILED without a process")
         # exit 75: the cluster's epoch was fenced; stopped, not restarted
         await wait_until(lambda: manager.clusters[2].state is ClusterState.STOPPED, message="fenced cluster stopped")
         assert manager.clusters[2].spawns == 1 and manager.clusters[2].restarts == 0
@@ -93,25 +90,6 @@ async def test_exit_78_and_fatal_4004_fail_at_once(redis_url: str, r: aioredis.R
         await wait_until(lambda: _state(r, 1, "failed"), message="status failed")
         running = json.loads(await r.hget(KEYS.host("h1"), "running") or "{}")
         assert running == {}
-        c3 = manager.clusters[3]
-        assert c3.restarts == 0 and len(starts(tmp_path, 3)) == 1
-        assert "4011: sharding required on shard 3: the bot needs more shards; waiting for a reshard" in c3.reason
-        await wait_until(lambda: _field(r, SHARDING_REQUIRED_FIELD), message="the 4011 report in the host record")
-        reports = ShardingRequired.parse_field(await r.hget(KEYS.host("h1"), SHARDING_REQUIRED_FIELD), key="host")
-        assert reports == {3: ShardingRequired(cluster=3, shard=3, epoch=1)}
-        assert [e.fields.get("shard") for e in await recent(r, KEYS) if e.kind == "sharding_required"] == ["3"]
-        set_modes(tmp_path, **{"3": "well"})
-        await grant(r, 3, epoch=2)  # granted again (e.g. after a reshard): a new run, the report goes
-        await wait_until(lambda: len(starts(tmp_path, 3)) == 2, message="cluster 3 started again for epoch 2")
-        await wait_until(lambda: _no_report(r), message="the 4011 report cleared")
-
-
-async def _field(r: aioredis.Redis, name: str) -> bool:
-    return (await r.hget(KEYS.host("h1"), name) or "{}") != "{}"
-
-
-async def _no_report(r: aioredis.Redis) -> bool:
-    return not await _field(r, SHARDING_REQUIRED_FIELD)
 
 
 async def _state(r: aioredis.Redis, cluster_id: int, state: str) -> bool:

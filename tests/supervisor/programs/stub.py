@@ -10,7 +10,6 @@ config        exits 78 (EX_CONFIG) with a message
 leak          prints ``LETSFRAG_REDIS_URL``, then raises an exception quoting the token, the Redis password, the
               signing secret and ``STUB_API_KEY`` (exit 1): what a careless bot does
 fatal         reports fatal close 4004 over IPC, exits 77
-sharding      reports fatal close 4011 (sharding required) on shard 3 over IPC, exits 77
 fenced        reports it is fenced over IPC, exits 75
 ignore_term   ready; ignores SIGTERM and IPC ``stop``
 fork          ready; forks a grandchild that leaves the group (setsid) and ignores SIGTERM
@@ -105,11 +104,8 @@ async def main() -> int:
     if current == "fenced":
         await channel.send("fenced", reason="epoch 1 no longer owns cluster")
         return 75
-    if current in ("fatal", "sharding"):
-        if current == "fatal":
-            await channel.send("fatal", code=4004, reason="Authentication failed")
-        else:
-            await channel.send("fatal", code=4011, reason="Sharding required.", shard=3)
+    if current == "fatal":
+        await channel.send("fatal", code=4004, reason="Authentication failed")
         await asyncio.sleep(0.05)
         return 77
     state = {"ready": False}
