@@ -180,6 +180,7 @@ class ClusterMixin(_Base):
         self._lf_stop_grace = stop_grace
         self._lf_stopping: asyncio.Future[None] | None = None
         self._lf_stop_dropped = 0  # claimable events not claimed because the process is stopping
+        self._lf_abandoning = False  # the supervisor is gone: sessions left resumable, seq on record frozen
         self._lf_handlers: set[asyncio.Task[Any]] = set()  # discord.py's event handler tasks still running
 
     # --- running ------------------------------------------------------------------------------------------
@@ -606,6 +607,14 @@ class ClusterMixin(_Base):
         log.info("cluster %s stopping: %s", self.cluster.id, reason)
         if self.cluster.exit_code is None:
             self.cluster.exit_code = ExitCode.OK
+        await self._lf_finish_in_flight()
+        self._lf_graceful = True
+        await self._lf_save_final_sessions()
+        await asyncio.shield(self.close())  # teardown cancels this task; never cancel the close itself
+
+    async def _lf_finish_in_flight(self) -> None:
+        """The claims in flight resolve, their parses run and the handlers they started finish, within
+        ``stop_grace`` seconds (new claimable events are dropped meanwhile: :meth:`_lf_gate_parse`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._lf_stop_grace
         waiting = await self._lf_claims.drain(self._lf_stop_grace)
@@ -617,9 +626,6 @@ class ClusterMixin(_Base):
         if waiting or pending:
             log.warning("cluster %s: stopping with %d claimed events unresolved and %d handlers still running "
                         "after %.1fs", self.cluster.id, waiting, len(pending), self._lf_stop_grace)
-        self._lf_graceful = True
-        await self._lf_save_final_sessions()
-        await asyncio.shield(self.close())  # teardown cancels this task; never cancel the close itself
 
     async def _lf_save_final_sessions(self) -> None:
         """The session records of a graceful stop, marked ended (:meth:`_lf_end_sessions`), after a fresh check
@@ -649,7 +655,7 @@ class ClusterMixin(_Base):
         process (an unclaimed ``INTERACTION_CREATE``: its parse runs app commands, user code)."""
         if identity is None:
             return event != "INTERACTION_CREATE"
-        if self._lf_stopping is not None:
+        if self._lf_stopping is not None or self._lf_abandoning:
             self._lf_stop_dropped += 1
             return False
         if self._lf_gate.keeps:
@@ -742,8 +748,9 @@ class ClusterMixin(_Base):
             await asyncio.sleep(max(0.0, due - loop.time()))
 
     async def _lf_save_sessions(self) -> None:
-        """Write this cluster's session records (only while it owns its shards; Redis failures are logged)."""
-        if (self._lf_sessions is None or self._lf_guard.fenced or not self._lf_guard.allows()
+        """Write this cluster's session records (only while it owns its shards, and not once it abandons them: the
+        next owner replays from the seq recorded then; Redis failures are logged)."""
+        if (self._lf_sessions is None or self._lf_abandoning or self._lf_guard.fenced or not self._lf_guard.allows()
                 or not self._lf_gate.writes_allowed):
             return
         env = self.cluster.environment
@@ -790,6 +797,10 @@ class ClusterMixin(_Base):
         if self.cluster.exit_code is None:
             self.cluster.exit_code = ExitCode.OK
         await self._lf_save_sessions()
+        # from here the recorded seq stays put and claimable events are dropped (the next owner replays them
+        # from it); the events this process claimed before finish their handlers, or they would be lost
+        self._lf_abandoning = True
+        await self._lf_finish_in_flight()
         await asyncio.shield(self._lf_close_resumably())
         await asyncio.shield(self.close())  # teardown cancels this task; never cancel the close itself
 
