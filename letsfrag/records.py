@@ -137,11 +137,14 @@ def parse_running(raw: Any, *, key: str) -> dict[int, int]:
 
 
 _INTS = ("shard_count", "shards_per_cluster", "cluster_count", "max_concurrency")
+#: the generation fields: absent in a layout written before resharding existed, read as generation 1 whose
+#: clusters start at id 0 (see :mod:`letsfrag.reshard`)
+_GENERATION_DEFAULTS = {"generation": 1, "cluster_base": 0}
 _FLOATS = ("identify_window", "lease_ttl", "lease_grace", "heartbeat_interval")
 #: the ``{ns}:layout`` fields that fix each cluster's shards
 GEOMETRY_FIELDS = ("shard_count", "shards_per_cluster")
 #: the fields an RPC caller routes by (``cluster_count`` as written: a layout may announce clusters not running)
-ROUTING_FIELDS = ("shard_count", "shards_per_cluster", "cluster_count")
+ROUTING_FIELDS = ("shard_count", "shards_per_cluster", "cluster_count", "cluster_base")
 #: what a reader that does not check a field (display, RPC) assumes for it when it is missing or unreadable: the
 #: broker config's defaults (``max_concurrency: 1``, ``identify_window: 5s``, ``lease.ttl: 10s``,
 #: ``lease.grace: 2s``, ``heartbeat_interval: 2s``), i.e. what a default broker would have written
@@ -167,6 +170,11 @@ class LayoutRecord:
     heartbeat_interval: float
     #: the broker's opt-in to ``broadcast_eval`` (field absent: false)
     allow_eval: bool = False
+    #: the layout generation (1 until the first reshard; field absent: 1), see :mod:`letsfrag.reshard`
+    generation: int = 1
+    #: the id of this generation's first cluster: its clusters are ``cluster_base ..
+    #: cluster_base + cluster_count - 1`` (field absent: 0); ids are never reused by a later generation
+    cluster_base: int = 0
     updated_at: float | None = field(default=None, compare=False)
 
     @classmethod
@@ -193,6 +201,15 @@ class LayoutRecord:
                 if name in LAYOUT_FALLBACKS:
                     fallback = LAYOUT_FALLBACKS[name]
                     values[name] = int(fallback) if name in _INTS else float(fallback)
+        for name, default in _GENERATION_DEFAULTS.items():
+            raw = data.get(name)
+            try:
+                values[name] = default if raw in (None, "") else parse_int(
+                    raw, key=key, field=name, minimum=1 if name == "generation" else 0, maximum=MAX_EPOCH)
+            except RecordError:
+                if only is None or name in only:
+                    raise
+                values[name] = default
         if "cluster_count" not in values or "cluster_count" not in checked:
             values["cluster_count"] = -(-values["shard_count"] // values["shards_per_cluster"])
         values["allow_eval"] = data.get("allow_eval") == "1"
@@ -245,19 +262,25 @@ class LayoutRecord:
 
     @property
     def cluster_ids(self) -> range:
-        """Every cluster id of the layout, ascending."""
-        return range(self.cluster_count)
+        """Every cluster id of the layout, ascending (from :attr:`cluster_base`)."""
+        return range(self.cluster_base, self.cluster_base + self.cluster_count)
+
+    @property
+    def next_cluster_base(self) -> int:
+        """The first cluster id of the next generation (right after this one's)."""
+        return self.cluster_base + self.cluster_count
 
     def shards_of(self, cluster_id: int) -> tuple[int, ...]:
         """The contiguous block of shards of ``cluster_id`` (empty when outside the layout)."""
-        if cluster_id < 0:
+        index = cluster_id - self.cluster_base
+        if index < 0:
             return ()
-        start = cluster_id * self.shards_per_cluster
+        start = index * self.shards_per_cluster
         return tuple(range(start, min(start + self.shards_per_cluster, self.shard_count)))
 
     def cluster_of_guild(self, guild_id: int) -> int:
         """The cluster running the shard Discord routes ``guild_id`` to."""
-        return ((guild_id >> 22) % self.shard_count) // self.shards_per_cluster
+        return self.cluster_base + ((guild_id >> 22) % self.shard_count) // self.shards_per_cluster
 
 
 #: Lua: ``grant_json(host, epoch)``, the :meth:`Grant.to_json` text written by the broker's scripts, and

@@ -69,7 +69,7 @@ class RpcCaller:
 
     async def _expected(self) -> list[str]:
         layout = await self.layout(refresh=True)
-        return [cluster_node(cid) for cid in range(layout.cluster_count)]
+        return [cluster_node(cid) for cid in layout.cluster_ids]
 
     @staticmethod
     def _by_cluster(results: dict[str, Result]) -> dict[int, Result]:

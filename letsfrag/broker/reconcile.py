@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from letsfrag.clock import Clock
 from letsfrag.config import BrokerConfig
+from letsfrag.errors import RecordError
 from letsfrag.events import Severity
 from letsfrag.handover import HANDOFF_BLOCKED_FIELD, OPERATION_FIELD, HandoverReason, HandoverRecord
 from letsfrag.records import Grant, LayoutRecord
@@ -130,6 +131,7 @@ class Reconciler:
         self._adopting = False
         if not snap.assignment:
             self._cold_start(now, snap)
+        await self._keep_generation(snap)
         await self._write_layout()
         self.handovers.load(snap.handovers)
         if self.handovers:
@@ -151,6 +153,26 @@ class Reconciler:
             self._startup_floor = now + self.config.lease.ttl
             self._startup_deadline = max(self._startup_deadline, self._startup_floor)
             self._adopting = True
+
+    async def _keep_generation(self, snap: Snapshot) -> None:
+        """A stored layout of a later generation (a reshard happened) keeps its geometry: the config's shard count
+        is generation 1's, and changing it is a reshard, never a silent restart (see :mod:`letsfrag.reshard`)."""
+        try:
+            stored = LayoutRecord.from_hash(snap.layout, key=self.store.keys.layout) if snap.layout else None
+        except RecordError:
+            return
+        if stored is None or stored.generation <= self.layout.generation:
+            return
+        configured = self.layout.shard_count
+        self.layout = dataclasses.replace(
+            self.layout, generation=stored.generation, cluster_base=stored.cluster_base,
+            shard_count=stored.shard_count, shards_per_cluster=stored.shards_per_cluster,
+            cluster_count=stored.cluster_count)
+        if configured != stored.shard_count:
+            await self._event(Severity.WARNING, "layout_generation_kept",
+                              f"{self.store.keys.layout} is generation {stored.generation} with {stored.shard_count} "
+                              f"shards; keeping it (the config's {configured} shards were generation 1's: use "
+                              "`letsfrag reshard` to change the shard count)")
 
     def layout_record(self) -> LayoutRecord:
         """The ``{ns}:layout`` record of this broker's config (the one every host must use)."""
@@ -581,7 +603,7 @@ class Reconciler:
             grant = self.assignment.get(cluster)
             if cluster not in self.layout.cluster_ids:
                 self._refuse(serial, cluster, "refused", f"cluster {cluster} is not in the layout "
-                             f"(clusters 0-{self.layout.cluster_count - 1})")
+                             f"(clusters {self.layout.cluster_base}-{self.layout.next_cluster_base - 1})")
                 continue
             if grant is None:
                 self._refuse(serial, cluster, "refused", f"cluster {cluster} is not assigned to any host")
