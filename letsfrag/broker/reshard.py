@@ -20,22 +20,37 @@ always give the same answer.
   (no ``{ns}:identify:budget``) is not checked, and the plan says so.
 * **Time**: the new sessions identify through the global queue by buckets, ``max_concurrency`` per
   ``identify_window``: at least ``ceil(N / max_concurrency) × identify_window`` seconds.
+
+Executing the plan (:mod:`letsfrag.reshard` is the protocol): :func:`new_layout` is the generation the plan
+prepares, :func:`place` gives each new cluster its host, and every tick :func:`decide_reshard` says what to do
+with the reshard record at ``now`` (Redis ``TIME``, the records' clock):
+
+* **preparing** → ``switch`` when every new cluster's host reports its process of that epoch ``ready``;
+  ``rollback`` (naming the cluster) when a host is not alive, a report says ``failed``, or the deadline passed;
+* **switched** → ``done`` once no live host runs an old cluster for ``settle`` seconds (their last status writes
+  landed), or when the stop deadline passed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
-from letsfrag.records import MAX_SHARDS
+from letsfrag.handover import SuccessorState
+from letsfrag.records import MAX_SHARDS, LayoutRecord
+from letsfrag.reshard import ReshardRecord, ReshardState
 
 from .assignment import round_shard_count
 from .handovers import reserve_of
+from .moves import HostFacts
 
-__all__ = ["BudgetView", "CurrentLayout", "HostRoom", "ReshardPlan", "ReshardRefusal", "plan_reshard"]
+__all__ = ["BudgetView", "CurrentLayout", "HostRoom", "ReshardAction", "ReshardPlan", "ReshardRefusal", "ReshardStep",
+           "decide_reshard", "new_layout", "old_running", "place", "plan_reshard", "ready_clusters"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,3 +235,94 @@ def plan_reshard(layout: CurrentLayout, hosts: Mapping[str, HostRoom], budget: B
         identify_window=layout.identify_window, clusters=clusters, hosts=_distribute(clusters, free, usable),
         free=free, identifies=new, budget_remaining=budget.remaining if budget.known else None,
         budget_reserve=reserve, source=source)
+
+
+def new_layout(live: LayoutRecord, plan: ReshardPlan) -> LayoutRecord:
+    """The layout of the generation ``plan`` prepares: its shard count, its clusters numbered after ``live``'s,
+    the live timing fields."""
+    return dataclasses.replace(live, generation=live.generation + 1, shard_count=plan.new_shards,
+                               cluster_count=plan.clusters, cluster_base=live.next_cluster_base, updated_at=None)
+
+
+def place(layout: LayoutRecord, plan: ReshardPlan) -> dict[int, str]:
+    """Each new cluster's host: ``plan.hosts``'s counts handed out in cluster order, hosts alternating (so each
+    host's clusters spread over the shard range)."""
+    left = dict(sorted(plan.hosts.items()))
+    out: dict[int, str] = {}
+    hosts = list(left)
+    turn = 0
+    for cid in layout.cluster_ids:
+        while left[hosts[turn % len(hosts)]] == 0:
+            turn += 1
+        host = hosts[turn % len(hosts)]
+        left[host] -= 1
+        out[cid] = host
+        turn += 1
+    return out
+
+
+class ReshardAction(StrEnum):
+    """What the broker does with the reshard record this tick."""
+
+    WAIT = "wait"
+    SWITCH = "switch"
+    ROLLBACK = "rollback"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class ReshardStep:
+    """The decision; ``reason`` is a sentence for events and the command's reply, ``cluster`` the one to blame."""
+
+    action: ReshardAction
+    reason: str = ""
+    cluster: int | None = None
+
+
+def ready_clusters(record: ReshardRecord, hosts: Mapping[str, HostFacts]) -> list[int]:
+    """The new clusters whose host reports their process (of the record's epoch) ready."""
+    out = []
+    for cid, grant in sorted(record.clusters.items()):
+        facts = hosts.get(grant.host)
+        report = facts.successors.get(cid) if facts is not None else None
+        if report is not None and report.epoch == grant.epoch and report.state is SuccessorState.READY:
+            out.append(cid)
+    return out
+
+
+def old_running(record: ReshardRecord, hosts: Mapping[str, HostFacts]) -> list[int]:
+    """The old clusters some live host still runs."""
+    retiring = set(record.retiring)
+    return sorted({cid for facts in hosts.values() if facts.alive for cid in facts.running if cid in retiring})
+
+
+def decide_reshard(record: ReshardRecord, now: float, hosts: Mapping[str, HostFacts], *,
+                   stopped_since: float | None = None, settle: float = 0.0) -> ReshardStep:
+    """The next step of ``record`` at ``now``; ``stopped_since``: since when no live host runs an old cluster
+    (``None``: one still does)."""
+    g, n = record.from_generation, record.generation
+    if record.state is ReshardState.PREPARING:
+        for cid, grant in sorted(record.clusters.items()):
+            facts = hosts.get(grant.host)
+            if facts is None or not facts.alive:
+                return ReshardStep(ReshardAction.ROLLBACK, f"cluster {cid} of generation {n}: its host {grant.host} "
+                                   "is not alive", cid)
+            report = facts.successors.get(cid)
+            if report is not None and report.epoch == grant.epoch and report.state is SuccessorState.FAILED:
+                why = f": {report.reason}" if report.reason else ""
+                return ReshardStep(ReshardAction.ROLLBACK, f"cluster {cid} of generation {n} failed on {grant.host}"
+                                   f"{why}", cid)
+        ready = ready_clusters(record, hosts)
+        if len(ready) == len(record.clusters):
+            return ReshardStep(ReshardAction.SWITCH, f"all {len(ready)} cluster(s) of generation {n} are ready")
+        if now > record.deadline:
+            late = [c for c in sorted(record.clusters) if c not in ready]
+            return ReshardStep(ReshardAction.ROLLBACK, f"cluster {late[0]} of generation {n} was not ready within "
+                               f"{record.deadline - record.started:.0f}s" +
+                               (f" (nor {late[1:]})" if len(late) > 1 else ""), late[0])
+        return ReshardStep(ReshardAction.WAIT)
+    if stopped_since is not None and now - stopped_since >= settle:
+        return ReshardStep(ReshardAction.DONE, f"generation {g}'s processes stopped")
+    if now > record.deadline:
+        return ReshardStep(ReshardAction.DONE, f"generation {g}'s processes did not all confirm the stop in time")
+    return ReshardStep(ReshardAction.WAIT)

@@ -416,10 +416,11 @@ class ClusterManager:
         record.memory.reset()
 
     async def _launch(self, cluster_id: int, shard_ids: tuple[int, ...], epoch: int, token: int, *,
-                      handover: bool = False) -> ClusterProcess:
-        """Start one process of ``cluster_id`` (a cluster, or with ``handover`` a successor); raises ``OSError``."""
+                      handover: bool = False, layout: LayoutRecord | None = None) -> ClusterProcess:
+        """Start one process of ``cluster_id`` (a cluster, or with ``handover`` a successor) in ``layout``
+        (default the live one; a reshard's cluster runs in its generation's); raises ``OSError``."""
         assert self._layout is not None and self.agent is not None
-        layout = self._layout
+        layout = layout or self._layout
         environment = cluster_environment(
             self.config, cluster_id=cluster_id, shard_ids=shard_ids, shard_count=layout.shard_count,
             host_id=self.host_id, incarnation=self.agent.incarnation, epoch=epoch,

@@ -12,8 +12,6 @@ import pytest
 from broker_support import TOKEN, Deployment, Stub, make_config
 from helpers import scaled, wait_until
 
-from letsfrag.commands import RESHARD_NOT_AVAILABLE
-
 SECRET = "s3cret-for-reshard-tests"
 
 
@@ -79,14 +77,25 @@ async def _ticks_after_write(dep: Deployment) -> None:
         await dep.brokers[0].wait_tick(scaled(5.0))
 
 
-async def test_without_dry_run_it_prints_the_plan_and_says_it_cannot_execute(deployment: Deployment) -> None:
+async def test_without_dry_run_it_runs_and_rolls_back_when_the_new_clusters_are_not_ready(
+        deployment: Deployment) -> None:
+    """The test's hosts start no process: the new generation is never ready, so the reshard rolls back at its
+    deadline, naming the cluster; generation 1 keeps its layout and grants, and no reshard key is left."""
     dep = deployment
     await _two_hosts(dep)
     await _ticks_after_write(dep)
-    code, out, err = await _letsfrag(dep, "--shards", "13")
-    assert code == 1
+    before = await dep.assignment()
+    layout = await dep.redis.hgetall(dep.keys.layout)
+    code, out, err = await _letsfrag(dep, "--shards", "13", "--timeout", "1s")
+    assert code == 1, err
     assert out == PLAN_13
-    assert err.rstrip().endswith(f"not executed: {RESHARD_NOT_AVAILABLE}")
+    assert "generation 2: starting 4 cluster(s) (16 shards) beside generation 1 (h1: [2, 4], h2: [3, 5])" in err
+    assert ("failed: rolled back: cluster 2 of generation 2 was not ready within 1s (nor [3, 4, 5]); generation 2's "
+            "clusters stopped, generation 1 keeps serving") in err
+    assert await dep.assignment() == before
+    assert {k: v for k, v in (await dep.redis.hgetall(dep.keys.layout)).items() if k != "updated_at"} == \
+        {k: v for k, v in layout.items() if k != "updated_at"}
+    assert await dep.redis.exists(dep.keys.reshard, dep.keys.handover) == 0
 
 
 async def test_recommended_takes_the_count_of_gateway_bot(deployment: Deployment, stub: Stub) -> None:
