@@ -1,0 +1,124 @@
+"""Resharding without downtime (issue 16): 8 -> 16 shards across 2 hosts under traffic, nothing lost or doubled.
+
+Traffic: 20 events a second at the simulator, half ``!ping <n>`` messages and half member joins, counted by the
+simulator's handling referee (as in test_handover.py). ``letsfrag reshard --shards 16`` (the real CLI, signed)
+prepares generation 2 (4 clusters of 4 shards, ids 2-5) beside generation 1 (clusters 0-1), switches all of it at
+one instant once every new cluster is ready, and retires generation 1. The simulator serves both shard counts at
+once and routes each guild's events to every live session whose ``(guild_id >> 22) % num_shards == shard_id``.
+
+Contract assumed (letsfrag/reshard.py): events ``reshard_started``, ``reshard_switched``, ``reshard_done``;
+``{ns}:reshard`` is gone once it finished; the command exits 0 once switched and retired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from exactly_once_support import (
+    SecuredRehearsal,
+    deployment_factory,
+    handling,
+    letsfrag_cli,
+    live_pids,
+    reset_referee,
+    settle,
+    start_traffic,
+    stop_traffic,
+)
+from helpers import wait_until_sync
+
+from letsfrag.keys import Keys
+from letsfrag.reshard import retired_cluster_keys
+
+pytestmark = pytest.mark.chaos
+
+RATE = 20.0
+JOINS = 0.5
+#: 2 hosts, 8 shards in 2 clusters of 4 (one per host); each host has room for its new clusters beside its old one
+RESHARD: dict[str, Any] = {"hosts": 2, "shards": 8, "shards_per_cluster": 4, "max_concurrency": 4,
+                           "identify_window": 1.0, "lease_ttl": 3.0, "lease_grace": 1.0, "capacity": 3,
+                           "rebalance": "manual", "namespace": "reshard"}
+
+
+@pytest.fixture
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredRehearsal]:
+    factory = deployment_factory(tmp_path_factory.mktemp("reshard"))
+    make = next(factory)
+    dep = make(**RESHARD).start()
+    try:
+        wait_until_sync(dep.all_ready, timeout=60, interval=0.25, message="8 shards READY at start")
+        yield dep
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(factory)
+
+
+def _sessions(dep: SecuredRehearsal) -> dict[str, dict[str, Any]]:
+    """Live sessions per shard count at the simulator."""
+    return dict(dep.sim_stats().get("shard_counts", {}))
+
+
+def _cluster_pids(dep: SecuredRehearsal, client: Any, clusters: range) -> dict[int, int]:
+    keys = Keys(dep.settings.namespace)
+    return {cid: int(client.hget(keys.cluster_status(cid), "pid") or 0) for cid in clusters}
+
+
+def test_reshard_8_to_16_across_two_hosts_under_traffic(deployment: SecuredRehearsal) -> None:
+    dep = deployment
+    ns = dep.settings.namespace
+    keys = Keys(ns)
+    client = dep.redis_client()
+    try:
+        old_pids = _cluster_pids(dep, client, range(2))
+        assert all(old_pids.values()), old_pids
+        reset_referee(dep)
+        start_traffic(dep, RATE, joins=JOINS)
+        wait_until_sync(lambda: handling(dep)["answered_once"] >= 10, timeout=15, message="traffic answered")
+        started = time.monotonic()
+        result = letsfrag_cli("reshard", "--shards", "16", "--timeout", "40s", "--redis", dep.redis_url,
+                              "--namespace", ns, env={"LETSFRAG_SECRET": dep.secret}, timeout=120)
+        took = time.monotonic() - started
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr and dep.secret not in result.stdout + result.stderr
+        assert "reshard plan: generation 1 -> 2 (--shards 16)" in result.stdout
+        assert "switched to generation 2 (16 shards)" in result.stderr, result.stderr
+        assert "ok: generation 2 serves alone" in result.stdout, result.stdout
+        # one more second of traffic on generation 2 alone, then every event answered (or late)
+        sent = handling(dep)["sent"]
+        wait_until_sync(lambda: handling(dep)["sent"] >= sent + RATE, timeout=10, message="traffic after")
+        stop_traffic(dep)
+        counts = settle(dep)
+        stats = dep.sim_stats()
+        # 0 lost, 0 twice, 0 identify violations
+        lost = counts["unanswered_live"] + counts["undeliverable"]
+        assert lost == 0, f"lost {lost} of {counts['sent']} events: {counts}"
+        assert counts["answered_twice_or_more"] == 0, counts
+        assert counts["answered_once"] == counts["sent"] > 0 and counts["sent_join"] > 0, counts
+        assert stats["identify_violations"]["total"] == 0, stats["identify_violations"]
+        assert stats["duplicate_sessions"]["count"] == 0, stats["duplicate_sessions"]
+        # one live session per shard of generation 2, none of generation 1
+        wait_until_sync(lambda: set(_sessions(dep)) == {"16"}, timeout=10, message="only 16-shard sessions left")
+        final = _sessions(dep)["16"]
+        assert final == {"shards_ready": list(range(16)), "sessions": 16}, final
+        # generation 2 in the layout and the assignment; no process or key of generation 1 left
+        layout = client.hgetall(keys.layout)
+        assert (layout["generation"], layout["shard_count"], layout["cluster_base"]) == ("2", "16", "2"), layout
+        assert sorted(int(c) for c in client.hkeys(keys.assignment)) == [2, 3, 4, 5]
+        hosts = {dep.assignment(client)[cid][0] for cid in range(2, 6)}
+        assert hosts == {"h0", "h1"}, "the new clusters run across both hosts"
+        assert not client.exists(keys.reshard) and not client.hlen(keys.handover)
+        assert not live_pids(list(old_pids.values())), f"generation 1's processes exited: {old_pids}"
+        left = [k for k in retired_cluster_keys(keys, [0, 1]) if client.exists(k)]
+        assert not left, f"generation 1's keys removed: {left}"
+        kinds = [e.kind for e in dep.events()]
+        for kind in ("reshard_started", "reshard_switched", "reshard_done"):
+            assert kind in kinds, kinds[-30:]
+        assert "reshard_rolled_back" not in kinds
+        assert "cluster_fenced" not in kinds, "generation 1 was stopped gracefully, not fenced"
+        print(f"reshard 8 -> 16 in {took:.1f} s: handling {counts}")
+    finally:
+        client.close()
