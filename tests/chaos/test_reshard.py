@@ -7,14 +7,21 @@ one instant once every new cluster is ready, and retires generation 1. The simul
 once and routes each guild's events to every live session whose ``(guild_id >> 22) % num_shards == shard_id``.
 
 Contract assumed (letsfrag/reshard.py): events ``reshard_started``, ``reshard_switched``, ``reshard_done``;
-``{ns}:reshard`` is gone once it finished; the command exits 0 once switched and retired.
+``{ns}:reshard`` is gone once it finished; the command exits 0 once switched and retired, 1 after a rollback.
+
+One deployment for both tests, in file order: every cluster execs ``programs/handover_bot.py``, whose successors
+(``LETSFRAG_HANDOVER=1``, as a reshard's new clusters are) crash at start while a flag file exists. The first test
+reshards with the flag (rolled back: generation 1 never stopped serving), the second without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,17 +51,59 @@ RESHARD: dict[str, Any] = {"hosts": 2, "shards": 8, "shards_per_cluster": 4, "ma
                            "rebalance": "manual", "namespace": "reshard"}
 
 
-@pytest.fixture
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredRehearsal]:
-    factory = deployment_factory(tmp_path_factory.mktemp("reshard"))
+HANDOVER_BOT = [sys.executable, str(Path(__file__).resolve().parent / "programs" / "handover_bot.py")]
+
+
+@dataclass
+class Resharded:
+    deployment: SecuredRehearsal
+    crash: Path
+
+
+@pytest.fixture(scope="module")
+def resharded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resharded]:
+    root = tmp_path_factory.mktemp("reshard")
+    crash = root / "crash.flag"
+    factory = deployment_factory(root)
     make = next(factory)
-    dep = make(**RESHARD).start()
+    dep = make(**RESHARD, bot_command=HANDOVER_BOT, bot_env={"CHAOS_CRASH_FLAG": str(crash)}).start()
     try:
         wait_until_sync(dep.all_ready, timeout=60, interval=0.25, message="8 shards READY at start")
-        yield dep
+        yield Resharded(dep, crash)
     finally:
         with contextlib.suppress(StopIteration):
             next(factory)
+
+
+def _traffic_on(dep: SecuredRehearsal) -> None:
+    reset_referee(dep)
+    start_traffic(dep, RATE, joins=JOINS)
+    wait_until_sync(lambda: handling(dep)["answered_once"] >= 10, timeout=15, message="traffic answered")
+
+
+def _traffic_off(dep: SecuredRehearsal) -> tuple[dict[str, int], dict[str, Any]]:
+    """One more second of traffic, then stop and wait until every event is answered (or late)."""
+    sent = handling(dep)["sent"]
+    wait_until_sync(lambda: handling(dep)["sent"] >= sent + RATE, timeout=10, message="traffic after")
+    stop_traffic(dep)
+    counts = settle(dep)
+    return counts, dep.sim_stats()
+
+
+def _assert_exactly_once(counts: dict[str, int], stats: dict[str, Any]) -> None:
+    lost = counts["unanswered_live"] + counts["undeliverable"]
+    assert lost == 0, f"lost {lost} of {counts['sent']} events: {counts}"
+    assert counts["answered_twice_or_more"] == 0, counts
+    assert counts["answered_once"] == counts["sent"] > 0 and counts["sent_join"] > 0, counts
+    assert stats["identify_violations"]["total"] == 0, stats["identify_violations"]
+    assert stats["duplicate_sessions"]["count"] == 0, stats["duplicate_sessions"]
+
+
+def _reshard(dep: SecuredRehearsal, *args: str) -> Any:
+    result = letsfrag_cli("reshard", *args, "--redis", dep.redis_url, "--namespace", dep.settings.namespace,
+                          env={"LETSFRAG_SECRET": dep.secret}, timeout=120)
+    assert "Traceback" not in result.stderr and dep.secret not in result.stdout + result.stderr
+    return result
 
 
 def _sessions(dep: SecuredRehearsal) -> dict[str, dict[str, Any]]:
@@ -67,39 +116,58 @@ def _cluster_pids(dep: SecuredRehearsal, client: Any, clusters: range) -> dict[i
     return {cid: int(client.hget(keys.cluster_status(cid), "pid") or 0) for cid in clusters}
 
 
-def test_reshard_8_to_16_across_two_hosts_under_traffic(deployment: SecuredRehearsal) -> None:
-    dep = deployment
+def test_a_reshard_whose_new_clusters_crash_rolls_back(resharded: Resharded) -> None:
+    dep = resharded.deployment
+    keys = Keys(dep.settings.namespace)
+    client = dep.redis_client()
+    resharded.crash.touch()
+    try:
+        before = dep.assignment(client)
+        old_pids = _cluster_pids(dep, client, range(2))
+        layout = client.hgetall(keys.layout)
+        _traffic_on(dep)
+        result = _reshard(dep, "--shards", "16", "--timeout", "40s")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "reshard plan: generation 1 -> 2 (--shards 16)" in result.stdout
+        assert "failed: rolled back: cluster " in result.stderr and " of generation 2 failed on h" in result.stderr
+        assert "generation 1 keeps serving" in result.stderr, result.stderr
+        counts, stats = _traffic_off(dep)
+        _assert_exactly_once(counts, stats)
+        # generation 1 as before: same grants, same processes, the layout unchanged; nothing of generation 2 left
+        assert dep.assignment(client) == before and _cluster_pids(dep, client, range(2)) == old_pids
+        assert {k: v for k, v in client.hgetall(keys.layout).items() if k != "updated_at"} == \
+            {k: v for k, v in layout.items() if k != "updated_at"}
+        assert not client.exists(keys.reshard) and not client.hlen(keys.handover)
+        wait_until_sync(lambda: set(_sessions(dep)) == {"8"}, timeout=10, message="only 8-shard sessions")
+        assert _sessions(dep)["8"] == {"shards_ready": list(range(8)), "sessions": 8}
+        left = [k for k in retired_cluster_keys(keys, list(range(2, 6))) if client.exists(k)]
+        assert not left, f"generation 2's keys removed: {left}"
+        rolled = [e for e in dep.events() if e.kind == "reshard_rolled_back"]
+        assert rolled and rolled[-1].fields.get("cluster") in {"2", "3", "4", "5"}, rolled
+    finally:
+        resharded.crash.unlink(missing_ok=True)
+        client.close()
+
+
+def test_reshard_8_to_16_across_two_hosts_under_traffic(resharded: Resharded) -> None:
+    dep = resharded.deployment
     ns = dep.settings.namespace
     keys = Keys(ns)
     client = dep.redis_client()
     try:
         old_pids = _cluster_pids(dep, client, range(2))
         assert all(old_pids.values()), old_pids
-        reset_referee(dep)
-        start_traffic(dep, RATE, joins=JOINS)
-        wait_until_sync(lambda: handling(dep)["answered_once"] >= 10, timeout=15, message="traffic answered")
-        started = time.monotonic()
-        result = letsfrag_cli("reshard", "--shards", "16", "--timeout", "40s", "--redis", dep.redis_url,
-                              "--namespace", ns, env={"LETSFRAG_SECRET": dep.secret}, timeout=120)
+        _traffic_on(dep)
+        started, started_wall = time.monotonic(), time.time()
+        result = _reshard(dep, "--shards", "16", "--timeout", "40s")
         took = time.monotonic() - started
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "Traceback" not in result.stderr and dep.secret not in result.stdout + result.stderr
         assert "reshard plan: generation 1 -> 2 (--shards 16)" in result.stdout
         assert "switched to generation 2 (16 shards)" in result.stderr, result.stderr
         assert "ok: generation 2 serves alone" in result.stdout, result.stdout
-        # one more second of traffic on generation 2 alone, then every event answered (or late)
-        sent = handling(dep)["sent"]
-        wait_until_sync(lambda: handling(dep)["sent"] >= sent + RATE, timeout=10, message="traffic after")
-        stop_traffic(dep)
-        counts = settle(dep)
-        stats = dep.sim_stats()
-        # 0 lost, 0 twice, 0 identify violations
-        lost = counts["unanswered_live"] + counts["undeliverable"]
-        assert lost == 0, f"lost {lost} of {counts['sent']} events: {counts}"
-        assert counts["answered_twice_or_more"] == 0, counts
-        assert counts["answered_once"] == counts["sent"] > 0 and counts["sent_join"] > 0, counts
-        assert stats["identify_violations"]["total"] == 0, stats["identify_violations"]
-        assert stats["duplicate_sessions"]["count"] == 0, stats["duplicate_sessions"]
+        # one more second of traffic on generation 2 alone: 0 lost, 0 twice, 0 identify violations
+        counts, stats = _traffic_off(dep)
+        _assert_exactly_once(counts, stats)
         # one live session per shard of generation 2, none of generation 1
         wait_until_sync(lambda: set(_sessions(dep)) == {"16"}, timeout=10, message="only 16-shard sessions left")
         final = _sessions(dep)["16"]
@@ -114,7 +182,7 @@ def test_reshard_8_to_16_across_two_hosts_under_traffic(deployment: SecuredRehea
         assert not live_pids(list(old_pids.values())), f"generation 1's processes exited: {old_pids}"
         left = [k for k in retired_cluster_keys(keys, [0, 1]) if client.exists(k)]
         assert not left, f"generation 1's keys removed: {left}"
-        kinds = [e.kind for e in dep.events()]
+        kinds = [e.kind for e in dep.events() if e.ts >= started_wall]
         for kind in ("reshard_started", "reshard_switched", "reshard_done"):
             assert kind in kinds, kinds[-30:]
         assert "reshard_rolled_back" not in kinds
