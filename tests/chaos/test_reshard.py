@@ -1,4 +1,4 @@
-"""Resharding without downtime (issue 16): 8 -> 16 shards across 2 hosts under traffic, nothing lost or doubled.
+"""Resharding without downtime (issue 16): 8 -> 16 -> 8 shards across 2 hosts under traffic, a rollback.
 
 Traffic: 20 events a second at the simulator, half ``!ping <n>`` messages and half member joins, counted by the
 simulator's handling referee (as in test_handover.py). ``letsfrag reshard --shards 16`` (the real CLI, signed)
@@ -9,9 +9,10 @@ once and routes each guild's events to every live session whose ``(guild_id >> 2
 Contract assumed (letsfrag/reshard.py): events ``reshard_started``, ``reshard_switched``, ``reshard_done``;
 ``{ns}:reshard`` is gone once it finished; the command exits 0 once switched and retired, 1 after a rollback.
 
-One deployment for both tests, in file order: every cluster execs ``programs/handover_bot.py``, whose successors
-(``LETSFRAG_HANDOVER=1``, as a reshard's new clusters are) crash at start while a flag file exists. The first test
-reshards with the flag (rolled back: generation 1 never stopped serving), the second without it.
+One deployment for the three tests, in file order: every cluster execs ``programs/handover_bot.py``, whose
+successors (``LETSFRAG_HANDOVER=1``, as a reshard's new clusters are) crash at start while a flag file exists. The
+first test reshards with the flag (rolled back: generation 1 never stopped serving), the second reshards 8 -> 16
+(generation 2, clusters 2-5), the third shrinks 16 -> 8 (generation 3, clusters 6-7).
 """
 
 from __future__ import annotations
@@ -149,44 +150,56 @@ def test_a_reshard_whose_new_clusters_crash_rolls_back(resharded: Resharded) -> 
         client.close()
 
 
-def test_reshard_8_to_16_across_two_hosts_under_traffic(resharded: Resharded) -> None:
-    dep = resharded.deployment
-    ns = dep.settings.namespace
-    keys = Keys(ns)
+def _reshard_under_traffic(dep: SecuredRehearsal, *, shards: int, generation: int, old: range, new: range) -> None:
+    """Reshard to ``shards`` (generation ``generation``: clusters ``new`` replace ``old``) under traffic and check
+    the issue's ending: 0 lost, 0 twice, 0 identify violations, one live session per new shard and no other, no
+    process or key of the old generation left."""
+    keys = Keys(dep.settings.namespace)
     client = dep.redis_client()
     try:
-        old_pids = _cluster_pids(dep, client, range(2))
+        old_pids = _cluster_pids(dep, client, old)
         assert all(old_pids.values()), old_pids
+        before = set(_sessions(dep))
         _traffic_on(dep)
         started, started_wall = time.monotonic(), time.time()
-        result = _reshard(dep, "--shards", "16", "--timeout", "40s")
+        result = _reshard(dep, "--shards", str(shards), "--timeout", "40s")
         took = time.monotonic() - started
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "reshard plan: generation 1 -> 2 (--shards 16)" in result.stdout
-        assert "switched to generation 2 (16 shards)" in result.stderr, result.stderr
-        assert "ok: generation 2 serves alone" in result.stdout, result.stdout
-        # one more second of traffic on generation 2 alone: 0 lost, 0 twice, 0 identify violations
+        assert f"reshard plan: generation {generation - 1} -> {generation} (--shards {shards})" in result.stdout
+        assert f"switched to generation {generation} ({shards} shards)" in result.stderr, result.stderr
+        assert f"ok: generation {generation} serves alone" in result.stdout, result.stdout
+        # one more second of traffic on the new generation alone: 0 lost, 0 twice, 0 identify violations
         counts, stats = _traffic_off(dep)
         _assert_exactly_once(counts, stats)
-        # one live session per shard of generation 2, none of generation 1
-        wait_until_sync(lambda: set(_sessions(dep)) == {"16"}, timeout=10, message="only 16-shard sessions left")
-        final = _sessions(dep)["16"]
-        assert final == {"shards_ready": list(range(16)), "sessions": 16}, final
-        # generation 2 in the layout and the assignment; no process or key of generation 1 left
+        # one live session per shard of the new generation, none of the old one
+        wait_until_sync(lambda: set(_sessions(dep)) == {str(shards)}, timeout=10,
+                        message=f"only {shards}-shard sessions left (before: {before})")
+        final = _sessions(dep)[str(shards)]
+        assert final == {"shards_ready": list(range(shards)), "sessions": shards}, final
+        # the new generation in the layout and the assignment; no process or key of the old one left
         layout = client.hgetall(keys.layout)
-        assert (layout["generation"], layout["shard_count"], layout["cluster_base"]) == ("2", "16", "2"), layout
-        assert sorted(int(c) for c in client.hkeys(keys.assignment)) == [2, 3, 4, 5]
-        hosts = {dep.assignment(client)[cid][0] for cid in range(2, 6)}
+        assert (layout["generation"], layout["shard_count"], layout["cluster_base"]) == \
+            (str(generation), str(shards), str(new.start)), layout
+        assert sorted(int(c) for c in client.hkeys(keys.assignment)) == list(new)
+        hosts = {dep.assignment(client)[cid][0] for cid in new}
         assert hosts == {"h0", "h1"}, "the new clusters run across both hosts"
         assert not client.exists(keys.reshard) and not client.hlen(keys.handover)
-        assert not live_pids(list(old_pids.values())), f"generation 1's processes exited: {old_pids}"
-        left = [k for k in retired_cluster_keys(keys, [0, 1]) if client.exists(k)]
-        assert not left, f"generation 1's keys removed: {left}"
+        assert not live_pids(list(old_pids.values())), f"the old generation's processes exited: {old_pids}"
+        left = [k for k in retired_cluster_keys(keys, list(old)) if client.exists(k)]
+        assert not left, f"the old generation's keys removed: {left}"
         kinds = [e.kind for e in dep.events() if e.ts >= started_wall]
         for kind in ("reshard_started", "reshard_switched", "reshard_done"):
             assert kind in kinds, kinds[-30:]
         assert "reshard_rolled_back" not in kinds
-        assert "cluster_fenced" not in kinds, "generation 1 was stopped gracefully, not fenced"
-        print(f"reshard 8 -> 16 in {took:.1f} s: handling {counts}")
+        assert "cluster_fenced" not in kinds, "the old generation was stopped gracefully, not fenced"
+        print(f"reshard to {shards} shards (generation {generation}) in {took:.1f} s: handling {counts}")
     finally:
         client.close()
+
+
+def test_reshard_8_to_16_across_two_hosts_under_traffic(resharded: Resharded) -> None:
+    _reshard_under_traffic(resharded.deployment, shards=16, generation=2, old=range(0, 2), new=range(2, 6))
+
+
+def test_reshard_16_back_to_8_shrinks_the_same_way(resharded: Resharded) -> None:
+    _reshard_under_traffic(resharded.deployment, shards=8, generation=3, old=range(2, 6), new=range(6, 8))
