@@ -175,6 +175,9 @@ class LayoutRecord:
     #: the id of this generation's first cluster: its clusters are ``cluster_base ..
     #: cluster_base + cluster_count - 1`` (field absent: 0); ids are never reused by a later generation
     cluster_base: int = 0
+    #: the ``shards`` of the config of the broker that wrote it (field absent: ``shard_count``): a broker restarted
+    #: with another count reshards to it; one restarted with the same count keeps a reshard's count
+    config_shards: int | None = field(default=None, compare=False)
     updated_at: float | None = field(default=None, compare=False)
 
     @classmethod
@@ -214,6 +217,9 @@ class LayoutRecord:
             values["cluster_count"] = -(-values["shard_count"] // values["shards_per_cluster"])
         values["allow_eval"] = data.get("allow_eval") == "1"
         values["updated_at"] = lenient_float(data.get("updated_at"))
+        config_shards = lenient_int(data.get("config_shards"))
+        values["config_shards"] = config_shards if config_shards is not None and 0 < config_shards <= MAX_SHARDS \
+            else None
         record = cls(**values)
         if only is not None:
             return record
@@ -244,16 +250,25 @@ class LayoutRecord:
 
     def to_hash(self) -> dict[str, str]:
         """The hash the broker writes (every value a string)."""
-        out = {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name not in ("updated_at", "allow_eval")}
+        skip = ("updated_at", "allow_eval", "config_shards")
+        out = {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
+        if self.config_shards is not None:
+            out["config_shards"] = str(self.config_shards)
         out["allow_eval"] = "1" if self.allow_eval else "0"
         if self.updated_at is not None:
             out["updated_at"] = f"{self.updated_at:.3f}"
         return out
 
     def differences(self, other: LayoutRecord) -> list[str]:
-        """The names of the fields (``updated_at`` aside) whose values differ from ``other``'s."""
+        """The names of the fields (``updated_at`` and ``config_shards`` aside) whose values differ from
+        ``other``'s."""
         return [f.name for f in fields(self)
-                if f.name != "updated_at" and getattr(self, f.name) != getattr(other, f.name)]
+                if f.name not in ("updated_at", "config_shards") and getattr(self, f.name) != getattr(other, f.name)]
+
+    @property
+    def configured_shards(self) -> int:
+        """The shard count of the config this layout was written from (:attr:`config_shards`, else the layout's)."""
+        return self.config_shards if self.config_shards is not None else self.shard_count
 
     @property
     def geometry(self) -> tuple[int, int]:

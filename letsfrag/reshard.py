@@ -44,8 +44,12 @@ the reshard record; the supervisors stop the successors; g never stopped serving
 refuses when there are too few); the handover's ``capacity + 1`` slot is not used. No handover, move or
 rebalance starts while a reshard runs, and no reshard starts while a handover runs.
 
-**A restarted broker** whose config names other shards than the stored layout of generation ≥ 2 keeps the stored
-generation's geometry (changing the shard count is a reshard, never a silent restart).
+**A restarted broker** of a running deployment keeps the stored layout's geometry: changing the shard count is a
+reshard, never a silent restart. The layout records the ``shards`` of the config it was written from
+(``config_shards``): a broker whose config names another count reshards to it, the same way, once every cluster is
+assigned (event ``reshard_from_config``); one whose config still names the count a ``letsfrag reshard`` started
+from keeps the reshard's count (event ``layout_generation_kept``). ``shards: auto`` never reshards by itself, and
+a changed ``shards_per_cluster`` is kept as stored (a reshard keeps the cluster size).
 """
 
 from __future__ import annotations

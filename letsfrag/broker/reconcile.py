@@ -89,6 +89,9 @@ class Reconciler:
         self.clock = clock
         self.now = clock.monotonic()
         self.layout = layout
+        #: the shard count and cluster size of this broker's config (the live layout may be a reshard's)
+        self.configured_shards = layout.shard_count
+        self._configured_per = layout.shards_per_cluster
         self.store = store
         self._event = event
         self._fire = fire
@@ -158,7 +161,7 @@ class Reconciler:
         self._adopting = False
         if not snap.assignment:
             self._cold_start(now, snap)
-        await self._keep_generation(snap)
+        await self._keep_stored_geometry(snap)
         await self._write_layout()
         self.handovers.load(snap.handovers)
         if self.handovers:
@@ -181,29 +184,50 @@ class Reconciler:
             self._startup_deadline = max(self._startup_deadline, self._startup_floor)
             self._adopting = True
 
-    async def _keep_generation(self, snap: Snapshot) -> None:
-        """A stored layout of a later generation (a reshard happened) keeps its geometry: the config's shard count
-        is generation 1's, and changing it is a reshard, never a silent restart (see :mod:`letsfrag.reshard`)."""
+    async def _keep_stored_geometry(self, snap: Snapshot) -> None:
+        """A running deployment (clusters assigned, or a later generation) keeps the stored layout's geometry:
+        changing the shard count is a reshard, never a silent restart (see :mod:`letsfrag.reshard`). When this
+        broker's config names another count than the config the stored layout was written from, a reshard to it
+        is queued for when every cluster is assigned; the same count as then keeps a reshard's count."""
         try:
             stored = LayoutRecord.from_hash(snap.layout, key=self.store.keys.layout) if snap.layout else None
         except RecordError:
             return
-        if stored is None or stored.generation <= self.layout.generation:
+        if stored is None or not (snap.assignment or stored.generation > 1):
             return
-        configured = self.layout.shard_count
+        configured, key = self.configured_shards, self.store.keys.layout
         self.layout = dataclasses.replace(
             self.layout, generation=stored.generation, cluster_base=stored.cluster_base,
             shard_count=stored.shard_count, shards_per_cluster=stored.shards_per_cluster,
             cluster_count=stored.cluster_count)
-        if configured != stored.shard_count:
+        if self._configured_per != stored.shards_per_cluster:
+            await self._event(Severity.ERROR, "layout_generation_kept",
+                              f"{key} has clusters of {stored.shards_per_cluster} shards, the config "
+                              f"{self._configured_per}: keeping {stored.shards_per_cluster} (a reshard keeps the "
+                              "cluster size; change it with a cold start)")
+            return
+        if configured == stored.shard_count:
+            return
+        if self.config.shards == "auto" or configured == stored.configured_shards:
             await self._event(Severity.WARNING, "layout_generation_kept",
-                              f"{self.store.keys.layout} is generation {stored.generation} with {stored.shard_count} "
-                              f"shards; keeping it (the config's {configured} shards were generation 1's: use "
-                              "`letsfrag reshard` to change the shard count)")
+                              f"{key} is generation {stored.generation} with {stored.shard_count} shards; keeping it "
+                              f"(the config's {configured} shards are what it was resharded from: use `letsfrag "
+                              "reshard` to change the shard count)")
+            return
+        if any(s.get("from_config") for s in self.reshards.values() if s.get("state") == "queued"):
+            return  # a new term of the same broker: already queued
+        serial = self.request_reshard(self.handover_timeout, shards=configured, recommended=None,
+                                      use_recommended=False)
+        self.reshards[serial]["from_config"] = True
+        await self._event(Severity.INFO, "reshard_from_config",
+                          f"the config says {configured} shards, {key} has {stored.shard_count} (generation "
+                          f"{stored.generation}, written from a config of {stored.configured_shards}): resharding "
+                          f"to {configured} once every cluster is assigned")
 
     def layout_record(self) -> LayoutRecord:
-        """The ``{ns}:layout`` record of this broker's config (the one every host must use)."""
-        return dataclasses.replace(self.layout, updated_at=self.clock.time())
+        """The ``{ns}:layout`` record of this broker (the one every host must use): its config's, or the live
+        generation's geometry of a resharded deployment, with the config's shard count in ``config_shards``."""
+        return dataclasses.replace(self.layout, config_shards=self.configured_shards, updated_at=self.clock.time())
 
     async def _write_layout(self) -> None:
         fields = dict(self.layout_record().to_hash())
@@ -269,7 +293,6 @@ class Reconciler:
         await self._settle_moves(now, facts, alive)
         await self._settle_handovers(snap, facts)
         await self._settle_reshard(snap, facts)
-        await self._start_reshards()
         await self._adopt(snap, verdicts)
         if self._startup_deadline is not None:
             up = sum(1 for v in verdicts.values() if v is Verdict.UP)
@@ -285,6 +308,7 @@ class Reconciler:
                 await self.store.fenced("HDEL", self.store.keys.layout, "adopting")
             await self._event(Severity.INFO, "startup", f"assigning clusters with {up} host(s) up")
         changed = await self._plan(snap, verdicts, alive)
+        await self._start_reshards()
         await self._advance_operation()
         await self._start_requests(snap, alive)
         if not changed:
@@ -876,8 +900,11 @@ class Reconciler:
 
     async def _start_reshards(self) -> None:
         for serial, (plan_args, timeout) in sorted(self._reshard_requests.items()):
-            del self._reshard_requests[serial]
             entry = self.reshards.get(serial)
+            if entry is not None and entry.get("from_config") and (not self.ready or self.unassigned
+                                                                   or self.reshard is not None):
+                continue  # a config's reshard waits until every cluster is assigned
+            del self._reshard_requests[serial]
             if entry is None:
                 continue
             plan = self.plan_reshard(**plan_args)  # type: ignore[arg-type]
@@ -896,7 +923,7 @@ class Reconciler:
         """Prepare ``plan``'s generation: its clusters start beside the live ones, gated, and must all be ready
         within ``timeout`` seconds; return the record, or why not (one sentence). ``plan`` comes from
         :meth:`plan_reshard` in the same tick."""
-        layout = new_layout(self.layout, plan)
+        layout = new_layout(self.layout_record(), plan)
         targets = place(layout, plan)
         record = await self.store.begin_reshard(self.layout, layout, targets, timeout, self.max_epoch)
         if record is None:

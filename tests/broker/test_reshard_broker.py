@@ -94,3 +94,29 @@ async def test_a_new_leader_keeps_the_switched_generation_and_retires_the_old_on
 async def _switched(dep: Deployment) -> bool:
     raw = await dep.redis.get(dep.keys.reshard)
     return raw is not None and json.loads(raw)["state"] == "switched"
+
+
+async def test_a_broker_restarted_with_another_shard_count_reshards_to_it(deployment: Deployment) -> None:
+    """Changing ``shards`` in the config and restarting the broker reshards the same way (never a silent full
+    restart); restarting it again with that config changes nothing."""
+    dep = deployment
+    first = await dep.broker(_config(dep), broker_id="b1")
+    for host in ("h1", "h2"):
+        await dep.host(host, handovers=True)
+    await wait_until(lambda: dep.settled({"h1": 1, "h2": 1}), message="one cluster on each host")
+    assert (await dep.redis.hgetall(dep.keys.layout))["config_shards"] == "8"
+    await first.close()
+    sixteen = make_config(dep.url, shards=16, shards_per_cluster=4, max_concurrency=4, hosts={"expected": 2},
+                          rebalance="manual", leader_ttl=1.0)
+    second = await dep.broker(sixteen, broker_id="b2")
+    await wait_until(lambda: _finished(dep), message="b2 resharded to its config's 16 shards")
+    assert len(await dep.events("reshard_from_config")) == 1
+    assert (await dep.redis.hgetall(dep.keys.layout))["config_shards"] == "16"
+    assert not dep.ledger.violations
+    await second.close()
+    third = await dep.broker(sixteen, broker_id="b3")
+    await wait_until(lambda: third.is_leader, message="b3 leads")
+    for _ in range(3):
+        await third.wait_tick(5.0)
+    assert await _finished(dep) and await _layout(dep) == ("2", "16")
+    assert len(await dep.events("reshard_from_config")) == 1 and not await dep.events("layout_generation_kept")
