@@ -50,6 +50,15 @@ reshard, never a silent restart. The layout records the ``shards`` of the config
 assigned (event ``reshard_from_config``); one whose config still names the count a ``letsfrag reshard`` started
 from keeps the reshard's count (event ``layout_generation_kept``). ``shards: auto`` never reshards by itself, and
 a changed ``shards_per_cluster`` is kept as stored (a reshard keeps the cluster size).
+
+**Close 4011** ("sharding required": a shard holds too many guilds): the cluster goes FAILED as for any fatal
+close (it cannot reconnect), and its supervisor lists it in the host record's ``sharding_required`` field
+(:data:`SHARDING_REQUIRED_FIELD`, JSON list of cluster ids) while it is granted there. The leader broker then
+reshards the whole layout (once per generation) to the count ``/gateway/bot`` recommends, or to twice the current
+count when that is not more (:func:`letsfrag.broker.reshard.sharding_target`): every shard's guilds split between
+``i`` and ``i + N`` of ``2N``. Resharding everything rather than only the oversized shard keeps one shard count per
+generation (every other rule stays as it is), at the price of ``N`` more IDENTIFYs than disgo's split; the
+oversized shard's guilds are offline until the new generation switches.
 """
 
 from __future__ import annotations
@@ -64,7 +73,11 @@ from .errors import RecordError
 from .keys import Keys
 from .records import MAX_EPOCH, MAX_SHARDS, Grant, LayoutRecord, parse_float, parse_int
 
-__all__ = ["ReshardRecord", "ReshardState", "retired_cluster_keys"]
+__all__ = ["SHARDING_REQUIRED_FIELD", "ReshardRecord", "ReshardState", "parse_sharding_required",
+           "retired_cluster_keys"]
+
+#: the host record field (``{ns}:host:{id}``) listing the granted clusters Discord closed with 4011, JSON list
+SHARDING_REQUIRED_FIELD = "sharding_required"
 
 #: the latest wall-clock time a record may carry (year ~33658)
 _MAX_TIME = 1e12
@@ -162,3 +175,17 @@ def retired_cluster_keys(keys: Keys, cluster_ids: tuple[int, ...] | list[int]) -
                 keys.cluster_restarts(cid), keys.cluster_metrics(cid), keys.session_records(cid)]
     return out
 
+
+
+def parse_sharding_required(raw: Any, *, key: str = "host") -> list[int]:
+    """The :data:`SHARDING_REQUIRED_FIELD` of a host record (missing or empty: none); :class:`RecordError` when it
+    is not a JSON list of cluster ids."""
+    if raw in (None, ""):
+        return []
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError):
+        raise RecordError(key, SHARDING_REQUIRED_FIELD, f"is not JSON: {str(raw)[:80]!r}") from None
+    if not isinstance(data, list):
+        raise RecordError(key, SHARDING_REQUIRED_FIELD, "must be a JSON list of cluster ids")
+    return sorted({parse_int(c, key=key, field=SHARDING_REQUIRED_FIELD, maximum=MAX_SHARDS) for c in data})

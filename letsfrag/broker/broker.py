@@ -171,6 +171,7 @@ class ClusterBroker:
         self._reconciler = Reconciler(self.config, self._layout, self.store, event=self._event, fire=self._fire,
                                       notify=self._notify, move_timeout=self.move_timeout, clock=self.clock,
                                       handover_timeout=self.handover_timeout)
+        self._reconciler.recommended = lambda: self.recommended_shards
         self._commands = CommandHandler(self, self._reconciler)
         self._redis_lost_at: float | None = None
         self.bus.on_state(self._on_bus_state)

@@ -45,6 +45,7 @@ from .reshard import (
     place,
     plan_reshard,
     ready_clusters,
+    sharding_target,
 )
 from .store import HostRecord, Snapshot, Store
 
@@ -151,6 +152,10 @@ class Reconciler:
         self._reshard_serial: dict[int, int] = {}  # generation -> serial of the request that started it
         self._reshard_progress = ""
         self._pending_line = ""
+        #: the shard count ``/gateway/bot`` recommends (set by the broker; ``None``: unknown)
+        self.recommended: Callable[[], int | None] = lambda: None
+        #: the generation a 4011 already started a reshard of (once per generation)
+        self._sharding_generation = 0
 
     # term ---------------------------------------------------------------------------------------------
 
@@ -308,6 +313,7 @@ class Reconciler:
                 await self.store.fenced("HDEL", self.store.keys.layout, "adopting")
             await self._event(Severity.INFO, "startup", f"assigning clusters with {up} host(s) up")
         changed = await self._plan(snap, verdicts, alive)
+        await self._react_to_4011(snap, alive)
         await self._start_reshards()
         await self._advance_operation()
         await self._start_requests(snap, alive)
@@ -897,6 +903,24 @@ class Reconciler:
         self._reshard_requests[self._serial] = (plan_args, timeout)
         self.reshards[self._serial] = {"state": "queued", "message": "queued", "steps": []}
         return self._serial
+
+    async def _react_to_4011(self, snap: Snapshot, alive: dict[str, bool]) -> None:
+        """A live host reports a cluster of the live generation closed with 4011: reshard (once per generation) to
+        :func:`~.reshard.sharding_target` (see :mod:`letsfrag.reshard`)."""
+        live = self.layout.cluster_ids
+        oversized = sorted({c for h, r in snap.hosts.items() if alive.get(h) for c in r.sharding_required
+                            if c in live})
+        if not oversized or self.reshard is not None or self._sharding_generation == self.layout.generation:
+            return
+        self._sharding_generation = self.layout.generation
+        target = sharding_target(self.layout.shard_count, self.layout.max_concurrency, self.recommended())
+        serial = self.request_reshard(self.handover_timeout, shards=target, recommended=None, use_recommended=False)
+        self.reshards[serial]["from_4011"] = True
+        await self._event(Severity.ERROR, "sharding_required",
+                          f"Discord closed cluster(s) {oversized} with 4011 (sharding required: a shard holds too "
+                          f"many guilds); resharding {self.layout.shard_count} -> {target} shards (generation "
+                          f"{self.layout.generation + 1}); their guilds are offline until it switches",
+                          clusters=json.dumps(oversized))
 
     async def _start_reshards(self) -> None:
         for serial, (plan_args, timeout) in sorted(self._reshard_requests.items()):

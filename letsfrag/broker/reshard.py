@@ -50,7 +50,7 @@ from .handovers import reserve_of
 from .moves import HostFacts
 
 __all__ = ["BudgetView", "CurrentLayout", "HostRoom", "ReshardAction", "ReshardPlan", "ReshardRefusal", "ReshardStep",
-           "decide_reshard", "new_layout", "old_running", "place", "plan_reshard", "ready_clusters"]
+           "decide_reshard", "new_layout", "old_running", "place", "plan_reshard", "ready_clusters", "sharding_target"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,3 +326,11 @@ def decide_reshard(record: ReshardRecord, now: float, hosts: Mapping[str, HostFa
     if now > record.deadline:
         return ReshardStep(ReshardAction.DONE, f"generation {g}'s processes did not all confirm the stop in time")
     return ReshardStep(ReshardAction.WAIT)
+
+
+def sharding_target(shard_count: int, max_concurrency: int, recommended: int | None) -> int:
+    """The shard count to reshard to after a 4011 ("sharding required"): the ``/gateway/bot`` recommendation when it
+    is more than ``shard_count``, else twice ``shard_count`` (each shard ``i`` splits into ``i`` and ``i + N``),
+    rounded up to a multiple of ``max_concurrency``."""
+    target = recommended if recommended is not None and recommended > shard_count else 2 * shard_count
+    return round_shard_count(target, max_concurrency)

@@ -20,7 +20,7 @@ from letsfrag.errors import LetsfragError, RecordError
 from letsfrag.handover import SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, parse_successors
 from letsfrag.keys import Keys
 from letsfrag.records import GRANT_LUA, Grant, LayoutRecord, parse_epoch, parse_int, parse_running
-from letsfrag.reshard import ReshardRecord
+from letsfrag.reshard import SHARDING_REQUIRED_FIELD, ReshardRecord, parse_sharding_required
 
 __all__ = ["HostRecord", "NotLeader", "RedisDataError", "Snapshot", "Store"]
 
@@ -56,6 +56,8 @@ class HostRecord:
     #: the record has a ``successors`` field (even ``{}``): its supervisor takes part in handovers; without it
     #: a planned move falls back to revoke-then-grant (an older supervisor)
     handovers: bool = False
+    #: the ``sharding_required`` field: granted clusters Discord closed with 4011 (see :mod:`letsfrag.reshard`)
+    sharding_required: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -136,6 +138,11 @@ def _parse_host(host_id: str, key: str, data: dict[str, str], lease: str | None,
         successors = parse_successors(data.get(SUCCESSORS_FIELD), key=key)
     except RecordError as exc:
         problems.append(exc)
+    oversized: list[int] = []
+    try:
+        oversized = parse_sharding_required(data.get(SHARDING_REQUIRED_FIELD), key=key)
+    except RecordError as exc:
+        problems.append(exc)
     return HostRecord(
         id=host_id,
         capacity=capacity,
@@ -146,6 +153,7 @@ def _parse_host(host_id: str, key: str, data: dict[str, str], lease: str | None,
         registered=bool(data),
         successors=successors,
         handovers=SUCCESSORS_FIELD in data,
+        sharding_required=oversized,
     )
 
 

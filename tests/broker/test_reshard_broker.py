@@ -120,3 +120,23 @@ async def test_a_broker_restarted_with_another_shard_count_reshards_to_it(deploy
         await third.wait_tick(5.0)
     assert await _finished(dep) and await _layout(dep) == ("2", "16")
     assert len(await dep.events("reshard_from_config")) == 1 and not await dep.events("layout_generation_kept")
+
+
+async def test_a_cluster_closed_with_4011_reshards_to_twice_the_shards(deployment: Deployment) -> None:
+    """A supervisor lists a cluster Discord closed with 4011 in ``sharding_required``: the broker reshards once,
+    to twice the shards (no /gateway/bot answer here), and forgets the old generation's report."""
+    dep = deployment
+    broker = await dep.broker(_config(dep), broker_id="b1")
+    for host in ("h1", "h2"):
+        await dep.host(host, handovers=True)
+    await wait_until(lambda: dep.settled({"h1": 1, "h2": 1}), message="one cluster on each host")
+    host, cluster = next((h, c) for c, h in sorted((await dep.owners()).items()))
+    await dep.redis.hset(dep.keys.host(host), "sharding_required", json.dumps([cluster]))
+    broker.wake()
+    await wait_until(lambda: _finished(dep), message="resharded to 16 after the 4011")
+    events = await dep.events("sharding_required")
+    assert len(events) == 1 and "8 -> 16 shards (generation 2)" in events[0]["message"], events
+    assert json.loads(events[0]["clusters"]) == [cluster]
+    for _ in range(3):
+        await broker.wait_tick(5.0)
+    assert len(await dep.events("reshard_started")) == 1, "the old generation's report starts nothing more"

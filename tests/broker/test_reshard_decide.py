@@ -15,6 +15,7 @@ from letsfrag.broker.reshard import (
     place,
     plan_reshard,
     ready_clusters,
+    sharding_target,
 )
 from letsfrag.handover import SuccessorReport, SuccessorState
 from letsfrag.records import Grant, LayoutRecord
@@ -88,3 +89,11 @@ def test_after_the_switch_it_is_done_once_the_old_clusters_stopped_and_settled()
     assert done.action is ReshardAction.DONE and "stopped" in done.reason
     late = decide_reshard(record, 201.0, hosts)
     assert late.action is ReshardAction.DONE and "in time" in late.reason
+
+
+def test_after_a_4011_the_target_is_the_recommendation_if_more_else_twice_the_shards() -> None:
+    assert sharding_target(8, 4, None) == 16
+    assert sharding_target(8, 4, 6) == 16  # not more than now: split every shard
+    assert sharding_target(8, 4, 13) == 16  # rounded up to a multiple of max_concurrency
+    assert sharding_target(8, 4, 40) == 40
+    assert sharding_target(3, 1, None) == 6

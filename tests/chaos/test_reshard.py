@@ -12,7 +12,9 @@ Contract assumed (letsfrag/reshard.py): events ``reshard_started``, ``reshard_sw
 One deployment for the three tests, in file order: every cluster execs ``programs/handover_bot.py``, whose
 successors (``LETSFRAG_HANDOVER=1``, as a reshard's new clusters are) crash at start while a flag file exists. The
 first test reshards with the flag (rolled back: generation 1 never stopped serving), the second reshards 8 -> 16
-(generation 2, clusters 2-5), the third shrinks 16 -> 8 (generation 3, clusters 6-7).
+(generation 2, clusters 2-5), the third shrinks 16 -> 8 (generation 3, clusters 6-7); in the fourth the bot joins
+so many guilds that the simulator (``--max-guilds-per-shard 10``) closes its shards with 4011, and the broker
+reshards by itself to 16 (generation 4, clusters 8-11).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ JOINS = 0.5
 #: 2 hosts, 8 shards in 2 clusters of 4 (one per host); each host has room for its new clusters beside its old one
 RESHARD: dict[str, Any] = {"hosts": 2, "shards": 8, "shards_per_cluster": 4, "max_concurrency": 4,
                            "identify_window": 1.0, "lease_ttl": 3.0, "lease_grace": 1.0, "capacity": 3,
-                           "rebalance": "manual", "namespace": "reshard"}
+                           "rebalance": "manual", "namespace": "reshard", "sim_max_guilds_per_shard": 10}
 
 
 HANDOVER_BOT = [sys.executable, str(Path(__file__).resolve().parent / "programs" / "handover_bot.py")]
@@ -203,3 +205,37 @@ def test_reshard_8_to_16_across_two_hosts_under_traffic(resharded: Resharded) ->
 
 def test_reshard_16_back_to_8_shrinks_the_same_way(resharded: Resharded) -> None:
     _reshard_under_traffic(resharded.deployment, shards=8, generation=3, old=range(2, 6), new=range(6, 8))
+
+
+def test_a_4011_reshards_by_itself_and_the_guilds_are_served_again(resharded: Resharded) -> None:
+    dep = resharded.deployment
+    keys = Keys(dep.settings.namespace)
+    client = dep.redis_client()
+    try:
+        started_wall = time.time()
+        assert client.hget(keys.layout, "generation") == "3"
+        added = dep.sim_post("/_sim/guilds?count=24")  # 88 guilds on 8 shards: 11 each, over the maximum of 10
+        assert added["guilds"] == 88, added
+
+        def resharded_alone() -> bool:
+            layout = client.hgetall(keys.layout)
+            return (layout.get("generation"), layout.get("shard_count")) == ("4", "16") and \
+                not client.exists(keys.reshard) and set(_sessions(dep)) == {"16"}
+
+        wait_until_sync(resharded_alone, timeout=90, interval=0.25, message="generation 4 (16 shards) serves alone")
+        events = [e for e in dep.events() if e.ts >= started_wall]
+        kinds = [e.kind for e in events]
+        assert "cluster_failed" in kinds and "sharding_required" in kinds, kinds[-30:]
+        reason = next(e for e in events if e.kind == "sharding_required")
+        assert "8 -> 16 shards (generation 4)" in reason.message, reason.message
+        assert "reshard_done" in kinds and "reshard_rolled_back" not in kinds
+        assert sorted(int(c) for c in client.hkeys(keys.assignment)) == [8, 9, 10, 11]
+        assert _sessions(dep)["16"] == {"shards_ready": list(range(16)), "sessions": 16}
+        # every guild is served again, exactly once
+        _traffic_on(dep)
+        counts, stats = _traffic_off(dep)
+        _assert_exactly_once(counts, stats)
+        left = [k for k in retired_cluster_keys(keys, [6, 7]) if client.exists(k)]
+        assert not left, f"generation 3's keys removed: {left}"
+    finally:
+        client.close()
