@@ -39,6 +39,7 @@ from .reshard import (
     ReshardAction,
     ReshardPlan,
     ReshardRefusal,
+    auto_reshard_reason,
     decide_reshard,
     new_layout,
     old_running,
@@ -156,6 +157,8 @@ class Reconciler:
         self.recommended: Callable[[], int | None] = lambda: None
         #: the generation a 4011 already started a reshard of (once per generation)
         self._sharding_generation = 0
+        #: monotonic time of the next automatic-reshard check (``reshard.auto``)
+        self._next_auto_check = self.now + float(config.reshard.check_interval)
 
     # term ---------------------------------------------------------------------------------------------
 
@@ -314,6 +317,7 @@ class Reconciler:
             await self._event(Severity.INFO, "startup", f"assigning clusters with {up} host(s) up")
         changed = await self._plan(snap, verdicts, alive)
         await self._react_to_4011(snap, alive)
+        await self._check_auto_reshard()
         await self._start_reshards()
         await self._advance_operation()
         await self._start_requests(snap, alive)
@@ -922,6 +926,26 @@ class Reconciler:
                           f"{self.layout.generation + 1}); their guilds are offline until it switches",
                           clusters=json.dumps(oversized))
 
+    async def _check_auto_reshard(self) -> None:
+        """``reshard.auto``: every ``check_interval``, reshard when a shard of the live generation holds more than
+        ``max_guilds_per_shard`` guilds (to :func:`~.reshard.sharding_target`); only when every cluster is assigned
+        and nothing else is moving, and only as far as the plan allows (the identify budget, the room)."""
+        settings = self.config.reshard
+        if not settings.auto or self.now < self._next_auto_check:
+            return
+        self._next_auto_check = self.now + float(settings.check_interval)
+        if not self.ready or self.unassigned or self.reshard is not None or self.handovers or self._reshard_requests:
+            return
+        reason = auto_reshard_reason(await self.store.shard_guilds(self.layout.cluster_ids),
+                                     settings.max_guilds_per_shard)
+        if reason is None:
+            return
+        target = sharding_target(self.layout.shard_count, self.layout.max_concurrency, self.recommended())
+        serial = self.request_reshard(self.handover_timeout, shards=target, recommended=None, use_recommended=False)
+        self.reshards[serial]["from_auto"] = True
+        await self._event(Severity.INFO, "reshard_auto", f"{reason}: resharding {self.layout.shard_count} -> {target} "
+                          f"shards (generation {self.layout.generation + 1}, reshard.auto)")
+
     async def _start_reshards(self) -> None:
         for serial, (plan_args, timeout) in sorted(self._reshard_requests.items()):
             entry = self.reshards.get(serial)
@@ -935,6 +959,8 @@ class Reconciler:
             entry["plan"] = plan.to_dict()
             if isinstance(plan, ReshardRefusal):
                 entry.update(state="refused", message=plan.message)
+                if any(entry.get(flag) for flag in ("from_config", "from_4011", "from_auto")):
+                    await self._event(Severity.ERROR, "reshard_refused", f"the reshard is refused: {plan.message}")
                 continue
             started = await self.start_reshard(plan, timeout)
             if isinstance(started, str):

@@ -50,7 +50,8 @@ from .handovers import reserve_of
 from .moves import HostFacts
 
 __all__ = ["BudgetView", "CurrentLayout", "HostRoom", "ReshardAction", "ReshardPlan", "ReshardRefusal", "ReshardStep",
-           "decide_reshard", "new_layout", "old_running", "place", "plan_reshard", "ready_clusters", "sharding_target"]
+           "auto_reshard_reason", "decide_reshard", "new_layout", "old_running", "place", "plan_reshard",
+           "ready_clusters", "sharding_target"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,3 +335,14 @@ def sharding_target(shard_count: int, max_concurrency: int, recommended: int | N
     rounded up to a multiple of ``max_concurrency``."""
     target = recommended if recommended is not None and recommended > shard_count else 2 * shard_count
     return round_shard_count(target, max_concurrency)
+
+
+def auto_reshard_reason(guilds: Mapping[int, int], threshold: int) -> str | None:
+    """Why an automatic reshard is due (``reshard.auto``): the fullest shard holds more than ``threshold`` guilds,
+    as the clusters report per shard (``guilds``: shard id -> guild count); ``None``: not due."""
+    over = {shard: n for shard, n in guilds.items() if n > threshold}
+    if not over:
+        return None
+    shard = max(over, key=lambda s: (over[s], -s))
+    more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
+    return f"shard {shard} holds {over[shard]} guilds, more than reshard.max_guilds_per_shard {threshold}{more}"

@@ -572,3 +572,22 @@ class Store:
         result = await self._script(self._reshard_end, [k.leader, k.handover, k.reshard, *delete],
                                     [self.broker_id, record.generation])
         return bool(self._check(result))
+
+    async def shard_guilds(self, cluster_ids: Iterable[int]) -> dict[int, int]:
+        """The guild count of each shard, as the clusters ``cluster_ids`` last reported it in
+        ``{ns}:status:shards:{id}`` (a shard without a readable count is left out)."""
+        ids = list(cluster_ids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in ids:
+                pipe.hgetall(self.keys.shard_status(cid))
+            raw: list[Any] = await pipe.execute()
+        out: dict[int, int] = {}
+        for reports in raw:
+            for shard, text in (reports or {}).items():
+                try:
+                    guilds = json.loads(text).get("guilds")
+                    if isinstance(guilds, int) and not isinstance(guilds, bool) and guilds >= 0:
+                        out[int(shard)] = guilds
+                except (ValueError, TypeError, AttributeError):
+                    continue
+        return out

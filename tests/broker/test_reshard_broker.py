@@ -140,3 +140,27 @@ async def test_a_cluster_closed_with_4011_reshards_to_twice_the_shards(deploymen
     for _ in range(3):
         await broker.wait_tick(5.0)
     assert len(await dep.events("reshard_started")) == 1, "the old generation's report starts nothing more"
+
+
+async def test_reshard_auto_reshards_when_a_shard_passes_the_threshold(deployment: Deployment) -> None:
+    """``reshard.auto``: the leader reads the guild counts the clusters report per shard every check_interval and
+    reshards (to twice the shards here) once one passes ``max_guilds_per_shard``, saying why."""
+    dep = deployment
+    config = make_config(dep.url, shards=8, shards_per_cluster=4, max_concurrency=4, hosts={"expected": 2},
+                         rebalance="manual", reshard={"auto": True, "max_guilds_per_shard": 10,
+                                                      "check_interval": 0.3})
+    broker = await dep.broker(config, broker_id="b1")
+    for host in ("h1", "h2"):
+        await dep.host(host, handovers=True)
+    await wait_until(lambda: dep.settled({"h1": 1, "h2": 1}), message="one cluster on each host")
+    for cid, shards in ((0, range(4)), (1, range(4, 8))):  # what the clusters' health reports would write
+        await dep.redis.hset(dep.keys.shard_status(cid), mapping={str(s): json.dumps({"guilds": 10}) for s in shards})
+    for _ in range(3):
+        await broker.wait_tick(5.0)
+    assert not await dep.redis.exists(dep.keys.reshard) and not await dep.events("reshard_auto"), "10 is not over"
+    await dep.redis.hset(dep.keys.shard_status(1), "6", json.dumps({"guilds": 11}))
+    await wait_until(lambda: _finished(dep), message="resharded to 16 by itself")
+    events = await dep.events("reshard_auto")
+    assert len(events) == 1, events
+    assert events[0]["message"].startswith("shard 6 holds 11 guilds, more than reshard.max_guilds_per_shard 10: "
+                                           "resharding 8 -> 16 shards (generation 2, reshard.auto)")

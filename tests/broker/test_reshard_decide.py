@@ -9,6 +9,7 @@ from letsfrag.broker.reshard import (
     HostRoom,
     ReshardAction,
     ReshardPlan,
+    auto_reshard_reason,
     decide_reshard,
     new_layout,
     old_running,
@@ -97,3 +98,10 @@ def test_after_a_4011_the_target_is_the_recommendation_if_more_else_twice_the_sh
     assert sharding_target(8, 4, 13) == 16  # rounded up to a multiple of max_concurrency
     assert sharding_target(8, 4, 40) == 40
     assert sharding_target(3, 1, None) == 6
+
+
+def test_an_automatic_reshard_is_due_when_a_shard_passes_the_threshold_naming_the_fullest() -> None:
+    assert auto_reshard_reason({0: 10, 1: 3}, 10) is None
+    assert auto_reshard_reason({}, 10) is None
+    assert auto_reshard_reason({0: 12, 1: 15, 2: 15}, 10) == \
+        "shard 1 holds 15 guilds, more than reshard.max_guilds_per_shard 10 (and 2 more)"
