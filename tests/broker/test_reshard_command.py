@@ -127,6 +127,9 @@ async def test_no_room_and_the_same_count_are_refused(deployment: Deployment) ->
     assert code == 1
     assert ("refused: no room for generation 2: its 4 cluster(s) run beside generation 1's during the overlap and "
             "need 4 free slot(s), the live hosts have 2 (h1: 1 of capacity 2 free, h2: 1 of capacity 2 free)") in err
+    code, out, err = await _letsfrag(dep, "--shards", "16")  # not a dry run: refused the same way, nothing runs
+    assert (code, out) == (1, "") and "refused: no room for generation 2" in err
+    assert not await dep.redis.exists(dep.keys.reshard)
     code, _, err = await _letsfrag(dep, "--shards", "7", "--dry-run")
     assert code == 1
     assert ("refused: generation 1 already has 8 shards (7 rounded up to a multiple of 4): nothing to reshard"
