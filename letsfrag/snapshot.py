@@ -107,6 +107,12 @@ def operation_text(operation: dict[str, Any] | None) -> str:
     if not operation:
         return ""
     kind = str(operation.get("kind") or "operation")
+    if kind == "reshard":
+        generation, ready, total = (_int(operation.get(k)) for k in ("generation", "ready", "total"))
+        text = f"reshard to generation {generation}" if generation is not None else "reshard"
+        if operation.get("state") == "switched":
+            return f"{text}: switched, retiring {_int(operation.get('retiring')) or 0} cluster(s)"
+        return f"{text}: {ready} of {total} ready" if ready is not None and total else text
     text = _OPERATION_NAMES.get(kind, kind.replace("_", " "))
     host, cluster = operation.get("host"), operation.get("cluster")
     if isinstance(host, str) and host:

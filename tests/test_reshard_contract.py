@@ -11,6 +11,7 @@ from letsfrag.handover import HandoverRecord, HandoverState
 from letsfrag.keys import Keys
 from letsfrag.records import Grant, LayoutRecord
 from letsfrag.reshard import ReshardRecord, ReshardState, retired_cluster_keys
+from letsfrag.snapshot import operation_text
 
 BASE = {"shard_count": "8", "shards_per_cluster": "4", "cluster_count": "2", "max_concurrency": "1",
         "identify_window": "5", "lease_ttl": "10", "lease_grace": "2", "heartbeat_interval": "2"}
@@ -76,6 +77,10 @@ def test_the_reshard_record_round_trips_and_names_bad_values() -> None:
     again = ReshardRecord.from_json(record.to_json())
     assert again == record and again.new_layout == new
     assert again.progress(3)["total"] == 4
+    # what status and letsfrag-top show of it (the broker's ``operation`` field)
+    assert operation_text(again.progress(3)) == "reshard to generation 2: 3 of 4 ready"
+    switched = ReshardRecord.from_json(json.dumps({**json.loads(record.to_json()), "state": "switched"}))
+    assert operation_text(switched.progress(4)) == "reshard to generation 2: switched, retiring 2 cluster(s)"
     broken = json.loads(record.to_json())
     broken["clusters"] = {}
     with pytest.raises(RecordError, match="clusters"):
