@@ -152,7 +152,6 @@ class Reconciler:
         self._reshard_requests: dict[int, tuple[dict[str, object], float]] = {}
         self._reshard_serial: dict[int, int] = {}  # generation -> serial of the request that started it
         self._reshard_progress = ""
-        self._pending_line = ""
         #: the shard count ``/gateway/bot`` recommends (set by the broker; ``None``: unknown)
         self.recommended: Callable[[], int | None] = lambda: None
         #: the generation a 4011 already started a reshard of (once per generation)
@@ -962,17 +961,15 @@ class Reconciler:
                 if any(entry.get(flag) for flag in ("from_config", "from_4011", "from_auto")):
                     await self._event(Severity.ERROR, "reshard_refused", f"the reshard is refused: {plan.message}")
                 continue
-            started = await self.start_reshard(plan, timeout)
+            started = await self.start_reshard(plan, timeout, serial=serial)
             if isinstance(started, str):
                 entry.update(state="refused", message=started)
-            else:
-                self._reshard_serial[started.generation] = serial
-                self._reshard_note(started, "preparing", self._pending_line)
 
-    async def start_reshard(self, plan: ReshardPlan, timeout: float) -> ReshardRecord | str:
+    async def start_reshard(self, plan: ReshardPlan, timeout: float, *,
+                            serial: int | None = None) -> ReshardRecord | str:
         """Prepare ``plan``'s generation: its clusters start beside the live ones, gated, and must all be ready
         within ``timeout`` seconds; return the record, or why not (one sentence). ``plan`` comes from
-        :meth:`plan_reshard` in the same tick."""
+        :meth:`plan_reshard` in the same tick; ``serial``: the request whose entry in :attr:`reshards` follows it."""
         layout = new_layout(self.layout_record(), plan)
         targets = place(layout, plan)
         record = await self.store.begin_reshard(self.layout, layout, targets, timeout, self.max_epoch)
@@ -984,8 +981,10 @@ class Reconciler:
         self._changed = True
         placed = ", ".join(f"{h}: {sorted(c for c, t in targets.items() if t == h)}"
                            for h in sorted(set(targets.values())))
-        self._pending_line = (f"generation {record.generation}: starting {len(targets)} cluster(s) "
-                              f"({layout.shard_count} shards) beside generation {record.from_generation} ({placed})")
+        if serial is not None:
+            self._reshard_serial[record.generation] = serial
+        self._reshard_note(record, "preparing", f"generation {record.generation}: starting {len(targets)} cluster(s) "
+                           f"({layout.shard_count} shards) beside generation {record.from_generation} ({placed})")
         await self._event(Severity.INFO, "reshard_started",
                           f"reshard to generation {record.generation}: {self.layout.shard_count} -> "
                           f"{layout.shard_count} shards, clusters {list(layout.cluster_ids)} on {placed}; ready "
