@@ -884,7 +884,7 @@ class Reconciler:
         verdicts = self.membership.verdicts
         frozen = self._frozen(verdicts)
         rooms = {h: HostRoom(capacity=r.capacity, held=len(self.held_by(h)),
-                             alive=h in verdicts and verdicts[h].alive, draining=h in frozen)
+                             alive=h in verdicts and verdicts[h].alive, draining=h in frozen, handovers=r.handovers)
                  for h, r in self.hosts.items()}
         budget = BudgetView(self.budget_total, self.budget_remaining, float(self.config.identify_reserve))
         return plan_reshard(current, rooms, budget, shards=shards, recommended=recommended,

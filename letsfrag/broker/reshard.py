@@ -73,6 +73,9 @@ class HostRoom:
     held: int
     alive: bool = True
     draining: bool = False
+    #: its supervisor takes part in handovers (it can start a new generation's clusters gated); an older one
+    #: receives none
+    handovers: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,12 +215,15 @@ def plan_reshard(layout: CurrentLayout, hosts: Mapping[str, HostRoom], budget: B
         same = "" if new == requested else f" ({requested} rounded up to a multiple of {layout.max_concurrency})"
         return ReshardRefusal(f"generation {layout.generation} already has {new} shards{same}: nothing to reshard")
     clusters = math.ceil(new / layout.shards_per_cluster)
-    usable = {h: r for h, r in hosts.items() if r.alive and not r.draining and r.capacity > 0}
+    usable = {h: r for h, r in hosts.items() if r.alive and not r.draining and r.capacity > 0 and r.handovers}
     free = {h: max(0, r.capacity - r.held) for h, r in usable.items()}
     room = sum(free.values())
     if room < clusters:
         each = ", ".join(f"{h}: {free[h]} of capacity {usable[h].capacity} free" for h in sorted(free)) or \
             "no live host"
+        older = sorted(h for h, r in hosts.items() if r.alive and not r.handovers)
+        if older:
+            each += f"; {', '.join(older)} cannot start them gated (an older supervisor without handovers)"
         return ReshardRefusal(
             f"no room for generation {layout.generation + 1}: its {clusters} cluster(s) run beside generation "
             f"{layout.generation}'s during the overlap and need {clusters} free slot(s), the live hosts have "

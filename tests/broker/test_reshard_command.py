@@ -30,11 +30,12 @@ async def _letsfrag(dep: Deployment, *args: str, secret: str | None = SECRET) ->
 
 
 async def _two_hosts(dep: Deployment, *, capacity: int = 4, **config: object) -> None:
-    """8 shards in 2 clusters of 4, max_concurrency 4, one cluster on each host; budget 990 of 1000."""
+    """8 shards in 2 clusters of 4, max_concurrency 4, one cluster on each host; budget 990 of 1000. The hosts take
+    part in handovers, but the processes they "start" never become ready."""
     await dep.broker(make_config(dep.url, secret=SECRET, shards=8, shards_per_cluster=4, max_concurrency=4,
                                  **config))
-    await dep.host("h1", capacity=capacity, secret=SECRET)
-    await dep.host("h2", capacity=capacity, secret=SECRET)
+    await dep.host("h1", capacity=capacity, secret=SECRET, handovers=True, successor="never")
+    await dep.host("h2", capacity=capacity, secret=SECRET, handovers=True, successor="never")
     await wait_until(lambda: dep.settled({"h1": 1, "h2": 1}), message="one cluster on each host")
     await dep.redis.hset(dep.keys.identify("budget"), mapping={"total": 1000, "remaining": 990})
     await _ticks_after_write(dep)

@@ -105,3 +105,12 @@ def test_an_automatic_reshard_is_due_when_a_shard_passes_the_threshold_naming_th
     assert auto_reshard_reason({}, 10) is None
     assert auto_reshard_reason({0: 12, 1: 15, 2: 15}, 10) == \
         "shard 1 holds 15 guilds, more than reshard.max_guilds_per_shard 10 (and 2 more)"
+
+
+def test_a_host_without_handovers_receives_no_new_cluster() -> None:
+    rooms = {"h1": HostRoom(6, 1), "h2": HostRoom(6, 1, handovers=False)}
+    plan = plan_reshard(CurrentLayout(1, 8, 4, 4, 1.0), rooms, BudgetView(None, None, 0.1), shards=16)
+    assert isinstance(plan, ReshardPlan) and plan.hosts == {"h1": 4} and "h2" not in plan.free
+    refusal = plan_reshard(CurrentLayout(1, 8, 4, 4, 1.0), rooms, BudgetView(None, None, 0.1), shards=32)
+    assert not isinstance(refusal, ReshardPlan)
+    assert refusal.message.endswith("h2 cannot start them gated (an older supervisor without handovers))")
