@@ -196,16 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_args(p)
     p.add_argument("--timeout", default="60s", help="how long to wait for the outcome (default 60s)")
 
-    p = command("reshard", "plan a reshard to a new shard count (--dry-run: print the plan; executing it is not "
-                           "available yet)")
+    p = command("reshard", "reshard to a new shard count without downtime (--dry-run: only print the plan)")
     add_connection_args(p)
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--shards", type=_shard_count_arg, metavar="N",
                       help="the new shard count (rounded up to a multiple of max_concurrency)")
     goal.add_argument("--recommended", action="store_true", help="the shard count /gateway/bot recommends")
     p.add_argument("--dry-run", action="store_true", help="only print the plan (exit 0), or the refusal (exit 1)")
-    p.add_argument("--timeout", default="60s", metavar="D",
-                   help="how long to wait for the broker's answer (default 60s)")
+    p.add_argument("--timeout", default=None, metavar="D",
+                   help="how long the new generation has to become ready before the reshard is rolled back "
+                        "(default the broker's handover_timeout); with --dry-run, how long to wait for the plan "
+                        "(default 60s)")
 
     p = command("logs", "this host's cluster logs: the last lines, -f to follow through rotations")
     add_connection_args(p)

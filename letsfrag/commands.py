@@ -4,12 +4,16 @@
 fresh process (nothing lost); while it works the command prints the handovers it sees in ``{ns}:handover`` and
 the rolling restart's ``n of m`` from ``{ns}:broker`` ``operation``.
 
-``reshard --shards N | --recommended [--dry-run]`` asks the leader broker for the plan of a reshard
-(:mod:`letsfrag.broker.reshard`) and prints it on stdout; executing it is not available yet in this version.
+``reshard --shards N | --recommended [--dry-run] [--timeout D]`` asks the leader broker for the plan of a
+reshard (:mod:`letsfrag.broker.reshard`) and prints it on stdout; without ``--dry-run`` the broker runs it
+(:mod:`letsfrag.reshard`: the new generation starts beside the live one, switches at one instant, the old one is
+retired) while the command prints the progress; ``--timeout`` is how long the new generation has to become ready
+(default the broker's handover timeout) before it is rolled back.
 
-Exit codes: 0 the target reported success (a restart: switched; ``reshard --dry-run``: a plan), 1 it reported
-failure (a restart: rolled back or refused, naming the cluster and the reason; a reshard: refused, or any plan
-without ``--dry-run``) or did not answer in time, 2 bad arguments or Redis unreachable.
+Exit codes: 0 the target reported success (a restart: switched; ``reshard``: switched and the old generation
+retired; ``reshard --dry-run``: a plan), 1 it reported
+failure (a restart: rolled back or refused, naming the cluster and the reason; a reshard: refused or rolled back,
+naming the cluster) or did not answer in time, 2 bad arguments or Redis unreachable.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def _watch_handovers(cluster: int | None = None, host: str | None = None) -> Wat
 
 
 def _timeout(args: argparse.Namespace) -> float:
-    raw = getattr(args, "timeout", "60s")
+    raw = getattr(args, "timeout", None) or "60s"
     try:
         value = parse_duration(raw)
     except ValueError as exc:
@@ -167,15 +171,42 @@ async def run_rebalance(args: argparse.Namespace) -> int:
     return await _run(args, "rebalancing", lambda c, t: c.rebalance(timeout=t))
 
 
-#: what ``letsfrag reshard`` without ``--dry-run`` says after the plan (exit 1)
-RESHARD_NOT_AVAILABLE = ("executing a reshard is not available yet in this version of letsfrag: nothing was changed "
-                         "(the plan above is what it would do; use --dry-run to only print it)")
+#: how long ``letsfrag reshard`` (not ``--dry-run``) waits for the broker's answer beyond the readiness deadline
+#: (the switch and the old generation's graceful stop), and in all when the deadline is the broker's default
+RESHARD_STOP_MARGIN = 120.0
+RESHARD_DEFAULT_WAIT = 3600.0
+
+
+def _watch_reshard() -> Watch:
+    """Print the reshard's progress (``{ns}:broker`` ``operation`` of kind ``reshard``) as it changes."""
+
+    async def watch(bus: Bus, stop: asyncio.Event) -> None:
+        last = ""
+        while not stop.is_set():
+            with contextlib.suppress(RedisError, OSError, ValueError, TypeError, AttributeError, KeyError):
+                op: Any = await bus.redis.hget(bus.keys.broker, OPERATION_FIELD)  # type: ignore[misc]
+                data = json.loads(op) if op else None
+                if isinstance(data, dict) and data.get("kind") == "reshard":
+                    if data["state"] == "preparing":
+                        line = (f"generation {data['generation']}: {data['ready']} of {data['total']} cluster(s) "
+                                "ready")
+                    else:
+                        line = (f"generation {data['generation']}: switched; stopping generation "
+                                f"{data['from_generation']}'s {data['retiring']} cluster(s)")
+                    if line != last:
+                        last = line
+                        print(line, file=sys.stderr)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PROGRESS_INTERVAL):  # not a cancel: redis-py may swallow one
+                    await stop.wait()
+
+    return watch
 
 
 def _show_reshard(dry_run: bool) -> Callable[[dict[str, Any]], int]:
     def show(outcome: dict[str, Any]) -> int:
         lines = outcome.get("lines")
-        if not outcome.get("ok") or not isinstance(lines, list):
+        if not isinstance(lines, list) or (outcome.get("refused") and not outcome.get("executed")):
             message = outcome.get("message") or "no answer"
             print(f"refused: {message}" if outcome.get("refused") else f"failed: {message}", file=sys.stderr)
             return 1
@@ -183,7 +214,15 @@ def _show_reshard(dry_run: bool) -> Callable[[dict[str, Any]], int]:
             print(str(line))
         if dry_run:
             return 0
-        print(f"not executed: {RESHARD_NOT_AVAILABLE}", file=sys.stderr)
+        steps = outcome.get("steps")
+        message = outcome.get("message") or "no answer"
+        for step in steps if isinstance(steps, list) else []:
+            if step != message:
+                print(str(step), file=sys.stderr)
+        if outcome.get("ok"):
+            print(f"ok: {message}")
+            return 0
+        print(f"failed: {message}", file=sys.stderr)
         return 1
 
     return show
@@ -198,7 +237,22 @@ async def run_reshard(args: argparse.Namespace) -> int:
         return 2
     dry_run = bool(getattr(args, "dry_run", False))
     target = "the recommended shard count" if recommended else f"{shards} shards"
-    return await _run(args, f"planning a reshard to {target}",
-                      lambda c, t: c.reshard(shards=None if recommended else shards, recommended=recommended,
+    goal = shards if not recommended else None
+    if dry_run:
+        return await _run(args, f"planning a reshard to {target}",
+                          lambda c, t: c.reshard(shards=goal, recommended=recommended, timeout=t),
+                          show=_show_reshard(True))
+    deadline: float | None = None
+    if getattr(args, "timeout", None) is not None:
+        try:
+            deadline = _timeout(args)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(f"error: {problem}", file=sys.stderr)
+            return 2
+    wait = RESHARD_DEFAULT_WAIT if deadline is None else deadline + RESHARD_STOP_MARGIN
+    wait_args = argparse.Namespace(**{**vars(args), "timeout": f"{wait:g}s"})
+    return await _run(wait_args, f"resharding to {target}",
+                      lambda c, t: c.reshard(shards=goal, recommended=recommended, execute=True, deadline=deadline,
                                              timeout=t),
-                      show=_show_reshard(dry_run))
+                      _watch_reshard(), show=_show_reshard(False))

@@ -98,12 +98,19 @@ class Control:
         """Ask the broker to move clusters until hosts are balanced by capacity."""
         return await self._send(self.bus.keys.broker_inbox, "broker", {"action": "rebalance"}, timeout)
 
-    async def reshard(self, *, shards: int | None = None, recommended: bool = False,
-                      timeout: float | None = None) -> dict[str, Any]:
+    async def reshard(self, *, shards: int | None = None, recommended: bool = False, execute: bool = False,
+                      deadline: float | None = None, timeout: float | None = None) -> dict[str, Any]:
         """Ask the leader broker for the plan of a reshard to ``shards`` (or to the recommended count): the reply
-        has ``lines`` (the plan as text) or ``refused`` and the sentence why; nothing is executed yet."""
+        has ``lines`` (the plan as text) or ``refused`` and the sentence why. With ``execute`` the broker runs it
+        (its new generation must be ready within ``deadline`` seconds, default the broker's handover timeout)
+        and replies once it finished, within ``timeout``."""
         payload: dict[str, Any] = {"action": "reshard", "recommended": True} if recommended else \
             {"action": "reshard", "shards": shards}
+        if execute:
+            wait = self.timeout if timeout is None else timeout
+            payload.update(execute=True, wait=self._broker_wait(wait))
+            if deadline is not None:
+                payload["timeout"] = deadline
         return await self._send(self.bus.keys.broker_inbox, "broker", payload, timeout)
 
     async def _clock_hint(self, target: str) -> str:

@@ -41,6 +41,7 @@ runs at most one handover per target host at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from enum import StrEnum
 from typing import Any
 
 from .errors import RecordError
-from .records import MAX_EPOCH, parse_float, parse_int
+from .records import MAX_EPOCH, MAX_SHARDS, LayoutRecord, parse_float, parse_int
 
 __all__ = [
     "GATEWAY_PARAM",
@@ -98,13 +99,17 @@ class HandoverReason(StrEnum):
     DRAIN = "drain"
     REBALANCE = "rebalance"
     LEAVE = "leave"
+    RESHARD = "reshard"
 
 
 @dataclass(frozen=True, slots=True)
 class HandoverRecord:
     """One field of ``{ns}:handover``: cluster id -> this record as JSON. Written only by the leader broker.
 
-    Times are wall-clock epoch seconds (Redis ``TIME`` of the broker that wrote it)."""
+    Times are wall-clock epoch seconds (Redis ``TIME`` of the broker that wrote it). A record with a
+    ``generation`` (> 0) starts a cluster of a layout generation being prepared by a reshard
+    (:mod:`letsfrag.reshard`): it has no source (``from_host`` empty, ``from_epoch`` 0) and carries that
+    generation's geometry, from which the supervisor takes the cluster's shards."""
 
     cluster: int
     host: str
@@ -115,13 +120,37 @@ class HandoverRecord:
     state: HandoverState
     started: float
     deadline: float
+    #: the layout generation this record starts a cluster of (0: a handover of a running cluster)
+    generation: int = 0
+    #: that generation's ``shard_count``, ``shards_per_cluster`` and ``cluster_base`` (0 without a generation)
+    shard_count: int = 0
+    shards_per_cluster: int = 0
+    cluster_base: int = 0
+
+    @property
+    def resharding(self) -> bool:
+        """This record starts a cluster of a new layout generation (a reshard), not a successor of a running one."""
+        return self.generation > 0
+
+    def layout_of(self, live: LayoutRecord) -> LayoutRecord:
+        """The layout this record's cluster runs in: ``live`` for a handover, its generation's for a reshard
+        (the timing fields are the live layout's)."""
+        if not self.resharding:
+            return live
+        return dataclasses.replace(live, generation=self.generation, shard_count=self.shard_count,
+                                   shards_per_cluster=self.shards_per_cluster, cluster_base=self.cluster_base,
+                                   cluster_count=-(-self.shard_count // self.shards_per_cluster))
 
     def to_json(self) -> str:
         """The field value."""
-        return json.dumps({
+        data: dict[str, Any] = {
             "host": self.host, "epoch": self.epoch, "from_host": self.from_host, "from_epoch": self.from_epoch,
             "reason": self.reason, "state": str(self.state), "started": self.started, "deadline": self.deadline,
-        }, separators=(",", ":"))
+        }
+        if self.resharding:
+            data.update(generation=self.generation, shard_count=self.shard_count,
+                        shards_per_cluster=self.shards_per_cluster, cluster_base=self.cluster_base)
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, cluster: Any, raw: Any, *, key: str = "handover") -> HandoverRecord:
@@ -135,8 +164,13 @@ class HandoverRecord:
         if not isinstance(data, Mapping):
             raise RecordError(key, field, "must be a JSON object")
         host, from_host = data.get("host"), data.get("from_host")
-        if not isinstance(host, str) or not host or not isinstance(from_host, str) or not from_host:
+        generation = parse_int(data.get("generation", 0), key=key, field=f"{field}.generation", maximum=MAX_EPOCH)
+        if not isinstance(host, str) or not host or not isinstance(from_host, str) or \
+                not (from_host or generation):
             raise RecordError(key, field, "needs the strings 'host' and 'from_host'")
+        geometry = {name: parse_int(data.get(name), key=key, field=f"{field}.{name}", minimum=1 if name !=
+                                    "cluster_base" else 0, maximum=MAX_SHARDS)
+                    for name in ("shard_count", "shards_per_cluster", "cluster_base")} if generation else {}
         try:
             state = HandoverState(str(data.get("state")))
         except ValueError:
@@ -147,6 +181,7 @@ class HandoverRecord:
             from_epoch=parse_int(data.get("from_epoch"), key=key, field=f"{field}.from_epoch", maximum=MAX_EPOCH),
             started=parse_float(data.get("started"), key=key, field=f"{field}.started", maximum=_MAX_TIME),
             deadline=parse_float(data.get("deadline"), key=key, field=f"{field}.deadline", maximum=_MAX_TIME),
+            generation=generation, **geometry,
         )
 
     @classmethod

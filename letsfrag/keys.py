@@ -5,7 +5,8 @@ Truth lives in keys; pub/sub channels are only doorbells (see ``docs/redis.md``)
 Keys
     ``{ns}:layout``               hash  shard_count, shards_per_cluster, cluster_count, max_concurrency,
                                         identify_window, lease_ttl, lease_grace, heartbeat_interval (seconds),
-                                        allow_eval (1/0: the broker's opt-in to ``broadcast_eval``)
+                                        allow_eval (1/0: the broker's opt-in to ``broadcast_eval``), generation,
+                                        cluster_base (see ``letsfrag.reshard``; absent: 1 and 0)
     ``{ns}:hosts``                set   ids of registered hosts
     ``{ns}:host:{id}``            hash  host record (hostname, pid, version, capacity, state, cpu, rss, ...)
     ``{ns}:lease:{id}``           str   host lease, value = host incarnation, TTL = lease ttl
@@ -28,6 +29,8 @@ Keys
                                         (see ``letsfrag.claims``)
     ``{ns}:handover``             hash  cluster id -> JSON HandoverRecord of a planned handover in progress
                                         (see ``letsfrag.handover``; written by the leader broker only)
+    ``{ns}:reshard``              str   JSON ReshardRecord of the reshard in progress (see ``letsfrag.reshard``;
+                                        written by the leader broker only)
     ``{ns}:sessions:{id}``        hash  shard id -> JSON {session_id, resume_gateway_url, seq, epoch} of a
                                         cluster's gateway sessions (see ``letsfrag.cluster.sessions``)
 
@@ -73,6 +76,10 @@ class Keys:
     @property
     def handover(self) -> str:
         return f"{self.ns}:handover"
+
+    @property
+    def reshard(self) -> str:
+        return f"{self.ns}:reshard"
 
     @property
     def epoch(self) -> str:

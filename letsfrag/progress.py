@@ -21,7 +21,7 @@ async def count_ready(redis: aioredis.Redis, keys: Keys) -> tuple[int, int, int,
     layout = LayoutRecord.for_display(raw)
     shard_count, cluster_count = (layout.shard_count, layout.cluster_count) if layout else (0, 0)
     pipe = redis.pipeline(transaction=False)
-    for cid in range(cluster_count):
+    for cid in (layout.cluster_ids if layout else ()):
         pipe.hget(keys.cluster_status(cid), "state")
         pipe.hget(keys.cluster_status(cid), "shard_ids")
     values = await pipe.execute()

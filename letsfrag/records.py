@@ -137,11 +137,14 @@ def parse_running(raw: Any, *, key: str) -> dict[int, int]:
 
 
 _INTS = ("shard_count", "shards_per_cluster", "cluster_count", "max_concurrency")
+#: the generation fields: absent in a layout written before resharding existed, read as generation 1 whose
+#: clusters start at id 0 (see :mod:`letsfrag.reshard`)
+_GENERATION_DEFAULTS = {"generation": 1, "cluster_base": 0}
 _FLOATS = ("identify_window", "lease_ttl", "lease_grace", "heartbeat_interval")
 #: the ``{ns}:layout`` fields that fix each cluster's shards
 GEOMETRY_FIELDS = ("shard_count", "shards_per_cluster")
 #: the fields an RPC caller routes by (``cluster_count`` as written: a layout may announce clusters not running)
-ROUTING_FIELDS = ("shard_count", "shards_per_cluster", "cluster_count")
+ROUTING_FIELDS = ("shard_count", "shards_per_cluster", "cluster_count", "cluster_base")
 #: what a reader that does not check a field (display, RPC) assumes for it when it is missing or unreadable: the
 #: broker config's defaults (``max_concurrency: 1``, ``identify_window: 5s``, ``lease.ttl: 10s``,
 #: ``lease.grace: 2s``, ``heartbeat_interval: 2s``), i.e. what a default broker would have written
@@ -167,6 +170,14 @@ class LayoutRecord:
     heartbeat_interval: float
     #: the broker's opt-in to ``broadcast_eval`` (field absent: false)
     allow_eval: bool = False
+    #: the layout generation (1 until the first reshard; field absent: 1), see :mod:`letsfrag.reshard`
+    generation: int = 1
+    #: the id of this generation's first cluster: its clusters are ``cluster_base ..
+    #: cluster_base + cluster_count - 1`` (field absent: 0); ids are never reused by a later generation
+    cluster_base: int = 0
+    #: the ``shards`` of the config of the broker that wrote it (field absent: ``shard_count``): a broker restarted
+    #: with another count reshards to it; one restarted with the same count keeps a reshard's count
+    config_shards: int | None = field(default=None, compare=False)
     updated_at: float | None = field(default=None, compare=False)
 
     @classmethod
@@ -193,10 +204,22 @@ class LayoutRecord:
                 if name in LAYOUT_FALLBACKS:
                     fallback = LAYOUT_FALLBACKS[name]
                     values[name] = int(fallback) if name in _INTS else float(fallback)
+        for name, default in _GENERATION_DEFAULTS.items():
+            raw = data.get(name)
+            try:
+                values[name] = default if raw in (None, "") else parse_int(
+                    raw, key=key, field=name, minimum=1 if name == "generation" else 0, maximum=MAX_EPOCH)
+            except RecordError:
+                if only is None or name in only:
+                    raise
+                values[name] = default
         if "cluster_count" not in values or "cluster_count" not in checked:
             values["cluster_count"] = -(-values["shard_count"] // values["shards_per_cluster"])
         values["allow_eval"] = data.get("allow_eval") == "1"
         values["updated_at"] = lenient_float(data.get("updated_at"))
+        config_shards = lenient_int(data.get("config_shards"))
+        values["config_shards"] = config_shards if config_shards is not None and 0 < config_shards <= MAX_SHARDS \
+            else None
         record = cls(**values)
         if only is not None:
             return record
@@ -227,16 +250,25 @@ class LayoutRecord:
 
     def to_hash(self) -> dict[str, str]:
         """The hash the broker writes (every value a string)."""
-        out = {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name not in ("updated_at", "allow_eval")}
+        skip = ("updated_at", "allow_eval", "config_shards")
+        out = {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
+        if self.config_shards is not None:
+            out["config_shards"] = str(self.config_shards)
         out["allow_eval"] = "1" if self.allow_eval else "0"
         if self.updated_at is not None:
             out["updated_at"] = f"{self.updated_at:.3f}"
         return out
 
     def differences(self, other: LayoutRecord) -> list[str]:
-        """The names of the fields (``updated_at`` aside) whose values differ from ``other``'s."""
+        """The names of the fields (``updated_at`` and ``config_shards`` aside) whose values differ from
+        ``other``'s."""
         return [f.name for f in fields(self)
-                if f.name != "updated_at" and getattr(self, f.name) != getattr(other, f.name)]
+                if f.name not in ("updated_at", "config_shards") and getattr(self, f.name) != getattr(other, f.name)]
+
+    @property
+    def configured_shards(self) -> int:
+        """The shard count of the config this layout was written from (:attr:`config_shards`, else the layout's)."""
+        return self.config_shards if self.config_shards is not None else self.shard_count
 
     @property
     def geometry(self) -> tuple[int, int]:
@@ -245,19 +277,25 @@ class LayoutRecord:
 
     @property
     def cluster_ids(self) -> range:
-        """Every cluster id of the layout, ascending."""
-        return range(self.cluster_count)
+        """Every cluster id of the layout, ascending (from :attr:`cluster_base`)."""
+        return range(self.cluster_base, self.cluster_base + self.cluster_count)
+
+    @property
+    def next_cluster_base(self) -> int:
+        """The first cluster id of the next generation (right after this one's)."""
+        return self.cluster_base + self.cluster_count
 
     def shards_of(self, cluster_id: int) -> tuple[int, ...]:
         """The contiguous block of shards of ``cluster_id`` (empty when outside the layout)."""
-        if cluster_id < 0:
+        index = cluster_id - self.cluster_base
+        if index < 0:
             return ()
-        start = cluster_id * self.shards_per_cluster
+        start = index * self.shards_per_cluster
         return tuple(range(start, min(start + self.shards_per_cluster, self.shard_count)))
 
     def cluster_of_guild(self, guild_id: int) -> int:
         """The cluster running the shard Discord routes ``guild_id`` to."""
-        return ((guild_id >> 22) % self.shard_count) // self.shards_per_cluster
+        return self.cluster_base + ((guild_id >> 22) % self.shard_count) // self.shards_per_cluster
 
 
 #: Lua: ``grant_json(host, epoch)``, the :meth:`Grant.to_json` text written by the broker's scripts, and

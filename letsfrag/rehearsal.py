@@ -56,6 +56,8 @@ class RehearsalSettings:
     guilds_per_shard: int = 8
     sim_heartbeat_interval: float = 5.0
     sim_ack_delay: float = 0.005
+    #: the simulator closes a shard holding more guilds than this with 4011 (``None``: never)
+    sim_max_guilds_per_shard: int | None = None
     traffic_rate: float = 0.0
     secret: bool = True
     namespace: str = "rehearsal"
@@ -197,6 +199,8 @@ class Rehearsal:
             "--identify-window", f"{s.identify_window}s", "--heartbeat-interval", f"{s.sim_heartbeat_interval}s",
             "--ack-delay", f"{s.sim_ack_delay}s", "--traffic-rate", str(s.traffic_rate), "--token", self.token,
         ]
+        if s.sim_max_guilds_per_shard is not None:
+            argv += ["--max-guilds-per-shard", str(s.sim_max_guilds_per_shard)]
         self.sim = subprocess.Popen(argv, env={**os.environ, **self.lifeline.env()}, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=self.log_file("sim"), start_new_session=True,
                                     pass_fds=self.lifeline.pass_fds())

@@ -69,7 +69,7 @@ class RpcCaller:
 
     async def _expected(self) -> list[str]:
         layout = await self.layout(refresh=True)
-        return [cluster_node(cid) for cid in range(layout.cluster_count)]
+        return [cluster_node(cid) for cid in layout.cluster_ids]
 
     @staticmethod
     def _by_cluster(results: dict[str, Result]) -> dict[int, Result]:
@@ -93,8 +93,9 @@ class RpcCaller:
         return await self._broadcast(MessageType.RPC, payload, timeout)
 
     async def request_guild(self, guild_id: int, name: str, *args: Any, timeout: float = 5.0, **kwargs: Any) -> Any:
-        """Call handler ``name`` on the cluster owning ``guild_id`` (its shard ``(guild_id >> 22) % shards``)."""
-        layout = await self.layout()
+        """Call handler ``name`` on the cluster owning ``guild_id`` (its shard ``(guild_id >> 22) % shards``) in the
+        live layout generation (read again each call: a reshard renumbers the clusters)."""
+        layout = await self.layout(refresh=True)
         return await self.request(layout.cluster_of_guild(guild_id), name, *args, timeout=timeout, **kwargs)
 
     async def fetch_client_values(self, path: str, *, length: bool = False, timeout: float = 5.0) -> dict[int, Result]:

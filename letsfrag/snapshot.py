@@ -62,7 +62,7 @@ HANDOVER_STATES: dict[HandoverState, str] = {HandoverState.PREPARING: "handing o
                                              HandoverState.SWITCHED: "switching"}
 #: how the broker's operation kinds read (``{ns}:broker`` field ``operation``)
 _OPERATION_NAMES = {"rolling": "rolling restart", "restart": "restart", "drain": "drain", "rebalance": "rebalance",
-                    "leave": "hand-off", "on_join": "rebalance on join"}
+                    "leave": "hand-off", "on_join": "rebalance on join", "reshard": "reshard"}
 #: the numeric fields of a host record (a value that is not a finite number is listed in ``HostRow.invalid``)
 _HOST_NUMBERS = ("heartbeat_at", "capacity", "cpu_percent", "rss", "started_at", "pid", "clock_offset")
 
@@ -75,8 +75,8 @@ def _age(now: float, ts: float | None) -> float | None:
 
 
 #: the ``layout`` object of ``status --json`` (docs/status.md): the record's fields but ``allow_eval``
-_LAYOUT_JSON = ("shard_count", "shards_per_cluster", "cluster_count", "max_concurrency", "identify_window", "lease_ttl",
-                "lease_grace", "heartbeat_interval", "updated_at")
+_LAYOUT_JSON = ("generation", "cluster_base", "shard_count", "shards_per_cluster", "cluster_count", "max_concurrency",
+                "identify_window", "lease_ttl", "lease_grace", "heartbeat_interval", "updated_at")
 
 
 def _layout_json(layout: LayoutRecord | None) -> dict[str, Any] | None:
@@ -107,6 +107,12 @@ def operation_text(operation: dict[str, Any] | None) -> str:
     if not operation:
         return ""
     kind = str(operation.get("kind") or "operation")
+    if kind == "reshard":
+        generation, ready, total = (_int(operation.get(k)) for k in ("generation", "ready", "total"))
+        text = f"reshard to generation {generation}" if generation is not None else "reshard"
+        if operation.get("state") == "switched":
+            return f"{text}: switched, retiring {_int(operation.get('retiring')) or 0} cluster(s)"
+        return f"{text}: {ready} of {total} ready" if ready is not None and total else text
     text = _OPERATION_NAMES.get(kind, kind.replace("_", " "))
     host, cluster = operation.get("host"), operation.get("cluster")
     if isinstance(host, str) and host:
@@ -303,6 +309,7 @@ class Snapshot:
             "shards_ready": self.shards_ready, "shards_total": self.shards_total,
             "identify_depth": self.identify_depth, "errors_10m": self.errors_10m,
             "identify_budget": self.identify_budget,
+            "generation": self.layout.generation if self.layout else None,
         }
 
     def to_json(self, *, shards: bool = False, events: int = 20) -> dict[str, Any]:
@@ -498,7 +505,7 @@ async def read_snapshot(redis: aioredis.Redis, keys: Keys, *, now: float | None 
         pipe.execute(), read_assignment(redis, keys))
     layout = LayoutRecord.for_display(layout_raw or {})
 
-    cluster_ids = sorted(set(range(layout.cluster_count) if layout else ()) | grants.keys())
+    cluster_ids = sorted(set(layout.cluster_ids if layout else ()) | grants.keys())
     host_ids = set(members or ())
     host_ids.update(grant.host for grant in grants.values() if grant)
     handovers, handover_problems = HandoverRecord.parse_all(handover_raw or {}, key=keys.handover)

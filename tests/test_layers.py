@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "letsfrag"
 LAYERS: dict[str, tuple[int, str]] = {
     **dict.fromkeys(
         ["errors", "clock", "units", "keys", "logs", "loops", "lifeline", "exitcodes", "orphan", "protocol",
-         "records", "handover", "claims", "events", "identify", "metrics", "progress", "redis_server", "embedded",
-         "connection", "bus", "environment", "ipc", "launcher", "control", "rpc", "bench", "samples",
+         "records", "handover", "reshard", "claims", "events", "identify", "metrics", "progress", "redis_server",
+         "embedded", "connection", "bus", "environment", "ipc", "launcher", "control", "rpc", "bench", "samples",
          "config"],
         (0, "foundations")),
     # the roles and the read side: independent of each other; the simulator stands on the foundations only

@@ -37,7 +37,8 @@ def layouts(draw: st.DrawFn) -> LayoutRecord:
     return LayoutRecord(shard_count=shards, shards_per_cluster=per, cluster_count=-(-shards // per),
                         max_concurrency=draw(st.integers(1, MAX_CONCURRENCY)), identify_window=draw(positive),
                         lease_ttl=ttl, lease_grace=draw(durations), heartbeat_interval=beat,
-                        allow_eval=draw(st.booleans()), updated_at=draw(stamps))
+                        allow_eval=draw(st.booleans()), updated_at=draw(stamps),
+                        generation=draw(st.integers(1, 50)), cluster_base=draw(st.integers(0, MAX_SHARDS)))
 
 
 @given(layouts())
@@ -54,9 +55,9 @@ def test_layout_round_trips(layout: LayoutRecord) -> None:
 
 @given(layouts(), st.integers(0, 2 * MAX_SHARDS))
 def test_geometry_covers_each_shard_once(layout: LayoutRecord, guild_shard: int) -> None:
-    last = layout.shards_of(layout.cluster_count - 1)
-    assert last and last[-1] == layout.shard_count - 1 and layout.shards_of(layout.cluster_count) == ()
-    assert layout.shards_of(-1) == ()
+    last = layout.shards_of(layout.next_cluster_base - 1)
+    assert last and last[-1] == layout.shard_count - 1 and layout.shards_of(layout.next_cluster_base) == ()
+    assert layout.shards_of(layout.cluster_base - 1) == () and layout.shards_of(layout.cluster_base)[0] == 0
     shard = guild_shard % layout.shard_count
     assert shard in layout.shards_of(layout.cluster_of_guild(guild_shard << 22))
 

@@ -42,9 +42,10 @@ async def test_json_schema_and_degraded_exit_code(redis_url: str, capsys: pytest
     assert doc["summary"] == {
         "healthy": False, "hosts_up": 3, "hosts_total": 3, "clusters_ready": 10, "clusters_total": 12,
         "clusters_unassigned": 1, "shards_ready": 40, "shards_total": 48, "identify_depth": 2,
-        "errors_10m": 2, "identify_budget": None,
+        "errors_10m": 2, "identify_budget": None, "generation": 1,
     }
     assert doc["layout"]["shards_per_cluster"] == 4 and doc["leader"]["id"] == "broker-a"
+    assert (doc["layout"]["generation"], doc["layout"]["shard_count"]) == (1, 48)
     clusters = {c["id"]: c for c in doc["clusters"]}
     assert clusters[3]["shard_range"] == "12–15" and clusters[3]["host"] == "host-01"
     assert clusters[4]["state"] == "failed" and clusters[4]["shards_ready"] == 0
@@ -59,7 +60,7 @@ async def test_healthy_deployment_exits_0_and_prints_tables(redis_url: str,
     await _seed(redis_url, healthy=True)
     code, out, _ = await _status(capsys, "--redis", redis_url)
     assert code == 0
-    assert "all shards ready" in out and "12–15" in out and "host-03" in out
+    assert "all shards ready" in out and "generation 1" in out and "12–15" in out and "host-03" in out
 
 
 async def test_hostile_strings_in_redis_are_shown_literally(redis_url: str,

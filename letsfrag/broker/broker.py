@@ -119,16 +119,21 @@ class ClusterBroker:
 
     @property
     def layout(self) -> list[ClusterSpec]:
-        """The clusters (empty before :meth:`start`)."""
-        return cluster_specs(self._layout) if self._layout else []
+        """The clusters of the live generation (empty before :meth:`start`)."""
+        layout = self._live_layout()
+        return cluster_specs(layout) if layout else []
+
+    def _live_layout(self) -> LayoutRecord | None:
+        """The live generation's layout: the reconciler's (a reshard replaces it), else the config's."""
+        return self._reconciler.layout if self._reconciler is not None else self._layout
 
     @property
     def assignment(self) -> dict[int, str | None]:
         """Cluster id -> host id (``None``: unassigned), as this broker last saw or wrote it."""
-        if self._layout is None or self._reconciler is None:
+        if self._reconciler is None:
             return {}
         grants = self._reconciler.assignment
-        return {c: (grants[c].host if c in grants else None) for c in self._layout.cluster_ids}
+        return {c: (grants[c].host if c in grants else None) for c in self._reconciler.layout.cluster_ids}
 
     @property
     def recommended_shards(self) -> int | None:
@@ -166,6 +171,7 @@ class ClusterBroker:
         self._reconciler = Reconciler(self.config, self._layout, self.store, event=self._event, fire=self._fire,
                                       notify=self._notify, move_timeout=self.move_timeout, clock=self.clock,
                                       handover_timeout=self.handover_timeout)
+        self._reconciler.recommended = lambda: self.recommended_shards
         self._commands = CommandHandler(self, self._reconciler)
         self._redis_lost_at: float | None = None
         self.bus.on_state(self._on_bus_state)

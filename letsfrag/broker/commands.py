@@ -1,8 +1,10 @@
 """Operator commands the leader broker answers on ``{ns}:cb``: ``drain``, ``undrain``, ``rebalance``,
 ``restart`` (one cluster, in place, by a handover), ``rolling_restart`` (every cluster of a host, one handover
 at a time, the next after the previous switch) and ``reshard`` (``{"shards": N}`` or ``{"recommended": true}``:
-replies with the plan of :mod:`letsfrag.broker.reshard`, ``lines`` to print, or the refusal; executing a reshard
-is not available yet, so the reply always carries ``"executed": false``).
+replies with the plan of :mod:`letsfrag.broker.reshard`, ``lines`` to print, or the refusal; with
+``"execute": true`` and an optional ``timeout`` (seconds the new generation has to become ready, default the
+broker's ``handover_timeout``) it runs the reshard and replies once it finished: ``ok`` when switched and retired,
+not ``ok`` after a rollback, with ``steps``, ``state`` and the ``cluster`` to blame).
 
 Every reply is ``{"ok": bool, "message": str, ...}``. ``drain`` and ``rebalance`` wait up to the broker's
 ``command_wait`` for the work to finish and otherwise reply with the progress so far (the work goes on).
@@ -58,20 +60,44 @@ class CommandHandler:
                 return {"ok": False, "message": f"rolling_restart: unknown host {host!r} (known hosts: {known})"}
             return await self.rolling_restart(host, self._wait_of(payload))
         if action == "reshard":
-            return self.reshard(payload)
+            return await self.reshard(payload)
         return {"ok": False, "message": f"unknown action {action!r}; the broker accepts drain, undrain, rebalance, "
                                         "restart, rolling_restart, reshard"}
 
-    def reshard(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """The plan of a reshard (or the refusal) from the leader's live state; nothing is executed yet."""
+    async def reshard(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The plan of a reshard (or the refusal) from the leader's live state; with ``"execute": true`` the
+        reshard itself (:mod:`letsfrag.reshard`): the reply comes once switched and retired (``ok``) or rolled
+        back (not ``ok``, naming the cluster), or when ``wait`` ends first (``done`` false: it goes on)."""
         shards = payload.get("shards")
         use_recommended = payload.get("recommended") is True
         if not use_recommended and (isinstance(shards, bool) or not isinstance(shards, int)):
             return {"ok": False, "refused": True, "executed": False,
                     "message": f"reshard: expected \"shards\" (a number) or \"recommended\": true, found {shards!r}"}
-        outcome = self.rec.plan_reshard(shards=shards if not use_recommended else None,
-                                        recommended=self.broker.recommended_shards, use_recommended=use_recommended)
-        return {**outcome.to_dict(), "executed": False}
+        plan_args: dict[str, Any] = {"shards": shards if not use_recommended else None,
+                                     "recommended": self.broker.recommended_shards,
+                                     "use_recommended": use_recommended}
+        if payload.get("execute") is not True:
+            return {**self.rec.plan_reshard(**plan_args).to_dict(), "executed": False}
+        timeout = payload.get("timeout")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            timeout = self.broker.handover_timeout
+        rec = self.rec
+        serial = rec.request_reshard(float(timeout), **plan_args)
+        entry = rec.reshards[serial]
+        await self._wait(lambda: entry["state"] in ("refused", "done", "rolled_back"), self._wait_of(payload))
+        if entry["state"] in ("refused", "done", "rolled_back"):
+            rec.reshards.pop(serial, None)
+        plan = entry.get("plan")
+        reply: dict[str, Any] = dict(plan) if isinstance(plan, dict) else {}
+        state = str(entry["state"])
+        reply.update(executed=state not in ("queued", "refused"), state=state, ok=state == "done",
+                     done=state in ("refused", "done", "rolled_back"), steps=list(entry["steps"]),  # type: ignore[call-overload]
+                     refused=state == "refused", message=str(entry["message"]))
+        if "cluster" in entry:
+            reply["cluster"] = entry["cluster"]
+        if not reply["done"]:
+            reply["message"] = f"{entry['message']}; no end within the wait (the reshard goes on)"
+        return reply
 
     def _wait_of(self, payload: dict[str, Any]) -> float:
         wait = payload.get("wait")

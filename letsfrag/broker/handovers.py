@@ -109,8 +109,9 @@ class Handovers:
         return cluster in self.records
 
     def load(self, records: Mapping[int, HandoverRecord]) -> None:
-        """The records read from Redis this tick (the truth); confirmations of records gone are forgotten."""
-        self.records = dict(records)
+        """The records read from Redis this tick (the truth); confirmations of records gone are forgotten. The
+        records of a reshard's new clusters are the reshard's (:mod:`.reshard`), not kept here."""
+        self.records = {c: r for c, r in records.items() if not r.resharding}
         self._stopped = {s for s in self._stopped if s[0] in self.records}
 
     def put(self, record: HandoverRecord) -> None:

@@ -22,15 +22,32 @@ from dataclasses import dataclass
 
 from letsfrag.clock import Clock
 from letsfrag.config import BrokerConfig
+from letsfrag.errors import RecordError
 from letsfrag.events import Severity
 from letsfrag.handover import HANDOFF_BLOCKED_FIELD, OPERATION_FIELD, HandoverReason, HandoverRecord
 from letsfrag.records import Grant, LayoutRecord
+from letsfrag.reshard import ReshardRecord, ReshardState, retired_cluster_keys
 
 from .assignment import plan_assignment, plan_rebalance_step
 from .handovers import Action, Handovers, budget_refusal, slot_refusal
 from .membership import HostObservation, Membership, Transition, Verdict
 from .moves import HostFacts, Move, Moves, pick_drain_move, planning_views
-from .reshard import BudgetView, CurrentLayout, HostRoom, ReshardPlan, ReshardRefusal, plan_reshard
+from .reshard import (
+    BudgetView,
+    CurrentLayout,
+    HostRoom,
+    ReshardAction,
+    ReshardPlan,
+    ReshardRefusal,
+    auto_reshard_reason,
+    decide_reshard,
+    new_layout,
+    old_running,
+    place,
+    plan_reshard,
+    ready_clusters,
+    sharding_target,
+)
 from .store import HostRecord, Snapshot, Store
 
 __all__ = ["Outcome", "Reconciler"]
@@ -74,6 +91,9 @@ class Reconciler:
         self.clock = clock
         self.now = clock.monotonic()
         self.layout = layout
+        #: the shard count and cluster size of this broker's config (the live layout may be a reshard's)
+        self.configured_shards = layout.shard_count
+        self._configured_per = layout.shards_per_cluster
         self.store = store
         self._event = event
         self._fire = fire
@@ -120,6 +140,24 @@ class Reconciler:
         #: ``adopting``, so a cluster missing from the assignment holds its events instead of fencing
         self._adopting = False
         self._changed = False
+        #: the reshard in progress (``{ns}:reshard`` as read this tick), None when none
+        self.reshard: ReshardRecord | None = None
+        #: since when (Redis ``TIME``) no live host runs a cluster of the generation being retired
+        self._retired_since: float | None = None
+        #: what became of each operator reshard request, by serial: ``state`` (queued, refused, preparing,
+        #: switched, done, rolled_back), ``message``, ``plan`` (its reply dict), ``steps`` (the progress lines),
+        #: ``cluster`` (the one to blame)
+        self.reshards: dict[int, dict[str, object]] = {}
+        #: reshard requests waiting for the next tick: serial -> (plan arguments, timeout)
+        self._reshard_requests: dict[int, tuple[dict[str, object], float]] = {}
+        self._reshard_serial: dict[int, int] = {}  # generation -> serial of the request that started it
+        self._reshard_progress = ""
+        #: the shard count ``/gateway/bot`` recommends (set by the broker; ``None``: unknown)
+        self.recommended: Callable[[], int | None] = lambda: None
+        #: the generation a 4011 already started a reshard of (once per generation)
+        self._sharding_generation = 0
+        #: monotonic time of the next automatic-reshard check (``reshard.auto``)
+        self._next_auto_check = self.now + float(config.reshard.check_interval)
 
     # term ---------------------------------------------------------------------------------------------
 
@@ -130,6 +168,7 @@ class Reconciler:
         self._adopting = False
         if not snap.assignment:
             self._cold_start(now, snap)
+        await self._keep_stored_geometry(snap)
         await self._write_layout()
         self.handovers.load(snap.handovers)
         if self.handovers:
@@ -152,9 +191,50 @@ class Reconciler:
             self._startup_deadline = max(self._startup_deadline, self._startup_floor)
             self._adopting = True
 
+    async def _keep_stored_geometry(self, snap: Snapshot) -> None:
+        """A running deployment (clusters assigned, or a later generation) keeps the stored layout's geometry:
+        changing the shard count is a reshard, never a silent restart (see :mod:`letsfrag.reshard`). When this
+        broker's config names another count than the config the stored layout was written from, a reshard to it
+        is queued for when every cluster is assigned; the same count as then keeps a reshard's count."""
+        try:
+            stored = LayoutRecord.from_hash(snap.layout, key=self.store.keys.layout) if snap.layout else None
+        except RecordError:
+            return
+        if stored is None or not (snap.assignment or stored.generation > 1):
+            return
+        configured, key = self.configured_shards, self.store.keys.layout
+        self.layout = dataclasses.replace(
+            self.layout, generation=stored.generation, cluster_base=stored.cluster_base,
+            shard_count=stored.shard_count, shards_per_cluster=stored.shards_per_cluster,
+            cluster_count=stored.cluster_count)
+        if self._configured_per != stored.shards_per_cluster:
+            await self._event(Severity.ERROR, "layout_generation_kept",
+                              f"{key} has clusters of {stored.shards_per_cluster} shards, the config "
+                              f"{self._configured_per}: keeping {stored.shards_per_cluster} (a reshard keeps the "
+                              "cluster size; change it with a cold start)")
+            return
+        if configured == stored.shard_count:
+            return
+        if self.config.shards == "auto" or configured == stored.configured_shards:
+            await self._event(Severity.WARNING, "layout_generation_kept",
+                              f"{key} is generation {stored.generation} with {stored.shard_count} shards; keeping it "
+                              f"(the config's {configured} shards are what it was resharded from: use `letsfrag "
+                              "reshard` to change the shard count)")
+            return
+        if any(s.get("from_config") for s in self.reshards.values() if s.get("state") == "queued"):
+            return  # a new term of the same broker: already queued
+        serial = self.request_reshard(self.handover_timeout, shards=configured, recommended=None,
+                                      use_recommended=False)
+        self.reshards[serial]["from_config"] = True
+        await self._event(Severity.INFO, "reshard_from_config",
+                          f"the config says {configured} shards, {key} has {stored.shard_count} (generation "
+                          f"{stored.generation}, written from a config of {stored.configured_shards}): resharding "
+                          f"to {configured} once every cluster is assigned")
+
     def layout_record(self) -> LayoutRecord:
-        """The ``{ns}:layout`` record of this broker's config (the one every host must use)."""
-        return dataclasses.replace(self.layout, updated_at=self.clock.time())
+        """The ``{ns}:layout`` record of this broker (the one every host must use): its config's, or the live
+        generation's geometry of a resharded deployment, with the config's shard count in ``config_shards``."""
+        return dataclasses.replace(self.layout, config_shards=self.configured_shards, updated_at=self.clock.time())
 
     async def _write_layout(self) -> None:
         fields = dict(self.layout_record().to_hash())
@@ -219,6 +299,7 @@ class Reconciler:
         facts = {h: HostFacts(alive.get(h, False), r.running, r.successors) for h, r in snap.hosts.items()}
         await self._settle_moves(now, facts, alive)
         await self._settle_handovers(snap, facts)
+        await self._settle_reshard(snap, facts)
         await self._adopt(snap, verdicts)
         if self._startup_deadline is not None:
             up = sum(1 for v in verdicts.values() if v is Verdict.UP)
@@ -234,6 +315,9 @@ class Reconciler:
                 await self.store.fenced("HDEL", self.store.keys.layout, "adopting")
             await self._event(Severity.INFO, "startup", f"assigning clusters with {up} host(s) up")
         changed = await self._plan(snap, verdicts, alive)
+        await self._react_to_4011(snap, alive)
+        await self._check_auto_reshard()
+        await self._start_reshards()
         await self._advance_operation()
         await self._start_requests(snap, alive)
         if not changed:
@@ -370,8 +454,8 @@ class Reconciler:
         """At most one planned move: out of a draining or leaving host first, else a rebalance step. To a host
         that takes part in handovers it is a handover (one per target at a time), else revoke-then-grant (one
         at a time)."""
-        if self.moves.pending:
-            return  # an older supervisor's move waits alone, as it always did
+        if self.moves.pending or self.reshard is not None:
+            return  # an older supervisor's move waits alone, as it always did; a reshard too
         current = self._planned()
         frozen = self._frozen(verdicts)
         capacities = {h: r.capacity for h, r in snap.hosts.items()}
@@ -581,12 +665,16 @@ class Reconciler:
             grant = self.assignment.get(cluster)
             if cluster not in self.layout.cluster_ids:
                 self._refuse(serial, cluster, "refused", f"cluster {cluster} is not in the layout "
-                             f"(clusters 0-{self.layout.cluster_count - 1})")
+                             f"(clusters {self.layout.cluster_base}-{self.layout.next_cluster_base - 1})")
                 continue
             if grant is None:
                 self._refuse(serial, cluster, "refused", f"cluster {cluster} is not assigned to any host")
                 continue
             record = self.hosts.get(grant.host)
+            if self.reshard is not None:
+                self._refuse(serial, cluster, "refused", f"a reshard to generation {self.reshard.generation} is in "
+                             "progress; restart once it finished")
+                continue
             if cluster in self.handovers:
                 busy = self.handovers.records[cluster]
                 self._refuse(serial, cluster, "refused", f"cluster {cluster} is already being handed over to "
@@ -778,19 +866,25 @@ class Reconciler:
                      use_recommended: bool = False) -> ReshardPlan | ReshardRefusal:
         """The plan of a reshard from this tick's layout, hosts and identify budget (see :mod:`.reshard`).
 
-        The layout has no generation number yet: the live one is generation 1. A handover in progress is a
-        refusal (its successor already uses the host's extra slot)."""
+        A reshard, a handover (its successor already uses the host's extra slot) or a rolling restart in progress
+        is a refusal."""
+        if self.reshard is not None:
+            return ReshardRefusal(f"a reshard to generation {self.reshard.generation} is in progress "
+                                  f"({self.reshard.state})")
         if self.handovers:
             return ReshardRefusal(f"{len(self.handovers)} handover(s) in progress (cluster(s) "
                                   f"{sorted(self.handovers.records)}); reshard once they finished")
+        if self.operation is not None:
+            return ReshardRefusal("a rolling restart is in progress; reshard once it finished")
         lay = self.layout
-        current = CurrentLayout(generation=1, shard_count=lay.shard_count, shards_per_cluster=lay.shards_per_cluster,
+        current = CurrentLayout(generation=lay.generation, shard_count=lay.shard_count,
+                                shards_per_cluster=lay.shards_per_cluster,
                                 max_concurrency=lay.max_concurrency,
                                 identify_window=float(self.config.identify_window))
         verdicts = self.membership.verdicts
         frozen = self._frozen(verdicts)
         rooms = {h: HostRoom(capacity=r.capacity, held=len(self.held_by(h)),
-                             alive=h in verdicts and verdicts[h].alive, draining=h in frozen)
+                             alive=h in verdicts and verdicts[h].alive, draining=h in frozen, handovers=r.handovers)
                  for h, r in self.hosts.items()}
         budget = BudgetView(self.budget_total, self.budget_remaining, float(self.config.identify_reserve))
         return plan_reshard(current, rooms, budget, shards=shards, recommended=recommended,
@@ -802,3 +896,202 @@ class Reconciler:
         return sorted(held | set(self.handovers.sources(host)))
 
 
+
+    # reshards (letsfrag.reshard) -----------------------------------------------------------------------
+
+    def request_reshard(self, timeout: float, **plan_args: object) -> int:
+        """Queue a reshard for the next tick (``plan_args`` as :meth:`plan_reshard` takes them; its generation must
+        be ready within ``timeout`` seconds); return the serial of its entry in :attr:`reshards`."""
+        self._serial += 1
+        self._reshard_requests[self._serial] = (plan_args, timeout)
+        self.reshards[self._serial] = {"state": "queued", "message": "queued", "steps": []}
+        return self._serial
+
+    async def _react_to_4011(self, snap: Snapshot, alive: dict[str, bool]) -> None:
+        """A live host reports a cluster of the live generation closed with 4011: reshard (once per generation) to
+        :func:`~.reshard.sharding_target` (see :mod:`letsfrag.reshard`)."""
+        live = self.layout.cluster_ids
+        oversized = sorted({c for h, r in snap.hosts.items() if alive.get(h) for c in r.sharding_required
+                            if c in live})
+        if not oversized or self.reshard is not None or self._sharding_generation == self.layout.generation:
+            return
+        self._sharding_generation = self.layout.generation
+        target = sharding_target(self.layout.shard_count, self.layout.max_concurrency, self.recommended())
+        serial = self.request_reshard(self.handover_timeout, shards=target, recommended=None, use_recommended=False)
+        self.reshards[serial]["from_4011"] = True
+        await self._event(Severity.ERROR, "sharding_required",
+                          f"Discord closed cluster(s) {oversized} with 4011 (sharding required: a shard holds too "
+                          f"many guilds); resharding {self.layout.shard_count} -> {target} shards (generation "
+                          f"{self.layout.generation + 1}); their guilds are offline until it switches",
+                          clusters=json.dumps(oversized))
+
+    async def _check_auto_reshard(self) -> None:
+        """``reshard.auto``: every ``check_interval``, reshard when a shard of the live generation holds more than
+        ``max_guilds_per_shard`` guilds (to :func:`~.reshard.sharding_target`); only when every cluster is assigned
+        and nothing else is moving, and only as far as the plan allows (the identify budget, the room)."""
+        settings = self.config.reshard
+        if not settings.auto or self.now < self._next_auto_check:
+            return
+        self._next_auto_check = self.now + float(settings.check_interval)
+        if not self.ready or self.unassigned or self.reshard is not None or self.handovers or self._reshard_requests:
+            return
+        reason = auto_reshard_reason(await self.store.shard_guilds(self.layout.cluster_ids),
+                                     settings.max_guilds_per_shard)
+        if reason is None:
+            return
+        target = sharding_target(self.layout.shard_count, self.layout.max_concurrency, self.recommended())
+        serial = self.request_reshard(self.handover_timeout, shards=target, recommended=None, use_recommended=False)
+        self.reshards[serial]["from_auto"] = True
+        await self._event(Severity.INFO, "reshard_auto", f"{reason}: resharding {self.layout.shard_count} -> {target} "
+                          f"shards (generation {self.layout.generation + 1}, reshard.auto)")
+
+    async def _start_reshards(self) -> None:
+        for serial, (plan_args, timeout) in sorted(self._reshard_requests.items()):
+            entry = self.reshards.get(serial)
+            if entry is not None and entry.get("from_config") and (not self.ready or self.unassigned
+                                                                   or self.reshard is not None):
+                continue  # a config's reshard waits until every cluster is assigned
+            del self._reshard_requests[serial]
+            if entry is None:
+                continue
+            plan = self.plan_reshard(**plan_args)  # type: ignore[arg-type]
+            entry["plan"] = plan.to_dict()
+            if isinstance(plan, ReshardRefusal):
+                entry.update(state="refused", message=plan.message)
+                if any(entry.get(flag) for flag in ("from_config", "from_4011", "from_auto")):
+                    await self._event(Severity.ERROR, "reshard_refused", f"the reshard is refused: {plan.message}")
+                continue
+            started = await self.start_reshard(plan, timeout, serial=serial)
+            if isinstance(started, str):
+                entry.update(state="refused", message=started)
+
+    async def start_reshard(self, plan: ReshardPlan, timeout: float, *,
+                            serial: int | None = None) -> ReshardRecord | str:
+        """Prepare ``plan``'s generation: its clusters start beside the live ones, gated, and must all be ready
+        within ``timeout`` seconds; return the record, or why not (one sentence). ``plan`` comes from
+        :meth:`plan_reshard` in the same tick; ``serial``: the request whose entry in :attr:`reshards` follows it."""
+        layout = new_layout(self.layout_record(), plan)
+        targets = place(layout, plan)
+        record = await self.store.begin_reshard(self.layout, layout, targets, timeout, self.max_epoch)
+        if record is None:
+            return "the layout or the handover records changed meanwhile (another reshard?); try again"
+        self.reshard = record
+        self._retired_since = None
+        self.max_epoch = max([self.max_epoch, *(g.epoch for g in record.clusters.values())])
+        self._changed = True
+        placed = ", ".join(f"{h}: {sorted(c for c, t in targets.items() if t == h)}"
+                           for h in sorted(set(targets.values())))
+        if serial is not None:
+            self._reshard_serial[record.generation] = serial
+        self._reshard_note(record, "preparing", f"generation {record.generation}: starting {len(targets)} cluster(s) "
+                           f"({layout.shard_count} shards) beside generation {record.from_generation} ({placed})")
+        await self._event(Severity.INFO, "reshard_started",
+                          f"reshard to generation {record.generation}: {self.layout.shard_count} -> "
+                          f"{layout.shard_count} shards, clusters {list(layout.cluster_ids)} on {placed}; ready "
+                          f"within {timeout:g}s", generation=record.generation)
+        await self._write_reshard_progress(record, 0)
+        await self._notify(set(targets.values()))
+        return record
+
+    def _reshard_note(self, record: ReshardRecord, state: str, line: str, cluster: int | None = None) -> None:
+        """A step of ``record``'s reshard, for the entry of the request that started it (if any)."""
+        serial = self._reshard_serial.get(record.generation)
+        entry = self.reshards.get(serial) if serial is not None else None
+        if entry is None:
+            return
+        steps = entry["steps"]
+        assert isinstance(steps, list)
+        steps.append(line)
+        entry.update(state=state, message=line)
+        if cluster is not None:
+            entry["cluster"] = cluster
+
+    async def _write_reshard_progress(self, record: ReshardRecord | None, ready: int) -> None:
+        if record is None:
+            if self._reshard_progress:
+                self._reshard_progress = ""
+                await self.store.fenced("HDEL", self.store.keys.broker, OPERATION_FIELD)
+            return
+        value = json.dumps({**record.progress(ready), "done": ready}, separators=(",", ":"))
+        if value != self._reshard_progress:
+            self._reshard_progress = value
+            await self.store.hset(self.store.keys.broker, {OPERATION_FIELD: value})
+
+    async def _settle_reshard(self, snap: Snapshot, facts: dict[str, HostFacts]) -> None:
+        """Switch, finish or roll back the reshard of ``{ns}:reshard`` (as read this tick)."""
+        if snap.reshard_invalid is not None:
+            await self.store.fenced("DEL", self.store.keys.reshard)
+            await self._event(Severity.ERROR, "reshard_repaired", f"{snap.reshard_invalid}; deleted",
+                              key=self.store.keys.reshard)
+        record = self.reshard = snap.reshard
+        if record is None:
+            await self._write_reshard_progress(None, 0)
+            return
+        if record.state is ReshardState.SWITCHED and self.layout.generation < record.generation:
+            self.layout = dataclasses.replace(record.new_layout, updated_at=None)  # a new leader after the switch
+        running = old_running(record, facts)
+        if record.state is not ReshardState.SWITCHED or running:
+            self._retired_since = None
+        elif self._retired_since is None:
+            self._retired_since = snap.time
+        step = decide_reshard(record, snap.time, facts, stopped_since=self._retired_since,
+                              settle=float(self.config.heartbeat_interval))
+        ready = ready_clusters(record, facts)
+        if step.action is ReshardAction.WAIT:
+            before = self._reshard_progress
+            await self._write_reshard_progress(record, len(ready) if record.state is ReshardState.PREPARING
+                                               else len(record.clusters))
+            if before != self._reshard_progress and record.state is ReshardState.PREPARING and ready:
+                self._reshard_note(record, "preparing", f"generation {record.generation}: {len(ready)} of "
+                                   f"{len(record.clusters)} cluster(s) ready")
+            return
+        if step.action is ReshardAction.SWITCH:
+            await self._switch_reshard(record, snap)
+        elif step.action is ReshardAction.ROLLBACK:
+            await self._end_reshard(record, "rolled_back", step.reason, step.cluster)
+        else:
+            await self._end_reshard(record, "done", step.reason)
+
+    async def _switch_reshard(self, record: ReshardRecord, snap: Snapshot) -> None:
+        switched = await self.store.switch_reshard(record, self.moves.timeout)
+        if switched is None:
+            await self._end_reshard(record, "rolled_back", "the switch was refused: a new cluster's handover record "
+                                    "changed")
+            return
+        self.reshard = switched
+        self.layout = dataclasses.replace(switched.new_layout, updated_at=None)
+        for cid in switched.retiring:
+            self.assignment.pop(cid, None)
+        for cid, grant in switched.clusters.items():
+            self.assignment[cid] = grant
+            self._fire("assign", cid, grant.host, grant.epoch)
+        self._changed = True
+        seconds = max(0.0, snap.time - record.started)
+        line = (f"switched to generation {record.generation} ({self.layout.shard_count} shards) {seconds:.1f}s after "
+                f"its clusters started; retiring generation {record.from_generation}'s clusters "
+                f"{list(record.retiring)}")
+        self._reshard_note(switched, "switched", line)
+        await self._event(Severity.INFO, "reshard_switched", line, generation=record.generation,
+                          overlap=f"{seconds:.3f}")
+        await self._write_reshard_progress(switched, len(switched.clusters))
+        await self._notify(set(self.hosts))
+
+    async def _end_reshard(self, record: ReshardRecord, state: str, reason: str, cluster: int | None = None) -> None:
+        """Done: the old generation's keys go; rolled back: the new generation's records and keys go."""
+        doomed = record.retiring if state == "done" else tuple(record.clusters)
+        await self.store.end_reshard(record, retired_cluster_keys(self.store.keys, list(doomed)))
+        self.reshard = None
+        self._retired_since = None
+        self._changed = True
+        if state == "done":
+            line = (f"generation {record.generation} serves alone: {reason}; generation {record.from_generation}'s "
+                    "keys removed")
+            await self._event(Severity.INFO, "reshard_done", line, generation=record.generation)
+        else:
+            line = (f"rolled back: {reason}; generation {record.generation}'s clusters stopped, generation "
+                    f"{record.from_generation} keeps serving")
+            await self._event(Severity.ERROR, "reshard_rolled_back", line, generation=record.generation,
+                              **({"cluster": cluster} if cluster is not None else {}))
+        self._reshard_note(record, state, line, cluster)
+        await self._write_reshard_progress(None, 0)
+        await self._notify(set(self.hosts))

@@ -20,22 +20,38 @@ always give the same answer.
   (no ``{ns}:identify:budget``) is not checked, and the plan says so.
 * **Time**: the new sessions identify through the global queue by buckets, ``max_concurrency`` per
   ``identify_window``: at least ``ceil(N / max_concurrency) × identify_window`` seconds.
+
+Executing the plan (:mod:`letsfrag.reshard` is the protocol): :func:`new_layout` is the generation the plan
+prepares, :func:`place` gives each new cluster its host, and every tick :func:`decide_reshard` says what to do
+with the reshard record at ``now`` (Redis ``TIME``, the records' clock):
+
+* **preparing** → ``switch`` when every new cluster's host reports its process of that epoch ``ready``;
+  ``rollback`` (naming the cluster) when a host is not alive, a report says ``failed``, or the deadline passed;
+* **switched** → ``done`` once no live host runs an old cluster for ``settle`` seconds (their last status writes
+  landed), or when the stop deadline passed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
-from letsfrag.records import MAX_SHARDS
+from letsfrag.handover import SuccessorState
+from letsfrag.records import MAX_SHARDS, LayoutRecord
+from letsfrag.reshard import ReshardRecord, ReshardState
 
 from .assignment import round_shard_count
 from .handovers import reserve_of
+from .moves import HostFacts
 
-__all__ = ["BudgetView", "CurrentLayout", "HostRoom", "ReshardPlan", "ReshardRefusal", "plan_reshard"]
+__all__ = ["BudgetView", "CurrentLayout", "HostRoom", "ReshardAction", "ReshardPlan", "ReshardRefusal", "ReshardStep",
+           "auto_reshard_reason", "decide_reshard", "new_layout", "old_running", "place", "plan_reshard",
+           "ready_clusters", "sharding_target"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +73,9 @@ class HostRoom:
     held: int
     alive: bool = True
     draining: bool = False
+    #: its supervisor takes part in handovers (it can start a new generation's clusters gated); an older one
+    #: receives none
+    handovers: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,12 +215,15 @@ def plan_reshard(layout: CurrentLayout, hosts: Mapping[str, HostRoom], budget: B
         same = "" if new == requested else f" ({requested} rounded up to a multiple of {layout.max_concurrency})"
         return ReshardRefusal(f"generation {layout.generation} already has {new} shards{same}: nothing to reshard")
     clusters = math.ceil(new / layout.shards_per_cluster)
-    usable = {h: r for h, r in hosts.items() if r.alive and not r.draining and r.capacity > 0}
+    usable = {h: r for h, r in hosts.items() if r.alive and not r.draining and r.capacity > 0 and r.handovers}
     free = {h: max(0, r.capacity - r.held) for h, r in usable.items()}
     room = sum(free.values())
     if room < clusters:
         each = ", ".join(f"{h}: {free[h]} of capacity {usable[h].capacity} free" for h in sorted(free)) or \
             "no live host"
+        older = sorted(h for h, r in hosts.items() if r.alive and not r.handovers)
+        if older:
+            each += f"; {', '.join(older)} cannot start them gated (an older supervisor without handovers)"
         return ReshardRefusal(
             f"no room for generation {layout.generation + 1}: its {clusters} cluster(s) run beside generation "
             f"{layout.generation}'s during the overlap and need {clusters} free slot(s), the live hosts have "
@@ -220,3 +242,113 @@ def plan_reshard(layout: CurrentLayout, hosts: Mapping[str, HostRoom], budget: B
         identify_window=layout.identify_window, clusters=clusters, hosts=_distribute(clusters, free, usable),
         free=free, identifies=new, budget_remaining=budget.remaining if budget.known else None,
         budget_reserve=reserve, source=source)
+
+
+def new_layout(live: LayoutRecord, plan: ReshardPlan) -> LayoutRecord:
+    """The layout of the generation ``plan`` prepares: its shard count, its clusters numbered after ``live``'s,
+    the live timing fields."""
+    return dataclasses.replace(live, generation=live.generation + 1, shard_count=plan.new_shards,
+                               cluster_count=plan.clusters, cluster_base=live.next_cluster_base, updated_at=None)
+
+
+def place(layout: LayoutRecord, plan: ReshardPlan) -> dict[int, str]:
+    """Each new cluster's host: ``plan.hosts``'s counts handed out in cluster order, hosts alternating (so each
+    host's clusters spread over the shard range)."""
+    left = dict(sorted(plan.hosts.items()))
+    out: dict[int, str] = {}
+    hosts = list(left)
+    turn = 0
+    for cid in layout.cluster_ids:
+        while left[hosts[turn % len(hosts)]] == 0:
+            turn += 1
+        host = hosts[turn % len(hosts)]
+        left[host] -= 1
+        out[cid] = host
+        turn += 1
+    return out
+
+
+class ReshardAction(StrEnum):
+    """What the broker does with the reshard record this tick."""
+
+    WAIT = "wait"
+    SWITCH = "switch"
+    ROLLBACK = "rollback"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class ReshardStep:
+    """The decision; ``reason`` is a sentence for events and the command's reply, ``cluster`` the one to blame."""
+
+    action: ReshardAction
+    reason: str = ""
+    cluster: int | None = None
+
+
+def ready_clusters(record: ReshardRecord, hosts: Mapping[str, HostFacts]) -> list[int]:
+    """The new clusters whose host reports their process (of the record's epoch) ready."""
+    out = []
+    for cid, grant in sorted(record.clusters.items()):
+        facts = hosts.get(grant.host)
+        report = facts.successors.get(cid) if facts is not None else None
+        if report is not None and report.epoch == grant.epoch and report.state is SuccessorState.READY:
+            out.append(cid)
+    return out
+
+
+def old_running(record: ReshardRecord, hosts: Mapping[str, HostFacts]) -> list[int]:
+    """The old clusters some live host still runs."""
+    retiring = set(record.retiring)
+    return sorted({cid for facts in hosts.values() if facts.alive for cid in facts.running if cid in retiring})
+
+
+def decide_reshard(record: ReshardRecord, now: float, hosts: Mapping[str, HostFacts], *,
+                   stopped_since: float | None = None, settle: float = 0.0) -> ReshardStep:
+    """The next step of ``record`` at ``now``; ``stopped_since``: since when no live host runs an old cluster
+    (``None``: one still does)."""
+    g, n = record.from_generation, record.generation
+    if record.state is ReshardState.PREPARING:
+        for cid, grant in sorted(record.clusters.items()):
+            facts = hosts.get(grant.host)
+            if facts is None or not facts.alive:
+                return ReshardStep(ReshardAction.ROLLBACK, f"cluster {cid} of generation {n}: its host {grant.host} "
+                                   "is not alive", cid)
+            report = facts.successors.get(cid)
+            if report is not None and report.epoch == grant.epoch and report.state is SuccessorState.FAILED:
+                why = f": {report.reason}" if report.reason else ""
+                return ReshardStep(ReshardAction.ROLLBACK, f"cluster {cid} of generation {n} failed on {grant.host}"
+                                   f"{why}", cid)
+        ready = ready_clusters(record, hosts)
+        if len(ready) == len(record.clusters):
+            return ReshardStep(ReshardAction.SWITCH, f"all {len(ready)} cluster(s) of generation {n} are ready")
+        if now > record.deadline:
+            late = [c for c in sorted(record.clusters) if c not in ready]
+            return ReshardStep(ReshardAction.ROLLBACK, f"cluster {late[0]} of generation {n} was not ready within "
+                               f"{record.deadline - record.started:.0f}s" +
+                               (f" (nor {late[1:]})" if len(late) > 1 else ""), late[0])
+        return ReshardStep(ReshardAction.WAIT)
+    if stopped_since is not None and now - stopped_since >= settle:
+        return ReshardStep(ReshardAction.DONE, f"generation {g}'s processes stopped")
+    if now > record.deadline:
+        return ReshardStep(ReshardAction.DONE, f"generation {g}'s processes did not all confirm the stop in time")
+    return ReshardStep(ReshardAction.WAIT)
+
+
+def sharding_target(shard_count: int, max_concurrency: int, recommended: int | None) -> int:
+    """The shard count to reshard to after a 4011 ("sharding required"): the ``/gateway/bot`` recommendation when it
+    is more than ``shard_count``, else twice ``shard_count`` (each shard ``i`` splits into ``i`` and ``i + N``),
+    rounded up to a multiple of ``max_concurrency``."""
+    target = recommended if recommended is not None and recommended > shard_count else 2 * shard_count
+    return round_shard_count(target, max_concurrency)
+
+
+def auto_reshard_reason(guilds: Mapping[int, int], threshold: int) -> str | None:
+    """Why an automatic reshard is due (``reshard.auto``): the fullest shard holds more than ``threshold`` guilds,
+    as the clusters report per shard (``guilds``: shard id -> guild count); ``None``: not due."""
+    over = {shard: n for shard, n in guilds.items() if n > threshold}
+    if not over:
+        return None
+    shard = max(over, key=lambda s: (over[s], -s))
+    more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
+    return f"shard {shard} holds {over[shard]} guilds, more than reshard.max_guilds_per_shard {threshold}{more}"

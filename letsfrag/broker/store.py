@@ -7,8 +7,9 @@ not noticed yet. A grant is one script (``INCR`` epoch + ``HSET`` assignment), s
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from letsfrag.errors import LetsfragError, RecordError
 from letsfrag.handover import SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, parse_successors
 from letsfrag.keys import Keys
 from letsfrag.records import GRANT_LUA, Grant, LayoutRecord, parse_epoch, parse_int, parse_running
+from letsfrag.reshard import SHARDING_REQUIRED_FIELD, ReshardRecord, parse_sharding_required
 
 __all__ = ["HostRecord", "NotLeader", "RedisDataError", "Snapshot", "Store"]
 
@@ -54,6 +56,8 @@ class HostRecord:
     #: the record has a ``successors`` field (even ``{}``): its supervisor takes part in handovers; without it
     #: a planned move falls back to revoke-then-grant (an older supervisor)
     handovers: bool = False
+    #: the ``sharding_required`` field: granted clusters Discord closed with 4011 (see :mod:`letsfrag.reshard`)
+    sharding_required: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -77,6 +81,9 @@ class Snapshot:
     #: ``{ns}:identify:budget`` ``total`` and ``remaining`` (``None``: no budget known)
     budget_total: int | None = None
     budget_remaining: int | None = None
+    #: ``{ns}:reshard``: the reshard in progress (``None``: none, or unreadable: then ``reshard_invalid``)
+    reshard: ReshardRecord | None = None
+    reshard_invalid: str | None = None
 
     @property
     def layout_present(self) -> bool:
@@ -131,6 +138,11 @@ def _parse_host(host_id: str, key: str, data: dict[str, str], lease: str | None,
         successors = parse_successors(data.get(SUCCESSORS_FIELD), key=key)
     except RecordError as exc:
         problems.append(exc)
+    oversized: list[int] = []
+    try:
+        oversized = parse_sharding_required(data.get(SHARDING_REQUIRED_FIELD), key=key)
+    except RecordError as exc:
+        problems.append(exc)
     return HostRecord(
         id=host_id,
         capacity=capacity,
@@ -141,6 +153,7 @@ def _parse_host(host_id: str, key: str, data: dict[str, str], lease: str | None,
         registered=bool(data),
         successors=successors,
         handovers=SUCCESSORS_FIELD in data,
+        sharding_required=oversized,
     )
 
 
@@ -237,6 +250,90 @@ redis.call('HDEL', KEYS[2], ARGV[2])
 return 1
 """
 
+# KEYS: leader, epoch, handover, reshard, layout; ARGV: id, epoch floor, timeout, from generation, generation,
+# new layout (JSON object), shard_count, shards_per_cluster, cluster_base, retiring ids (JSON list), then pairs
+# cluster id, host. Only while no reshard runs, the live layout is the from generation and no new cluster has a
+# handover record: one preparing record per new cluster (a new epoch each) and the reshard record; returns it
+_RESHARD_BEGIN = _GUARD + _EPOCH_OF + _NAMES + """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local live = tonumber(redis.call('HGET', KEYS[5], 'generation') or '1')
+if live ~= tonumber(ARGV[4]) then return 0 end
+for i = 11, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 1 then return 0 end
+end
+local floor = tonumber(ARGV[2])
+local e = epoch_of(KEYS[2])
+if e == nil or e < floor then e = floor end
+local now = now_s()
+local deadline = now + tonumber(ARGV[3])
+local clusters = {}
+for i = 11, #ARGV, 2 do
+  e = e + 1
+  redis.call('HSET', KEYS[3], ARGV[i], cjson.encode({
+    host = ARGV[i + 1], epoch = e, from_host = '', from_epoch = 0, reason = 'reshard', state = 'preparing',
+    started = now, deadline = deadline, generation = tonumber(ARGV[5]), shard_count = tonumber(ARGV[7]),
+    shards_per_cluster = tonumber(ARGV[8]), cluster_base = tonumber(ARGV[9])}))
+  clusters[ARGV[i]] = {host = ARGV[i + 1], epoch = e}
+end
+redis.call('SET', KEYS[2], e)
+local out = cjson.encode({generation = tonumber(ARGV[5]), from_generation = tonumber(ARGV[4]),
+                          state = 'preparing', started = now, deadline = deadline, layout = cjson.decode(ARGV[6]),
+                          clusters = clusters, retiring = cjson.decode(ARGV[10])})
+redis.call('SET', KEYS[4], out)
+return out
+"""
+
+# KEYS: leader, assignment, handover, reshard, layout; ARGV: id, generation, stop timeout. Only while the reshard
+# of that generation is preparing and every new cluster's record still names its host and epoch: at one instant
+# the new clusters are granted, the old ones' grants deleted, the records switched and the layout replaced
+_RESHARD_SWITCH = _GUARD + _NAMES + """
+local raw = redis.call('GET', KEYS[4])
+if not raw then return 0 end
+local r = cjson.decode(raw)
+if r.state ~= 'preparing' or tonumber(r.generation) ~= tonumber(ARGV[2]) then return 0 end
+for cid, g in pairs(r.clusters) do
+  if not names(KEYS[3], cid, g.host, g.epoch) then return 0 end
+end
+for cid, g in pairs(r.clusters) do
+  redis.call('HSET', KEYS[2], cid, grant_json(g.host, g.epoch))
+  local h = cjson.decode(redis.call('HGET', KEYS[3], cid))
+  h.state = 'switched'
+  redis.call('HSET', KEYS[3], cid, cjson.encode(h))
+end
+for _, cid in ipairs(r.retiring) do redis.call('HDEL', KEYS[2], string.format('%d', cid)) end
+redis.call('DEL', KEYS[5])
+for k, v in pairs(r.layout) do redis.call('HSET', KEYS[5], k, v) end
+local now = now_s()
+r.state = 'switched'
+r.switched = now
+r.deadline = now + tonumber(ARGV[3])
+local out = cjson.encode(r)
+redis.call('SET', KEYS[4], out)
+return out
+"""
+
+# KEYS: leader, handover, reshard, then keys to delete; ARGV: id, generation. Ends the reshard of that generation
+# (done or rolled back): its clusters' handover records (only reshard records of that generation), the given keys
+# and the reshard record are deleted
+_RESHARD_END = _GUARD + """
+local raw = redis.call('GET', KEYS[3])
+if not raw then return 0 end
+local r = cjson.decode(raw)
+if tonumber(r.generation) ~= tonumber(ARGV[2]) then return 0 end
+for cid, _ in pairs(r.clusters) do
+  local h = redis.call('HGET', KEYS[2], cid)
+  if h then
+    local ok, v = pcall(cjson.decode, h)
+    if ok and type(v) == 'table' and tonumber(v.generation) == tonumber(ARGV[2]) then
+      redis.call('HDEL', KEYS[2], cid)
+    end
+  end
+end
+for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
 # a fenced single command on KEYS[2]; ARGV[2] is a whitelisted command name
 _FENCED = _GUARD + """
 local cmd = ARGV[2]
@@ -260,6 +357,9 @@ class Store:
         self._begin = redis.register_script(_BEGIN)
         self._switch = redis.register_script(_SWITCH)
         self._end = redis.register_script(_END)
+        self._reshard_begin = redis.register_script(_RESHARD_BEGIN)
+        self._reshard_switch = redis.register_script(_RESHARD_SWITCH)
+        self._reshard_end = redis.register_script(_RESHARD_END)
         #: fenced writes attempted (for tests: a standby must attempt none)
         self.writes = 0
 
@@ -282,6 +382,7 @@ class Store:
             pipe.hgetall(k.handover)
             pipe.time()
             pipe.hmget(k.identify("budget"), ["total", "remaining"])
+            pipe.get(k.reshard)
             for bucket in range(buckets):
                 pipe.zcard(k.identify(f"queue:{bucket}"))
             first: list[Any] = await pipe.execute()
@@ -310,10 +411,17 @@ class Store:
         bad_fields = sorted(f for f in raw_handovers if f not in good)
         seconds, micros = first[5]
         total, remaining = (_budget_int(v) for v in first[6] or (None, None))
-        return Snapshot(hosts, assignment, epoch, dict(first[3] or {}), sum(int(n) for n in first[7:]),
+        reshard, reshard_invalid = None, None
+        if first[7] is not None:
+            try:
+                reshard = ReshardRecord.from_json(first[7], key=k.reshard)
+            except RecordError as exc:
+                reshard_invalid = str(exc)
+        return Snapshot(hosts, assignment, epoch, dict(first[3] or {}), sum(int(n) for n in first[8:]),
                         problems, epoch_invalid, handovers=handovers, handover_invalid=bad_fields,
                         time=int(seconds) + int(micros) / 1e6,
-                        budget_total=total, budget_remaining=remaining)
+                        budget_total=total, budget_remaining=remaining, reshard=reshard,
+                        reshard_invalid=reshard_invalid)
 
     # fenced writes ------------------------------------------------------------------------------------
 
@@ -422,3 +530,64 @@ class Store:
         k = self.keys
         result = await self._script(self._end, [k.leader, k.handover], [self.broker_id, record.cluster, record.epoch])
         return bool(self._check(result))
+
+    # reshards ----------------------------------------------------------------------------------------
+
+    def _reshard(self, raw: Any) -> ReshardRecord | None:
+        if raw in (0, None):
+            return None
+        return ReshardRecord.from_json(raw, key=self.keys.reshard)
+
+    async def begin_reshard(self, live: LayoutRecord, new: LayoutRecord, targets: Mapping[int, str], timeout: float,
+                            min_epoch: int = 0) -> ReshardRecord | None:
+        """Prepare generation ``new.generation`` beside ``live``: a ``preparing`` handover record with a new epoch
+        for each new cluster on its target host, and the reshard record due in ``timeout`` seconds (Redis
+        ``TIME``); ``None`` when a reshard runs already, the live layout is another generation or a new cluster
+        has a handover record."""
+        self.writes += 1
+        k = self.keys
+        args: list[Any] = [self.broker_id, min_epoch, timeout, live.generation, new.generation,
+                           json.dumps(new.to_hash()), new.shard_count, new.shards_per_cluster, new.cluster_base,
+                           json.dumps(list(live.cluster_ids))]
+        for cid, host in sorted(targets.items()):
+            args += [cid, host]
+        result = await self._script(self._reshard_begin, [k.leader, k.epoch, k.handover, k.reshard, k.layout], args)
+        return self._reshard(self._check(result))
+
+    async def switch_reshard(self, record: ReshardRecord, stop_timeout: float) -> ReshardRecord | None:
+        """Switch every cluster of ``record``'s generation at one instant (grants, old grants deleted, records
+        switched, layout replaced); ``None`` when the record or a new cluster's handover changed (nothing
+        written)."""
+        self.writes += 1
+        k = self.keys
+        result = await self._script(self._reshard_switch, [k.leader, k.assignment, k.handover, k.reshard, k.layout],
+                                    [self.broker_id, record.generation, stop_timeout])
+        return self._reshard(self._check(result))
+
+    async def end_reshard(self, record: ReshardRecord, delete: Sequence[str] = ()) -> bool:
+        """End ``record``'s reshard (done or rolled back): delete its clusters' handover records, the keys
+        ``delete`` and the reshard record; False when the record is another generation's or gone."""
+        self.writes += 1
+        k = self.keys
+        result = await self._script(self._reshard_end, [k.leader, k.handover, k.reshard, *delete],
+                                    [self.broker_id, record.generation])
+        return bool(self._check(result))
+
+    async def shard_guilds(self, cluster_ids: Iterable[int]) -> dict[int, int]:
+        """The guild count of each shard, as the clusters ``cluster_ids`` last reported it in
+        ``{ns}:status:shards:{id}`` (a shard without a readable count is left out)."""
+        ids = list(cluster_ids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in ids:
+                pipe.hgetall(self.keys.shard_status(cid))
+            raw: list[Any] = await pipe.execute()
+        out: dict[int, int] = {}
+        for reports in raw:
+            for shard, text in (reports or {}).items():
+                try:
+                    guilds = json.loads(text).get("guilds")
+                    if isinstance(guilds, int) and not isinstance(guilds, bool) and guilds >= 0:
+                        out[int(shard)] = guilds
+                except (ValueError, TypeError, AttributeError):
+                    continue
+        return out

@@ -30,7 +30,7 @@ from ..handover import HandoverRecord, HandoverState
 from ..records import GEOMETRY_FIELDS, Grant, LayoutRecord
 
 #: the ``{ns}:layout`` fields an ownership check reads
-LAYOUT_FIELDS = ("shard_count", "shards_per_cluster", "adopting")
+LAYOUT_FIELDS = ("shard_count", "shards_per_cluster", "adopting", "generation", "cluster_base")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,25 +96,37 @@ def decide_ownership(
     is the cluster's ``{ns}:handover`` field (``None``: no record), ``successor`` whether this process was
     started as a handover successor (see the module docs).
     """
+    lease_problem = _lease_problem(lease_value, lease_pttl_ms, host_id, incarnation)
+    ttl = default_ttl if lease_pttl_ms < 0 else lease_pttl_ms / 1000.0
+    prepared = successor and _prepares_generation(handover, cluster_id, host_id, epoch, handover_key)
     if layout is not None:
         gone = all(layout.get(name) is None for name in LAYOUT_FIELDS)
         if (gone or layout.get("adopting")) and (assignment is None or lease_value is None):
             what = "is gone" if gone else "says the broker is adopting running clusters"
             return Ownership(False, f"{layout_key} {what} (Redis lost its data?): holding events until the broker "
                              f"adopts cluster {cluster_id}", undecided=True)
-        if not gone:
+        retired = _retired_verdict(layout, assignment, lease_problem, ttl, cluster_id=cluster_id, successor=successor,
+                                   key=layout_key)
+        if retired is not None:
+            return retired
+        if not gone and not prepared:
             mismatch = _layout_verdict(layout, cluster_id, shard_ids, layout_key)
+            if mismatch is not None and successor and assignment is None:
+                return Ownership(False, f"{mismatch.reason}, and no reshard prepares cluster {cluster_id} here "
+                                 "(rolled back)")
             if mismatch is not None:
                 return mismatch
     if assignment is None:
-        return Ownership(False, f"cluster {cluster_id} is no longer assigned to any host")
+        unassigned = Ownership(False, f"cluster {cluster_id} is no longer assigned to any host")
+        if prepared:  # a cluster of a generation being prepared has no grant before the switch
+            return _successor_verdict(handover, unassigned, lease_problem, ttl, cluster_id=cluster_id,
+                                      host_id=host_id, epoch=epoch, key=handover_key)
+        return unassigned
     try:
         grant = Grant.from_json(assignment, key=assignment_key, field=str(cluster_id))
     except RecordError as exc:
         return Ownership(False, f"cluster {cluster_id}'s assignment is unreadable: {exc}")
     granted_host, granted_epoch = grant.host, grant.epoch
-    lease_problem = _lease_problem(lease_value, lease_pttl_ms, host_id, incarnation)
-    ttl = default_ttl if lease_pttl_ms < 0 else lease_pttl_ms / 1000.0
     if granted_host != host_id or granted_epoch != epoch:
         moved = Ownership(
             False,
@@ -149,6 +161,33 @@ def _read_handover(raw: str | None, cluster_id: int, key: str) -> HandoverRecord
     return HandoverRecord.from_json(cluster_id, raw, key=key)
 
 
+def _prepares_generation(raw: str | None, cluster_id: int, host_id: str, epoch: int, key: str) -> bool:
+    """Does the cluster's handover record start this process for a layout generation being prepared (a reshard)?
+    Its shards are that generation's, not the live layout's (checked by its supervisor against the record)."""
+    try:
+        record = _read_handover(raw, cluster_id, key)
+    except RecordError:
+        return False
+    return record is not None and record.resharding and record.names(host_id, epoch)
+
+
+def _retired_verdict(layout: Mapping[str, str | None], assignment: str | None, lease_problem: str | None, ttl: float,
+                     *, cluster_id: int, successor: bool, key: str) -> Ownership | None:
+    """A process of a generation a reshard retired: its cluster is below the live layout's ``cluster_base`` and no
+    longer assigned (the switch deleted its grant). It is *handed over*: it serves through the claims until its
+    supervisor stops it (see :mod:`letsfrag.reshard`). ``None``: not a retired cluster."""
+    try:
+        live = LayoutRecord.from_hash(layout, key=key, only=("shard_count", "shards_per_cluster", "cluster_base"))
+    except RecordError:
+        return None
+    if successor or assignment is not None or cluster_id >= live.cluster_base:
+        return None
+    if lease_problem is not None:
+        return Ownership(False, lease_problem)
+    return Ownership(True, f"cluster {cluster_id}'s generation was retired by the reshard to generation "
+                     f"{live.generation}; serving until stopped", ttl, handed_over=True)
+
+
 def _successor_verdict(raw: str | None, moved: Ownership, lease_problem: str | None, ttl: float, *, cluster_id: int,
                        host_id: str, epoch: int, key: str) -> Ownership:
     """A successor process the assignment does not name (yet)."""
@@ -166,6 +205,9 @@ def _successor_verdict(raw: str | None, moved: Ownership, lease_problem: str | N
         return Ownership(False, f"{moved.reason} although the handover record says {record.state}")
     if lease_problem is not None:
         return Ownership(False, lease_problem)
+    if record.resharding:
+        return Ownership(False, f"cluster {cluster_id} of generation {record.generation}, prepared by a reshard (the "
+                         "live generation serves until the switch)", ttl, successor=True)
     return Ownership(False, f"successor of cluster {cluster_id} (host {record.from_host} epoch "
                      f"{record.from_epoch} still owns it)", ttl, successor=True)
 
@@ -178,6 +220,9 @@ def _successor_owner_verdict(raw: str | None, ttl: float, *, cluster_id: int, ho
     except RecordError as exc:
         return Ownership(True, f"owner; not exclusive while the handover record is unreadable: {exc}", ttl,
                          exclusive=False)
+    if record is not None and record.names(host_id, epoch) and record.resharding:
+        return Ownership(True, f"owner since the switch to generation {record.generation}; the retired "
+                         "generation's processes may still be stopping", ttl, exclusive=False)
     if record is not None and record.names(host_id, epoch):
         return Ownership(True, f"owner since the switch; host {record.from_host} epoch {record.from_epoch} may "
                          "still be stopping", ttl, exclusive=False)

@@ -66,6 +66,17 @@ class LeaseSettings(StrictModel):
     grace: Duration = Field(default=2.0, ge=0, description="extra wait after a lease expired before reassigning")
 
 
+class ReshardSettings(StrictModel):
+    """Automatic resharding (opt-in): the leader reshards when a shard holds too many guilds."""
+
+    auto: bool = Field(default=False, description="reshard by itself when a shard holds more than "
+                       "max_guilds_per_shard guilds (to the /gateway/bot count if more, else twice the shards)")
+    max_guilds_per_shard: Int = Field(default=1500, ge=1, le=2500, description="guilds a shard may hold before an "
+                                      "automatic reshard (Discord closes a shard past 2,500 with 4011)")
+    check_interval: Duration = Field(default=28800.0, gt=0, description="how often the leader checks the guild "
+                                     "counts the clusters report")
+
+
 class BrokerSettings(StrictModel):
     """Keys of the broker (also part of a local config)."""
 
@@ -90,6 +101,7 @@ class BrokerSettings(StrictModel):
         default=120.0, gt=0, description="how long a planned handover's successor may take to be READY before it "
         "is rolled back"
     )
+    reshard: ReshardSettings = Field(default_factory=ReshardSettings, description="automatic resharding")
     broker_id: str | None = Field(default=None, description="id of this broker process; unset: hostname and pid")
 
     def effective_token(self) -> SecretStr | None:

@@ -52,9 +52,11 @@ class Grants:
 
     def _keep_geometry(self, layout: LayoutRecord) -> LayoutRecord:
         """A layout that changes the shard ranges while clusters run here is refused (the last one stays):
-        two processes would run the same shard. It is reported once; it applies when nothing runs."""
+        two processes would run the same shard. It is reported once; it applies when nothing runs. A layout of a
+        later generation (:mod:`letsfrag.reshard`) is taken: its clusters have other ids."""
         current = self.m._layout
-        if current is None or current.geometry == layout.geometry:
+        if current is None or current.geometry == layout.geometry or layout.generation > current.generation:
+            # a new generation (a reshard switched) numbers its clusters after the running ones: no range overlaps
             self._refused = None
             return layout
         alive = sorted(cid for cid, r in self.m._records.items() if r.process is not None)

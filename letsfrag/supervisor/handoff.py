@@ -145,7 +145,8 @@ class Handovers:
 
     async def _spawn(self, record: HandoverRecord) -> None:
         m = self.m
-        if m._layout is None or not m._layout.shards_of(record.cluster):
+        layout = record.layout_of(m._layout) if m._layout is not None else None
+        if layout is None or not layout.shards_of(record.cluster):
             log.warning("handover of cluster %d names this host but the cluster is outside the layout; ignored",
                         record.cluster)
             return
@@ -153,8 +154,8 @@ class Handovers:
                               started_at=m.clock.time(), started_mono=m.clock.monotonic())
         self.successors[record.cluster] = successor
         try:
-            process = await m._launch(record.cluster, m._layout.shards_of(record.cluster), record.epoch,
-                                      successor.token, handover=True)
+            process = await m._launch(record.cluster, layout.shards_of(record.cluster), record.epoch,
+                                      successor.token, handover=True, layout=layout)
         except OSError as exc:
             successor.state, successor.reason = SuccessorState.FAILED, f"cannot start {m._program()}: {exc}"
             m._event(Severity.WARNING, "successor_failed", f"cluster {record.cluster}: the successor for epoch "

@@ -32,6 +32,7 @@ from letsfrag.loops import cancel_and_wait, supervised
 from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.protocol import Envelope, MessageType
 from letsfrag.records import LayoutRecord
+from letsfrag.reshard import SHARDING_REQUIRED_FIELD
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.commands import CommandHandler
 from letsfrag.supervisor.grants import Grants
@@ -371,7 +372,13 @@ class ClusterManager:
     def _record_fields(self) -> dict[str, str]:
         return {"cpu_percent": f"{self.host_cpu:.1f}", "rss": str(self.host_rss), "running": self._running_json(),
                 "log_write_errors": str(sum(log_file.write_errors for log_file in self._logs.values())),
-                SUCCESSORS_FIELD: self.handovers.field_value()}
+                SUCCESSORS_FIELD: self.handovers.field_value(), **self._sharding_fields()}
+
+    def _sharding_fields(self) -> dict[str, str]:
+        """The host record's ``sharding_required``: granted clusters Discord closed with 4011 (letsfrag.reshard)."""
+        failed = sorted(cid for cid, r in self._records.items()
+                        if r.extra.get("sharding_required") and cid in self._desired and r.epoch == self._desired[cid])
+        return {SHARDING_REQUIRED_FIELD: json.dumps(failed)}
 
     # ------------------------------------------------------------------------------------------ grants
 
@@ -413,13 +420,15 @@ class ClusterManager:
                      "last_heartbeat_mono", "exit_code", "exit_signal", "next_restart_at", "guilds", "latency"):
             setattr(record, name, None)
         record.hang_signalled = False
+        record.extra.pop("sharding_required", None)
         record.memory.reset()
 
     async def _launch(self, cluster_id: int, shard_ids: tuple[int, ...], epoch: int, token: int, *,
-                      handover: bool = False) -> ClusterProcess:
-        """Start one process of ``cluster_id`` (a cluster, or with ``handover`` a successor); raises ``OSError``."""
+                      handover: bool = False, layout: LayoutRecord | None = None) -> ClusterProcess:
+        """Start one process of ``cluster_id`` (a cluster, or with ``handover`` a successor) in ``layout``
+        (default the live one; a reshard's cluster runs in its generation's); raises ``OSError``."""
         assert self._layout is not None and self.agent is not None
-        layout = self._layout
+        layout = layout or self._layout
         environment = cluster_environment(
             self.config, cluster_id=cluster_id, shard_ids=shard_ids, shard_count=layout.shard_count,
             host_id=self.host_id, incarnation=self.agent.incarnation, epoch=epoch,

@@ -12,7 +12,8 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 from letsfrag.events import Severity
-from letsfrag.exitcodes import ExitCode
+from letsfrag.exitcodes import CloseCode, ExitCode
+from letsfrag.protocol import MessageType
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.state import Call, ClusterRecord, ClusterState, RestartDue, StopIntent
 
@@ -107,7 +108,13 @@ class Reactions:
         record.last_error = reason
         record.done_epoch = record.epoch
         record.tracker.failed = True
+        if code == CloseCode.SHARDING_REQUIRED:  # the broker reshards (letsfrag.reshard); the field tells it
+            record.extra["sharding_required"] = True
         self.m._set_state(record, ClusterState.FAILED, reason)
+        if record.extra.get("sharding_required") and self.m.publisher is not None:
+            self.m.publisher.host_fields(self.m._sharding_fields())
+            self.m.publisher.message(MessageType.HOST_HELLO, {"host": self.m.host_id,
+                                                              "incarnation": self.m.incarnation})
         self.m._event(Severity.ERROR, "cluster_failed", f"cluster {record.cluster_id} failed: {reason}",
                     cluster=record.cluster_id)
         self.m._fire("cluster_failed", record.view())

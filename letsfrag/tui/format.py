@@ -187,6 +187,8 @@ def summary_text(snapshot: Snapshot | None, address: str, *, connected: bool = T
     ratio("hosts", s["hosts_up"], s["hosts_total"])
     ratio("clusters", s["clusters_ready"], s["clusters_total"])
     ratio("shards", s["shards_ready"], s["shards_total"])
+    if s.get("generation") is not None:
+        text.append(f"  generation {s['generation']}")
     text.append("  identify queue ")
     text.append(str(s["identify_depth"]), style="yellow" if s["identify_depth"] else "")
     budget = s.get("identify_budget")

@@ -12,8 +12,6 @@ import pytest
 from support.broker import TOKEN, Deployment, Stub, make_config
 from support.waiting import scaled, wait_until
 
-from letsfrag.commands import RESHARD_NOT_AVAILABLE
-
 SECRET = "s3cret-for-reshard-tests"
 
 
@@ -32,11 +30,12 @@ async def _letsfrag(dep: Deployment, *args: str, secret: str | None = SECRET) ->
 
 
 async def _two_hosts(dep: Deployment, *, capacity: int = 4, **config: object) -> None:
-    """8 shards in 2 clusters of 4, max_concurrency 4, one cluster on each host; budget 990 of 1000."""
+    """8 shards in 2 clusters of 4, max_concurrency 4, one cluster on each host; budget 990 of 1000. The hosts take
+    part in handovers, but the processes they "start" never become ready."""
     await dep.broker(make_config(dep.url, secret=SECRET, shards=8, shards_per_cluster=4, max_concurrency=4,
                                  **config))
-    await dep.host("h1", capacity=capacity, secret=SECRET)
-    await dep.host("h2", capacity=capacity, secret=SECRET)
+    await dep.host("h1", capacity=capacity, secret=SECRET, handovers=True, successor="never")
+    await dep.host("h2", capacity=capacity, secret=SECRET, handovers=True, successor="never")
     await wait_until(lambda: dep.settled({"h1": 1, "h2": 1}), message="one cluster on each host")
     await dep.redis.hset(dep.keys.identify("budget"), mapping={"total": 1000, "remaining": 990})
     await _ticks_after_write(dep)
@@ -79,14 +78,25 @@ async def _ticks_after_write(dep: Deployment) -> None:
         await dep.brokers[0].wait_tick(scaled(5.0))
 
 
-async def test_without_dry_run_it_prints_the_plan_and_says_it_cannot_execute(deployment: Deployment) -> None:
+async def test_without_dry_run_it_runs_and_rolls_back_when_the_new_clusters_are_not_ready(
+        deployment: Deployment) -> None:
+    """The test's hosts start no process: the new generation is never ready, so the reshard rolls back at its
+    deadline, naming the cluster; generation 1 keeps its layout and grants, and no reshard key is left."""
     dep = deployment
     await _two_hosts(dep)
     await _ticks_after_write(dep)
-    code, out, err = await _letsfrag(dep, "--shards", "13")
-    assert code == 1
+    before = await dep.assignment()
+    layout = await dep.redis.hgetall(dep.keys.layout)
+    code, out, err = await _letsfrag(dep, "--shards", "13", "--timeout", "1s")
+    assert code == 1, err
     assert out == PLAN_13
-    assert err.rstrip().endswith(f"not executed: {RESHARD_NOT_AVAILABLE}")
+    assert "generation 2: starting 4 cluster(s) (16 shards) beside generation 1 (h1: [2, 4], h2: [3, 5])" in err
+    assert ("failed: rolled back: cluster 2 of generation 2 was not ready within 1s (nor [3, 4, 5]); generation 2's "
+            "clusters stopped, generation 1 keeps serving") in err
+    assert await dep.assignment() == before
+    assert {k: v for k, v in (await dep.redis.hgetall(dep.keys.layout)).items() if k != "updated_at"} == \
+        {k: v for k, v in layout.items() if k != "updated_at"}
+    assert await dep.redis.exists(dep.keys.reshard, dep.keys.handover) == 0
 
 
 async def test_recommended_takes_the_count_of_gateway_bot(deployment: Deployment, stub: Stub) -> None:
@@ -118,6 +128,9 @@ async def test_no_room_and_the_same_count_are_refused(deployment: Deployment) ->
     assert code == 1
     assert ("refused: no room for generation 2: its 4 cluster(s) run beside generation 1's during the overlap and "
             "need 4 free slot(s), the live hosts have 2 (h1: 1 of capacity 2 free, h2: 1 of capacity 2 free)") in err
+    code, out, err = await _letsfrag(dep, "--shards", "16")  # not a dry run: refused the same way, nothing runs
+    assert (code, out) == (1, "") and "refused: no room for generation 2" in err
+    assert not await dep.redis.exists(dep.keys.reshard)
     code, _, err = await _letsfrag(dep, "--shards", "7", "--dry-run")
     assert code == 1
     assert ("refused: generation 1 already has 8 shards (7 rounded up to a multiple of 4): nothing to reshard"
