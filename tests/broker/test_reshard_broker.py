@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from broker_support import Deployment, make_config
-from helpers import wait_until
+from support.broker import Deployment, make_config
+from support.waiting import wait_until
 
 from letsfrag.broker.broker import ClusterBroker
 from letsfrag.config import BrokerConfig

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from exactly_once_support import (
+from support.exactly_once import (
     SecuredRehearsal,
     deployment_factory,
     handling,
@@ -39,7 +39,7 @@ from exactly_once_support import (
     start_traffic,
     stop_traffic,
 )
-from helpers import wait_until_sync
+from support.waiting import wait_until_sync
 
 from letsfrag.keys import Keys
 from letsfrag.reshard import retired_cluster_keys
