@@ -37,7 +37,6 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
@@ -46,7 +45,7 @@ from letsfrag.records import MAX_SHARDS, LayoutRecord
 from letsfrag.reshard import ReshardRecord, ReshardState
 
 from .assignment import round_shard_count
-from .handovers import reserve_of
+from .handovers import Action, reserve_of
 from .moves import HostFacts
 
 __all__ = ["BudgetView", "CurrentLayout", "HostRoom", "ReshardAction", "ReshardPlan", "ReshardRefusal", "ReshardStep",
@@ -268,13 +267,8 @@ def place(layout: LayoutRecord, plan: ReshardPlan) -> dict[int, str]:
     return out
 
 
-class ReshardAction(StrEnum):
-    """What the broker does with the reshard record this tick."""
-
-    WAIT = "wait"
-    SWITCH = "switch"
-    ROLLBACK = "rollback"
-    DONE = "done"
+#: what the broker does with the reshard record this tick: the four decisions of a handover record
+ReshardAction = Action
 
 
 @dataclass(frozen=True, slots=True)
