@@ -34,12 +34,16 @@ from .connection import display_url
 from .control import Control
 from .errors import BusError, ConfigError, RecordError
 from .handover import OPERATION_FIELD, HandoverRecord, HandoverState
+from .loops import cancel_and_wait
+from .records import LayoutRecord
 from .units import parse_duration
 
 __all__ = ["run_drain", "run_rebalance", "run_reshard", "run_restart"]
 
 Action = Callable[[Control, float], Awaitable[dict[str, Any]]]
-Watch = Callable[[Bus, asyncio.Event], Coroutine[Any, Any, None]]
+#: prints progress until ``stop`` is set; may return an outcome of its own, read from Redis, which then ends the
+#: wait for the broker's answer (a reshard finished by another leader after the asked one died)
+Watch = Callable[[Bus, asyncio.Event], Coroutine[Any, Any, "dict[str, Any] | None"]]
 #: how often the progress of a restart is read from Redis (seconds)
 PROGRESS_INTERVAL = 0.2
 
@@ -116,11 +120,19 @@ async def _run(args: argparse.Namespace, describe: str, action: Action, watch: W
         return 2
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch(bus, stop)) if watch is not None else None
+    asking = asyncio.ensure_future(action(Control(bus, timeout=timeout), timeout))
     try:
         print(f"{describe} …", file=sys.stderr)
-        outcome = await action(Control(bus, timeout=timeout), timeout)
+        await asyncio.wait({asking} | ({watcher} if watcher is not None else set()),
+                           return_when=asyncio.FIRST_COMPLETED)
+        seen = None
+        if watcher is not None and watcher.done() and not asking.done() and not watcher.cancelled() \
+                and watcher.exception() is None:
+            seen = watcher.result()
+        outcome = seen if seen is not None else await asking
     finally:
         stop.set()
+        await cancel_and_wait(asking)
         if watcher is not None:
             await asyncio.wait({watcher}, timeout=2.0)
         await bus.close()
@@ -177,16 +189,29 @@ RESHARD_STOP_MARGIN = 120.0
 RESHARD_DEFAULT_WAIT = 3600.0
 
 
-def _watch_reshard() -> Watch:
-    """Print the reshard's progress (``{ns}:broker`` ``operation`` of kind ``reshard``) as it changes."""
+#: after the reshard it follows has ended in Redis, how long ``letsfrag reshard`` still waits for the broker's own
+#: answer (which carries the plan) before it concludes from Redis alone: the broker it asked died meanwhile, and
+#: another leader finished (or rolled back) the reshard
+RESHARD_ANSWER_GRACE = 5.0
 
-    async def watch(bus: Bus, stop: asyncio.Event) -> None:
+
+def _watch_reshard() -> Watch:
+    """Print the reshard's progress (``{ns}:broker`` ``operation`` of kind ``reshard``) as it changes; once the
+    reshard it saw has ended in Redis (no ``{ns}:reshard`` record) and the broker has not answered within
+    :data:`RESHARD_ANSWER_GRACE`, return the outcome the live layout tells: switched (its generation is the one
+    prepared) or rolled back."""
+
+    async def watch(bus: Bus, stop: asyncio.Event) -> dict[str, Any] | None:
         last = ""
+        generation: int | None = None  # of the reshard seen in progress
+        ended_at: float | None = None
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             with contextlib.suppress(RedisError, OSError, ValueError, TypeError, AttributeError, KeyError):
                 op: Any = await bus.redis.hget(bus.keys.broker, OPERATION_FIELD)  # type: ignore[misc]
                 data = json.loads(op) if op else None
                 if isinstance(data, dict) and data.get("kind") == "reshard":
+                    generation = int(data["generation"])
                     if data["state"] == "preparing":
                         line = (f"generation {data['generation']}: {data['ready']} of {data['total']} cluster(s) "
                                 "ready")
@@ -196,11 +221,31 @@ def _watch_reshard() -> Watch:
                     if line != last:
                         last = line
                         print(line, file=sys.stderr)
+                if generation is not None and not await bus.redis.exists(bus.keys.reshard):
+                    ended_at = ended_at if ended_at is not None else loop.time()
+                    if loop.time() - ended_at >= RESHARD_ANSWER_GRACE:
+                        return await _reshard_outcome_from_redis(bus, generation)
+                else:
+                    ended_at = None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PROGRESS_INTERVAL):  # not a cancel: redis-py may swallow one
                     await stop.wait()
+        return None
 
     return watch
+
+
+async def _reshard_outcome_from_redis(bus: Bus, generation: int) -> dict[str, Any]:
+    """The outcome of a reshard to ``generation`` that ended without the asked broker's answer."""
+    layout: Any = await bus.redis.hgetall(bus.keys.layout)  # type: ignore[misc]
+    live = LayoutRecord.for_display(layout)
+    unanswered = "the broker that was asked stopped answering; read from Redis"
+    if live is not None and live.generation == generation:
+        return {"ok": True, "executed": True, "lines": [],
+                "message": f"generation {generation} serves alone ({live.shard_count} shards; {unanswered})"}
+    return {"ok": False, "executed": True, "lines": [],
+            "message": f"generation {generation} was rolled back: generation "
+                       f"{live.generation if live is not None else '?'} keeps serving ({unanswered})"}
 
 
 def _show_reshard(dry_run: bool) -> Callable[[dict[str, Any]], int]:

@@ -12,7 +12,8 @@ Contract assumed (letsfrag/reshard.py): events ``reshard_started``, ``reshard_sw
 One deployment for the three tests, in file order: every cluster execs ``programs/handover_bot.py``, whose
 successors (``LETSFRAG_HANDOVER=1``, as a reshard's new clusters are) crash at start while a flag file exists. The
 first test reshards with the flag (rolled back: generation 1 never stopped serving), the second reshards 8 -> 16
-(generation 2, clusters 2-5), the third shrinks 16 -> 8 (generation 3, clusters 6-7); in the fourth the bot joins
+(generation 2, clusters 2-5), the third shrinks 16 -> 8 (generation 3, clusters 6-7) while the leader broker is
+SIGKILLed mid-reshard (a standby finishes it); in the fourth the bot joins
 so many guilds that the simulator (``--max-guilds-per-shard 10``) closes its shards with 4011, and the broker
 reshards by itself to 16 (generation 4, clusters 8-11).
 """
@@ -20,6 +21,8 @@ reshards by itself to 16 (generation 4, clusters 8-11).
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -39,7 +42,7 @@ from support.exactly_once import (
     start_traffic,
     stop_traffic,
 )
-from support.waiting import wait_until_sync
+from support.waiting import scaled, wait_until_sync
 
 from letsfrag.keys import Keys
 from letsfrag.reshard import retired_cluster_keys
@@ -152,10 +155,53 @@ def test_a_reshard_whose_new_clusters_crash_rolls_back(resharded: Resharded) -> 
         client.close()
 
 
-def _reshard_under_traffic(dep: SecuredRehearsal, *, shards: int, generation: int, old: range, new: range) -> None:
+def _leader(dep: SecuredRehearsal, client: Any) -> str | None:
+    return client.get(Keys(dep.settings.namespace).leader)  # type: ignore[no-any-return]
+
+
+def _reshard_through_a_leader_kill(dep: SecuredRehearsal, client: Any, shards: int, generation: int) -> None:
+    """Start the reshard with a standby broker running; SIGKILL the leader (b0) once generation ``generation``
+    is preparing: the standby (b1) takes the lead, finds the reshard record and finishes it. The command that
+    asked b0 follows the progress in Redis and, with no answer from b0, concludes from Redis that it is done."""
+    keys = Keys(dep.settings.namespace)
+    dep.start_broker("b1")
+    wait_until_sync(lambda: client.get(keys.broker_role("b1")) == "standby", timeout=15, interval=0.1,
+                    message="b1 runs as a standby")
+    assert _leader(dep, client) == "b0"
+    command = subprocess.Popen(
+        [sys.executable, "-m", "letsfrag", "--log-format", "plain", "reshard", "--shards", str(shards), "--timeout",
+         "40s", "--redis", dep.redis_url, "--namespace", dep.settings.namespace],
+        env={**os.environ, "LETSFRAG_SECRET": dep.secret}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_sync(lambda: client.exists(keys.reshard), timeout=20, interval=0.05,
+                        message=f"generation {generation} preparing")
+        dep.kill_broker("b0")
+        wait_until_sync(lambda: _leader(dep, client) == "b1", timeout=15, interval=0.1, message="b1 leads")
+
+        def finished() -> bool:
+            layout = client.hgetall(keys.layout)
+            return layout.get("generation") == str(generation) and not client.exists(keys.reshard)
+
+        wait_until_sync(finished, timeout=60, interval=0.25, message=f"generation {generation} switched and retired")
+        out, err = command.communicate(timeout=scaled(20))
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.communicate()
+    assert "Traceback" not in out + err and dep.secret not in out + err, err
+    # the answer would have come from b0, dead: the command concludes from Redis once the reshard ended there
+    assert command.returncode == 0, out + err
+    assert f"ok: generation {generation} serves alone ({shards} shards; the broker that was asked stopped " \
+           "answering; read from Redis)" in out, out + err
+    assert f"generation {generation}: switched; stopping generation {generation - 1}'s" in err, err
+
+
+def _reshard_under_traffic(dep: SecuredRehearsal, *, shards: int, generation: int, old: range, new: range,
+                           kill_leader: bool = False) -> None:
     """Reshard to ``shards`` (generation ``generation``: clusters ``new`` replace ``old``) under traffic and check
     the issue's ending: 0 lost, 0 twice, 0 identify violations, one live session per new shard and no other, no
-    process or key of the old generation left."""
+    process or key of the old generation left. With ``kill_leader`` the leader broker dies mid-reshard."""
     keys = Keys(dep.settings.namespace)
     client = dep.redis_client()
     try:
@@ -164,12 +210,15 @@ def _reshard_under_traffic(dep: SecuredRehearsal, *, shards: int, generation: in
         before = set(_sessions(dep))
         _traffic_on(dep)
         started, started_wall = time.monotonic(), time.time()
-        result = _reshard(dep, "--shards", str(shards), "--timeout", "40s")
+        if kill_leader:
+            _reshard_through_a_leader_kill(dep, client, shards, generation)
+        else:
+            result = _reshard(dep, "--shards", str(shards), "--timeout", "40s")
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert f"reshard plan: generation {generation - 1} -> {generation} (--shards {shards})" in result.stdout
+            assert f"switched to generation {generation} ({shards} shards)" in result.stderr, result.stderr
+            assert f"ok: generation {generation} serves alone" in result.stdout, result.stdout
         took = time.monotonic() - started
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert f"reshard plan: generation {generation - 1} -> {generation} (--shards {shards})" in result.stdout
-        assert f"switched to generation {generation} ({shards} shards)" in result.stderr, result.stderr
-        assert f"ok: generation {generation} serves alone" in result.stdout, result.stdout
         # one more second of traffic on the new generation alone: 0 lost, 0 twice, 0 identify violations
         counts, stats = _traffic_off(dep)
         _assert_exactly_once(counts, stats)
@@ -203,8 +252,10 @@ def test_reshard_8_to_16_across_two_hosts_under_traffic(resharded: Resharded) ->
     _reshard_under_traffic(resharded.deployment, shards=16, generation=2, old=range(0, 2), new=range(2, 6))
 
 
-def test_reshard_16_back_to_8_shrinks_the_same_way(resharded: Resharded) -> None:
-    _reshard_under_traffic(resharded.deployment, shards=8, generation=3, old=range(2, 6), new=range(6, 8))
+def test_reshard_16_back_to_8_shrinks_the_same_way_through_a_leader_broker_kill(resharded: Resharded) -> None:
+    """Shrinking, and the leader broker is SIGKILLed while generation 3 prepares: the standby finishes it."""
+    _reshard_under_traffic(resharded.deployment, shards=8, generation=3, old=range(2, 6), new=range(6, 8),
+                           kill_leader=True)
 
 
 def test_a_4011_reshards_by_itself_and_the_guilds_are_served_again(resharded: Resharded) -> None:
