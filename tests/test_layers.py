@@ -44,8 +44,8 @@ KNOWN_WRONG_WAY = {
     ("letsfrag.status", "letsfrag.tui.format"),
 }
 
-#: packages whose modules may still import each other in a cycle: the supervisor's pieces and the manager that
-#: builds them with ``self`` (issue #14, item 3: a pure lifecycle and a shell), the broker's commands and metrics
+#: packages whose modules may still import each other in a cycle: the supervisor's ``state`` and ``process`` (the
+#: record holds its process; issue #14, item 3) and its ``manager`` and ``metrics``, the broker's commands and metrics
 #: built with the broker, the dashboard's app and the screens it pushes. A cycle with a module outside them fails.
 KNOWN_CYCLES_INSIDE = ("letsfrag.broker", "letsfrag.supervisor", "letsfrag.tui")
 

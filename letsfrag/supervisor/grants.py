@@ -21,6 +21,7 @@ from letsfrag.supervisor import policy
 from letsfrag.supervisor.state import FINAL_STOP_INTENTS, ClusterRecord, ClusterState, HostState, StopIntent
 
 if TYPE_CHECKING:
+    from letsfrag.supervisor.handoff import Handovers
     from letsfrag.supervisor.shell import Shell
 
 __all__ = ["Grants"]
@@ -30,11 +31,12 @@ log = logging.getLogger(__name__)
 
 
 class Grants:
-    """Applies grants and fencing to the supervisor's records; ``rng`` draws the restart jitter."""
+    """Applies grants and fencing to the supervisor's records and successors; ``rng`` draws the restart jitter."""
 
-    def __init__(self, state: HostState, shell: Shell, rng: random.Random) -> None:
+    def __init__(self, state: HostState, shell: Shell, handovers: Handovers, rng: random.Random) -> None:
         self.state = state
         self.m = shell
+        self.handovers = handovers
         self._rng = rng
         self._refused: tuple[int, int] | None = None
 
@@ -51,7 +53,7 @@ class Grants:
             log.warning("cluster %d is granted to this host but is outside the layout; ignored", cid)
         self.state.desired = valid
         # before the reconcile: a grant naming a successor's epoch promotes it (nothing new is spawned for it)
-        await self.m.handovers.apply(handovers or {}, valid)
+        await self.handovers.apply(handovers or {}, valid)
         await self.reconcile()
         self.m.pulse()
 
@@ -143,7 +145,7 @@ class Grants:
         self.state.desired = {}
         hb = self.state.layout.heartbeat_interval if self.state.layout else 1.0
         budget = max(hb, 1.0) / 2
-        self.m.handovers.stop_all(f"fenced: {reason}", timeout=min(self.m.config.limits.stop_timeout, budget))
+        self.handovers.stop_all(f"fenced: {reason}", timeout=min(self.m.config.limits.stop_timeout, budget))
         for record in self.state.records.values():
             record.done_epoch = None
             if record.process is not None:

@@ -25,8 +25,8 @@ from letsfrag.events import Severity
 from letsfrag.handover import IPC_PROMOTE, SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, SuccessorState
 from letsfrag.protocol import MessageType
 from letsfrag.supervisor import policy
+from letsfrag.supervisor.process import run_stop
 from letsfrag.supervisor.state import ClusterState, HostState, IpcMessage, ProcessExited
-from letsfrag.supervisor.stopping import run_stop
 from letsfrag.supervisor.successors import Step, SuccessorFacts, plan_successors
 
 if TYPE_CHECKING:

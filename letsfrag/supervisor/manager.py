@@ -107,12 +107,12 @@ class ClusterManager:
         self._metrics: MetricsServer | None = None
         self.publisher: Publisher | None = None
         # the parts: each is given the shared state and this manager as its shell (supervisor/shell.py)
-        self.commands = CommandHandler(self.state, self)
-        self.reactions = Reactions(self.state, self, TreeSampler())
-        self.grants = Grants(self.state, self, self._rng)
-        self.stopper = Stopper(self.state, self)
         #: successors and retiring processes of planned handovers (one home, apart from the records)
         self.handovers = Handovers(self.state, self)
+        self.commands = CommandHandler(self.state, self)
+        self.reactions = Reactions(self.state, self, self.handovers, TreeSampler())
+        self.grants = Grants(self.state, self, self.handovers, self._rng)
+        self.stopper = Stopper(self.state, self, self.handovers)
         self.argv = build_argv(config)
         #: the pre-fork launcher (``bot.launcher: fork``), None when every cluster is exec'd
         self.launcher: Launcher | None = (launcher or Launcher()) if launcher_mode(config) == "fork" else None

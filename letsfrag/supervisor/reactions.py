@@ -21,6 +21,7 @@ from letsfrag.supervisor.state import Call, ClusterRecord, ClusterState, HostSta
 from letsfrag.supervisor.watch import TreeSampler
 
 if TYPE_CHECKING:
+    from letsfrag.supervisor.handoff import Handovers
     from letsfrag.supervisor.shell import Shell
 
 __all__ = ["Reactions", "tick_interval"]
@@ -45,9 +46,10 @@ def _format_bytes(size: int) -> str:
 class Reactions:
     """How the loop reacts to what cluster processes do; ``sampler`` measures their process trees."""
 
-    def __init__(self, state: HostState, shell: Shell, sampler: TreeSampler) -> None:
+    def __init__(self, state: HostState, shell: Shell, handovers: Handovers, sampler: TreeSampler) -> None:
         self.state = state
         self.m = shell
+        self.handovers = handovers
         self._sampler = sampler
         self._next_sample = 0.0
 
@@ -294,7 +296,7 @@ class Reactions:
         self.state.host_cpu, self.state.host_rss = total_cpu, total_rss
         if self.m.launcher is not None:  # a subreaper inherits the orphans of its clusters' trees
             keep = {r.process.pid for r in self.state.records.values() if r.process is not None}
-            self.m.launcher.reap_strays(keep | {p.pid for p in self.m.handovers.processes()})
+            self.m.launcher.reap_strays(keep | {p.pid for p in self.handovers.processes()})
 
 
 def _last_line(text: str) -> str:

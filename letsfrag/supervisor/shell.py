@@ -4,7 +4,8 @@ The supervisor is cut like the broker (whose ``Reconciler`` is given ``event``, 
 state its parts share is one object with public fields (:class:`letsfrag.supervisor.state.HostState`), and the
 actions that need the shell's resources (the decision loop's queue, processes, timers, background tasks,
 callbacks, the publisher) are this small interface. Each part (``CommandHandler``, ``Stopper``, ``Grants``,
-``Reactions``, ``Handovers``) is given the state and the shell; it never touches a private attribute of the
+``Reactions``, ``Handovers``) is given the state and the shell (and the parts that act on successors the
+``Handovers`` itself, so this interface knows no part); it never touches a private attribute of the
 manager, and the manager calls only public methods of its parts (``tests/test_layers.py`` checks both).
 
 A Protocol rather than a bag of callbacks: the parts ask for about fifteen actions, the manager is the only
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from letsfrag.config import HostConfig
     from letsfrag.events import Severity
     from letsfrag.records import LayoutRecord
-    from letsfrag.supervisor.handoff import Handovers
     from letsfrag.supervisor.host import HostAgent
     from letsfrag.supervisor.prefork import Launcher
     from letsfrag.supervisor.process import ClusterProcess
@@ -47,8 +47,6 @@ class Shell(Protocol):
     publisher: Publisher | None
     agent: HostAgent | None
     launcher: Launcher | None
-    #: the successors and retiring processes of planned handovers
-    handovers: Handovers
 
     @property
     def bus(self) -> Bus:

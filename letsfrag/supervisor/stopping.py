@@ -24,36 +24,28 @@ import signal
 from typing import TYPE_CHECKING
 
 from letsfrag.events import Severity
+from letsfrag.supervisor.process import run_stop
 from letsfrag.supervisor.state import FINAL_STOP_INTENTS, ClusterRecord, ClusterState, HostState, StopIntent
 from letsfrag.supervisor.successors import LeaveVerdict, leave_verdict
 
 if TYPE_CHECKING:
-    from letsfrag.supervisor.process import ClusterProcess
+    from letsfrag.supervisor.handoff import Handovers
     from letsfrag.supervisor.shell import Shell
 
-__all__ = ["Stopper", "run_stop"]
+__all__ = ["Stopper"]
 
 log = logging.getLogger(__name__)
 
 
-async def run_stop(process: ClusterProcess, *, ask: bool, reason: str, stop_timeout: float) -> None:
-    """The stop sequence of one process (:meth:`ClusterProcess.stop`); a failing sequence kills it."""
-    try:
-        how = await process.stop(ask=ask, reason=reason, stop_timeout=stop_timeout)
-        log.debug("cluster %d stopped (%s)", process.cluster_id, how)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("cluster %d: stop sequence failed; killing it", process.cluster_id)
-        process.kill_all()
 
 
 class Stopper:
     """Stops the supervisor's clusters, one or all, and hands the host's clusters off when it leaves."""
 
-    def __init__(self, state: HostState, shell: Shell) -> None:
+    def __init__(self, state: HostState, shell: Shell, handovers: Handovers) -> None:
         self.state = state
         self.m = shell
+        self.handovers = handovers
         self._signals = 0
         #: True while the host waits for the broker to hand its clusters away (grants still apply)
         self.handing_off = False
@@ -86,12 +78,12 @@ class Stopper:
         for record in self.state.records.values():
             if record.process is not None:
                 record.process.kill_all()
-        self.m.handovers.kill_all()
+        self.handovers.kill_all()
 
     def alive(self) -> bool:
         """Does any process (a cluster's, a successor or a retiring one) still run here?"""
         return (any(r.process is not None for r in self.state.records.values())
-                or any(True for _ in self.m.handovers.processes()))
+                or any(True for _ in self.handovers.processes()))
 
     # ------------------------------------------------------------------------------------------ the host
 
@@ -165,7 +157,7 @@ class Stopper:
 
         def stop_all() -> None:
             state.desired = {}
-            m.handovers.stop_all("supervisor shutting down")
+            self.handovers.stop_all("supervisor shutting down")
             for record in state.records.values():
                 if record.process is not None:
                     self.begin_stop(record, StopIntent.SHUTDOWN, "supervisor shutting down")
