@@ -44,8 +44,8 @@ KNOWN_WRONG_WAY = {
     ("letsfrag.status", "letsfrag.tui.format"),
 }
 
-#: packages whose modules may still import each other in a cycle: the supervisor's pieces and the manager that
-#: builds them with ``self`` (issue #14, item 3: a pure lifecycle and a shell), the broker's commands and metrics
+#: packages whose modules may still import each other in a cycle: the supervisor's ``state`` and ``process`` (the
+#: record holds its process; issue #14, item 3) and its ``manager`` and ``metrics``, the broker's commands and metrics
 #: built with the broker, the dashboard's app and the screens it pushes. A cycle with a module outside them fails.
 KNOWN_CYCLES_INSIDE = ("letsfrag.broker", "letsfrag.supervisor", "letsfrag.tui")
 
@@ -262,3 +262,60 @@ def test_no_module_imports_a_private_name_of_another() -> None:
 def test_known_private_uses_are_still_there() -> None:
     gone = KNOWN_PRIVATE - {(who, what) for who, what, _ in _private()}
     assert not gone, f"no longer used, delete from KNOWN_PRIVATE: {gone}"
+
+
+# ------------------------------------------------------------------------------------------ the supervisor's parts
+
+SUPERVISOR = PACKAGE / "supervisor"
+#: the names under which a part of the supervisor holds its shell (the manager): ``m``, ``self.m`` ...
+SHELL_NAMES = frozenset({"m", "manager", "shell"})
+#: supervisor modules that still touch a private attribute of the manager: (module, attribute)
+KNOWN_SHELL_PRIVATE: set[tuple[str, str]] = set()
+
+
+def _holder(node: ast.expr) -> str | None:
+    """``m`` for ``m`` and ``self.m`` (the same for ``manager`` and ``shell``), else None."""
+    if isinstance(node, ast.Name) and node.id in SHELL_NAMES:
+        return node.id
+    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+            and node.attr in SHELL_NAMES):
+        return node.attr
+    return None
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _shell_private_uses() -> list[tuple[str, str, int]]:
+    """``m._x`` / ``self.m._x`` / ``manager._x`` in a supervisor module other than the manager."""
+    found = []
+    for path in sorted(SUPERVISOR.glob("*.py")):
+        if path.name == "manager.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and _is_private(node.attr) and _holder(node.value) is not None:
+                found.append((path.stem, node.attr, node.lineno))
+    return found
+
+
+def test_no_supervisor_part_touches_the_managers_private_state() -> None:
+    """The parts share ``HostState`` and ask the shell through its public interface (supervisor/shell.py)."""
+    found = [f"supervisor/{who}.py uses m.{what} (line {line})" for who, what, line in _shell_private_uses()
+             if (who, what) not in KNOWN_SHELL_PRIVATE]
+    assert not found, "a part of the supervisor reaches into the manager:\n" + "\n".join(found)
+
+
+def test_known_shell_private_uses_are_still_there() -> None:
+    gone = KNOWN_SHELL_PRIVATE - {(who, what) for who, what, _ in _shell_private_uses()}
+    assert not gone, f"no longer used, delete from KNOWN_SHELL_PRIVATE: {gone}"
+
+
+def test_the_manager_calls_only_public_methods_of_its_parts() -> None:
+    """``self.reactions._on_exit(...)`` in manager.py fails: a part's entry points are public."""
+    tree = ast.parse((SUPERVISOR / "manager.py").read_text(encoding="utf-8"))
+    found = [f"manager.py line {node.lineno}: self.{node.value.attr}.{node.attr}" for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and _is_private(node.attr)
+             and isinstance(node.value, ast.Attribute) and isinstance(node.value.value, ast.Name)
+             and node.value.value.id == "self" and not _is_private(node.value.attr)]
+    assert not found, "the manager reaches into a part's private state:\n" + "\n".join(found)

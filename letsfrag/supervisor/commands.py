@@ -1,7 +1,8 @@
 """Operator commands on ``{ns}:cm:{host}``: ``restart``, ``restart_all``, ``rolling_restart``.
 
 Each is a request; the reply is ``{"ok": bool, "message": str, ...}``. State changes run inside the
-manager's loop (:meth:`ClusterManager.call`); waiting for READY happens outside it.
+manager's loop (:meth:`Shell.call`); waiting for READY happens outside it. The handler reads the shared
+:class:`HostState` and asks the shell (:class:`letsfrag.supervisor.shell.Shell`) to stop, spawn or cancel a backoff.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from letsfrag.supervisor.state import ClusterState, StopIntent
+from letsfrag.supervisor.state import ClusterState, HostState, StopIntent
 
 if TYPE_CHECKING:
-    from letsfrag.supervisor.manager import ClusterManager
+    from letsfrag.supervisor.shell import Shell
 
 __all__ = ["DEFAULT_WAIT", "CommandHandler"]
 
@@ -26,10 +27,11 @@ def _reply(ok: bool, message: str, **extra: Any) -> dict[str, Any]:
 
 
 class CommandHandler:
-    """Carries out commands against one :class:`ClusterManager`."""
+    """Carries out commands against one supervisor (its shared state and its shell)."""
 
-    def __init__(self, manager: ClusterManager) -> None:
-        self.manager = manager
+    def __init__(self, state: HostState, shell: Shell) -> None:
+        self.state = state
+        self.shell = shell
         self._rolling = asyncio.Lock()
 
     async def handle(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -55,9 +57,9 @@ class CommandHandler:
 
     def _request(self, cluster_id: int) -> tuple[bool, str, int]:
         """Inside the loop: begin restarting one cluster; ``(ok, message, spawns before)``."""
-        m = self.manager
-        record = m._records.get(cluster_id)
-        if record is None or cluster_id not in m._desired:
+        m, state = self.shell, self.state
+        record = state.records.get(cluster_id)
+        if record is None or cluster_id not in state.desired:
             return False, f"cluster {cluster_id} is not assigned to host {m.host_id}", 0
         before = record.spawns
         if record.process is not None:
@@ -68,24 +70,24 @@ class CommandHandler:
             if record.stop_intent is not None:  # hung, memory or fatal stop under way: restart after it
                 record.stop_intent = StopIntent.RESTART
                 return True, f"cluster {cluster_id} is stopping; it will start again", before
-            m._begin_stop(record, StopIntent.RESTART, "restart requested")
+            m.begin_stop(record, StopIntent.RESTART, "restart requested")
             return True, f"restarting cluster {cluster_id}", before
         record.tracker.reset()
         record.done_epoch = None
-        m._cancel_backoff(record)
+        m.cancel_backoff(record)
         return True, f"starting cluster {cluster_id}", before
 
     async def _start_if_idle(self, cluster_id: int) -> None:
         """Inside the loop: spawn a cluster that has no process (FAILED, STOPPED, BACKOFF)."""
-        m = self.manager
-        record = m._records.get(cluster_id)
-        if record is not None and record.process is None and cluster_id in m._desired:
-            record.epoch = m._desired[cluster_id]
-            await m._spawn(record)
+        m, state = self.shell, self.state
+        record = state.records.get(cluster_id)
+        if record is not None and record.process is None and cluster_id in state.desired:
+            record.epoch = state.desired[cluster_id]
+            await m.spawn(record)
 
     async def restart(self, cluster_id: int, *, wait: bool = True, timeout: float = DEFAULT_WAIT) -> dict[str, Any]:
         """Restart one cluster (clears FAILED); with ``wait``, reply once it is READY again or failed."""
-        m = self.manager
+        m, state = self.shell, self.state
 
         async def begin() -> tuple[bool, str, int]:
             result = self._request(cluster_id)
@@ -100,19 +102,19 @@ class CommandHandler:
         started = loop.time()
 
         def settled() -> bool:
-            record = m._records.get(cluster_id)
-            if record is None or cluster_id not in m._desired:
+            record = state.records.get(cluster_id)
+            if record is None or cluster_id not in state.desired:
                 return True
             return record.spawns > before and record.state in (
                 ClusterState.READY, ClusterState.FAILED, ClusterState.STOPPED)
 
         if not await m.wait_for(settled, timeout):
-            record = m._records.get(cluster_id)
-            state = record.state if record else "unknown"
-            return _reply(False, f"cluster {cluster_id} not ready after {timeout:g}s (state {state})",
+            record = state.records.get(cluster_id)
+            where = record.state if record else "unknown"
+            return _reply(False, f"cluster {cluster_id} not ready after {timeout:g}s (state {where})",
                           cluster=cluster_id)
-        record = m._records.get(cluster_id)
-        if record is None or cluster_id not in m._desired:
+        record = state.records.get(cluster_id)
+        if record is None or cluster_id not in state.desired:
             return _reply(False, f"cluster {cluster_id} was revoked from host {m.host_id}", cluster=cluster_id)
         if record.state is not ClusterState.READY:
             return _reply(False, f"cluster {cluster_id} {record.state}: {record.reason}", cluster=cluster_id)
@@ -122,9 +124,9 @@ class CommandHandler:
 
     async def restart_all(self, *, wait: bool = True, timeout: float = DEFAULT_WAIT) -> dict[str, Any]:
         """Restart every cluster of this host at once (the identify queue paces their sessions)."""
-        clusters = sorted(self.manager._desired)
+        clusters = sorted(self.state.desired)
         if not clusters:
-            return _reply(True, f"host {self.manager.host_id} runs no clusters", clusters=[])
+            return _reply(True, f"host {self.shell.host_id} runs no clusters", clusters=[])
         results = await asyncio.gather(*(self.restart(cid, wait=wait, timeout=timeout) for cid in clusters))
         failed = [r["cluster"] for r in results if not r["ok"]]
         if failed:
@@ -137,10 +139,10 @@ class CommandHandler:
     async def rolling_restart(self, *, timeout: float = DEFAULT_WAIT) -> dict[str, Any]:
         """One cluster at a time, the next only once the previous is READY; stop at the first failure."""
         if self._rolling.locked():
-            return _reply(False, f"a rolling restart is already running on host {self.manager.host_id}")
+            return _reply(False, f"a rolling restart is already running on host {self.shell.host_id}")
         async with self._rolling:
             done: list[int] = []
-            for cluster_id in sorted(self.manager._desired):
+            for cluster_id in sorted(self.state.desired):
                 result = await self.restart(cluster_id, wait=True, timeout=timeout)
                 if not result["ok"]:
                     return _reply(False, f"rolling restart stopped at cluster {cluster_id}: {result['message']}"

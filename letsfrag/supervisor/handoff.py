@@ -10,7 +10,8 @@ The one home of successor state. :class:`Handovers` keeps, apart from the cluste
   and is confirmed with ``cluster_stopped`` for the *old* epoch.
 
 What to do is decided by :func:`letsfrag.supervisor.successors.plan_successors` (pure); this class carries it
-out inside the manager's decision loop (it never waits on Redis).
+out inside the manager's decision loop (it never waits on Redis), reading the shared :class:`HostState` and asking
+the shell (:class:`letsfrag.supervisor.shell.Shell`) to launch, stop and report.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from letsfrag.events import Severity
 from letsfrag.handover import IPC_PROMOTE, SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, SuccessorState
 from letsfrag.protocol import MessageType
 from letsfrag.supervisor import policy
-from letsfrag.supervisor.state import ClusterState, IpcMessage, ProcessExited
+from letsfrag.supervisor.process import run_stop
+from letsfrag.supervisor.state import ClusterState, HostState, IpcMessage, ProcessExited
 from letsfrag.supervisor.successors import Step, SuccessorFacts, plan_successors
 
 if TYPE_CHECKING:
-    from letsfrag.supervisor.manager import ClusterManager
     from letsfrag.supervisor.process import ClusterProcess
+    from letsfrag.supervisor.shell import Shell
 
 __all__ = ["Handovers", "Retiring", "Successor"]
 
@@ -73,10 +75,11 @@ class Retiring:
 
 
 class Handovers:
-    """Successors and retiring processes of the manager's clusters (a part of :class:`ClusterManager`)."""
+    """Successors and retiring processes of the supervisor's clusters."""
 
-    def __init__(self, manager: ClusterManager) -> None:
-        self.m = manager
+    def __init__(self, state: HostState, shell: Shell) -> None:
+        self.state = state
+        self.m = shell
         self.successors: dict[int, Successor] = {}
         #: retiring processes by token
         self.retiring: dict[int, Retiring] = {}
@@ -111,7 +114,7 @@ class Handovers:
     async def apply(self, records: Mapping[int, HandoverRecord], grants: Mapping[int, int]) -> None:
         """Carry out :func:`plan_successors` for the records and grants just read (before the grants reconcile)."""
         self.records = dict(records)
-        main_epochs = {cid: r.epoch for cid, r in self.m._records.items()}
+        main_epochs = {cid: r.epoch for cid, r in self.state.records.items()}
         facts = {cid: s.facts() for cid, s in self.successors.items()}
         for step in plan_successors(self.m.host_id, records, grants, facts, main_epochs):
             if step.step is Step.SPAWN:
@@ -145,20 +148,20 @@ class Handovers:
 
     async def _spawn(self, record: HandoverRecord) -> None:
         m = self.m
-        layout = record.layout_of(m._layout) if m._layout is not None else None
+        layout = record.layout_of(self.state.layout) if self.state.layout is not None else None
         if layout is None or not layout.shards_of(record.cluster):
             log.warning("handover of cluster %d names this host but the cluster is outside the layout; ignored",
                         record.cluster)
             return
-        successor = Successor(record.cluster, record.epoch, record, m._next_token(),
+        successor = Successor(record.cluster, record.epoch, record, m.next_token(),
                               started_at=m.clock.time(), started_mono=m.clock.monotonic())
         self.successors[record.cluster] = successor
         try:
-            process = await m._launch(record.cluster, layout.shards_of(record.cluster), record.epoch,
+            process = await m.launch(record.cluster, layout.shards_of(record.cluster), record.epoch,
                                       successor.token, handover=True, layout=layout)
         except OSError as exc:
-            successor.state, successor.reason = SuccessorState.FAILED, f"cannot start {m._program()}: {exc}"
-            m._event(Severity.WARNING, "successor_failed", f"cluster {record.cluster}: the successor for epoch "
+            successor.state, successor.reason = SuccessorState.FAILED, f"cannot start {m.program()}: {exc}"
+            m.event(Severity.WARNING, "successor_failed", f"cluster {record.cluster}: the successor for epoch "
                      f"{record.epoch} cannot start: {exc}", cluster=record.cluster, epoch=record.epoch)
             self._publish()
             return
@@ -181,7 +184,7 @@ class Handovers:
         log.info("cluster %d: stopping successor pid %d (epoch %d): %s", successor.cluster_id, process.pid,
                  successor.epoch, reason)
         stop_timeout = self.m.config.limits.stop_timeout if timeout is None else timeout
-        self.m._spawn_bg(self.m.stopper.run_stop(process, ask=True, reason="handover", stop_timeout=stop_timeout))
+        self.m.background(run_stop(process, ask=True, reason="handover", stop_timeout=stop_timeout))
 
     def _promote(self, successor: Successor) -> None:
         """The assignment names the successor: it becomes the cluster's process; an old one here retires."""
@@ -190,17 +193,17 @@ class Handovers:
         assert process is not None
         cid = successor.cluster_id
         del self.successors[cid]
-        record = m.grants.record(cid)
+        record = m.record_of(cid)
         old_epoch = record.epoch
         old = record.process
         ran_here = old is not None or record.state is ClusterState.BACKOFF
         if old is not None:
             self._retire(record.cluster_id, old_epoch, record.token, old, running=record.stop_task is not None
                          and not record.stop_task.done())
-        m._cancel_backoff(record)
-        if m._layout is not None:
-            record.shard_ids = m._layout.shards_of(cid)
-        m._begin_run(record, epoch=successor.epoch, token=successor.token)
+        m.cancel_backoff(record)
+        if self.state.layout is not None:
+            record.shard_ids = self.state.layout.shards_of(cid)
+        m.begin_run(record, epoch=successor.epoch, token=successor.token)
         record.process = process
         record.started_at, record.started_mono = successor.started_at, successor.started_mono
         record.last_heartbeat, record.last_heartbeat_mono = successor.last_heartbeat, successor.last_heartbeat_mono
@@ -209,15 +212,15 @@ class Handovers:
         if ready:
             record.ready_at = successor.ready_at
             record.tracker.on_ready(m.clock.monotonic())
-        m._set_state(record, ClusterState.READY if ready else ClusterState.STARTING,
+        m.set_state(record, ClusterState.READY if ready else ClusterState.STARTING,
                      f"successor pid {process.pid} promoted (epoch {successor.epoch})")
         process.log.note(f"successor pid {process.pid} promoted: it owns cluster {cid} at epoch {successor.epoch}")
-        m._spawn_bg(process.send(IPC_PROMOTE, epoch=successor.epoch))
-        m._event(Severity.INFO, "successor_promoted", f"cluster {cid}: successor pid {process.pid} promoted "
+        m.background(process.send(IPC_PROMOTE, epoch=successor.epoch))
+        m.event(Severity.INFO, "successor_promoted", f"cluster {cid}: successor pid {process.pid} promoted "
                  f"(epoch {old_epoch} -> {successor.epoch})", cluster=cid, epoch=successor.epoch)
-        m._fire("cluster_create", record.view())
+        m.fire("cluster_create", record.view())
         if ready:
-            m._fire("cluster_ready", record.view())
+            m.fire("cluster_ready", record.view())
         self._publish()
         if old is None and (ran_here or successor.record.from_host == m.host_id):
             # the old epoch has no process here (it crashed and waited in backoff): its end is confirmed now
@@ -228,14 +231,14 @@ class Handovers:
         self.retiring[token] = Retiring(cluster_id, epoch, token, process)
         process.log.note(f"retiring pid {process.pid} (epoch {epoch}): its successor took over")
         if not running:
-            self.m._spawn_bg(self.m.stopper.run_stop(process, ask=True, reason="handover",
+            self.m.background(run_stop(process, ask=True, reason="handover",
                                                      stop_timeout=self.m.config.limits.stop_timeout))
 
     def _confirm_stopped(self, cluster_id: int, epoch: int | None) -> None:
         publisher = self.m.publisher
         if publisher is None:
             return
-        publisher.host_fields({"running": self.m._running_json()})
+        publisher.host_fields({"running": self.m.running_json()})
         publisher.message(MessageType.CLUSTER_STOPPED, {"host": self.m.host_id, "cluster": cluster_id,
                                                         "epoch": epoch})
 
@@ -288,7 +291,7 @@ class Handovers:
         if successor.state is SuccessorState.FAILED:
             return
         successor.state, successor.reason = SuccessorState.FAILED, reason
-        self.m._event(Severity.WARNING, "successor_failed", f"cluster {successor.cluster_id}: the successor for "
+        self.m.event(Severity.WARNING, "successor_failed", f"cluster {successor.cluster_id}: the successor for "
                       f"epoch {successor.epoch} failed: {reason}", cluster=successor.cluster_id,
                       epoch=successor.epoch)
         self._publish()
@@ -297,7 +300,7 @@ class Handovers:
         process = successor.process
         assert process is not None
         process.finish()
-        self.m.reactions.confirm_gone_later(process)
+        self.m.confirm_gone_later(process)
         successor.process = None
         what = policy.describe_exit(policy.ExitInfo.from_returncode(returncode))
         process.log.note(f"successor pid {process.pid} {what}")
@@ -311,18 +314,18 @@ class Handovers:
         del self.retiring[retiring.token]
         process = retiring.process
         process.finish()
-        self.m.reactions.confirm_gone_later(process)
+        self.m.confirm_gone_later(process)
         what = policy.describe_exit(policy.ExitInfo.from_returncode(returncode))
         process.log.note(f"retired pid {process.pid} {what}")
         log.info("cluster %d: retired pid %d (epoch %s) %s", retiring.cluster_id, process.pid, retiring.epoch, what)
         self._confirm_stopped(retiring.cluster_id, retiring.epoch)
-        self.m._pulse()
+        self.m.pulse()
 
     # ------------------------------------------------------------------------------------------ publishing
 
     def _publish(self) -> None:
         """Write the ``successors`` field and ring the broker (``host_hello``)."""
-        self.m._pulse()
+        self.m.pulse()
         publisher = self.m.publisher
         if publisher is None:
             return

@@ -46,11 +46,11 @@ from letsfrag.supervisor.process import ClusterProcess
 from letsfrag.supervisor.publish import Publisher
 from letsfrag.supervisor.reactions import Reactions
 from letsfrag.supervisor.state import (
-    ALIVE_STATES,
     Call,
     ClusterRecord,
     ClusterState,
     ClusterView,
+    HostState,
     IpcMessage,
     ProcessExited,
     RestartDue,
@@ -87,38 +87,32 @@ class ClusterManager:
         self.clock: Clock = clock or SystemClock()
         self.handle_signals = handle_signals
         self._rng = rng or random.Random()
-        self._records: dict[int, ClusterRecord] = {}
+        #: what the parts share (records, grants, layout, logs, closing): one object with public fields
+        self.state = HostState()
         #: process tokens: unique per spawned process (main or successor), so late events find their process
         self._tokens = itertools.count(1)
-        self._desired: dict[int, int] = {}
-        self._layout: LayoutRecord | None = None
-        self._logs: dict[int, ClusterLog] = {}
         self._callbacks: dict[str, list[Callable[..., Any]]] = {name: [] for name in EVENT_NAMES}
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._changed = asyncio.Event()
-        self._sampler = TreeSampler()
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
         #: tasks confirming that ended clusters left no process behind (awaited on close)
         self._confirming: set[asyncio.Future[None]] = set()
         self._started = False
-        self._closing = False
         self._closed = asyncio.Event()
         self._all_ready = False
-        self._next_sample = 0.0
-        self.host_cpu = 0.0
-        self.host_rss = 0
         self._bus: Bus | None = None
         self._redis_lost_at: float | None = None
         self.agent: HostAgent | None = None
         self._metrics: MetricsServer | None = None
         self.publisher: Publisher | None = None
-        self.commands = CommandHandler(self)
-        self.reactions = Reactions(self)
-        self.grants = Grants(self)
-        self.stopper = Stopper(self)
+        # the parts: each is given the shared state and this manager as its shell (supervisor/shell.py)
         #: successors and retiring processes of planned handovers (one home, apart from the records)
-        self.handovers = Handovers(self)
+        self.handovers = Handovers(self.state, self)
+        self.commands = CommandHandler(self.state, self)
+        self.reactions = Reactions(self.state, self, self.handovers, TreeSampler())
+        self.grants = Grants(self.state, self, self.handovers, self._rng)
+        self.stopper = Stopper(self.state, self, self.handovers)
         self.argv = build_argv(config)
         #: the pre-fork launcher (``bot.launcher: fork``), None when every cluster is exec'd
         self.launcher: Launcher | None = (launcher or Launcher()) if launcher_mode(config) == "fork" else None
@@ -134,7 +128,7 @@ class ClusterManager:
     @property
     def clusters(self) -> dict[int, ClusterView]:
         """A snapshot of every cluster this host ran or runs."""
-        return {cid: rec.view() for cid, rec in sorted(self._records.items())}
+        return {cid: rec.view() for cid, rec in sorted(self.state.records.items())}
 
     @property
     def bus(self) -> Bus:
@@ -150,12 +144,21 @@ class ClusterManager:
     @property
     def assigned(self) -> dict[int, int]:
         """``{cluster id: epoch}`` granted to this host, as last read."""
-        return dict(self._desired)
+        return dict(self.state.desired)
 
     def running(self) -> dict[int, int]:
         """``{cluster id: epoch}`` of clusters this host holds now (the record's ``running``)."""
-        return {cid: rec.epoch for cid, rec in sorted(self._records.items())
-                if rec.epoch is not None and (rec.state in ALIVE_STATES or rec.process is not None)}
+        return self.state.running()
+
+    @property
+    def host_cpu(self) -> float:
+        """CPU percent of this supervisor and its clusters (last sample)."""
+        return self.state.host_cpu
+
+    @property
+    def host_rss(self) -> int:
+        """RSS in bytes of this supervisor and its clusters (last sample)."""
+        return self.state.host_rss
 
     def dead_loops(self) -> list[str]:
         """Names of the core loops (decision, lease, publish, tick) that ended; empty while all run."""
@@ -188,7 +191,7 @@ class ClusterManager:
         self._tasks.append(self._core_task("supervisor-publish", self.publisher.run))
         if self.handle_signals:
             self.stopper.install_signals()
-        self._layout = await self.agent.wait_for_layout()
+        self.state.layout = await self.agent.wait_for_layout()
         while True:
             try:
                 await self.agent.register()
@@ -199,19 +202,67 @@ class ClusterManager:
         self._tasks += [
             # the lease loop checks the fencing deadline first thing, so it restarts fast
             self._core_task("supervisor-lease", self.agent.run, max_delay=0.5),
-            self._core_task("supervisor-tick", self.reactions._ticker),
+            self._core_task("supervisor-tick", self.reactions.ticker),
         ]
         self.agent.poke()
         self._metrics = await start_metrics(cfg.metrics.listen, lambda: HostMetrics(self))
 
     async def close(self, *, force: bool = False) -> None:
         """Stop every cluster (gracefully unless ``force``), leave the host set's lease and disconnect."""
-        await self.stopper.close(force=force)
+        await self._close(force)
         if self.launcher is not None:
             await self.launcher.close()
         if self._metrics is not None:
             await self._metrics.close()
             self._metrics = None
+
+    async def _close(self, force: bool) -> None:
+        """The leave (see :mod:`letsfrag.supervisor.stopping`): hand off, stop everything, then let go of the
+        shell's resources (loops, tasks, the bus, the log files)."""
+        if self.state.closing or self.stopper.handing_off:
+            if force:
+                self.stopper.force()
+            await self._closed.wait()
+            return
+        try:
+            if not force and self._tasks:
+                await self.stopper.hand_off()
+            self.state.closing = True
+            await self._shutdown(force)
+        finally:
+            await cancel_and_wait(*self._tasks)
+            self.state.closing = True
+            for record in self.state.records.values():
+                if record.process is not None:
+                    record.process.cancel_tasks()
+            for process in self.handovers.processes():
+                process.cancel_tasks()
+            for task in list(self._background):
+                if task is not asyncio.current_task():  # this stop may run as one of them: never cancel itself
+                    task.cancel()
+            if self._bus is not None:
+                await self._bus.close()
+            for log_file in self.state.logs.values():
+                log_file.close()
+            if self.handle_signals:
+                self.stopper.remove_signals()
+            self._closed.set()
+
+    async def _shutdown(self, force: bool) -> None:
+        if self.agent is not None and self.agent.registered:
+            await self.agent.set_state("leaving")
+        if self._tasks:
+            await self.stopper.stop_everything(force)
+        pending = [task for task in self._confirming if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=3.0)
+        for task in self._tasks:
+            if task.get_name() in ("supervisor-lease", "supervisor-tick"):
+                task.cancel()
+        if self.publisher is not None:
+            await self.publisher.drain(2.0)
+        if self.agent is not None:
+            await self.agent.leave()
 
     async def __aenter__(self) -> ClusterManager:
         await self.start()
@@ -247,6 +298,10 @@ class ClusterManager:
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
         return True
 
+    def post(self, item: Any) -> None:
+        """Put an item (a ``Call``, a loop event) on the decision loop's queue."""
+        self._queue.put_nowait(item)
+
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` inside the decision loop and return its result."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -261,11 +316,11 @@ class ClusterManager:
                                    name=name)
 
     def _on_crash(self, name: str, exc: BaseException) -> None:
-        self._event(Severity.ERROR, "loop_crashed", f"host {self.host_id}: {name} crashed "
+        self.event(Severity.ERROR, "loop_crashed", f"host {self.host_id}: {name} crashed "
                     f"({type(exc).__name__}: {exc}); restarted", host=self.host_id, loop=name)
 
     def _on_bad_value(self, exc: RecordError) -> None:
-        self._event(Severity.ERROR, "redis_value_invalid", f"host {self.host_id}: {exc}; ignored",
+        self.event(Severity.ERROR, "redis_value_invalid", f"host {self.host_id}: {exc}; ignored",
                     host=self.host_id, key=exc.key, field=exc.field)
 
     async def _loop(self) -> None:
@@ -297,25 +352,25 @@ class ClusterManager:
         if isinstance(item, IpcMessage | ProcessExited) and self.handovers.owns(item.cluster_id, item.token):
             self.handovers.on_item(item)
             if isinstance(item, ProcessExited) and self.publisher is not None:
-                self.publisher.host_fields({"running": self._running_json()})
+                self.publisher.host_fields({"running": self.running_json()})
             return
-        record = self._records.get(item.cluster_id)
+        record = self.state.records.get(item.cluster_id)
         if record is None or record.token != item.token:
             return  # a late event of a process that was replaced
         if isinstance(item, IpcMessage):
-            self.reactions._on_ipc(record, item.message)
+            self.reactions.on_ipc(record, item.message)
         elif isinstance(item, ProcessExited):
-            await self.reactions._on_exit(record, item.returncode)
+            await self.reactions.on_exit(record, item.returncode)
             if self.publisher is not None:
-                self.publisher.host_fields({"running": self._running_json()})
+                self.publisher.host_fields({"running": self.running_json()})
         elif isinstance(item, RestartDue):
             record.restart_handle = None
-            if record.state is ClusterState.BACKOFF and not self._closing:
-                await self._spawn(record)
+            if record.state is ClusterState.BACKOFF and not self.state.closing:
+                await self.spawn(record)
 
     # ------------------------------------------------------------------------------------------ state
 
-    def _set_state(self, record: ClusterRecord, state: ClusterState, reason: str) -> None:
+    def set_state(self, record: ClusterRecord, state: ClusterState, reason: str) -> None:
         changed = record.state is not state
         record.state = state
         record.reason = reason
@@ -324,28 +379,29 @@ class ClusterManager:
         if self.publisher is not None:
             self.publisher.status(record.cluster_id)
             if changed:
-                self.publisher.host_fields({"running": self._running_json()})
-        self._pulse()
+                self.publisher.host_fields({"running": self.running_json()})
+        self.pulse()
 
-    def _pulse(self) -> None:
+    def pulse(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
-        ready = bool(self._desired) and all(
-            (r := self._records.get(cid)) is not None and r.state is ClusterState.READY for cid in self._desired)
+        records, desired = self.state.records, self.state.desired
+        ready = bool(desired) and all(
+            (r := records.get(cid)) is not None and r.state is ClusterState.READY for cid in desired)
         if ready and not self._all_ready:
-            self._fire("ready")
+            self.fire("ready")
         self._all_ready = ready
 
-    def _fire(self, name: str, *args: Any) -> None:
+    def fire(self, name: str, *args: Any) -> None:
         for callback in self._callbacks[name]:
             try:
                 result = callback(*args)
                 if inspect.isawaitable(result):
-                    self._spawn_bg(result)
+                    self.background(result)
             except Exception:
                 log.exception("%s callback failed", name)
 
-    def _spawn_bg(self, awaitable: Any) -> None:
+    def background(self, awaitable: Any) -> None:
         task = asyncio.ensure_future(awaitable)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -355,29 +411,30 @@ class ClusterManager:
             self._redis_lost_at = self._redis_lost_at or self.clock.monotonic()
         elif self._redis_lost_at is not None:
             outage, self._redis_lost_at = self.clock.monotonic() - self._redis_lost_at, None
-            self._event(Severity.WARNING, "redis_reconnected",
+            self.event(Severity.WARNING, "redis_reconnected",
                         f"host {self.host_id} reconnected to Redis after {outage:.1f}s", host=self.host_id)
 
-    def _event(self, severity: Severity, kind: str, message: str, **context: Any) -> None:
+    def event(self, severity: Severity, kind: str, message: str, **context: Any) -> None:
         if self.publisher is not None:
             self.publisher.event(severity, kind, message, **context)
 
     def _view_of(self, cluster_id: int) -> ClusterView | None:
-        record = self._records.get(cluster_id)
+        record = self.state.records.get(cluster_id)
         return record.view() if record else None
 
-    def _running_json(self) -> str:
+    def running_json(self) -> str:
         return json.dumps({str(cid): epoch for cid, epoch in self.running().items()})
 
     def _record_fields(self) -> dict[str, str]:
-        return {"cpu_percent": f"{self.host_cpu:.1f}", "rss": str(self.host_rss), "running": self._running_json(),
-                "log_write_errors": str(sum(log_file.write_errors for log_file in self._logs.values())),
-                SUCCESSORS_FIELD: self.handovers.field_value(), **self._sharding_fields()}
+        return {"cpu_percent": f"{self.host_cpu:.1f}", "rss": str(self.host_rss), "running": self.running_json(),
+                "log_write_errors": str(sum(log_file.write_errors for log_file in self.state.logs.values())),
+                SUCCESSORS_FIELD: self.handovers.field_value(), **self.sharding_fields()}
 
-    def _sharding_fields(self) -> dict[str, str]:
+    def sharding_fields(self) -> dict[str, str]:
         """The host record's ``sharding_required``: granted clusters Discord closed with 4011 (letsfrag.reshard)."""
-        failed = sorted(cid for cid, r in self._records.items()
-                        if r.extra.get("sharding_required") and cid in self._desired and r.epoch == self._desired[cid])
+        desired = self.state.desired
+        failed = sorted(cid for cid, r in self.state.records.items()
+                        if r.extra.get("sharding_required") and cid in desired and r.epoch == desired[cid])
         return {SHARDING_REQUIRED_FIELD: json.dumps(failed)}
 
     # ------------------------------------------------------------------------------------------ grants
@@ -388,31 +445,34 @@ class ClusterManager:
     def _on_fence(self, reason: str) -> None:
         self._queue.put_nowait(Call(lambda: self.grants.fence_all(reason)))
 
-    async def _reconcile(self) -> None:
+    async def reconcile(self) -> None:
         await self.grants.reconcile()
 
-    def _confirm_stopped(self, record: ClusterRecord) -> None:
+    def confirm_stopped(self, record: ClusterRecord) -> None:
         self.grants.confirm_stopped(record)
+
+    def record_of(self, cluster_id: int) -> ClusterRecord:
+        return self.grants.record(cluster_id)
 
     # ------------------------------------------------------------------------------------------ spawning
 
     def _log_for(self, cluster_id: int) -> ClusterLog:
-        log_file = self._logs.get(cluster_id)
+        log_file = self.state.logs.get(cluster_id)
         if log_file is None:
             logs = self.config.logs
             # a relative logs.dir is relative to the supervisor's working directory (docs/config.md)
             log_file = ClusterLog(log_path(Path(logs.dir), cluster_id), logs.max_bytes, logs.backups)
-            self._logs[cluster_id] = log_file
+            self.state.logs[cluster_id] = log_file
         return log_file
 
-    def _next_token(self) -> int:
+    def next_token(self) -> int:
         return next(self._tokens)
 
-    def _begin_run(self, record: ClusterRecord, *, epoch: int | None = None, token: int | None = None) -> None:
+    def begin_run(self, record: ClusterRecord, *, epoch: int | None = None, token: int | None = None) -> None:
         """A new run of ``record`` (a spawn, or a promoted successor): a new token, the per-run fields cleared."""
         if epoch is not None:
             record.epoch = epoch
-        record.token = self._next_token() if token is None else token
+        record.token = self.next_token() if token is None else token
         record.spawns += 1
         if record.spawns > 1 and record.state is not ClusterState.PENDING:
             record.restarts += 1
@@ -423,12 +483,12 @@ class ClusterManager:
         record.extra.pop("sharding_required", None)
         record.memory.reset()
 
-    async def _launch(self, cluster_id: int, shard_ids: tuple[int, ...], epoch: int, token: int, *,
+    async def launch(self, cluster_id: int, shard_ids: tuple[int, ...], epoch: int, token: int, *,
                       handover: bool = False, layout: LayoutRecord | None = None) -> ClusterProcess:
         """Start one process of ``cluster_id`` (a cluster, or with ``handover`` a successor) in ``layout``
         (default the live one; a reshard's cluster runs in its generation's); raises ``OSError``."""
-        assert self._layout is not None and self.agent is not None
-        layout = layout or self._layout
+        assert self.state.layout is not None and self.agent is not None
+        layout = layout or self.state.layout
         environment = cluster_environment(
             self.config, cluster_id=cluster_id, shard_ids=shard_ids, shard_count=layout.shard_count,
             host_id=self.host_id, incarnation=self.agent.incarnation, epoch=epoch,
@@ -443,32 +503,41 @@ class ClusterManager:
         try:
             await process.start()
         except OSError as exc:
-            self._log_for(cluster_id).note(f"cannot start {self._program()}: {exc}")
+            self._log_for(cluster_id).note(f"cannot start {self.program()}: {exc}")
             raise
         return process
 
-    def _program(self) -> str:
+    def program(self) -> str:
         """What is started for a cluster, for messages: ``module <name>`` (forked) or the command."""
         return f"module {self.config.bot.module}" if self.launcher is not None else self.argv[0]
 
-    async def _spawn(self, record: ClusterRecord, epoch: int | None = None) -> None:
-        self._begin_run(record, epoch=epoch)
+    async def spawn(self, record: ClusterRecord, epoch: int | None = None) -> None:
+        self.begin_run(record, epoch=epoch)
         assert record.epoch is not None
         record.started_at = self.clock.time()
         record.started_mono = self.clock.monotonic()
         try:
-            process = await self._launch(record.cluster_id, record.shard_ids, record.epoch, record.token)
+            process = await self.launch(record.cluster_id, record.shard_ids, record.epoch, record.token)
         except OSError as exc:
-            record.last_error = f"cannot start {self._program()}: {exc}"
-            self.reactions._decide(record, policy.ExitInfo(code=127, signal=None), cause=f"cannot start: {exc}")
+            record.last_error = f"cannot start {self.program()}: {exc}"
+            self.reactions.decide(record, policy.ExitInfo(code=127, signal=None), cause=f"cannot start: {exc}")
             return
         record.process = process  # recorded before anything is written about it (a log write may fail)
         record.started_mono = self.clock.monotonic()  # the hang timer runs from the process, not the wait for it
         process.log.note(f"started pid {process.pid} (cluster {record.cluster_id})")
-        self._set_state(record, ClusterState.STARTING, f"started pid {process.pid} (epoch {record.epoch})")
-        self._fire("cluster_create", record.view())
+        self.set_state(record, ClusterState.STARTING, f"started pid {process.pid} (epoch {record.epoch})")
+        self.fire("cluster_create", record.view())
 
-    def _cancel_backoff(self, record: ClusterRecord) -> None:
+    def schedule_restart(self, record: ClusterRecord, delay: float) -> None:
+        record.restart_handle = asyncio.get_running_loop().call_later(
+            delay, self._queue.put_nowait, RestartDue(record.cluster_id, record.token))
+
+    def confirm_gone_later(self, process: ClusterProcess) -> None:
+        confirm = asyncio.ensure_future(_confirm_gone(process))
+        self._confirming.add(confirm)
+        confirm.add_done_callback(self._confirming.discard)
+
+    def cancel_backoff(self, record: ClusterRecord) -> None:
         if record.restart_handle is not None:
             record.restart_handle.cancel()
             record.restart_handle = None
@@ -476,7 +545,7 @@ class ClusterManager:
 
     # ------------------------------------------------------------------------------------------ stopping
 
-    def _begin_stop(self, record: ClusterRecord, intent: StopIntent, reason: str, *, cause: str | None = None,
+    def begin_stop(self, record: ClusterRecord, intent: StopIntent, reason: str, *, cause: str | None = None,
                     ask: bool = True, timeout: float | None = None) -> None:
         self.stopper.begin_stop(record, intent, reason, cause=cause, ask=ask, timeout=timeout)
 
@@ -492,3 +561,13 @@ class ClusterManager:
         if envelope.type is MessageType.PING:
             return {"ok": True, "host": self.host_id, "incarnation": self.incarnation}
         return NO_REPLY
+
+
+async def _confirm_gone(process: ClusterProcess) -> None:
+    """Make sure nothing of an ended cluster is left (kill again what is still there)."""
+    survivors = await process.confirm_gone(1.0)
+    if survivors:
+        process.kill_all()
+        survivors = await process.confirm_gone(1.0)
+    if survivors:
+        log.error("cluster %d: processes %s survived SIGKILL", process.cluster_id, survivors)

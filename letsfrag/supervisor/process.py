@@ -27,7 +27,7 @@ from letsfrag.supervisor.watch import descendants
 if TYPE_CHECKING:
     from letsfrag.supervisor.prefork import ForkedProcess, Launcher
 
-__all__ = ["ClusterProcess"]
+__all__ = ["ClusterProcess", "run_stop"]
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +278,17 @@ class ClusterProcess:
         for task in self._tasks:
             if not task.done():
                 task.cancel()
+
+async def run_stop(process: ClusterProcess, *, ask: bool, reason: str, stop_timeout: float) -> None:
+    """The stop sequence of one process (:meth:`ClusterProcess.stop`); a failing sequence kills it."""
+    try:
+        how = await process.stop(ask=ask, reason=reason, stop_timeout=stop_timeout)
+        log.debug("cluster %d stopped (%s)", process.cluster_id, how)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("cluster %d: stop sequence failed; killing it", process.cluster_id)
+        process.kill_all()
 
 
 class _Protocol(asyncio.SubprocessProtocol):

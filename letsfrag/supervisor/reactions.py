@@ -1,7 +1,9 @@
 """The decision loop's reactions for ``ClusterManager``: IPC messages, exits, restart decisions, ticks.
 
 Everything here runs inside the manager's single loop; it changes records and marks things for the
-publisher, and never waits on Redis.
+publisher, and never waits on Redis. The records are the shared :class:`HostState`'s; timers, spawns, stops and
+callbacks are asked of the shell (:class:`letsfrag.supervisor.shell.Shell`). The manager calls the entry points
+:meth:`Reactions.on_ipc`, :meth:`Reactions.on_exit`, :meth:`Reactions.decide` and :meth:`Reactions.ticker`.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from letsfrag.events import Severity
 from letsfrag.exitcodes import CloseCode, ExitCode
 from letsfrag.protocol import MessageType
 from letsfrag.supervisor import policy
-from letsfrag.supervisor.state import Call, ClusterRecord, ClusterState, RestartDue, StopIntent
+from letsfrag.supervisor.state import Call, ClusterRecord, ClusterState, HostState, StopIntent
+from letsfrag.supervisor.watch import TreeSampler
 
 if TYPE_CHECKING:
-    from letsfrag.supervisor.manager import ClusterManager
-    from letsfrag.supervisor.process import ClusterProcess
+    from letsfrag.supervisor.handoff import Handovers
+    from letsfrag.supervisor.shell import Shell
 
 __all__ = ["Reactions", "tick_interval"]
 
@@ -41,14 +44,18 @@ def _format_bytes(size: int) -> str:
 
 
 class Reactions:
-    """How the loop reacts to what cluster processes do (a part of :class:`ClusterManager`)."""
+    """How the loop reacts to what cluster processes do; ``sampler`` measures their process trees."""
 
-    def __init__(self, manager: ClusterManager) -> None:
-        self.m = manager
+    def __init__(self, state: HostState, shell: Shell, handovers: Handovers, sampler: TreeSampler) -> None:
+        self.state = state
+        self.m = shell
+        self.handovers = handovers
+        self._sampler = sampler
+        self._next_sample = 0.0
 
     # ------------------------------------------------------------------------------------------ IPC
 
-    def _on_ipc(self, record: ClusterRecord, message: dict[str, Any]) -> None:
+    def on_ipc(self, record: ClusterRecord, message: dict[str, Any]) -> None:
         op = message.get("op")
         if op == "heartbeat":
             self._on_heartbeat(record, message)
@@ -69,7 +76,7 @@ class Reactions:
             if text and self.m.publisher is not None:
                 self.m.publisher.error(record.cluster_id, text)
                 record.last_error = _last_line(text)
-                self.m._event(Severity.WARNING, "cluster_error",
+                self.m.event(Severity.WARNING, "cluster_error",
                             f"cluster {record.cluster_id}: {record.last_error}", cluster=record.cluster_id)
                 self.m.publisher.status(record.cluster_id)
 
@@ -84,10 +91,10 @@ class Reactions:
         if ready is True and record.state is ClusterState.STARTING:
             self._mark_ready(record)
         elif ready is True and record.state is ClusterState.DEGRADED:
-            self.m._set_state(record, ClusterState.READY, "all shards ready again")
+            self.m.set_state(record, ClusterState.READY, "all shards ready again")
             record.tracker.on_ready(self.m.clock.monotonic())
         elif ready is False and record.state is ClusterState.READY:
-            self.m._set_state(record, ClusterState.DEGRADED, "not every shard is ready")
+            self.m.set_state(record, ClusterState.DEGRADED, "not every shard is ready")
 
     def _mark_ready(self, record: ClusterRecord) -> None:
         if record.state not in (ClusterState.STARTING, ClusterState.DEGRADED):
@@ -95,8 +102,8 @@ class Reactions:
         record.ready_at = self.m.clock.time()
         record.tracker.on_ready(self.m.clock.monotonic())
         took = record.ready_at - (record.started_at or record.ready_at)
-        self.m._set_state(record, ClusterState.READY, f"ready in {took:.1f}s")
-        self.m._fire("cluster_ready", record.view())
+        self.m.set_state(record, ClusterState.READY, f"ready in {took:.1f}s")
+        self.m.fire("cluster_ready", record.view())
 
     def _on_fatal(self, record: ClusterRecord, message: dict[str, Any]) -> None:
         code = message.get("code")
@@ -110,43 +117,43 @@ class Reactions:
         record.tracker.failed = True
         if code == CloseCode.SHARDING_REQUIRED:  # the broker reshards (letsfrag.reshard); the field tells it
             record.extra["sharding_required"] = True
-        self.m._set_state(record, ClusterState.FAILED, reason)
+        self.m.set_state(record, ClusterState.FAILED, reason)
         if record.extra.get("sharding_required") and self.m.publisher is not None:
-            self.m.publisher.host_fields(self.m._sharding_fields())
+            self.m.publisher.host_fields(self.m.sharding_fields())
             self.m.publisher.message(MessageType.HOST_HELLO, {"host": self.m.host_id,
                                                               "incarnation": self.m.incarnation})
-        self.m._event(Severity.ERROR, "cluster_failed", f"cluster {record.cluster_id} failed: {reason}",
+        self.m.event(Severity.ERROR, "cluster_failed", f"cluster {record.cluster_id} failed: {reason}",
                     cluster=record.cluster_id)
-        self.m._fire("cluster_failed", record.view())
-        self.m._begin_stop(record, StopIntent.FATAL, reason)
+        self.m.fire("cluster_failed", record.view())
+        self.m.begin_stop(record, StopIntent.FATAL, reason)
 
     # ------------------------------------------------------------------------------------------ exits
 
-    async def _on_exit(self, record: ClusterRecord, returncode: int | None) -> None:
+    async def on_exit(self, record: ClusterRecord, returncode: int | None) -> None:
         process = record.process
         assert process is not None
         leftovers = process.finish()
         record.process = None
         if leftovers:
-            self.m._event(Severity.WARNING, "cluster_leftovers",
+            self.m.event(Severity.WARNING, "cluster_leftovers",
                         f"cluster {record.cluster_id}: killed {len(leftovers)} leftover process(es) {leftovers}",
                         cluster=record.cluster_id)
-        self.confirm_gone_later(process)
+        self.m.confirm_gone_later(process)
         info = policy.ExitInfo.from_returncode(returncode, fatal_reason=record.fatal_reason)
         record.exit_code, record.exit_signal = info.code, info.signal
         record.cpu_percent, record.rss, record.threads, record.pss, record.uss = 0.0, 0, 0, 0, 0
         intent, record.stop_intent = record.stop_intent, None
         what = policy.describe_exit(info)
         process.log.note(f"pid {process.pid} {what}")
-        self.m._fire("cluster_exit", record.view())
+        self.m.fire("cluster_exit", record.view())
         now = self.m.clock.monotonic()
         if intent in (StopIntent.REVOKE, StopIntent.FENCE, StopIntent.SHUTDOWN):
             record.tracker.on_exit(now, info, requested=True)
             if record.state is not ClusterState.FAILED:
-                self.m._set_state(record, ClusterState.STOPPED, f"{intent}: {what}")
+                self.m.set_state(record, ClusterState.STOPPED, f"{intent}: {what}")
             if intent is StopIntent.REVOKE:
-                self.m._confirm_stopped(record)
-            await self.m._reconcile()
+                self.m.confirm_stopped(record)
+            await self.m.reconcile()
             return
         if intent is StopIntent.RESTART:
             record.tracker.on_exit(now, info, requested=True)
@@ -154,17 +161,17 @@ class Reactions:
                 self.m.publisher.restart(record.cluster_id, {
                     "ts": round(self.m.clock.time(), 3), "reason": "restart requested", "exit_code": info.code,
                     "exit_signal": info.signal, "delay": 0.0})
-            if not self.m._closing and self.m._desired.get(record.cluster_id) == record.epoch:
-                await self.m._spawn(record)
+            if not self.state.closing and self.state.desired.get(record.cluster_id) == record.epoch:
+                await self.m.spawn(record)
             else:
-                self.m._set_state(record, ClusterState.STOPPED, f"restart requested: {what}")
-                await self.m._reconcile()
+                self.m.set_state(record, ClusterState.STOPPED, f"restart requested: {what}")
+                await self.m.reconcile()
             return
         crashed = info.signal is not None or info.code not in (ExitCode.OK, ExitCode.FENCED)
         if crashed and record.fatal_reason is None:
             self._report_crash(record, what, process.log.tail())
         cause = record.stop_cause if intent in (StopIntent.HUNG, StopIntent.MEMORY) else None
-        self._decide(record, info, cause=cause)
+        self.decide(record, info, cause=cause)
 
     def _report_crash(self, record: ClusterRecord, what: str, tail: list[str]) -> None:
         text = "\n".join(tail[-CRASH_TAIL_LINES:]).strip()
@@ -172,65 +179,50 @@ class Reactions:
             record.last_error = _last_line(text)
         if self.m.publisher is not None:
             self.m.publisher.error(record.cluster_id, f"{what}\n{text}" if text else what)
-        self.m._event(Severity.WARNING, "cluster_crash",
+        self.m.event(Severity.WARNING, "cluster_crash",
                     f"cluster {record.cluster_id} {what}" + (f": {record.last_error}" if text else ""),
                     cluster=record.cluster_id, exit_code=record.exit_code, exit_signal=record.exit_signal)
 
-    def _decide(self, record: ClusterRecord, info: policy.ExitInfo, *, cause: str | None) -> None:
+    def decide(self, record: ClusterRecord, info: policy.ExitInfo, *, cause: str | None) -> None:
         """Ask the restart policy what follows an exit that was not on purpose, and do it."""
         decision = record.tracker.on_exit(self.m.clock.monotonic(), info, cause=cause)
         cid = record.cluster_id
-        if decision.action is policy.Action.RESTART and not self.m._closing:
+        if decision.action is policy.Action.RESTART and not self.state.closing:
             record.next_restart_at = self.m.clock.time() + decision.delay
-            self.m._set_state(record, ClusterState.BACKOFF,
+            self.m.set_state(record, ClusterState.BACKOFF,
                             f"{decision.reason}; restarting in {decision.delay:.1f}s")
-            record.restart_handle = asyncio.get_running_loop().call_later(
-                decision.delay, self.m._queue.put_nowait, RestartDue(cid, record.token))
+            self.m.schedule_restart(record, decision.delay)
             if self.m.publisher is not None:
                 self.m.publisher.restart(cid, {"ts": round(self.m.clock.time(), 3), "reason": decision.reason,
                                              "exit_code": info.code, "exit_signal": info.signal,
                                              "delay": round(decision.delay, 3)})
-            self.m._event(Severity.WARNING, "cluster_restart",
+            self.m.event(Severity.WARNING, "cluster_restart",
                         f"cluster {cid} {decision.reason}; restarting in {decision.delay:.1f}s", cluster=cid)
         elif decision.action is policy.Action.FAIL:
             record.done_epoch = record.epoch
             already = record.state is ClusterState.FAILED
-            self.m._set_state(record, ClusterState.FAILED, record.reason if already else decision.reason)
+            self.m.set_state(record, ClusterState.FAILED, record.reason if already else decision.reason)
             if not already:
-                self.m._event(Severity.ERROR, "cluster_failed", f"cluster {cid} failed: {decision.reason}",
+                self.m.event(Severity.ERROR, "cluster_failed", f"cluster {cid} failed: {decision.reason}",
                             cluster=cid)
-                self.m._fire("cluster_failed", record.view())
+                self.m.fire("cluster_failed", record.view())
         else:
             record.done_epoch = record.epoch
-            self.m._set_state(record, ClusterState.STOPPED, decision.reason)
-
-    def confirm_gone_later(self, process: ClusterProcess) -> None:
-        """After an exit: make sure, in the background, that nothing of the process tree is left (close awaits it)."""
-        confirm = asyncio.ensure_future(self._confirm_gone(process))
-        self.m._confirming.add(confirm)
-        confirm.add_done_callback(self.m._confirming.discard)
-
-    async def _confirm_gone(self, process: ClusterProcess) -> None:
-        """Make sure nothing of an ended cluster is left (kill again what is still there)."""
-        survivors = await process.confirm_gone(1.0)
-        if survivors:
-            process.kill_all()
-            survivors = await process.confirm_gone(1.0)
-        if survivors:
-            log.error("cluster %d: processes %s survived SIGKILL", process.cluster_id, survivors)
+            self.m.set_state(record, ClusterState.STOPPED, decision.reason)
 
     # ------------------------------------------------------------------------------------------ ticks
 
-    async def _ticker(self) -> None:
+    async def ticker(self) -> None:
+        """The tick loop (a core task): every tick, check hangs, logs and (when due) sample, inside the loop."""
         interval = tick_interval(self.m.config.sample_interval, self.m.config.limits.hang_timeout)
         while True:
             await asyncio.sleep(interval)
-            self.m._queue.put_nowait(Call(self._on_tick))
+            self.m.post(Call(self._on_tick))
 
     def _on_tick(self) -> None:
         now = self.m.clock.monotonic()
         hang_timeout = self.m.config.limits.hang_timeout
-        for record in self.m._records.values():
+        for record in self.state.records.values():
             process = record.process
             if process is None or record.stop_intent is not None:
                 continue
@@ -246,12 +238,12 @@ class Reactions:
             elif now - record.extra.get("hang_at", now) >= HANG_DUMP_WAIT:
                 since = now - (record.last_heartbeat_mono or record.started_mono)
                 cause = f"hung: no heartbeat for {since:.0f}s"
-                self.m._event(Severity.WARNING, "cluster_hung", f"cluster {record.cluster_id} {cause}",
+                self.m.event(Severity.WARNING, "cluster_hung", f"cluster {record.cluster_id} {cause}",
                             cluster=record.cluster_id)
-                self.m._begin_stop(record, StopIntent.HUNG, cause, cause=cause, ask=False)
+                self.m.begin_stop(record, StopIntent.HUNG, cause, cause=cause, ask=False)
         self._check_logs()
-        if now >= self.m._next_sample:
-            self.m._next_sample = now + self.m.config.sample_interval
+        if now >= self._next_sample:
+            self._next_sample = now + self.m.config.sample_interval
             self._sample()
 
     def _check_logs(self) -> None:
@@ -260,15 +252,15 @@ class Reactions:
         A cluster whose log cannot be written keeps running (its output is dropped, its last lines are still kept
         in memory for crash reports): a full log disk must not stop the bot.
         """
-        for cid, record in self.m._records.items():
-            log_file = self.m._logs.get(cid)
+        for cid, record in self.state.records.items():
+            log_file = self.state.logs.get(cid)
             if log_file is None or log_file.write_errors == record.log_errors:
                 continue
             lost = log_file.write_errors - record.log_errors
             record.log_errors = log_file.write_errors
             if not record.extra.get("log_failing"):
                 record.last_error = f"cannot write its log: {log_file.last_write_error} ({log_file.path})"
-                self.m._event(Severity.WARNING, "cluster_log_error",
+                self.m.event(Severity.WARNING, "cluster_log_error",
                               f"cluster {cid} {record.last_error} ({lost} writes lost); it keeps running",
                               cluster=cid)
             record.extra["log_failing"] = log_file.failing
@@ -276,14 +268,14 @@ class Reactions:
                 self.m.publisher.status(cid)
 
     def _sample(self) -> None:
-        roots = {cid: r.process.pid for cid, r in self.m._records.items()
+        roots = {cid: r.process.pid for cid, r in self.state.records.items()
                  if r.process is not None and r.process.running}
-        samples = self.m._sampler.sample(roots)
-        own_cpu, own_rss = self.m._sampler.sample_self()
+        samples = self._sampler.sample(roots)
+        own_cpu, own_rss = self._sampler.sample_self()
         total_cpu, total_rss = own_cpu, own_rss
         ts = round(self.m.clock.time(), 3)
         for cid, sample in samples.items():
-            record = self.m._records[cid]
+            record = self.state.records[cid]
             if record.process is None:
                 continue
             record.process.remember(sample.pids)
@@ -299,12 +291,12 @@ class Reactions:
                 limit = record.memory.limit or 0
                 cause = (f"memory: RSS {_format_bytes(sample.rss)} over the limit {_format_bytes(limit)} "
                          f"on {record.memory.samples} samples")
-                self.m._event(Severity.WARNING, "cluster_memory", f"cluster {cid} {cause}", cluster=cid)
-                self.m._begin_stop(record, StopIntent.MEMORY, cause, cause=cause)
-        self.m.host_cpu, self.m.host_rss = total_cpu, total_rss
+                self.m.event(Severity.WARNING, "cluster_memory", f"cluster {cid} {cause}", cluster=cid)
+                self.m.begin_stop(record, StopIntent.MEMORY, cause, cause=cause)
+        self.state.host_cpu, self.state.host_rss = total_cpu, total_rss
         if self.m.launcher is not None:  # a subreaper inherits the orphans of its clusters' trees
-            keep = {r.process.pid for r in self.m._records.values() if r.process is not None}
-            self.m.launcher.reap_strays(keep | {p.pid for p in self.m.handovers.processes()})
+            keep = {r.process.pid for r in self.state.records.values() if r.process is not None}
+            self.m.launcher.reap_strays(keep | {p.pid for p in self.handovers.processes()})
 
 
 def _last_line(text: str) -> str:

@@ -17,6 +17,8 @@ from letsfrag.supervisor.policy import MemoryWatch, RestartTracker
 from ..units import format_shard_range
 
 if TYPE_CHECKING:
+    from letsfrag.records import LayoutRecord
+    from letsfrag.supervisor.logfile import ClusterLog
     from letsfrag.supervisor.process import ClusterProcess
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "ClusterRecord",
     "ClusterState",
     "ClusterView",
+    "HostState",
     "IpcMessage",
     "ProcessExited",
     "RestartDue",
@@ -175,6 +178,40 @@ class ClusterRecord:
             cpu_percent=self.cpu_percent, rss=self.rss, threads=self.threads, guilds=self.guilds,
             latency=self.latency, spawns=self.spawns, log_errors=self.log_errors, pss=self.pss, uss=self.uss,
         )
+
+
+@dataclass(eq=False)
+class HostState:
+    """What the supervisor's parts share: one object with public fields, owned by the manager, changed only
+    inside its decision loop.
+
+    The manager (the shell: processes, timers, tasks, Redis) and its parts (``CommandHandler``, ``Stopper``,
+    ``Grants``, ``Reactions``, ``Handovers``) all read and write this object; none of them reaches into another's
+    private attributes. What a part may ask of the shell is :class:`letsfrag.supervisor.shell.Shell`.
+    """
+
+    #: every cluster this host ran or runs, by cluster id
+    records: dict[int, ClusterRecord] = field(default_factory=dict)
+    #: ``{cluster id: epoch}`` granted to this host, as last read (emptied by fencing and shutdown)
+    desired: dict[int, int] = field(default_factory=dict)
+    #: the broker's layout in force here (None until the first one was read)
+    layout: LayoutRecord | None = None
+    #: each cluster's log file, by cluster id (created on the first spawn)
+    logs: dict[int, ClusterLog] = field(default_factory=dict)
+    #: the supervisor is shutting down: nothing is started again
+    closing: bool = False
+    #: the host's own CPU and RSS plus its clusters' (last sample)
+    host_cpu: float = 0.0
+    host_rss: int = 0
+
+    def running(self) -> dict[int, int]:
+        """``{cluster id: epoch}`` of clusters this host holds now (the host record's ``running``)."""
+        return {cid: rec.epoch for cid, rec in sorted(self.records.items())
+                if rec.epoch is not None and (rec.state in ALIVE_STATES or rec.process is not None)}
+
+    def alive_clusters(self) -> list[int]:
+        """Ids of the clusters whose process exists (possibly stopping)."""
+        return sorted(cid for cid, r in self.records.items() if r.process is not None)
 
 
 # ------------------------------------------------------------------------------------ loop events

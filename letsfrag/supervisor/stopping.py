@@ -8,6 +8,11 @@ and wait until nothing is granted or runs here, the broker says no host has room
 ``leaving``, stop every cluster left through the loop, wait for them (killing what outlives the limit), cancel
 the lease, publish the last changes and leave the host set. SIGTERM/SIGINT start that close; a second one ends
 the wait and kills every cluster at once. ``close(force=True)`` skips the hand-off.
+
+The order of that close is the manager's (:meth:`ClusterManager.close`: it owns the loops, tasks, the bus and the
+log files it lets go of); the steps that decide about clusters are here: :meth:`Stopper.hand_off`,
+:meth:`Stopper.stop_everything`, :meth:`Stopper.force`. The stopper reads the shared :class:`HostState` and asks
+the shell (:class:`letsfrag.supervisor.shell.Shell`) for the rest.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ import signal
 from typing import TYPE_CHECKING
 
 from letsfrag.events import Severity
-from letsfrag.loops import cancel_and_wait
-from letsfrag.supervisor.state import FINAL_STOP_INTENTS, ClusterRecord, ClusterState, StopIntent
+from letsfrag.supervisor.process import run_stop
+from letsfrag.supervisor.state import FINAL_STOP_INTENTS, ClusterRecord, ClusterState, HostState, StopIntent
 from letsfrag.supervisor.successors import LeaveVerdict, leave_verdict
 
 if TYPE_CHECKING:
-    from letsfrag.supervisor.manager import ClusterManager
-    from letsfrag.supervisor.process import ClusterProcess
+    from letsfrag.supervisor.handoff import Handovers
+    from letsfrag.supervisor.shell import Shell
 
 __all__ = ["Stopper"]
 
@@ -33,11 +38,14 @@ log = logging.getLogger(__name__)
 
 
 
-class Stopper:
-    """Stops the manager's clusters, one or all, and shuts the host down (a part of :class:`ClusterManager`)."""
 
-    def __init__(self, manager: ClusterManager) -> None:
-        self.m = manager
+class Stopper:
+    """Stops the supervisor's clusters, one or all, and hands the host's clusters off when it leaves."""
+
+    def __init__(self, state: HostState, shell: Shell, handovers: Handovers) -> None:
+        self.state = state
+        self.m = shell
+        self.handovers = handovers
         self._signals = 0
         #: True while the host waits for the broker to hand its clusters away (grants still apply)
         self.handing_off = False
@@ -56,82 +64,44 @@ class Stopper:
             if intent in FINAL_STOP_INTENTS and record.stop_intent not in FINAL_STOP_INTENTS:
                 record.stop_intent, record.stop_cause = intent, cause
             if timeout is not None:
-                self.m._spawn_bg(process.stop(ask=False, reason=str(intent), stop_timeout=timeout))
+                self.m.background(process.stop(ask=False, reason=str(intent), stop_timeout=timeout))
             return
         record.stop_intent, record.stop_cause = intent, cause
         if record.state is not ClusterState.FAILED:
-            self.m._set_state(record, ClusterState.STOPPING, reason)
+            self.m.set_state(record, ClusterState.STOPPING, reason)
         stop_timeout = self.m.config.limits.stop_timeout if timeout is None else timeout
         record.stop_task = asyncio.create_task(
-            self.run_stop(process, ask=ask, reason=str(intent), stop_timeout=stop_timeout))
-
-    @staticmethod
-    async def run_stop(process: ClusterProcess, *, ask: bool, reason: str, stop_timeout: float) -> None:
-        """The stop sequence of one process (:meth:`ClusterProcess.stop`); a failing sequence kills it."""
-        try:
-            how = await process.stop(ask=ask, reason=reason, stop_timeout=stop_timeout)
-            log.debug("cluster %d stopped (%s)", process.cluster_id, how)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("cluster %d: stop sequence failed; killing it", process.cluster_id)
-            process.kill_all()
+            run_stop(process, ask=ask, reason=str(intent), stop_timeout=stop_timeout))
 
     def kill_everything(self) -> None:
         """SIGKILL every cluster's process tree now."""
-        for record in self.m._records.values():
+        for record in self.state.records.values():
             if record.process is not None:
                 record.process.kill_all()
-        self.m.handovers.kill_all()
+        self.handovers.kill_all()
 
-    def _alive(self) -> bool:
+    def alive(self) -> bool:
         """Does any process (a cluster's, a successor or a retiring one) still run here?"""
-        m = self.m
-        return any(r.process is not None for r in m._records.values()) or any(True for _ in m.handovers.processes())
+        return (any(r.process is not None for r in self.state.records.values())
+                or any(True for _ in self.handovers.processes()))
 
     # ------------------------------------------------------------------------------------------ the host
 
-    async def close(self, *, force: bool = False) -> None:
-        """Stop every cluster (gracefully unless ``force``), leave the host set's lease and disconnect."""
-        m = self.m
-        if m._closing or self.handing_off:
-            if force:
-                self._forced.set()
-                self.kill_everything()
-            await m._closed.wait()
-            return
-        try:
-            if not force:
-                await self._hand_off()
-            m._closing = True
-            await self._shutdown(force)
-        finally:
-            await cancel_and_wait(*m._tasks)
-            m._closing = True
-            for record in m._records.values():
-                if record.process is not None:
-                    record.process.cancel_tasks()
-            for process in m.handovers.processes():
-                process.cancel_tasks()
-            for task in list(m._background):
-                if task is not asyncio.current_task():  # this stop may run as one of them: never cancel itself
-                    task.cancel()
-            if m._bus is not None:
-                await m._bus.close()
-            for log_file in m._logs.values():
-                log_file.close()
-            if m.handle_signals:
-                self.remove_signals()
-            m._closed.set()
+    def force(self) -> None:
+        """A forced close while closing (a second signal, ``close(force=True)``): end the hand-off, kill all."""
+        self._forced.set()
+        self.kill_everything()
 
-    async def _hand_off(self) -> None:
-        """Ask the broker to hand this host's clusters to other hosts and wait (see the module docstring)."""
-        m = self.m
+    async def hand_off(self) -> None:
+        """Ask the broker to hand this host's clusters to other hosts and wait (see the module docstring).
+
+        Called by the manager's close once its loops run (outside the decision loop)."""
+        m, state = self.m, self.state
         agent = m.agent
         timeout = m.config.limits.leave_timeout
-        if agent is None or not agent.registered or not m._tasks or timeout <= 0 or not self._alive():
+        if agent is None or not agent.registered or timeout <= 0 or not self.alive():
             return
-        clusters = sorted(cid for cid, r in m._records.items() if r.process is not None)
+        clusters = state.alive_clusters()
         if not await agent.others_up():
             self._left_over(clusters, "no other host is up", Severity.INFO)
             return
@@ -140,14 +110,14 @@ class Stopper:
             if (problem := await agent.ask_to_leave()) is not None:
                 self._left_over(clusters, f"cannot ask the broker to hand them over: {problem}")
                 return
-            m._event(Severity.INFO, "host_handing_off", f"host {m.host_id} is leaving: handing clusters {clusters} "
-                     f"to other hosts (up to {timeout:g}s)", host=m.host_id)
+            m.event(Severity.INFO, "host_handing_off", f"host {m.host_id} is leaving: handing clusters {clusters} "
+                    f"to other hosts (up to {timeout:g}s)", host=m.host_id)
             started = m.clock.monotonic()
             others_up = True
 
             def verdict() -> LeaveVerdict:
                 return leave_verdict(now=m.clock.monotonic(), started=started, timeout=timeout,
-                                     granted=len(m._desired), running=int(self._alive()),
+                                     granted=len(state.desired), running=int(self.alive()),
                                      blocked=agent.handoff_blocked, forced=self._forced.is_set(),
                                      others_up=others_up)
 
@@ -159,11 +129,11 @@ class Stopper:
                     others_up = await agent.others_up()
         finally:
             self.handing_off = False
-        left = sorted(cid for cid, r in m._records.items() if r.process is not None)
+        left = state.alive_clusters()
         took = m.clock.monotonic() - started
         if result is LeaveVerdict.HANDED_OFF:
-            m._event(Severity.INFO, "host_handed_off", f"host {m.host_id} handed every cluster to other hosts in "
-                     f"{took:.1f}s", host=m.host_id)
+            m.event(Severity.INFO, "host_handed_off", f"host {m.host_id} handed every cluster to other hosts in "
+                    f"{took:.1f}s", host=m.host_id)
         elif result is LeaveVerdict.BLOCKED:
             self._left_over(left, f"no other host has room ({agent.handoff_blocked})")
         elif result is LeaveVerdict.FORCED:
@@ -177,42 +147,31 @@ class Stopper:
         """Say why clusters are stopped instead of handed over (their shards go offline)."""
         if not clusters:
             return
-        self.m._event(severity, "host_leave_stopping", f"host {self.m.host_id}: {why}: stopping clusters "
-                      f"{clusters} (their shards go offline)", host=self.m.host_id)
+        self.m.event(severity, "host_leave_stopping", f"host {self.m.host_id}: {why}: stopping clusters "
+                     f"{clusters} (their shards go offline)", host=self.m.host_id)
 
-    async def _shutdown(self, force: bool) -> None:
-        m = self.m
-        if m.agent is not None and m.agent.registered:
-            await m.agent.set_state("leaving")
+    async def stop_everything(self, force: bool) -> None:
+        """Forget the grants, stop every cluster and successor through the loop and wait for them (killing what
+        outlives the limit). Called by the manager's close once its loops run (outside the decision loop)."""
+        m, state = self.m, self.state
 
         def stop_all() -> None:
-            m._desired = {}
-            m.handovers.stop_all("supervisor shutting down")
-            for record in m._records.values():
+            state.desired = {}
+            self.handovers.stop_all("supervisor shutting down")
+            for record in state.records.values():
                 if record.process is not None:
                     self.begin_stop(record, StopIntent.SHUTDOWN, "supervisor shutting down")
                 elif record.state is ClusterState.BACKOFF:
-                    m._cancel_backoff(record)
-                    m._set_state(record, ClusterState.STOPPED, "supervisor shutting down")
+                    m.cancel_backoff(record)
+                    m.set_state(record, ClusterState.STOPPED, "supervisor shutting down")
             if force:
                 self.kill_everything()
 
-        if m._tasks:
-            await m.call(stop_all)
-            limit = m.config.limits.stop_timeout * 1.5 + 5.0
-            if not await m.wait_for(lambda: not self._alive(), limit):
-                self.kill_everything()
-                await m.wait_for(lambda: not self._alive(), 5.0)
-        pending = [task for task in m._confirming if not task.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=3.0)
-        for task in m._tasks:
-            if task.get_name() in ("supervisor-lease", "supervisor-tick"):
-                task.cancel()
-        if m.publisher is not None:
-            await m.publisher.drain(2.0)
-        if m.agent is not None:
-            await m.agent.leave()
+        await m.call(stop_all)
+        limit = m.config.limits.stop_timeout * 1.5 + 5.0
+        if not await m.wait_for(lambda: not self.alive(), limit):
+            self.kill_everything()
+            await m.wait_for(lambda: not self.alive(), 5.0)
 
     # ------------------------------------------------------------------------------------------ signals
 
@@ -233,8 +192,7 @@ class Stopper:
         self._signals += 1
         if self._signals == 1:
             log.info("received %s: stopping every cluster (again to force)", signal.Signals(sig).name)
-            self.m._spawn_bg(self.m.close())
+            self.m.background(self.m.close())
         else:
             log.warning("received %s again: killing every cluster now", signal.Signals(sig).name)
-            self._forced.set()
-            self.kill_everything()
+            self.force()

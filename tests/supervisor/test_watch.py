@@ -72,7 +72,7 @@ async def test_grandchildren_are_killed_with_their_cluster(redis_url: str, r: ai
 
 
 def _tree_pids(manager: ClusterManager) -> set[int]:
-    record = manager._records[0]
+    record = manager.state.records[0]
     return set(record.process._known) if record.process is not None else set()
 
 
@@ -119,7 +119,7 @@ async def test_output_flood_is_rotated(redis_url: str, r: aioredis.Redis, tmp_pa
     await write_layout(r)
     await grant(r, 0, epoch=1)
     async with ClusterManager(config) as manager:
-        log_file = manager._logs  # created on spawn
+        log_file = manager.state.logs  # created on spawn
         await wait_until(lambda: 0 in log_file and log_file[0].rotations >= 5, timeout=15, message="rotations")
         await wait_until(lambda: manager.clusters[0].state is ClusterState.READY, message="ready")
         files = sorted(p.name for p in (tmp_path / "logs").iterdir())

@@ -1,0 +1,134 @@
+"""What a part of the supervisor may ask of the shell: :class:`Shell`, which :class:`ClusterManager` implements.
+
+The supervisor is cut like the broker (whose ``Reconciler`` is given ``event``, ``fire`` and ``notify``): the
+state its parts share is one object with public fields (:class:`letsfrag.supervisor.state.HostState`), and the
+actions that need the shell's resources (the decision loop's queue, processes, timers, background tasks,
+callbacks, the publisher) are this small interface. Each part (``CommandHandler``, ``Stopper``, ``Grants``,
+``Reactions``, ``Handovers``) is given the state and the shell (and the parts that act on successors the
+``Handovers`` itself, so this interface knows no part); it never touches a private attribute of the
+manager, and the manager calls only public methods of its parts (``tests/test_layers.py`` checks both).
+
+A Protocol rather than a bag of callbacks: the parts ask for about fifteen actions, the manager is the only
+implementation, and a typed interface documents each action once (mypy checks the manager against it where it
+passes itself in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from letsfrag.bus import Bus
+    from letsfrag.clock import Clock
+    from letsfrag.config import HostConfig
+    from letsfrag.events import Severity
+    from letsfrag.records import LayoutRecord
+    from letsfrag.supervisor.host import HostAgent
+    from letsfrag.supervisor.prefork import Launcher
+    from letsfrag.supervisor.process import ClusterProcess
+    from letsfrag.supervisor.publish import Publisher
+    from letsfrag.supervisor.state import ClusterRecord, ClusterState, StopIntent
+
+__all__ = ["Shell"]
+
+
+class Shell(Protocol):
+    """The supervisor's shell as its parts see it (implemented by :class:`ClusterManager`).
+
+    Every method runs inside the decision loop unless it says otherwise.
+    """
+
+    config: HostConfig
+    host_id: str
+    clock: Clock
+    handle_signals: bool
+    #: None until :meth:`ClusterManager.start` connected
+    publisher: Publisher | None
+    agent: HostAgent | None
+    launcher: Launcher | None
+
+    @property
+    def bus(self) -> Bus:
+        """The supervisor's bus connection (once started)."""
+
+    @property
+    def incarnation(self) -> str:
+        """This supervisor run's incarnation (empty before it registered)."""
+
+    # ---------------------------------------------------------------------------------- reporting
+
+    def event(self, severity: Severity, kind: str, message: str, **context: Any) -> None:
+        """Emit an operator event (published to ``{ns}:events``)."""
+
+    def fire(self, name: str, *args: Any) -> None:
+        """Call the user's callbacks of ``name`` (``cluster_create``, ``cluster_ready`` ...)."""
+
+    def pulse(self) -> None:
+        """Something changed: wake :meth:`wait_for`, fire ``ready`` once every granted cluster is READY."""
+
+    def set_state(self, record: ClusterRecord, state: ClusterState, reason: str) -> None:
+        """Move ``record`` to ``state``: log it, publish its status and ``running``, pulse."""
+
+    def running_json(self) -> str:
+        """The host record's ``running`` field, as of now."""
+
+    def sharding_fields(self) -> dict[str, str]:
+        """The host record's ``sharding_required`` field, as of now."""
+
+    # ---------------------------------------------------------------------------------- processes
+
+    def record_of(self, cluster_id: int) -> ClusterRecord:
+        """The record of ``cluster_id``, created (with its restart tracker) on first use."""
+
+    def next_token(self) -> int:
+        """A new process token (unique per spawned process, so late events find their process)."""
+
+    def begin_run(self, record: ClusterRecord, *, epoch: int | None = None, token: int | None = None) -> None:
+        """A new run of ``record`` (a spawn, or a promoted successor): a new token, the per-run fields cleared."""
+
+    async def launch(self, cluster_id: int, shard_ids: tuple[int, ...], epoch: int, token: int, *,
+                     handover: bool = False, layout: LayoutRecord | None = None) -> ClusterProcess:
+        """Start one process of ``cluster_id`` (raises ``OSError``)."""
+
+    def program(self) -> str:
+        """What is started for a cluster, for messages."""
+
+    async def spawn(self, record: ClusterRecord, epoch: int | None = None) -> None:
+        """Start a new run of ``record`` (at ``epoch``, default its own)."""
+
+    def begin_stop(self, record: ClusterRecord, intent: StopIntent, reason: str, *, cause: str | None = None,
+                   ask: bool = True, timeout: float | None = None) -> None:
+        """Start stopping ``record``'s process for ``intent``."""
+
+    def cancel_backoff(self, record: ClusterRecord) -> None:
+        """Cancel ``record``'s pending restart, if any."""
+
+    def schedule_restart(self, record: ClusterRecord, delay: float) -> None:
+        """Put a ``RestartDue`` of ``record``'s current run on the loop after ``delay`` seconds."""
+
+    def confirm_gone_later(self, process: ClusterProcess) -> None:
+        """After an exit: make sure, in the background, that nothing of the process tree is left."""
+
+    async def reconcile(self) -> None:
+        """Make the processes match the grants."""
+
+    def confirm_stopped(self, record: ClusterRecord) -> None:
+        """A revoke is complete: update ``running``, then tell the broker (``cluster_stopped``)."""
+
+    # ---------------------------------------------------------------------------------- the loop and tasks
+
+    def post(self, item: Any) -> None:
+        """Put an item (a ``Call``, an event) on the decision loop's queue; safe from any task."""
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` inside the decision loop and return its result (called from outside the loop)."""
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` is true, re-checking at every change (called from outside the loop)."""
+
+    def background(self, awaitable: Awaitable[Any]) -> None:
+        """Run ``awaitable`` as a background task (cancelled when the supervisor closes)."""
+
+    async def close(self, *, force: bool = False) -> None:
+        """Close the supervisor (see :meth:`ClusterManager.close`)."""
