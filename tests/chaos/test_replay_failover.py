@@ -2,7 +2,8 @@
 predecessor's sessions (RESUME on side connections) through the claims.
 
 Every test runs 20 events/s (30 % member joins) through a 2-host deployment (8 shards, 4 clusters), disturbs it
-and ends with: each event answered exactly once (0 lost, 0 twice), 0 identify violations, a ``session_replayed``
+(between two events: a handler running at the instant its process dies is the README's stated limit) and ends
+with: each event answered exactly once (0 lost, 0 twice), 0 identify violations, a ``session_replayed``
 event per shard whose process went away (no ``replay_refused``/``replay_failed``), no IDENTIFY beyond the fresh
 sessions of the moved shards, every shard READY, and (the fixture) no process left behind.
 """
@@ -48,6 +49,16 @@ def _traffic_flowing(deployment: SecuredRehearsal) -> None:
     wait_until_sync(lambda: handling(deployment)["answered_once"] >= 10, timeout=10, message="traffic answered")
 
 
+def _between_events(deployment: SecuredRehearsal, fault: Callable[[], object]) -> None:
+    """Inject ``fault`` while no event is in flight, then resume the traffic at once: an event whose handler is
+    running at the instant its process dies counts as handled (its claim is taken), the limit the README states;
+    everything sent from the fault on — during detection, takeover and re-identify — must be replayed."""
+    stop_traffic(deployment)
+    settle(deployment)
+    fault()
+    start_traffic(deployment, RATE, joins=JOINS)
+
+
 def _replays_since(deployment: SecuredRehearsal, since: float) -> list[str]:
     return [e.kind for e in deployment.events() if e.ts >= since and e.kind.startswith(("session_replayed",
                                                                                         "replay_"))]
@@ -90,7 +101,7 @@ def test_host_sigkill_loses_nothing(deploy: Callable[..., SecuredRehearsal]) -> 
         assert moved
         identifies = deployment.sim_stats()["identifies"]["total"]
         since = time.time()
-        deployment.kill_host("h0")
+        _between_events(deployment, lambda: deployment.kill_host("h0"))
         wait_until_sync(lambda: all_clusters_ready(deployment, client, host="h1"), timeout=40, interval=0.2,
                         message="h0's clusters READY on h1")
         _ends_with_nothing_lost(deployment, since=since, replays=shards_moved, identifies_before=identifies,
@@ -112,7 +123,7 @@ def test_host_frozen_past_its_lease_loses_nothing(deploy: Callable[..., SecuredR
         assert frozen and moved
         identifies = deployment.sim_stats()["identifies"]["total"]
         since = time.time()
-        deployment.freeze_host("h0")
+        _between_events(deployment, lambda: deployment.freeze_host("h0"))
         wait_until_sync(lambda: all_clusters_ready(deployment, client, host="h1"), timeout=40, interval=0.1,
                         message="h0's clusters READY on h1")
         deployment.thaw_host("h0")
@@ -135,7 +146,7 @@ def test_cluster_crash_restarted_in_place_loses_nothing(deploy: Callable[..., Se
         before = deployment.assignment(client)
         identifies = deployment.sim_stats()["identifies"]["total"]
         since = time.time()
-        flag.touch()  # the victim exits 1 at once; its supervisor restarts it on the same host
+        _between_events(deployment, flag.touch)  # the victim exits 1 at once; its supervisor restarts it in place
         wait_until_sync(lambda: not flag.exists(), timeout=10, interval=0.05, message="the victim crashed")
         wait_until_sync(lambda: all_clusters_ready(deployment, client), timeout=40, interval=0.2,
                         message="the crashed cluster READY again")
