@@ -407,9 +407,12 @@ class Rehearsal:
     def close(self, timeout: float = 15.0) -> list[int]:
         """Stop hosts gracefully, then brokers, the simulator and Redis; kill what is left.
 
-        Returns the pids that had to be killed after the graceful stop (for tests: should be empty).
+        Returns the pids that had to be killed: a host, broker or simulator that did not exit within ``timeout``
+        of its SIGTERM (a supervisor that hangs in its stop), and any process of the tree still alive after them
+        (for tests: should be empty).
         """
         tree = self.processes()
+        killed: list[int] = []
         for process in [*self.hosts.values(), *self.brokers.values(), self.sim]:
             if process is not None and process.poll() is None:
                 self.signal_tree(process, signal.SIGCONT)
@@ -421,6 +424,7 @@ class Rehearsal:
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
+                killed.append(process.pid)
                 self.signal_tree(process, signal.SIGKILL)
                 process.wait()
         _, alive = psutil.wait_procs(tree, timeout=5)
@@ -435,7 +439,7 @@ class Rehearsal:
         if self._lifeline is not None:
             self._lifeline.close()
             self._lifeline = None
-        return [p.pid for p in alive]
+        return killed + [p.pid for p in alive if p.pid not in killed]
 
     def __enter__(self) -> Rehearsal:
         return self

@@ -142,4 +142,4 @@ def rehearsal(tmp_path: Path) -> Iterator[Callable[..., Rehearsal]]:
     yield factory
     for deployment in made:
         leftovers = deployment.close(timeout=scaled(15.0))
-        assert leftovers == [], f"processes survived the graceful stop: {leftovers}"
+        assert leftovers == [], f"processes needed SIGKILL after the graceful stop: {leftovers}"

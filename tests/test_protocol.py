@@ -190,7 +190,7 @@ def _survives(codec: Codec, raw: bytes) -> None:
         assert isinstance(env, Envelope) and isinstance(env.payload, dict)
 
 
-@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_decoder_survives_random_input(raw: bytes) -> None:
     for codec in (Codec(), Codec(SECRET)):
@@ -199,7 +199,7 @@ def test_decoder_survives_random_input(raw: bytes) -> None:
         _survives(codec, framed)
 
 
-@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_decoder_survives_mutated_valid_messages(data: st.DataObject) -> None:
     sig, raw_body = split_frame(Codec(SECRET).encode(_env(id="fixed-id", ts=1_700_000_000.0, channel="c")))

@@ -55,7 +55,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
         yield running
     finally:
         leftovers = running.close()
-        assert leftovers == [], f"processes survived the graceful stop: {leftovers}"
+        assert leftovers == [], f"processes needed SIGKILL after the graceful stop: {leftovers}"
 
 
 def rpc(deployment: Rehearsal, **kwargs: Any) -> RpcClient:

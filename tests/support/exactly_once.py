@@ -132,8 +132,8 @@ def deployment_factory(tmp_path: Path) -> Iterator[Callable[..., SecuredRehearsa
 
     yield make
     for deployment in made:
-        leftovers = deployment.close()
-        assert leftovers == [], f"processes survived the graceful stop: {leftovers}"
+        leftovers = deployment.close(timeout=scaled(15.0))
+        assert leftovers == [], f"processes needed SIGKILL after the graceful stop: {leftovers}"
 
 
 # ------------------------------------------------------------------------------------------ readings
