@@ -630,7 +630,7 @@ class ClusterMixin(_Base):
     async def _lf_save_final_sessions(self) -> None:
         """The session records of a graceful stop, marked ended (:meth:`_lf_end_sessions`), after a fresh check
         that tells whether the cluster was handed over (its successor's records must not be overwritten)."""
-        if self._lf_gate.phase is GatePhase.OFF and self._lf_checker is not None:
+        if self._lf_gate.phase in (GatePhase.OFF, GatePhase.EXCLUSIVE) and self._lf_checker is not None:
             with contextlib.suppress(RedisError, OSError):
                 self._lf_observe_handover((await self._lf_checker.check()).ownership)
         await self._lf_end_sessions()

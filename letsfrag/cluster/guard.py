@@ -94,7 +94,8 @@ def decide_ownership(
     ``layout`` holds the :data:`LAYOUT_FIELDS` of ``{ns}:layout`` (``None``: not read); with ``shard_ids``
     (what this process runs) each shard is checked against the layout, not only the cluster id. ``handover``
     is the cluster's ``{ns}:handover`` field (``None``: no record), ``successor`` whether this process was
-    started as a handover successor (see the module docs).
+    started as a handover successor and is not yet the exclusive owner (once it is, its
+    :class:`~.ownership.OwnershipChecker` judges it as any owner: a later handover or reshard hands it over).
     """
     lease_problem = _lease_problem(lease_value, lease_pttl_ms, host_id, incarnation)
     ttl = default_ttl if lease_pttl_ms < 0 else lease_pttl_ms / 1000.0

@@ -16,7 +16,8 @@ the switch. Its :class:`HandoverGate` goes through three phases, driven by the o
 =============  ==========================================================================================
 
 A normal process has the phase ``off``: nothing is gated. Once a check finds it handed over (the old process after
-the switch, :attr:`~.guard.Ownership.handed_over`) its phase is ``handed_over``: it still dispatches everything
+the switch, :attr:`~.guard.Ownership.handed_over`; an ``exclusive`` successor too, when a later handover or reshard
+moves or retires its cluster) its phase is ``handed_over``: it still dispatches everything
 (its claims keep events single) but writes nothing the owner writes (shard status, session records, errors).
 While in ``successor`` or ``owner`` the process checks ownership every ``check_interval`` seconds
 (:meth:`HandoverGate.next_check`) and at once on IPC ``promote``.
@@ -122,8 +123,8 @@ class HandoverGate:
     def observe(self, ownership: Ownership) -> list[KeptEvent]:
         """Apply one ownership verdict; return the kept events to submit to the claims now, oldest first
         (only at the switch). A fence drops them (counted in ``dropped``)."""
-        if self.phase in (GatePhase.OFF, GatePhase.HANDED_OVER):
-            if ownership.handed_over:
+        if self.phase in (GatePhase.OFF, GatePhase.HANDED_OVER, GatePhase.EXCLUSIVE):
+            if ownership.handed_over:  # an exclusive successor is a normal owner: a later switch hands it over
                 self.phase = GatePhase.HANDED_OVER
             return []
         if ownership.fenced:

@@ -49,7 +49,9 @@ class OwnershipChecker:
         self.lease_ttl = lease_ttl
         self.clock = clock
         self.shard_ids = shard_ids
-        #: started as a handover successor (``LETSFRAG_HANDOVER=1``): see :mod:`.guard`
+        #: judged as a handover successor (started with ``LETSFRAG_HANDOVER=1``, see :mod:`.guard`) until a check
+        #: finds it the exclusive owner; from then on it is an owner like any other, so a later handover or reshard
+        #: finds it *handed over* (serving until stopped) rather than a successor whose record is gone (fenced)
         self.successor = successor
         #: monotonic start of the current undecided wait (``None`` while decided)
         self.undecided_since: float | None = None
@@ -86,6 +88,8 @@ class OwnershipChecker:
             handover_key=self.keys.handover,
         )
         self.checks += 1
+        if self.successor and verdict.owner and verdict.exclusive:
+            self.successor = False  # promoted and no record names it any more: a normal owner from now on
         verdict, self.undecided_since = bound_undecided(verdict, self.undecided_since, self.clock.monotonic(),
                                                         UNDECIDED_TTLS * self.lease_ttl)
         return OwnershipCheck(verdict, sent_at)

@@ -9,6 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from letsfrag.broker.store import NotLeader, Store
+from letsfrag.clock import SystemClock
+from letsfrag.cluster.ownership import OwnershipChecker
 from letsfrag.handover import HandoverState, SuccessorReport, SuccessorState
 from letsfrag.keys import Keys
 from letsfrag.records import Grant
@@ -124,3 +126,25 @@ async def test_snapshot_reads_successors_and_reports_bad_values(r: aioredis.Redi
     assert any("successors" in p and "not JSON" in p for p in problems)
     assert sum("handover" in p for p in problems) == 2
     assert (snap.budget_total, snap.budget_remaining) == (1000, 900)
+
+
+async def test_a_successor_owner_is_handed_over_by_the_next_handover_not_fenced(r: aioredis.Redis) -> None:
+    """A process started as a handover successor (restart 1) that became the exclusive owner is handed over by the
+    next handover of its cluster (restart 2) like any owner: its check between that switch and its stop finds it
+    serving until stopped, not a successor whose handover "now goes to" another epoch (fenced)."""
+    store = await _leader(r)
+    first = await store.grant(3, "a")
+    one = await store.begin_handover(3, "a", Grant("a", first), "restart", 30.0)
+    assert one is not None and await store.switch_handover(one, 5.0) is not None
+    await store.end_handover(one)
+    await r.set(KEYS.lease("a"), "inc", px=10_000)
+    checker = OwnershipChecker(r, KEYS, cluster_id=3, host_id="a", epoch=one.epoch, incarnation="inc",
+                               lease_ttl=10.0, clock=SystemClock(), successor=True)
+    owner = (await checker.check()).ownership
+    assert owner.owner and owner.exclusive, owner
+    two = await store.begin_handover(3, "a", Grant("a", one.epoch), "restart", 30.0)
+    assert two is not None and (await checker.check()).ownership.owner
+    assert await store.switch_handover(two, 5.0) is not None
+    handed = (await checker.check()).ownership
+    assert not handed.fenced, handed.reason
+    assert handed.owner and handed.handed_over and f"handed over to host a epoch {two.epoch}" in handed.reason

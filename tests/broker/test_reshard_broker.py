@@ -9,6 +9,8 @@ from support.broker import Deployment, make_config
 from support.waiting import wait_until
 
 from letsfrag.broker.broker import ClusterBroker
+from letsfrag.clock import SystemClock
+from letsfrag.cluster.ownership import OwnershipChecker
 from letsfrag.config import BrokerConfig
 
 #: 8 shards in 2 clusters of 4, one on each host; a reshard to 16 prepares clusters 2-5
@@ -164,3 +166,40 @@ async def test_reshard_auto_reshards_when_a_shard_passes_the_threshold(deploymen
     assert len(events) == 1, events
     assert events[0]["message"].startswith("shard 6 holds 11 guilds, more than reshard.max_guilds_per_shard 10: "
                                            "resharding 8 -> 16 shards (generation 2, reshard.auto)")
+
+
+async def test_a_generation_a_reshard_started_is_handed_over_by_the_next_reshard_not_fenced(
+        deployment: Deployment) -> None:
+    """Generation 2's processes were started as reshard successors (``LETSFRAG_HANDOVER=1``) and became the
+    exclusive owners; when the reshard 16 -> 8 retires them, their ownership check (as the process makes it, through
+    :class:`OwnershipChecker` against the real keys the switch script wrote) finds them handed over, serving until
+    their supervisors stop them, like generation 1's were: not fenced for a shard range the new layout does not give
+    them. (Seen in the chaos test's 16 -> 8 story whenever a check fell between the switch and the stop.)"""
+    dep = deployment
+    broker = await dep.broker(_config(dep), broker_id="b1")
+    for host in ("h1", "h2"):
+        await dep.host(host, handovers=True)
+    await wait_until(lambda: dep.settled({"h1": 1, "h2": 1}), message="one cluster on each host")
+    await _reshard_to_16(broker)
+    await wait_until(lambda: _finished(dep), message="generation 2 serves alone")
+    host, epoch = (await dep.assignment())[2]
+    checker = OwnershipChecker(dep.redis, dep.keys, cluster_id=2, host_id=host, epoch=epoch,
+                               incarnation=dep.hosts[host].incarnation, lease_ttl=5.0, clock=SystemClock(),
+                               shard_ids=(0, 1, 2, 3), successor=True)
+    owner = (await checker.check()).ownership
+    assert owner.owner and owner.exclusive, owner
+    for fake in dep.hosts.values():
+        fake.confirm_stops = False  # generation 2 keeps running after the next switch: the check sees it retired
+    assert broker.reconciler is not None
+    broker.reconciler.request_reshard(30.0, shards=8, recommended=None, use_recommended=False)
+    broker.wake()
+    await wait_until(lambda: _switched(dep), message="switched to generation 3")
+    assert await _layout(dep) == ("3", "8")
+    retired = (await checker.check()).ownership
+    assert not retired.fenced, retired.reason
+    assert retired.owner and retired.handed_over and "retired by the reshard to generation 3" in retired.reason
+    # a successor that never became the owner is still fenced once its reshard is gone (a rollback)
+    never = OwnershipChecker(dep.redis, dep.keys, cluster_id=3, host_id=host, epoch=epoch + 100,
+                             incarnation=dep.hosts[host].incarnation, lease_ttl=5.0, clock=SystemClock(),
+                             shard_ids=(4, 5, 6, 7), successor=True)
+    assert (await never.check()).ownership.fenced

@@ -214,6 +214,18 @@ def test_the_old_process_keeps_dispatching_but_stops_writing_once_handed_over() 
     assert gate.phase is GatePhase.HANDED_OVER
 
 
+def test_an_exclusive_successor_is_handed_over_like_a_normal_process() -> None:
+    """A successor that became the exclusive owner is a normal owner: a later handover or reshard (its generation
+    retired) hands it over; it keeps dispatching through the claims and stops writing what an owner writes."""
+    gate = HandoverGate(FakeClock(), successor=True)
+    gate.observe(SWITCHED)
+    gate.observe(EXCLUSIVE)
+    assert gate.phase is GatePhase.EXCLUSIVE and gate.writes_allowed
+    gate.observe(Ownership(True, "retired by the reshard to generation 3", 4.0, handed_over=True))
+    assert gate.phase is GatePhase.HANDED_OVER and gate.exclusive and not gate.writes_allowed
+    assert gate.next_check() is None
+
+
 def test_guild_stream_is_complete_once_every_listed_guild_arrived() -> None:
     from letsfrag.cluster.handover_gate import GuildStream
 
