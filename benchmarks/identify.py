@@ -34,8 +34,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from benchmarks.report import fmt_spread, print_rich_table, spread, write_result
+from letsfrag.contract.keys import Keys
 from letsfrag.identify import IdentifyCoordinator
-from letsfrag.keys import Keys
 from letsfrag.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -35,7 +35,7 @@ import psutil
 import redis.asyncio as aioredis
 
 from letsfrag.config import HostConfig
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
 from letsfrag.redis_server import RedisServer
 from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.supervisor import ClusterManager, ClusterState, ClusterView

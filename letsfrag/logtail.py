@@ -25,8 +25,8 @@ from typing import BinaryIO, TextIO
 from redis.exceptions import RedisError
 
 from letsfrag.config import BrokerConfig, load_config_file
+from letsfrag.contract.records import Grant
 from letsfrag.errors import ConfigError, LetsfragError, RecordError
-from letsfrag.records import Grant
 from letsfrag.supervisor.logfile import log_path
 
 __all__ = ["LogFollower", "run"]
@@ -136,7 +136,7 @@ async def _owner(args: argparse.Namespace, cluster_id: int) -> str | None:
         return None
     from letsfrag.cli_connection import connection_from_args
     from letsfrag.connection import create_redis
-    from letsfrag.keys import Keys
+    from letsfrag.contract.keys import Keys
 
     settings, namespace, _ = connection_from_args(args)
     redis = create_redis(settings, socket_timeout=3)

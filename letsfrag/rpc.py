@@ -30,9 +30,9 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from .bus import Bus, Result
+from .contract.envelope import MessageType
+from .contract.records import ROUTING_FIELDS, LayoutRecord
 from .errors import BusError, LetsfragError, RecordError
-from .protocol import MessageType
-from .records import ROUTING_FIELDS, LayoutRecord
 
 if TYPE_CHECKING:
     from .config import RedisSettings

@@ -17,9 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from .errors import RecordError
-from .events import Event, Severity
-from .handover import (
+from .contract.handover import (
     HANDOFF_BLOCKED_FIELD,
     OPERATION_FIELD,
     SUCCESSORS_FIELD,
@@ -28,8 +26,8 @@ from .handover import (
     SuccessorReport,
     parse_successors,
 )
-from .keys import Keys
-from .records import (
+from .contract.keys import Keys
+from .contract.records import (
     CLOCK_OFFSET_WARN,
     Grant,
     LayoutRecord,
@@ -38,6 +36,8 @@ from .records import (
     lenient_int,
     parse_running,
 )
+from .errors import RecordError
+from .events import Event, Severity
 from .snapshot_read import parse_json as _json
 from .snapshot_read import read_assignment, read_clusters, read_hosts
 from .supervisor.policy import heartbeat_colour

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from letsfrag.clock import FakeClock
-from letsfrag.exitcodes import FATAL_CLOSE_CODES, ExitCode
+from letsfrag.contract.exitcodes import FATAL_CLOSE_CODES, ExitCode
 from letsfrag.supervisor.policy import (
     FATAL_CLOSE_NAMES,
     Action,

@@ -11,7 +11,7 @@ from support.seed import HOSTILE, HOSTILE_SHOWN, NOW, seed, seed_handover, seed_
 
 from letsfrag.cli import build_parser
 from letsfrag.connection import create_redis
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
 from letsfrag.redis_server import free_port
 from letsfrag.snapshot import SCHEMA_VERSION, read_snapshot
 from letsfrag.status import run

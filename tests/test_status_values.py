@@ -11,7 +11,7 @@ from support.seed import seed
 from letsfrag.cli import build_parser
 from letsfrag.commands import run_restart
 from letsfrag.connection import create_redis
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
 from letsfrag.status import run
 
 

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
+from ..contract.envelope import Envelope, MessageType
 from ..errors import LetsfragError
-from ..protocol import Envelope, MessageType
 
 RpcHandler = Callable[..., Awaitable[Any]]
 H = TypeVar("H", bound=RpcHandler)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from letsfrag.exitcodes import NO_RESTART_CODES, ExitCode
+from letsfrag.contract.exitcodes import NO_RESTART_CODES, ExitCode
 
 __all__ = [
     "FATAL_CLOSE_NAMES",

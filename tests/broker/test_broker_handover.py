@@ -14,7 +14,7 @@ from support.waiting import wait_until
 
 from letsfrag.cli import build_parser
 from letsfrag.commands import run_drain, run_restart
-from letsfrag.handover import HANDOFF_BLOCKED_FIELD
+from letsfrag.contract.handover import HANDOFF_BLOCKED_FIELD
 
 
 def _args(*argv: str) -> Any:

@@ -9,9 +9,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from letsfrag.broker.store import NotLeader, Store
-from letsfrag.handover import HandoverState, SuccessorReport, SuccessorState
-from letsfrag.keys import Keys
-from letsfrag.records import Grant
+from letsfrag.contract.handover import HandoverState, SuccessorReport, SuccessorState
+from letsfrag.contract.keys import Keys
+from letsfrag.contract.records import Grant
 
 KEYS = Keys("letsfrag")
 

@@ -15,8 +15,8 @@ from support.cluster import KEYS, NS, RecordingClient, grant, lease_kept, make_e
 from support.waiting import scaled, wait_until
 
 from letsfrag.cluster.rpc import FETCHABLE, RpcRefused, resolve_path
+from letsfrag.contract.records import ROUTING_FIELDS, LayoutRecord
 from letsfrag.errors import BusError, LetsfragError, RemoteError, RequestTimeout
-from letsfrag.records import ROUTING_FIELDS, LayoutRecord
 from letsfrag.rpc import RpcClient
 from letsfrag.sim import Simulator
 

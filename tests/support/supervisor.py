@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 import yaml
 
 from letsfrag.config import HostConfig
-from letsfrag.keys import Keys
-from letsfrag.protocol import Codec, Envelope, MessageType
+from letsfrag.contract.envelope import Codec, Envelope, MessageType
+from letsfrag.contract.keys import Keys
 
 STUB = Path(__file__).parent.parent / "supervisor" / "programs" / "stub.py"
 NS = "t"

@@ -9,7 +9,7 @@ from redis.exceptions import ResponseError
 from support.seed import NOW, seed
 
 from letsfrag.connection import create_redis
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
 from letsfrag.snapshot import read_snapshot
 
 
