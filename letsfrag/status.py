@@ -21,8 +21,8 @@ from .connection import check_redis_credentials, create_redis, display_url
 from .contract.keys import Keys
 from .errors import ConfigError
 from .logs import escape_control, json_text
-from .snapshot import Snapshot, read_snapshot
-from .tui.format import CLUSTER_COLUMNS, HOST_COLUMNS, cluster_cells, host_cells, summary_text
+from .snapshot.picture import Snapshot, read_snapshot
+from .snapshot.render import CLUSTER_COLUMNS, HOST_COLUMNS, cluster_cells, host_cells, summary_text
 
 __all__ = ["exit_code", "render", "run"]
 

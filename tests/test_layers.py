@@ -30,7 +30,6 @@ LAYERS: dict[str, tuple[int, str]] = {
     "cluster": (3, "cluster"),
     "sim": (3, "sim"),
     "snapshot": (3, "snapshot"),
-    "snapshot_read": (3, "snapshot"),
     "": (4, "api"),
     # the programs on top: the command line, the dashboard it starts, the lab (rehearsal, demo, the demo bot)
     **dict.fromkeys(["cli", "cli_completion", "cli_connection", "commands", "status", "logtail", "local",
@@ -40,12 +39,7 @@ LAYERS: dict[str, tuple[int, str]] = {
 }
 
 #: imports against the table that stay for now, each with the reason (the files are being changed elsewhere)
-KNOWN_WRONG_WAY = {
-    # the colour rule of a heartbeat age belongs to the snapshot's render rules (issue #14: snapshot/)
-    ("letsfrag.snapshot", "letsfrag.supervisor.policy"),
-    # status renders with the dashboard's formatting; both should use the snapshot's render rules (issue #14)
-    ("letsfrag.status", "letsfrag.tui.format"),
-}
+KNOWN_WRONG_WAY: set[tuple[str, str]] = set()
 
 #: packages whose modules may still import each other in a cycle: the supervisor's ``state`` and ``process`` (the
 #: record holds its process; issue #14, item 3) and its ``manager`` and ``metrics``, the broker's commands and metrics

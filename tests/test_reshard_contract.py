@@ -12,7 +12,7 @@ from letsfrag.contract.keys import Keys
 from letsfrag.contract.records import Grant, LayoutRecord
 from letsfrag.contract.reshard import ReshardRecord, ReshardState, retired_cluster_keys
 from letsfrag.errors import RecordError
-from letsfrag.snapshot import operation_text
+from letsfrag.snapshot.picture import operation_text
 
 BASE = {"shard_count": "8", "shards_per_cluster": "4", "cluster_count": "2", "max_concurrency": "1",
         "identify_window": "5", "lease_ttl": "10", "lease_grace": "2", "heartbeat_interval": "2"}

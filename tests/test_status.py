@@ -13,7 +13,7 @@ from letsfrag.cli import build_parser
 from letsfrag.connection import create_redis
 from letsfrag.contract.keys import Keys
 from letsfrag.redis_server import free_port
-from letsfrag.snapshot import SCHEMA_VERSION, read_snapshot
+from letsfrag.snapshot.picture import SCHEMA_VERSION, read_snapshot
 from letsfrag.status import run
 
 

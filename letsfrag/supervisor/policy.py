@@ -27,7 +27,6 @@ __all__ = [
     "backoff_delay",
     "describe_exit",
     "fatal_close_reason",
-    "heartbeat_colour",
     "is_hung",
 ]
 
@@ -314,14 +313,3 @@ def is_hung(now: float, last_heartbeat: float | None, started_at: float, hang_ti
         return False
     since = last_heartbeat if last_heartbeat is not None else started_at
     return now - since > hang_timeout
-
-
-def heartbeat_colour(age: float | None, interval: float) -> str:
-    """``"green"`` up to 2 intervals old, ``"yellow"`` up to 5, else (or never seen) ``"red"``."""
-    if age is None:
-        return "red"
-    if age <= 2 * interval:
-        return "green"
-    if age <= 5 * interval:
-        return "yellow"
-    return "red"

@@ -25,7 +25,7 @@ from ..config import RedisSettings
 from ..control import Control
 from ..errors import BusError, ConfigError
 from ..logs import escape_control
-from ..snapshot import Snapshot
+from ..snapshot.picture import Snapshot
 from ..units import parse_duration
 from .screens.cluster import ClusterScreen
 from .screens.confirm import ConfirmScreen

@@ -16,7 +16,7 @@ from support.supervisor import HOST, KEYS, gone, grant, host_config, set_modes, 
 from support.waiting import wait_until
 
 from letsfrag.events import recent
-from letsfrag.snapshot import read_snapshot
+from letsfrag.snapshot.picture import read_snapshot
 from letsfrag.status import render
 from letsfrag.supervisor import ClusterManager, ClusterState
 from letsfrag.supervisor.logfile import ClusterLog, log_path

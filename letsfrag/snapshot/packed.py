@@ -1,4 +1,4 @@
-"""The packed reads behind :func:`letsfrag.snapshot.read_snapshot`.
+"""The packed reads behind :func:`letsfrag.snapshot.picture.read_snapshot`.
 
 A deployment of a thousand clusters is ~80,000 Redis reply items, and redis-py's pure-Python reply parser is the
 bottleneck of a big read; these Lua scripts pack hosts, the assignment and batches of clusters into one JSON text
@@ -13,9 +13,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from .contract.keys import Keys
-from .contract.records import Grant
-from .errors import RecordError
+from ..contract.keys import Keys
+from ..contract.records import Grant
+from ..errors import RecordError
 
 
 def parse_json(value: Any) -> Any:
