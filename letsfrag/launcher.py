@@ -47,7 +47,7 @@ ENV_CONTROL_FD = "LETSFRAG_LAUNCHER_FD"
 #: imported once by the launcher, shared by every cluster process it forks
 #: (``letsfrag.config``: a cluster reads its Redis settings into the config model, pydantic and all)
 PRELOAD = ("asyncio", "aiohttp", "discord", "discord.ext.commands", "redis.asyncio", "letsfrag.cluster.client",
-           "letsfrag.ipc", "letsfrag.rpc", "letsfrag.config", "letsfrag.environment", "letsfrag.connection")
+           "letsfrag.ipc", "letsfrag.rpc.caller", "letsfrag.config", "letsfrag.environment", "letsfrag.connection")
 #: the largest request accepted (the environment of one cluster)
 MAX_REQUEST = 1024 * 1024
 #: descriptors per request: IPC, stdout, stderr

@@ -68,7 +68,7 @@ from ..events import Severity, emit
 from ..identify import IdentifyCoordinator, IdentifyTimeout
 from ..ipc import IpcChannel
 from ..logs import JsonFormatter, mask, register_secrets_in, set_log_context
-from ..rpc import RpcCaller, cluster_node
+from ..rpc.caller import RpcCaller, cluster_node
 from ..units import format_shard_range
 from . import gateway
 from .context import ClusterContext
