@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     **dict.fromkeys(
         ["clock", "units", "logs", "loops", "lifeline", "orphan",
          "claims", "events", "identify", "metrics", "progress", "redis_server",
-         "embedded", "connection", "bus", "environment", "ipc", "launcher", "control", "bench", "samples",
+         "embedded", "connection", "bus", "environment", "ipc", "launcher", "control", "samples",
          "config"],
         (2, "foundations")),
     # cross-cluster RPC, both sides (the cluster answers through it, tools and bots call through it)
@@ -37,7 +37,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     **dict.fromkeys(["cli", "cli_completion", "cli_connection", "commands", "status", "logtail", "local",
                      "__main__"], (6, "cli")),
     "tui": (7, "tui"),
-    **dict.fromkeys(["demo", "rehearsal", "samples.bot"], (8, "lab")),
+    **dict.fromkeys(["lab", "samples.bot"], (8, "lab")),
 }
 
 #: imports against the table that stay for now, each with the reason (the files are being changed elsewhere)

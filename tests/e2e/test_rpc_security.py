@@ -24,7 +24,7 @@ from letsfrag.bus import Bus
 from letsfrag.contract.envelope import Codec, Envelope, MessageType
 from letsfrag.contract.keys import Keys
 from letsfrag.errors import LetsfragError, RemoteError
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.rpc.caller import RpcClient
 
 pytestmark = pytest.mark.integration

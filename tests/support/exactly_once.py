@@ -22,8 +22,8 @@ import psutil
 import redis
 
 from letsfrag.contract.keys import Keys
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.redis_server import RedisServer, find_redis_server
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 from support.waiting import scaled, wait_until_sync
 
 REPO = Path(__file__).resolve().parents[2]
