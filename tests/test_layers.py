@@ -19,10 +19,8 @@ LAYERS: dict[str, tuple[int, str]] = {
     "errors": (0, "errors"),
     "contract": (1, "contract"),
     **dict.fromkeys(
-        ["clock", "units", "logs", "loops", "lifeline", "orphan",
-         "claims", "events", "identify", "metrics", "progress", "redis_server",
-         "embedded", "connection", "bus", "environment", "ipc", "launcher", "control", "samples",
-         "config"],
+        ["clock", "units", "logs", "loops", "lifeline", "orphan", "claims", "events", "identify", "metrics",
+         "redis_server", "connection", "bus", "environment", "ipc", "launcher", "samples", "config"],
         (2, "foundations")),
     # cross-cluster RPC, both sides (the cluster answers through it, tools and bots call through it)
     "rpc": (3, "rpc"),
@@ -34,8 +32,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "snapshot": (4, "snapshot"),
     "": (5, "api"),
     # the programs on top: the command line, the dashboard it starts, the lab (rehearsal, demo, the demo bot)
-    **dict.fromkeys(["cli", "cli_completion", "cli_connection", "commands", "status", "logtail", "local",
-                     "__main__"], (6, "cli")),
+    **dict.fromkeys(["cli", "__main__"], (6, "cli")),
     "tui": (7, "tui"),
     **dict.fromkeys(["lab", "samples.bot"], (8, "lab")),
 }

@@ -15,7 +15,7 @@ from packaging.version import Version
 
 import letsfrag
 from letsfrag import samples
-from letsfrag.cli import main
+from letsfrag.cli.main import main
 from letsfrag.lab import bench
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -80,7 +80,7 @@ def adopt_launcher(config: HostConfig, launcher: _Started | None) -> Launcher | 
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``supervise`` subcommand (see :data:`letsfrag.cli.HANDLERS`)."""
+    """The ``supervise`` subcommand (see :data:`letsfrag.cli.main.HANDLERS`)."""
     launcher = start_launcher() if fork_supported() else None
     try:
         from letsfrag.config import load_host_config

@@ -50,8 +50,8 @@ from support.exactly_once import (
 from support.waiting import wait_until_sync
 
 from letsfrag.bus import Bus
+from letsfrag.cli.control import Control
 from letsfrag.contract.handover import HandoverRecord
-from letsfrag.control import Control
 from letsfrag.events import Event
 
 pytestmark = pytest.mark.chaos

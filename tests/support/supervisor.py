@@ -127,7 +127,7 @@ def write_supervise_config(redis_url: str, tmp_path: Path, stop_timeout: str = "
 
 def start_supervisor(config: Path) -> subprocess.Popen[bytes]:
     """``letsfrag supervise config --host-id h1`` as its own process (output on its stdout pipe)."""
-    code = "import sys; from letsfrag.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from letsfrag.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen([sys.executable, "-c", code, "--log-format", "plain", "supervise", str(config),
                              "--host-id", HOST], env={**os.environ, "STUB_TOKEN": TOKEN},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -16,10 +16,10 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .bus import Bus
-from .contract.envelope import MessageType
-from .contract.records import Grant, clock_skew_text, lenient_float
-from .errors import BusError, RecordError, RemoteError, RequestTimeout
+from ..bus import Bus
+from ..contract.envelope import MessageType
+from ..contract.records import Grant, clock_skew_text, lenient_float
+from ..errors import BusError, RecordError, RemoteError, RequestTimeout
 
 __all__ = ["Control"]
 

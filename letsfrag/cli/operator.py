@@ -28,15 +28,15 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .bus import Bus
-from .cli_connection import connection_from_args, tool_node_id
-from .connection import display_url
-from .contract.handover import OPERATION_FIELD, HandoverRecord, HandoverState
-from .contract.records import LayoutRecord
+from ..bus import Bus
+from ..connection import display_url
+from ..contract.handover import OPERATION_FIELD, HandoverRecord, HandoverState
+from ..contract.records import LayoutRecord
+from ..errors import BusError, ConfigError, RecordError
+from ..loops import cancel_and_wait
+from ..units import parse_duration
+from .connect import connection_from_args, tool_node_id
 from .control import Control
-from .errors import BusError, ConfigError, RecordError
-from .loops import cancel_and_wait
-from .units import parse_duration
 
 __all__ = ["run_drain", "run_rebalance", "run_reshard", "run_restart"]
 
