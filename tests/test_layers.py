@@ -19,8 +19,8 @@ LAYERS: dict[str, tuple[int, str]] = {
     "errors": (0, "errors"),
     "contract": (1, "contract"),
     **dict.fromkeys(
-        ["clock", "units", "logs", "loops", "lifeline", "orphan", "claims", "events", "identify", "metrics",
-         "redis_server", "connection", "bus", "environment", "ipc", "launcher", "samples", "config"],
+        ["clock", "units", "logs", "loops", "lifeline", "orphan", "claims", "events", "metrics", "redis_server",
+         "connection", "bus", "environment", "ipc", "samples", "config"],
         (2, "foundations")),
     # cross-cluster RPC, both sides (the cluster answers through it, tools and bots call through it)
     "rpc": (3, "rpc"),

@@ -9,7 +9,7 @@ What the mixin adds to discord.py 2.7 (see also :mod:`.gateway`):
 
 - shards, shard count, token and the Discord URLs from :class:`~letsfrag.environment.ClusterEnvironment`;
   outside a supervisor ``run()`` prints one sentence and exits 78 (EX_CONFIG).
-- every IDENTIFY waits for the global identify queue (:mod:`letsfrag.identify`). On first launch the wait happens
+- every IDENTIFY waits for the global identify queue (:mod:`.identify`). On first launch the wait happens
   *before* the socket is opened (outside discord.py's connect timeout) and the shards of this process launch
   concurrently, so different buckets identify in the same window; re-identifies wait in the hook.
 - ownership is checked before every IDENTIFY and RESUME and every heartbeat; a fenced process closes its
@@ -65,7 +65,6 @@ from ..contract.keys import Keys
 from ..environment import ClusterEnvironment
 from ..errors import FencedError, NotInClusterError
 from ..events import Severity, emit
-from ..identify import IdentifyCoordinator, IdentifyTimeout
 from ..ipc import IpcChannel
 from ..logs import JsonFormatter, mask, register_secrets_in, set_log_context
 from ..rpc.caller import RpcCaller, cluster_node
@@ -75,6 +74,7 @@ from .context import ClusterContext
 from .guard import DispatchGuard, Ownership, Verdict, default_margin
 from .handover_gate import DEFAULT_CHECK_INTERVAL, GatePhase, GuildStream, HandoverGate
 from .health import HealthReporter, ShardTracker
+from .identify import IdentifyCoordinator, IdentifyTimeout
 from .ownership import OwnershipChecker
 from .replay import Replay, drain_session, is_expired_interaction
 from .sessions import SessionRecord, SessionStore, close_resumably, live_sessions, resumable

@@ -30,8 +30,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from .contract.keys import Keys
-from .events import Severity, emit
+from ..contract.keys import Keys
+from ..events import Severity, emit
 
 log = logging.getLogger(__name__)
 
