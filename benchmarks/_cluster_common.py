@@ -13,8 +13,8 @@ import discord
 import redis.asyncio as aioredis
 
 from letsfrag.cluster import ClusterShardClient
+from letsfrag.contract.keys import Keys
 from letsfrag.environment import ClusterEnvironment
-from letsfrag.keys import Keys
 from letsfrag.redis_server import RedisServer
 from letsfrag.sim import Simulator
 

@@ -26,9 +26,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from letsfrag.bus import NO_REPLY, Bus
+from letsfrag.contract.envelope import Envelope, MessageType
+from letsfrag.contract.keys import Keys
 from letsfrag.errors import BusError
-from letsfrag.keys import Keys
-from letsfrag.protocol import Envelope, MessageType
 
 __all__ = ["AssignmentView", "FakeFleet", "FakeHost", "Ledger"]
 

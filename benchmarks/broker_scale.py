@@ -39,7 +39,7 @@ import redis.asyncio as aioredis
 
 from benchmarks._fake_hosts import FakeFleet
 from benchmarks.report import fmt_spread, print_rich_table, spread, write_result
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
 from letsfrag.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,7 +3,7 @@
 Run ``python -m benchmarks.coldstart [--repeats 3 --baseline-repeats 1]`` from the repository root.
 
 * **letsfrag**: redis-server and the simulator run first; the clock starts when ``letsfrag broker`` and two
-  ``letsfrag supervise`` processes are started (``letsfrag.rehearsal``, running ``examples/bot.py`` as
+  ``letsfrag supervise`` processes are started (``letsfrag.lab.rehearsal``, running ``examples/bot.py`` as
   ``bot.module`` forked from the pre-loaded launcher, ``bot.launcher: fork``) and stops when the simulator counts
   every shard READY. 64 shards, 8 per cluster, max_concurrency 16, window 1 s.
 * **letsfrag, bot.launcher: exec**: the same with a fresh interpreter per cluster process.
@@ -36,7 +36,7 @@ from typing import Any
 import redis
 
 from benchmarks.report import fmt_spread, print_rich_table, spread, work_root, write_result
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings, stop_processes
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_FACTOR = 1.25

@@ -1,7 +1,7 @@
 """Failover: a host is SIGKILLed; how long until all its clusters are READY on the other host.
 
 Run ``python -m benchmarks.failover [--repeats 3]`` from the repository root. Each repeat starts a fresh
-deployment (``letsfrag.rehearsal``: redis-server, the simulator, ``letsfrag broker``, two ``letsfrag supervise``
+deployment (``letsfrag.lab.rehearsal``: redis-server, the simulator, ``letsfrag broker``, two ``letsfrag supervise``
 running ``examples/bot.py``; 32 shards, 8 per cluster), waits for all READY, then SIGKILLs host ``h0`` with
 its cluster processes (a machine dying) and measures, separately:
 
@@ -33,7 +33,7 @@ from typing import Any
 import redis
 
 from benchmarks.report import fmt_spread, print_rich_table, spread, traffic_outcome, work_root, write_result
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_FACTOR = 1.2

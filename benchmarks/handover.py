@@ -1,7 +1,7 @@
 """Handover: a rolling restart of a host with 4 clusters × 4 shards under traffic — wall time, overlap, losses.
 
 Run ``python -m benchmarks.handover [--repeats 3]`` from the repository root. Each repeat starts a fresh
-deployment (``letsfrag.rehearsal``: redis-server, the simulator, ``letsfrag broker``, two ``letsfrag supervise``
+deployment (``letsfrag.lab.rehearsal``: redis-server, the simulator, ``letsfrag broker``, two ``letsfrag supervise``
 running ``examples/bot.py``; 32 shards in 8 clusters of 4, so each host runs 4 clusters), waits for all READY,
 sends 20 events a second at the simulator (half ``!ping``, half member joins, each answered by the bot), runs
 ``letsfrag restart --host h0 --rolling`` and measures:
@@ -31,7 +31,7 @@ import redis
 
 from benchmarks.failover import handling, identify_time, poll
 from benchmarks.report import RESULTS, fmt_spread, print_rich_table, spread, traffic_outcome, work_root, write_result
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND = "python -m benchmarks.handover"

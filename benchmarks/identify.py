@@ -2,7 +2,7 @@
 
 Run ``python -m benchmarks.identify [--repeats 5 --waiters 200 --buckets 16 --window 0.15]``. Each repeat
 queues ``--waiters`` shards (shard ``i`` in bucket ``i % buckets``) one after the other, spread over
-``--processes`` :class:`letsfrag.identify.IdentifyCoordinator` instances with their own Redis connections (as
+``--processes`` :class:`letsfrag.cluster.identify.IdentifyCoordinator` instances with their own Redis connections (as
 many cluster processes would), and records when each is granted.
 
 * **rate**: grants per second summed over buckets (``(grants in bucket - 1) / (last - first grant)``); the
@@ -34,8 +34,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from benchmarks.report import fmt_spread, print_rich_table, spread, write_result
-from letsfrag.identify import IdentifyCoordinator
-from letsfrag.keys import Keys
+from letsfrag.cluster.identify import IdentifyCoordinator
+from letsfrag.contract.keys import Keys
 from letsfrag.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """Memory per idle cluster process: PSS and USS with ``bot.launcher: fork`` and with ``exec``, in one run.
 
 Run ``python -m benchmarks.memory [--clusters 16 --settle 8]``. For each launcher a local deployment
-(``letsfrag.rehearsal``: redis-server, the simulator, ``letsfrag broker``, one ``letsfrag supervise``) runs the
+(``letsfrag.lab.rehearsal``: redis-server, the simulator, ``letsfrag broker``, one ``letsfrag supervise``) runs the
 example bot (``examples/bot.py`` as ``bot.module``) in ``--clusters`` clusters of 4 shards and 32 guilds each;
 once every shard is READY and ``--settle`` seconds passed, psutil's ``memory_full_info()`` is read for every
 cluster process: RSS (shared pages counted whole), PSS (shared pages divided among the sharers) and USS (pages
@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 
 from benchmarks.report import print_rich_table, work_root, write_result
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 
 MIB = 1024 * 1024
 GOAL_MIB = 20.0

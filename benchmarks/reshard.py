@@ -1,7 +1,7 @@
 """Reshard: 16 → 32 shards on 2 hosts under traffic — total time against the identify limit, overlap, losses.
 
 Run ``python -m benchmarks.reshard [--repeats 3]`` from the repository root. Each repeat starts a fresh
-deployment (``letsfrag.rehearsal``: redis-server, the simulator, ``letsfrag broker``, two ``letsfrag supervise``
+deployment (``letsfrag.lab.rehearsal``: redis-server, the simulator, ``letsfrag broker``, two ``letsfrag supervise``
 running ``examples/bot.py``; 16 shards in 4 clusters of 4, ``max_concurrency`` 4, identify window 1 s), waits for
 all READY, sends 20 events a second at the simulator (half ``!ping``, half member joins, each answered by the
 bot), runs ``letsfrag reshard --shards 32`` and measures:
@@ -32,7 +32,7 @@ import redis
 
 from benchmarks.failover import handling, poll
 from benchmarks.report import RESULTS, fmt_spread, print_rich_table, spread, traffic_outcome, work_root, write_result
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 
 COMMAND = "python -m benchmarks.reshard"
 #: the goal: total time at most this many times the identify limit

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from benchmarks._cluster_common import NS, close_clients, make_client, prepare, start_redis
 from benchmarks.report import write_result
-from letsfrag.rpc import RpcClient
+from letsfrag.rpc.caller import RpcClient
 from letsfrag.sim import Simulator
 
 REQUEST_GOAL = 2.0

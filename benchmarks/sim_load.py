@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from letsfrag.rehearsal import stop_processes
+from letsfrag.lab.rehearsal import stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "sim_load.json"

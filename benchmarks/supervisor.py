@@ -6,7 +6,7 @@ idle bot) against a private redis-server; the benchmark writes the layout and gr
 Goals: supervisor CPU < 2 % of a core at the default sample interval; respawn latency beyond the backoff delay
 < 150 ms (median and max).
 
-Crash → first IDENTIFY: a local deployment (``letsfrag.rehearsal``: the simulator, ``letsfrag broker``, one
+Crash → first IDENTIFY: a local deployment (``letsfrag.lab.rehearsal``: the simulator, ``letsfrag broker``, one
 ``letsfrag supervise`` running the example bot as ``bot.module``) per ``bot.launcher`` (``fork``, then ``exec``);
 a cluster process is SIGKILLed ``--identify-crashes`` times (each once its shard's identify window is free, so
 no sample waits for the rate limit) and the time from its restart being due (the
@@ -35,9 +35,9 @@ import psutil
 import redis.asyncio as aioredis
 
 from letsfrag.config import HostConfig
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.redis_server import RedisServer
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.supervisor import ClusterManager, ClusterState, ClusterView
 
 NS = "bench"

@@ -25,14 +25,14 @@ _LAZY = {
     "LetsfragError": "letsfrag.errors",
     "ClusterShardClient": "letsfrag.cluster.client",
     "ClusterShardBot": "letsfrag.cluster.client",
-    "RpcClient": "letsfrag.rpc",
+    "RpcClient": "letsfrag.rpc.caller",
 }
 
 if TYPE_CHECKING:
     from .broker import ClusterBroker
     from .cluster.client import ClusterShardBot, ClusterShardClient
     from .errors import LetsfragError
-    from .rpc import RpcClient
+    from .rpc.caller import RpcClient
     from .supervisor import ClusterManager
 
 

@@ -8,8 +8,8 @@ exposes ``connected`` (and ``on_state`` callbacks). Requests carry ``reply_to``;
 Every envelope is bound to its receiver here, once for all receivers: it carries (signed) the channel it was
 published on and is dropped on any other (``misrouted``); a ``target`` must name this node or one of its
 :attr:`Bus.aliases` (``wrong_receiver``, routine on shared inboxes: a standby broker sees the leader's
-commands). Ids are remembered in memory for the window (:class:`~letsfrag.protocol.ReplayGuard`); with a
-secret, :data:`~letsfrag.protocol.ONCE_TYPES` (commands, stop, rpc, eval) are also claimed in Redis
+commands). Ids are remembered in memory for the window (:class:`~letsfrag.contract.envelope.ReplayGuard`); with a
+secret, :data:`~letsfrag.contract.envelope.ONCE_TYPES` (commands, stop, rpc, eval) are also claimed in Redis
 (``SET {ns}:replay:<receiver>:<id> 1 NX PX <2 × window>``, receiver = the target name or, without a target,
 this node's id) before their handler runs, so a receiver restarted inside the window still refuses a replay.
 The broadcast channel, which every cluster must read, has a smaller size cap (``broadcast_max_bytes``).
@@ -31,11 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .connection import create_redis, display_url
-from .errors import BusError, ProtocolError, RemoteError, RequestTimeout
-from .keys import Keys
-from .logs import mask
-from .loops import cancel_and_wait
-from .protocol import (
+from .contract.envelope import (
     DEFAULT_BROADCAST_MAX_BYTES,
     DEFAULT_MAX_BYTES,
     DEFAULT_WINDOW,
@@ -46,6 +42,10 @@ from .protocol import (
     ReplayGuard,
     sender_hint,
 )
+from .contract.keys import Keys
+from .errors import BusError, ProtocolError, RemoteError, RequestTimeout
+from .logs import mask
+from .loops import cancel_and_wait
 
 if TYPE_CHECKING:
     from .config import RedisSettings

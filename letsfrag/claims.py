@@ -38,7 +38,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from .keys import Keys
+from .contract.keys import Keys
 from .loops import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ Secrets (bot token, Redis password, signing secret) travel in the environment, n
 ``LETSFRAG_ALLOW_EVAL``            ``1`` when both broker and host allow ``broadcast_eval``
 ``LETSFRAG_LOG_FORMAT``            ``json`` when the supervisor logs JSON lines (the cluster does too), else ``plain``
 ``LETSFRAG_CLAIM_EVENTS``          comma list of the gateway events claimed before handling (empty: none)
-``LETSFRAG_HANDOVER``              ``1`` in a handover successor (see :mod:`letsfrag.handover`): gated until the switch
+``LETSFRAG_HANDOVER``              ``1`` in a handover successor (``contract.handover``): gated until the switch
 ``LETSFRAG_IPC_FD``                the cluster's end of the supervisor socketpair
 =================================  =============================================================
 """
@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .claims import DEFAULT_CLAIM_EVENTS, check_claim_events
+from .contract.envelope import DEFAULT_MAX_BYTES, DEFAULT_WINDOW
 from .errors import NotInClusterError
-from .protocol import DEFAULT_MAX_BYTES, DEFAULT_WINDOW
 
 PREFIX = "LETSFRAG_"
 

@@ -15,7 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .keys import Keys
+from .contract.keys import Keys
 from .logs import mask
 
 log = logging.getLogger("letsfrag.events")

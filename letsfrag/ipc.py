@@ -9,7 +9,7 @@ child -> supervisor
     ``error`` {text} (an unhandled exception, with traceback)
 supervisor -> child
     ``stop`` {reason}: stop claiming, let the claims in flight finish, close the gateway sessions and exit 0;
-    ``promote`` (to a handover successor, :mod:`letsfrag.handover`): the switch happened, check ownership now
+    ``promote`` (to a handover successor, :mod:`letsfrag.contract.handover`): the switch happened, check ownership now
 
 EOF on the child's side means the supervisor is gone: the child must exit at once. The child's end, opened with
 :meth:`IpcChannel.from_env`, also starts the :mod:`letsfrag.orphan` watchdog, which kills the process when its

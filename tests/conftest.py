@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from support.waiting import scaled, time_scale
 
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.redis_server import RedisServer
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 
 TESTS = Path(__file__).parent
 INTEGRATION_DIRS = frozenset({"chaos", "e2e"})

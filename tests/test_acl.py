@@ -18,8 +18,8 @@ import pytest
 import redis
 from support.waiting import wait_until_sync
 
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.redis_server import RedisServer
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 from support.waiting import wait_until
 
 from letsfrag.bus import NO_REPLY, Bus
+from letsfrag.contract.envelope import Codec, Envelope, MessageType, frame, sign, split_frame
 from letsfrag.errors import ProtocolError, RemoteError, RequestTimeout
-from letsfrag.protocol import Codec, Envelope, MessageType, frame, sign, split_frame
 from letsfrag.redis_server import RedisServer
 
 SECRET = "bus-test-secret"

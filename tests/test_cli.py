@@ -3,7 +3,7 @@
 Commands that would connect somewhere are given bad input, so each run ends (exit 2) before it connects.
 Runs are started together and then awaited, so the file costs a few interpreter starts of wall time; where one
 test checks many command lines, most run in this process through ``support.cli.main_in_process`` (the same
-``letsfrag.cli.main``) and a few as subprocesses.
+``letsfrag.cli.main.main``) and a few as subprocesses.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from support.cli import main_in_process
 
 from letsfrag import __version__
-from letsfrag.cli import build_parser
+from letsfrag.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP = Path(sys.executable).parent / "letsfrag-top"
@@ -229,7 +229,7 @@ def test_the_command_in_each_sample_config_header_parses(name: str) -> None:
     import re
     import shlex
 
-    from letsfrag.cli import resolve_config
+    from letsfrag.cli.main import resolve_config
 
     header = (ROOT / "configs" / f"{name}.yaml").read_text().splitlines()[0]
     command = re.search(r"`letsfrag ([^`]+)`", header)

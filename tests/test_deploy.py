@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from letsfrag.cli import build_parser, resolve_config
+from letsfrag.cli.main import build_parser, resolve_config
 from letsfrag.config import load_broker_config, load_host_config
 from letsfrag.units import parse_listen
 

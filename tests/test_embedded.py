@@ -13,11 +13,11 @@ import pytest
 import redis
 from support.waiting import scaled
 
+from letsfrag.cli.embedded import MAX_SOCKET_PATH, EmbeddedDir
+from letsfrag.cli.local import EmbeddedRedis
 from letsfrag.config import load_local_config
-from letsfrag.embedded import MAX_SOCKET_PATH, EmbeddedDir
 from letsfrag.errors import ConfigError, LetsfragError
 from letsfrag.lifeline import ENV_LIFELINE_FD, Lifeline, watch_lifeline
-from letsfrag.local import EmbeddedRedis
 from letsfrag.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from letsfrag.exitcodes import FATAL_CLOSE_CODES, CloseCode
+from letsfrag.contract.exitcodes import FATAL_CLOSE_CODES, CloseCode
 from letsfrag.sim import protocol
 
 

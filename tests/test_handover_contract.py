@@ -1,4 +1,5 @@
-"""The handover records (letsfrag/handover.py) read back what they write, and name what is wrong in bad values."""
+"""The handover records (letsfrag/contract/handover.py) read back what they write, and name what is wrong in
+bad values."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from letsfrag.errors import RecordError
-from letsfrag.handover import (
+from letsfrag.contract.handover import (
     HandoverRecord,
     HandoverState,
     SuccessorReport,
     SuccessorState,
     parse_successors,
 )
+from letsfrag.errors import RecordError
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)
 times = st.floats(min_value=0, max_value=4e9, allow_nan=False)

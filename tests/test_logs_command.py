@@ -16,7 +16,7 @@ import pytest
 import redis
 from support.waiting import wait_until_sync
 
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
 from letsfrag.supervisor.logfile import ClusterLog, log_path
 
 

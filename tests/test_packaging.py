@@ -14,8 +14,9 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 import letsfrag
-from letsfrag import bench, samples
-from letsfrag.cli import main
+from letsfrag import samples
+from letsfrag.cli.main import main
+from letsfrag.lab import bench
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from letsfrag.clock import FakeClock
-from letsfrag.exitcodes import FATAL_CLOSE_CODES, ExitCode
+from letsfrag.contract.exitcodes import FATAL_CLOSE_CODES, ExitCode
 from letsfrag.supervisor.policy import (
     FATAL_CLOSE_NAMES,
     Action,
@@ -23,7 +23,6 @@ from letsfrag.supervisor.policy import (
     backoff_delay,
     describe_exit,
     fatal_close_reason,
-    heartbeat_colour,
     is_hung,
 )
 
@@ -387,11 +386,3 @@ def test_memory_watch_rejects_nonsense(limit: int, samples: int) -> None:
 )
 def test_is_hung(now: float, last: float | None, started: float, timeout: float, hung: bool) -> None:
     assert is_hung(now, last, started, timeout) is hung
-
-
-@pytest.mark.parametrize(
-    ("age", "colour"),
-    [(0.0, "green"), (10.0, "green"), (10.01, "yellow"), (25.0, "yellow"), (25.01, "red"), (None, "red")],
-)
-def test_heartbeat_colour(age: float | None, colour: str) -> None:
-    assert heartbeat_colour(age, 5.0) == colour

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from letsfrag.contract.envelope import DROP_REASONS, Codec, Envelope, MessageType, frame, sender_hint, sign, split_frame
 from letsfrag.errors import ProtocolError
-from letsfrag.protocol import DROP_REASONS, Codec, Envelope, MessageType, frame, sender_hint, sign, split_frame
 
 SECRET = "s3cret-for-tests"
 
@@ -221,7 +221,7 @@ def test_decoder_survives_mutated_valid_messages(data: st.DataObject) -> None:
 
 
 def test_replay_guard_remembers_ids_for_the_window() -> None:
-    from letsfrag.protocol import ReplayGuard
+    from letsfrag.contract.envelope import ReplayGuard
 
     guard = ReplayGuard(window=30.0)
     env = _env(id="abc")

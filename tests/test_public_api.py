@@ -23,7 +23,7 @@ def test_all_is_the_public_api() -> None:
 
 
 def test_exports_are_the_discord_subclasses_and_the_rpc_client() -> None:
-    from letsfrag.rpc import RpcClient
+    from letsfrag.rpc.caller import RpcClient
 
     assert issubclass(letsfrag.ClusterShardClient, discord.AutoShardedClient)
     assert issubclass(letsfrag.ClusterShardBot, commands.AutoShardedBot)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from letsfrag.cli import HANDLERS, build_parser
+from letsfrag.cli.main import HANDLERS, build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from letsfrag.cluster.sessions import SessionRecord
-from letsfrag.handover import HandoverRecord, HandoverState, SuccessorReport, SuccessorState, parse_successors
-from letsfrag.records import (
+from letsfrag.contract.handover import HandoverRecord, HandoverState, SuccessorReport, SuccessorState, parse_successors
+from letsfrag.contract.records import (
     GEOMETRY_FIELDS,
     MAX_CONCURRENCY,
     MAX_DURATION,
@@ -109,7 +109,7 @@ def test_grant_errors_name_the_key_and_the_cluster() -> None:
 
 def test_display_and_partial_readers_fall_back_to_the_config_defaults() -> None:
     from letsfrag.config import BrokerConfig
-    from letsfrag.records import LAYOUT_FALLBACKS
+    from letsfrag.contract.records import LAYOUT_FALLBACKS
 
     config = BrokerConfig.model_validate({"redis": {"url": "redis://127.0.0.1:1/0"}, "shards": 4})
     defaults = {"max_concurrency": config.max_concurrency, "identify_window": config.identify_window,

@@ -1,4 +1,4 @@
-"""The pure validation of values read from Redis (letsfrag.records): finite, bounded, typed, key named."""
+"""The pure validation of values read from Redis (letsfrag.contract.records): finite, bounded, typed, key named."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from letsfrag.errors import RecordError
-from letsfrag.records import (
+from letsfrag.contract.records import (
     MAX_EPOCH,
     LayoutRecord,
     lenient_float,
@@ -18,6 +17,7 @@ from letsfrag.records import (
     parse_int,
     parse_running,
 )
+from letsfrag.errors import RecordError
 
 LAYOUT = {"shard_count": "10", "shards_per_cluster": "4", "cluster_count": "3", "max_concurrency": "1",
           "identify_window": "5.0", "lease_ttl": "10.0", "lease_grace": "2.0", "heartbeat_interval": "2.0",

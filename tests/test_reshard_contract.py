@@ -1,4 +1,5 @@
-"""The reshard contract (letsfrag.reshard): layout generations, reshard handover records, the reshard record."""
+"""The reshard contract (letsfrag.contract.reshard): layout generations, reshard handover records, the
+reshard record."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import json
 
 import pytest
 
+from letsfrag.contract.handover import HandoverRecord, HandoverState
+from letsfrag.contract.keys import Keys
+from letsfrag.contract.records import Grant, LayoutRecord
+from letsfrag.contract.reshard import ReshardRecord, ReshardState, retired_cluster_keys
 from letsfrag.errors import RecordError
-from letsfrag.handover import HandoverRecord, HandoverState
-from letsfrag.keys import Keys
-from letsfrag.records import Grant, LayoutRecord
-from letsfrag.reshard import ReshardRecord, ReshardState, retired_cluster_keys
-from letsfrag.snapshot import operation_text
+from letsfrag.snapshot.picture import operation_text
 
 BASE = {"shard_count": "8", "shards_per_cluster": "4", "cluster_count": "2", "max_concurrency": "1",
         "identify_window": "5", "lease_ttl": "10", "lease_grace": "2", "heartbeat_interval": "2"}

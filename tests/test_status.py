@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from support.seed import HOSTILE, HOSTILE_SHOWN, NOW, seed, seed_handover, seed_hostile
 
-from letsfrag.cli import build_parser
+from letsfrag.cli.main import build_parser
+from letsfrag.cli.status import run
 from letsfrag.connection import create_redis
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
 from letsfrag.redis_server import free_port
-from letsfrag.snapshot import SCHEMA_VERSION, read_snapshot
-from letsfrag.status import run
+from letsfrag.snapshot.picture import SCHEMA_VERSION, read_snapshot
 
 
 async def _seed(url: str, **kwargs: Any) -> None:

@@ -8,11 +8,11 @@ import time
 import pytest
 from support.seed import seed
 
-from letsfrag.cli import build_parser
-from letsfrag.commands import run_restart
+from letsfrag.cli.main import build_parser
+from letsfrag.cli.operator import run_restart
+from letsfrag.cli.status import run
 from letsfrag.connection import create_redis
-from letsfrag.keys import Keys
-from letsfrag.status import run
+from letsfrag.contract.keys import Keys
 
 
 async def _status(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import pairwise
 
-from ..records import LayoutRecord
+from ..contract.records import LayoutRecord
 from ..units import format_shard_range
 
 __all__ = [

@@ -30,13 +30,13 @@ from redis.exceptions import RedisError, ResponseError
 from letsfrag.bus import NO_REPLY, Bus
 from letsfrag.clock import Clock, SystemClock
 from letsfrag.config import BrokerConfig
+from letsfrag.contract.envelope import Envelope, MessageType
+from letsfrag.contract.records import LayoutRecord
 from letsfrag.errors import BusError, DiscordSetupError, LetsfragError
 from letsfrag.events import Severity, emit
 from letsfrag.logs import register_secrets_in, set_log_context
 from letsfrag.loops import cancel_and_wait, supervised
 from letsfrag.metrics import MetricsServer, start_metrics
-from letsfrag.protocol import Envelope, MessageType
-from letsfrag.records import LayoutRecord
 
 from .assignment import ClusterSpec, cluster_specs
 from .commands import CommandHandler

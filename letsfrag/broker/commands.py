@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from letsfrag.contract.handover import HandoverReason
 from letsfrag.events import Severity
-from letsfrag.handover import HandoverReason
 
 if TYPE_CHECKING:
     from .broker import ClusterBroker
@@ -66,7 +66,7 @@ class CommandHandler:
 
     async def reshard(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The plan of a reshard (or the refusal) from the leader's live state; with ``"execute": true`` the
-        reshard itself (:mod:`letsfrag.reshard`): the reply comes once switched and retired (``ok``) or rolled
+        reshard itself (:mod:`letsfrag.contract.reshard`): the reply comes once switched and retired (``ok``) or rolled
         back (not ``ok``, naming the cluster), or when ``wait`` ends first (``done`` false: it goes on)."""
         shards = payload.get("shards")
         use_recommended = payload.get("recommended") is True

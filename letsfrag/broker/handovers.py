@@ -1,4 +1,4 @@
-"""Pure bookkeeping of planned handovers (see :mod:`letsfrag.handover` for the protocol); no I/O, no clock.
+"""Pure bookkeeping of planned handovers (see :mod:`letsfrag.contract.handover` for the protocol); no I/O, no clock.
 
 The records themselves live in ``{ns}:handover`` (the leader broker writes them with fenced scripts, see
 :class:`letsfrag.broker.store.Store`); every tick the broker reads them back and asks :func:`decide` what to do
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from letsfrag.handover import HandoverRecord, HandoverState, SuccessorState
+from letsfrag.contract.handover import HandoverRecord, HandoverState, SuccessorState
 
 from .moves import HostFacts
 

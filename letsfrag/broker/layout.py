@@ -1,5 +1,5 @@
 """The broker's layout: how many shards, how many IDENTIFY buckets, and the clusters they form — resolved from
-its config into the :class:`~letsfrag.records.LayoutRecord` it writes to ``{ns}:layout``.
+its config into the :class:`~letsfrag.contract.records.LayoutRecord` it writes to ``{ns}:layout``.
 
 ``shards`` and ``max_concurrency`` are either numbers (used as they are) or ``auto``: then the broker asks
 Discord (``GET {api_url}/gateway/bot`` with ``Authorization: Bot <token>``) and rounds the recommended shard
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from letsfrag.config import BrokerConfig
+from letsfrag.contract.records import LayoutRecord
 from letsfrag.errors import DiscordSetupError
-from letsfrag.records import LayoutRecord
 
 from .assignment import round_shard_count
 

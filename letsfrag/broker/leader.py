@@ -11,7 +11,7 @@ from enum import Enum
 
 import redis.asyncio as aioredis
 
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
 
 __all__ = ["LeaderLock", "Term"]
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from letsfrag.handover import SuccessorReport
+from letsfrag.contract.handover import SuccessorReport
 
 from .assignment import HostView
 
@@ -40,7 +40,7 @@ class HostFacts:
     alive: bool
     #: the host record's ``running``: cluster id -> epoch
     running: Mapping[int, int] = field(default_factory=dict)
-    #: the host record's ``successors``: cluster id -> report (:mod:`letsfrag.handover`)
+    #: the host record's ``successors``: cluster id -> report (:mod:`letsfrag.contract.handover`)
     successors: Mapping[int, SuccessorReport] = field(default_factory=dict)
 
 

@@ -7,7 +7,7 @@ from the pure modules (``assignment``, ``membership``, ``moves``, ``handovers``)
 and reports every decision as an event.
 
 A planned move to (or restart on) a host whose supervisor takes part in handovers (its record has a
-``successors`` field) is a **handover** (:mod:`letsfrag.handover`): the successor starts beside the running
+``successors`` field) is a **handover** (:mod:`letsfrag.contract.handover`): the successor starts beside the running
 process and the assignment switches to it once it is ready. A move to an older supervisor, and every unplanned
 change (a lost host, a cluster over capacity), still revokes first and grants after the stop.
 """
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 from letsfrag.clock import Clock
 from letsfrag.config import BrokerConfig
+from letsfrag.contract.handover import HANDOFF_BLOCKED_FIELD, OPERATION_FIELD, HandoverReason, HandoverRecord
+from letsfrag.contract.records import Grant, LayoutRecord
+from letsfrag.contract.reshard import ReshardRecord, ReshardState, retired_cluster_keys
 from letsfrag.errors import RecordError
 from letsfrag.events import Severity
-from letsfrag.handover import HANDOFF_BLOCKED_FIELD, OPERATION_FIELD, HandoverReason, HandoverRecord
-from letsfrag.records import Grant, LayoutRecord
-from letsfrag.reshard import ReshardRecord, ReshardState, retired_cluster_keys
 
 from .assignment import plan_assignment, plan_rebalance_step
 from .handovers import Action, Handovers, budget_refusal, slot_refusal
@@ -193,7 +193,7 @@ class Reconciler:
 
     async def _keep_stored_geometry(self, snap: Snapshot) -> None:
         """A running deployment (clusters assigned, or a later generation) keeps the stored layout's geometry:
-        changing the shard count is a reshard, never a silent restart (see :mod:`letsfrag.reshard`). When this
+        changing the shard count is a reshard, never a silent restart (see :mod:`letsfrag.contract.reshard`). When this
         broker's config names another count than the config the stored layout was written from, a reshard to it
         is queued for when every cluster is assigned; the same count as then keeps a reshard's count."""
         try:
@@ -897,7 +897,7 @@ class Reconciler:
 
 
 
-    # reshards (letsfrag.reshard) -----------------------------------------------------------------------
+    # reshards (letsfrag.contract.reshard) -----------------------------------------------------------------------
 
     def request_reshard(self, timeout: float, **plan_args: object) -> int:
         """Queue a reshard for the next tick (``plan_args`` as :meth:`plan_reshard` takes them; its generation must
@@ -909,7 +909,7 @@ class Reconciler:
 
     async def _react_to_4011(self, snap: Snapshot, alive: dict[str, bool]) -> None:
         """A live host reports a cluster of the live generation closed with 4011: reshard (once per generation) to
-        :func:`~.reshard.sharding_target` (see :mod:`letsfrag.reshard`)."""
+        :func:`~.reshard.sharding_target` (see :mod:`letsfrag.contract.reshard`)."""
         live = self.layout.cluster_ids
         oversized = sorted({c for h, r in snap.hosts.items() if alive.get(h) for c in r.sharding_required
                             if c in live})

@@ -7,7 +7,7 @@ always give the same answer.
 
 * **Shard count**: rounded up to a multiple of ``max_concurrency`` (Discord requires it of large bots and closes
   with 4010 otherwise); the plan says so in a sentence when it rounded. Refused: below 1, above
-  :data:`~letsfrag.records.MAX_SHARDS`, or equal to the current count.
+  :data:`~letsfrag.contract.records.MAX_SHARDS`, or equal to the current count.
 * **Clusters** of the new generation keep ``shards_per_cluster``: ``ceil(N / shards_per_cluster)`` of them.
 * **Capacity during the overlap**: the new generation's processes run *beside* the old ones until the switch, so
   each counts against its host's ``capacity`` as much as an old one does: a host has
@@ -21,7 +21,7 @@ always give the same answer.
 * **Time**: the new sessions identify through the global queue by buckets, ``max_concurrency`` per
   ``identify_window``: at least ``ceil(N / max_concurrency) × identify_window`` seconds.
 
-Executing the plan (:mod:`letsfrag.reshard` is the protocol): :func:`new_layout` is the generation the plan
+Executing the plan (:mod:`letsfrag.contract.reshard` is the protocol): :func:`new_layout` is the generation the plan
 prepares, :func:`place` gives each new cluster its host, and every tick :func:`decide_reshard` says what to do
 with the reshard record at ``now`` (Redis ``TIME``, the records' clock):
 
@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from letsfrag.handover import SuccessorState
-from letsfrag.records import MAX_SHARDS, LayoutRecord
-from letsfrag.reshard import ReshardRecord, ReshardState
+from letsfrag.contract.handover import SuccessorState
+from letsfrag.contract.records import MAX_SHARDS, LayoutRecord
+from letsfrag.contract.reshard import ReshardRecord, ReshardState
 
 from .assignment import round_shard_count
 from .handovers import Action, reserve_of

@@ -16,11 +16,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from letsfrag.contract.handover import SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, parse_successors
+from letsfrag.contract.keys import Keys
+from letsfrag.contract.records import GRANT_LUA, Grant, LayoutRecord, parse_epoch, parse_int, parse_running
+from letsfrag.contract.reshard import SHARDING_REQUIRED_FIELD, ReshardRecord, parse_sharding_required
 from letsfrag.errors import LetsfragError, RecordError
-from letsfrag.handover import SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, parse_successors
-from letsfrag.keys import Keys
-from letsfrag.records import GRANT_LUA, Grant, LayoutRecord, parse_epoch, parse_int, parse_running
-from letsfrag.reshard import SHARDING_REQUIRED_FIELD, ReshardRecord, parse_sharding_required
 
 __all__ = ["HostRecord", "NotLeader", "RedisDataError", "Snapshot", "Store"]
 
@@ -56,7 +56,7 @@ class HostRecord:
     #: the record has a ``successors`` field (even ``{}``): its supervisor takes part in handovers; without it
     #: a planned move falls back to revoke-then-grant (an older supervisor)
     handovers: bool = False
-    #: the ``sharding_required`` field: granted clusters Discord closed with 4011 (see :mod:`letsfrag.reshard`)
+    #: the ``sharding_required`` field: granted clusters Discord closed with 4011 (see :mod:`letsfrag.contract.reshard`)
     sharding_required: list[int] = field(default_factory=list)
 
 

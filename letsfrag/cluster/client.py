@@ -9,7 +9,7 @@ What the mixin adds to discord.py 2.7 (see also :mod:`.gateway`):
 
 - shards, shard count, token and the Discord URLs from :class:`~letsfrag.environment.ClusterEnvironment`;
   outside a supervisor ``run()`` prints one sentence and exits 78 (EX_CONFIG).
-- every IDENTIFY waits for the global identify queue (:mod:`letsfrag.identify`). On first launch the wait happens
+- every IDENTIFY waits for the global identify queue (:mod:`.identify`). On first launch the wait happens
   *before* the socket is opened (outside discord.py's connect timeout) and the shards of this process launch
   concurrently, so different buckets identify in the same window; re-identifies wait in the hook.
 - ownership is checked before every IDENTIFY and RESUME and every heartbeat; a fenced process closes its
@@ -19,10 +19,10 @@ What the mixin adds to discord.py 2.7 (see also :mod:`.gateway`):
   session that wins its claim in Redis, so two sessions of one shard handle it once.
 - health to the supervisor and Redis, fatal close codes -> exit 77, graceful stop on SIGTERM or IPC ``stop``: no
   new claims, the claims in flight and their handlers finish (``stop_grace`` seconds at most), then close (1000).
-- planned handover (:mod:`letsfrag.handover`): a successor (``LETSFRAG_HANDOVER=1``) identifies beside the owner,
-  keeps its claimable events in a gate (:mod:`.handover_gate`) and runs no user handler until the switch; it
-  checks ownership every ``handover_check_interval`` seconds and at once on IPC ``promote``; its gateway URLs carry
-  ``letsfrag_handover=<epoch>``.
+- planned handover (:mod:`letsfrag.contract.handover`): a successor (``LETSFRAG_HANDOVER=1``) identifies beside the
+  owner, keeps its claimable events in a gate (:mod:`.handover_gate`) and runs no user handler until the switch;
+  it checks ownership every ``handover_check_interval`` seconds and at once on IPC ``promote``; its gateway URLs
+  carry ``letsfrag_handover=<epoch>``.
 - session records (:mod:`.sessions`): each shard's ``session_id``, ``resume_gateway_url`` and ``seq`` in Redis at
   READY/RESUMED, every heartbeat and on a graceful stop (only while this process owns the cluster; never over a
   newer epoch's record). A graceful stop marks them ended before closing with 1000; any other exit (fenced,
@@ -59,22 +59,22 @@ from ..bus import NO_REPLY, Bus
 from ..claims import Claimer, ClaimSequencer, claim_identity
 from ..clock import Clock, SystemClock
 from ..connection import create_redis
+from ..contract.exitcodes import FATAL_CLOSE_CODES, ExitCode
+from ..contract.handover import GATEWAY_PARAM, IPC_PROMOTE
+from ..contract.keys import Keys
 from ..environment import ClusterEnvironment
 from ..errors import FencedError, NotInClusterError
 from ..events import Severity, emit
-from ..exitcodes import FATAL_CLOSE_CODES, ExitCode
-from ..handover import GATEWAY_PARAM, IPC_PROMOTE
-from ..identify import IdentifyCoordinator, IdentifyTimeout
 from ..ipc import IpcChannel
-from ..keys import Keys
 from ..logs import JsonFormatter, mask, register_secrets_in, set_log_context
-from ..rpc import RpcCaller, cluster_node
+from ..rpc.caller import RpcCaller, cluster_node
 from ..units import format_shard_range
 from . import gateway
 from .context import ClusterContext
 from .guard import DispatchGuard, Ownership, Verdict, default_margin
 from .handover_gate import DEFAULT_CHECK_INTERVAL, GatePhase, GuildStream, HandoverGate
 from .health import HealthReporter, ShardTracker
+from .identify import IdentifyCoordinator, IdentifyTimeout
 from .ownership import OwnershipChecker
 from .replay import Replay, drain_session, is_expired_interaction
 from .sessions import SessionRecord, SessionStore, close_resumably, live_sessions, resumable
@@ -642,7 +642,7 @@ class ClusterMixin(_Base):
             task.add_done_callback(self._lf_handlers.discard)
         return task
 
-    # --- planned handover (the successor's gate, letsfrag.handover) ---------------------------------------
+    # --- planned handover (the successor's gate, letsfrag.contract.handover) ---------------------------------------
     def _lf_gateway_query(self) -> dict[str, str] | None:
         """Extra query parameters of the gateway connections this process opens now (see :mod:`.gateway`)."""
         if self._lf_gate.phase is GatePhase.SUCCESSOR and self._lf_env is not None:

@@ -8,8 +8,8 @@ from typing import Any
 from ..bus import Result
 from ..environment import ClusterEnvironment
 from ..errors import LetsfragError, NotInClusterError
-from ..rpc import RpcCaller
-from .rpc import H, RpcServer
+from ..rpc.caller import RpcCaller
+from ..rpc.server import H, RpcServer
 
 
 class ClusterContext:

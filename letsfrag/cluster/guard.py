@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ..clock import Clock
+from ..contract.handover import HandoverRecord, HandoverState
+from ..contract.records import GEOMETRY_FIELDS, Grant, LayoutRecord
 from ..errors import RecordError
-from ..handover import HandoverRecord, HandoverState
-from ..records import GEOMETRY_FIELDS, Grant, LayoutRecord
 
 #: the ``{ns}:layout`` fields an ownership check reads
 LAYOUT_FIELDS = ("shard_count", "shards_per_cluster", "adopting", "generation", "cluster_base")
@@ -176,7 +176,7 @@ def _retired_verdict(layout: Mapping[str, str | None], assignment: str | None, l
                      *, cluster_id: int, successor: bool, key: str) -> Ownership | None:
     """A process of a generation a reshard retired: its cluster is below the live layout's ``cluster_base`` and no
     longer assigned (the switch deleted its grant). It is *handed over*: it serves through the claims until its
-    supervisor stops it (see :mod:`letsfrag.reshard`). ``None``: not a retired cluster."""
+    supervisor stops it (see :mod:`letsfrag.contract.reshard`). ``None``: not a retired cluster."""
     try:
         live = LayoutRecord.from_hash(layout, key=key, only=("shard_count", "shards_per_cluster", "cluster_base"))
     except RecordError:

@@ -1,6 +1,6 @@
 """The gate of a handover successor (pure; the caller supplies the clock and does the I/O).
 
-A successor process (``LETSFRAG_HANDOVER=1``, see :mod:`letsfrag.handover`) runs beside the current owner until
+A successor process (``LETSFRAG_HANDOVER=1``, see :mod:`letsfrag.contract.handover`) runs beside the current owner until
 the switch. Its :class:`HandoverGate` goes through three phases, driven by the ownership verdicts
 (:mod:`.guard`) the process observes:
 

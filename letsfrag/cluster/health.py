@@ -13,8 +13,8 @@ import psutil
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..contract.keys import Keys
 from ..ipc import IpcChannel
-from ..keys import Keys
 from ..logs import mask
 
 log = logging.getLogger(__name__)

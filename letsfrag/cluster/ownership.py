@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from ..clock import Clock
-from ..keys import Keys
+from ..contract.keys import Keys
 from .guard import LAYOUT_FIELDS, Ownership, bound_undecided, decide_ownership
 
 #: how many lease TTLs an undecided ownership (Redis lost its data; a layout being repaired) may last

@@ -32,8 +32,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ..keys import Keys
-from ..records import GRANT_LUA
+from ..contract.keys import Keys
+from ..contract.records import GRANT_LUA
 
 log = logging.getLogger(__name__)
 

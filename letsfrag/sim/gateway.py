@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
-from letsfrag.handover import GATEWAY_PARAM
+from letsfrag.contract.handover import GATEWAY_PARAM
 from letsfrag.sim import payloads
 from letsfrag.sim.commands import handle_command
 from letsfrag.sim.compression import Compressor, make_compressor

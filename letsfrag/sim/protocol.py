@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 # the close codes: one definition for the product and the simulator
-from letsfrag.exitcodes import CloseCode as CloseCode
+from letsfrag.contract.exitcodes import CloseCode as CloseCode
 
 
 class Op(enum.IntEnum):

@@ -52,7 +52,7 @@ class Referee:
 
     A shard may have two live sessions during an *announced* handover: the newer of the two sessions (the one
     that first went live later; a RESUME keeps a session's place) was opened by a letsfrag successor (its
-    connection carried ``?letsfrag_handover=<epoch>``, :data:`letsfrag.handover.GATEWAY_PARAM`), and the older
+    connection carried ``?letsfrag_handover=<epoch>``, :data:`letsfrag.contract.handover.GATEWAY_PARAM`), and the older
     one is not a successor of the same or a later epoch. Such an overlap is counted in ``announced_overlaps``; one
     that lasts longer than ``handover_deadline`` is a violation (``over_deadline``). Any other second live
     session — a stray one next to a former successor, or a third — is a duplicate (``duplicate_sessions``).

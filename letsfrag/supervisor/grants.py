@@ -13,10 +13,10 @@ import logging
 import random
 from typing import TYPE_CHECKING
 
+from letsfrag.contract.envelope import MessageType
+from letsfrag.contract.handover import HandoverRecord
+from letsfrag.contract.records import LayoutRecord
 from letsfrag.events import Severity
-from letsfrag.handover import HandoverRecord
-from letsfrag.protocol import MessageType
-from letsfrag.records import LayoutRecord
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.state import FINAL_STOP_INTENTS, ClusterRecord, ClusterState, HostState, StopIntent
 
@@ -60,7 +60,7 @@ class Grants:
     def _keep_geometry(self, layout: LayoutRecord) -> LayoutRecord:
         """A layout that changes the shard ranges while clusters run here is refused (the last one stays):
         two processes would run the same shard. It is reported once; it applies when nothing runs. A layout of a
-        later generation (:mod:`letsfrag.reshard`) is taken: its clusters have other ids."""
+        later generation (:mod:`letsfrag.contract.reshard`) is taken: its clusters have other ids."""
         current = self.state.layout
         if current is None or current.geometry == layout.geometry or layout.generation > current.generation:
             # a new generation (a reshard switched) numbers its clusters after the running ones: no range overlaps

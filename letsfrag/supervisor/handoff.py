@@ -21,9 +21,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from letsfrag.contract.envelope import MessageType
+from letsfrag.contract.handover import IPC_PROMOTE, SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, SuccessorState
 from letsfrag.events import Severity
-from letsfrag.handover import IPC_PROMOTE, SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, SuccessorState
-from letsfrag.protocol import MessageType
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.process import run_stop
 from letsfrag.supervisor.state import ClusterState, HostState, IpcMessage, ProcessExited

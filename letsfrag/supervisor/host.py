@@ -21,10 +21,10 @@ from redis.exceptions import RedisError, ResponseError
 from letsfrag import __version__
 from letsfrag.bus import Bus
 from letsfrag.clock import Clock
+from letsfrag.contract.envelope import MessageType
+from letsfrag.contract.handover import HANDOFF_BLOCKED_FIELD, SUCCESSORS_FIELD, HandoverRecord
+from letsfrag.contract.records import Grant, LayoutRecord
 from letsfrag.errors import BusError, RecordError
-from letsfrag.handover import HANDOFF_BLOCKED_FIELD, SUCCESSORS_FIELD, HandoverRecord
-from letsfrag.protocol import MessageType
-from letsfrag.records import Grant, LayoutRecord
 
 __all__ = ["HostAgent", "fence_after", "parse_assignment"]
 

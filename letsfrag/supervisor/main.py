@@ -15,7 +15,7 @@ import subprocess
 from typing import TYPE_CHECKING
 
 from letsfrag.errors import ConfigError
-from letsfrag.launcher import fork_supported, start_launcher, stop_launcher
+from letsfrag.supervisor.launcher import fork_supported, start_launcher, stop_launcher
 
 if TYPE_CHECKING:
     from letsfrag.config import HostConfig
@@ -45,7 +45,7 @@ async def serve(config: HostConfig, *, host_id: str | None = None, capacity: int
                 launcher: _Started | None = None) -> int:
     """Run a supervisor with signal handling until it was asked to stop; return the exit code.
 
-    ``launcher``: a pre-fork launcher already started (:func:`letsfrag.launcher.start_launcher`); it is used
+    ``launcher``: a pre-fork launcher already started (:func:`letsfrag.supervisor.launcher.start_launcher`); it is used
     with ``bot.launcher: fork`` and ended otherwise.
     """
     from letsfrag.connection import check_redis_credentials
@@ -80,7 +80,7 @@ def adopt_launcher(config: HostConfig, launcher: _Started | None) -> Launcher | 
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``supervise`` subcommand (see :data:`letsfrag.cli.HANDLERS`)."""
+    """The ``supervise`` subcommand (see :data:`letsfrag.cli.main.HANDLERS`)."""
     launcher = start_launcher() if fork_supported() else None
     try:
         from letsfrag.config import load_host_config

@@ -24,15 +24,15 @@ from redis.exceptions import RedisError
 from letsfrag.bus import NO_REPLY, Bus
 from letsfrag.clock import Clock, SystemClock
 from letsfrag.config import HostConfig
+from letsfrag.contract.envelope import Envelope, MessageType
+from letsfrag.contract.handover import SUCCESSORS_FIELD, HandoverRecord
+from letsfrag.contract.records import LayoutRecord
+from letsfrag.contract.reshard import SHARDING_REQUIRED_FIELD
 from letsfrag.errors import BusError, RecordError
 from letsfrag.events import Severity
-from letsfrag.handover import SUCCESSORS_FIELD, HandoverRecord
 from letsfrag.logs import set_log_context
 from letsfrag.loops import cancel_and_wait, supervised
 from letsfrag.metrics import MetricsServer, start_metrics
-from letsfrag.protocol import Envelope, MessageType
-from letsfrag.records import LayoutRecord
-from letsfrag.reshard import SHARDING_REQUIRED_FIELD
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.commands import CommandHandler
 from letsfrag.supervisor.grants import Grants
@@ -431,7 +431,7 @@ class ClusterManager:
                 SUCCESSORS_FIELD: self.handovers.field_value(), **self.sharding_fields()}
 
     def sharding_fields(self) -> dict[str, str]:
-        """The host record's ``sharding_required``: granted clusters Discord closed with 4011 (letsfrag.reshard)."""
+        """The host record's ``sharding_required``: granted clusters Discord closed with 4011 (contract.reshard)."""
         desired = self.state.desired
         failed = sorted(cid for cid, r in self.state.records.items()
                         if r.extra.get("sharding_required") and cid in desired and r.epoch == desired[cid])

@@ -16,8 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from redis.exceptions import RedisError
 
+from letsfrag.contract.records import lenient_float
 from letsfrag.metrics import Families, Probe, bus_drops, liveness
-from letsfrag.records import lenient_float
 from letsfrag.supervisor.state import ClusterState
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from letsfrag.exitcodes import NO_RESTART_CODES, ExitCode
+from letsfrag.contract.exitcodes import NO_RESTART_CODES, ExitCode
 
 __all__ = [
     "FATAL_CLOSE_NAMES",
@@ -27,7 +27,6 @@ __all__ = [
     "backoff_delay",
     "describe_exit",
     "fatal_close_reason",
-    "heartbeat_colour",
     "is_hung",
 ]
 
@@ -314,14 +313,3 @@ def is_hung(now: float, last_heartbeat: float | None, started_at: float, hang_ti
         return False
     since = last_heartbeat if last_heartbeat is not None else started_at
     return now - since > hang_timeout
-
-
-def heartbeat_colour(age: float | None, interval: float) -> str:
-    """``"green"`` up to 2 intervals old, ``"yellow"`` up to 5, else (or never seen) ``"red"``."""
-    if age is None:
-        return "red"
-    if age <= 2 * interval:
-        return "green"
-    if age <= 5 * interval:
-        return "yellow"
-    return "red"

@@ -1,4 +1,4 @@
-"""The supervisor's side of the pre-fork launcher (:mod:`letsfrag.launcher`): start it, ask it for clusters, reap.
+"""The supervisor's side of the pre-fork launcher (:mod:`.launcher`): start it, ask it for clusters, reap.
 
 :class:`Launcher` makes the supervisor a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``), so the cluster
 processes the launcher double-forks become the supervisor's own children: it waits for each with a pidfd and
@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from letsfrag.config import HostConfig
-from letsfrag.launcher import LaunchReply, LaunchRequest, fork_supported, start_launcher, stop_launcher
+from letsfrag.supervisor.launcher import LaunchReply, LaunchRequest, fork_supported, start_launcher, stop_launcher
 
 __all__ = ["ForkedProcess", "Launcher", "fork_supported", "launcher_mode", "set_child_subreaper"]
 
@@ -145,7 +145,7 @@ class _Pipe(asyncio.Protocol):
 class Launcher:
     """One launcher process per supervisor; :meth:`spawn` forks a cluster process running ``module``.
 
-    ``started``: a launcher :func:`letsfrag.launcher.start_launcher` started before the supervisor's own imports
+    ``started``: a launcher :func:`.launcher.start_launcher` started before the supervisor's own imports
     (``letsfrag supervise`` does, so both import at once); it is adopted as the first launcher.
     """
 

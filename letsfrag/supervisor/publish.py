@@ -21,10 +21,10 @@ from typing import Any, cast
 from redis.exceptions import RedisError
 
 from letsfrag.bus import Bus
+from letsfrag.contract.envelope import MessageType
 from letsfrag.errors import BusError
 from letsfrag.events import EVENTS_MAXLEN, Severity
 from letsfrag.logs import mask, mask_value
-from letsfrag.protocol import MessageType
 from letsfrag.supervisor.state import ClusterView
 
 __all__ = ["ERRORS_KEEP", "METRICS_KEEP", "RESTARTS_KEEP", "Publisher", "status_fields"]

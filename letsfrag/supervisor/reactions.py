@@ -13,9 +13,9 @@ import logging
 import signal
 from typing import TYPE_CHECKING, Any
 
+from letsfrag.contract.envelope import MessageType
+from letsfrag.contract.exitcodes import CloseCode, ExitCode
 from letsfrag.events import Severity
-from letsfrag.exitcodes import CloseCode, ExitCode
-from letsfrag.protocol import MessageType
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.state import Call, ClusterRecord, ClusterState, HostState, StopIntent
 from letsfrag.supervisor.watch import TreeSampler
@@ -115,7 +115,7 @@ class Reactions:
         record.last_error = reason
         record.done_epoch = record.epoch
         record.tracker.failed = True
-        if code == CloseCode.SHARDING_REQUIRED:  # the broker reshards (letsfrag.reshard); the field tells it
+        if code == CloseCode.SHARDING_REQUIRED:  # the broker reshards (letsfrag.contract.reshard); the field tells it
             record.extra["sharding_required"] = True
         self.m.set_state(record, ClusterState.FAILED, reason)
         if record.extra.get("sharding_required") and self.m.publisher is not None:

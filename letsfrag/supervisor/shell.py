@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from letsfrag.bus import Bus
     from letsfrag.clock import Clock
     from letsfrag.config import HostConfig
+    from letsfrag.contract.records import LayoutRecord
     from letsfrag.events import Severity
-    from letsfrag.records import LayoutRecord
     from letsfrag.supervisor.host import HostAgent
     from letsfrag.supervisor.prefork import Launcher
     from letsfrag.supervisor.process import ClusterProcess

@@ -17,7 +17,7 @@ from letsfrag.supervisor.policy import MemoryWatch, RestartTracker
 from ..units import format_shard_range
 
 if TYPE_CHECKING:
-    from letsfrag.records import LayoutRecord
+    from letsfrag.contract.records import LayoutRecord
     from letsfrag.supervisor.logfile import ClusterLog
     from letsfrag.supervisor.process import ClusterProcess
 

@@ -1,7 +1,7 @@
 """The supervisor's side of a planned handover, pure (no I/O): what to do with successors, and when a leave is over.
 
 A *successor* is a second process for a cluster, started for a ``preparing`` handover record naming this host
-(see :mod:`letsfrag.handover`). :func:`plan_successors` compares the handover records and grants just read with
+(see :mod:`letsfrag.contract.handover`). :func:`plan_successors` compares the handover records and grants just read with
 the successors this host has and returns the steps the manager carries out:
 
 =============  ==========================================================================================
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from letsfrag.handover import HandoverRecord, HandoverState, SuccessorState
+from letsfrag.contract.handover import HandoverRecord, HandoverState, SuccessorState
 
 __all__ = ["LeaveVerdict", "Step", "SuccessorFacts", "SuccessorStep", "leave_verdict", "plan_successors"]
 

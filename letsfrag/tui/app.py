@@ -2,7 +2,7 @@
 
 The app reads snapshots in a worker at the refresh interval (a slow read is never stacked), applies them by
 diffing table rows, keeps running while Redis is away (banner + data age) and recovers by itself. Destructive
-actions ask first, are refused with ``--readonly``, and go through :class:`~letsfrag.control.Control`.
+actions ask first, are refused with ``--readonly``, and go through :class:`~letsfrag.cli.control.Control`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from textual.binding import Binding
 from textual.message import Message
 
 from ..bus import Bus
-from ..cli_connection import connection_from_args, tool_node_id
+from ..cli.connect import connection_from_args, tool_node_id
+from ..cli.control import Control
 from ..clock import Clock, SystemClock
 from ..config import RedisSettings
-from ..control import Control
 from ..errors import BusError, ConfigError
 from ..logs import escape_control
-from ..snapshot import Snapshot
+from ..snapshot.picture import Snapshot
 from ..units import parse_duration
 from .screens.cluster import ClusterScreen
 from .screens.confirm import ConfirmScreen
@@ -195,7 +195,7 @@ class LetsfragTop(App[None]):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``letsfrag-top`` command line: the arguments of ``letsfrag top`` plus the global options."""
-    from letsfrag.cli import add_global_args, add_top_args
+    from letsfrag.cli.main import add_global_args, add_top_args
 
     parser = argparse.ArgumentParser(prog="letsfrag-top", description="Live dashboard of a letsfrag deployment.")
     add_global_args(parser)
@@ -231,7 +231,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``letsfrag-top`` console script (the same as ``letsfrag top``)."""
-    from letsfrag.cli import run_command
+    from letsfrag.cli.main import run_command
 
     return run_command("top", build_parser().parse_args(argv), prog="letsfrag-top")
 

@@ -11,9 +11,9 @@ from redis.exceptions import RedisError
 from ..clock import Clock, SystemClock
 from ..config import RedisSettings
 from ..connection import create_redis, display_url
+from ..contract.keys import Keys
 from ..events import Event
-from ..keys import Keys
-from ..snapshot import ClusterDetail, Snapshot, count_errors, read_cluster_detail, read_snapshot
+from ..snapshot.picture import ClusterDetail, Snapshot, count_errors, read_cluster_detail, read_snapshot
 
 __all__ = ["DataSource"]
 

@@ -176,7 +176,7 @@ async def test_manual_mode_keeps_joiner_empty_until_rebalance(deployment: Deploy
     await dep.host("h4")
     await wait_until(lambda: "h4" in (broker.reconciler.hosts if broker.reconciler else {}))
     from letsfrag.bus import Bus
-    from letsfrag.protocol import MessageType
+    from letsfrag.contract.envelope import MessageType
 
     async with Bus(dep.url, node_id="tool:test") as tool:
         reply = await tool.request(dep.keys.broker_inbox, MessageType.COMMAND, {"action": "rebalance"},

@@ -12,9 +12,9 @@ import pytest
 from support.broker import Deployment, make_config
 from support.waiting import wait_until
 
-from letsfrag.cli import build_parser
-from letsfrag.commands import run_drain, run_restart
-from letsfrag.handover import HANDOFF_BLOCKED_FIELD
+from letsfrag.cli.main import build_parser
+from letsfrag.cli.operator import run_drain, run_restart
+from letsfrag.contract.handover import HANDOFF_BLOCKED_FIELD
 
 
 def _args(*argv: str) -> Any:

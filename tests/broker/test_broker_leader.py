@@ -14,10 +14,10 @@ from support.waiting import scaled, wait_until
 
 from letsfrag.broker.store import NotLeader
 from letsfrag.bus import Bus
-from letsfrag.control import Control
+from letsfrag.cli.control import Control
+from letsfrag.contract.envelope import MessageType, split_frame
+from letsfrag.contract.records import Grant
 from letsfrag.errors import RequestTimeout
-from letsfrag.protocol import MessageType, split_frame
-from letsfrag.records import Grant
 from letsfrag.redis_server import RedisServer
 
 

@@ -8,7 +8,7 @@ from support.broker import Deployment, make_config
 from support.waiting import wait_until
 
 from letsfrag.bus import Bus
-from letsfrag.protocol import MessageType
+from letsfrag.contract.envelope import MessageType
 
 
 async def command(dep: Deployment, payload: dict[str, Any], secret: str | None = None,

@@ -1,6 +1,6 @@
 """The grants the broker's Lua scripts write (grant, grant_many, adopt, the handover switch) decode through
-:class:`~letsfrag.records.Grant` exactly as written, and the Lua check ``grant_names`` (handover scripts, session
-saves) agrees with :meth:`Grant.names` — against a real redis-server."""
+:class:`~letsfrag.contract.records.Grant` exactly as written, and the Lua check ``grant_names`` (handover
+scripts, session saves) agrees with :meth:`Grant.names` — against a real redis-server."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 
 from letsfrag.broker.store import Store
 from letsfrag.cluster.sessions import SessionRecord, SessionStore
-from letsfrag.handover import HandoverRecord
-from letsfrag.keys import Keys
-from letsfrag.records import GRANT_LUA, MAX_EPOCH, Grant
+from letsfrag.contract.handover import HandoverRecord
+from letsfrag.contract.keys import Keys
+from letsfrag.contract.records import GRANT_LUA, MAX_EPOCH, Grant
 
 KEYS = Keys("grants")
 #: host ids a writer may be given: quotes, slashes (cjson writes ``\/``), backslashes, non-ASCII, JSON look-alikes

@@ -6,7 +6,7 @@ import pytest
 
 from letsfrag.broker.handovers import Action, Handovers, budget_refusal, decide, slot_refusal
 from letsfrag.broker.moves import HostFacts
-from letsfrag.handover import HandoverRecord, HandoverState, SuccessorReport, SuccessorState
+from letsfrag.contract.handover import HandoverRecord, HandoverState, SuccessorReport, SuccessorState
 
 T0 = 1_000_000.0
 

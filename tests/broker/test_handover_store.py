@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 from letsfrag.broker.store import NotLeader, Store
 from letsfrag.clock import SystemClock
 from letsfrag.cluster.ownership import OwnershipChecker
-from letsfrag.handover import HandoverState, SuccessorReport, SuccessorState
-from letsfrag.keys import Keys
-from letsfrag.records import Grant
+from letsfrag.contract.handover import HandoverState, SuccessorReport, SuccessorState
+from letsfrag.contract.keys import Keys
+from letsfrag.contract.records import Grant
 
 KEYS = Keys("letsfrag")
 

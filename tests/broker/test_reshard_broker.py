@@ -1,5 +1,5 @@
 """A reshard through real brokers and redis-server, the test playing the supervisors (FakeHost with handovers): it
-finishes, and a new leader broker continues one it finds, before or after the switch (letsfrag/reshard.py)."""
+finishes, and a new leader broker continues one it finds, before or after the switch (letsfrag/contract/reshard.py)."""
 
 from __future__ import annotations
 

@@ -18,9 +18,9 @@ from letsfrag.broker.reshard import (
     ready_clusters,
     sharding_target,
 )
-from letsfrag.handover import SuccessorReport, SuccessorState
-from letsfrag.records import Grant, LayoutRecord
-from letsfrag.reshard import ReshardRecord, ReshardState
+from letsfrag.contract.handover import SuccessorReport, SuccessorState
+from letsfrag.contract.records import Grant, LayoutRecord
+from letsfrag.contract.reshard import ReshardRecord, ReshardState
 
 LIVE = LayoutRecord.from_hash({"shard_count": "8", "shards_per_cluster": "4", "cluster_count": "2",
                                "max_concurrency": "4", "identify_window": "1", "lease_ttl": "10", "lease_grace": "2",

@@ -1,7 +1,7 @@
 """Invalid configs and wrong Redis credentials: exit 2, the key path named, no traceback, nothing started.
 
 Every case is run through every command that takes that kind of config (``broker``/``supervise``/``run``,
-``config check``, ``status -c``) in this process, through :func:`letsfrag.cli.main`
+``config check``, ``status -c``) in this process, through :func:`letsfrag.cli.main.main`
 (``support.cli.main_in_process``: what ``python -m letsfrag`` calls, the same parsing, handler and error
 printing). A few of them (:data:`SUBPROCESS_CASES`: one per kind of config, the deep nesting that could overflow
 a real process's stack among them) also run as real subprocesses, all at once. The configs point at a private

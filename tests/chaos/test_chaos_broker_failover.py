@@ -9,7 +9,7 @@ import pytest
 from support.chaos import SMALL, assert_clean_end, kinds, wait_ready
 from support.waiting import scaled, wait_until_sync
 
-from letsfrag.rehearsal import Rehearsal
+from letsfrag.lab.rehearsal import Rehearsal
 
 pytestmark = pytest.mark.chaos
 

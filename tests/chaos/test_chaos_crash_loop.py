@@ -20,7 +20,7 @@ from support.chaos import (
 )
 from support.waiting import wait_until_sync
 
-from letsfrag.rehearsal import Rehearsal
+from letsfrag.lab.rehearsal import Rehearsal
 
 pytestmark = pytest.mark.chaos
 

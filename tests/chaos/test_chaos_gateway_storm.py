@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from support.chaos import SMALL, assert_clean_end, fault_window, kinds, wait_ready
 
-from letsfrag.rehearsal import Rehearsal
+from letsfrag.lab.rehearsal import Rehearsal
 
 pytestmark = pytest.mark.chaos
 

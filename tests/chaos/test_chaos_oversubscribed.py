@@ -28,7 +28,7 @@ from support.exactly_once import (
 )
 from support.waiting import wait_until_sync
 
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
 
 pytestmark = pytest.mark.chaos
 

@@ -11,7 +11,7 @@ from support.chaos import SMALL, assert_clean_end, cluster_pids_by_id, kinds, st
 from support.sentinel import SentinelGroup
 from support.waiting import wait_until_sync
 
-from letsfrag.rehearsal import Rehearsal
+from letsfrag.lab.rehearsal import Rehearsal
 
 pytestmark = pytest.mark.chaos
 

@@ -13,7 +13,7 @@ Two deployments, each reused by the tests of its group in file order (a deployme
   flag file exists): rollback on a crash and on the deadline, death of the new host and of the old host
   mid-handover.
 
-Contract assumed (letsfrag/handover.py and the issue): events ``handover_started``, ``handover_switched``,
+Contract assumed (letsfrag/contract/handover.py and the issue): events ``handover_started``, ``handover_switched``,
 ``handover_done``, ``handover_rolled_back`` carry the field ``cluster``; ``{ns}:handover`` is empty when no
 handover is in progress; the operator commands exit 0 on success and 1 on a rollback, naming the cluster.
 """
@@ -50,9 +50,9 @@ from support.exactly_once import (
 from support.waiting import wait_until_sync
 
 from letsfrag.bus import Bus
-from letsfrag.control import Control
+from letsfrag.cli.control import Control
+from letsfrag.contract.handover import HandoverRecord
 from letsfrag.events import Event
-from letsfrag.handover import HandoverRecord
 
 pytestmark = pytest.mark.chaos
 

@@ -33,8 +33,8 @@ from support.exactly_once import (
 from support.waiting import wait_until_sync
 
 from letsfrag.bus import Bus
-from letsfrag.keys import Keys
-from letsfrag.protocol import Codec, Envelope, MessageType, frame, split_frame
+from letsfrag.contract.envelope import Codec, Envelope, MessageType, frame, split_frame
+from letsfrag.contract.keys import Keys
 
 pytestmark = pytest.mark.chaos
 

@@ -6,7 +6,7 @@ prepares generation 2 (4 clusters of 4 shards, ids 2-5) beside generation 1 (clu
 one instant once every new cluster is ready, and retires generation 1. The simulator serves both shard counts at
 once and routes each guild's events to every live session whose ``(guild_id >> 22) % num_shards == shard_id``.
 
-Contract assumed (letsfrag/reshard.py): events ``reshard_started``, ``reshard_switched``, ``reshard_done``;
+Contract assumed (letsfrag/contract/reshard.py): events ``reshard_started``, ``reshard_switched``, ``reshard_done``;
 ``{ns}:reshard`` is gone once it finished; the command exits 0 once switched and retired, 1 after a rollback.
 
 One deployment for the three tests, in file order: every cluster execs ``programs/handover_bot.py``, whose
@@ -44,8 +44,8 @@ from support.exactly_once import (
 )
 from support.waiting import scaled, wait_until_sync
 
-from letsfrag.keys import Keys
-from letsfrag.reshard import retired_cluster_keys
+from letsfrag.contract.keys import Keys
+from letsfrag.contract.reshard import retired_cluster_keys
 
 pytestmark = pytest.mark.chaos
 

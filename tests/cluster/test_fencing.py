@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from support.cluster import RecordingClient, grant, lease_kept, make_env, running, write_layout
 from support.waiting import wait_until
 
-from letsfrag.exitcodes import ExitCode
+from letsfrag.contract.exitcodes import ExitCode
 from letsfrag.ipc import IpcChannel
 from letsfrag.sim import Simulator
 

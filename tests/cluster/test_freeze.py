@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from support.cluster import grant, lease_kept, make_env, write_layout
 from support.waiting import scaled, wait_until
 
-from letsfrag.exitcodes import ExitCode
+from letsfrag.contract.exitcodes import ExitCode
 from letsfrag.sim import Simulator
 
 ROOT = Path(__file__).resolve().parents[2]

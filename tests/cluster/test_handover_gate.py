@@ -13,7 +13,7 @@ from letsfrag.clock import FakeClock
 from letsfrag.cluster.gateway import marked_url
 from letsfrag.cluster.guard import Ownership, decide_ownership
 from letsfrag.cluster.handover_gate import GatePhase, HandoverGate
-from letsfrag.handover import HandoverRecord, HandoverState
+from letsfrag.contract.handover import HandoverRecord, HandoverState
 
 OLD = json.dumps({"host": "h1", "epoch": 3})
 NEW = json.dumps({"host": "h2", "epoch": 4})

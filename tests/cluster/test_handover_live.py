@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from support.cluster import KEYS, AnsweringClient, grant, lease_kept, make_env, running, write_layout
 from support.waiting import wait_until
 
-from letsfrag.handover import GATEWAY_PARAM, IPC_PROMOTE, HandoverRecord, HandoverState
+from letsfrag.contract.handover import GATEWAY_PARAM, IPC_PROMOTE, HandoverRecord, HandoverState
 from letsfrag.ipc import IpcChannel
 from letsfrag.sim import Simulator
 

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 from support.cluster import KEYS
 from support.waiting import wait_until
 
+from letsfrag.cluster.identify import IdentifyCoordinator, IdentifyTimeout, budget_from_gateway
 from letsfrag.events import recent
-from letsfrag.identify import IdentifyCoordinator, IdentifyTimeout, budget_from_gateway
 
 WINDOW = 0.2
 

@@ -19,8 +19,8 @@ from support.cluster import KEYS, grant, intents, lease_kept, make_env, running,
 from support.waiting import scaled, wait_until
 
 from letsfrag import ClusterShardBot, ClusterShardClient
+from letsfrag.contract.exitcodes import ExitCode
 from letsfrag.environment import HOW_TO_RUN
-from letsfrag.exitcodes import ExitCode
 from letsfrag.ipc import IpcChannel
 from letsfrag.sim import Simulator
 

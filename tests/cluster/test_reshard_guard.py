@@ -1,10 +1,11 @@
-"""Ownership verdicts of a reshard (letsfrag.reshard): a new generation's gated cluster, the switch, the retired one."""
+"""Ownership verdicts of a reshard (letsfrag.contract.reshard): a new generation's gated cluster, the switch, the
+retired one."""
 
 from __future__ import annotations
 
 from letsfrag.cluster.guard import Ownership, decide_ownership
-from letsfrag.handover import HandoverRecord, HandoverState
-from letsfrag.records import Grant
+from letsfrag.contract.handover import HandoverRecord, HandoverState
+from letsfrag.contract.records import Grant
 
 OLD = {"shard_count": "8", "shards_per_cluster": "4", "adopting": None, "generation": None, "cluster_base": None}
 NEW = {"shard_count": "16", "shards_per_cluster": "4", "adopting": None, "generation": "2", "cluster_base": "2"}

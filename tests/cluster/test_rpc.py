@@ -14,10 +14,10 @@ import redis.asyncio as aioredis
 from support.cluster import KEYS, NS, RecordingClient, grant, lease_kept, make_env, running, write_layout
 from support.waiting import scaled, wait_until
 
-from letsfrag.cluster.rpc import FETCHABLE, RpcRefused, resolve_path
+from letsfrag.contract.records import ROUTING_FIELDS, LayoutRecord
 from letsfrag.errors import BusError, LetsfragError, RemoteError, RequestTimeout
-from letsfrag.records import ROUTING_FIELDS, LayoutRecord
-from letsfrag.rpc import RpcClient
+from letsfrag.rpc.caller import RpcClient
+from letsfrag.rpc.server import FETCHABLE, RpcRefused, resolve_path
 from letsfrag.sim import Simulator
 
 SHARDS = 4

@@ -11,7 +11,7 @@ import pytest
 import redis
 from support.waiting import scaled, wait_until_sync
 
-from letsfrag.rehearsal import Rehearsal
+from letsfrag.lab.rehearsal import Rehearsal
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from support.waiting import wait_until_sync
 
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 
 pytestmark = pytest.mark.integration
 

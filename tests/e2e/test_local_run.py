@@ -13,7 +13,7 @@ import psutil
 import pytest
 from support.waiting import scaled, wait_until_sync
 
-from letsfrag.rehearsal import EXAMPLE_BOT, Rehearsal
+from letsfrag.lab.rehearsal import EXAMPLE_BOT, Rehearsal
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ import psutil
 import pytest
 from support.waiting import scaled, wait_until_sync
 
-from letsfrag.rehearsal import Rehearsal
+from letsfrag.lab.rehearsal import Rehearsal
 
 pytestmark = pytest.mark.integration
 

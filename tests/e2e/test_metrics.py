@@ -23,8 +23,8 @@ import psutil
 import pytest
 from support.waiting import scaled, wait_until_sync
 
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.redis_server import free_port
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 
 pytestmark = pytest.mark.integration
 

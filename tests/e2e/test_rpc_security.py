@@ -21,11 +21,11 @@ import redis
 from support.waiting import wait_until_sync
 
 from letsfrag.bus import Bus
+from letsfrag.contract.envelope import Codec, Envelope, MessageType
+from letsfrag.contract.keys import Keys
 from letsfrag.errors import LetsfragError, RemoteError
-from letsfrag.keys import Keys
-from letsfrag.protocol import Codec, Envelope, MessageType
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
-from letsfrag.rpc import RpcClient
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
+from letsfrag.rpc.caller import RpcClient
 
 pytestmark = pytest.mark.integration
 

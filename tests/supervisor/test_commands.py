@@ -11,8 +11,8 @@ from support.supervisor import HOST, KEYS, doorbell, grant, host_config, set_mod
 from support.waiting import wait_until
 
 from letsfrag.bus import Bus
+from letsfrag.contract.envelope import MessageType
 from letsfrag.errors import RequestTimeout
-from letsfrag.protocol import MessageType
 from letsfrag.supervisor import ClusterManager, ClusterState
 
 

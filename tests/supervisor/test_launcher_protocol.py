@@ -1,4 +1,4 @@
-"""The launcher's request/reply records (letsfrag/launcher.py): round trip and clear errors for bad input."""
+"""The launcher's request/reply records (letsfrag/supervisor/launcher.py): round trip and clear errors for bad input."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from support.supervisor import host_config
 
-from letsfrag.launcher import LaunchReply, LaunchRequest
+from letsfrag.supervisor.launcher import LaunchReply, LaunchRequest
 from letsfrag.supervisor.prefork import launcher_mode
 
 

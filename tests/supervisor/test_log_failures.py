@@ -15,9 +15,9 @@ from rich.console import Console
 from support.supervisor import HOST, KEYS, gone, grant, host_config, set_modes, starts, status, write_layout
 from support.waiting import wait_until
 
+from letsfrag.cli.status import render
 from letsfrag.events import recent
-from letsfrag.snapshot import read_snapshot
-from letsfrag.status import render
+from letsfrag.snapshot.picture import read_snapshot
 from letsfrag.supervisor import ClusterManager, ClusterState
 from letsfrag.supervisor.logfile import ClusterLog, log_path
 

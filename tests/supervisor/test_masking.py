@@ -28,7 +28,7 @@ SECRETS = (TOKEN, PASSWORD, SIGNING, API_KEY)
 
 
 def _start(config: Path) -> subprocess.Popen[bytes]:
-    code = "import sys; from letsfrag.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from letsfrag.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen([sys.executable, "-c", code, "--log-format", "plain", "supervise", str(config),
                              "--host-id", HOST], env={**os.environ, "STUB_TOKEN": TOKEN},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from letsfrag.clock import FakeClock
-from letsfrag.handover import HandoverRecord, HandoverState, SuccessorState
+from letsfrag.contract.handover import HandoverRecord, HandoverState, SuccessorState
 from letsfrag.supervisor.successors import LeaveVerdict, Step, SuccessorFacts, leave_verdict, plan_successors
 
 HOST = "h1"

@@ -37,14 +37,14 @@ from support.supervisor import (
 from support.waiting import wait_until
 
 from letsfrag.bus import Bus
-from letsfrag.handover import (
+from letsfrag.contract.envelope import Envelope
+from letsfrag.contract.handover import (
     HANDOFF_BLOCKED_FIELD,
     SUCCESSORS_FIELD,
     HandoverRecord,
     HandoverState,
     parse_successors,
 )
-from letsfrag.protocol import Envelope
 from letsfrag.supervisor import ClusterManager, ClusterState
 
 

@@ -23,7 +23,7 @@ from support.supervisor import (
 from support.waiting import scaled, wait_until
 
 from letsfrag.bus import Bus
-from letsfrag.protocol import Envelope
+from letsfrag.contract.envelope import Envelope
 from letsfrag.supervisor import ClusterManager, ClusterState
 
 

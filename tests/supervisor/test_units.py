@@ -12,10 +12,10 @@ import pytest
 from support.supervisor import TOKEN, host_config
 from support.waiting import wait_until_sync
 
+from letsfrag.contract.records import LayoutRecord
 from letsfrag.environment import ClusterEnvironment
 from letsfrag.errors import ConfigError, NotInClusterError
 from letsfrag.ipc import ENV_IPC_FD
-from letsfrag.records import LayoutRecord
 from letsfrag.supervisor import ClusterState, ClusterView
 from letsfrag.supervisor.host import fence_after, parse_assignment
 from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, plain_redis_settings

@@ -22,7 +22,7 @@
 - :mod:`support.exactly_once`: the simulator referee's handling counters, cluster states and a deployment with
   Redis ACL, for the exactly-once chaos tests.
 - :mod:`support.cli`: ``main_in_process``, the ``letsfrag`` command run in the test process through
-  ``letsfrag.cli.main`` (for tests that check many command lines; a few stay real subprocesses).
+  ``letsfrag.cli.main.main`` (for tests that check many command lines; a few stay real subprocesses).
 - :mod:`support.sentinel`: a Redis master, a replica and three sentinels on loopback, for the Sentinel failover
   test.
 

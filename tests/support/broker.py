@@ -8,7 +8,7 @@ from typing import Any
 from letsfrag.broker import ClusterBroker
 from letsfrag.config import BrokerConfig
 from letsfrag.connection import create_redis
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
 from support.fake_hosts import FakeHost, Ledger
 
 #: the bot token the ``/gateway/bot`` stub (fixture ``stub``) accepts

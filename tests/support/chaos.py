@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from letsfrag.events import Event
-from letsfrag.rehearsal import Rehearsal
+from letsfrag.lab.rehearsal import Rehearsal
 from support.waiting import wait_until_sync
 
 #: the small deployment most chaos tests use: 2 hosts, 8 shards in 4 clusters of 2

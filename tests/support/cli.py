@@ -1,4 +1,4 @@
-"""The ``letsfrag`` command in the test process: :func:`letsfrag.cli.main` (what ``python -m letsfrag`` runs: the
+"""The ``letsfrag`` command in the test process: :func:`letsfrag.cli.main.main` (what ``python -m letsfrag`` runs: the
 same parsing, handlers and error printing), for tests that check many command lines without a process each."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from letsfrag.cli import main
+from letsfrag.cli.main import main
 
 
 def main_in_process(argv: Sequence[str]) -> object:

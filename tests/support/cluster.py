@@ -13,8 +13,8 @@ import discord
 import redis.asyncio as aioredis
 
 from letsfrag.cluster import ClusterMixin, ClusterShardClient
+from letsfrag.contract.keys import Keys
 from letsfrag.environment import ClusterEnvironment
-from letsfrag.keys import Keys
 from letsfrag.sim import Simulator
 from support.waiting import scaled
 

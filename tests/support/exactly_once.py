@@ -21,9 +21,9 @@ from typing import Any
 import psutil
 import redis
 
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
+from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.redis_server import RedisServer, find_redis_server
-from letsfrag.rehearsal import Rehearsal, RehearsalSettings
 from support.waiting import scaled, wait_until_sync
 
 REPO = Path(__file__).resolve().parents[2]

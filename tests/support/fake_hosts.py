@@ -8,7 +8,7 @@ take missing assignment fields for revokes, so the broker can adopt them. ``kill
 dead (no more renewals, its record keeps the stale ``running``); ``leave()`` stops its clusters first, then
 marks itself ``leaving``, deletes its lease and sends ``host_leave``.
 
-With ``handovers=True`` it plays the supervisor side of a planned handover (letsfrag.handover): it registers a
+With ``handovers=True`` it plays the supervisor side of a planned handover (letsfrag.contract.handover): it registers a
 ``successors`` field, "spawns" a successor for each ``preparing`` record of ``{ns}:handover`` naming it, reports
 it ``starting`` then (after ``ready_after`` beats) ``ready`` — or ``failed`` / never, as ``successor`` says —
 and rings the broker; when the assignment names it at the successor's epoch it promotes the successor (a
@@ -31,10 +31,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from letsfrag.bus import NO_REPLY, Bus
+from letsfrag.contract.envelope import Envelope, MessageType
+from letsfrag.contract.keys import Keys
 from letsfrag.errors import BusError
-from letsfrag.keys import Keys
 from letsfrag.loops import cancel_and_wait
-from letsfrag.protocol import Envelope, MessageType
 
 
 class Ledger:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from letsfrag.keys import Keys
+from letsfrag.contract.keys import Keys
 
 #: the fixed "now" of the seeded test deployment (2026-01-01T00:00:00Z)
 NOW = 1_767_225_600.0

@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 import yaml
 
 from letsfrag.config import HostConfig
-from letsfrag.keys import Keys
-from letsfrag.protocol import Codec, Envelope, MessageType
+from letsfrag.contract.envelope import Codec, Envelope, MessageType
+from letsfrag.contract.keys import Keys
 
 STUB = Path(__file__).parent.parent / "supervisor" / "programs" / "stub.py"
 NS = "t"
@@ -127,7 +127,7 @@ def write_supervise_config(redis_url: str, tmp_path: Path, stop_timeout: str = "
 
 def start_supervisor(config: Path) -> subprocess.Popen[bytes]:
     """``letsfrag supervise config --host-id h1`` as its own process (output on its stdout pipe)."""
-    code = "import sys; from letsfrag.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from letsfrag.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen([sys.executable, "-c", code, "--log-format", "plain", "supervise", str(config),
                              "--host-id", HOST], env={**os.environ, "STUB_TOKEN": TOKEN},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -7,7 +7,7 @@ from typing import Any
 from letsfrag.bus import Bus
 from letsfrag.clock import FakeClock
 from letsfrag.connection import create_redis
-from letsfrag.protocol import Envelope
+from letsfrag.contract.envelope import Envelope
 from letsfrag.tui.app import LetsfragTop
 from support.seed import NOW, Seeded, seed
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from letsfrag.cli_connection import connection_from_args
+from letsfrag.cli.connect import connection_from_args
 from letsfrag.config import RedisSettings
 from letsfrag.errors import ConfigError
 

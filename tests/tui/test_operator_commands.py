@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from support.tui import FakeInbox, seed_url
 
-from letsfrag.cli import build_parser
-from letsfrag.commands import run_drain, run_rebalance, run_restart
+from letsfrag.cli.main import build_parser
+from letsfrag.cli.operator import run_drain, run_rebalance, run_restart
 from letsfrag.redis_server import free_port
 
 

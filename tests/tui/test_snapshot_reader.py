@@ -9,8 +9,8 @@ from redis.exceptions import ResponseError
 from support.seed import NOW, seed
 
 from letsfrag.connection import create_redis
-from letsfrag.keys import Keys
-from letsfrag.snapshot import read_snapshot
+from letsfrag.contract.keys import Keys
+from letsfrag.snapshot.picture import read_snapshot
 
 
 class _NoScripts:
@@ -68,7 +68,7 @@ async def test_a_ready_cluster_whose_heartbeats_stopped_is_stale_not_ready(redis
 
 
 async def test_the_identify_budget_is_read_and_shown_in_the_header(redis_url: str) -> None:
-    from letsfrag.tui.format import summary_text
+    from letsfrag.snapshot.render import summary_text
 
     redis = create_redis(redis_url)
     await seed(redis, now=NOW)

@@ -16,9 +16,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Label, Static
 
 from ...logs import escape_control
-from ...snapshot import ClusterDetail
+from ...snapshot.picture import ClusterDetail
+from ...snapshot.render import handover_text, plain, plain_lines, state_style
 from ...units import format_duration, format_size
-from ..format import handover_text, plain, plain_lines, state_style
 from ..widgets.header import ConnectionBanner
 from ..widgets.sparklines import LabelledSparkline
 from ..widgets.tables import RestartsTable, ShardsTable

@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label
 
-from ..format import plain
+from ...snapshot.render import plain
 
 
 class ConfirmScreen(ModalScreen[bool]):

@@ -12,8 +12,8 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label
 
-from ...snapshot import Snapshot
-from ..format import CLUSTER_SORTS, cluster_cells, host_cells, matches
+from ...snapshot.picture import Snapshot
+from ...snapshot.render import CLUSTER_SORTS, cluster_cells, host_cells, matches
 from ..widgets.events import EventsPane
 from ..widgets.header import ConnectionBanner, SummaryHeader
 from ..widgets.tables import ClustersTable, HostsTable

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from ...events import Event
-from ..format import event_cells
+from ...snapshot.render import event_cells
 from .tables import EventsTable
 
 

@@ -8,9 +8,9 @@ from rich.text import Text
 from textual.widgets import Static
 
 from ...logs import escape_control
-from ...snapshot import Snapshot
+from ...snapshot.picture import Snapshot
+from ...snapshot.render import summary_text
 from ...units import format_duration
-from ..format import summary_text
 
 
 class SummaryHeader(Static):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..format import CLUSTER_COLUMNS, HOST_COLUMNS
+from ...snapshot.render import CLUSTER_COLUMNS, HOST_COLUMNS
 from .keyed_table import KeyedTable
 
 

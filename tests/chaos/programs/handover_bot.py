@@ -1,6 +1,6 @@
 """The example bot whose *successor* processes fail on demand (a test program for the handover tests).
 
-A successor is a cluster process started with ``LETSFRAG_HANDOVER=1`` (:data:`letsfrag.handover.HANDOVER_ENV`)
+A successor is a cluster process started with ``LETSFRAG_HANDOVER=1`` (:data:`letsfrag.contract.handover.HANDOVER_ENV`)
 while the old process keeps serving. Environment (through the host config's ``bot.env``):
 
 ``CHAOS_CRASH_FLAG``  a file; while it exists, a successor exits with code 1 before it connects (P_new crashes
@@ -19,7 +19,7 @@ import runpy
 import sys
 from pathlib import Path
 
-from letsfrag.handover import HANDOVER_ENV
+from letsfrag.contract.handover import HANDOVER_ENV
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "bot.py"
 

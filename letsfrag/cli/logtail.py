@@ -25,8 +25,8 @@ from typing import BinaryIO, TextIO
 from redis.exceptions import RedisError
 
 from letsfrag.config import BrokerConfig, load_config_file
+from letsfrag.contract.records import Grant
 from letsfrag.errors import ConfigError, LetsfragError, RecordError
-from letsfrag.records import Grant
 from letsfrag.supervisor.logfile import log_path
 
 __all__ = ["LogFollower", "run"]
@@ -134,9 +134,9 @@ async def _owner(args: argparse.Namespace, cluster_id: int) -> str | None:
     """The host Redis says runs ``cluster_id`` (None: unknown, unassigned or no Redis given)."""
     if not (args.config or args.redis):
         return None
-    from letsfrag.cli_connection import connection_from_args
+    from letsfrag.cli.connect import connection_from_args
     from letsfrag.connection import create_redis
-    from letsfrag.keys import Keys
+    from letsfrag.contract.keys import Keys
 
     settings, namespace, _ = connection_from_args(args)
     redis = create_redis(settings, socket_timeout=3)
@@ -198,7 +198,7 @@ def show(files: dict[int, Path], lines: int, follow: bool, out: TextIO, *, until
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``logs`` subcommand (see :data:`letsfrag.cli.HANDLERS`)."""
+    """The ``logs`` subcommand (see :data:`letsfrag.cli.main.HANDLERS`)."""
     if args.lines < 0:
         raise ConfigError(f"-n/--lines: expected a whole number >= 0, found {args.lines}")
     directory, host_id = _where(args)

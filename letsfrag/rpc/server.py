@@ -1,6 +1,6 @@
 """Cross-cluster RPC, the answering side: a registry of named async handlers and the request dispatcher.
 
-Requests arrive on ``{ns}:cluster:{cid}`` and ``{ns}:broadcast`` (see :mod:`letsfrag.rpc` for the format).
+Requests arrive on ``{ns}:cluster:{cid}`` and ``{ns}:broadcast`` (see :mod:`letsfrag.rpc.caller` for the format).
 ``fetch`` reads only the paths of :data:`FETCHABLE` (an allow-list: nothing that holds the bot token, the Redis
 password, the signing secret or the environment is reachable), resolved with ``getattr`` only and returned as
 JSON (discord objects as their ids); anything else is refused with an error reply naming the path. To expose
@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
+from ..contract.envelope import Envelope, MessageType
 from ..errors import LetsfragError
-from ..protocol import Envelope, MessageType
 
 RpcHandler = Callable[..., Awaitable[Any]]
 H = TypeVar("H", bound=RpcHandler)

@@ -26,13 +26,13 @@ from typing import IO, Any
 
 import psutil
 
-from . import samples
-from .errors import LetsfragError
-from .events import Event
-from .launcher import NAME as LAUNCHER_NAME
-from .lifeline import Lifeline
-from .records import Grant
-from .redis_server import RedisServer
+from .. import samples
+from ..contract.records import Grant
+from ..errors import LetsfragError
+from ..events import Event
+from ..lifeline import Lifeline
+from ..redis_server import RedisServer
+from ..supervisor.launcher import NAME as LAUNCHER_NAME
 
 #: the demo bot every rehearsal host runs unless told otherwise (``examples/bot.py``, shipped in the package)
 EXAMPLE_BOT = samples.BOT

@@ -30,8 +30,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from .events import Severity, emit
-from .keys import Keys
+from ..contract.keys import Keys
+from ..events import Severity, emit
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ import os
 import socket
 from pathlib import Path
 
-from .config import LocalConfig, RedisSettings, load_config_file
-from .config.common import check_redis_url
+from ..config import LocalConfig, RedisSettings, load_config_file
+from ..config.common import check_redis_url
+from ..errors import ConfigError
+from ..logs import mask_urls, register_secrets_in
 from .embedded import EmbeddedDir
-from .errors import ConfigError
-from .logs import mask_urls, register_secrets_in
 
 __all__ = ["DEFAULT_REDIS_URL", "connection_from_args", "embedded_url", "tool_node_id"]
 

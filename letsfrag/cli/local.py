@@ -1,7 +1,7 @@
 """``letsfrag run``: broker and host supervisor in one command for a single machine.
 
 With ``redis: embedded`` (the default of ``configs/local.yaml``) a private ``redis-server`` is started in
-``embedded.dir`` (relative: to the working directory; see :mod:`letsfrag.embedded`), listening only on a unix
+``embedded.dir`` (relative: to the working directory; see :mod:`letsfrag.cli.embedded`), listening only on a unix
 socket in that 0700 directory, with its data in an append-only file, so a restart of ``letsfrag run`` recovers
 its state. A lock on the directory makes a second ``letsfrag run`` there fail (exit 2) instead of starting a
 second writer of the same file. The URL is written to ``<embedded.dir>/redis.url`` for ``letsfrag status -c``
@@ -23,11 +23,11 @@ import signal
 
 from pydantic import SecretStr
 
-from .config import LocalConfig, RedisSettings, load_local_config
+from ..config import LocalConfig, RedisSettings, load_local_config
+from ..logs import register_secret
+from ..redis_server import RedisServer
+from ..samples import default_local_config
 from .embedded import EmbeddedDir
-from .logs import register_secret
-from .redis_server import RedisServer
-from .samples import default_local_config
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ class EmbeddedRedis:
 
 async def run_local(config: LocalConfig, *, progress: bool = True, stop: asyncio.Event | None = None) -> int:
     """Run broker and supervisor until ``stop`` is set (or SIGINT/SIGTERM/SIGHUP); return the exit code."""
-    from .broker import ClusterBroker
-    from .supervisor import ClusterManager
+    from ..broker import ClusterBroker
+    from ..supervisor import ClusterManager
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """Resharding without downtime: layout generations and the one record broker, supervisors and clusters agree on
 (pure, no I/O).
 
-**Generations.** ``{ns}:layout`` (:class:`~letsfrag.records.LayoutRecord`) carries a ``generation`` (1 until the
+**Generations.** ``{ns}:layout`` (:class:`~.records.LayoutRecord`) carries a ``generation`` (1 until the
 first reshard; a layout written before generations existed reads as 1) and a ``cluster_base``: the generation's
 clusters are ids ``cluster_base .. cluster_base + cluster_count - 1``. Generation g+1's clusters take the ids
 right after g's (``cluster_base(g+1) = cluster_base(g) + cluster_count(g)``), so a cluster id is never reused by a
@@ -14,7 +14,7 @@ fenced scripts) exists while a reshard runs: the generations, the new layout has
 host and epoch, the old clusters to retire, its state and deadline (Redis ``TIME``).
 
 1. **preparing** — one fenced script writes the record and, for each new cluster C, a ``preparing``
-   :class:`~letsfrag.handover.HandoverRecord` in ``{ns}:handover`` with a new epoch, the target host, no source,
+   :class:`~.handover.HandoverRecord` in ``{ns}:handover`` with a new epoch, the target host, no source,
    and the new generation and its geometry (``generation``, ``shard_count``, ``shards_per_cluster``,
    ``cluster_base``). The target host's supervisor spawns C exactly like a handover successor
    (``LETSFRAG_HANDOVER=1``; its shards and ``shard_count`` from the record): it identifies through the global
@@ -69,7 +69,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .errors import RecordError
+from ..errors import RecordError
 from .keys import Keys
 from .records import MAX_EPOCH, MAX_SHARDS, Grant, LayoutRecord, parse_float, parse_int
 

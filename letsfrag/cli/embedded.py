@@ -24,8 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from .config import LocalConfig
-from .errors import ConfigError
+from ..config import LocalConfig
+from ..errors import ConfigError
 
 __all__ = ["MAX_SOCKET_PATH", "EmbeddedDir"]
 

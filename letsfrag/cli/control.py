@@ -1,7 +1,7 @@
 """Operator commands (docs/redis.md, "Commands"): restart, rolling restart, drain, undrain, rebalance, reshard.
 
 A restart of one cluster and a rolling restart of a host go to the leader broker, which hands each cluster over
-to a fresh process beside the running one (:mod:`letsfrag.handover`) and answers once it switched (or rolled
+to a fresh process beside the running one (:mod:`letsfrag.contract.handover`) and answers once it switched (or rolled
 back). When no broker listens, or the broker answers ``"fallback": "host"`` (an older supervisor, or the
 cluster is not running, e.g. FAILED), the command goes to the host as before: stop, then start (lossy).
 
@@ -16,10 +16,10 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .bus import Bus
-from .errors import BusError, RecordError, RemoteError, RequestTimeout
-from .protocol import MessageType
-from .records import Grant, clock_skew_text, lenient_float
+from ..bus import Bus
+from ..contract.envelope import MessageType
+from ..contract.records import Grant, clock_skew_text, lenient_float
+from ..errors import BusError, RecordError, RemoteError, RequestTimeout
 
 __all__ = ["Control"]
 

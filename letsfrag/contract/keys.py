@@ -6,7 +6,7 @@ Keys
     ``{ns}:layout``               hash  shard_count, shards_per_cluster, cluster_count, max_concurrency,
                                         identify_window, lease_ttl, lease_grace, heartbeat_interval (seconds),
                                         allow_eval (1/0: the broker's opt-in to ``broadcast_eval``), generation,
-                                        cluster_base (see ``letsfrag.reshard``; absent: 1 and 0)
+                                        cluster_base (see ``letsfrag.contract.reshard``; absent: 1 and 0)
     ``{ns}:hosts``                set   ids of registered hosts
     ``{ns}:host:{id}``            hash  host record (hostname, pid, version, capacity, state, cpu, rss, ...)
     ``{ns}:lease:{id}``           str   host lease, value = host incarnation, TTL = lease ttl
@@ -28,8 +28,8 @@ Keys
     ``{ns}:claim:{event}:{id}``   str   claim of one handled event, value = cluster/epoch, TTL = 10 min
                                         (see ``letsfrag.claims``)
     ``{ns}:handover``             hash  cluster id -> JSON HandoverRecord of a planned handover in progress
-                                        (see ``letsfrag.handover``; written by the leader broker only)
-    ``{ns}:reshard``              str   JSON ReshardRecord of the reshard in progress (see ``letsfrag.reshard``;
+                                        (see ``letsfrag.contract.handover``; written by the leader broker only)
+    ``{ns}:reshard``              str   JSON ReshardRecord of the reshard in progress (``letsfrag.contract.reshard``;
                                         written by the leader broker only)
     ``{ns}:sessions:{id}``        hash  shard id -> JSON {session_id, resume_gateway_url, seq, epoch} of a
                                         cluster's gateway sessions (see ``letsfrag.cluster.sessions``)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 PROTOCOL_VERSION = 2
 DEFAULT_MAX_BYTES = 1024 * 1024

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import RecordError
+from ..errors import RecordError
 
 __all__ = [
     "CLOCK_OFFSET_WARN", "GEOMETRY_FIELDS", "GRANT_LUA", "LAYOUT_FALLBACKS", "MAX_DURATION", "MAX_EPOCH", "MAX_SHARDS",
@@ -138,7 +138,7 @@ def parse_running(raw: Any, *, key: str) -> dict[int, int]:
 
 _INTS = ("shard_count", "shards_per_cluster", "cluster_count", "max_concurrency")
 #: the generation fields: absent in a layout written before resharding existed, read as generation 1 whose
-#: clusters start at id 0 (see :mod:`letsfrag.reshard`)
+#: clusters start at id 0 (see :mod:`letsfrag.contract.reshard`)
 _GENERATION_DEFAULTS = {"generation": 1, "cluster_base": 0}
 _FLOATS = ("identify_window", "lease_ttl", "lease_grace", "heartbeat_interval")
 #: the ``{ns}:layout`` fields that fix each cluster's shards
@@ -170,7 +170,7 @@ class LayoutRecord:
     heartbeat_interval: float
     #: the broker's opt-in to ``broadcast_eval`` (field absent: false)
     allow_eval: bool = False
-    #: the layout generation (1 until the first reshard; field absent: 1), see :mod:`letsfrag.reshard`
+    #: the layout generation (1 until the first reshard; field absent: 1), see :mod:`letsfrag.contract.reshard`
     generation: int = 1
     #: the id of this generation's first cluster: its clusters are ``cluster_base ..
     #: cluster_base + cluster_count - 1`` (field absent: 0); ids are never reused by a later generation

@@ -16,13 +16,13 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from .cli_connection import connection_from_args
-from .connection import check_redis_credentials, create_redis, display_url
-from .errors import ConfigError
-from .keys import Keys
-from .logs import escape_control, json_text
-from .snapshot import Snapshot, read_snapshot
-from .tui.format import CLUSTER_COLUMNS, HOST_COLUMNS, cluster_cells, host_cells, summary_text
+from ..connection import check_redis_credentials, create_redis, display_url
+from ..contract.keys import Keys
+from ..errors import ConfigError
+from ..logs import escape_control, json_text
+from ..snapshot.picture import Snapshot, read_snapshot
+from ..snapshot.render import CLUSTER_COLUMNS, HOST_COLUMNS, cluster_cells, host_cells, summary_text
+from .connect import connection_from_args
 
 __all__ = ["exit_code", "render", "run"]
 

@@ -17,9 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from .errors import RecordError
-from .events import Event, Severity
-from .handover import (
+from ..contract.handover import (
     HANDOFF_BLOCKED_FIELD,
     OPERATION_FIELD,
     SUCCESSORS_FIELD,
@@ -28,8 +26,8 @@ from .handover import (
     SuccessorReport,
     parse_successors,
 )
-from .keys import Keys
-from .records import (
+from ..contract.keys import Keys
+from ..contract.records import (
     CLOCK_OFFSET_WARN,
     Grant,
     LayoutRecord,
@@ -38,14 +36,15 @@ from .records import (
     lenient_int,
     parse_running,
 )
-from .snapshot_read import parse_json as _json
-from .snapshot_read import read_assignment, read_clusters, read_hosts
-from .supervisor.policy import heartbeat_colour
-from .units import format_shard_range
+from ..errors import RecordError
+from ..events import Event, Severity
+from ..units import format_shard_range
+from .packed import parse_json as _json
+from .packed import read_assignment, read_clusters, read_hosts
 
 __all__ = [
     "HANDOVER_STATES", "RUNNING_STATES", "SCHEMA_VERSION", "ClusterDetail", "ClusterRow", "HandoverInfo", "HostRow",
-    "LeaderInfo", "ShardRow", "Snapshot", "count_errors", "format_range", "operation_text",
+    "LeaderInfo", "ShardRow", "Snapshot", "count_errors", "format_range", "heartbeat_colour", "operation_text",
     "read_cluster_detail", "read_snapshot",
 ]
 
@@ -72,6 +71,17 @@ _int = lenient_int
 
 def _age(now: float, ts: float | None) -> float | None:
     return None if ts is None else max(0.0, now - ts)
+
+
+def heartbeat_colour(age: float | None, interval: float) -> str:
+    """``"green"`` up to 2 intervals old, ``"yellow"`` up to 5, else (or never seen) ``"red"``."""
+    if age is None:
+        return "red"
+    if age <= 2 * interval:
+        return "green"
+    if age <= 5 * interval:
+        return "yellow"
+    return "red"
 
 
 #: the ``layout`` object of ``status --json`` (docs/status.md): the record's fields but ``allow_eval``

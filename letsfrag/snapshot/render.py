@@ -17,8 +17,8 @@ from rich.text import Text
 
 from ..events import Event
 from ..logs import escape_control
-from ..snapshot import ClusterRow, HandoverInfo, HostRow, Snapshot, operation_text
 from ..units import format_duration, format_size
+from .picture import ClusterRow, HandoverInfo, HostRow, Snapshot, operation_text
 
 __all__ = [
     "CLUSTER_COLUMNS", "CLUSTER_SORTS", "HOST_COLUMNS", "cluster_cells", "event_cells", "handover_text",

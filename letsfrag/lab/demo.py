@@ -2,7 +2,7 @@
 
 Embedded Redis, the simulated Discord (with a stream of ``!ping`` traffic), a broker and N host supervisors as
 separate processes running the demo bot (``examples/bot.py``, shipped in the package as ``letsfrag.samples.bot``;
-a :class:`~letsfrag.rehearsal.Rehearsal`); then the dashboard
+a :class:`~letsfrag.lab.rehearsal.Rehearsal`); then the dashboard
 or, with ``--headless``, progress lines and a final verdict. After ``--kill-after`` one host (its supervisor and
 clusters) is SIGKILLed so the operator sees failover. ``--headless`` exits 0 only if every shard ended READY with
 0 identify violations and 0 duplicate sessions, as counted by the simulator. Redis listens only on a unix socket
@@ -22,9 +22,9 @@ from typing import Any
 
 from rich.console import Console
 
-from .errors import ConfigError, LetsfragError
+from ..errors import ConfigError, LetsfragError
+from ..units import parse_duration
 from .rehearsal import EXAMPLE_BOT, Rehearsal, RehearsalSettings
-from .units import parse_duration
 
 VICTIM = "h0"
 
@@ -83,7 +83,7 @@ async def _headless(rehearsal: Rehearsal, duration: float, kill_after: float, co
 
 
 async def _dashboard(rehearsal: Rehearsal, duration: float, kill_after: float) -> None:
-    from .tui.app import LetsfragTop
+    from ..tui.app import LetsfragTop
 
     app = LetsfragTop(redis=rehearsal.redis_url, namespace=rehearsal.settings.namespace, secret=rehearsal.secret)
 

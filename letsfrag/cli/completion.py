@@ -1,6 +1,6 @@
 """``letsfrag completion bash|zsh|fish``: a completion script generated from the argparse tree.
 
-The tree (:func:`command_specs`) is read from :func:`letsfrag.cli.build_parser`, so a new command or option
+The tree (:func:`command_specs`) is read from :func:`letsfrag.cli.main.build_parser`, so a new command or option
 is completed without editing this module. zsh uses the bash script through ``bashcompinit``.
 """
 
@@ -164,7 +164,7 @@ def _fish(specs: list[CommandSpec], prog: str) -> str:
 
 def render(shell: str, parser: argparse.ArgumentParser | None = None) -> str:
     """The completion script for ``shell`` (bash, zsh or fish) of ``parser`` (default: ``letsfrag``)."""
-    from letsfrag.cli import build_parser
+    from letsfrag.cli.main import build_parser
 
     parser = parser or build_parser()
     specs = command_specs(parser)

@@ -11,8 +11,8 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.live import Live
 
-from .keys import Keys
-from .records import LayoutRecord
+from ..contract.keys import Keys
+from ..contract.records import LayoutRecord
 
 
 async def count_ready(redis: aioredis.Redis, keys: Keys) -> tuple[int, int, int, int]:

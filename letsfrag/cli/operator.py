@@ -6,8 +6,8 @@ the rolling restart's ``n of m`` from ``{ns}:broker`` ``operation``.
 
 ``reshard --shards N | --recommended [--dry-run] [--timeout D]`` asks the leader broker for the plan of a
 reshard (:mod:`letsfrag.broker.reshard`) and prints it on stdout; without ``--dry-run`` the broker runs it
-(:mod:`letsfrag.reshard`: the new generation starts beside the live one, switches at one instant, the old one is
-retired) while the command prints the progress; ``--timeout`` is how long the new generation has to become ready
+(:mod:`letsfrag.contract.reshard`: the new generation starts beside the live one, switches at one instant, the old one
+is retired) while the command prints the progress; ``--timeout`` is how long the new generation has to become ready
 (default the broker's handover timeout) before it is rolled back.
 
 Exit codes: 0 the target reported success (a restart: switched; ``reshard``: switched and the old generation
@@ -28,15 +28,15 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .bus import Bus
-from .cli_connection import connection_from_args, tool_node_id
-from .connection import display_url
+from ..bus import Bus
+from ..connection import display_url
+from ..contract.handover import OPERATION_FIELD, HandoverRecord, HandoverState
+from ..contract.records import LayoutRecord
+from ..errors import BusError, ConfigError, RecordError
+from ..loops import cancel_and_wait
+from ..units import parse_duration
+from .connect import connection_from_args, tool_node_id
 from .control import Control
-from .errors import BusError, ConfigError, RecordError
-from .handover import OPERATION_FIELD, HandoverRecord, HandoverState
-from .loops import cancel_and_wait
-from .records import LayoutRecord
-from .units import parse_duration
 
 __all__ = ["run_drain", "run_rebalance", "run_reshard", "run_restart"]
 

@@ -14,28 +14,28 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__
-from .errors import ConfigError, LetsfragError
-from .lifeline import watch_lifeline
-from .logs import setup_logging
+from .. import __version__
+from ..errors import ConfigError, LetsfragError
+from ..lifeline import watch_lifeline
+from ..logs import setup_logging
 
 #: subcommand -> "module:function" taking the parsed args and returning an exit code
 HANDLERS: dict[str, str] = {
     "broker": "letsfrag.broker.main:run",
     "supervise": "letsfrag.supervisor.main:run",
-    "run": "letsfrag.local:run",
-    "demo": "letsfrag.demo:run",
-    "status": "letsfrag.status:run",
+    "run": "letsfrag.cli.local:run",
+    "demo": "letsfrag.lab.demo:run",
+    "status": "letsfrag.cli.status:run",
     "top": "letsfrag.tui.app:run_from_args",
     "sim": "letsfrag.sim.cli:run",
     "config check": "letsfrag.config.check:run",
-    "restart": "letsfrag.commands:run_restart",
-    "drain": "letsfrag.commands:run_drain",
-    "rebalance": "letsfrag.commands:run_rebalance",
-    "reshard": "letsfrag.commands:run_reshard",
-    "bench": "letsfrag.bench:run",
-    "logs": "letsfrag.logtail:run",
-    "completion": "letsfrag.cli_completion:run",
+    "restart": "letsfrag.cli.operator:run_restart",
+    "drain": "letsfrag.cli.operator:run_drain",
+    "rebalance": "letsfrag.cli.operator:run_rebalance",
+    "reshard": "letsfrag.cli.operator:run_reshard",
+    "bench": "letsfrag.lab.bench:run",
+    "logs": "letsfrag.cli.logtail:run",
+    "completion": "letsfrag.cli.completion:run",
     "init": "letsfrag.samples:run_init",
 }
 
@@ -103,7 +103,7 @@ def add_top_args(parser: argparse.ArgumentParser) -> None:
 
 def _id_arg(value: str) -> str:
     """An id given on the command line: the whole text must be letters, digits, '_', '.', '-'."""
-    from .config.common import check_name
+    from ..config.common import check_name
 
     try:
         return check_name(value)
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     try:
-        from .sim.cli import add_arguments
+        from ..sim.cli import add_arguments
     except ImportError:  # the simulator is optional at import time of the CLI
         parser.add_argument("rest", nargs=argparse.REMAINDER)
         return

@@ -1,4 +1,4 @@
-"""The packed reads behind :func:`letsfrag.snapshot.read_snapshot`.
+"""The packed reads behind :func:`letsfrag.snapshot.picture.read_snapshot`.
 
 A deployment of a thousand clusters is ~80,000 Redis reply items, and redis-py's pure-Python reply parser is the
 bottleneck of a big read; these Lua scripts pack hosts, the assignment and batches of clusters into one JSON text
@@ -13,9 +13,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from .errors import RecordError
-from .keys import Keys
-from .records import Grant
+from ..contract.keys import Keys
+from ..contract.records import Grant
+from ..errors import RecordError
 
 
 def parse_json(value: Any) -> Any:
@@ -152,7 +152,7 @@ async def read_hosts(redis: aioredis.Redis, keys: Keys, host_ids: list[str]) -> 
 
 
 async def read_assignment(redis: aioredis.Redis, keys: Keys) -> dict[int, Grant | None]:
-    """cluster id -> its :class:`~letsfrag.records.Grant` (``None`` when unreadable) from the assignment hash."""
+    """cluster id -> its :class:`~letsfrag.contract.records.Grant` (``None``: unreadable) from the assignment hash."""
     try:
         blob = await redis.register_script(_PACK_ASSIGNMENT_LUA)(keys=[keys.assignment])
     except ResponseError:

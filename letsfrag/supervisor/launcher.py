@@ -1,6 +1,6 @@
 """The pre-fork launcher: one process per supervisor that imports the heavy libraries once and forks clusters.
 
-Started by the supervisor (:class:`letsfrag.supervisor.prefork.Launcher`) as ``python -m letsfrag.launcher``
+Started by the supervisor (:class:`letsfrag.supervisor.prefork.Launcher`) as ``python -m letsfrag.supervisor.launcher``
 with one end of a ``SOCK_SEQPACKET`` socketpair as ``LETSFRAG_LAUNCHER_FD``. It imports :data:`PRELOAD`
 (discord.py, aiohttp, redis-py, letsfrag's cluster side and config model; never the user's bot module) with the
 garbage collector off, freezes the heap (``gc.freeze()``: the collector never writes to those
@@ -47,7 +47,7 @@ ENV_CONTROL_FD = "LETSFRAG_LAUNCHER_FD"
 #: imported once by the launcher, shared by every cluster process it forks
 #: (``letsfrag.config``: a cluster reads its Redis settings into the config model, pydantic and all)
 PRELOAD = ("asyncio", "aiohttp", "discord", "discord.ext.commands", "redis.asyncio", "letsfrag.cluster.client",
-           "letsfrag.ipc", "letsfrag.rpc", "letsfrag.config", "letsfrag.environment", "letsfrag.connection")
+           "letsfrag.ipc", "letsfrag.rpc.caller", "letsfrag.config", "letsfrag.environment", "letsfrag.connection")
 #: the largest request accepted (the environment of one cluster)
 MAX_REQUEST = 1024 * 1024
 #: descriptors per request: IPC, stdout, stderr
@@ -119,7 +119,8 @@ def fork_supported() -> bool:
 
 
 def start_launcher(env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen[bytes], socket.socket]:
-    """Start ``python -m letsfrag.launcher`` (the caller's end of its control socket beside it); it imports at once.
+    """Start ``python -m letsfrag.supervisor.launcher`` (the caller's end of its control socket
+    beside it); it imports at once.
 
     This module imports only the standard library, so ``letsfrag supervise`` calls this before its own imports and
     the launcher's imports run beside them (:class:`letsfrag.supervisor.prefork.Launcher` adopts the pair).
@@ -131,7 +132,7 @@ def start_launcher(env: Mapping[str, str] | None = None) -> tuple[subprocess.Pop
     full = {**(os.environ if env is None else env), ENV_CONTROL_FD: str(theirs.fileno()), "PYTHONUNBUFFERED": "1"}
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "letsfrag.launcher"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            [sys.executable, "-m", "letsfrag.supervisor.launcher"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             env=full, pass_fds=(theirs.fileno(),), start_new_session=True, preexec_fn=parent_death_preexec())
     except BaseException:
         ours.close()
@@ -279,7 +280,8 @@ def main() -> Any:
     """The launcher process: preload, freeze, serve; in a forked cluster, run the bot module as ``__main__``."""
     raw = os.environ.pop(ENV_CONTROL_FD, "")
     if not raw.isdigit():
-        sys.stderr.write(f"letsfrag.launcher: {ENV_CONTROL_FD} is not set; it is started by the supervisor\n")
+        sys.stderr.write(f"letsfrag.supervisor.launcher: {ENV_CONTROL_FD} is not set; it is started by the "
+                         "supervisor\n")
         return 2
     sock = socket.socket(fileno=int(raw))
     _set_name(NAME)

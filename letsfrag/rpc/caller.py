@@ -19,7 +19,7 @@ configured and the broker allows it (``allow_eval: true`` in its config, publish
 ``{ns}:layout``); each cluster additionally refuses unless its supervisor set ``LETSFRAG_ALLOW_EVAL=1`` (both
 the broker's and the host's config allow it) and it has a secret.
 
-``fetch_client_values`` reads only an allow-list of paths (``letsfrag.cluster.rpc.FETCHABLE``): counts and ids
+``fetch_client_values`` reads only an allow-list of paths (``letsfrag.rpc.server.FETCHABLE``): counts and ids
 such as ``guilds``, ``latencies``, ``shard_ids``, ``cluster.id``; nothing holding a token or secret.
 """
 
@@ -29,13 +29,13 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from .bus import Bus, Result
-from .errors import BusError, LetsfragError, RecordError
-from .protocol import MessageType
-from .records import ROUTING_FIELDS, LayoutRecord
+from ..bus import Bus, Result
+from ..contract.envelope import MessageType
+from ..contract.records import ROUTING_FIELDS, LayoutRecord
+from ..errors import BusError, LetsfragError, RecordError
 
 if TYPE_CHECKING:
-    from .config import RedisSettings
+    from ..config import RedisSettings
 
 __all__ = ["RpcCaller", "RpcClient", "cluster_node"]
 
@@ -100,7 +100,7 @@ class RpcCaller:
 
     async def fetch_client_values(self, path: str, *, length: bool = False, timeout: float = 5.0) -> dict[int, Result]:
         """Gather ``client.<path>`` from every cluster, for the allow-listed paths of
-        ``letsfrag.cluster.rpc.FETCHABLE`` (others come back as error results naming the path);
+        ``letsfrag.rpc.server.FETCHABLE`` (others come back as error results naming the path);
         ``length=True`` returns ``len()`` of the value (e.g. ``fetch_client_values("guilds", length=True)``)."""
         return await self._broadcast(MessageType.FETCH, {"path": path, "length": length}, timeout)
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .errors import RecordError
+from ..errors import RecordError
 from .records import MAX_EPOCH, MAX_SHARDS, LayoutRecord, parse_float, parse_int
 
 __all__ = [
@@ -108,7 +108,7 @@ class HandoverRecord:
 
     Times are wall-clock epoch seconds (Redis ``TIME`` of the broker that wrote it). A record with a
     ``generation`` (> 0) starts a cluster of a layout generation being prepared by a reshard
-    (:mod:`letsfrag.reshard`): it has no source (``from_host`` empty, ``from_epoch`` 0) and carries that
+    (:mod:`letsfrag.contract.reshard`): it has no source (``from_host`` empty, ``from_epoch`` 0) and carries that
     generation's geometry, from which the supervisor takes the cluster's shards."""
 
     cluster: int
