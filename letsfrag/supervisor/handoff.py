@@ -195,16 +195,15 @@ class Handovers:
         del self.successors[cid]
         record = m.record_of(cid)
         old_epoch = record.epoch
-        old = record.process
+        old = m.processes.get(cid)
         ran_here = old is not None or record.state is ClusterState.BACKOFF
         if old is not None:
-            self._retire(record.cluster_id, old_epoch, record.token, old, running=record.stop_task is not None
-                         and not record.stop_task.done())
+            self._retire(record.cluster_id, old_epoch, record.token, old, running=record.stopping)
         m.cancel_backoff(record)
         if self.state.layout is not None:
             record.shard_ids = self.state.layout.shards_of(cid)
         m.begin_run(record, epoch=successor.epoch, token=successor.token)
-        record.process = process
+        m.adopt(record, process)
         record.started_at, record.started_mono = successor.started_at, successor.started_mono
         record.last_heartbeat, record.last_heartbeat_mono = successor.last_heartbeat, successor.last_heartbeat_mono
         record.restarts = 0
