@@ -5,8 +5,8 @@ or connection and does no I/O. Each input — grants and the layout, fencing, an
 restart that is due, a stop sequence that ended, a tick (with the log files' health), a sample of the process
 trees, an operator's restart, the shutdown — comes in with the time (:class:`Instant`); it changes the plain
 records of the shared :class:`HostState` and returns the effects (:data:`Effect`): spawn, stop, hurry a stop,
-signal, start or cancel a restart timer, write a note to a cluster's log, a state change, publish, emit an
-operator event, fire a user callback, log a line, sample. The manager (the shell,
+signal, send an IPC message, start or cancel a restart timer, write a note to a cluster's log, a state change,
+publish, emit an operator event, fire a user callback, log a line, sample. The manager (the shell,
 :class:`letsfrag.supervisor.manager.ClusterManager`) keeps the processes, timer handles and tasks by cluster id
 and executes the effects in order; what an effect's execution learns (a spawn's pid or its ``OSError``) comes
 back as another input (:meth:`Lifecycle.spawned`, :meth:`Lifecycle.spawn_failed`).
@@ -28,6 +28,7 @@ from typing import Any
 from letsfrag.config import HostConfig
 from letsfrag.events import Severity
 from letsfrag.exitcodes import CloseCode, ExitCode
+from letsfrag.handover import IPC_PROMOTE
 from letsfrag.protocol import MessageType
 from letsfrag.records import LayoutRecord
 from letsfrag.reshard import SHARDING_REQUIRED_FIELD
@@ -55,6 +56,7 @@ __all__ = [
     "LogHealth",
     "LogLine",
     "Note",
+    "Promotion",
     "PublishError",
     "PublishHostFields",
     "PublishMessage",
@@ -62,6 +64,7 @@ __all__ = [
     "PublishRestart",
     "PublishStatus",
     "Sample",
+    "Send",
     "Signal",
     "Spawn",
     "StartTimer",
@@ -128,6 +131,15 @@ class Signal:
 
     cluster_id: int
     signal: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send an IPC message (``op`` with ``fields``) to the cluster's process, in the background."""
+
+    cluster_id: int
+    op: str
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,12 +262,28 @@ class Sample:
     """Sampling is due: measure the process trees and feed :meth:`Lifecycle.sampled`."""
 
 
-Effect = (Spawn | Stop | HurryStop | Signal | StartTimer | CancelTimer | Note | StateChanged | PublishStatus
+Effect = (Spawn | Stop | HurryStop | Signal | Send | StartTimer | CancelTimer | Note | StateChanged | PublishStatus
           | PublishRestart | PublishMetric | PublishError | PublishHostFields | PublishMessage | ClusterStopped
           | Emit | Fire | LogLine | Sample)
 
 
-# ------------------------------------------------------------------------------------------ tick inputs
+# ------------------------------------------------------------------------------------------ inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """A successor of a planned handover that the assignment now names: what its run brings to the record."""
+
+    epoch: int
+    token: int
+    pid: int
+    started_at: float | None
+    started_mono: float
+    last_heartbeat: float | None
+    last_heartbeat_mono: float | None
+    #: it reported READY (at ``ready_at``)
+    ready: bool
+    ready_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -685,6 +713,33 @@ class Lifecycle:
                             Fire("cluster_failed", record.view())]
             return effects
         return self.set_state(record, ClusterState.STOPPED, decision.reason)
+
+    def promote(self, cluster_id: int, successor: Promotion, now: Instant) -> list[Effect]:
+        """A successor became the cluster's process (the shell keeps it now; an old process here retires)."""
+        record = self.record(cluster_id)
+        old_epoch = record.epoch
+        effects = self.cancel_backoff(record)
+        if self.state.layout is not None:
+            record.shard_ids = self.state.layout.shards_of(cluster_id)
+        self.begin_run(record, epoch=successor.epoch, token=successor.token)
+        pid = record.pid = successor.pid
+        record.started_at, record.started_mono = successor.started_at, successor.started_mono
+        record.last_heartbeat, record.last_heartbeat_mono = successor.last_heartbeat, successor.last_heartbeat_mono
+        record.restarts = 0
+        if successor.ready:
+            record.ready_at = successor.ready_at
+            record.tracker.on_ready(now.mono)
+        effects += self.set_state(record, ClusterState.READY if successor.ready else ClusterState.STARTING,
+                                  f"successor pid {pid} promoted (epoch {successor.epoch})")
+        effects += [
+            Note(cluster_id, f"successor pid {pid} promoted: it owns cluster {cluster_id} at epoch {successor.epoch}"),
+            Send(cluster_id, IPC_PROMOTE, {"epoch": successor.epoch}),
+            Emit(Severity.INFO, "successor_promoted", f"cluster {cluster_id}: successor pid {pid} promoted "
+                 f"(epoch {old_epoch} -> {successor.epoch})", {"cluster": cluster_id, "epoch": successor.epoch}),
+            Fire("cluster_create", record.view())]
+        if successor.ready:
+            effects.append(Fire("cluster_ready", record.view()))
+        return effects
 
     def restart_due(self, cluster_id: int, token: int, now: Instant) -> list[Effect]:
         """The backoff delay of a cluster's run is over."""

@@ -421,6 +421,10 @@ class ClusterManager:
             process = self.processes.get(effect.cluster_id)
             if process is not None:
                 process.signal(effect.signal)
+        elif isinstance(effect, lc.Send):
+            process = self.processes.get(effect.cluster_id)
+            if process is not None:
+                self.background(process.send(effect.op, **effect.fields))
         elif isinstance(effect, lc.StartTimer):
             self._cancel_timer(effect.cluster_id)
             self._timers[effect.cluster_id] = asyncio.get_running_loop().call_later(
@@ -485,12 +489,6 @@ class ClusterManager:
                                                              "epoch": epoch})
 
     # ------------------------------------------------------------------------------------------ state
-
-    def set_state(self, record: ClusterRecord, state: ClusterState, reason: str) -> None:
-        """Move ``record`` to ``state`` (for the parts: the handovers); log it, publish it, pulse."""
-        for effect in self.lifecycle.set_state(record, state, reason):
-            assert isinstance(effect, lc.StateChanged)
-            self._state_changed(effect)
 
     def _state_changed(self, effect: lc.StateChanged) -> None:
         if effect.changed:
@@ -600,14 +598,10 @@ class ClusterManager:
     def next_token(self) -> int:
         return self.lifecycle.next_token()
 
-    def begin_run(self, record: ClusterRecord, *, epoch: int | None = None, token: int | None = None) -> None:
-        """A new run of ``record`` (a spawn, or a promoted successor): a new token, the per-run fields cleared."""
-        self.lifecycle.begin_run(record, epoch=epoch, token=token)
-
-    def adopt(self, record: ClusterRecord, process: ClusterProcess) -> None:
-        """``process`` (a promoted successor) is now ``record``'s process."""
-        self.processes[record.cluster_id] = process
-        record.pid = process.pid
+    async def promote(self, cluster_id: int, process: ClusterProcess, successor: lc.Promotion) -> None:
+        """``process`` (a promoted successor) is now the cluster's process."""
+        self.processes[cluster_id] = process
+        await self._run(self.lifecycle.promote(cluster_id, successor, self._now()))
 
     async def launch(self, cluster_id: int, shard_ids: tuple[int, ...], epoch: int, token: int, *,
                       handover: bool = False, layout: LayoutRecord | None = None) -> ClusterProcess:
@@ -651,11 +645,6 @@ class ClusterManager:
         confirm = asyncio.ensure_future(_confirm_gone(process))
         self._confirming.add(confirm)
         confirm.add_done_callback(self._confirming.discard)
-
-    def cancel_backoff(self, record: ClusterRecord) -> None:
-        for effect in self.lifecycle.cancel_backoff(record):
-            assert isinstance(effect, lc.CancelTimer)
-            self._cancel_timer(effect.cluster_id)
 
     # ------------------------------------------------------------------------------------------ commands
 

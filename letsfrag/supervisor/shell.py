@@ -26,10 +26,11 @@ if TYPE_CHECKING:
     from letsfrag.events import Severity
     from letsfrag.records import LayoutRecord
     from letsfrag.supervisor.host import HostAgent
+    from letsfrag.supervisor.lifecycle import Promotion
     from letsfrag.supervisor.prefork import Launcher
     from letsfrag.supervisor.process import ClusterProcess
     from letsfrag.supervisor.publish import Publisher
-    from letsfrag.supervisor.state import ClusterRecord, ClusterState
+    from letsfrag.supervisor.state import ClusterRecord
 
 __all__ = ["Shell"]
 
@@ -68,9 +69,6 @@ class Shell(Protocol):
     def pulse(self) -> None:
         """Something changed: wake :meth:`wait_for`, fire ``ready`` once every granted cluster is READY."""
 
-    def set_state(self, record: ClusterRecord, state: ClusterState, reason: str) -> None:
-        """Move ``record`` to ``state``: log it, publish its status and ``running``, pulse."""
-
     def running_json(self) -> str:
         """The host record's ``running`` field, as of now."""
 
@@ -82,14 +80,11 @@ class Shell(Protocol):
     def next_token(self) -> int:
         """A new process token (unique per spawned process, so late events find their process)."""
 
-    def begin_run(self, record: ClusterRecord, *, epoch: int | None = None, token: int | None = None) -> None:
-        """A new run of ``record`` (a spawn, or a promoted successor): a new token, the per-run fields cleared."""
-
     #: each cluster's process (possibly stopping), by cluster id
     processes: dict[int, ClusterProcess]
 
-    def adopt(self, record: ClusterRecord, process: ClusterProcess) -> None:
-        """``process`` (a promoted successor) is now ``record``'s process."""
+    async def promote(self, cluster_id: int, process: ClusterProcess, successor: Promotion) -> None:
+        """``process`` (a successor) is now the cluster's process: the lifecycle's ``promote``, carried out."""
 
     async def launch(self, cluster_id: int, shard_ids: tuple[int, ...], epoch: int, token: int, *,
                      handover: bool = False, layout: LayoutRecord | None = None) -> ClusterProcess:
@@ -97,9 +92,6 @@ class Shell(Protocol):
 
     def program(self) -> str:
         """What is started for a cluster, for messages."""
-
-    def cancel_backoff(self, record: ClusterRecord) -> None:
-        """Cancel ``record``'s pending restart, if any."""
 
     def confirm_gone_later(self, process: ClusterProcess) -> None:
         """After an exit: make sure, in the background, that nothing of the process tree is left."""

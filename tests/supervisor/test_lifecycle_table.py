@@ -332,3 +332,22 @@ def test_sampling_is_asked_for_when_due_and_memory_stops(tmp_path: Path) -> None
     assert any(isinstance(e, lc.Emit) and e.kind == "cluster_memory" for e in shell.last)
     assert any(isinstance(e, lc.Stop) and e.reason == "memory" for e in shell.last)
     assert shell.record().stop_intent is StopIntent.MEMORY
+
+
+def test_a_promoted_successor_becomes_the_run_and_ends_the_backoff(tmp_path: Path) -> None:
+    shell = FakeShell(tmp_path)
+    shell.grant({0: 1})
+    shell.exit(1)
+    assert shell.record().state is ClusterState.BACKOFF and shell.timers
+    token = shell.life.next_token()
+    shell.feed(shell.life.promote(0, lc.Promotion(2, token, 4242, shell.clock.time(), shell.clock.monotonic(),
+                                                  None, None, True, shell.clock.time()), shell.now()))
+    record = shell.record()
+    assert (record.state, record.epoch, record.token, record.pid, record.restarts) == (
+        ClusterState.READY, 2, token, 4242, 0)
+    assert not shell.timers, "the old run's restart is cancelled"
+    kinds = [type(e) for e in shell.last]
+    assert kinds.index(lc.CancelTimer) < kinds.index(lc.StateChanged) < kinds.index(lc.Send) < kinds.index(lc.Fire)
+    assert any(isinstance(e, lc.Send) and e.op == "promote" and e.fields == {"epoch": 2} for e in shell.last)
+    shell.advance(5)
+    assert not any(isinstance(e, lc.Spawn) for e in shell.last)
