@@ -40,10 +40,9 @@ LAYERS: dict[str, tuple[int, str]] = {
 #: imports against the table that stay for now, each with the reason (the files are being changed elsewhere)
 KNOWN_WRONG_WAY: set[tuple[str, str]] = set()
 
-#: packages whose modules may still import each other in a cycle: the supervisor's ``state`` and ``process`` (the
-#: record holds its process; issue #14, item 3) and its ``manager`` and ``metrics``, the broker's commands and metrics
-#: built with the broker, the dashboard's app and the screens it pushes. A cycle with a module outside them fails.
-KNOWN_CYCLES_INSIDE = ("letsfrag.broker", "letsfrag.supervisor", "letsfrag.tui")
+#: packages whose modules may still import each other in a cycle: the broker's commands and metrics built with the
+#: broker, the dashboard's app and the screens it pushes. A cycle with a module outside them fails.
+KNOWN_CYCLES_INSIDE = ("letsfrag.broker", "letsfrag.tui")
 
 #: private names of another module still used: (importer, module.name)
 KNOWN_PRIVATE: set[tuple[str, str]] = set()
@@ -308,7 +307,7 @@ def test_known_shell_private_uses_are_still_there() -> None:
 
 
 def test_the_manager_calls_only_public_methods_of_its_parts() -> None:
-    """``self.reactions._on_exit(...)`` in manager.py fails: a part's entry points are public."""
+    """``self.lifecycle._decide(...)`` in manager.py fails: a part's entry points are public."""
     tree = ast.parse((SUPERVISOR / "manager.py").read_text(encoding="utf-8"))
     found = [f"manager.py line {node.lineno}: self.{node.value.attr}.{node.attr}" for node in ast.walk(tree)
              if isinstance(node, ast.Attribute) and _is_private(node.attr)

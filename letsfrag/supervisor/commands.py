@@ -1,8 +1,9 @@
 """Operator commands on ``{ns}:cm:{host}``: ``restart``, ``restart_all``, ``rolling_restart``.
 
 Each is a request; the reply is ``{"ok": bool, "message": str, ...}``. State changes run inside the
-manager's loop (:meth:`Shell.call`); waiting for READY happens outside it. The handler reads the shared
-:class:`HostState` and asks the shell (:class:`letsfrag.supervisor.shell.Shell`) to stop, spawn or cancel a backoff.
+manager's loop (:meth:`Shell.call`, then :meth:`Shell.restart_cluster`: the decision is the lifecycle's,
+:meth:`letsfrag.supervisor.lifecycle.Lifecycle.request_restart`); waiting for READY happens outside it. The handler
+reads the shared :class:`HostState`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from letsfrag.supervisor.state import ClusterState, HostState, StopIntent
+from letsfrag.supervisor.state import ClusterState, HostState
 
 if TYPE_CHECKING:
     from letsfrag.supervisor.shell import Shell
@@ -55,47 +56,11 @@ class CommandHandler:
 
     # ----------------------------------------------------------------------------------------------
 
-    def _request(self, cluster_id: int) -> tuple[bool, str, int]:
-        """Inside the loop: begin restarting one cluster; ``(ok, message, spawns before)``."""
-        m, state = self.shell, self.state
-        record = state.records.get(cluster_id)
-        if record is None or cluster_id not in state.desired:
-            return False, f"cluster {cluster_id} is not assigned to host {m.host_id}", 0
-        before = record.spawns
-        if record.process is not None:
-            if record.stop_intent in (StopIntent.REVOKE, StopIntent.FENCE, StopIntent.SHUTDOWN):
-                return False, f"cluster {cluster_id} is being stopped ({record.stop_intent})", before
-            record.tracker.reset()
-            record.done_epoch = None
-            if record.stop_intent is not None:  # hung, memory or fatal stop under way: restart after it
-                record.stop_intent = StopIntent.RESTART
-                return True, f"cluster {cluster_id} is stopping; it will start again", before
-            m.begin_stop(record, StopIntent.RESTART, "restart requested")
-            return True, f"restarting cluster {cluster_id}", before
-        record.tracker.reset()
-        record.done_epoch = None
-        m.cancel_backoff(record)
-        return True, f"starting cluster {cluster_id}", before
-
-    async def _start_if_idle(self, cluster_id: int) -> None:
-        """Inside the loop: spawn a cluster that has no process (FAILED, STOPPED, BACKOFF)."""
-        m, state = self.shell, self.state
-        record = state.records.get(cluster_id)
-        if record is not None and record.process is None and cluster_id in state.desired:
-            record.epoch = state.desired[cluster_id]
-            await m.spawn(record)
-
     async def restart(self, cluster_id: int, *, wait: bool = True, timeout: float = DEFAULT_WAIT) -> dict[str, Any]:
         """Restart one cluster (clears FAILED); with ``wait``, reply once it is READY again or failed."""
         m, state = self.shell, self.state
 
-        async def begin() -> tuple[bool, str, int]:
-            result = self._request(cluster_id)
-            if result[0]:
-                await self._start_if_idle(cluster_id)
-            return result
-
-        ok, message, before = await m.call(begin)
+        ok, message, before = await m.call(lambda: m.restart_cluster(cluster_id))
         if not ok or not wait:
             return _reply(ok, message, cluster=cluster_id)
         loop = asyncio.get_running_loop()

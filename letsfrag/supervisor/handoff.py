@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from letsfrag.contract.envelope import MessageType
-from letsfrag.contract.handover import IPC_PROMOTE, SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, SuccessorState
+from letsfrag.contract.handover import SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, SuccessorState
 from letsfrag.events import Severity
 from letsfrag.supervisor import policy
+from letsfrag.supervisor.lifecycle import Promotion
 from letsfrag.supervisor.process import run_stop
 from letsfrag.supervisor.state import ClusterState, HostState, IpcMessage, ProcessExited
 from letsfrag.supervisor.successors import Step, SuccessorFacts, plan_successors
@@ -121,7 +122,7 @@ class Handovers:
                 assert step.record is not None
                 await self._spawn(step.record)
             elif step.step is Step.PROMOTE:
-                self._promote(self.successors[step.cluster])
+                await self._promote(self.successors[step.cluster])
             elif step.step is Step.ROLL_BACK:
                 self.stop(self.successors[step.cluster], step.reason)
             elif step.step is Step.DROP:
@@ -186,7 +187,7 @@ class Handovers:
         stop_timeout = self.m.config.limits.stop_timeout if timeout is None else timeout
         self.m.background(run_stop(process, ask=True, reason="handover", stop_timeout=stop_timeout))
 
-    def _promote(self, successor: Successor) -> None:
+    async def _promote(self, successor: Successor) -> None:
         """The assignment names the successor: it becomes the cluster's process; an old one here retires."""
         m = self.m
         process = successor.process
@@ -195,32 +196,14 @@ class Handovers:
         del self.successors[cid]
         record = m.record_of(cid)
         old_epoch = record.epoch
-        old = record.process
+        old = m.processes.get(cid)
         ran_here = old is not None or record.state is ClusterState.BACKOFF
         if old is not None:
-            self._retire(record.cluster_id, old_epoch, record.token, old, running=record.stop_task is not None
-                         and not record.stop_task.done())
-        m.cancel_backoff(record)
-        if self.state.layout is not None:
-            record.shard_ids = self.state.layout.shards_of(cid)
-        m.begin_run(record, epoch=successor.epoch, token=successor.token)
-        record.process = process
-        record.started_at, record.started_mono = successor.started_at, successor.started_mono
-        record.last_heartbeat, record.last_heartbeat_mono = successor.last_heartbeat, successor.last_heartbeat_mono
-        record.restarts = 0
-        ready = successor.state is SuccessorState.READY
-        if ready:
-            record.ready_at = successor.ready_at
-            record.tracker.on_ready(m.clock.monotonic())
-        m.set_state(record, ClusterState.READY if ready else ClusterState.STARTING,
-                     f"successor pid {process.pid} promoted (epoch {successor.epoch})")
-        process.log.note(f"successor pid {process.pid} promoted: it owns cluster {cid} at epoch {successor.epoch}")
-        m.background(process.send(IPC_PROMOTE, epoch=successor.epoch))
-        m.event(Severity.INFO, "successor_promoted", f"cluster {cid}: successor pid {process.pid} promoted "
-                 f"(epoch {old_epoch} -> {successor.epoch})", cluster=cid, epoch=successor.epoch)
-        m.fire("cluster_create", record.view())
-        if ready:
-            m.fire("cluster_ready", record.view())
+            self._retire(record.cluster_id, old_epoch, record.token, old, running=record.stopping)
+        await m.promote(cid, process, Promotion(
+            successor.epoch, successor.token, process.pid, successor.started_at, successor.started_mono,
+            successor.last_heartbeat, successor.last_heartbeat_mono, successor.state is SuccessorState.READY,
+            successor.ready_at))
         self._publish()
         if old is None and (ran_here or successor.record.from_host == m.host_id):
             # the old epoch has no process here (it crashed and waited in backoff): its end is confirmed now

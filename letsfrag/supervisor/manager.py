@@ -1,9 +1,20 @@
 """``ClusterManager``: the host supervisor. It runs the clusters the broker granted to this host.
 
-Tasks report, one loop decides: process watchers, timers, the lease loop, the sampler tick and bus commands
-put events on one queue; :meth:`ClusterManager._handle` is the only place where a cluster's state changes.
+The manager is the shell around a pure core. Tasks report, one loop decides: process watchers, timers, the
+lease loop, the sampler tick and bus commands put events on one queue; :meth:`ClusterManager._handle` feeds
+each to the cluster lifecycle (:class:`letsfrag.supervisor.lifecycle.Lifecycle`, no I/O), which changes the
+records and returns effects, and the manager carries them out (:meth:`ClusterManager._run`). The processes,
+their restart timers and stop tasks are the manager's, by cluster id, never the records'.
 Redis I/O never happens inside that loop (the :class:`Publisher` and :class:`HostAgent` do it), so a slow or
 dead Redis cannot delay a restart or a stop.
+
+The graceful leave is here too (:meth:`ClusterManager.close`): first, when another host is up and a broker
+listens, ask the broker to hand this host's clusters elsewhere (``host_leave`` with ``hand_off``) and wait until
+nothing is granted or runs here, the broker says no host has room (``handoff_blocked``) or
+``limits.leave_timeout`` is over (:func:`letsfrag.supervisor.successors.leave_verdict`); then mark the host
+``leaving``, stop every cluster left through the loop, wait for them (killing what outlives the limit), cancel
+the lease, publish the last changes and leave the host set. SIGTERM/SIGINT start that close; a second one ends
+the wait and kills every cluster at once. ``close(force=True)`` skips the hand-off.
 """
 
 from __future__ import annotations
@@ -11,10 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import itertools
-import json
 import logging
 import random
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,24 +37,21 @@ from letsfrag.config import HostConfig
 from letsfrag.contract.envelope import Envelope, MessageType
 from letsfrag.contract.handover import SUCCESSORS_FIELD, HandoverRecord
 from letsfrag.contract.records import LayoutRecord
-from letsfrag.contract.reshard import SHARDING_REQUIRED_FIELD
 from letsfrag.errors import BusError, RecordError
 from letsfrag.events import Severity
 from letsfrag.logs import set_log_context
 from letsfrag.loops import cancel_and_wait, supervised
 from letsfrag.metrics import MetricsServer, start_metrics
-from letsfrag.supervisor import policy
+from letsfrag.supervisor import lifecycle as lc
 from letsfrag.supervisor.commands import CommandHandler
-from letsfrag.supervisor.grants import Grants
 from letsfrag.supervisor.handoff import Handovers
 from letsfrag.supervisor.host import HostAgent
 from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, register_config_secrets
 from letsfrag.supervisor.logfile import ClusterLog, log_path
 from letsfrag.supervisor.metrics import HostMetrics
 from letsfrag.supervisor.prefork import Launcher, launcher_mode
-from letsfrag.supervisor.process import ClusterProcess
+from letsfrag.supervisor.process import ClusterProcess, run_stop
 from letsfrag.supervisor.publish import Publisher
-from letsfrag.supervisor.reactions import Reactions
 from letsfrag.supervisor.state import (
     Call,
     ClusterRecord,
@@ -54,9 +61,9 @@ from letsfrag.supervisor.state import (
     IpcMessage,
     ProcessExited,
     RestartDue,
-    StopIntent,
+    StopDone,
 )
-from letsfrag.supervisor.stopping import Stopper
+from letsfrag.supervisor.successors import LeaveVerdict, leave_verdict
 from letsfrag.supervisor.watch import TreeSampler
 
 __all__ = ["EVENT_NAMES", "ClusterManager"]
@@ -86,11 +93,19 @@ class ClusterManager:
         self.capacity = config.host.capacity if capacity is None else capacity
         self.clock: Clock = clock or SystemClock()
         self.handle_signals = handle_signals
-        self._rng = rng or random.Random()
         #: what the parts share (records, grants, layout, logs, closing): one object with public fields
         self.state = HostState()
-        #: process tokens: unique per spawned process (main or successor), so late events find their process
-        self._tokens = itertools.count(1)
+        #: the pure core: every decision about a cluster (supervisor/lifecycle.py)
+        self.lifecycle = lc.Lifecycle(config, self.host_id, self.state, rng or random.Random())
+        #: the shell's resources, by cluster id: each cluster's process, its restart timer, its stop task
+        self.processes: dict[int, ClusterProcess] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._stops: dict[int, asyncio.Task[None]] = {}
+        self._sampler = TreeSampler()
+        self._signals = 0
+        #: True while the host waits for the broker to hand its clusters away (grants still apply)
+        self.handing_off = False
+        self._forced = asyncio.Event()
         self._callbacks: dict[str, list[Callable[..., Any]]] = {name: [] for name in EVENT_NAMES}
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._changed = asyncio.Event()
@@ -110,9 +125,6 @@ class ClusterManager:
         #: successors and retiring processes of planned handovers (one home, apart from the records)
         self.handovers = Handovers(self.state, self)
         self.commands = CommandHandler(self.state, self)
-        self.reactions = Reactions(self.state, self, self.handovers, TreeSampler())
-        self.grants = Grants(self.state, self, self.handovers, self._rng)
-        self.stopper = Stopper(self.state, self, self.handovers)
         self.argv = build_argv(config)
         #: the pre-fork launcher (``bot.launcher: fork``), None when every cluster is exec'd
         self.launcher: Launcher | None = (launcher or Launcher()) if launcher_mode(config) == "fork" else None
@@ -190,7 +202,7 @@ class ClusterManager:
         self._tasks.append(self._core_task("supervisor-loop", self._loop))
         self._tasks.append(self._core_task("supervisor-publish", self.publisher.run))
         if self.handle_signals:
-            self.stopper.install_signals()
+            self._install_signals()
         self.state.layout = await self.agent.wait_for_layout()
         while True:
             try:
@@ -202,7 +214,7 @@ class ClusterManager:
         self._tasks += [
             # the lease loop checks the fencing deadline first thing, so it restarts fast
             self._core_task("supervisor-lease", self.agent.run, max_delay=0.5),
-            self._core_task("supervisor-tick", self.reactions.ticker),
+            self._core_task("supervisor-tick", self._ticker),
         ]
         self.agent.poke()
         self._metrics = await start_metrics(cfg.metrics.listen, lambda: HostMetrics(self))
@@ -217,24 +229,25 @@ class ClusterManager:
             self._metrics = None
 
     async def _close(self, force: bool) -> None:
-        """The leave (see :mod:`letsfrag.supervisor.stopping`): hand off, stop everything, then let go of the
-        shell's resources (loops, tasks, the bus, the log files)."""
-        if self.state.closing or self.stopper.handing_off:
+        """The leave (see the module docstring): hand off, stop everything, then let go of the shell's resources
+        (loops, tasks, the bus, the log files)."""
+        if self.state.closing or self.handing_off:
             if force:
-                self.stopper.force()
+                self._force()
             await self._closed.wait()
             return
         try:
             if not force and self._tasks:
-                await self.stopper.hand_off()
+                await self._hand_off()
             self.state.closing = True
             await self._shutdown(force)
         finally:
             await cancel_and_wait(*self._tasks)
             self.state.closing = True
-            for record in self.state.records.values():
-                if record.process is not None:
-                    record.process.cancel_tasks()
+            for timer in self._timers.values():
+                timer.cancel()
+            for process in self.processes.values():
+                process.cancel_tasks()
             for process in self.handovers.processes():
                 process.cancel_tasks()
             for task in list(self._background):
@@ -245,14 +258,14 @@ class ClusterManager:
             for log_file in self.state.logs.values():
                 log_file.close()
             if self.handle_signals:
-                self.stopper.remove_signals()
+                self._remove_signals()
             self._closed.set()
 
     async def _shutdown(self, force: bool) -> None:
         if self.agent is not None and self.agent.registered:
             await self.agent.set_state("leaving")
         if self._tasks:
-            await self.stopper.stop_everything(force)
+            await self._stop_everything(force)
         pending = [task for task in self._confirming if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=3.0)
@@ -358,27 +371,131 @@ class ClusterManager:
         if record is None or record.token != item.token:
             return  # a late event of a process that was replaced
         if isinstance(item, IpcMessage):
-            self.reactions.on_ipc(record, item.message)
+            await self._run(self.lifecycle.ipc(item.cluster_id, item.token, item.message, self._now()))
         elif isinstance(item, ProcessExited):
-            await self.reactions.on_exit(record, item.returncode)
+            await self._exited(record, item.returncode)
             if self.publisher is not None:
                 self.publisher.host_fields({"running": self.running_json()})
         elif isinstance(item, RestartDue):
-            record.restart_handle = None
-            if record.state is ClusterState.BACKOFF and not self.state.closing:
-                await self.spawn(record)
+            self._timers.pop(item.cluster_id, None)
+            await self._run(self.lifecycle.restart_due(item.cluster_id, item.token, self._now()))
+        elif isinstance(item, StopDone):
+            await self._run(self.lifecycle.stop_done(item.cluster_id, item.token))
+
+    def _now(self) -> lc.Instant:
+        return lc.Instant(self.clock.monotonic(), self.clock.time())
+
+    async def _exited(self, record: ClusterRecord, returncode: int | None) -> None:
+        """The shell's part of an exit (the process's leftovers), then the lifecycle's."""
+        cid = record.cluster_id
+        process = self.processes.pop(cid)
+        leftovers = process.finish()
+        if leftovers:
+            self.event(Severity.WARNING, "cluster_leftovers",
+                       f"cluster {cid}: killed {len(leftovers)} leftover process(es) {leftovers}", cluster=cid)
+        self.confirm_gone_later(process)
+        await self._run(self.lifecycle.exited(cid, record.token, returncode, process.log.tail(), self._now()))
+
+    # ------------------------------------------------------------------------------------------ effects
+
+    async def _run(self, effects: list[lc.Effect]) -> None:
+        """Carry out the lifecycle's effects, in order (a spawn's outcome is fed back, and its effects run)."""
+        for effect in effects:
+            await self._execute(effect)
+
+    async def _execute(self, effect: lc.Effect) -> None:
+        publisher = self.publisher
+        if isinstance(effect, lc.StateChanged):
+            self._state_changed(effect)
+        elif isinstance(effect, lc.Spawn):
+            await self._spawn(effect)
+        elif isinstance(effect, lc.Stop):
+            process = self.processes.get(effect.cluster_id)
+            if process is not None:
+                self._start_stop(process, effect)
+        elif isinstance(effect, lc.HurryStop):
+            process = self.processes.get(effect.cluster_id)
+            if process is not None:
+                self.background(process.stop(ask=False, reason=effect.reason, stop_timeout=effect.timeout))
+        elif isinstance(effect, lc.Signal):
+            process = self.processes.get(effect.cluster_id)
+            if process is not None:
+                process.signal(effect.signal)
+        elif isinstance(effect, lc.Send):
+            process = self.processes.get(effect.cluster_id)
+            if process is not None:
+                self.background(process.send(effect.op, **effect.fields))
+        elif isinstance(effect, lc.StartTimer):
+            self._cancel_timer(effect.cluster_id)
+            self._timers[effect.cluster_id] = asyncio.get_running_loop().call_later(
+                effect.delay, self._queue.put_nowait, RestartDue(effect.cluster_id, effect.token))
+        elif isinstance(effect, lc.CancelTimer):
+            self._cancel_timer(effect.cluster_id)
+        elif isinstance(effect, lc.Note):
+            self._log_for(effect.cluster_id).note(effect.text)
+        elif isinstance(effect, lc.Emit):
+            self.event(effect.severity, effect.kind, effect.message, **effect.context)
+        elif isinstance(effect, lc.Fire):
+            if effect.view is None:
+                self.fire(effect.name)
+            else:
+                self.fire(effect.name, effect.view)
+        elif isinstance(effect, lc.LogLine):
+            log.log(effect.level, "%s", effect.text)
+        elif isinstance(effect, lc.Sample):
+            await self._run(self._sample())
+        elif isinstance(effect, lc.ClusterStopped):
+            self._confirm_stopped(effect.cluster_id, effect.epoch)
+        elif publisher is None:
+            return
+        elif isinstance(effect, lc.PublishStatus):
+            publisher.status(effect.cluster_id)
+        elif isinstance(effect, lc.PublishRestart):
+            publisher.restart(effect.cluster_id, effect.entry)
+        elif isinstance(effect, lc.PublishMetric):
+            publisher.metric(effect.cluster_id, effect.entry)
+        elif isinstance(effect, lc.PublishError):
+            publisher.error(effect.cluster_id, effect.text)
+        elif isinstance(effect, lc.PublishHostFields):
+            publisher.host_fields(effect.fields)
+        elif isinstance(effect, lc.PublishMessage):
+            payload = effect.payload
+            if effect.type is MessageType.HOST_HELLO:
+                payload = {**payload, "incarnation": self.incarnation}
+            publisher.message(effect.type, payload)
+
+    def _start_stop(self, process: ClusterProcess, stop: lc.Stop) -> None:
+        task = asyncio.create_task(run_stop(process, ask=stop.ask, reason=stop.reason, stop_timeout=stop.timeout))
+        cid, token = stop.cluster_id, process.token
+        self._stops[cid] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            if self._stops.get(cid) is task:
+                del self._stops[cid]
+            self.post(StopDone(cid, token))
+
+        task.add_done_callback(done)
+
+    def _cancel_timer(self, cluster_id: int) -> None:
+        timer = self._timers.pop(cluster_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _confirm_stopped(self, cluster_id: int, epoch: int | None) -> None:
+        """A revoke is complete: update ``running`` in the host record, then tell the broker."""
+        assert self.publisher is not None
+        self.publisher.host_fields({"running": self.running_json()})
+        self.publisher.message(MessageType.CLUSTER_STOPPED, {"host": self.host_id, "cluster": cluster_id,
+                                                             "epoch": epoch})
 
     # ------------------------------------------------------------------------------------------ state
 
-    def set_state(self, record: ClusterRecord, state: ClusterState, reason: str) -> None:
-        changed = record.state is not state
-        record.state = state
-        record.reason = reason
-        if changed:
-            log.info("cluster %d: %s (%s)", record.cluster_id, state, reason)
+    def _state_changed(self, effect: lc.StateChanged) -> None:
+        if effect.changed:
+            log.info("cluster %d: %s (%s)", effect.cluster_id, effect.state, effect.reason)
         if self.publisher is not None:
-            self.publisher.status(record.cluster_id)
-            if changed:
+            self.publisher.status(effect.cluster_id)
+            if effect.changed:
                 self.publisher.host_fields({"running": self.running_json()})
         self.pulse()
 
@@ -423,7 +540,7 @@ class ClusterManager:
         return record.view() if record else None
 
     def running_json(self) -> str:
-        return json.dumps({str(cid): epoch for cid, epoch in self.running().items()})
+        return self.lifecycle.running_json()
 
     def _record_fields(self) -> dict[str, str]:
         return {"cpu_percent": f"{self.host_cpu:.1f}", "rss": str(self.host_rss), "running": self.running_json(),
@@ -432,27 +549,40 @@ class ClusterManager:
 
     def sharding_fields(self) -> dict[str, str]:
         """The host record's ``sharding_required``: granted clusters Discord closed with 4011 (contract.reshard)."""
-        desired = self.state.desired
-        failed = sorted(cid for cid, r in self.state.records.items()
-                        if r.extra.get("sharding_required") and cid in desired and r.epoch == desired[cid])
-        return {SHARDING_REQUIRED_FIELD: json.dumps(failed)}
+        return self.lifecycle.sharding_fields()
 
     # ------------------------------------------------------------------------------------------ grants
 
     def _on_grants(self, layout: LayoutRecord, grants: dict[int, int], handovers: dict[int, HandoverRecord]) -> None:
-        self._queue.put_nowait(Call(lambda: self.grants.apply(layout, grants, handovers)))
+        self._queue.put_nowait(Call(lambda: self._apply_grants(layout, grants, handovers)))
 
     def _on_fence(self, reason: str) -> None:
-        self._queue.put_nowait(Call(lambda: self.grants.fence_all(reason)))
+        self._queue.put_nowait(Call(lambda: self._fence_all(reason)))
+
+    async def _apply_grants(self, layout: LayoutRecord, grants: dict[int, int],
+                            handovers: dict[int, HandoverRecord]) -> None:
+        """Take the grants read from Redis and the handover records, carry out the handovers (spawn, promote or
+        roll back successors), then reconcile."""
+        if self.state.closing:
+            return
+        await self._run(self.lifecycle.take_layout(layout, self.bus.keys.layout))
+        await self._run(self.lifecycle.take_grants(grants))
+        # before the reconcile: a grant naming a successor's epoch promotes it (nothing new is spawned for it)
+        await self.handovers.apply(handovers, self.state.desired)
+        await self.reconcile()
+        self.pulse()
+
+    async def _fence_all(self, reason: str) -> None:
+        """This host may have lost its lease: stop everything now, within the rest of the lease."""
+        effects = self.lifecycle.fence(reason)
+        self.handovers.stop_all(f"fenced: {reason}", timeout=self.lifecycle.fence_timeout())
+        await self._run(effects)
 
     async def reconcile(self) -> None:
-        await self.grants.reconcile()
-
-    def confirm_stopped(self, record: ClusterRecord) -> None:
-        self.grants.confirm_stopped(record)
+        await self._run(self.lifecycle.reconcile(self._now()))
 
     def record_of(self, cluster_id: int) -> ClusterRecord:
-        return self.grants.record(cluster_id)
+        return self.lifecycle.record(cluster_id)
 
     # ------------------------------------------------------------------------------------------ spawning
 
@@ -466,22 +596,12 @@ class ClusterManager:
         return log_file
 
     def next_token(self) -> int:
-        return next(self._tokens)
+        return self.lifecycle.next_token()
 
-    def begin_run(self, record: ClusterRecord, *, epoch: int | None = None, token: int | None = None) -> None:
-        """A new run of ``record`` (a spawn, or a promoted successor): a new token, the per-run fields cleared."""
-        if epoch is not None:
-            record.epoch = epoch
-        record.token = self.next_token() if token is None else token
-        record.spawns += 1
-        if record.spawns > 1 and record.state is not ClusterState.PENDING:
-            record.restarts += 1
-        for name in ("fatal_reason", "stop_intent", "stop_cause", "stop_task", "ready_at", "last_heartbeat",
-                     "last_heartbeat_mono", "exit_code", "exit_signal", "next_restart_at", "guilds", "latency"):
-            setattr(record, name, None)
-        record.hang_signalled = False
-        record.extra.pop("sharding_required", None)
-        record.memory.reset()
+    async def promote(self, cluster_id: int, process: ClusterProcess, successor: lc.Promotion) -> None:
+        """``process`` (a promoted successor) is now the cluster's process."""
+        self.processes[cluster_id] = process
+        await self._run(self.lifecycle.promote(cluster_id, successor, self._now()))
 
     async def launch(self, cluster_id: int, shard_ids: tuple[int, ...], epoch: int, token: int, *,
                       handover: bool = False, layout: LayoutRecord | None = None) -> ClusterProcess:
@@ -511,43 +631,174 @@ class ClusterManager:
         """What is started for a cluster, for messages: ``module <name>`` (forked) or the command."""
         return f"module {self.config.bot.module}" if self.launcher is not None else self.argv[0]
 
-    async def spawn(self, record: ClusterRecord, epoch: int | None = None) -> None:
-        self.begin_run(record, epoch=epoch)
-        assert record.epoch is not None
-        record.started_at = self.clock.time()
-        record.started_mono = self.clock.monotonic()
+    async def _spawn(self, spawn: lc.Spawn) -> None:
         try:
-            process = await self.launch(record.cluster_id, record.shard_ids, record.epoch, record.token)
+            process = await self.launch(spawn.cluster_id, spawn.shard_ids, spawn.epoch, spawn.token)
         except OSError as exc:
-            record.last_error = f"cannot start {self.program()}: {exc}"
-            self.reactions.decide(record, policy.ExitInfo(code=127, signal=None), cause=f"cannot start: {exc}")
+            await self._run(self.lifecycle.spawn_failed(spawn.cluster_id, spawn.token, str(exc), self.program(),
+                                                        self._now()))
             return
-        record.process = process  # recorded before anything is written about it (a log write may fail)
-        record.started_mono = self.clock.monotonic()  # the hang timer runs from the process, not the wait for it
-        process.log.note(f"started pid {process.pid} (cluster {record.cluster_id})")
-        self.set_state(record, ClusterState.STARTING, f"started pid {process.pid} (epoch {record.epoch})")
-        self.fire("cluster_create", record.view())
-
-    def schedule_restart(self, record: ClusterRecord, delay: float) -> None:
-        record.restart_handle = asyncio.get_running_loop().call_later(
-            delay, self._queue.put_nowait, RestartDue(record.cluster_id, record.token))
+        self.processes[spawn.cluster_id] = process
+        await self._run(self.lifecycle.spawned(spawn.cluster_id, spawn.token, process.pid, self._now()))
 
     def confirm_gone_later(self, process: ClusterProcess) -> None:
         confirm = asyncio.ensure_future(_confirm_gone(process))
         self._confirming.add(confirm)
         confirm.add_done_callback(self._confirming.discard)
 
-    def cancel_backoff(self, record: ClusterRecord) -> None:
-        if record.restart_handle is not None:
-            record.restart_handle.cancel()
-            record.restart_handle = None
-        record.next_restart_at = None
+    # ------------------------------------------------------------------------------------------ commands
+
+    async def restart_cluster(self, cluster_id: int) -> tuple[bool, str, int]:
+        """Inside the loop: begin restarting one cluster (an operator's ``restart``); ``(ok, message, spawns
+        before)``."""
+        ok, message, before, effects = self.lifecycle.request_restart(cluster_id)
+        await self._run(effects)
+        if ok:
+            await self._run(self.lifecycle.start_if_idle(cluster_id, self._now()))
+        return ok, message, before
+
+    # ------------------------------------------------------------------------------------------ ticks
+
+    async def _ticker(self) -> None:
+        """The tick loop (a core task): every tick, check hangs, logs and (when due) sample, inside the loop."""
+        interval = lc.tick_interval(self.config.sample_interval, self.config.limits.hang_timeout)
+        while True:
+            await asyncio.sleep(interval)
+            self.post(Call(self._on_tick))
+
+    async def _on_tick(self) -> None:
+        logs = {cid: lc.LogHealth(f.write_errors, f.failing, f.last_write_error, str(f.path))
+                for cid, f in self.state.logs.items()}
+        await self._run(self.lifecycle.tick(self._now(), logs))
+
+    def _sample(self) -> list[lc.Effect]:
+        roots = {cid: p.pid for cid, p in self.processes.items() if p.running}
+        samples = self._sampler.sample(roots)
+        own_cpu, own_rss = self._sampler.sample_self()
+        for cid, sample in samples.items():
+            process = self.processes.get(cid)
+            if process is not None:
+                process.remember(sample.pids)
+        effects = self.lifecycle.sampled(
+            {cid: lc.TreeSample(s.cpu_percent, s.rss, s.threads, s.pss, s.uss) for cid, s in samples.items()},
+            own_cpu, own_rss, self._now())
+        if self.launcher is not None:  # a subreaper inherits the orphans of its clusters' trees
+            keep = {p.pid for p in self.processes.values()}
+            self.launcher.reap_strays(keep | {p.pid for p in self.handovers.processes()})
+        return effects
 
     # ------------------------------------------------------------------------------------------ stopping
 
-    def begin_stop(self, record: ClusterRecord, intent: StopIntent, reason: str, *, cause: str | None = None,
-                    ask: bool = True, timeout: float | None = None) -> None:
-        self.stopper.begin_stop(record, intent, reason, cause=cause, ask=ask, timeout=timeout)
+    def _kill_everything(self) -> None:
+        """SIGKILL every cluster's process tree now."""
+        for process in self.processes.values():
+            process.kill_all()
+        self.handovers.kill_all()
+
+    def _alive(self) -> bool:
+        """Does any process (a cluster's, a successor or a retiring one) still run here?"""
+        return bool(self.processes) or any(True for _ in self.handovers.processes())
+
+    def _force(self) -> None:
+        """A forced close while closing (a second signal, ``close(force=True)``): end the hand-off, kill all."""
+        self._forced.set()
+        self._kill_everything()
+
+    async def _hand_off(self) -> None:
+        """Ask the broker to hand this host's clusters to other hosts and wait (see the module docstring).
+
+        Called by the close once the loops run (outside the decision loop)."""
+        state, agent = self.state, self.agent
+        timeout = self.config.limits.leave_timeout
+        if agent is None or not agent.registered or timeout <= 0 or not self._alive():
+            return
+        clusters = state.alive_clusters()
+        if not await agent.others_up():
+            self._left_over(clusters, "no other host is up", Severity.INFO)
+            return
+        self.handing_off = True
+        try:
+            if (problem := await agent.ask_to_leave()) is not None:
+                self._left_over(clusters, f"cannot ask the broker to hand them over: {problem}")
+                return
+            self.event(Severity.INFO, "host_handing_off", f"host {self.host_id} is leaving: handing clusters "
+                       f"{clusters} to other hosts (up to {timeout:g}s)", host=self.host_id)
+            started = self.clock.monotonic()
+            others_up = True
+
+            def verdict() -> LeaveVerdict:
+                return leave_verdict(now=self.clock.monotonic(), started=started, timeout=timeout,
+                                     granted=len(state.desired), running=int(self._alive()),
+                                     blocked=agent.handoff_blocked, forced=self._forced.is_set(),
+                                     others_up=others_up)
+
+            # every renewal interval: is someone still there to take the clusters (all hosts may be leaving)?
+            check = max(agent.heartbeat_interval, 0.5)
+            while (result := verdict()) is LeaveVerdict.WAIT:
+                await self.wait_for(lambda: verdict() is not LeaveVerdict.WAIT, check)
+                if verdict() is LeaveVerdict.WAIT:
+                    others_up = await agent.others_up()
+        finally:
+            self.handing_off = False
+        left = state.alive_clusters()
+        took = self.clock.monotonic() - started
+        if result is LeaveVerdict.HANDED_OFF:
+            self.event(Severity.INFO, "host_handed_off", f"host {self.host_id} handed every cluster to other hosts "
+                       f"in {took:.1f}s", host=self.host_id)
+        elif result is LeaveVerdict.BLOCKED:
+            self._left_over(left, f"no other host has room ({agent.handoff_blocked})")
+        elif result is LeaveVerdict.FORCED:
+            self._left_over(left, "a second signal")
+        elif result is LeaveVerdict.ALONE:
+            self._left_over(left, "no other host is up any more")
+        else:
+            self._left_over(left, f"not handed over within limits.leave_timeout ({timeout:g}s)")
+
+    def _left_over(self, clusters: list[int], why: str, severity: Severity = Severity.WARNING) -> None:
+        """Say why clusters are stopped instead of handed over (their shards go offline)."""
+        if not clusters:
+            return
+        self.event(severity, "host_leave_stopping", f"host {self.host_id}: {why}: stopping clusters "
+                   f"{clusters} (their shards go offline)", host=self.host_id)
+
+    async def _stop_everything(self, force: bool) -> None:
+        """Forget the grants, stop every cluster and successor through the loop and wait for them (killing what
+        outlives the limit). Called by the close once the loops run (outside the decision loop)."""
+
+        async def stop_all() -> None:
+            self.handovers.stop_all("supervisor shutting down")
+            await self._run(self.lifecycle.shutdown())
+            if force:
+                self._kill_everything()
+
+        await self.call(stop_all)
+        limit = self.config.limits.stop_timeout * 1.5 + 5.0
+        if not await self.wait_for(lambda: not self._alive(), limit):
+            self._kill_everything()
+            await self.wait_for(lambda: not self._alive(), 5.0)
+
+    # ------------------------------------------------------------------------------------------ signals
+
+    def _install_signals(self) -> None:
+        """SIGTERM/SIGINT close the manager; a second one kills every cluster."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("received %s: stopping every cluster (again to force)", signal.Signals(sig).name)
+            self.background(self.close())
+        else:
+            log.warning("received %s again: killing every cluster now", signal.Signals(sig).name)
+            self._force()
 
     # ------------------------------------------------------------------------------------------ bus inbox
 

@@ -9,7 +9,7 @@ once per new shard report seen at a scrape.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -21,18 +21,41 @@ from letsfrag.metrics import Families, Probe, bus_drops, liveness
 from letsfrag.supervisor.state import ClusterState
 
 if TYPE_CHECKING:
-    from letsfrag.supervisor.manager import ClusterManager
+    from letsfrag.bus import Bus
+    from letsfrag.supervisor.state import ClusterView
 
-__all__ = ["HostMetrics"]
+__all__ = ["HostMetrics", "MeasuredHost"]
 
 #: gateway latency buckets (seconds): Discord's heartbeat ACK round trip
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+class MeasuredHost(Protocol):
+    """What the metrics read of a supervisor (implemented by :class:`ClusterManager`)."""
+
+    host_id: str
+    capacity: int
+
+    @property
+    def bus(self) -> Bus:
+        """The supervisor's bus connection."""
+
+    @property
+    def clusters(self) -> dict[int, ClusterView]:
+        """A snapshot of every cluster this host ran or runs."""
+
+    @property
+    def assigned(self) -> dict[int, int]:
+        """``{cluster id: epoch}`` granted to this host."""
+
+    def dead_loops(self) -> list[str]:
+        """Names of the core loops that ended."""
+
+
 class HostMetrics:
     """The :class:`~letsfrag.metrics.MetricsSource` of one :class:`ClusterManager`."""
 
-    def __init__(self, manager: ClusterManager) -> None:
+    def __init__(self, manager: MeasuredHost) -> None:
         self.manager = manager
         self._families = Families()
         self.registry = self._families.registry

@@ -1,12 +1,13 @@
 """What a part of the supervisor may ask of the shell: :class:`Shell`, which :class:`ClusterManager` implements.
 
-The supervisor is cut like the broker (whose ``Reconciler`` is given ``event``, ``fire`` and ``notify``): the
-state its parts share is one object with public fields (:class:`letsfrag.supervisor.state.HostState`), and the
-actions that need the shell's resources (the decision loop's queue, processes, timers, background tasks,
-callbacks, the publisher) are this small interface. Each part (``CommandHandler``, ``Stopper``, ``Grants``,
-``Reactions``, ``Handovers``) is given the state and the shell (and the parts that act on successors the
-``Handovers`` itself, so this interface knows no part); it never touches a private attribute of the
-manager, and the manager calls only public methods of its parts (``tests/test_layers.py`` checks both).
+The supervisor is a pure core and a shell. The core is the cluster lifecycle
+(:class:`letsfrag.supervisor.lifecycle.Lifecycle`: inputs and the time in, effects out, no I/O); the shell is the
+manager, which keeps the processes, timers and tasks by cluster id and carries the effects out. The state they
+share is one object with public fields (:class:`letsfrag.supervisor.state.HostState`). The manager's parts that
+are not decisions about a cluster's life — the operator commands (``CommandHandler``: replies and waits) and the
+successors of planned handovers (``Handovers``) — are given the state and the shell, and ask the shell through
+this small interface; a part never touches a private attribute of the manager, and the manager calls only
+public methods of its parts (``tests/test_layers.py`` checks both).
 
 A Protocol rather than a bag of callbacks: the parts ask for about fifteen actions, the manager is the only
 implementation, and a typed interface documents each action once (mypy checks the manager against it where it
@@ -25,10 +26,11 @@ if TYPE_CHECKING:
     from letsfrag.contract.records import LayoutRecord
     from letsfrag.events import Severity
     from letsfrag.supervisor.host import HostAgent
+    from letsfrag.supervisor.lifecycle import Promotion
     from letsfrag.supervisor.prefork import Launcher
     from letsfrag.supervisor.process import ClusterProcess
     from letsfrag.supervisor.publish import Publisher
-    from letsfrag.supervisor.state import ClusterRecord, ClusterState, StopIntent
+    from letsfrag.supervisor.state import ClusterRecord
 
 __all__ = ["Shell"]
 
@@ -67,14 +69,8 @@ class Shell(Protocol):
     def pulse(self) -> None:
         """Something changed: wake :meth:`wait_for`, fire ``ready`` once every granted cluster is READY."""
 
-    def set_state(self, record: ClusterRecord, state: ClusterState, reason: str) -> None:
-        """Move ``record`` to ``state``: log it, publish its status and ``running``, pulse."""
-
     def running_json(self) -> str:
         """The host record's ``running`` field, as of now."""
-
-    def sharding_fields(self) -> dict[str, str]:
-        """The host record's ``sharding_required`` field, as of now."""
 
     # ---------------------------------------------------------------------------------- processes
 
@@ -84,8 +80,11 @@ class Shell(Protocol):
     def next_token(self) -> int:
         """A new process token (unique per spawned process, so late events find their process)."""
 
-    def begin_run(self, record: ClusterRecord, *, epoch: int | None = None, token: int | None = None) -> None:
-        """A new run of ``record`` (a spawn, or a promoted successor): a new token, the per-run fields cleared."""
+    #: each cluster's process (possibly stopping), by cluster id
+    processes: dict[int, ClusterProcess]
+
+    async def promote(self, cluster_id: int, process: ClusterProcess, successor: Promotion) -> None:
+        """``process`` (a successor) is now the cluster's process: the lifecycle's ``promote``, carried out."""
 
     async def launch(self, cluster_id: int, shard_ids: tuple[int, ...], epoch: int, token: int, *,
                      handover: bool = False, layout: LayoutRecord | None = None) -> ClusterProcess:
@@ -94,27 +93,11 @@ class Shell(Protocol):
     def program(self) -> str:
         """What is started for a cluster, for messages."""
 
-    async def spawn(self, record: ClusterRecord, epoch: int | None = None) -> None:
-        """Start a new run of ``record`` (at ``epoch``, default its own)."""
-
-    def begin_stop(self, record: ClusterRecord, intent: StopIntent, reason: str, *, cause: str | None = None,
-                   ask: bool = True, timeout: float | None = None) -> None:
-        """Start stopping ``record``'s process for ``intent``."""
-
-    def cancel_backoff(self, record: ClusterRecord) -> None:
-        """Cancel ``record``'s pending restart, if any."""
-
-    def schedule_restart(self, record: ClusterRecord, delay: float) -> None:
-        """Put a ``RestartDue`` of ``record``'s current run on the loop after ``delay`` seconds."""
-
     def confirm_gone_later(self, process: ClusterProcess) -> None:
         """After an exit: make sure, in the background, that nothing of the process tree is left."""
 
-    async def reconcile(self) -> None:
-        """Make the processes match the grants."""
-
-    def confirm_stopped(self, record: ClusterRecord) -> None:
-        """A revoke is complete: update ``running``, then tell the broker (``cluster_stopped``)."""
+    async def restart_cluster(self, cluster_id: int) -> tuple[bool, str, int]:
+        """Begin an operator's restart of one cluster: ``(ok, message, spawns before)``."""
 
     # ---------------------------------------------------------------------------------- the loop and tasks
 

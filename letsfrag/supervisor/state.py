@@ -1,7 +1,8 @@
-"""Cluster states, the per-cluster record the manager's loop owns, and the events that feed that loop.
+"""Cluster states, the per-cluster record (plain data), and the events that feed the manager's loop.
 
-Per-process tasks (IPC reader, exit waiter, timers) never change a record themselves: they put one of the
-event dataclasses below on the manager's queue, and the manager's single loop decides (see ``manager.py``).
+Per-process tasks (IPC reader, exit waiter, timers, stop sequences) never change a record themselves: they put one
+of the event dataclasses below on the manager's queue, and the manager's single loop feeds it to the lifecycle,
+which decides (see ``manager.py`` and ``lifecycle.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from ..units import format_shard_range
 if TYPE_CHECKING:
     from letsfrag.contract.records import LayoutRecord
     from letsfrag.supervisor.logfile import ClusterLog
-    from letsfrag.supervisor.process import ClusterProcess
 
 __all__ = [
     "ALIVE_STATES",
@@ -31,6 +31,7 @@ __all__ = [
     "IpcMessage",
     "ProcessExited",
     "RestartDue",
+    "StopDone",
     "StopIntent",
 ]
 
@@ -117,7 +118,10 @@ class ClusterView:
 
 @dataclass(eq=False)
 class ClusterRecord:
-    """Everything the manager knows about one cluster; changed only by the manager's loop."""
+    """Everything the supervisor knows about one cluster: plain data, changed only by the lifecycle
+    (:mod:`letsfrag.supervisor.lifecycle`) inside the manager's loop. The process, its restart timer and its stop
+    task are the shell's (the manager keeps them by cluster id); the record knows only the process's ``pid``.
+    """
 
     cluster_id: int
     shard_ids: tuple[int, ...]
@@ -128,7 +132,8 @@ class ClusterRecord:
     epoch: int | None = None
     #: an epoch whose run ended for good here (fenced exit, FAILED, policy stop): not started again
     done_epoch: int | None = None
-    process: ClusterProcess | None = None
+    #: the pid of the cluster's process while one exists (possibly stopping); None once it exited
+    pid: int | None = None
     #: increases with every spawn; events carry it so late events of an old process are ignored
     token: int = 0
     spawns: int = 0
@@ -143,12 +148,20 @@ class ClusterRecord:
     exit_signal: int | None = None
     last_error: str = ""
     next_restart_at: float | None = None
-    restart_handle: asyncio.TimerHandle | None = None
     stop_intent: StopIntent | None = None
     stop_cause: str | None = None
-    stop_task: asyncio.Task[None] | None = None
+    #: a stop sequence runs (until it ended, or the process exited)
+    stopping: bool = False
     fatal_reason: str | None = None
     hang_signalled: bool = False
+    #: monotonic time of the hang's SIGUSR1 (stack dump); the stop follows ``HANG_DUMP_WAIT`` later
+    hang_at: float | None = None
+    #: the reason the cluster gave when it reported itself fenced (IPC ``fenced``)
+    fenced: str | None = None
+    #: the run ended with Discord's 4011 (sharding required): the host record's ``sharding_required`` names it
+    sharding_required: bool = False
+    #: its log file is failing to write (a streak of write errors; reported once at its start)
+    log_failing: bool = False
     cpu_percent: float = 0.0
     rss: int = 0
     pss: int = 0
@@ -157,16 +170,11 @@ class ClusterRecord:
     guilds: int | None = None
     latency: float | None = None
     log_errors: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
 
     @property
     def alive(self) -> bool:
         """A process exists (possibly stopping)."""
-        return self.process is not None
+        return self.pid is not None
 
     def view(self) -> ClusterView:
         """The snapshot handed to callers and the publisher."""
@@ -185,9 +193,10 @@ class HostState:
     """What the supervisor's parts share: one object with public fields, owned by the manager, changed only
     inside its decision loop.
 
-    The manager (the shell: processes, timers, tasks, Redis) and its parts (``CommandHandler``, ``Stopper``,
-    ``Grants``, ``Reactions``, ``Handovers``) all read and write this object; none of them reaches into another's
-    private attributes. What a part may ask of the shell is :class:`letsfrag.supervisor.shell.Shell`.
+    The lifecycle (the pure core, :mod:`letsfrag.supervisor.lifecycle`) makes the decisions on it; the manager
+    (the shell: processes, timers, tasks, Redis) and its parts (``CommandHandler``, ``Handovers``) read it; none of
+    them reaches into another's private attributes. What a part may ask of the shell is
+    :class:`letsfrag.supervisor.shell.Shell`.
     """
 
     #: every cluster this host ran or runs, by cluster id
@@ -207,11 +216,11 @@ class HostState:
     def running(self) -> dict[int, int]:
         """``{cluster id: epoch}`` of clusters this host holds now (the host record's ``running``)."""
         return {cid: rec.epoch for cid, rec in sorted(self.records.items())
-                if rec.epoch is not None and (rec.state in ALIVE_STATES or rec.process is not None)}
+                if rec.epoch is not None and (rec.state in ALIVE_STATES or rec.pid is not None)}
 
     def alive_clusters(self) -> list[int]:
         """Ids of the clusters whose process exists (possibly stopping)."""
-        return sorted(cid for cid, r in self.records.items() if r.process is not None)
+        return sorted(cid for cid, r in self.records.items() if r.pid is not None)
 
 
 # ------------------------------------------------------------------------------------ loop events
@@ -238,6 +247,14 @@ class ProcessExited:
 @dataclass(frozen=True)
 class RestartDue:
     """The backoff delay of a cluster is over."""
+
+    cluster_id: int
+    token: int
+
+
+@dataclass(frozen=True)
+class StopDone:
+    """The stop sequence of a cluster's process ended (the process exited, or was killed)."""
 
     cluster_id: int
     token: int

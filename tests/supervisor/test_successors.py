@@ -294,7 +294,7 @@ async def test_a_forced_close_does_not_wait_for_a_hand_off(
     pid = await started_ready(manager, r)
     await _others_up(r)
     closing = asyncio.create_task(manager.close())
-    await wait_until(lambda: manager.stopper.handing_off, message="handing off")
+    await wait_until(lambda: manager.handing_off, message="handing off")
     started = time.monotonic()
     await manager.close(force=True)  # what a second SIGTERM does
     await asyncio.wait_for(closing, 5)

@@ -19,10 +19,10 @@ from letsfrag.ipc import ENV_IPC_FD
 from letsfrag.supervisor import ClusterState, ClusterView
 from letsfrag.supervisor.host import fence_after, parse_assignment
 from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, plain_redis_settings
+from letsfrag.supervisor.lifecycle import tick_interval
 from letsfrag.supervisor.logfile import ClusterLog
 from letsfrag.supervisor.main import _overrides
 from letsfrag.supervisor.publish import status_fields
-from letsfrag.supervisor.reactions import tick_interval
 from letsfrag.supervisor.watch import TreeSampler, descendants
 
 LAYOUT = {"shard_count": "10", "shards_per_cluster": "4", "cluster_count": "3", "max_concurrency": "1",

@@ -72,8 +72,8 @@ async def test_grandchildren_are_killed_with_their_cluster(redis_url: str, r: ai
 
 
 def _tree_pids(manager: ClusterManager) -> set[int]:
-    record = manager.state.records[0]
-    return set(record.process._known) if record.process is not None else set()
+    process = manager.processes.get(0)
+    return set(process._known) if process is not None else set()
 
 
 async def test_hung_cluster_dumps_stacks_and_restarts(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
