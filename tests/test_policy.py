@@ -10,15 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from letsfrag.clock import FakeClock
+from letsfrag.config import BackoffSettings, RestartSettings
 from letsfrag.contract.exitcodes import FATAL_CLOSE_CODES, ExitCode
 from letsfrag.supervisor.policy import (
     FATAL_CLOSE_NAMES,
-    Action,
-    BackoffSettings,
+    MAX_JITTER,
     Decision,
+    ExitAction,
     ExitInfo,
     MemoryWatch,
-    RestartSettings,
     RestartTracker,
     backoff_delay,
     describe_exit,
@@ -70,13 +70,19 @@ def test_backoff_jitter_is_spread_and_reproducible() -> None:
     assert delays == [backoff_delay(3, settings, random.Random(seed)) for seed in range(500)]
 
 
+def test_full_jitter_is_capped() -> None:
+    """The config allows ``jitter: 1``; a delay still never reaches 0 (at most ``MAX_JITTER`` of it goes)."""
+    settings = BackoffSettings(jitter=1.0)
+    delays = [backoff_delay(0, settings, random.Random(seed)) for seed in range(200)]
+    assert min(delays) >= 1.0 - MAX_JITTER and max(delays) <= 1.0 + MAX_JITTER
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
         ({"initial": -1}, "initial"),
         ({"factor": 0.5}, "factor"),
         ({"initial": 10, "max": 5}, "max"),
-        ({"jitter": 1.0}, "jitter"),
         ({"jitter": -0.1}, "jitter"),
         ({"reset_after": -1}, "reset_after"),
     ],
@@ -101,7 +107,7 @@ def test_restart_settings_validate(options: dict[str, object], match: str) -> No
 def test_crashes_restart_with_growing_delays() -> None:
     t = tracker(max_restarts=100)
     decisions = [t.on_exit(10.0 * n, CRASH) for n in range(8)]
-    assert [d.action for d in decisions] == [Action.RESTART] * 8
+    assert [d.action for d in decisions] == [ExitAction.RESTART] * 8
     assert [d.delay for d in decisions] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert decisions[0].reason == "crashed (exit 1)"
     assert t.restarts == 8 and not t.failed
@@ -158,9 +164,9 @@ def test_a_repeated_ready_keeps_the_first_time() -> None:
 def test_intensity_limit_exact_boundary(max_restarts: int) -> None:
     t = tracker(max_restarts=max_restarts, window=600.0)
     for n in range(max_restarts):
-        assert t.on_exit(float(n), CRASH).action is Action.RESTART
+        assert t.on_exit(float(n), CRASH).action is ExitAction.RESTART
     decision = t.on_exit(599.0 if max_restarts else 0.0, CRASH)
-    assert decision.action is Action.FAIL
+    assert decision.action is ExitAction.FAIL
     assert decision.reason.startswith(f"crash loop: {max_restarts + 1} exits in 10m")
     assert t.failed and t.restarts == max_restarts
 
@@ -168,10 +174,10 @@ def test_intensity_limit_exact_boundary(max_restarts: int) -> None:
 def test_intensity_window_slides() -> None:
     t = tracker(max_restarts=5, window=600.0)
     for n in range(5):
-        assert t.on_exit(float(n), CRASH).action is Action.RESTART
+        assert t.on_exit(float(n), CRASH).action is ExitAction.RESTART
     # the first exit (t=0) is exactly one window old: it no longer counts
-    assert t.on_exit(600.0, CRASH).action is Action.RESTART
-    assert t.on_exit(600.5, CRASH).action is Action.FAIL
+    assert t.on_exit(600.0, CRASH).action is ExitAction.RESTART
+    assert t.on_exit(600.5, CRASH).action is ExitAction.FAIL
 
 
 def test_the_crash_loop_message_names_the_window() -> None:
@@ -182,38 +188,38 @@ def test_the_crash_loop_message_names_the_window() -> None:
 
 def test_once_failed_every_exit_is_a_failure_until_reset() -> None:
     t = tracker(max_restarts=0)
-    assert t.on_exit(0.0, CRASH).action is Action.FAIL
-    assert t.on_exit(1.0, CLEAN).action is Action.FAIL
+    assert t.on_exit(0.0, CRASH).action is ExitAction.FAIL
+    assert t.on_exit(1.0, CLEAN).action is ExitAction.FAIL
     t.reset()
     assert not t.failed and t.history == []
     decision = t.on_exit(2.0, CRASH)
-    assert decision == Decision(Action.FAIL, 0.0, decision.reason)  # max_restarts=0 still applies
+    assert decision == Decision(ExitAction.FAIL, 0.0, decision.reason)  # max_restarts=0 still applies
     t2 = tracker(max_restarts=2)
     for n in range(3):
         t2.on_exit(float(n), CRASH)
     assert t2.failed
     t2.reset()
-    assert t2.on_exit(3.0, CRASH) == Decision(Action.RESTART, 1.0, "crashed (exit 1)")
+    assert t2.on_exit(3.0, CRASH) == Decision(ExitAction.RESTART, 1.0, "crashed (exit 1)")
     assert t2.restarts == 3, "restarts keeps its total across a reset"
 
 
 @pytest.mark.parametrize(
     ("policy", "info", "action"),
     [
-        ("always", CLEAN, Action.RESTART),
-        ("on-failure", CLEAN, Action.STOP),
-        ("never", CLEAN, Action.STOP),
-        ("always", CRASH, Action.RESTART),
-        ("on-failure", CRASH, Action.RESTART),
-        ("never", CRASH, Action.STOP),
-        ("on-failure", ExitInfo(None, signal.SIGKILL), Action.RESTART),
-        ("never", ExitInfo(None, signal.SIGKILL), Action.STOP),
+        ("always", CLEAN, ExitAction.RESTART),
+        ("on-failure", CLEAN, ExitAction.STOP),
+        ("never", CLEAN, ExitAction.STOP),
+        ("always", CRASH, ExitAction.RESTART),
+        ("on-failure", CRASH, ExitAction.RESTART),
+        ("never", CRASH, ExitAction.STOP),
+        ("on-failure", ExitInfo(None, signal.SIGKILL), ExitAction.RESTART),
+        ("never", ExitInfo(None, signal.SIGKILL), ExitAction.STOP),
     ],
 )
-def test_policies(policy: str, info: ExitInfo, action: Action) -> None:
+def test_policies(policy: str, info: ExitInfo, action: ExitAction) -> None:
     decision = tracker(policy=policy).on_exit(0.0, info)
     assert decision.action is action
-    if action is Action.STOP:
+    if action is ExitAction.STOP:
         assert decision.reason.endswith(f"restart policy {policy}")
 
 
@@ -221,13 +227,13 @@ def test_policies(policy: str, info: ExitInfo, action: Action) -> None:
 def test_config_error_fails_at_once(policy: str) -> None:
     t = tracker(policy=policy)
     decision = t.on_exit(0.0, ExitInfo(code=78, signal=None))
-    assert decision == Decision(Action.FAIL, 0.0, "configuration error (exit 78)")
+    assert decision == Decision(ExitAction.FAIL, 0.0, "configuration error (exit 78)")
     assert t.failed and t.restarts == 0
 
 
 def test_fatal_gateway_exit_without_a_reason_still_fails() -> None:
     decision = tracker().on_exit(0.0, ExitInfo(code=ExitCode.FATAL_GATEWAY, signal=None))
-    assert decision == Decision(Action.FAIL, 0.0, "fatal gateway close (exit 77)")
+    assert decision == Decision(ExitAction.FAIL, 0.0, "fatal gateway close (exit 77)")
 
 
 @pytest.mark.parametrize("close_code", sorted(FATAL_CLOSE_CODES))
@@ -235,7 +241,8 @@ def test_each_fatal_close_fails_with_its_reason(close_code: int) -> None:
     reason = fatal_close_reason(close_code)
     t = tracker()
     decision = t.on_exit(0.0, ExitInfo(code=77, signal=None, fatal_reason=reason))
-    assert decision == Decision(Action.FAIL, 0.0, f"Discord closed with {close_code}: {FATAL_CLOSE_NAMES[close_code]}")
+    expected = f"Discord closed with {close_code}: {FATAL_CLOSE_NAMES[close_code]}"
+    assert decision == Decision(ExitAction.FAIL, 0.0, expected)
     assert t.failed
 
 
@@ -247,7 +254,7 @@ def test_fatal_close_names() -> None:
 
 def test_a_fatal_reason_wins_over_any_exit_code() -> None:
     decision = tracker().on_exit(0.0, ExitInfo(code=1, signal=None, fatal_reason=fatal_close_reason(4014)))
-    assert decision.action is Action.FAIL
+    assert decision.action is ExitAction.FAIL
     assert decision.reason == "Discord closed with 4014: disallowed intents"
 
 
@@ -255,20 +262,20 @@ def test_a_fatal_reason_wins_over_any_exit_code() -> None:
 def test_fenced_stays_stopped_without_failing(policy: str) -> None:
     t = tracker(policy=policy)
     decision = t.on_exit(0.0, ExitInfo(code=ExitCode.FENCED, signal=None))
-    assert decision == Decision(Action.STOP, 0.0, "fenced: shards moved to another host")
+    assert decision == Decision(ExitAction.STOP, 0.0, "fenced: shards moved to another host")
     assert not t.failed and t.restarts == 0
 
 
 def test_a_sigkilled_process_restarts_and_says_so() -> None:
     decision = tracker().on_exit(0.0, ExitInfo(code=None, signal=signal.SIGKILL))
-    assert decision == Decision(Action.RESTART, 1.0, "killed by SIGKILL")
+    assert decision == Decision(ExitAction.RESTART, 1.0, "killed by SIGKILL")
 
 
 def test_requested_stops_are_not_failures() -> None:
     t = tracker(max_restarts=0)
     for n in range(5):
         decision = t.on_exit(float(n), ExitInfo(None, signal.SIGTERM), requested=True)
-        assert decision == Decision(Action.STOP, 0.0, "stopped on request (killed by SIGTERM)")
+        assert decision == Decision(ExitAction.STOP, 0.0, "stopped on request (killed by SIGTERM)")
     assert not t.failed and t.restarts == 0
     assert len(t.history) == 5
 
@@ -279,12 +286,13 @@ def test_forced_restarts_count_toward_the_crash_loop() -> None:
     first = t.on_exit(0.0, kill, cause="hung: no heartbeat for 30s")
     assert first.reason == "hung: no heartbeat for 30s (killed by SIGKILL)"
     assert t.on_exit(60.0, kill, cause="hung").delay == 2.0
-    assert t.on_exit(120.0, kill, cause="hung").action is Action.FAIL
+    assert t.on_exit(120.0, kill, cause="hung").action is ExitAction.FAIL
 
 
 def test_clean_exits_with_policy_always_count_toward_the_crash_loop() -> None:
     t = tracker(max_restarts=2)
-    assert [t.on_exit(float(n), CLEAN).action for n in range(3)] == [Action.RESTART, Action.RESTART, Action.FAIL]
+    actions = [t.on_exit(float(n), CLEAN).action for n in range(3)]
+    assert actions == [ExitAction.RESTART, ExitAction.RESTART, ExitAction.FAIL]
 
 
 def test_history_is_bounded() -> None:
@@ -335,11 +343,11 @@ def test_never_more_than_max_restarts_in_any_window(
         info = ExitInfo(code, None if code is not None else signal.SIGKILL)
         decision = t.on_exit(now, info, requested=requested)
         assert 0 <= decision.delay <= 72.0
-        if decision.action is Action.RESTART:
+        if decision.action is ExitAction.RESTART:
             restarted_at.append(now)
             assert sum(1 for at in restarted_at if now - at < 100.0) <= max_restarts
         if t.failed:
-            assert decision.action in (Action.FAIL, Action.STOP)
+            assert decision.action in (ExitAction.FAIL, ExitAction.STOP)
     assert t.restarts == len(restarted_at)
 
 

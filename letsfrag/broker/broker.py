@@ -39,7 +39,7 @@ from letsfrag.loops import cancel_and_wait, supervised
 from letsfrag.metrics import MetricsServer, start_metrics
 
 from .assignment import ClusterSpec, cluster_specs
-from .commands import CommandHandler
+from .broker_commands import BrokerCommands
 from .layout import GatewayBot, fetch_gateway_bot, resolve_layout
 from .leader import LeaderLock, Term
 from .metrics import BrokerMetrics
@@ -88,7 +88,7 @@ class ClusterBroker:
         self._callbacks: dict[str, list[Callable[..., Any]]] = {name: [] for name in CALLBACKS}
         self._layout: LayoutRecord | None = None
         self._reconciler: Reconciler | None = None
-        self._commands: CommandHandler | None = None
+        self._commands: BrokerCommands | None = None
         self._budget: GatewayBot | None = None
         self._leading = False
         self._since = 0.0
@@ -172,7 +172,7 @@ class ClusterBroker:
                                       notify=self._notify, move_timeout=self.move_timeout, clock=self.clock,
                                       handover_timeout=self.handover_timeout)
         self._reconciler.recommended = lambda: self.recommended_shards
-        self._commands = CommandHandler(self, self._reconciler)
+        self._commands = BrokerCommands(self, self._reconciler)
         self._redis_lost_at: float | None = None
         self.bus.on_state(self._on_bus_state)
         await self.bus.subscribe(self.keys.broker_inbox, self._on_inbox)

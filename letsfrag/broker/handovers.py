@@ -29,9 +29,9 @@ from letsfrag.contract.handover import HandoverRecord, HandoverState, SuccessorS
 from .moves import HostFacts
 
 __all__ = [
-    "Action",
-    "Handovers",
-    "Step",
+    "HandoverAction",
+    "HandoverBook",
+    "HandoverStep",
     "budget_refusal",
     "decide",
     "reserve_of",
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 
-class Action(StrEnum):
+class HandoverAction(StrEnum):
     """What the broker does with one handover record this tick."""
 
     WAIT = "wait"
@@ -49,53 +49,54 @@ class Action(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Step:
+class HandoverStep:
     """The decision for one record; ``reason`` is a short phrase for events and replies."""
 
     record: HandoverRecord
-    action: Action
+    action: HandoverAction
     reason: str = ""
 
 
 def decide(record: HandoverRecord, now: float, hosts: Mapping[str, HostFacts],
-           assigned: tuple[str, int] | None, *, stopped: bool = False) -> Step:
+           assigned: tuple[str, int] | None, *, stopped: bool = False) -> HandoverStep:
     """The next step of ``record`` at ``now``; ``assigned`` is ``(host, epoch)`` of the cluster's assignment
     (``None``: unassigned); ``stopped``: the source confirmed ``cluster_stopped`` for the source epoch."""
     source = hosts.get(record.from_host)
     target = hosts.get(record.host)
     if record.state is HandoverState.PREPARING:
         if assigned != (record.from_host, record.from_epoch):
-            return Step(record, Action.ROLLBACK, "the assignment changed")
+            return HandoverStep(record, HandoverAction.ROLLBACK, "the assignment changed")
         if source is None or not source.alive:
-            return Step(record, Action.ROLLBACK, f"the source host {record.from_host} is not alive")
+            return HandoverStep(record, HandoverAction.ROLLBACK, f"the source host {record.from_host} is not alive")
         if target is None or not target.alive:
-            return Step(record, Action.ROLLBACK, f"the target host {record.host} is not alive")
+            return HandoverStep(record, HandoverAction.ROLLBACK, f"the target host {record.host} is not alive")
         report = target.successors.get(record.cluster)
         if report is not None and report.epoch == record.epoch:
             if report.state is SuccessorState.FAILED:
                 why = f": {report.reason}" if report.reason else ""
-                return Step(record, Action.ROLLBACK, f"the successor failed{why}")
+                return HandoverStep(record, HandoverAction.ROLLBACK, f"the successor failed{why}")
             if report.state is SuccessorState.READY:
-                return Step(record, Action.SWITCH, "the successor is ready")
+                return HandoverStep(record, HandoverAction.SWITCH, "the successor is ready")
         if now > record.deadline:
-            return Step(record, Action.ROLLBACK,
+            return HandoverStep(record, HandoverAction.ROLLBACK,
                         f"the successor was not ready within {record.deadline - record.started:.0f}s")
-        return Step(record, Action.WAIT)
+        return HandoverStep(record, HandoverAction.WAIT)
     # switched: waiting for the source to stop its process of the source epoch
     if stopped:
-        return Step(record, Action.DONE, "the source confirmed the stop")
+        return HandoverStep(record, HandoverAction.DONE, "the source confirmed the stop")
     if source is None or not source.alive:
-        return Step(record, Action.DONE, f"the source host {record.from_host} is not alive")
+        return HandoverStep(record, HandoverAction.DONE, f"the source host {record.from_host} is not alive")
     if source.running.get(record.cluster) != record.from_epoch:
-        return Step(record, Action.DONE, "the source no longer runs it")
+        return HandoverStep(record, HandoverAction.DONE, "the source no longer runs it")
     if assigned != (record.host, record.epoch):
-        return Step(record, Action.DONE, "the assignment changed")
+        return HandoverStep(record, HandoverAction.DONE, "the assignment changed")
     if now > record.deadline:
-        return Step(record, Action.DONE, f"the source {record.from_host} did not confirm the stop in time")
-    return Step(record, Action.WAIT)
+        return HandoverStep(record, HandoverAction.DONE,
+                            f"the source {record.from_host} did not confirm the stop in time")
+    return HandoverStep(record, HandoverAction.WAIT)
 
 
-class Handovers:
+class HandoverBook:
     """The handover records of the last snapshot, and the ``cluster_stopped`` confirmations received."""
 
     def __init__(self) -> None:
@@ -138,12 +139,12 @@ class Handovers:
                    for c, h, e in self._stopped)
 
     def steps(self, now: float, hosts: Mapping[str, HostFacts],
-              assignment: Mapping[int, tuple[str, int]]) -> list[Step]:
+              assignment: Mapping[int, tuple[str, int]]) -> list[HandoverStep]:
         """Every record's decision that is not ``wait``, in cluster order."""
-        out: list[Step] = []
+        out: list[HandoverStep] = []
         for cluster, record in sorted(self.records.items()):
             step = decide(record, now, hosts, assignment.get(cluster), stopped=self.stopped(record))
-            if step.action is not Action.WAIT:
+            if step.action is not HandoverAction.WAIT:
                 out.append(step)
         return out
 

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["HostObservation", "Membership", "Transition", "Verdict"]
+__all__ = ["HostObservation", "HostVerdict", "Membership", "Transition"]
 
 
-class Verdict(StrEnum):
+class HostVerdict(StrEnum):
     """The broker's view of one host."""
 
     UP = "up"
@@ -28,7 +28,7 @@ class Verdict(StrEnum):
     @property
     def alive(self) -> bool:
         """True when the host's clusters stay where they are."""
-        return self in (Verdict.UP, Verdict.LATE, Verdict.LEAVING)
+        return self in (HostVerdict.UP, HostVerdict.LATE, HostVerdict.LEAVING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +45,8 @@ class Transition:
     """A host whose verdict changed in this observation."""
 
     host: str
-    before: Verdict | None
-    after: Verdict
+    before: HostVerdict | None
+    after: HostVerdict
 
 
 class Membership:
@@ -55,7 +55,7 @@ class Membership:
     def __init__(self, grace: float, *, max_gap: float | None = None) -> None:
         self.grace = grace
         self.max_gap = max_gap
-        self.verdicts: dict[str, Verdict] = {}
+        self.verdicts: dict[str, HostVerdict] = {}
         self._missing_since: dict[str, float] = {}
         self._last_observed: float | None = None
 
@@ -87,19 +87,19 @@ class Membership:
                 self._missing_since.pop(host, None)
         return changes
 
-    def _judge(self, host: str, seen: HostObservation, now: float) -> Verdict:
+    def _judge(self, host: str, seen: HostObservation, now: float) -> HostVerdict:
         if seen.lease:
             self._missing_since.pop(host, None)
             if seen.state == "leaving":
-                return Verdict.LEFT if seen.said_leave else Verdict.LEAVING
-            return Verdict.UP
+                return HostVerdict.LEFT if seen.said_leave else HostVerdict.LEAVING
+            return HostVerdict.UP
         if seen.state == "leaving" or seen.said_leave:
             self._missing_since.pop(host, None)
-            return Verdict.LEFT
+            return HostVerdict.LEFT
         before = self.verdicts.get(host)
-        if before in (Verdict.LOST, Verdict.LEFT):
+        if before in (HostVerdict.LOST, HostVerdict.LEFT):
             return before
         if seen.state == "lost" and before is None:
-            return Verdict.LOST  # judged lost earlier (by this or another broker) and still without a lease
+            return HostVerdict.LOST  # judged lost earlier (by this or another broker) and still without a lease
         since = self._missing_since.setdefault(host, now)
-        return Verdict.LOST if now - since >= self.grace else Verdict.LATE
+        return HostVerdict.LOST if now - since >= self.grace else HostVerdict.LATE

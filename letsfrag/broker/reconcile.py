@@ -29,8 +29,8 @@ from letsfrag.errors import RecordError
 from letsfrag.events import Severity
 
 from .assignment import plan_assignment, plan_rebalance_step
-from .handovers import Action, Handovers, budget_refusal, slot_refusal
-from .membership import HostObservation, Membership, Transition, Verdict
+from .handovers import HandoverAction, HandoverBook, budget_refusal, slot_refusal
+from .membership import HostObservation, HostVerdict, Membership, Transition
 from .moves import HostFacts, Move, Moves, pick_drain_move, planning_views
 from .reshard import (
     BudgetView,
@@ -48,7 +48,7 @@ from .reshard import (
     ready_clusters,
     sharding_target,
 )
-from .store import HostRecord, Snapshot, Store
+from .store import BrokerSnapshot, HostRecord, Store
 
 __all__ = ["Outcome", "Reconciler"]
 
@@ -101,7 +101,7 @@ class Reconciler:
         max_gap = max(config.lease.grace, 3 * config.heartbeat_interval)
         self.membership = Membership(config.lease.grace, max_gap=max_gap)
         self.moves = Moves(move_timeout)
-        self.handovers = Handovers()
+        self.handovers = HandoverBook()
         self.handover_timeout = handover_timeout
         #: operator restarts waiting for the next tick: cluster -> (reason, serial)
         self.requests: dict[int, tuple[HandoverReason, int]] = {}
@@ -161,7 +161,7 @@ class Reconciler:
 
     # term ---------------------------------------------------------------------------------------------
 
-    async def begin_term(self, now: float, snap: Snapshot) -> None:
+    async def begin_term(self, now: float, snap: BrokerSnapshot) -> None:
         """A new leadership term: forget timers and moves, write the layout, cold-start wait if needed."""
         self.membership.reset()
         self.moves.clear()
@@ -180,7 +180,7 @@ class Reconciler:
         self.operation = None
         self.state = "waiting_for_hosts" if self._startup_deadline is not None else "running"
 
-    def _cold_start(self, now: float, snap: Snapshot) -> None:
+    def _cold_start(self, now: float, snap: BrokerSnapshot) -> None:
         """No assignment: wait for ``hosts.expected`` hosts (at most ``startup_grace``). When hosts still claim
         clusters (Redis lost its data) wait at least one lease ttl, so every live claimant re-registers and is
         adopted before anything is granted anew."""
@@ -191,7 +191,7 @@ class Reconciler:
             self._startup_deadline = max(self._startup_deadline, self._startup_floor)
             self._adopting = True
 
-    async def _keep_stored_geometry(self, snap: Snapshot) -> None:
+    async def _keep_stored_geometry(self, snap: BrokerSnapshot) -> None:
         """A running deployment (clusters assigned, or a later generation) keeps the stored layout's geometry:
         changing the shard count is a reshard, never a silent restart (see :mod:`letsfrag.contract.reshard`). When this
         broker's config names another count than the config the stored layout was written from, a reshard to it
@@ -244,7 +244,7 @@ class Reconciler:
             await self.store.fenced("HDEL", self.store.keys.layout, "adopting")
         await self.store.hset(self.store.keys.layout, fields)
 
-    async def _check_values(self, snap: Snapshot) -> None:
+    async def _check_values(self, snap: BrokerSnapshot) -> None:
         """The layout is this broker's: a changed or invalid one is rewritten at once; an epoch that is no
         number is raised back above every epoch seen; other bad values are reported once each."""
         keys = self.store.keys
@@ -276,7 +276,7 @@ class Reconciler:
 
     # one tick -----------------------------------------------------------------------------------------
 
-    async def step(self, now: float, snap: Snapshot) -> bool:
+    async def step(self, now: float, snap: BrokerSnapshot) -> bool:
         """Reconcile once; return True when something changed (for the dashboards' doorbell)."""
         self._changed = False
         self.now = now
@@ -302,7 +302,7 @@ class Reconciler:
         await self._settle_reshard(snap, facts)
         await self._adopt(snap, verdicts)
         if self._startup_deadline is not None:
-            up = sum(1 for v in verdicts.values() if v is Verdict.UP)
+            up = sum(1 for v in verdicts.values() if v is HostVerdict.UP)
             complete = all(c in self.assignment for c in self.layout.cluster_ids)  # e.g. everything adopted
             waiting = up < self.config.hosts.expected or now < self._startup_floor
             if waiting and now < self._startup_deadline and not complete:
@@ -326,14 +326,14 @@ class Reconciler:
         await self._check_ready()
         return self._changed
 
-    def _epoch_floor(self, snap: Snapshot) -> int:
+    def _epoch_floor(self, snap: BrokerSnapshot) -> int:
         seen = [g.epoch for g in snap.assignment.values()]
         seen += [e for h in snap.hosts.values() for e in h.running.values()]
         seen += [e for r in snap.handovers.values() for e in (r.epoch, r.from_epoch)]
         seen += [r.epoch for h in snap.hosts.values() for r in h.successors.values()]
         return max([self.max_epoch, *seen])
 
-    async def _keep_epoch(self, snap: Snapshot) -> None:
+    async def _keep_epoch(self, snap: BrokerSnapshot) -> None:
         floor = self._epoch_floor(snap)
         if snap.epoch < floor and not snap.epoch_invalid:
             await self.store.raise_epoch(floor)
@@ -341,7 +341,7 @@ class Reconciler:
 
     # membership ---------------------------------------------------------------------------------------
 
-    async def _judge(self, now: float, snap: Snapshot) -> dict[str, Verdict]:
+    async def _judge(self, now: float, snap: BrokerSnapshot) -> dict[str, HostVerdict]:
         for host_id, signal in list(self.leave_signals.items()):
             record = snap.hosts.get(host_id)
             if record is None:
@@ -363,11 +363,11 @@ class Reconciler:
             return HostObservation(lease=True, state="leaving")
         return HostObservation(lease=record.lease is not None, state=record.state, said_leave=said)
 
-    async def _on_transition(self, change: Transition, snap: Snapshot) -> None:
+    async def _on_transition(self, change: Transition, snap: BrokerSnapshot) -> None:
         host, before, after = change.host, change.before, change.after
         record = snap.hosts[host]
         self._changed = True
-        if after in (Verdict.UP, Verdict.LEAVING) and before in (None, Verdict.LOST, Verdict.LEFT):
+        if after in (HostVerdict.UP, HostVerdict.LEAVING) and before in (None, HostVerdict.LOST, HostVerdict.LEFT):
             self.rebalance_blocked = False
             self.handoff_blocked.discard(host)
             if record.handovers:  # a new run of its supervisor: a refusal of the previous run no longer holds
@@ -375,11 +375,11 @@ class Reconciler:
             await self._event(Severity.INFO, "host_joined",
                               f"host {host} is up (capacity {record.capacity})", host=host)
             self._fire("connect", host)
-        elif after is Verdict.LEAVING:
+        elif after is HostVerdict.LEAVING:
             await self._event(Severity.INFO, "host_leaving", f"host {host} is leaving", host=host)
-        elif after is Verdict.LATE:
+        elif after is HostVerdict.LATE:
             log.info("host %r: lease missing, waiting %.1fs grace before reassigning", host, self.config.lease.grace)
-        elif after is Verdict.LOST:
+        elif after is HostVerdict.LOST:
             if record.state != "lost":
                 await self.store.hset(self.store.keys.host(host), {"state": "lost"})
             held = sorted(c for c, g in self.assignment.items() if g.host == host)
@@ -387,23 +387,23 @@ class Reconciler:
                               f"host {host} lost: its lease expired {self.config.lease.grace:g}s ago; "
                               f"moving its clusters {held}", host=host)
             self._fire("disconnect", host, "lease expired")
-        elif after is Verdict.LEFT:
+        elif after is HostVerdict.LEFT:
             await self._event(Severity.INFO, "host_left", f"host {host} left cleanly", host=host)
             self._fire("disconnect", host, "left")
 
-    async def _forget_left(self, verdicts: dict[str, Verdict]) -> None:
+    async def _forget_left(self, verdicts: dict[str, HostVerdict]) -> None:
         for host, verdict in verdicts.items():
             holds = any(g.host == host for g in self.assignment.values())
-            if verdict is Verdict.LEFT and not holds:
+            if verdict is HostVerdict.LEFT and not holds:
                 await self.store.fenced("SREM", self.store.keys.hosts, host)
                 self.leave_signals.pop(host, None)
                 self.draining.discard(host)
 
     # moves ---------------------------------------------------------------------------------------------
 
-    def _frozen(self, verdicts: dict[str, Verdict]) -> set[str]:
+    def _frozen(self, verdicts: dict[str, HostVerdict]) -> set[str]:
         drain = {h for h, r in self.hosts.items() if r.state == "draining"} | self.draining
-        return {h for h in drain if h in self.hosts} | {h for h, v in verdicts.items() if v is Verdict.LEAVING}
+        return {h for h in drain if h in self.hosts} | {h for h, v in verdicts.items() if v is HostVerdict.LEAVING}
 
     async def _settle_moves(self, now: float, facts: dict[str, HostFacts], alive: dict[str, bool]) -> None:
         done, expired = self.moves.settle(now, facts)
@@ -449,7 +449,7 @@ class Reconciler:
     def _held(self, host: str) -> int:
         return sum(1 for h in self._planned().values() if h == host)
 
-    async def _start_move(self, now: float, snap: Snapshot, verdicts: dict[str, Verdict],
+    async def _start_move(self, now: float, snap: BrokerSnapshot, verdicts: dict[str, HostVerdict],
                           alive: dict[str, bool]) -> None:
         """At most one planned move: out of a draining or leaving host first, else a rebalance step. To a host
         that takes part in handovers it is a handover (one per target at a time), else revoke-then-grant (one
@@ -486,7 +486,7 @@ class Reconciler:
         if move is None:
             return
         cluster, source, target = move
-        if reason == "drain" and verdicts.get(source) is Verdict.LEAVING:
+        if reason == "drain" and verdicts.get(source) is HostVerdict.LEAVING:
             reason = "leave"
         target_record = self.hosts.get(target)
         if target_record is not None and target_record.handovers:
@@ -510,7 +510,7 @@ class Reconciler:
 
     async def _block_leaving(self, host: str, sentence: str) -> None:
         """A leaving host's clusters can go nowhere: tell its supervisor (``handoff_blocked``) and the stream."""
-        if self.membership.verdicts.get(host) is not Verdict.LEAVING or host in self.handoff_blocked:
+        if self.membership.verdicts.get(host) is not HostVerdict.LEAVING or host in self.handoff_blocked:
             return
         self.handoff_blocked.add(host)
         await self.store.hset(self.store.keys.host(host), {HANDOFF_BLOCKED_FIELD: sentence})
@@ -572,13 +572,13 @@ class Reconciler:
         await self._notify({target})
         return record
 
-    async def _settle_handovers(self, snap: Snapshot, facts: dict[str, HostFacts]) -> None:
+    async def _settle_handovers(self, snap: BrokerSnapshot, facts: dict[str, HostFacts]) -> None:
         """Switch, finish or roll back the records of ``{ns}:handover`` (as read this tick)."""
         self.handovers.load(snap.handovers)
         assigned = {c: (g.host, g.epoch) for c, g in self.assignment.items()}
         for step in self.handovers.steps(snap.time, facts, assigned):
             record = step.record
-            if step.action is Action.SWITCH:
+            if step.action is HandoverAction.SWITCH:
                 switched = await self.store.switch_handover(record, self.moves.timeout)
                 if switched is None:
                     await self._end(record, snap.time, "rolled_back", "the switch was refused: the assignment or "
@@ -597,7 +597,7 @@ class Reconciler:
                 self._outcome(record, "switched", f"cluster {record.cluster}: switched to {record.host} "
                               f"(epoch {record.epoch}) in {seconds:.1f} s", seconds)
                 await self._notify({record.host, record.from_host})
-            elif step.action is Action.ROLLBACK:
+            elif step.action is HandoverAction.ROLLBACK:
                 await self._end(record, snap.time, "rolled_back", step.reason)
             else:
                 await self._end(record, snap.time, "done", step.reason)
@@ -657,7 +657,7 @@ class Reconciler:
         self.outcomes[self._serial] = Outcome(self._serial, cluster, "queued", f"cluster {cluster}: queued")
         return self._serial
 
-    async def _start_requests(self, snap: Snapshot, alive: dict[str, bool]) -> None:
+    async def _start_requests(self, snap: BrokerSnapshot, alive: dict[str, bool]) -> None:
         for cluster, (reason, serial) in sorted(self.requests.items()):
             if self.requests.get(cluster) != (reason, serial):
                 continue  # replaced by a newer request while this loop awaited: that one goes next tick
@@ -771,11 +771,11 @@ class Reconciler:
 
     # planning ------------------------------------------------------------------------------------------
 
-    async def _adopt(self, snap: Snapshot, verdicts: dict[str, Verdict]) -> None:
+    async def _adopt(self, snap: BrokerSnapshot, verdicts: dict[str, HostVerdict]) -> None:
         in_layout = set(self.layout.cluster_ids)
         claims: dict[int, Grant] = {}
         for host_id in sorted(snap.hosts):
-            if verdicts.get(host_id) is not Verdict.UP or snap.hosts[host_id].lease is None:
+            if verdicts.get(host_id) is not HostVerdict.UP or snap.hosts[host_id].lease is None:
                 continue
             for cluster, epoch in snap.hosts[host_id].running.items():
                 if cluster not in in_layout or cluster in self.assignment or cluster in self.moves:
@@ -793,7 +793,7 @@ class Reconciler:
                                   cluster=cluster, host=grant.host, epoch=grant.epoch)
                 self._fire("assign", cluster, grant.host, grant.epoch)
 
-    async def _plan(self, snap: Snapshot, verdicts: dict[str, Verdict], alive: dict[str, bool]) -> bool:
+    async def _plan(self, snap: BrokerSnapshot, verdicts: dict[str, HostVerdict], alive: dict[str, bool]) -> bool:
         current = self._planned()
         frozen = self._frozen(verdicts)
         capacities = {h: r.capacity for h, r in snap.hosts.items()}
@@ -907,7 +907,7 @@ class Reconciler:
         self.reshards[self._serial] = {"state": "queued", "message": "queued", "steps": []}
         return self._serial
 
-    async def _react_to_4011(self, snap: Snapshot, alive: dict[str, bool]) -> None:
+    async def _react_to_4011(self, snap: BrokerSnapshot, alive: dict[str, bool]) -> None:
         """A live host reports a cluster of the live generation closed with 4011: reshard (once per generation) to
         :func:`~.reshard.sharding_target` (see :mod:`letsfrag.contract.reshard`)."""
         live = self.layout.cluster_ids
@@ -1017,7 +1017,7 @@ class Reconciler:
             self._reshard_progress = value
             await self.store.hset(self.store.keys.broker, {OPERATION_FIELD: value})
 
-    async def _settle_reshard(self, snap: Snapshot, facts: dict[str, HostFacts]) -> None:
+    async def _settle_reshard(self, snap: BrokerSnapshot, facts: dict[str, HostFacts]) -> None:
         """Switch, finish or roll back the reshard of ``{ns}:reshard`` (as read this tick)."""
         if snap.reshard_invalid is not None:
             await self.store.fenced("DEL", self.store.keys.reshard)
@@ -1052,7 +1052,7 @@ class Reconciler:
         else:
             await self._end_reshard(record, "done", step.reason)
 
-    async def _switch_reshard(self, record: ReshardRecord, snap: Snapshot) -> None:
+    async def _switch_reshard(self, record: ReshardRecord, snap: BrokerSnapshot) -> None:
         switched = await self.store.switch_reshard(record, self.moves.timeout)
         if switched is None:
             await self._end_reshard(record, "rolled_back", "the switch was refused: a new cluster's handover record "

@@ -45,7 +45,7 @@ from letsfrag.contract.records import MAX_SHARDS, LayoutRecord
 from letsfrag.contract.reshard import ReshardRecord, ReshardState
 
 from .assignment import round_shard_count
-from .handovers import Action, reserve_of
+from .handovers import HandoverAction, reserve_of
 from .moves import HostFacts
 
 __all__ = ["BudgetView", "CurrentLayout", "HostRoom", "ReshardAction", "ReshardPlan", "ReshardRefusal", "ReshardStep",
@@ -268,7 +268,7 @@ def place(layout: LayoutRecord, plan: ReshardPlan) -> dict[int, str]:
 
 
 #: what the broker does with the reshard record this tick: the four decisions of a handover record
-ReshardAction = Action
+ReshardAction = HandoverAction
 
 
 @dataclass(frozen=True, slots=True)

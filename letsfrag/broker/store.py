@@ -22,7 +22,7 @@ from letsfrag.contract.records import GRANT_LUA, Grant, LayoutRecord, parse_epoc
 from letsfrag.contract.reshard import SHARDING_REQUIRED_FIELD, ReshardRecord, parse_sharding_required
 from letsfrag.errors import LetsfragError, RecordError
 
-__all__ = ["HostRecord", "NotLeader", "RedisDataError", "Snapshot", "Store"]
+__all__ = ["BrokerSnapshot", "HostRecord", "NotLeader", "RedisDataError", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class HostRecord:
 
 
 @dataclass(slots=True)
-class Snapshot:
+class BrokerSnapshot:
     """Everything one broker tick reads; ``problems`` are the values that failed validation."""
 
     hosts: dict[str, HostRecord]
@@ -365,14 +365,14 @@ class Store:
 
     # reading ------------------------------------------------------------------------------------------
 
-    async def snapshot(self, buckets: int) -> Snapshot:
+    async def snapshot(self, buckets: int) -> BrokerSnapshot:
         """Hosts (records + leases), the assignment, the epoch and the identify queue depth."""
         try:
             return await self._snapshot(buckets)
         except ResponseError as exc:  # e.g. WRONGTYPE: redis-py's message names the command and its key
             raise RedisDataError("a key the tick reads", str(exc)) from exc
 
-    async def _snapshot(self, buckets: int) -> Snapshot:
+    async def _snapshot(self, buckets: int) -> BrokerSnapshot:
         k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.smembers(k.hosts)
@@ -417,7 +417,7 @@ class Store:
                 reshard = ReshardRecord.from_json(first[7], key=k.reshard)
             except RecordError as exc:
                 reshard_invalid = str(exc)
-        return Snapshot(hosts, assignment, epoch, dict(first[3] or {}), sum(int(n) for n in first[8:]),
+        return BrokerSnapshot(hosts, assignment, epoch, dict(first[3] or {}), sum(int(n) for n in first[8:]),
                         problems, epoch_invalid, handovers=handovers, handover_invalid=bad_fields,
                         time=int(seconds) + int(micros) / 1e6,
                         budget_total=total, budget_remaining=remaining, reshard=reshard,

@@ -40,7 +40,7 @@ from .control import Control
 
 __all__ = ["run_drain", "run_rebalance", "run_reshard", "run_restart"]
 
-Action = Callable[[Control, float], Awaitable[dict[str, Any]]]
+OperatorCall = Callable[[Control, float], Awaitable[dict[str, Any]]]
 #: prints progress until ``stop`` is set; may return an outcome of its own, read from Redis, which then ends the
 #: wait for the broker's answer (a reshard finished by another leader after the asked one died)
 Watch = Callable[[Bus, asyncio.Event], Coroutine[Any, Any, "dict[str, Any] | None"]]
@@ -101,7 +101,7 @@ def _timeout(args: argparse.Namespace) -> float:
     return value
 
 
-async def _run(args: argparse.Namespace, describe: str, action: Action, watch: Watch | None = None,
+async def _run(args: argparse.Namespace, describe: str, action: OperatorCall, watch: Watch | None = None,
                show: Callable[[dict[str, Any]], int] | None = None) -> int:
     try:
         redis, namespace, secret = connection_from_args(args)

@@ -71,7 +71,7 @@ from ..rpc.caller import RpcCaller, cluster_node
 from ..units import format_shard_range
 from . import gateway
 from .context import ClusterContext
-from .guard import DispatchGuard, Ownership, Verdict, default_margin
+from .guard import DispatchGuard, DispatchVerdict, Ownership, default_margin
 from .handover_gate import DEFAULT_CHECK_INTERVAL, GatePhase, GuildStream, HandoverGate
 from .health import HealthReporter, ShardTracker
 from .identify import IdentifyCoordinator, IdentifyTimeout
@@ -497,7 +497,7 @@ class ClusterMixin(_Base):
         return await asyncio.shield(self._lf_verifying)
 
     def _lf_admit(self, thunk: Any) -> None:
-        if self._lf_guard.admit(thunk) is Verdict.HOLD:
+        if self._lf_guard.admit(thunk) is DispatchVerdict.HOLD:
             self._lf_request_check()
 
     def _lf_request_check(self) -> None:

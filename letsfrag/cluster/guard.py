@@ -259,7 +259,7 @@ def bound_undecided(verdict: Ownership, since: float | None, now: float,
     return verdict, since
 
 
-class Verdict(StrEnum):
+class DispatchVerdict(StrEnum):
     """What to do with one event."""
 
     DISPATCH = "dispatch"
@@ -286,14 +286,14 @@ class DispatchGuard:
         """May an event be dispatched right now? (one monotonic comparison)"""
         return not self.fenced and self.clock.monotonic() < self.valid_until
 
-    def verdict(self) -> Verdict:
+    def verdict(self) -> DispatchVerdict:
         """Dispatch now, hold (a check is needed), or drop (fenced). Holding also keeps order: while anything
         is held, newer events queue behind it."""
         if self.fenced:
-            return Verdict.DROP
+            return DispatchVerdict.DROP
         if self.held or self.clock.monotonic() >= self.valid_until:
-            return Verdict.HOLD
-        return Verdict.DISPATCH
+            return DispatchVerdict.HOLD
+        return DispatchVerdict.DISPATCH
 
     def hold(self, thunk: Callable[[], None]) -> None:
         """Keep an event (as a call that dispatches it) until the next check decides."""
@@ -324,16 +324,16 @@ class DispatchGuard:
         self.held.clear()
         return items
 
-    def admit(self, thunk: Callable[[], None]) -> Verdict:
+    def admit(self, thunk: Callable[[], None]) -> DispatchVerdict:
         """Run ``thunk`` now, hold it, or drop it; return which. While held events are being released,
         events they cause themselves run at once (they belong at that point of the order)."""
         if self._releasing:
             thunk()
-            return Verdict.DISPATCH
+            return DispatchVerdict.DISPATCH
         verdict = self.verdict()
-        if verdict is Verdict.DISPATCH:
+        if verdict is DispatchVerdict.DISPATCH:
             thunk()
-        elif verdict is Verdict.HOLD:
+        elif verdict is DispatchVerdict.HOLD:
             self.hold(thunk)
         else:
             self.dropped_total += 1

@@ -12,7 +12,7 @@ from aiohttp import WSMsgType, web
 
 from letsfrag.contract.handover import GATEWAY_PARAM
 from letsfrag.sim import payloads
-from letsfrag.sim.commands import handle_command
+from letsfrag.sim.client_ops import handle_command
 from letsfrag.sim.compression import Compressor, make_compressor
 from letsfrag.sim.core import SimCore
 from letsfrag.sim.protocol import SUPPORTED_API_VERSIONS, CloseCode, Op

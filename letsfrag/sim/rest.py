@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from letsfrag.sim import payloads
-from letsfrag.sim.commands import token_ok
+from letsfrag.sim.client_ops import token_ok
 from letsfrag.sim.core import SimCore
 from letsfrag.sim.world import APPLICATION_ID, BOT_USER_ID, OWNER_USER_ID
 

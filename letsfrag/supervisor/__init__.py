@@ -1,7 +1,7 @@
 """The host supervisor: runs the clusters the broker granted to this host (``letsfrag supervise``).
 
-``ClusterManager`` is imported lazily so that ``letsfrag.supervisor.policy`` (pure decisions, used by the
-dashboards) stays cheap to import.
+``ClusterManager`` is imported lazily so that ``letsfrag.supervisor.policy`` (pure decisions) stays cheap to
+import.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Successor and retiring processes of ``ClusterManager``: the supervisor's side of a planned handover.
 
-The one home of successor state. :class:`Handovers` keeps, apart from the cluster records:
+The one home of successor state. :class:`SuccessorBook` keeps, apart from the cluster records:
 
 - **successors** — a process started for a ``preparing`` handover record naming this host (``LETSFRAG_HANDOVER=1``,
   the record's epoch), reported in the host record's ``successors`` field (``starting`` → ``ready`` → gone,
@@ -28,13 +28,13 @@ from letsfrag.supervisor import policy
 from letsfrag.supervisor.lifecycle import Promotion
 from letsfrag.supervisor.process import run_stop
 from letsfrag.supervisor.state import ClusterState, HostState, IpcMessage, ProcessExited
-from letsfrag.supervisor.successors import Step, SuccessorFacts, plan_successors
+from letsfrag.supervisor.successors import SuccessorAction, SuccessorFacts, plan_successors
 
 if TYPE_CHECKING:
     from letsfrag.supervisor.process import ClusterProcess
     from letsfrag.supervisor.shell import Shell
 
-__all__ = ["Handovers", "Retiring", "Successor"]
+__all__ = ["Retiring", "Successor", "SuccessorBook"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Retiring:
     process: ClusterProcess
 
 
-class Handovers:
+class SuccessorBook:
     """Successors and retiring processes of the supervisor's clusters."""
 
     def __init__(self, state: HostState, shell: Shell) -> None:
@@ -118,14 +118,14 @@ class Handovers:
         main_epochs = {cid: r.epoch for cid, r in self.state.records.items()}
         facts = {cid: s.facts() for cid, s in self.successors.items()}
         for step in plan_successors(self.m.host_id, records, grants, facts, main_epochs):
-            if step.step is Step.SPAWN:
+            if step.step is SuccessorAction.SPAWN:
                 assert step.record is not None
                 await self._spawn(step.record)
-            elif step.step is Step.PROMOTE:
+            elif step.step is SuccessorAction.PROMOTE:
                 await self._promote(self.successors[step.cluster])
-            elif step.step is Step.ROLL_BACK:
+            elif step.step is SuccessorAction.ROLL_BACK:
                 self.stop(self.successors[step.cluster], step.reason)
-            elif step.step is Step.DROP:
+            elif step.step is SuccessorAction.DROP:
                 self.successors.pop(step.cluster, None)
                 self._publish()
 

@@ -316,15 +316,6 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _restart_settings(config: HostConfig) -> policy.RestartSettings:
-    restart = config.restart
-    b = restart.backoff
-    return policy.RestartSettings(
-        policy=restart.policy, max_restarts=restart.max_restarts, window=restart.window,
-        backoff=policy.BackoffSettings(initial=b.initial, factor=b.factor, max=b.max, jitter=min(b.jitter, 0.99),
-                                       reset_after=b.reset_after))
-
-
 class Lifecycle:
     """The decisions about this host's clusters (see the module docstring); every method runs inside the
     manager's decision loop and returns the effects to carry out, in order."""
@@ -334,7 +325,7 @@ class Lifecycle:
         self.host_id = host_id
         self.state = state
         self._rng = rng or random.Random()
-        self._settings = _restart_settings(config)
+        self._settings = config.restart
         #: process tokens: unique per spawned process (main or successor), so late events find their process
         self._tokens = itertools.count(1)
         self._refused: tuple[int, int] | None = None
@@ -694,7 +685,7 @@ class Lifecycle:
         """Ask the restart policy what follows an exit that was not on purpose."""
         decision = record.tracker.on_exit(now.mono, info, cause=cause)
         cid = record.cluster_id
-        if decision.action is policy.Action.RESTART and not self.state.closing:
+        if decision.action is policy.ExitAction.RESTART and not self.state.closing:
             record.next_restart_at = now.wall + decision.delay
             return [*self.set_state(record, ClusterState.BACKOFF,
                                     f"{decision.reason}; restarting in {decision.delay:.1f}s"),
@@ -704,7 +695,7 @@ class Lifecycle:
                     Emit(Severity.WARNING, "cluster_restart",
                          f"cluster {cid} {decision.reason}; restarting in {decision.delay:.1f}s", {"cluster": cid})]
         record.done_epoch = record.epoch
-        if decision.action is policy.Action.FAIL:
+        if decision.action is policy.ExitAction.FAIL:
             already = record.state is ClusterState.FAILED
             effects = self.set_state(record, ClusterState.FAILED, record.reason if already else decision.reason)
             if not already:

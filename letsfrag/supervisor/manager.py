@@ -43,8 +43,7 @@ from letsfrag.logs import set_log_context
 from letsfrag.loops import cancel_and_wait, supervised
 from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.supervisor import lifecycle as lc
-from letsfrag.supervisor.commands import CommandHandler
-from letsfrag.supervisor.handoff import Handovers
+from letsfrag.supervisor.handoff import SuccessorBook
 from letsfrag.supervisor.host import HostAgent
 from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, register_config_secrets
 from letsfrag.supervisor.logfile import ClusterLog, log_path
@@ -64,6 +63,7 @@ from letsfrag.supervisor.state import (
     StopDone,
 )
 from letsfrag.supervisor.successors import LeaveVerdict, leave_verdict
+from letsfrag.supervisor.supervisor_commands import SupervisorCommands
 from letsfrag.supervisor.watch import TreeSampler
 
 __all__ = ["EVENT_NAMES", "ClusterManager"]
@@ -123,8 +123,8 @@ class ClusterManager:
         self.publisher: Publisher | None = None
         # the parts: each is given the shared state and this manager as its shell (supervisor/shell.py)
         #: successors and retiring processes of planned handovers (one home, apart from the records)
-        self.handovers = Handovers(self.state, self)
-        self.commands = CommandHandler(self.state, self)
+        self.handovers = SuccessorBook(self.state, self)
+        self.commands = SupervisorCommands(self.state, self)
         self.argv = build_argv(config)
         #: the pre-fork launcher (``bot.launcher: fork``), None when every cluster is exec'd
         self.launcher: Launcher | None = (launcher or Launcher()) if launcher_mode(config) == "fork" else None

@@ -9,20 +9,19 @@ from __future__ import annotations
 import random
 import signal
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
 
+from letsfrag.config import BackoffSettings, RestartSettings
 from letsfrag.contract.exitcodes import NO_RESTART_CODES, ExitCode
 
 __all__ = [
     "FATAL_CLOSE_NAMES",
-    "Action",
-    "BackoffSettings",
+    "MAX_JITTER",
     "Decision",
+    "ExitAction",
     "ExitInfo",
     "MemoryWatch",
-    "RestartSettings",
     "RestartTracker",
     "backoff_delay",
     "describe_exit",
@@ -52,59 +51,17 @@ def fatal_close_reason(close_code: int) -> str:
 
 # --------------------------------------------------------------------------------------------- settings
 
+# The settings are the config's own models, :class:`letsfrag.config.BackoffSettings` and
+# :class:`letsfrag.config.RestartSettings` (validated there, with the config's messages).
 
-@dataclass(frozen=True)
-class BackoffSettings:
-    """Exponential backoff between restarts: ``initial × factor^n``, capped at ``max``, ± ``jitter``.
-
-    ``max`` caps the delay before jitter, so at the cap a delay lies within ``max × (1 ± jitter)``.
-    Consecutive failures are forgotten once a cluster stayed READY for ``reset_after`` seconds.
-    """
-
-    initial: float = 1.0
-    factor: float = 2.0
-    max: float = 60.0
-    jitter: float = 0.2
-    reset_after: float = 600.0
-
-    def __post_init__(self) -> None:
-        if self.initial < 0:
-            raise ValueError(f"backoff.initial cannot be negative, found {self.initial!r}")
-        if self.factor < 1:
-            raise ValueError(f"backoff.factor must be >= 1, found {self.factor!r}")
-        if self.max < self.initial:
-            raise ValueError(f"backoff.max ({self.max!r}) must be >= backoff.initial ({self.initial!r})")
-        if not 0 <= self.jitter < 1:
-            raise ValueError(f"backoff.jitter must be in [0, 1), found {self.jitter!r}")
-        if self.reset_after < 0:
-            raise ValueError(f"backoff.reset_after cannot be negative, found {self.reset_after!r}")
-
-
-RestartPolicy = Literal["always", "on-failure", "never"]
-
-
-@dataclass(frozen=True)
-class RestartSettings:
-    """When to restart a cluster, and when to give up (more than ``max_restarts`` within ``window``)."""
-
-    policy: RestartPolicy = "always"
-    backoff: BackoffSettings = field(default_factory=BackoffSettings)
-    max_restarts: int = 5
-    window: float = 600.0
-
-    def __post_init__(self) -> None:
-        if self.policy not in ("always", "on-failure", "never"):
-            raise ValueError(f"restart policy must be always, on-failure or never, found {self.policy!r}")
-        if self.max_restarts < 0:
-            raise ValueError(f"max_restarts cannot be negative, found {self.max_restarts!r}")
-        if self.window <= 0:
-            raise ValueError(f"the restart window must be positive, found {self.window!r}")
+#: the largest jitter a delay gets: the config allows ``backoff.jitter`` up to 1, which could make a delay 0
+MAX_JITTER = 0.99
 
 
 # --------------------------------------------------------------------------------------------- decisions
 
 
-class Action(StrEnum):
+class ExitAction(StrEnum):
     """What the supervisor does after a cluster process ended."""
 
     RESTART = "restart"
@@ -137,7 +94,7 @@ class ExitInfo:
 class Decision:
     """The verdict on one exit: what to do, after how many seconds, and why (for people)."""
 
-    action: Action
+    action: ExitAction
     delay: float
     reason: str
 
@@ -188,9 +145,10 @@ def backoff_delay(attempt: int, settings: BackoffSettings, rng: random.Random) -
         base = min(settings.initial * settings.factor**attempt, settings.max)
     except OverflowError:
         base = settings.max
-    if settings.jitter == 0:
+    jitter = min(settings.jitter, MAX_JITTER)
+    if jitter == 0:
         return base
-    return base * (1.0 + rng.uniform(-settings.jitter, settings.jitter))
+    return base * (1.0 + rng.uniform(-jitter, jitter))
 
 
 class RestartTracker:
@@ -236,24 +194,24 @@ class RestartTracker:
         if cause:
             what = f"{cause} ({what})"
         if requested:
-            return Decision(Action.STOP, 0.0, f"stopped on request ({what})")
+            return Decision(ExitAction.STOP, 0.0, f"stopped on request ({what})")
         if self.failed:
-            return Decision(Action.FAIL, 0.0, f"already failed; {what}")
+            return Decision(ExitAction.FAIL, 0.0, f"already failed; {what}")
         if info.fatal_reason:
             return self._fail(info.fatal_reason)
         if info.signal is None and info.code in NO_RESTART_CODES:
             return self._fail(what)
         if info.signal is None and info.code == ExitCode.FENCED:
-            return Decision(Action.STOP, 0.0, what)
+            return Decision(ExitAction.STOP, 0.0, what)
         policy = self.settings.policy
         clean = info.signal is None and info.code == ExitCode.OK
         if policy == "never" or (clean and policy == "on-failure"):
-            return Decision(Action.STOP, 0.0, f"{what}; restart policy {policy}")
+            return Decision(ExitAction.STOP, 0.0, f"{what}; restart policy {policy}")
         return self._restart(now, what)
 
     def _fail(self, reason: str) -> Decision:
         self.failed = True
-        return Decision(Action.FAIL, 0.0, reason)
+        return Decision(ExitAction.FAIL, 0.0, reason)
 
     def _restart(self, now: float, what: str) -> Decision:
         window = self.settings.window
@@ -265,7 +223,7 @@ class RestartTracker:
         delay = backoff_delay(self.consecutive_failures, self.settings.backoff, self._rng)
         self.consecutive_failures += 1
         self.restarts += 1
-        return Decision(Action.RESTART, delay, what)
+        return Decision(ExitAction.RESTART, delay, what)
 
     def reset(self) -> None:
         """A manual restart: clear FAILED, the backoff and the history (``restarts`` keeps its total)."""

@@ -4,8 +4,8 @@ The supervisor is a pure core and a shell. The core is the cluster lifecycle
 (:class:`letsfrag.supervisor.lifecycle.Lifecycle`: inputs and the time in, effects out, no I/O); the shell is the
 manager, which keeps the processes, timers and tasks by cluster id and carries the effects out. The state they
 share is one object with public fields (:class:`letsfrag.supervisor.state.HostState`). The manager's parts that
-are not decisions about a cluster's life — the operator commands (``CommandHandler``: replies and waits) and the
-successors of planned handovers (``Handovers``) — are given the state and the shell, and ask the shell through
+are not decisions about a cluster's life — the operator commands (``SupervisorCommands``: replies and waits) and the
+successors of planned handovers (``SuccessorBook``) — are given the state and the shell, and ask the shell through
 this small interface; a part never touches a private attribute of the manager, and the manager calls only
 public methods of its parts (``tests/test_layers.py`` checks both).
 

@@ -194,8 +194,8 @@ class HostState:
     inside its decision loop.
 
     The lifecycle (the pure core, :mod:`letsfrag.supervisor.lifecycle`) makes the decisions on it; the manager
-    (the shell: processes, timers, tasks, Redis) and its parts (``CommandHandler``, ``Handovers``) read it; none of
-    them reaches into another's private attributes. What a part may ask of the shell is
+    (the shell: processes, timers, tasks, Redis) and its parts (``SupervisorCommands``, ``SuccessorBook``) read it;
+    none of them reaches into another's private attributes. What a part may ask of the shell is
     :class:`letsfrag.supervisor.shell.Shell`.
     """
 

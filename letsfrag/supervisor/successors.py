@@ -23,10 +23,10 @@ from enum import StrEnum
 
 from letsfrag.contract.handover import HandoverRecord, HandoverState, SuccessorState
 
-__all__ = ["LeaveVerdict", "Step", "SuccessorFacts", "SuccessorStep", "leave_verdict", "plan_successors"]
+__all__ = ["LeaveVerdict", "SuccessorAction", "SuccessorFacts", "SuccessorStep", "leave_verdict", "plan_successors"]
 
 
-class Step(StrEnum):
+class SuccessorAction(StrEnum):
     """What the manager does with one cluster's successor."""
 
     SPAWN = "spawn"
@@ -52,7 +52,7 @@ class SuccessorStep:
     """One step for the manager; ``record`` is the handover record a spawn is for."""
 
     cluster: int
-    step: Step
+    step: SuccessorAction
     epoch: int
     reason: str = ""
     record: HandoverRecord | None = None
@@ -81,25 +81,28 @@ def plan_successors(
                 continue  # switched without a successor here (e.g. this supervisor restarted): the grant decides
             newest = max(granted or 0, main_epochs.get(cid) or 0)
             if record.epoch > newest:
-                steps.append(SuccessorStep(cid, Step.SPAWN, record.epoch, f"handover ({record.reason})", record))
+                steps.append(SuccessorStep(cid, SuccessorAction.SPAWN, record.epoch, f"handover ({record.reason})",
+                                           record))
             continue
         if not facts.alive:
             if record is None or record.epoch != facts.epoch:
-                steps.append(SuccessorStep(cid, Step.DROP, facts.epoch, "its handover record is gone"))
+                steps.append(SuccessorStep(cid, SuccessorAction.DROP, facts.epoch, "its handover record is gone"))
             continue
         if facts.stopping:
             continue
         if granted == facts.epoch:
-            steps.append(SuccessorStep(cid, Step.PROMOTE, facts.epoch, "the assignment names it"))
+            steps.append(SuccessorStep(cid, SuccessorAction.PROMOTE, facts.epoch, "the assignment names it"))
         elif granted is not None and granted > facts.epoch:
-            steps.append(SuccessorStep(cid, Step.ROLL_BACK, facts.epoch, f"replaced by the grant of epoch {granted}"))
+            steps.append(SuccessorStep(cid, SuccessorAction.ROLL_BACK, facts.epoch,
+                                       f"replaced by the grant of epoch {granted}"))
         elif record is None and cid in records:
-            steps.append(SuccessorStep(cid, Step.ROLL_BACK, facts.epoch,
+            steps.append(SuccessorStep(cid, SuccessorAction.ROLL_BACK, facts.epoch,
                                        f"the handover record now names host {records[cid].host}"))
         elif record is None:
-            steps.append(SuccessorStep(cid, Step.ROLL_BACK, facts.epoch, "handover rolled back (record deleted)"))
+            steps.append(SuccessorStep(cid, SuccessorAction.ROLL_BACK, facts.epoch,
+                                       "handover rolled back (record deleted)"))
         elif record.epoch != facts.epoch:
-            steps.append(SuccessorStep(cid, Step.ROLL_BACK, facts.epoch,
+            steps.append(SuccessorStep(cid, SuccessorAction.ROLL_BACK, facts.epoch,
                                        f"the handover record now names epoch {record.epoch}"))
     return steps
 

@@ -30,7 +30,7 @@ from ..units import parse_duration
 from .screens.cluster import ClusterScreen
 from .screens.confirm import ConfirmScreen
 from .screens.help import HelpScreen
-from .screens.main import MainScreen
+from .screens.overview import MainScreen
 from .source import DataSource
 
 __all__ = ["LetsfragTop", "build_parser", "main", "run_from_args"]

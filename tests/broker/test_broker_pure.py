@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from letsfrag.broker.membership import HostObservation, Membership, Verdict
+from letsfrag.broker.membership import HostObservation, HostVerdict, Membership
 from letsfrag.broker.moves import HostFacts, Move, Moves, pick_drain_move, planning_views
 from letsfrag.clock import FakeClock
 
@@ -14,17 +14,17 @@ def test_lost_only_after_grace_of_continuous_observation() -> None:
     clock = FakeClock()
     m = Membership(grace=2.0)
     changes = m.observe(clock.monotonic(), {"a": UP})
-    assert [(c.host, c.before, c.after) for c in changes] == [("a", None, Verdict.UP)]
+    assert [(c.host, c.before, c.after) for c in changes] == [("a", None, HostVerdict.UP)]
     clock.advance(1)
-    assert m.observe(clock.monotonic(), {"a": GONE})[0].after is Verdict.LATE
+    assert m.observe(clock.monotonic(), {"a": GONE})[0].after is HostVerdict.LATE
     clock.advance(1.9)
     assert m.observe(clock.monotonic(), {"a": GONE}) == []
-    assert m.verdicts["a"] is Verdict.LATE
+    assert m.verdicts["a"] is HostVerdict.LATE
     clock.advance(0.1)
-    assert m.observe(clock.monotonic(), {"a": GONE})[0].after is Verdict.LOST
+    assert m.observe(clock.monotonic(), {"a": GONE})[0].after is HostVerdict.LOST
     clock.advance(5)
-    assert m.observe(clock.monotonic(), {"a": GONE}) == [] and m.verdicts["a"] is Verdict.LOST
-    assert m.observe(clock.monotonic(), {"a": UP})[0].after is Verdict.UP  # it came back
+    assert m.observe(clock.monotonic(), {"a": GONE}) == [] and m.verdicts["a"] is HostVerdict.LOST
+    assert m.observe(clock.monotonic(), {"a": UP})[0].after is HostVerdict.UP  # it came back
 
 
 def test_outage_resets_the_timers() -> None:
@@ -36,10 +36,10 @@ def test_outage_resets_the_timers() -> None:
     m.observe(clock.monotonic(), {"a": GONE})
     clock.advance(1.5)
     m.observe(clock.monotonic(), {"a": GONE})
-    assert m.verdicts["a"] is Verdict.LATE
+    assert m.verdicts["a"] is HostVerdict.LATE
     clock.advance(0.5)
     m.observe(clock.monotonic(), {"a": GONE})
-    assert m.verdicts["a"] is Verdict.LOST
+    assert m.verdicts["a"] is HostVerdict.LOST
 
 
 def test_a_long_gap_between_observations_counts_as_an_outage() -> None:
@@ -48,25 +48,25 @@ def test_a_long_gap_between_observations_counts_as_an_outage() -> None:
     m.observe(clock.monotonic(), {"a": GONE})
     clock.advance(3)  # the broker itself stalled
     m.observe(clock.monotonic(), {"a": GONE})
-    assert m.verdicts["a"] is Verdict.LATE
+    assert m.verdicts["a"] is HostVerdict.LATE
     assert m.missing_for("a", clock.monotonic()) == 0
 
 
 def test_leaving_and_left() -> None:
     m = Membership(grace=10.0)
     m.observe(0, {"a": UP})
-    assert m.observe(1, {"a": HostObservation(lease=True, state="leaving")})[0].after is Verdict.LEAVING
-    assert Verdict.LEAVING.alive
-    assert m.observe(2, {"a": HostObservation(lease=False, state="leaving")})[0].after is Verdict.LEFT
+    assert m.observe(1, {"a": HostObservation(lease=True, state="leaving")})[0].after is HostVerdict.LEAVING
+    assert HostVerdict.LEAVING.alive
+    assert m.observe(2, {"a": HostObservation(lease=False, state="leaving")})[0].after is HostVerdict.LEFT
     m2 = Membership(grace=10.0)
     m2.observe(0, {"b": UP})
-    assert m2.observe(1, {"b": HostObservation(lease=False, said_leave=True)})[0].after is Verdict.LEFT
-    assert not Verdict.LEFT.alive and not Verdict.LOST.alive
+    assert m2.observe(1, {"b": HostObservation(lease=False, said_leave=True)})[0].after is HostVerdict.LEFT
+    assert not HostVerdict.LEFT.alive and not HostVerdict.LOST.alive
 
 
 def test_a_record_already_marked_lost_stays_lost_for_a_new_broker() -> None:
     m = Membership(grace=10.0)
-    assert m.observe(0, {"a": HostObservation(lease=False, state="lost")})[0].after is Verdict.LOST
+    assert m.observe(0, {"a": HostObservation(lease=False, state="lost")})[0].after is HostVerdict.LOST
     m.observe(1, {})
     assert "a" not in m.verdicts  # a host that left the hosts set is forgotten
 

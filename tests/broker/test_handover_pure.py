@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from letsfrag.broker.handovers import Action, Handovers, budget_refusal, decide, slot_refusal
+from letsfrag.broker.handovers import HandoverAction, HandoverBook, budget_refusal, decide, slot_refusal
 from letsfrag.broker.moves import HostFacts
 from letsfrag.contract.handover import HandoverRecord, HandoverState, SuccessorReport, SuccessorState
 
@@ -30,24 +30,24 @@ DEAD = HostFacts(False, {3: 7})
 
 PREPARING_CASES = [
     # (hosts, assigned, now, action, reason contains)
-    ({"a": UP_A, "b": STARTING}, ("a", 7), T0 + 1, Action.WAIT, ""),
-    ({"a": UP_A, "b": HostFacts(True)}, ("a", 7), T0 + 1, Action.WAIT, ""),
-    ({"a": UP_A, "b": READY}, ("a", 7), T0 + 1, Action.SWITCH, "ready"),
-    ({"a": UP_A, "b": READY}, ("a", 7), T0 + 61, Action.SWITCH, "ready"),  # ready wins over a late tick
-    ({"a": UP_A, "b": OLD_READY}, ("a", 7), T0 + 1, Action.WAIT, ""),
-    ({"a": UP_A, "b": FAILED}, ("a", 7), T0 + 1, Action.ROLLBACK, "failed: exit code 1"),
-    ({"a": UP_A, "b": STARTING}, ("a", 7), T0 + 61, Action.ROLLBACK, "not ready within 60s"),
-    ({"a": UP_A, "b": HostFacts(False, {}, report(SuccessorState.READY))}, ("a", 7), T0 + 1, Action.ROLLBACK,
+    ({"a": UP_A, "b": STARTING}, ("a", 7), T0 + 1, HandoverAction.WAIT, ""),
+    ({"a": UP_A, "b": HostFacts(True)}, ("a", 7), T0 + 1, HandoverAction.WAIT, ""),
+    ({"a": UP_A, "b": READY}, ("a", 7), T0 + 1, HandoverAction.SWITCH, "ready"),
+    ({"a": UP_A, "b": READY}, ("a", 7), T0 + 61, HandoverAction.SWITCH, "ready"),  # ready wins over a late tick
+    ({"a": UP_A, "b": OLD_READY}, ("a", 7), T0 + 1, HandoverAction.WAIT, ""),
+    ({"a": UP_A, "b": FAILED}, ("a", 7), T0 + 1, HandoverAction.ROLLBACK, "failed: exit code 1"),
+    ({"a": UP_A, "b": STARTING}, ("a", 7), T0 + 61, HandoverAction.ROLLBACK, "not ready within 60s"),
+    ({"a": UP_A, "b": HostFacts(False, {}, report(SuccessorState.READY))}, ("a", 7), T0 + 1, HandoverAction.ROLLBACK,
      "target host b is not alive"),
-    ({"a": UP_A}, ("a", 7), T0 + 1, Action.ROLLBACK, "target host b is not alive"),
-    ({"a": DEAD, "b": READY}, ("a", 7), T0 + 1, Action.ROLLBACK, "source host a is not alive"),
-    ({"a": UP_A, "b": READY}, ("c", 8), T0 + 1, Action.ROLLBACK, "assignment changed"),
-    ({"a": UP_A, "b": READY}, None, T0 + 1, Action.ROLLBACK, "assignment changed"),
+    ({"a": UP_A}, ("a", 7), T0 + 1, HandoverAction.ROLLBACK, "target host b is not alive"),
+    ({"a": DEAD, "b": READY}, ("a", 7), T0 + 1, HandoverAction.ROLLBACK, "source host a is not alive"),
+    ({"a": UP_A, "b": READY}, ("c", 8), T0 + 1, HandoverAction.ROLLBACK, "assignment changed"),
+    ({"a": UP_A, "b": READY}, None, T0 + 1, HandoverAction.ROLLBACK, "assignment changed"),
 ]
 
 
 @pytest.mark.parametrize(("hosts", "assigned", "now", "action", "reason"), PREPARING_CASES)
-def test_preparing(hosts: dict[str, HostFacts], assigned: tuple[str, int] | None, now: float, action: Action,
+def test_preparing(hosts: dict[str, HostFacts], assigned: tuple[str, int] | None, now: float, action: HandoverAction,
                    reason: str) -> None:
     step = decide(record(), now, hosts, assigned)
     assert step.action is action and reason in step.reason
@@ -55,18 +55,18 @@ def test_preparing(hosts: dict[str, HostFacts], assigned: tuple[str, int] | None
 
 SWITCHED_CASES = [
     # (hosts, assigned, now, stopped, action, reason contains)
-    ({"a": UP_A, "b": READY}, ("b", 12), T0 + 1, False, Action.WAIT, ""),
-    ({"a": UP_A, "b": READY}, ("b", 12), T0 + 1, True, Action.DONE, "confirmed"),
-    ({"a": HostFacts(True, {}), "b": READY}, ("b", 12), T0 + 1, False, Action.DONE, "no longer runs"),
-    ({"a": DEAD, "b": READY}, ("b", 12), T0 + 1, False, Action.DONE, "not alive"),
-    ({"a": UP_A, "b": READY}, ("c", 13), T0 + 1, False, Action.DONE, "assignment changed"),
-    ({"a": UP_A, "b": READY}, ("b", 12), T0 + 61, False, Action.DONE, "did not confirm the stop in time"),
+    ({"a": UP_A, "b": READY}, ("b", 12), T0 + 1, False, HandoverAction.WAIT, ""),
+    ({"a": UP_A, "b": READY}, ("b", 12), T0 + 1, True, HandoverAction.DONE, "confirmed"),
+    ({"a": HostFacts(True, {}), "b": READY}, ("b", 12), T0 + 1, False, HandoverAction.DONE, "no longer runs"),
+    ({"a": DEAD, "b": READY}, ("b", 12), T0 + 1, False, HandoverAction.DONE, "not alive"),
+    ({"a": UP_A, "b": READY}, ("c", 13), T0 + 1, False, HandoverAction.DONE, "assignment changed"),
+    ({"a": UP_A, "b": READY}, ("b", 12), T0 + 61, False, HandoverAction.DONE, "did not confirm the stop in time"),
 ]
 
 
 @pytest.mark.parametrize(("hosts", "assigned", "now", "stopped", "action", "reason"), SWITCHED_CASES)
 def test_switched(hosts: dict[str, HostFacts], assigned: tuple[str, int] | None, now: float, stopped: bool,
-                  action: Action, reason: str) -> None:
+                  action: HandoverAction, reason: str) -> None:
     step = decide(record(HandoverState.SWITCHED), now, hosts, assigned, stopped=stopped)
     assert step.action is action and reason in step.reason
 
@@ -74,13 +74,13 @@ def test_switched(hosts: dict[str, HostFacts], assigned: tuple[str, int] | None,
 def test_restart_in_place_is_done_when_the_old_epoch_is_gone() -> None:
     rec = record(HandoverState.SWITCHED, host="a", source="a")
     both = HostFacts(True, {3: 7}, report(SuccessorState.READY))
-    assert decide(rec, T0 + 1, {"a": both}, ("a", 12)).action is Action.WAIT
+    assert decide(rec, T0 + 1, {"a": both}, ("a", 12)).action is HandoverAction.WAIT
     promoted = HostFacts(True, {3: 12})
-    assert decide(rec, T0 + 1, {"a": promoted}, ("a", 12)).action is Action.DONE
+    assert decide(rec, T0 + 1, {"a": promoted}, ("a", 12)).action is HandoverAction.DONE
 
 
 def test_confirmations_count_only_the_source_epoch() -> None:
-    book = Handovers()
+    book = HandoverBook()
     rec = record(HandoverState.SWITCHED, host="a", source="a")
     book.load({3: rec})
     assert not book.confirm_stopped(3, "a", 6)  # an earlier run's confirmation
@@ -90,14 +90,14 @@ def test_confirmations_count_only_the_source_epoch() -> None:
     assert book.confirm_stopped(3, "a", 7)
     assert book.stopped(rec)
     steps = book.steps(T0 + 1, {"a": HostFacts(True, {3: 7})}, {3: ("a", 12)})
-    assert [(s.record.cluster, s.action) for s in steps] == [(3, Action.DONE)]
+    assert [(s.record.cluster, s.action) for s in steps] == [(3, HandoverAction.DONE)]
     book.load({})  # the record is gone: so are its confirmations
     book.load({3: rec})
     assert not book.stopped(rec)
 
 
 def test_bookkeeping_queries() -> None:
-    book = Handovers()
+    book = HandoverBook()
     a = record()
     b = HandoverRecord(cluster=5, host="c", epoch=13, from_host="a", from_epoch=8, reason="drain",
                        state=HandoverState.SWITCHED, started=T0, deadline=T0 + 9)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from letsfrag.clock import FakeClock
-from letsfrag.cluster.guard import DispatchGuard, Verdict, decide_ownership, default_margin
+from letsfrag.cluster.guard import DispatchGuard, DispatchVerdict, decide_ownership, default_margin
 
 GRANT = json.dumps({"host": "h1", "epoch": 3})
 
@@ -44,7 +44,7 @@ def test_ttl_comes_from_the_lease_pttl() -> None:
 def test_nothing_dispatches_before_the_first_check() -> None:
     guard = DispatchGuard(FakeClock(), margin=0.5)
     ran: list[int] = []
-    assert guard.admit(lambda: ran.append(1)) is Verdict.HOLD
+    assert guard.admit(lambda: ran.append(1)) is DispatchVerdict.HOLD
     assert ran == [] and len(guard.held) == 1
 
 
@@ -56,9 +56,9 @@ def test_horizon_is_check_sent_time_plus_pttl_minus_margin() -> None:
     guard.confirm(sent, ttl=5.0)
     assert guard.valid_until == pytest.approx(104.5)
     clock.advance(4.29)
-    assert guard.verdict() is Verdict.DISPATCH
+    assert guard.verdict() is DispatchVerdict.DISPATCH
     clock.advance(0.02)
-    assert guard.verdict() is Verdict.HOLD
+    assert guard.verdict() is DispatchVerdict.HOLD
 
 
 def test_frozen_process_holds_then_releases_in_order_when_still_owner() -> None:
@@ -68,8 +68,8 @@ def test_frozen_process_holds_then_releases_in_order_when_still_owner() -> None:
     ran: list[str] = []
     guard.admit(lambda: ran.append("a"))
     clock.advance(60)  # SIGSTOP ... SIGCONT: events buffered in the socket arrive now
-    assert guard.admit(lambda: ran.append("b")) is Verdict.HOLD
-    assert guard.admit(lambda: ran.append("c")) is Verdict.HOLD
+    assert guard.admit(lambda: ran.append("b")) is DispatchVerdict.HOLD
+    assert guard.admit(lambda: ran.append("c")) is DispatchVerdict.HOLD
     assert guard.release() == 0  # nothing released while the horizon has passed
     guard.confirm(clock.monotonic(), 5.0)  # a fresh check: still the owner
     # an event arriving after the confirmation but before the release still queues behind the held ones
@@ -86,7 +86,7 @@ def test_fenced_drops_what_it_held_and_everything_after() -> None:
     guard.admit(lambda: ran.append("x"))
     guard.admit(lambda: ran.append("y"))
     assert guard.fence() == 2
-    assert guard.admit(lambda: ran.append("z")) is Verdict.DROP
+    assert guard.admit(lambda: ran.append("z")) is DispatchVerdict.DROP
     guard.confirm(clock.monotonic(), 5.0)  # a late positive answer cannot undo a fence
     assert not guard.allows() and ran == [] and guard.dropped_total == 3
 

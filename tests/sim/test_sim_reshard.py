@@ -10,7 +10,7 @@ from support.sim import FakeLink
 
 from letsfrag.clock import FakeClock
 from letsfrag.sim import SimulatorOptions, payloads
-from letsfrag.sim.commands import handle_command
+from letsfrag.sim.client_ops import handle_command
 from letsfrag.sim.core import SimCore
 from letsfrag.sim.protocol import Op
 from letsfrag.sim.referee import Referee

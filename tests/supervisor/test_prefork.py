@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 from support.supervisor import grant, host_config, set_modes, write_layout
 from support.waiting import wait_until
 
+from letsfrag.cli.supervise import adopt_launcher
 from letsfrag.supervisor import ClusterManager, ClusterState
 from letsfrag.supervisor.launcher import start_launcher
-from letsfrag.supervisor.main import adopt_launcher
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="the launcher needs Linux")
 

@@ -12,6 +12,7 @@ import pytest
 from support.supervisor import TOKEN, host_config
 from support.waiting import wait_until_sync
 
+from letsfrag.cli.supervise import _overrides
 from letsfrag.contract.records import LayoutRecord
 from letsfrag.environment import ClusterEnvironment
 from letsfrag.errors import ConfigError, NotInClusterError
@@ -21,7 +22,6 @@ from letsfrag.supervisor.host import fence_after, parse_assignment
 from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, plain_redis_settings
 from letsfrag.supervisor.lifecycle import tick_interval
 from letsfrag.supervisor.logfile import ClusterLog
-from letsfrag.supervisor.main import _overrides
 from letsfrag.supervisor.publish import status_fields
 from letsfrag.supervisor.watch import TreeSampler, descendants
 

@@ -16,7 +16,7 @@ from letsfrag.supervisor.state import ClusterState, HostState
 if TYPE_CHECKING:
     from letsfrag.supervisor.shell import Shell
 
-__all__ = ["DEFAULT_WAIT", "CommandHandler"]
+__all__ = ["DEFAULT_WAIT", "SupervisorCommands"]
 
 #: seconds a restart waits for the cluster to be READY again (payload ``timeout`` overrides it)
 DEFAULT_WAIT = 120.0
@@ -27,7 +27,7 @@ def _reply(ok: bool, message: str, **extra: Any) -> dict[str, Any]:
     return {"ok": ok, "message": message, **extra}
 
 
-class CommandHandler:
+class SupervisorCommands:
     """Carries out commands against one supervisor (its shared state and its shell)."""
 
     def __init__(self, state: HostState, shell: Shell) -> None:

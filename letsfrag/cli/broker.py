@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from letsfrag.broker.broker import ClusterBroker
 from letsfrag.config import BrokerConfig, load_broker_config
 from letsfrag.connection import check_redis_credentials
-
-from .broker import ClusterBroker
 
 __all__ = ["run", "serve"]
 

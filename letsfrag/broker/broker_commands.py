@@ -27,10 +27,10 @@ if TYPE_CHECKING:
     from .broker import ClusterBroker
     from .reconcile import Reconciler
 
-__all__ = ["CommandHandler"]
+__all__ = ["BrokerCommands"]
 
 
-class CommandHandler:
+class BrokerCommands:
     """Executes one command payload against the broker's reconcile state."""
 
     def __init__(self, broker: ClusterBroker, reconciler: Reconciler) -> None:
