@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from letsfrag.contract.exitcodes import FATAL_CLOSE_CODES, CloseCode
-from letsfrag.sim import protocol
+from letsfrag.sim import client_ops, core, gateway, protocol
 
 
 def test_the_simulator_sends_the_products_close_codes() -> None:
-    assert protocol.CloseCode is CloseCode
+    assert not hasattr(protocol, "CloseCode")  # one definition, the contract's
+    assert core.CloseCode is client_ops.CloseCode is gateway.CloseCode is CloseCode
 
 
 def test_fatal_close_codes_are_discords_do_not_reconnect_codes() -> None:

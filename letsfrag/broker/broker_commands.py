@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from letsfrag.contract.actions import BrokerAction
 from letsfrag.contract.handover import HandoverReason
+from letsfrag.contract.states import HostRecordState
 from letsfrag.events import Severity
 
 if TYPE_CHECKING:
@@ -40,29 +42,28 @@ class BrokerCommands:
     async def handle(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Dispatch on ``payload["action"]``."""
         action = payload.get("action")
-        if action in ("drain", "undrain"):
+        if action in (BrokerAction.DRAIN, BrokerAction.UNDRAIN):
             host = payload.get("host")
             if not isinstance(host, str) or host not in self.rec.hosts:
                 known = ", ".join(sorted(self.rec.hosts)) or "none"
                 return {"ok": False, "message": f"{action}: unknown host {host!r} (known hosts: {known})"}
-            return await (self.drain(host) if action == "drain" else self.undrain(host))
-        if action == "rebalance":
+            return await (self.drain(host) if action == BrokerAction.DRAIN else self.undrain(host))
+        if action == BrokerAction.REBALANCE:
             return await self.rebalance()
-        if action == "restart":
+        if action == BrokerAction.RESTART:
             cluster = payload.get("cluster")
             if isinstance(cluster, bool) or not isinstance(cluster, int) or cluster < 0:
                 return {"ok": False, "message": f"restart: expected a cluster id >= 0, found {cluster!r}"}
             return await self.restart(cluster, self._wait_of(payload))
-        if action == "rolling_restart":
+        if action == BrokerAction.ROLLING_RESTART:
             host = payload.get("host")
             if not isinstance(host, str) or host not in self.rec.hosts:
                 known = ", ".join(sorted(self.rec.hosts)) or "none"
                 return {"ok": False, "message": f"rolling_restart: unknown host {host!r} (known hosts: {known})"}
             return await self.rolling_restart(host, self._wait_of(payload))
-        if action == "reshard":
+        if action == BrokerAction.RESHARD:
             return await self.reshard(payload)
-        return {"ok": False, "message": f"unknown action {action!r}; the broker accepts drain, undrain, rebalance, "
-                                        "restart, rolling_restart, reshard"}
+        return {"ok": False, "message": f"unknown action {action!r}; the broker accepts {', '.join(BrokerAction)}"}
 
     async def reshard(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The plan of a reshard (or the refusal) from the leader's live state; with ``"execute": true`` the
@@ -124,7 +125,7 @@ class BrokerCommands:
         rec.drain_blocked.discard(host)
         rec.drain_failed.discard(host)
         rec.drain_why.pop(host, None)
-        await rec.store.hset(rec.store.keys.host(host), {"state": "draining"})
+        await rec.store.hset(rec.store.keys.host(host), {"state": HostRecordState.DRAINING})
         total = len(rec.held_by(host))
         await self.broker._event(Severity.INFO, "drain", f"draining host {host}: {total} cluster(s) to move",
                                  host=host)
@@ -144,12 +145,12 @@ class BrokerCommands:
     async def undrain(self, host: str) -> dict[str, Any]:
         """Let ``host`` receive clusters again (with ``rebalance: on-join`` clusters move back to it)."""
         rec = self.rec
-        was = host in rec.draining or rec.hosts[host].state == "draining"
+        was = host in rec.draining or rec.hosts[host].state == HostRecordState.DRAINING
         rec.draining.discard(host)
         rec.drain_blocked.discard(host)
         rec.rebalance_blocked = False
-        if rec.hosts[host].state == "draining":
-            await rec.store.hset(rec.store.keys.host(host), {"state": "up"})
+        if rec.hosts[host].state == HostRecordState.DRAINING:
+            await rec.store.hset(rec.store.keys.host(host), {"state": HostRecordState.UP})
         self.broker.wake()
         await self.broker._event(Severity.INFO, "undrain", f"host {host} accepts clusters again", host=host)
         return {"ok": True, "message": f"host {host} undrained" if was else f"host {host} was not draining"}

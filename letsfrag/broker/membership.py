@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from letsfrag.contract.states import HostRecordState
+
 __all__ = ["HostObservation", "HostVerdict", "Membership", "Transition"]
 
 
@@ -36,7 +38,7 @@ class HostObservation:
     """One host as read from Redis in one tick."""
 
     lease: bool  # the lease key exists
-    state: str = "up"  # the record's ``state`` field
+    state: str = HostRecordState.UP  # the record's ``state`` field
     said_leave: bool = False  # a ``host_leave`` message arrived since it last registered
 
 
@@ -90,16 +92,16 @@ class Membership:
     def _judge(self, host: str, seen: HostObservation, now: float) -> HostVerdict:
         if seen.lease:
             self._missing_since.pop(host, None)
-            if seen.state == "leaving":
+            if seen.state == HostRecordState.LEAVING:
                 return HostVerdict.LEFT if seen.said_leave else HostVerdict.LEAVING
             return HostVerdict.UP
-        if seen.state == "leaving" or seen.said_leave:
+        if seen.state == HostRecordState.LEAVING or seen.said_leave:
             self._missing_since.pop(host, None)
             return HostVerdict.LEFT
         before = self.verdicts.get(host)
         if before in (HostVerdict.LOST, HostVerdict.LEFT):
             return before
-        if seen.state == "lost" and before is None:
+        if seen.state == HostRecordState.LOST and before is None:
             return HostVerdict.LOST  # judged lost earlier (by this or another broker) and still without a lease
         since = self._missing_since.setdefault(host, now)
         return HostVerdict.LOST if now - since >= self.grace else HostVerdict.LATE

@@ -25,6 +25,7 @@ from letsfrag.config import BrokerConfig
 from letsfrag.contract.handover import HANDOFF_BLOCKED_FIELD, OPERATION_FIELD, HandoverReason, HandoverRecord
 from letsfrag.contract.records import Grant, LayoutRecord
 from letsfrag.contract.reshard import ReshardRecord, ReshardState, retired_cluster_keys
+from letsfrag.contract.states import BrokerState, HostRecordState
 from letsfrag.errors import RecordError
 from letsfrag.events import Severity
 
@@ -119,7 +120,7 @@ class Reconciler:
         self.budget_total: int | None = None
         self.budget_remaining: int | None = None
         self._refused_reported: set[str] = set()
-        self.state = "starting"
+        self.state = BrokerState.STARTING
         self.assignment: dict[int, Grant] = {}
         self.hosts: dict[str, HostRecord] = {}
         self.draining: set[str] = set()
@@ -178,7 +179,7 @@ class Reconciler:
         # an operator's rolling restart belonged to the previous leader's command: it ends with it
         await self.store.fenced("HDEL", self.store.keys.broker, OPERATION_FIELD)
         self.operation = None
-        self.state = "waiting_for_hosts" if self._startup_deadline is not None else "running"
+        self.state = BrokerState.WAITING_FOR_HOSTS if self._startup_deadline is not None else BrokerState.RUNNING
 
     def _cold_start(self, now: float, snap: BrokerSnapshot) -> None:
         """No assignment: wait for ``hosts.expected`` hosts (at most ``startup_grace``). When hosts still claim
@@ -306,10 +307,10 @@ class Reconciler:
             complete = all(c in self.assignment for c in self.layout.cluster_ids)  # e.g. everything adopted
             waiting = up < self.config.hosts.expected or now < self._startup_floor
             if waiting and now < self._startup_deadline and not complete:
-                self.state = "waiting_for_hosts"
+                self.state = BrokerState.WAITING_FOR_HOSTS
                 return self._changed
             self._startup_deadline = None
-            self.state = "running"
+            self.state = BrokerState.RUNNING
             if self._adopting:
                 self._adopting = False
                 await self.store.fenced("HDEL", self.store.keys.layout, "adopting")
@@ -360,7 +361,7 @@ class Reconciler:
         (its clusters are handed to other hosts first); once its lease is gone it has left."""
         said = host in self.leave_signals
         if said and record.handovers and record.lease is not None:
-            return HostObservation(lease=True, state="leaving")
+            return HostObservation(lease=True, state=HostRecordState.LEAVING)
         return HostObservation(lease=record.lease is not None, state=record.state, said_leave=said)
 
     async def _on_transition(self, change: Transition, snap: BrokerSnapshot) -> None:
@@ -380,8 +381,8 @@ class Reconciler:
         elif after is HostVerdict.LATE:
             log.info("host %r: lease missing, waiting %.1fs grace before reassigning", host, self.config.lease.grace)
         elif after is HostVerdict.LOST:
-            if record.state != "lost":
-                await self.store.hset(self.store.keys.host(host), {"state": "lost"})
+            if record.state != HostRecordState.LOST:
+                await self.store.hset(self.store.keys.host(host), {"state": HostRecordState.LOST})
             held = sorted(c for c, g in self.assignment.items() if g.host == host)
             await self._event(Severity.ERROR, "host_lost",
                               f"host {host} lost: its lease expired {self.config.lease.grace:g}s ago; "
@@ -402,7 +403,7 @@ class Reconciler:
     # moves ---------------------------------------------------------------------------------------------
 
     def _frozen(self, verdicts: dict[str, HostVerdict]) -> set[str]:
-        drain = {h for h, r in self.hosts.items() if r.state == "draining"} | self.draining
+        drain = {h for h, r in self.hosts.items() if r.state == HostRecordState.DRAINING} | self.draining
         return {h for h in drain if h in self.hosts} | {h for h, v in verdicts.items() if v is HostVerdict.LEAVING}
 
     async def _settle_moves(self, now: float, facts: dict[str, HostFacts], alive: dict[str, bool]) -> None:

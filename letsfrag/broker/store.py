@@ -20,6 +20,7 @@ from letsfrag.contract.handover import SUCCESSORS_FIELD, HandoverRecord, Success
 from letsfrag.contract.keys import Keys
 from letsfrag.contract.records import GRANT_LUA, Grant, LayoutRecord, parse_epoch, parse_int, parse_running
 from letsfrag.contract.reshard import SHARDING_REQUIRED_FIELD, ReshardRecord, parse_sharding_required
+from letsfrag.contract.states import HostRecordState
 from letsfrag.errors import LetsfragError, RecordError
 
 __all__ = ["BrokerSnapshot", "HostRecord", "NotLeader", "RedisDataError", "Store"]
@@ -46,7 +47,7 @@ class HostRecord:
 
     id: str
     capacity: int = 0
-    state: str = "up"
+    state: str = HostRecordState.UP
     incarnation: str = ""
     running: dict[int, int] = field(default_factory=dict)
     lease: str | None = None
@@ -146,7 +147,7 @@ def _parse_host(host_id: str, key: str, data: dict[str, str], lease: str | None,
     return HostRecord(
         id=host_id,
         capacity=capacity,
-        state=data.get("state", "up") or "up",
+        state=data.get("state", HostRecordState.UP) or HostRecordState.UP,
         incarnation=data.get("incarnation", ""),
         running=running,
         lease=lease,

@@ -17,6 +17,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from ..bus import Bus
+from ..contract.actions import BrokerAction, HostAction
 from ..contract.envelope import MessageType
 from ..contract.records import Grant, clock_skew_text, lenient_float
 from ..errors import BusError, RecordError, RemoteError, RequestTimeout
@@ -56,7 +57,7 @@ class Control:
         """Restart cluster ``cluster_id``: by a handover through the broker (nothing lost), else through the host
         that runs it (stop and start; also clears FAILED)."""
         wait = self.timeout if timeout is None else timeout
-        payload = {"action": "restart", "cluster": cluster_id, "wait": self._broker_wait(wait)}
+        payload = {"action": BrokerAction.RESTART, "cluster": cluster_id, "wait": self._broker_wait(wait)}
         reply = await self._send(self.bus.keys.broker_inbox, "broker", payload, wait)
         if not self._wants_host(reply):
             return reply
@@ -70,7 +71,7 @@ class Control:
             return {"ok": False, "message": str(exc)}
         if host is None:
             return {"ok": False, "message": f"cluster {cluster_id} is not assigned to any host; nothing to restart"}
-        payload = {"action": "restart", "cluster": cluster_id}
+        payload = {"action": HostAction.RESTART, "cluster": cluster_id}
         return await self._send(self.bus.keys.host_inbox(host), f"host:{host}", payload, timeout)
 
     async def restart_host(self, host: str, *, rolling: bool = False, timeout: float | None = None) -> dict[str, Any]:
@@ -79,24 +80,26 @@ class Control:
         each waiting for READY, when the broker cannot)."""
         if rolling:
             wait = self.timeout if timeout is None else timeout
-            request = {"action": "rolling_restart", "host": host, "wait": self._broker_wait(wait)}
+            request = {"action": BrokerAction.ROLLING_RESTART, "host": host, "wait": self._broker_wait(wait)}
             reply = await self._send(self.bus.keys.broker_inbox, "broker", request, wait)
             if not self._wants_host(reply):
                 return reply
-        payload = {"action": "rolling_restart" if rolling else "restart_all"}
+        payload = {"action": HostAction.ROLLING_RESTART if rolling else HostAction.RESTART_ALL}
         return await self._send(self.bus.keys.host_inbox(host), f"host:{host}", payload, timeout)
 
     async def drain(self, host: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Ask the broker to mark ``host`` draining (capacity 0) and move its clusters away."""
-        return await self._send(self.bus.keys.broker_inbox, "broker", {"action": "drain", "host": host}, timeout)
+        payload = {"action": BrokerAction.DRAIN, "host": host}
+        return await self._send(self.bus.keys.broker_inbox, "broker", payload, timeout)
 
     async def undrain(self, host: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Ask the broker to give ``host`` its capacity back."""
-        return await self._send(self.bus.keys.broker_inbox, "broker", {"action": "undrain", "host": host}, timeout)
+        payload = {"action": BrokerAction.UNDRAIN, "host": host}
+        return await self._send(self.bus.keys.broker_inbox, "broker", payload, timeout)
 
     async def rebalance(self, *, timeout: float | None = None) -> dict[str, Any]:
         """Ask the broker to move clusters until hosts are balanced by capacity."""
-        return await self._send(self.bus.keys.broker_inbox, "broker", {"action": "rebalance"}, timeout)
+        return await self._send(self.bus.keys.broker_inbox, "broker", {"action": BrokerAction.REBALANCE}, timeout)
 
     async def reshard(self, *, shards: int | None = None, recommended: bool = False, execute: bool = False,
                       deadline: float | None = None, timeout: float | None = None) -> dict[str, Any]:
@@ -104,8 +107,8 @@ class Control:
         has ``lines`` (the plan as text) or ``refused`` and the sentence why. With ``execute`` the broker runs it
         (its new generation must be ready within ``deadline`` seconds, default the broker's handover timeout)
         and replies once it finished, within ``timeout``."""
-        payload: dict[str, Any] = {"action": "reshard", "recommended": True} if recommended else \
-            {"action": "reshard", "shards": shards}
+        payload: dict[str, Any] = {"action": BrokerAction.RESHARD, "recommended": True} if recommended else \
+            {"action": BrokerAction.RESHARD, "shards": shards}
         if execute:
             wait = self.timeout if timeout is None else timeout
             payload.update(execute=True, wait=self._broker_wait(wait))

@@ -60,7 +60,8 @@ from ..claims import Claimer, ClaimSequencer, claim_identity
 from ..clock import Clock, SystemClock
 from ..connection import create_redis
 from ..contract.exitcodes import FATAL_CLOSE_CODES, ExitCode
-from ..contract.handover import GATEWAY_PARAM, IPC_PROMOTE
+from ..contract.handover import GATEWAY_PARAM
+from ..contract.ipc_ops import IpcOp
 from ..contract.keys import Keys
 from ..environment import ClusterEnvironment
 from ..errors import FencedError, NotInClusterError
@@ -279,7 +280,7 @@ class ClusterMixin(_Base):
         self._lf_active = True
         self._lf_parent_pid = os.getppid()
         if self._lf_ipc is not None:
-            await self._lf_ipc.send("hello", pid=os.getpid(), epoch=env.epoch)
+            await self._lf_ipc.send(IpcOp.HELLO, pid=os.getpid(), epoch=env.epoch)
         if self._lf_handle_signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 asyncio.get_running_loop().add_signal_handler(
@@ -543,7 +544,7 @@ class ClusterMixin(_Base):
         if ready and not self._lf_ready_sent:
             self._lf_ready_sent = True
             if self._lf_ipc is not None:
-                self._lf_spawn(self._lf_ipc.send("ready"))
+                self._lf_spawn(self._lf_ipc.send(IpcOp.READY))
         elif not ready:
             self._lf_ready_sent = False
 
@@ -568,7 +569,7 @@ class ClusterMixin(_Base):
         for task in self._lf_launching:
             task.cancel()
         if self._lf_ipc is not None:
-            await self._lf_ipc.send("fenced", reason=reason)
+            await self._lf_ipc.send(IpcOp.FENCED, reason=reason)
         await emit(self._lf_redis, Keys(env.namespace), Severity.WARNING, "cluster_fenced",
                    f"cluster {env.cluster_id} fenced, closing its sessions: {reason} ({dropped} held events dropped)",
                    source=cluster_node(env.cluster_id),
@@ -584,7 +585,7 @@ class ClusterMixin(_Base):
         on_shard = f" on shard {shard}" if shard is not None else ""
         log.error("cluster %s: fatal gateway close %r%s (%r); not restarting", env.cluster_id, code, on_shard, reason)
         if self._lf_ipc is not None:
-            await self._lf_ipc.send("fatal", code=code, reason=reason, shard=shard)
+            await self._lf_ipc.send(IpcOp.FATAL, code=code, reason=reason, shard=shard)
         await emit(self._lf_redis, Keys(env.namespace), Severity.ERROR, "fatal_gateway",
                    f"cluster {env.cluster_id}: Discord closed with {code}{on_shard} ({reason})",
                    source=cluster_node(env.cluster_id), cluster=env.cluster_id, code=code,
@@ -674,7 +675,7 @@ class ClusterMixin(_Base):
             self._lf_stream_sent = True
             log.info("cluster %s: every guild of the successor's shards arrived; ready for the switch",
                      self.cluster.id)
-            self._lf_spawn(self._lf_ipc.send("ready"))
+            self._lf_spawn(self._lf_ipc.send(IpcOp.READY))
 
     def _lf_claimed(self, parse: Any) -> Any:
         """``parse`` marked as the parse of a won claim: its dispatches run in an owner that is not exclusive."""
@@ -896,10 +897,10 @@ class ClusterMixin(_Base):
                 self._lf_supervisor_gone.set()
                 await self._lf_abandon("the supervisor is gone (IPC closed)")
                 return
-            if message.get("op") == "stop":
+            if message.get("op") == IpcOp.STOP:
                 await self._lf_shutdown(str(message.get("reason") or "stop requested by the supervisor"))
                 return
-            if message.get("op") == IPC_PROMOTE:
+            if message.get("op") == IpcOp.PROMOTE:
                 self._lf_promote.set()
 
 

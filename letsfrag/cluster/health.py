@@ -13,6 +13,7 @@ import psutil
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..contract.ipc_ops import IpcOp
 from ..contract.keys import Keys
 from ..ipc import IpcChannel
 from ..logs import mask
@@ -129,7 +130,7 @@ class HealthReporter:
             "loop_lag": round(loop_lag, 4),
         }
         if self.ipc is not None:
-            await self.ipc.send("heartbeat", **heartbeat)
+            await self.ipc.send(IpcOp.HEARTBEAT, **heartbeat)
         if not redis:
             return heartbeat
         try:
@@ -148,7 +149,7 @@ class HealthReporter:
         """
         text = clip_middle(mask(text))
         if self.ipc is not None:
-            await self.ipc.send("error", text=text)
+            await self.ipc.send(IpcOp.ERROR, text=text)
         if not redis:
             return
         key = self.keys.cluster_errors(self.cluster_id)

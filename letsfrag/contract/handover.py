@@ -55,7 +55,6 @@ __all__ = [
     "GATEWAY_PARAM",
     "HANDOFF_BLOCKED_FIELD",
     "HANDOVER_ENV",
-    "IPC_PROMOTE",
     "OPERATION_FIELD",
     "SUCCESSORS_FIELD",
     "HandoverReason",
@@ -70,8 +69,6 @@ __all__ = [
 HANDOVER_ENV = "LETSFRAG_HANDOVER"
 #: the gateway URL query parameter of a successor's connections (the simulator's referee reads it)
 GATEWAY_PARAM = "letsfrag_handover"
-#: IPC op supervisor -> successor: "the switch happened, check ownership now" (a hint; the check decides)
-IPC_PROMOTE = "promote"
 #: the host record field (``{ns}:host:{id}``) holding this host's successor reports, JSON ``{cid: report}``
 SUCCESSORS_FIELD = "successors"
 #: host record field written by the leader broker when a *leaving* host's clusters cannot be handed to any other

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from letsfrag.contract.exitcodes import CloseCode
 from letsfrag.sim import payloads
 from letsfrag.sim.core import SimCore
-from letsfrag.sim.protocol import PRIVILEGED_INTENTS, VALID_INTENTS, CloseCode, Intent, Op
+from letsfrag.sim.protocol import PRIVILEGED_INTENTS, VALID_INTENTS, Intent, Op
 from letsfrag.sim.referee import IdentifyVerdict
 from letsfrag.sim.sessions import Link
 

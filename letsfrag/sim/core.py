@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from letsfrag.clock import Clock, SystemClock
+from letsfrag.contract.exitcodes import CloseCode
 from letsfrag.sim import payloads
 from letsfrag.sim.options import SimulatorOptions
-from letsfrag.sim.protocol import CloseCode, Intent, Op
+from letsfrag.sim.protocol import Intent, Op
 from letsfrag.sim.referee import Referee
 from letsfrag.sim.sessions import Link, Session, SessionRegistry
 from letsfrag.sim.world import Guild, World, recommended_shards

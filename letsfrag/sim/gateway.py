@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
+from letsfrag.contract.exitcodes import CloseCode
 from letsfrag.contract.handover import GATEWAY_PARAM
 from letsfrag.sim import payloads
 from letsfrag.sim.client_ops import handle_command
 from letsfrag.sim.compression import Compressor, make_compressor
 from letsfrag.sim.core import SimCore
-from letsfrag.sim.protocol import SUPPORTED_API_VERSIONS, CloseCode, Op
+from letsfrag.sim.protocol import SUPPORTED_API_VERSIONS, Op
 from letsfrag.sim.rest import CORE_KEY, json_response
 from letsfrag.sim.sessions import Session
 

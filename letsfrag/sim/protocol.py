@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import enum
 
-# the close codes: one definition for the product and the simulator
-from letsfrag.contract.exitcodes import CloseCode as CloseCode
-
 
 class Op(enum.IntEnum):
     """Gateway opcodes."""

@@ -36,6 +36,7 @@ from ..contract.records import (
     lenient_int,
     parse_running,
 )
+from ..contract.states import HostRecordState
 from ..errors import RecordError
 from ..events import Event, Severity
 from ..units import format_shard_range
@@ -167,7 +168,7 @@ class HostRow:
 
     @property
     def problem(self) -> bool:
-        return self.state != "up"
+        return self.state != HostRecordState.UP
 
     @property
     def clock_skewed(self) -> bool:
@@ -291,7 +292,7 @@ class Snapshot:
 
     @property
     def hosts_up(self) -> int:
-        return sum(1 for h in self.hosts if h.state in ("up", "draining"))
+        return sum(1 for h in self.hosts if h.state in (HostRecordState.UP, HostRecordState.DRAINING))
 
     @property
     def clusters_ready(self) -> int:
@@ -372,8 +373,8 @@ def _host_row(host_id: str, data: dict[str, str], pttl: int, layout: LayoutRecor
     offset = _float(data.get("clock_offset"))
     now = now + (offset or 0.0)  # the host's timestamps are on its own clock
     lease = (pttl is not None and pttl > 0) or pttl == -1
-    record_state = data.get("state") or "up"
-    state = "lost" if not lease or record_state == "lost" else record_state
+    record_state = data.get("state") or HostRecordState.UP
+    state = HostRecordState.LOST if not lease or record_state == HostRecordState.LOST else record_state
     try:
         running: dict[str, int] = {str(c): e for c, e in
                                    parse_running(data.get("running"), key=f"host {host_id}").items()}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from letsfrag.contract.envelope import MessageType
 from letsfrag.contract.handover import SUCCESSORS_FIELD, HandoverRecord, SuccessorReport, SuccessorState
+from letsfrag.contract.ipc_ops import IpcOp
 from letsfrag.events import Severity
 from letsfrag.supervisor import policy
 from letsfrag.supervisor.lifecycle import Promotion
@@ -242,20 +243,20 @@ class SuccessorBook:
 
     def _on_ipc(self, successor: Successor, message: dict[str, Any]) -> None:
         op = message.get("op")
-        if op == "heartbeat":
+        if op == IpcOp.HEARTBEAT:
             successor.last_heartbeat = self.m.clock.time()
             successor.last_heartbeat_mono = self.m.clock.monotonic()
             if message.get("ready") is True:
                 self._ready(successor)
-        elif op == "ready":
+        elif op == IpcOp.READY:
             self._ready(successor)
-        elif op == "fatal":
+        elif op == IpcOp.FATAL:
             code = message.get("code")
             reason = (policy.fatal_close_reason(code) if isinstance(code, int) and not isinstance(code, bool)
                       else str(message.get("reason") or "fatal error reported by the successor"))
             self._fail(successor, reason)
             self.stop(successor, reason)  # its exit keeps the failed report
-        elif op == "error":
+        elif op == IpcOp.ERROR:
             text = str(message.get("text") or "")[:20000]
             if text and self.m.publisher is not None:
                 self.m.publisher.error(successor.cluster_id, text)

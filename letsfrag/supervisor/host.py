@@ -24,6 +24,7 @@ from letsfrag.clock import Clock
 from letsfrag.contract.envelope import MessageType
 from letsfrag.contract.handover import HANDOFF_BLOCKED_FIELD, SUCCESSORS_FIELD, HandoverRecord
 from letsfrag.contract.records import Grant, LayoutRecord
+from letsfrag.contract.states import HostRecordState
 from letsfrag.errors import BusError, RecordError
 
 __all__ = ["HostAgent", "fence_after", "parse_assignment"]
@@ -165,7 +166,7 @@ class HostAgent:
         async with asyncio.timeout(max(self.heartbeat_interval, 1.0) * 2):
             current = await self.redis.hget(self.keys.host(self.host_id), "state")  # type: ignore[misc]
             fields: dict[Any, Any] = {**self._static_fields(), **self._record_fields(),
-                      "state": "draining" if current == "draining" else "up",
+                      "state": HostRecordState.DRAINING if current == HostRecordState.DRAINING else HostRecordState.UP,
                       "heartbeat_at": f"{self.clock.time():.3f}"}
             pipe = self.redis.pipeline(transaction=True)
             pipe.hset(self.keys.host(self.host_id), mapping=fields)
@@ -196,7 +197,7 @@ class HostAgent:
         fields: dict[Any, Any] = {**self._static_fields(), **self._record_fields(),
                                   "heartbeat_at": f"{self.clock.time():.3f}"}
         pipe.hset(key, mapping=fields)
-        pipe.hsetnx(key, "state", "up")
+        pipe.hsetnx(key, "state", HostRecordState.UP)
         pipe.sadd(self.keys.hosts, self.host_id)
         pipe.hgetall(self.keys.layout)
         pipe.hgetall(self.keys.assignment)
@@ -361,7 +362,7 @@ class HostAgent:
                     pipe.exists(self.keys.lease(host))
                     pipe.hget(self.keys.host(host), "state")
                 found = await pipe.execute()
-                return any(lease and state not in ("leaving", "draining")
+                return any(lease and state not in (HostRecordState.LEAVING, HostRecordState.DRAINING)
                            for lease, state in zip(found[::2], found[1::2], strict=True))
         except _REDIS_ERRORS as exc:
             log.warning("host %s: cannot ask Redis for other hosts: %s", self.host_id, exc)
@@ -378,7 +379,7 @@ class HostAgent:
         try:
             async with asyncio.timeout(2.0):
                 pipe = self.redis.pipeline(transaction=True)
-                pipe.hset(self.keys.host(self.host_id), "state", "leaving")
+                pipe.hset(self.keys.host(self.host_id), "state", HostRecordState.LEAVING)
                 pipe.hdel(self.keys.host(self.host_id), HANDOFF_BLOCKED_FIELD)
                 await pipe.execute()
                 brokers = await self.bus.publish(self.keys.broker_inbox, MessageType.HOST_LEAVE, {
@@ -399,7 +400,7 @@ class HostAgent:
             async with asyncio.timeout(2.0):
                 pipe = self.redis.pipeline(transaction=True)
                 pipe.hset(self.keys.host(self.host_id), mapping={
-                    "running": "{}", SUCCESSORS_FIELD: "{}", "state": "leaving",
+                    "running": "{}", SUCCESSORS_FIELD: "{}", "state": HostRecordState.LEAVING,
                     "heartbeat_at": f"{self.clock.time():.3f}"})
                 pipe.delete(self.keys.lease(self.host_id))
                 await pipe.execute()

@@ -28,7 +28,7 @@ from typing import Any
 from letsfrag.config import HostConfig
 from letsfrag.contract.envelope import MessageType
 from letsfrag.contract.exitcodes import CloseCode, ExitCode
-from letsfrag.contract.handover import IPC_PROMOTE
+from letsfrag.contract.ipc_ops import IpcOp
 from letsfrag.contract.records import LayoutRecord
 from letsfrag.contract.reshard import SHARDING_REQUIRED_FIELD
 from letsfrag.events import Severity
@@ -558,23 +558,23 @@ class Lifecycle:
         if record is None or record.token != token:
             return []  # a late message of a process that was replaced
         op = message.get("op")
-        if op == "heartbeat":
+        if op == IpcOp.HEARTBEAT:
             return self._on_heartbeat(record, message, now)
-        if op == "ready":
+        if op == IpcOp.READY:
             return self._mark_ready(record, now)
-        if op == "hello":
+        if op == IpcOp.HELLO:
             epoch = message.get("epoch")
             if epoch is not None and epoch != record.epoch:
                 return [LogLine(logging.WARNING,
                                 f"cluster {cluster_id} says epoch {epoch!r}, expected {record.epoch!r}")]
             return []
-        if op == "fatal":
+        if op == IpcOp.FATAL:
             return self._on_fatal(record, message)
-        if op == "fenced":
+        if op == IpcOp.FENCED:
             reason = str(message.get("reason") or "fenced")
             record.fenced = reason
             return [LogLine(logging.WARNING, f"cluster {cluster_id} reports it is fenced: {reason!r}")]
-        if op == "error":
+        if op == IpcOp.ERROR:
             text = str(message.get("text") or "")[:20000]
             if not text:
                 return []
@@ -724,7 +724,7 @@ class Lifecycle:
                                   f"successor pid {pid} promoted (epoch {successor.epoch})")
         effects += [
             Note(cluster_id, f"successor pid {pid} promoted: it owns cluster {cluster_id} at epoch {successor.epoch}"),
-            Send(cluster_id, IPC_PROMOTE, {"epoch": successor.epoch}),
+            Send(cluster_id, IpcOp.PROMOTE, {"epoch": successor.epoch}),
             Emit(Severity.INFO, "successor_promoted", f"cluster {cluster_id}: successor pid {pid} promoted "
                  f"(epoch {old_epoch} -> {successor.epoch})", {"cluster": cluster_id, "epoch": successor.epoch}),
             Fire("cluster_create", record.view())]

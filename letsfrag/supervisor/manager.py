@@ -37,6 +37,7 @@ from letsfrag.config import HostConfig
 from letsfrag.contract.envelope import Envelope, MessageType
 from letsfrag.contract.handover import SUCCESSORS_FIELD, HandoverRecord
 from letsfrag.contract.records import LayoutRecord
+from letsfrag.contract.states import HostRecordState
 from letsfrag.errors import BusError, RecordError
 from letsfrag.events import Severity
 from letsfrag.logs import set_log_context
@@ -263,7 +264,7 @@ class ClusterManager:
 
     async def _shutdown(self, force: bool) -> None:
         if self.agent is not None and self.agent.registered:
-            await self.agent.set_state("leaving")
+            await self.agent.set_state(HostRecordState.LEAVING)
         if self._tasks:
             await self._stop_everything(force)
         pending = [task for task in self._confirming if not task.done()]

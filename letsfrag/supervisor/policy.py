@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from letsfrag.config import BackoffSettings, RestartSettings
-from letsfrag.contract.exitcodes import NO_RESTART_CODES, ExitCode
+from letsfrag.contract.exitcodes import NO_RESTART_CODES, CloseCode, ExitCode
 
 __all__ = [
     "FATAL_CLOSE_NAMES",
@@ -31,12 +31,12 @@ __all__ = [
 
 #: short English names of Discord's fatal gateway close codes
 FATAL_CLOSE_NAMES: dict[int, str] = {
-    4004: "authentication failed",
-    4010: "invalid shard",
-    4011: "sharding required",
-    4012: "invalid API version",
-    4013: "invalid intents",
-    4014: "disallowed intents",
+    CloseCode.AUTHENTICATION_FAILED: "authentication failed",
+    CloseCode.INVALID_SHARD: "invalid shard",
+    CloseCode.SHARDING_REQUIRED: "sharding required",
+    CloseCode.INVALID_API_VERSION: "invalid API version",
+    CloseCode.INVALID_INTENTS: "invalid intents",
+    CloseCode.DISALLOWED_INTENTS: "disallowed intents",
 }
 
 #: how many exits :attr:`RestartTracker.history` remembers

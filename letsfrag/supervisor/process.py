@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from letsfrag import ipc
+from letsfrag.contract.ipc_ops import IpcOp
 from letsfrag.supervisor.launch import parent_death_preexec
 from letsfrag.supervisor.logfile import ClusterLog
 from letsfrag.supervisor.state import IpcMessage, ProcessExited
@@ -241,7 +242,7 @@ class ClusterProcess:
         SIGKILL the group and every known descendant. Leftovers are killed by :meth:`finish` in any case.
         """
         self.snapshot()
-        if ask and await self.send("stop", reason=reason) and await self.wait_exit(stop_timeout / 2):
+        if ask and await self.send(IpcOp.STOP, reason=reason) and await self.wait_exit(stop_timeout / 2):
             return "asked"
         self.snapshot()
         self.signal_group(signal.SIGTERM)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from letsfrag.contract.actions import HostAction
 from letsfrag.supervisor.state import ClusterState, HostState
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ __all__ = ["DEFAULT_WAIT", "SupervisorCommands"]
 
 #: seconds a restart waits for the cluster to be READY again (payload ``timeout`` overrides it)
 DEFAULT_WAIT = 120.0
-_ACTIONS = ("restart", "restart_all", "rolling_restart")
 
 
 def _reply(ok: bool, message: str, **extra: Any) -> dict[str, Any]:
@@ -43,16 +43,16 @@ class SupervisorCommands:
         except (TypeError, ValueError):
             return _reply(False, f"timeout must be a number of seconds, found {payload.get('timeout')!r}")
         wait = payload.get("wait", True) is not False
-        if action == "restart":
+        if action == HostAction.RESTART:
             cluster = payload.get("cluster")
             if isinstance(cluster, bool) or not isinstance(cluster, int):
                 return _reply(False, f"restart needs an integer 'cluster', found {cluster!r}")
             return await self.restart(cluster, wait=wait, timeout=timeout)
-        if action == "restart_all":
+        if action == HostAction.RESTART_ALL:
             return await self.restart_all(wait=wait, timeout=timeout)
-        if action == "rolling_restart":
+        if action == HostAction.ROLLING_RESTART:
             return await self.rolling_restart(timeout=timeout)
-        return _reply(False, f"unknown action {action!r}; expected one of {', '.join(_ACTIONS)}")
+        return _reply(False, f"unknown action {action!r}; expected one of {', '.join(HostAction)}")
 
     # ----------------------------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ import redis.asyncio as aioredis
 from support.cluster import KEYS, AnsweringClient, grant, lease_kept, make_env, running, write_layout
 from support.waiting import wait_until
 
-from letsfrag.contract.handover import GATEWAY_PARAM, IPC_PROMOTE, HandoverRecord, HandoverState
+from letsfrag.contract.handover import GATEWAY_PARAM, HandoverRecord, HandoverState
+from letsfrag.contract.ipc_ops import IpcOp
 from letsfrag.ipc import IpcChannel
 from letsfrag.sim import Simulator
 
@@ -84,7 +85,7 @@ async def test_planned_handover_loses_nothing_and_answers_nothing_twice(redis_ur
                         pipe.hset(KEYS.assignment, "0", json.dumps({"host": "h2", "epoch": 2}))
                         pipe.hset(KEYS.handover, "0", _record(HandoverState.SWITCHED))
                         await pipe.execute()
-                    await new_ipc.send(IPC_PROMOTE)
+                    await new_ipc.send(IpcOp.PROMOTE)
                     await wait_until(lambda: new.handover_stats["phase"] == "owner", timeout=5,
                                      message="the successor owns the cluster after promote")
                     # the old host's supervisor stops the old process gracefully, then the broker deletes the record
