@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
-import discord
-import discord.shard
 import pytest
-import redis.asyncio as aioredis
+from support.cluster import discord_settings_restored
 
 
 @pytest.fixture(autouse=True)
 def restore_discord() -> Iterator[None]:
     """The client sets ``Route.BASE``, ``DEFAULT_GATEWAY`` and ``discord.shard.DiscordWebSocket``; undo them."""
-    base = discord.http.Route.BASE
-    default_gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    ws_class = discord.shard.DiscordWebSocket  # type: ignore[attr-defined]
-    yield
-    discord.http.Route.BASE = base
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = default_gateway
-    discord.shard.DiscordWebSocket = ws_class  # type: ignore[attr-defined,misc]
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
+    with discord_settings_restored():
+        yield

@@ -13,7 +13,7 @@
 - :mod:`support.supervisor`: a host config around the stub cluster program (``tests/supervisor/programs/``)
   and broker stand-ins (grant, revoke, layout, doorbell) for the supervisor tests.
 - :mod:`support.cluster`: play broker and supervisor in Redis and run shard clients against a simulator
-  (the cluster tests).
+  (the cluster and RPC tests; ``discord_settings_restored`` undoes what a client sets in discord.py).
 - :mod:`support.sim`: real discord.py clients pointed at a simulator and a raw gateway client (the simulator
   tests).
 - :mod:`support.tui`: seeding, an app factory and a fake host inbox for the dashboard tests.

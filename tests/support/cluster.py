@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import discord
+import discord.shard
 import redis.asyncio as aioredis
 
 from letsfrag.cluster import ClusterMixin, ClusterShardClient
@@ -20,6 +21,20 @@ from support.waiting import scaled
 
 NS = "lftest"
 KEYS = Keys(NS)
+
+
+@contextlib.contextmanager
+def discord_settings_restored() -> Iterator[None]:
+    """The client sets ``Route.BASE``, ``DEFAULT_GATEWAY`` and ``discord.shard.DiscordWebSocket``; undo them."""
+    base = discord.http.Route.BASE
+    default_gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    ws_class = discord.shard.DiscordWebSocket  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        discord.http.Route.BASE = base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = default_gateway
+        discord.shard.DiscordWebSocket = ws_class  # type: ignore[attr-defined,misc]
 
 
 def make_env(

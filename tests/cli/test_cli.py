@@ -20,7 +20,7 @@ from support.cli import main_in_process
 from letsfrag import __version__
 from letsfrag.cli.main import build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOP = Path(sys.executable).parent / "letsfrag-top"
 
 

@@ -25,7 +25,7 @@ from letsfrag.config import (
 )
 from letsfrag.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HOST_OK = "bot:\n  module: examples.bot\n  token: t0ken-value\n"
 ENV = {"BOT_TOKEN": "real-token-value"}
 
