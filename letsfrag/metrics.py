@@ -11,8 +11,8 @@ the process's own loops:
   the leader or a standby in sync), else 503 (a readiness probe: don't count on me yet).
 
 The probes answer a one-line text body saying why. Nothing here holds a secret: sources expose ids, states and
-numbers only. Each process kind has its source: :class:`letsfrag.supervisor.metrics.HostMetrics` and
-:class:`letsfrag.broker.metrics.BrokerMetrics`.
+numbers only. Each process kind has its source: :class:`letsfrag.supervisor.supervisor_metrics.HostMetrics` and
+:class:`letsfrag.broker.broker_metrics.BrokerMetrics`.
 """
 
 from __future__ import annotations

@@ -161,7 +161,8 @@ def test_grafana_dashboard_queries_only_metrics_letsfrag_serves() -> None:
 
     dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
     served = set()
-    for module in ("letsfrag/metrics.py", "letsfrag/supervisor/metrics.py", "letsfrag/broker/metrics.py"):
+    for module in ("letsfrag/metrics.py", "letsfrag/supervisor/supervisor_metrics.py",
+                   "letsfrag/broker/broker_metrics.py"):
         served |= set(re.findall(r'"(letsfrag_[a-z_]+)"', (ROOT / module).read_text()))
     # counters and histograms are exposed with their suffixes
     exposed = served | {f"{n}_total" for n in served} | {f"{n}_{s}" for n in served for s in ("bucket", "sum", "count")}

@@ -40,9 +40,9 @@ from letsfrag.metrics import MetricsServer, start_metrics
 
 from .assignment import ClusterSpec, cluster_specs
 from .broker_commands import BrokerCommands
+from .broker_metrics import BrokerMetrics
 from .layout import GatewayBot, fetch_gateway_bot, resolve_layout
 from .leader import LeaderLock, Term
-from .metrics import BrokerMetrics
 from .reconcile import Reconciler
 from .store import NotLeader, RedisDataError, Store
 

@@ -1,7 +1,7 @@
 """Operator commands the leader broker answers on ``{ns}:cb``: ``drain``, ``undrain``, ``rebalance``,
 ``restart`` (one cluster, in place, by a handover), ``rolling_restart`` (every cluster of a host, one handover
 at a time, the next after the previous switch) and ``reshard`` (``{"shards": N}`` or ``{"recommended": true}``:
-replies with the plan of :mod:`letsfrag.broker.reshard`, ``lines`` to print, or the refusal; with
+replies with the plan of :mod:`letsfrag.broker.reshard_plan`, ``lines`` to print, or the refusal; with
 ``"execute": true`` and an optional ``timeout`` (seconds the new generation has to become ready, default the
 broker's ``handover_timeout``) it runs the reshard and replies once it finished: ``ok`` when switched and retired,
 not ``ok`` after a rollback, with ``steps``, ``state`` and the ``cluster`` to blame).

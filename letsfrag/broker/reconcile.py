@@ -33,7 +33,7 @@ from .assignment import plan_assignment, plan_rebalance_step
 from .handovers import HandoverAction, HandoverBook, budget_refusal, slot_refusal
 from .membership import HostObservation, HostVerdict, Membership, Transition
 from .moves import HostFacts, Move, Moves, pick_drain_move, planning_views
-from .reshard import (
+from .reshard_plan import (
     BudgetView,
     CurrentLayout,
     HostRoom,

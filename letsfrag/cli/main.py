@@ -21,8 +21,8 @@ from ..logs import setup_logging
 
 #: subcommand -> "module:function" taking the parsed args and returning an exit code
 HANDLERS: dict[str, str] = {
-    "broker": "letsfrag.cli.broker:run",
-    "supervise": "letsfrag.cli.supervise:run",
+    "broker": "letsfrag.cli.broker_command:run",
+    "supervise": "letsfrag.cli.supervise_command:run",
     "run": "letsfrag.cli.local:run",
     "demo": "letsfrag.lab.demo:run",
     "status": "letsfrag.cli.status:run",

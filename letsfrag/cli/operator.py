@@ -5,7 +5,7 @@ fresh process (nothing lost); while it works the command prints the handovers it
 the rolling restart's ``n of m`` from ``{ns}:broker`` ``operation``.
 
 ``reshard --shards N | --recommended [--dry-run] [--timeout D]`` asks the leader broker for the plan of a
-reshard (:mod:`letsfrag.broker.reshard`) and prints it on stdout; without ``--dry-run`` the broker runs it
+reshard (:mod:`letsfrag.broker.reshard_plan`) and prints it on stdout; without ``--dry-run`` the broker runs it
 (:mod:`letsfrag.contract.reshard`: the new generation starts beside the live one, switches at one instant, the old one
 is retired) while the command prints the progress; ``--timeout`` is how long the new generation has to become ready
 (default the broker's handover timeout) before it is rolled back.

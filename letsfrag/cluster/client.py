@@ -70,7 +70,7 @@ from ..ipc import IpcChannel
 from ..logs import JsonFormatter, mask, register_secrets_in, set_log_context
 from ..rpc.caller import RpcCaller, cluster_node
 from ..units import format_shard_range
-from . import gateway
+from . import gateway_hooks
 from .context import ClusterContext
 from .guard import DispatchGuard, DispatchVerdict, Ownership, default_margin
 from .handover_gate import DEFAULT_CHECK_INTERVAL, GatePhase, GuildStream, HandoverGate
@@ -78,7 +78,7 @@ from .health import HealthReporter, ShardTracker
 from .identify import IdentifyCoordinator, IdentifyTimeout
 from .ownership import OwnershipChecker
 from .replay import Replay, drain_session, is_expired_interaction
-from .sessions import SessionRecord, SessionStore, close_resumably, live_sessions, resumable
+from .session_records import SessionRecord, SessionStore, close_resumably, live_sessions, resumable
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +275,8 @@ class ClusterMixin(_Base):
         self._lf_sessions = SessionStore(self._lf_redis, keys, env.cluster_id, owner=(env.host_id, env.epoch))
         await self._lf_load_orphans()
         self._lf_health = HealthReporter(self, self._lf_redis, keys, env.cluster_id, self._lf_tracker, self._lf_ipc)
-        gateway.install()
-        gateway.wrap_parsers(self._connection.parsers, self._lf_parse)
+        gateway_hooks.install()
+        gateway_hooks.wrap_parsers(self._connection.parsers, self._lf_parse)
         self._lf_active = True
         self._lf_parent_pid = os.getppid()
         if self._lf_ipc is not None:
@@ -455,7 +455,7 @@ class ClusterMixin(_Base):
     def _lf_parse(self, event: str, data: Any, parse: Any) -> None:
         """A gateway parse: claimable events wait for their claim, in order per shard; then the guard."""
         identity = claim_identity(event, data) if event in self._lf_claim_events else None
-        lane = gateway.current_shard.get()
+        lane = gateway_hooks.current_shard.get()
         if not self._lf_stream_sent and self._lf_gate.phase is GatePhase.SUCCESSOR:
             self._lf_note_stream(lane, event, data)
         if (identity is not None or not self._lf_gate.exclusive) and not self._lf_gate_parse(event, lane, identity,
@@ -870,7 +870,7 @@ class ClusterMixin(_Base):
         env = self.cluster.environment
         handed = expired = 0
         parsers = self._connection.parsers
-        token = gateway.current_shard.set(replay.shard_id)
+        token = gateway_hooks.current_shard.set(replay.shard_id)
         try:
             for event, data in replay.events:
                 if event not in self._lf_claim_events or event not in parsers:
@@ -883,7 +883,7 @@ class ClusterMixin(_Base):
                 parsers[event](data)
                 handed += 1
         finally:
-            gateway.current_shard.reset(token)
+            gateway_hooks.current_shard.reset(token)
         await emit(self._lf_redis, Keys(env.namespace), Severity.INFO, "session_replayed",
                    f"cluster {env.cluster_id}: shard {replay.shard_id}'s previous session replayed "
                    f"{len(replay.events)} events ({handed} handed to the claims, {expired} expired interactions)",

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import yarl
 
-from .sessions import SessionRecord
+from .session_records import SessionRecord
 
 #: Discord's epoch of snowflakes (ms)
 DISCORD_EPOCH_MS = 1_420_070_400_000

@@ -32,7 +32,7 @@ Keys
     ``{ns}:reshard``              str   JSON ReshardRecord of the reshard in progress (``letsfrag.contract.reshard``;
                                         written by the leader broker only)
     ``{ns}:sessions:{id}``        hash  shard id -> JSON {session_id, resume_gateway_url, seq, epoch} of a
-                                        cluster's gateway sessions (see ``letsfrag.cluster.sessions``)
+                                        cluster's gateway sessions (see ``letsfrag.cluster.session_records``)
 
 Channels
     ``{ns}:cb``             broker inbox

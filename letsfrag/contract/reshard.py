@@ -40,7 +40,7 @@ the deadline passed before every one was ready → one fenced script deletes the
 the reshard record; the supervisors stop the successors; g never stopped serving. The epochs are never reused.
 
 **Capacity during the overlap**: g+1's processes run beside g's until the switch; each counts against its host's
-``capacity`` as an old one does (the planner, :mod:`letsfrag.broker.reshard`, places them in the free slots and
+``capacity`` as an old one does (the planner, :mod:`letsfrag.broker.reshard_plan`, places them in the free slots and
 refuses when there are too few); the handover's ``capacity + 1`` slot is not used. No handover, move or
 rebalance starts while a reshard runs, and no reshard starts while a handover runs.
 
@@ -55,7 +55,7 @@ a changed ``shards_per_cluster`` is kept as stored (a reshard keeps the cluster 
 close (it cannot reconnect), and its supervisor lists it in the host record's ``sharding_required`` field
 (:data:`SHARDING_REQUIRED_FIELD`, JSON list of cluster ids) while it is granted there. The leader broker then
 reshards the whole layout (once per generation) to the count ``/gateway/bot`` recommends, or to twice the current
-count when that is not more (:func:`letsfrag.broker.reshard.sharding_target`): every shard's guilds split between
+count when that is not more (:func:`letsfrag.broker.reshard_plan.sharding_target`): every shard's guilds split between
 ``i`` and ``i + N`` of ``2N``. Resharding everything rather than only the oversized shard keeps one shard count per
 generation (every other rule stays as it is), at the price of ``N`` more IDENTIFYs than disgo's split; the
 oversized shard's guilds are offline until the new generation switches.

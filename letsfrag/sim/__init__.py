@@ -9,6 +9,6 @@ An unmodified discord.py 2.7 client logs in to it after two assignments::
 from __future__ import annotations
 
 from letsfrag.sim.options import SimulatorOptions
-from letsfrag.sim.server import Simulator
+from letsfrag.sim.simulator import Simulator
 
 __all__ = ["Simulator", "SimulatorOptions"]

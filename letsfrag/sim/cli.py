@@ -10,7 +10,7 @@ import sys
 
 from letsfrag.errors import ConfigError
 from letsfrag.sim.options import VIOLATION_MODES, SimulatorOptions
-from letsfrag.sim.server import Simulator
+from letsfrag.sim.simulator import Simulator
 from letsfrag.units import parse_duration
 
 

@@ -48,7 +48,6 @@ from letsfrag.supervisor.handoff import SuccessorBook
 from letsfrag.supervisor.host import HostAgent
 from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, register_config_secrets
 from letsfrag.supervisor.logfile import ClusterLog, log_path
-from letsfrag.supervisor.metrics import HostMetrics
 from letsfrag.supervisor.prefork import Launcher, launcher_mode
 from letsfrag.supervisor.process import ClusterProcess, run_stop
 from letsfrag.supervisor.publish import Publisher
@@ -65,6 +64,7 @@ from letsfrag.supervisor.state import (
 )
 from letsfrag.supervisor.successors import LeaveVerdict, leave_verdict
 from letsfrag.supervisor.supervisor_commands import SupervisorCommands
+from letsfrag.supervisor.supervisor_metrics import HostMetrics
 from letsfrag.supervisor.watch import TreeSampler
 
 __all__ = ["EVENT_NAMES", "ClusterManager"]

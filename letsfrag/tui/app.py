@@ -27,11 +27,11 @@ from ..errors import BusError, ConfigError
 from ..logs import escape_control
 from ..snapshot.picture import Snapshot
 from ..units import parse_duration
+from .data_source import DataSource
 from .screens.cluster import ClusterScreen
 from .screens.confirm import ConfirmScreen
 from .screens.help import HelpScreen
 from .screens.overview import MainScreen
-from .source import DataSource
 
 __all__ = ["LetsfragTop", "build_parser", "main", "run_from_args"]
 

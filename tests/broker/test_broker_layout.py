@@ -14,7 +14,7 @@ from support.broker import TOKEN, Deployment, Stub, make_config
 from support.waiting import scaled, wait_until
 
 from letsfrag.broker.layout import fetch_gateway_bot, resolve_layout
-from letsfrag.cli.broker import run
+from letsfrag.cli.broker_command import run
 from letsfrag.errors import ConfigError, DiscordSetupError
 from letsfrag.redis_server import free_port
 

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from letsfrag.broker.store import Store
-from letsfrag.cluster.sessions import SessionRecord, SessionStore
+from letsfrag.cluster.session_records import SessionRecord, SessionStore
 from letsfrag.contract.handover import HandoverRecord
 from letsfrag.contract.keys import Keys
 from letsfrag.contract.records import GRANT_LUA, MAX_EPOCH, Grant

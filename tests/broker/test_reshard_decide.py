@@ -1,9 +1,9 @@
-"""The broker's reshard decisions (pure, letsfrag.broker.reshard): the new layout, placement, switch, rollback, done."""
+"""The broker's reshard decisions (pure, broker.reshard_plan): the new layout, placement, switch, rollback, done."""
 
 from __future__ import annotations
 
 from letsfrag.broker.moves import HostFacts
-from letsfrag.broker.reshard import (
+from letsfrag.broker.reshard_plan import (
     BudgetView,
     CurrentLayout,
     HostRoom,

@@ -1,10 +1,10 @@
-"""The reshard planner's table tests (pure: letsfrag/broker/reshard.py)."""
+"""The reshard planner's table tests (pure: letsfrag/broker/reshard_plan.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from letsfrag.broker.reshard import (
+from letsfrag.broker.reshard_plan import (
     BudgetView,
     CurrentLayout,
     HostRoom,

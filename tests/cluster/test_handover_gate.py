@@ -10,7 +10,7 @@ import pytest
 
 from letsfrag.claims import ClaimSequencer
 from letsfrag.clock import FakeClock
-from letsfrag.cluster.gateway import marked_url
+from letsfrag.cluster.gateway_hooks import marked_url
 from letsfrag.cluster.guard import Ownership, decide_ownership
 from letsfrag.cluster.handover_gate import GatePhase, HandoverGate
 from letsfrag.contract.handover import HandoverRecord, HandoverState

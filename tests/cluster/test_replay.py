@@ -14,7 +14,7 @@ from letsfrag.cluster.replay import (
     is_expired_interaction,
     snowflake_time,
 )
-from letsfrag.cluster.sessions import SessionRecord
+from letsfrag.cluster.session_records import SessionRecord
 from letsfrag.sim import Simulator
 
 #: GUILDS | GUILD_MEMBERS | GUILD_MESSAGES | MESSAGE_CONTENT

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from support.cluster import KEYS, RecordingClient, grant, lease_kept, make_env, running, write_layout
 from support.waiting import wait_until
 
-from letsfrag.cluster.sessions import SESSION_RECORD_TTL, SessionRecord, SessionStore, resumable
+from letsfrag.cluster.session_records import SESSION_RECORD_TTL, SessionRecord, SessionStore, resumable
 from letsfrag.ipc import IpcChannel
 from letsfrag.sim import Simulator
 

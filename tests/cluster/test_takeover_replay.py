@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from support.cluster import KEYS, RecordingClient, grant, lease_kept, make_env, running, write_layout
 from support.waiting import wait_until
 
-from letsfrag.cluster.sessions import SessionRecord, SessionStore
+from letsfrag.cluster.session_records import SessionRecord, SessionStore
 from letsfrag.events import recent
 from letsfrag.ipc import IpcChannel
 from letsfrag.sim import Simulator

@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from letsfrag.cluster.sessions import SessionRecord
+from letsfrag.cluster.session_records import SessionRecord
 from letsfrag.contract.handover import HandoverRecord, HandoverState, SuccessorReport, SuccessorState, parse_successors
 from letsfrag.contract.records import (
     GEOMETRY_FIELDS,

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from support.supervisor import grant, host_config, set_modes, write_layout
 from support.waiting import wait_until
 
-from letsfrag.cli.supervise import adopt_launcher
+from letsfrag.cli.supervise_command import adopt_launcher
 from letsfrag.supervisor import ClusterManager, ClusterState
 from letsfrag.supervisor.launcher import start_launcher
 

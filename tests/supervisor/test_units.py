@@ -12,7 +12,7 @@ import pytest
 from support.supervisor import TOKEN, host_config
 from support.waiting import wait_until_sync
 
-from letsfrag.cli.supervise import _overrides
+from letsfrag.cli.supervise_command import _overrides
 from letsfrag.contract.records import LayoutRecord
 from letsfrag.environment import ClusterEnvironment
 from letsfrag.errors import ConfigError, NotInClusterError

@@ -12,7 +12,7 @@ from letsfrag.connection import create_redis
 from letsfrag.redis_server import RedisServer
 from letsfrag.tui.screens.cluster import ClusterScreen
 from letsfrag.tui.screens.confirm import ConfirmScreen
-from letsfrag.tui.widgets.events import EventsPane
+from letsfrag.tui.widgets.events_pane import EventsPane
 from letsfrag.tui.widgets.header import ConnectionBanner, SummaryHeader
 from letsfrag.tui.widgets.tables import ClustersTable, HostsTable, RestartsTable, ShardsTable
 

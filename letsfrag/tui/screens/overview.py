@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Footer, Input, Label
 
 from ...snapshot.picture import Snapshot
 from ...snapshot.render import CLUSTER_SORTS, cluster_cells, host_cells, matches
-from ..widgets.events import EventsPane
+from ..widgets.events_pane import EventsPane
 from ..widgets.header import ConnectionBanner, SummaryHeader
 from ..widgets.tables import ClustersTable, HostsTable
 

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from letsfrag.clock import Clock
-from letsfrag.sim import control, rest
+from letsfrag.sim import control_api, rest
 from letsfrag.sim.background import Background
 from letsfrag.sim.core import Routed, SimCore
 from letsfrag.sim.gateway import gateway_handler
@@ -45,9 +45,9 @@ class Simulator:
     def _make_app(self) -> web.Application:
         app = web.Application(middlewares=[rest.api_middleware], client_max_size=16 * 1024 * 1024)
         app[rest.CORE_KEY] = self.core
-        app[control.BACKGROUND_KEY] = self.background
+        app[control_api.BACKGROUND_KEY] = self.background
         rest.add_routes(app)
-        control.add_routes(app)
+        control_api.add_routes(app)
         app.router.add_get("/", gateway_handler)
         return app
 
