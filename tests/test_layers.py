@@ -314,3 +314,26 @@ def test_the_manager_calls_only_public_methods_of_its_parts() -> None:
              and isinstance(node.value, ast.Attribute) and isinstance(node.value.value, ast.Name)
              and node.value.value.id == "self" and not _is_private(node.value.attr)]
     assert not found, "the manager reaches into a part's private state:\n" + "\n".join(found)
+
+
+# ------------------------------------------------------------------------------------------ one name, one meaning
+
+
+def test_every_module_file_name_is_used_once() -> None:
+    """``main.py`` or ``commands.py`` in three packages makes a traceback ambiguous: every basename once (the
+    package files ``__init__`` and ``__main__`` aside)."""
+    by_name: dict[str, list[str]] = {}
+    for name, path in modules().items():
+        if path.stem not in ("__init__", "__main__"):
+            by_name.setdefault(path.name, []).append(name)
+    assert not {n: m for n, m in by_name.items() if len(m) > 1}
+
+
+def test_every_class_name_is_used_once() -> None:
+    """A class name says which class is meant: no two module-level classes of the package share one."""
+    by_name: dict[str, list[str]] = {}
+    for name, path in modules().items():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef):
+                by_name.setdefault(node.name, []).append(name)
+    assert not {n: m for n, m in by_name.items() if len(m) > 1}

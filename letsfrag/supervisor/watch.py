@@ -20,13 +20,13 @@ from typing import Any
 
 import psutil
 
-__all__ = ["TreeSample", "TreeSampler", "descendants"]
+__all__ = ["TreeReading", "TreeSampler", "descendants"]
 
 _GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied, ProcessLookupError, OSError)
 
 
 @dataclass(frozen=True)
-class TreeSample:
+class TreeReading:
     """One reading of a process tree."""
 
     cpu_percent: float
@@ -114,7 +114,7 @@ class TreeSampler:
         for pid in pids:
             self._procs.pop(pid, None)
 
-    def sample_tree(self, root: int) -> TreeSample | None:
+    def sample_tree(self, root: int) -> TreeReading | None:
         """CPU % (sum over the tree), RSS (sum), threads (sum) and the root's status; None if the root is gone."""
         pids = [root, *descendants(root)]
         cpu = 0.0
@@ -140,11 +140,12 @@ class TreeSampler:
                 self._procs.pop(pid, None)
         if root not in alive:
             return None
-        return TreeSample(cpu_percent=cpu, rss=rss, threads=threads, status=status, pids=tuple(alive), pss=pss, uss=uss)
+        return TreeReading(cpu_percent=cpu, rss=rss, threads=threads, status=status, pids=tuple(alive), pss=pss,
+                           uss=uss)
 
-    def sample(self, roots: Mapping[int, int]) -> dict[int, TreeSample]:
+    def sample(self, roots: Mapping[int, int]) -> dict[int, TreeReading]:
         """Sample every tree (``{key: root pid}``); trees that are gone are left out. Drops dead pids' objects."""
-        result: dict[int, TreeSample] = {}
+        result: dict[int, TreeReading] = {}
         for key, root in roots.items():
             sample = self.sample_tree(root)
             if sample is not None:
