@@ -10,7 +10,6 @@ import sys
 
 from letsfrag.errors import ConfigError
 from letsfrag.sim.options import VIOLATION_MODES, SimulatorOptions
-from letsfrag.sim.server import Simulator
 from letsfrag.units import parse_duration
 
 
@@ -113,6 +112,8 @@ async def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"letsfrag sim: error: {problem}", file=sys.stderr)
         return 2
+    from letsfrag.sim.server import Simulator  # aiohttp's web stack: not imported by the CLI's parser
+
     sim = Simulator(options)
     try:
         await sim.start()
