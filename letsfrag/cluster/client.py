@@ -10,8 +10,7 @@ What the mixin adds to discord.py 2.7 (see also :mod:`.gateway`):
 - shards, shard count, token and the Discord URLs from :class:`~letsfrag.environment.ClusterEnvironment`;
   outside a supervisor ``run()`` prints one sentence and exits 78 (EX_CONFIG).
 - every IDENTIFY waits for the global identify queue (:mod:`.identify`). On first launch the wait happens
-  *before* the socket is opened (outside discord.py's connect timeout; the socket opens once the window is at
-  most 50 ms off, the grant itself is then taken in the hook) and the shards of this process launch
+  *before* the socket is opened (outside discord.py's connect timeout) and the shards of this process launch
   concurrently, so different buckets identify in the same window; re-identifies wait in the hook.
 - ownership is checked before every IDENTIFY and RESUME and every heartbeat; a fenced process closes its
   sessions, tells the supervisor (IPC ``fenced``) and exits 75.
@@ -89,9 +88,6 @@ else:
 
 #: re-identify waits stay below discord.py's hard-coded ``wait_for(60 s)``
 _REIDENTIFY_WAIT = 50.0
-#: a first launch opens its gateway connection once its identify window is at most this far off (the
-#: connection's set-up overlaps the end of the wait; the IDENTIFY still waits for the grant, in the hook)
-_CONNECT_LEAD = 0.05
 #: seconds a graceful stop waits for the claims in flight and the handlers they started (below the supervisor's
 #: ``stop_timeout / 2``)
 DEFAULT_STOP_GRACE = 2.0
@@ -345,15 +341,11 @@ class ClusterMixin(_Base):
         self._lf_tracker.set(shard_id, "identifying")
         while True:
             try:
-                granted = await self._lf_identify.wait_turn(shard_id, self._lf_holder(shard_id), timeout=60.0,
-                                                            lead=_CONNECT_LEAD)
+                await self._lf_identify.acquire(shard_id, self._lf_holder(shard_id), timeout=60.0)
                 break
             except IdentifyTimeout:
                 continue
-        if granted:
-            self._lf_pregrant[shard_id] = self._lf_clock.monotonic()
-        else:  # the slot is ours within _CONNECT_LEAD: the hook takes it once the connection is open
-            self._lf_pregrant.pop(shard_id, None)
+        self._lf_pregrant[shard_id] = self._lf_clock.monotonic()
         await super().launch_shard(gateway, shard_id, initial=initial)
 
     async def connect(self, *, reconnect: bool = True) -> None:
@@ -397,13 +389,11 @@ class ClusterMixin(_Base):
         if granted_at is None or self._lf_clock.monotonic() - granted_at > self._lf_env.identify_window:
             self._lf_tracker.set(sid, "identifying")
             await self._lf_identify.acquire(sid, holder, timeout=_REIDENTIFY_WAIT)
-        await self._lf_require_owner(f"IDENTIFY of shard {sid}")
-        # the window counts from the IDENTIFY itself, not from the grant before the connection was opened; the
-        # confirmation comes last, so only the IDENTIFY's own send follows it (not the ownership round trip)
+        # the window counts from the IDENTIFY itself, not from the grant before the connection was opened
         while not await self._lf_identify.confirm(sid, holder):
             self._lf_tracker.set(sid, "identifying")
             await self._lf_identify.acquire(sid, holder, timeout=_REIDENTIFY_WAIT)
-            await self._lf_require_owner(f"IDENTIFY of shard {sid}")
+        await self._lf_require_owner(f"IDENTIFY of shard {sid}")
 
     async def _lf_before_resume(self, shard_id: int | None) -> None:
         self._lf_tracker.set(shard_id, "resuming")

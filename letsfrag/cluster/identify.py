@@ -45,7 +45,7 @@ _EVENT_INTERVAL = 60.0
 # KEYS: 1 queue, 2 slot, 3 budget, 4 granted
 # ARGV: 1 ticket, 2 holder, 3 slot px, 4 ticket-key prefix, 5 reserve fraction
 # returns {status, value, paced}: status 1 granted (value = remaining budget or -1),
-# 0 wait for the slot (value = its ms left; paced = 1 when the budget is down to its reserve), 3 not at the head yet,
+# 0 wait for the slot (value = its ms left), 3 not at the head yet,
 # 2 held back by the budget (value = ms), -1 ticket lost (enqueue again)
 _GRANT = """
 local t = redis.call('TIME')
@@ -58,14 +58,7 @@ while true do
   redis.call('ZREM', KEYS[1], head)
 end
 local pttl = redis.call('PTTL', KEYS[2])
-if pttl > 0 then
-  local reserve = 0
-  if redis.call('EXISTS', KEYS[3]) == 1 then
-    local b = redis.call('HMGET', KEYS[3], 'total', 'remaining')
-    if (tonumber(b[2]) or 0) <= math.ceil((tonumber(b[1]) or 0) * tonumber(ARGV[5])) then reserve = 1 end
-  end
-  return {0, pttl, reserve}
-end
+if pttl > 0 then return {0, pttl, 0} end
 if pttl == -1 then redis.call('PEXPIRE', KEYS[2], ARGV[3]) return {0, tonumber(ARGV[3]), 0} end
 local remaining = -1
 local paced = 0
@@ -206,24 +199,7 @@ class IdentifyCoordinator:
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await self._wait(shard_id, holder, timeout, lead=0.0)
-        return loop.time() - started
-
-    async def wait_turn(self, shard_id: int, holder: str, timeout: float, *, lead: float) -> bool:
-        """Wait until this shard's bucket window is granted (True, as :meth:`acquire`) or is certain to be
-        ``holder``'s within ``lead`` seconds (False): its ticket heads the bucket's queue and the slot frees in
-        at most ``lead`` (and the daily budget is above its reserve, where grants may be paced far apart).
-        Nothing is granted then; the ticket is kept in its place (as after a timeout), so the next
-        :meth:`acquire` of ``holder`` is granted as soon as the slot frees. A caller opens its gateway
-        connection meanwhile instead of after the grant.
-
-        Raises :class:`IdentifyTimeout` after ``timeout`` seconds (the ticket kept, as for :meth:`acquire`).
-        """
-        return await self._wait(shard_id, holder, timeout, lead=lead)
-
-    async def _wait(self, shard_id: int, holder: str, timeout: float, *, lead: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = started + timeout
         bucket = self.bucket(shard_id)
         kept = self._kept.pop(holder, None)
         if kept is not None and kept.bucket == bucket:
@@ -247,10 +223,7 @@ class IdentifyCoordinator:
                 if status == 1:
                     if int(paced):
                         await self._budget_event(value)
-                    return True
-                if status == 0 and value <= lead * 1000 and not int(paced):  # the head: the slot is ours next
-                    self._keep(holder, ticket, bucket)
-                    return False
+                    return loop.time() - started
                 if status == -1:
                     ticket = await self._enqueue(bucket)
                     continue
@@ -262,8 +235,6 @@ class IdentifyCoordinator:
                     raise IdentifyTimeout(
                         f"no identify slot for shard {shard_id} (bucket {bucket}) within {timeout:g}s")
                 pause = value / 1000 if status in (0, 2) else self.poll_interval
-                if status == 0:
-                    pause -= lead  # wake when the slot frees within ``lead`` (``wait_turn``)
                 pause = min(max(pause, 0.005), self.ticket_ttl / 3, deadline - now)
                 await self.redis.set(self._ticket_key(ticket), "1", px=int(self.ticket_ttl * 1000))
                 await asyncio.sleep(pause)
@@ -276,7 +247,7 @@ class IdentifyCoordinator:
         """Just before the IDENTIFY of ``shard_id`` leaves: restart the bucket's window from now if the slot
         granted to ``holder`` is still its own, and say so (False: the slot expired — acquire again).
 
-        A grant may be taken before the gateway connection is opened; on a busy machine that connection can take
+        A grant is taken before the gateway connection is opened; on a busy machine that connection can take
         longer than the margin, and the next grant of the bucket would follow this IDENTIFY too closely.
         """
         slot_px = int((self.window + self.margin) * 1000)

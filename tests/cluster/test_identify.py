@@ -72,28 +72,6 @@ async def test_confirm_restarts_the_window_from_the_identify(r: aioredis.Redis) 
     assert await coord.confirm(1, "b") is False, "an expired slot is not confirmed: acquire again"
 
 
-async def test_wait_turn_returns_at_the_head_shortly_before_the_slot_frees(r: aioredis.Redis) -> None:
-    """``wait_turn``: granted at once on a free slot; otherwise back at most ``lead`` before the slot frees,
-    with nothing granted and the place kept, so the next ``acquire`` is granted the moment the slot frees
-    (never earlier: a waiter behind it still waits its turn); not early while the budget is in its reserve."""
-    coord = coordinator(r)
-    assert await coord.wait_turn(0, "a", timeout=5, lead=0.1) is True
-    a_granted = time.monotonic()
-    assert await coord.wait_turn(1, "b", timeout=5, lead=0.1) is False, "the slot frees within the lead"
-    assert await r.get(KEYS.identify("slot:0")) != "b", "nothing granted to b yet"
-    other = asyncio.create_task(coord.acquire(2, "c", timeout=5))  # behind b in the queue
-    await coord.acquire(1, "b", timeout=5)
-    assert time.monotonic() - a_granted >= WINDOW, "b is granted only when a's window is over"
-    b_granted = time.monotonic()
-    await other
-    assert time.monotonic() - b_granted >= WINDOW, "c came after b's place"
-    # budget down to its reserve: grants may be paced far apart, so no early return
-    await coord.ensure_budget({"total": 100, "remaining": 5, "reset_after": 1000, "max_concurrency": 1})
-    started = time.monotonic()
-    assert await coord.wait_turn(3, "d", timeout=5, lead=0.1) is True
-    assert time.monotonic() - started >= WINDOW * 0.5, "waited for the grant itself"
-
-
 async def test_dead_waiter_is_skipped(r: aioredis.Redis) -> None:
     """A ticket at the head whose waiter died (ticket key expired) does not block the bucket."""
     coord = coordinator(r)
