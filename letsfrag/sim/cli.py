@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import signal
 import sys
@@ -112,7 +111,9 @@ async def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"letsfrag sim: error: {problem}", file=sys.stderr)
         return 2
-    from letsfrag.sim.server import Simulator  # aiohttp's web stack: not imported by the CLI's parser
+    import asyncio  # neither is imported by the CLI's parser (every command reads these options)
+
+    from letsfrag.sim.server import Simulator  # aiohttp's web stack
 
     sim = Simulator(options)
     try:
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m letsfrag.sim", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    import asyncio
+
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
