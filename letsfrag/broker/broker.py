@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -36,7 +36,6 @@ from letsfrag.errors import BusError, DiscordSetupError, LetsfragError
 from letsfrag.events import Severity, emit
 from letsfrag.logs import register_secrets_in, set_log_context
 from letsfrag.loops import cancel_and_wait, supervised
-from letsfrag.metrics import MetricsServer, start_metrics
 
 from .assignment import ClusterSpec, cluster_specs
 from .broker_commands import BrokerCommands
@@ -45,6 +44,9 @@ from .layout import GatewayBot, fetch_gateway_bot, resolve_layout
 from .leader import LeaderLock, Term
 from .reconcile import Reconciler
 from .store import NotLeader, RedisDataError, Store
+
+if TYPE_CHECKING:
+    from letsfrag.metrics import MetricsServer
 
 __all__ = ["ClusterBroker"]
 
@@ -195,7 +197,12 @@ class ClusterBroker:
             self._budget_task = asyncio.create_task(
                 supervised("broker budget loop", self._budget_loop, logger=log, on_crash=self._on_crash),
                 name="broker-budget")
-        self._metrics = await start_metrics(self.config.metrics.listen, lambda: BrokerMetrics(self))
+        if self.config.metrics.listen is not None:  # prometheus_client and aiohttp's server only when configured
+            from letsfrag.metrics import start_metrics
+
+            from .metrics import BrokerMetrics
+
+            self._metrics = await start_metrics(self.config.metrics.listen, lambda: BrokerMetrics(self))
 
     async def close(self) -> None:
         """Stop the loop, release the leader lock (a standby takes over at once) and disconnect."""

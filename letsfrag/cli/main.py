@@ -7,10 +7,9 @@ Exit codes: 0 success, 1 a runtime failure (or "degraded" for ``status``), 2 bad
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
-import inspect
 import sys
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -286,7 +285,9 @@ def run_command(command: str, args: argparse.Namespace, prog: str | None = None)
         return 2
     try:
         result = handler(args)
-        if inspect.iscoroutine(result):
+        if isinstance(result, types.CoroutineType):  # as inspect.iscoroutine
+            import asyncio  # not before the handler: ``supervise`` starts its launcher first thing
+
             result = asyncio.run(result)
         return int(result or 0)
     except ConfigError as exc:

@@ -9,7 +9,6 @@ therefore imports only light modules at its top.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import socket
 import subprocess
 from typing import TYPE_CHECKING
@@ -91,4 +90,6 @@ def run(args: argparse.Namespace) -> int:
         if launcher is not None:
             stop_launcher(*launcher)
         raise
+    import asyncio  # after the launcher's start, as the config's imports
+
     return asyncio.run(serve(config, host_id=host_id, capacity=capacity, launcher=launcher))

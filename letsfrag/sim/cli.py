@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import signal
 import sys
 
 from letsfrag.errors import ConfigError
 from letsfrag.sim.options import VIOLATION_MODES, SimulatorOptions
-from letsfrag.sim.simulator import Simulator
 from letsfrag.units import parse_duration
 
 
@@ -113,6 +111,10 @@ async def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"letsfrag sim: error: {problem}", file=sys.stderr)
         return 2
+    import asyncio  # neither is imported by the CLI's parser (every command reads these options)
+
+    from letsfrag.sim.simulator import Simulator  # aiohttp's web stack
+
     sim = Simulator(options)
     try:
         await sim.start()
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m letsfrag.sim", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    import asyncio
+
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

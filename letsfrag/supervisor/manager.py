@@ -27,7 +27,7 @@ import random
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -42,7 +42,6 @@ from letsfrag.errors import BusError, RecordError
 from letsfrag.events import Severity
 from letsfrag.logs import set_log_context
 from letsfrag.loops import cancel_and_wait, supervised
-from letsfrag.metrics import MetricsServer, start_metrics
 from letsfrag.supervisor import lifecycle as lc
 from letsfrag.supervisor.handoff import SuccessorBook
 from letsfrag.supervisor.host import HostAgent
@@ -66,6 +65,9 @@ from letsfrag.supervisor.successors import LeaveVerdict, leave_verdict
 from letsfrag.supervisor.supervisor_commands import SupervisorCommands
 from letsfrag.supervisor.supervisor_metrics import HostMetrics
 from letsfrag.supervisor.watch import TreeSampler
+
+if TYPE_CHECKING:
+    from letsfrag.metrics import MetricsServer
 
 __all__ = ["EVENT_NAMES", "ClusterManager"]
 
@@ -218,7 +220,11 @@ class ClusterManager:
             self._core_task("supervisor-tick", self._ticker),
         ]
         self.agent.poke()
-        self._metrics = await start_metrics(cfg.metrics.listen, lambda: HostMetrics(self))
+        if cfg.metrics.listen is not None:  # prometheus_client and aiohttp's server only when configured
+            from letsfrag.metrics import start_metrics
+            from letsfrag.supervisor.metrics import HostMetrics
+
+            self._metrics = await start_metrics(cfg.metrics.listen, lambda: HostMetrics(self))
 
     async def close(self, *, force: bool = False) -> None:
         """Stop every cluster (gracefully unless ``force``), leave the host set's lease and disconnect."""
