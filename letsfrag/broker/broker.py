@@ -39,7 +39,6 @@ from letsfrag.loops import cancel_and_wait, supervised
 
 from .assignment import ClusterSpec, cluster_specs
 from .broker_commands import BrokerCommands
-from .broker_metrics import BrokerMetrics
 from .layout import GatewayBot, fetch_gateway_bot, resolve_layout
 from .leader import LeaderLock, Term
 from .reconcile import Reconciler
@@ -200,7 +199,7 @@ class ClusterBroker:
         if self.config.metrics.listen is not None:  # prometheus_client and aiohttp's server only when configured
             from letsfrag.metrics import start_metrics
 
-            from .metrics import BrokerMetrics
+            from .broker_metrics import BrokerMetrics
 
             self._metrics = await start_metrics(self.config.metrics.listen, lambda: BrokerMetrics(self))
 

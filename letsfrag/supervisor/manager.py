@@ -63,7 +63,6 @@ from letsfrag.supervisor.state import (
 )
 from letsfrag.supervisor.successors import LeaveVerdict, leave_verdict
 from letsfrag.supervisor.supervisor_commands import SupervisorCommands
-from letsfrag.supervisor.supervisor_metrics import HostMetrics
 from letsfrag.supervisor.watch import TreeSampler
 
 if TYPE_CHECKING:
@@ -222,7 +221,7 @@ class ClusterManager:
         self.agent.poke()
         if cfg.metrics.listen is not None:  # prometheus_client and aiohttp's server only when configured
             from letsfrag.metrics import start_metrics
-            from letsfrag.supervisor.metrics import HostMetrics
+            from letsfrag.supervisor.supervisor_metrics import HostMetrics
 
             self._metrics = await start_metrics(cfg.metrics.listen, lambda: HostMetrics(self))
 
