@@ -4,7 +4,8 @@ records, one class each (:class:`LayoutRecord`, :class:`Grant`).
 Anything in Redis can be changed by hand (``HSET {ns}:layout lease_ttl inf``) or lost. Every reader turns a raw
 value into a number through :func:`parse_int`/:func:`parse_float` (strict: a bad value raises a
 :class:`~letsfrag.errors.RecordError` that names the key and the field) or :func:`lenient_float`/
-:func:`lenient_int` (for display: a bad value reads as ``None``). Pure: no I/O.
+:func:`lenient_int` (for display: a bad value reads as ``None``); a JSON field into an object or a list through
+:func:`parse_json` (the same errors). Pure: no I/O.
 """
 
 from __future__ import annotations
