@@ -32,7 +32,15 @@ from typing import Any
 
 import redis
 
-from benchmarks.report import fmt_spread, print_rich_table, spread, traffic_outcome, work_root, write_result
+from benchmarks.report import (
+    fmt_spread,
+    print_rich_table,
+    repeat,
+    spread,
+    traffic_arguments,
+    traffic_outcome,
+    write_result,
+)
 from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,14 +155,10 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    samples: list[dict[str, Any]] = []
-    with work_root("failover", keep=args.keep) as root:
-        for index in range(args.repeats):
-            sample = run_once(args, root / f"run-{index}")
-            samples.append(sample)
-            print(f"  repeat {index + 1}: detection {sample['detection']:.2f} s, re-identify "
-                  f"{sample['reidentify']:.2f} s, total {sample['total']:.2f} s, replay {sample['replay']:.2f} s; "
-                  f"{sample['sent']} events, lost {sample['lost']}, twice {sample['twice']}", file=sys.stderr)
+    samples = repeat("failover", args, run_once, lambda sample: (
+        f"detection {sample['detection']:.2f} s, re-identify {sample['reidentify']:.2f} s, total "
+        f"{sample['total']:.2f} s, replay {sample['replay']:.2f} s; {sample['sent']} events, lost {sample['lost']}, "
+        f"twice {sample['twice']}"))
     bound = max(s["bound"] for s in samples)
     total = spread([s["total"] for s in samples])
     violations = max(s["violations"] for s in samples)
@@ -203,20 +207,14 @@ def _print(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.failover", description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=32)
-    parser.add_argument("--per-cluster", type=int, default=8)
-    parser.add_argument("--max-concurrency", type=int, default=16)
-    parser.add_argument("--window", type=float, default=1.0, help="identify window in seconds")
     parser.add_argument("--lease-ttl", type=float, default=4.0)
     parser.add_argument("--lease-grace", type=float, default=1.0)
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
-    parser.add_argument("--rate", type=float, default=20.0, help="events per second during the failover (0: none)")
     parser.add_argument("--joins", type=float, default=0.3, help="share of the events that are member joins")
-    parser.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each phase")
-    parser.add_argument("--keep", action="store_true", help="keep the work folders (logs)")
-    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/failover.json")
+    traffic_arguments(parser, per_cluster=8, max_concurrency=16, timeout=90.0,
+                      rate_help="events per second during the failover (0: none)")
     args = parser.parse_args(argv)
     if min(args.repeats, args.shards, args.per_cluster, args.max_concurrency) < 1:
         parser.error("--repeats, --shards, --per-cluster and --max-concurrency must be ≥ 1")

@@ -30,7 +30,15 @@ from typing import Any
 import redis
 
 from benchmarks.failover import handling, identify_time, poll
-from benchmarks.report import RESULTS, fmt_spread, print_rich_table, spread, traffic_outcome, work_root, write_result
+from benchmarks.report import (
+    fmt_spread,
+    print_rich_table,
+    repeat,
+    spread,
+    traffic_arguments,
+    traffic_outcome,
+    write_result,
+)
 from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,14 +112,9 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    samples: list[dict[str, Any]] = []
-    with work_root("handover", keep=args.keep) as root:
-        for index in range(args.repeats):
-            sample = run_once(args, root / f"run-{index}")
-            samples.append(sample)
-            print(f"  repeat {index + 1}: wall {sample['wall']:.2f} s, overlap "
-                  f"{', '.join(f'{v:.2f}' for v in sample['overlap'].values())} s, identifies {sample['identifies']}"
-                  f", lost {sample['lost']}, twice {sample['twice']}", file=sys.stderr)
+    samples = repeat("handover", args, run_once, lambda sample: (
+        f"wall {sample['wall']:.2f} s, overlap {', '.join(f'{v:.2f}' for v in sample['overlap'].values())} s, "
+        f"identifies {sample['identifies']}, lost {sample['lost']}, twice {sample['twice']}"))
     overlaps = [v for s in samples for v in s["overlap"].values()]
     bound = max(v for s in samples for v in s["overlap_bound"].values())
     moved = samples[0]["shards_moved"]
@@ -157,16 +160,8 @@ def _print(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clusters", type=int, default=4, help="clusters on the restarted host (default 4)")
-    parser.add_argument("--per-cluster", type=int, default=4, help="shards per cluster (default 4)")
-    parser.add_argument("--max-concurrency", type=int, default=2)
-    parser.add_argument("--window", type=float, default=1.0, help="identify window in seconds")
-    parser.add_argument("--rate", type=float, default=20.0, help="events per second (half pings, half joins)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each phase")
-    parser.add_argument("--keep", action="store_true", help="keep the work folders (logs)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for handover.json")
-    parser.add_argument("--no-write", action="store_true", help="do not write the result file")
+    traffic_arguments(parser, per_cluster=4, max_concurrency=2, timeout=120.0, result_file="handover.json")
     args = parser.parse_args(argv)
     if min(args.repeats, args.clusters, args.per_cluster, args.max_concurrency) < 1 or args.rate <= 0:
         parser.error("--repeats, --clusters, --per-cluster, --max-concurrency and --rate must be positive")

@@ -8,6 +8,7 @@ carry a ``summary`` block with those columns; the older results (``coldstart_cli
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import platform
@@ -19,11 +20,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
-__all__ = ["RESULTS", "Row", "load_results", "render_markdown", "rows", "spread", "write_result"]
+__all__ = ["RESULTS", "Row", "load_results", "render_markdown", "repeat", "rows", "spread", "traffic_arguments",
+           "write_result"]
+
+_Sample = TypeVar("_Sample")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,6 +54,40 @@ def work_root(name: str, *, keep: bool = False) -> Iterator[Path]:
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def traffic_arguments(parser: argparse.ArgumentParser, *, per_cluster: int, max_concurrency: int, timeout: float,
+                      timeout_help: str = "seconds to wait for each phase",
+                      rate_help: str = "events per second (half pings, half joins)",
+                      result_file: str | None = None) -> None:
+    """The options every deployment-and-traffic benchmark (``failover``, ``handover``, ``reshard``) takes, with
+    its defaults: ``--repeats`` (3), ``--per-cluster``, ``--max-concurrency``, ``--window`` (1 s), ``--rate``
+    (20 events/s), ``--timeout``, ``--keep``, ``--results`` (a folder for ``result_file``; only with one) and
+    ``--no-write``. The benchmark adds its own options to ``parser`` before or after, and checks the values."""
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--per-cluster", type=int, default=per_cluster,
+                        help=f"shards per cluster (default {per_cluster})")
+    parser.add_argument("--max-concurrency", type=int, default=max_concurrency)
+    parser.add_argument("--window", type=float, default=1.0, help="identify window in seconds")
+    parser.add_argument("--rate", type=float, default=20.0, help=rate_help)
+    parser.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
+    parser.add_argument("--keep", action="store_true", help="keep the work folders (logs)")
+    if result_file is not None:
+        parser.add_argument("--results", type=Path, default=RESULTS, help=f"folder for {result_file}")
+    parser.add_argument("--no-write", action="store_true", help="do not write the result file")
+
+
+def repeat(name: str, args: argparse.Namespace, once: Callable[[argparse.Namespace, Path], _Sample],
+           line: Callable[[_Sample], str]) -> list[_Sample]:
+    """``once(args, folder)`` ``args.repeats`` times, each in a fresh ``run-<i>`` folder of one :func:`work_root`
+    (kept with ``args.keep``), printing ``  repeat <n>: <line(sample)>`` to stderr after each; the samples."""
+    samples: list[_Sample] = []
+    with work_root(name, keep=args.keep) as root:
+        for index in range(args.repeats):
+            sample = once(args, root / f"run-{index}")
+            samples.append(sample)
+            print(f"  repeat {index + 1}: {line(sample)}", file=sys.stderr)
+    return samples
 
 
 def traffic_outcome(handling: Mapping[str, Any]) -> dict[str, int]:
@@ -212,8 +250,6 @@ def print_rich_table(title: str, columns: Sequence[str], body: Sequence[Sequence
 
 def main(argv: list[str] | None = None) -> int:
     """Print the markdown table of every result."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of result JSON files")
     args = parser.parse_args(argv)

@@ -31,7 +31,15 @@ from typing import Any
 import redis
 
 from benchmarks.failover import handling, poll
-from benchmarks.report import RESULTS, fmt_spread, print_rich_table, spread, traffic_outcome, work_root, write_result
+from benchmarks.report import (
+    fmt_spread,
+    print_rich_table,
+    repeat,
+    spread,
+    traffic_arguments,
+    traffic_outcome,
+    write_result,
+)
 from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 
 COMMAND = "python -m benchmarks.reshard"
@@ -102,13 +110,9 @@ def run_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    samples: list[dict[str, Any]] = []
-    with work_root("reshard", keep=args.keep) as root:
-        for index in range(args.repeats):
-            sample = run_once(args, root / f"run-{index}")
-            samples.append(sample)
-            print(f"  repeat {index + 1}: total {sample['total']:.2f} s, prepare {sample['prepare']:.2f} s, overlap "
-                  f"{sample['overlap']:.2f} s, lost {sample['lost']}, twice {sample['twice']}", file=sys.stderr)
+    samples = repeat("reshard", args, run_once, lambda sample: (
+        f"total {sample['total']:.2f} s, prepare {sample['prepare']:.2f} s, overlap {sample['overlap']:.2f} s, "
+        f"lost {sample['lost']}, twice {sample['twice']}"))
     limit = math.ceil(args.to / args.max_concurrency) * args.window
     lost, twice = max(s["lost"] for s in samples), max(s["twice"] for s in samples)
     violations = max(s["violations"] for s in samples)
@@ -151,17 +155,10 @@ def _print(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shards", type=int, default=16, help="shards before the reshard (default 16)")
     parser.add_argument("--to", type=int, default=32, help="shards after it (default 32)")
-    parser.add_argument("--per-cluster", type=int, default=4, help="shards per cluster (default 4)")
-    parser.add_argument("--max-concurrency", type=int, default=4)
-    parser.add_argument("--window", type=float, default=1.0, help="identify window in seconds")
-    parser.add_argument("--rate", type=float, default=20.0, help="events per second (half pings, half joins)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds the new generation has to be ready")
-    parser.add_argument("--keep", action="store_true", help="keep the work folders (logs)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for reshard.json")
-    parser.add_argument("--no-write", action="store_true", help="do not write the result file")
+    traffic_arguments(parser, per_cluster=4, max_concurrency=4, timeout=120.0,
+                      timeout_help="seconds the new generation has to be ready", result_file="reshard.json")
     args = parser.parse_args(argv)
     if min(args.repeats, args.shards, args.to, args.per_cluster, args.max_concurrency) < 1 or args.rate <= 0:
         parser.error("--repeats, --shards, --to, --per-cluster, --max-concurrency and --rate must be positive")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -10,7 +11,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout root holds benchmarks/
 
-from benchmarks.report import RESULTS, fmt_spread, load_results, main, render_markdown, rows, spread, write_result
+from benchmarks.report import (
+    RESULTS,
+    fmt_spread,
+    load_results,
+    main,
+    render_markdown,
+    repeat,
+    rows,
+    spread,
+    traffic_arguments,
+    write_result,
+)
 
 HEADER = "| benchmark | what | measured | goal | met? | command |"
 
@@ -72,3 +84,26 @@ def test_spread_and_format() -> None:
     assert fmt_spread(spread([1.5])) == "1.50 s"
     with pytest.raises(ValueError):
         spread([])
+
+
+def test_traffic_arguments_and_repeat(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    traffic_arguments(parser, per_cluster=8, max_concurrency=16, timeout=90.0)
+    args = parser.parse_args(["--repeats", "2", "--keep"])
+    assert (args.repeats, args.per_cluster, args.max_concurrency, args.window, args.rate, args.timeout, args.keep,
+            args.no_write) == (2, 8, 16, 1.0, 20.0, 90.0, True, False)
+    assert not hasattr(args, "results")
+    with_results = argparse.ArgumentParser()
+    traffic_arguments(with_results, per_cluster=4, max_concurrency=2, timeout=120.0, result_file="x.json")
+    assert with_results.parse_args([]).results == RESULTS
+    folders: list[Path] = []
+
+    def once(given: argparse.Namespace, folder: Path) -> int:
+        assert given is args and not folder.exists() and folder.parent.is_dir()
+        folders.append(folder)
+        return len(folders)
+
+    assert repeat("test", args, once, lambda n: f"sample {n}") == [1, 2]
+    assert [f.name for f in folders] == ["run-0", "run-1"] and folders[0].parent == folders[1].parent
+    assert capsys.readouterr().err == "  repeat 1: sample 1\n  repeat 2: sample 2\n"
+    folders[0].parent.rmdir()  # kept (--keep), and empty

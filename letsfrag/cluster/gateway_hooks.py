@@ -7,7 +7,8 @@ websocket an ``AutoShardedClient`` opens — first launch, ``Shard.reidentify`` 
 awaits the owning client's ``_lf_before_resume(shard_id)`` (the ownership check; it raises ``FencedError``
 when fenced), so no RESUME leaves a process that lost its shards. This replaces a name, not discord.py code;
 clients that are not letsfrag clients get the unchanged behaviour. It also stamps the time of the last
-received gateway message per shard (``last_event_age`` in the shard status).
+received gateway message per shard (``last_event_age`` in the shard status). A connection whose RESUME or
+IDENTIFY fails inside ``from_client`` is closed there (discord.py would leave its keep-alive thread running).
 
 Parsers: discord.py parses a gateway dispatch (``ConnectionState.parse_*``) *before* calling
 ``Client.dispatch``, and some parsers act without dispatching (``INTERACTION_CREATE`` runs app commands and
@@ -25,6 +26,7 @@ the URL of the connection being opened (only inside that ``from_client``: voice 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -63,9 +65,31 @@ class GuardedWebSocket(DiscordWebSocket):
     async def resume(self) -> None:
         client = _client_of(self)
         check = getattr(client, "_lf_before_resume", None)
-        if check is not None:
-            await check(self.shard_id)
-        await super().resume()
+        try:
+            if check is not None:
+                await check(self.shard_id)
+            await super().resume()
+        except BaseException:
+            await self._lf_discard()
+            raise
+
+    async def identify(self) -> None:
+        try:
+            await super().identify()  # runs before_identify_hook: the identify queue and the ownership check
+        except BaseException:
+            await self._lf_discard()
+            raise
+
+    async def _lf_discard(self) -> None:
+        """``from_client`` failed after HELLO (a RESUME or IDENTIFY refused or postponed, the wait for it
+        cancelled, the send failed): nobody gets this connection, so stop its keep-alive thread (started at HELLO;
+        left running it would heartbeat a dead socket and outlive the event loop) and close it with 4000, which
+        ends no session."""
+        if self._keep_alive is not None:
+            self._keep_alive.stop()
+            self._keep_alive = None
+        with contextlib.suppress(Exception):
+            await self.close(code=4000)
 
     async def received_message(self, msg: Any, /) -> None:
         self.letsfrag_last_receive = time.monotonic()

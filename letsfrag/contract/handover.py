@@ -49,7 +49,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..errors import RecordError
-from .records import MAX_EPOCH, MAX_SHARDS, LayoutRecord, parse_float, parse_int
+from .records import MAX_EPOCH, MAX_SHARDS, LayoutRecord, parse_float, parse_int, parse_json
 
 __all__ = [
     "GATEWAY_PARAM",
@@ -154,12 +154,7 @@ class HandoverRecord:
         """Parse one field; a :class:`RecordError` names ``key``, the cluster field and what is wrong."""
         field = str(cluster)
         cid = parse_int(cluster, key=key, field="cluster id", maximum=1_000_000)
-        try:
-            data = json.loads(raw)
-        except (TypeError, ValueError):
-            raise RecordError(key, field, f"is not JSON: {str(raw)[:80]!r}") from None
-        if not isinstance(data, Mapping):
-            raise RecordError(key, field, "must be a JSON object")
+        data = parse_json(raw, key=key, field=field)
         host, from_host = data.get("host"), data.get("from_host")
         generation = parse_int(data.get("generation", 0), key=key, field=f"{field}.generation", maximum=MAX_EPOCH)
         if not isinstance(host, str) or not host or not isinstance(from_host, str) or \
@@ -233,12 +228,7 @@ def parse_successors(raw: Any, *, key: str = "host") -> dict[int, SuccessorRepor
     """The ``successors`` field of a host record (missing or empty: none); a :class:`RecordError` when broken."""
     if raw in (None, ""):
         return {}
-    try:
-        data = json.loads(raw)
-    except (TypeError, ValueError):
-        raise RecordError(key, SUCCESSORS_FIELD, f"is not JSON: {str(raw)[:80]!r}") from None
-    if not isinstance(data, Mapping):
-        raise RecordError(key, SUCCESSORS_FIELD, "must be a JSON object")
+    data = parse_json(raw, key=key, field=SUCCESSORS_FIELD)
     reports: dict[int, SuccessorReport] = {}
     for cid_text, value in data.items():
         cid = parse_int(cid_text, key=key, field=SUCCESSORS_FIELD, maximum=1_000_000)

@@ -4,7 +4,8 @@ records, one class each (:class:`LayoutRecord`, :class:`Grant`).
 Anything in Redis can be changed by hand (``HSET {ns}:layout lease_ttl inf``) or lost. Every reader turns a raw
 value into a number through :func:`parse_int`/:func:`parse_float` (strict: a bad value raises a
 :class:`~letsfrag.errors.RecordError` that names the key and the field) or :func:`lenient_float`/
-:func:`lenient_int` (for display: a bad value reads as ``None``). Pure: no I/O.
+:func:`lenient_int` (for display: a bad value reads as ``None``); a JSON field into an object or a list through
+:func:`parse_json` (the same errors). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..errors import RecordError
 __all__ = [
     "CLOCK_OFFSET_WARN", "GEOMETRY_FIELDS", "GRANT_LUA", "LAYOUT_FALLBACKS", "MAX_DURATION", "MAX_EPOCH", "MAX_SHARDS",
     "ROUTING_FIELDS", "Grant", "LayoutRecord", "RecordError", "clock_skew_text", "lenient_float", "lenient_int",
-    "parse_epoch", "parse_float", "parse_int", "parse_running",
+    "parse_epoch", "parse_float", "parse_int", "parse_json", "parse_running",
 ]
 
 #: the largest shard count (and shards per cluster) a layout may name
@@ -109,6 +110,21 @@ def clock_skew_text(host: str, offset: float | None) -> str | None:
             "commands may be rejected; check NTP)")
 
 
+def parse_json(raw: Any, *, key: str, field: str, expect: type[dict[Any, Any]] | type[list[Any]] = dict,
+               of: str = "") -> Any:
+    """A JSON text (``str`` or ``bytes``) that must decode to an object (``expect=dict``) or a list
+    (``expect=list``); anything else raises :class:`RecordError` naming ``key`` and ``field``: ``is not JSON: …``
+    or ``must be a JSON object, found …`` (``must be a JSON list of <of>, found …`` with ``of``)."""
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError):
+        raise RecordError(key, field, f"is not JSON: {_shown(raw)}") from None
+    if not isinstance(data, expect):
+        kind = "object" if expect is dict else "list"
+        raise RecordError(key, field, f"must be a JSON {kind}{f' of {of}' if of else ''}, found {_shown(raw)}")
+    return data
+
+
 def parse_epoch(raw: Any, *, key: str) -> int:
     """``{ns}:epoch``: missing is 0; otherwise a decimal integer in ``[0, MAX_EPOCH]`` (else :class:`RecordError`)."""
     if raw is None:
@@ -121,12 +137,7 @@ def parse_running(raw: Any, *, key: str) -> dict[int, int]:
     :class:`RecordError` (empty or missing is ``{}``)."""
     if not raw:
         return {}
-    try:
-        data = json.loads(raw)
-    except (TypeError, ValueError):
-        raise RecordError(key, "running", f"must be a JSON object, found {_shown(raw)}") from None
-    if not isinstance(data, dict):
-        raise RecordError(key, "running", f"must be a JSON object, found {_shown(raw)}")
+    data = parse_json(raw, key=key, field="running")
     out: dict[int, int] = {}
     for cluster, epoch in data.items():
         cid = parse_int(cluster, key=key, field="running", maximum=MAX_SHARDS)
@@ -330,11 +341,7 @@ class Grant:
     @classmethod
     def from_json(cls, raw: Any, *, key: str = "assignment", field: str = "?") -> Grant:
         """Parse one field value; :class:`RecordError` names ``key``, the cluster ``field`` and what is wrong."""
-        try:
-            data = json.loads(raw)
-        except (TypeError, ValueError):
-            raise RecordError(key, field, f"is not JSON: {_shown(raw)}") from None
-        return cls.from_data(data, key=key, field=field)
+        return cls.from_data(parse_json(raw, key=key, field=field), key=key, field=field)
 
     @classmethod
     def from_data(cls, data: Any, *, key: str = "assignment", field: str = "?") -> Grant:

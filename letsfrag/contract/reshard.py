@@ -71,7 +71,7 @@ from typing import Any
 
 from ..errors import RecordError
 from .keys import Keys
-from .records import MAX_EPOCH, MAX_SHARDS, Grant, LayoutRecord, parse_float, parse_int
+from .records import MAX_EPOCH, MAX_SHARDS, Grant, LayoutRecord, parse_float, parse_int, parse_json
 
 __all__ = ["SHARDING_REQUIRED_FIELD", "ReshardRecord", "ReshardState", "parse_sharding_required",
            "retired_cluster_keys"]
@@ -110,12 +110,7 @@ class ReshardRecord:
     @classmethod
     def from_json(cls, raw: Any, *, key: str = "reshard") -> ReshardRecord:
         """Parse the value; a :class:`RecordError` names ``key`` and what is wrong."""
-        try:
-            data = json.loads(raw)
-        except (TypeError, ValueError):
-            raise RecordError(key, "value", f"is not JSON: {str(raw)[:80]!r}") from None
-        if not isinstance(data, Mapping):
-            raise RecordError(key, "value", "must be a JSON object")
+        data = parse_json(raw, key=key, field="value")
         try:
             state = ReshardState(str(data.get("state")))
         except ValueError:
@@ -182,10 +177,5 @@ def parse_sharding_required(raw: Any, *, key: str = "host") -> list[int]:
     is not a JSON list of cluster ids."""
     if raw in (None, ""):
         return []
-    try:
-        data = json.loads(raw)
-    except (TypeError, ValueError):
-        raise RecordError(key, SHARDING_REQUIRED_FIELD, f"is not JSON: {str(raw)[:80]!r}") from None
-    if not isinstance(data, list):
-        raise RecordError(key, SHARDING_REQUIRED_FIELD, "must be a JSON list of cluster ids")
+    data = parse_json(raw, key=key, field=SHARDING_REQUIRED_FIELD, expect=list, of="cluster ids")
     return sorted({parse_int(c, key=key, field=SHARDING_REQUIRED_FIELD, maximum=MAX_SHARDS) for c in data})

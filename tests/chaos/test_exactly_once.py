@@ -25,7 +25,8 @@ from support.exactly_once import (
     reset_referee,
     settle,
     start_traffic,
-    stop_traffic,
+    traffic_off,
+    traffic_on,
 )
 from support.waiting import wait_until_sync
 
@@ -75,10 +76,7 @@ def test_frozen_host_past_its_lease_never_answers_twice(deploy: Callable[..., Se
         frozen = deployment.cluster_pids("h0")  # not its launcher, which the live supervisor keeps
         moved = [cid for cid, (host, _) in deployment.assignment(client).items() if host == "h0"]
         assert frozen and moved
-        start_traffic(deployment, RATE)
-        wait_until_sync(
-            lambda: handling(deployment)["answered_once"] >= 10, timeout=10, message="traffic answered"
-        )
+        traffic_on(deployment, RATE)
         frozen_at = time.monotonic()
         deployment.freeze_host("h0")
         wait_until_sync(
@@ -97,8 +95,7 @@ def test_frozen_host_past_its_lease_never_answers_twice(deploy: Callable[..., Se
             interval=0.2,
             message="every cluster READY after the thaw",
         )
-        stop_traffic(deployment)
-        counts = settle(deployment)
+        counts = traffic_off(deployment)
     finally:
         client.close()
     shards_moved = len(moved) * deployment.settings.shards_per_cluster
@@ -119,22 +116,12 @@ def test_broker_failover_answers_everything_once(deploy: Callable[..., SecuredRe
     client = deployment.redis_client()
     try:
         pids = sorted(deployment.cluster_pids())
-        start_traffic(deployment, RATE)
-        wait_until_sync(
-            lambda: handling(deployment)["answered_once"] >= 10, timeout=10, message="traffic answered"
-        )
+        traffic_on(deployment, RATE)
         deployment.kill_broker("b0")
         deployment.start_broker("b1")
         ns = deployment.settings.namespace
         wait_until_sync(lambda: client.get(f"{ns}:leader") == "b1", timeout=30, message="b1 leads")
-        sent_at_takeover = handling(deployment)["sent"]
-        wait_until_sync(
-            lambda: handling(deployment)["sent"] >= sent_at_takeover + 20,
-            timeout=10,
-            message="traffic after the takeover",
-        )
-        stop_traffic(deployment)
-        counts = settle(deployment)
+        counts = traffic_off(deployment, more=20, message="traffic after the takeover")
         assert sorted(deployment.cluster_pids()) == pids, "a broker failover restarts no cluster"
     finally:
         client.close()
@@ -146,10 +133,7 @@ def test_broker_failover_answers_everything_once(deploy: Callable[..., SecuredRe
 def test_redis_restart_never_answers_twice(deploy: Callable[..., SecuredRehearsal]) -> None:
     deployment = _started(deploy, lease_ttl=4.0, lease_grace=1.0, redis_persist=True)
     assert deployment.redis is not None
-    start_traffic(deployment, RATE)
-    wait_until_sync(
-        lambda: handling(deployment)["answered_once"] >= 10, timeout=10, message="traffic answered"
-    )
+    traffic_on(deployment, RATE)
     deployment.redis.stop()
     down_at = time.monotonic()
     wait_until_sync(lambda: time.monotonic() - down_at >= 3.0, timeout=10, message="Redis down for 3 s")
@@ -162,8 +146,7 @@ def test_redis_restart_never_answers_twice(deploy: Callable[..., SecuredRehearsa
             interval=0.2,
             message="every cluster READY after the Redis restart",
         )
-        stop_traffic(deployment)
-        counts = settle(deployment)
+        counts = traffic_off(deployment)
     finally:
         client.close()
     print(f"redis restart: handling {counts}")
@@ -179,10 +162,7 @@ def test_rolling_restart_never_answers_twice(deploy: Callable[..., SecuredRehear
             cid: pid for cid, (host, _, pid) in cluster_states(deployment, client).items() if host == "h0"
         }
         assert before
-        start_traffic(deployment, RATE)
-        wait_until_sync(
-            lambda: handling(deployment)["answered_once"] >= 10, timeout=10, message="traffic answered"
-        )
+        traffic_on(deployment, RATE)
         done = letsfrag_cli(
             "restart",
             "--host",
@@ -205,8 +185,7 @@ def test_rolling_restart_never_answers_twice(deploy: Callable[..., SecuredRehear
             f"every h0 cluster restarted: {before} {after}"
         )
         wait_until_sync(lambda: all_clusters_ready(deployment, client), timeout=30, message="all READY")
-        stop_traffic(deployment)
-        counts = settle(deployment)
+        counts = traffic_off(deployment)
     finally:
         client.close()
     print(f"rolling restart: handling {counts}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -34,18 +33,15 @@ from typing import Any
 
 import pytest
 from support.exactly_once import (
-    REPO,
     SecuredRehearsal,
     all_clusters_ready,
     cluster_states,
     deployment_factory,
-    handling,
     letsfrag_cli,
+    letsfrag_cli_popen,
     live_pids,
-    reset_referee,
-    settle,
-    start_traffic,
-    stop_traffic,
+    traffic_off,
+    traffic_on,
 )
 from support.waiting import wait_until_sync
 
@@ -99,11 +95,8 @@ def _cli(deployment: SecuredRehearsal, *args: str, timeout: float = 90.0) -> sub
 
 
 def _cli_background(deployment: SecuredRehearsal, *args: str, timeout: str = "60s") -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "letsfrag", "--log-format", "plain", *args, "--redis", deployment.redis_url,
-         "--namespace", deployment.settings.namespace, "--timeout", timeout],
-        env={**os.environ, "LETSFRAG_SECRET": deployment.secret}, cwd=REPO, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return letsfrag_cli_popen(*args, "--redis", deployment.redis_url, "--namespace", deployment.settings.namespace,
+                              "--timeout", timeout, env={"LETSFRAG_SECRET": deployment.secret})
 
 
 def _control(deployment: SecuredRehearsal, action: Callable[[Control], Any]) -> dict[str, Any]:
@@ -133,27 +126,13 @@ def _quiet(deployment: SecuredRehearsal, client: Any) -> bool:
     return not _handovers(deployment, client) and all_clusters_ready(deployment, client) and deployment.all_ready()
 
 
-def _traffic_on(deployment: SecuredRehearsal) -> None:
-    reset_referee(deployment)
-    start_traffic(deployment, RATE, joins=JOINS)
-    wait_until_sync(lambda: handling(deployment)["answered_once"] >= 10, timeout=15, message="traffic answered")
-
-
-def _traffic_off(deployment: SecuredRehearsal) -> tuple[dict[str, int], dict[str, Any]]:
-    """One more second of traffic after the move, then stop and wait until every event is answered or late."""
-    sent = handling(deployment)["sent"]
-    wait_until_sync(lambda: handling(deployment)["sent"] >= sent + RATE, timeout=10, message="traffic after")
-    stop_traffic(deployment)
-    return settle(deployment), deployment.sim_stats()
-
-
 def _planned(deployment: SecuredRehearsal, act: Callable[[], object], done: Callable[[Move], bool] | None = None,
              timeout: float = 60.0) -> Move:
     """Traffic on, ``act()``, wait until quiet again (and ``done``), traffic off."""
     client = deployment.redis_client()
     try:
         wait_until_sync(lambda: _quiet(deployment, client), timeout=60, interval=0.25, message="quiet before")
-        _traffic_on(deployment)
+        traffic_on(deployment, RATE, joins=JOINS)
         before = cluster_states(deployment, client)
         started_at = time.time()
         act()
@@ -166,7 +145,7 @@ def _planned(deployment: SecuredRehearsal, act: Callable[[], object], done: Call
 
         wait_until_sync(finished, timeout=timeout, interval=0.25, message="the move finished, quiet again")
         after = cluster_states(deployment, client)
-        counts, stats = _traffic_off(deployment)
+        counts, stats = traffic_off(deployment, more=RATE), deployment.sim_stats()
     finally:
         client.close()
     return Move(counts, stats, before, after, deployment.events(), started_at)

@@ -20,12 +20,10 @@ from support.exactly_once import (
     SecuredRehearsal,
     all_clusters_ready,
     deployment_factory,
-    handling,
     live_pids,
-    reset_referee,
-    settle,
     start_traffic,
-    stop_traffic,
+    traffic_off,
+    traffic_on,
 )
 from support.waiting import wait_until_sync
 
@@ -44,17 +42,14 @@ def deploy(tmp_path: Path) -> Iterator[Callable[..., SecuredRehearsal]]:
 
 def _traffic_flowing(deployment: SecuredRehearsal) -> None:
     wait_until_sync(deployment.all_ready, timeout=60, interval=0.25, message="8 shards READY")
-    reset_referee(deployment)
-    start_traffic(deployment, RATE, joins=JOINS)
-    wait_until_sync(lambda: handling(deployment)["answered_once"] >= 10, timeout=10, message="traffic answered")
+    traffic_on(deployment, RATE, joins=JOINS)
 
 
 def _between_events(deployment: SecuredRehearsal, fault: Callable[[], object]) -> None:
     """Inject ``fault`` while no event is in flight, then resume the traffic at once: an event whose handler is
     running at the instant its process dies counts as handled (its claim is taken), the limit the README states;
     everything sent from the fault on — during detection, takeover and re-identify — must be replayed."""
-    stop_traffic(deployment)
-    settle(deployment)
+    traffic_off(deployment)
     fault()
     start_traffic(deployment, RATE, joins=JOINS)
 
@@ -73,11 +68,7 @@ def _ends_with_nothing_lost(deployment: SecuredRehearsal, *, since: float, repla
     except AssertionError:
         print("\n".join(f"{e.kind}: {e.message}" for e in deployment.events() if e.ts >= since))
         raise
-    sent_after = handling(deployment)["sent"]
-    wait_until_sync(lambda: handling(deployment)["sent"] >= sent_after + 20, timeout=10,
-                    message="traffic after the takeover")
-    stop_traffic(deployment)
-    counts = settle(deployment)
+    counts = traffic_off(deployment, more=20, message="traffic after the takeover")
     stats = deployment.sim_stats()
     story = _replays_since(deployment, since)
     print(f"handling {counts}, replays {story}, resumes {stats['resumes']}, drains {stats['replay_drains']}")

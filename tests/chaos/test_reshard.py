@@ -21,8 +21,6 @@ reshards by itself to 16 (generation 4, clusters 8-11).
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -34,13 +32,11 @@ import pytest
 from support.exactly_once import (
     SecuredRehearsal,
     deployment_factory,
-    handling,
     letsfrag_cli,
+    letsfrag_cli_popen,
     live_pids,
-    reset_referee,
-    settle,
-    start_traffic,
-    stop_traffic,
+    traffic_off,
+    traffic_on,
 )
 from support.waiting import scaled, wait_until_sync
 
@@ -81,21 +77,6 @@ def resharded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resharded]:
             next(factory)
 
 
-def _traffic_on(dep: SecuredRehearsal) -> None:
-    reset_referee(dep)
-    start_traffic(dep, RATE, joins=JOINS)
-    wait_until_sync(lambda: handling(dep)["answered_once"] >= 10, timeout=15, message="traffic answered")
-
-
-def _traffic_off(dep: SecuredRehearsal) -> tuple[dict[str, int], dict[str, Any]]:
-    """One more second of traffic, then stop and wait until every event is answered (or late)."""
-    sent = handling(dep)["sent"]
-    wait_until_sync(lambda: handling(dep)["sent"] >= sent + RATE, timeout=10, message="traffic after")
-    stop_traffic(dep)
-    counts = settle(dep)
-    return counts, dep.sim_stats()
-
-
 def _assert_exactly_once(counts: dict[str, int], stats: dict[str, Any]) -> None:
     lost = counts["unanswered_live"] + counts["undeliverable"]
     assert lost == 0, f"lost {lost} of {counts['sent']} events: {counts}"
@@ -131,14 +112,13 @@ def test_a_reshard_whose_new_clusters_crash_rolls_back(resharded: Resharded) -> 
         before = dep.assignment(client)
         old_pids = _cluster_pids(dep, client, range(2))
         layout = client.hgetall(keys.layout)
-        _traffic_on(dep)
+        traffic_on(dep, RATE, joins=JOINS)
         result = _reshard(dep, "--shards", "16", "--timeout", "40s")
         assert result.returncode == 1, result.stdout + result.stderr
         assert "reshard plan: generation 1 -> 2 (--shards 16)" in result.stdout
         assert "failed: rolled back: cluster " in result.stderr and " of generation 2 failed on h" in result.stderr
         assert "generation 1 keeps serving" in result.stderr, result.stderr
-        counts, stats = _traffic_off(dep)
-        _assert_exactly_once(counts, stats)
+        _assert_exactly_once(traffic_off(dep, more=RATE), dep.sim_stats())
         # generation 1 as before: same grants, same processes, the layout unchanged; nothing of generation 2 left
         assert dep.assignment(client) == before and _cluster_pids(dep, client, range(2)) == old_pids
         assert {k: v for k, v in client.hgetall(keys.layout).items() if k != "updated_at"} == \
@@ -168,11 +148,8 @@ def _reshard_through_a_leader_kill(dep: SecuredRehearsal, client: Any, shards: i
     wait_until_sync(lambda: client.get(keys.broker_role("b1")) == "standby", timeout=15, interval=0.1,
                     message="b1 runs as a standby")
     assert _leader(dep, client) == "b0"
-    command = subprocess.Popen(
-        [sys.executable, "-m", "letsfrag", "--log-format", "plain", "reshard", "--shards", str(shards), "--timeout",
-         "40s", "--redis", dep.redis_url, "--namespace", dep.settings.namespace],
-        env={**os.environ, "LETSFRAG_SECRET": dep.secret}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    command = letsfrag_cli_popen("reshard", "--shards", str(shards), "--timeout", "40s", "--redis", dep.redis_url,
+                                 "--namespace", dep.settings.namespace, env={"LETSFRAG_SECRET": dep.secret})
     try:
         wait_until_sync(lambda: client.exists(keys.reshard), timeout=20, interval=0.05,
                         message=f"generation {generation} preparing")
@@ -208,7 +185,7 @@ def _reshard_under_traffic(dep: SecuredRehearsal, *, shards: int, generation: in
         old_pids = _cluster_pids(dep, client, old)
         assert all(old_pids.values()), old_pids
         before = set(_sessions(dep))
-        _traffic_on(dep)
+        traffic_on(dep, RATE, joins=JOINS)
         started, started_wall = time.monotonic(), time.time()
         if kill_leader:
             _reshard_through_a_leader_kill(dep, client, shards, generation)
@@ -220,8 +197,8 @@ def _reshard_under_traffic(dep: SecuredRehearsal, *, shards: int, generation: in
             assert f"ok: generation {generation} serves alone" in result.stdout, result.stdout
         took = time.monotonic() - started
         # one more second of traffic on the new generation alone: 0 lost, 0 twice, 0 identify violations
-        counts, stats = _traffic_off(dep)
-        _assert_exactly_once(counts, stats)
+        counts = traffic_off(dep, more=RATE)
+        _assert_exactly_once(counts, dep.sim_stats())
         # one live session per shard of the new generation, none of the old one
         wait_until_sync(lambda: set(_sessions(dep)) == {str(shards)}, timeout=10,
                         message=f"only {shards}-shard sessions left (before: {before})")
@@ -284,9 +261,8 @@ def test_a_4011_reshards_by_itself_and_the_guilds_are_served_again(resharded: Re
         assert sorted(int(c) for c in client.hkeys(keys.assignment)) == [8, 9, 10, 11]
         assert _sessions(dep)["16"] == {"shards_ready": list(range(16)), "sessions": 16}
         # every guild is served again, exactly once
-        _traffic_on(dep)
-        counts, stats = _traffic_off(dep)
-        _assert_exactly_once(counts, stats)
+        traffic_on(dep, RATE, joins=JOINS)
+        _assert_exactly_once(traffic_off(dep, more=RATE), dep.sim_stats())
         left = [k for k in retired_cluster_keys(keys, [6, 7]) if client.exists(k)]
         assert not left, f"generation 3's keys removed: {left}"
     finally:

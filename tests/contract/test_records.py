@@ -15,6 +15,7 @@ from letsfrag.contract.records import (
     parse_epoch,
     parse_float,
     parse_int,
+    parse_json,
     parse_running,
 )
 from letsfrag.errors import RecordError
@@ -77,6 +78,30 @@ def test_epochs(raw: str | None, value: int) -> None:
 def test_bad_epochs(raw: str) -> None:
     with pytest.raises(RecordError, match="ns:epoch field 'value'"):
         parse_epoch(raw, key="ns:epoch")
+
+
+@pytest.mark.parametrize(("raw", "expect", "expected"), [
+    ('{"a": [1]}', dict, {"a": [1]}), (b'{"a": 1}', dict, {"a": 1}), ("[1, 2]", list, [1, 2]), ("[]", list, []),
+])
+def test_parse_json(raw: str | bytes, expect: type[dict[Any, Any]] | type[list[Any]], expected: Any) -> None:
+    assert parse_json(raw, key="ns:k", field="f", expect=expect) == expected
+
+
+@pytest.mark.parametrize(("raw", "expect", "of", "message"), [
+    ("{nope", dict, "", "ns:k field 'f' is not JSON: '{nope'"),
+    (None, dict, "", "ns:k field 'f' is not JSON: 'None'"),
+    (b"\xff", list, "", "ns:k field 'f' is not JSON: \"b'\\\\xff'\""),
+    ("x" * 100, dict, "", f"ns:k field 'f' is not JSON: '{'x' * 80}'"),
+    ("[1]", dict, "", "ns:k field 'f' must be a JSON object, found '[1]'"),
+    ('"text"', dict, "", "ns:k field 'f' must be a JSON object, found '\"text\"'"),
+    ('{"a": 1}', list, "", "ns:k field 'f' must be a JSON list, found '{\"a\": 1}'"),
+    ("3", list, "cluster ids", "ns:k field 'f' must be a JSON list of cluster ids, found '3'"),
+])
+def test_parse_json_names_the_key_the_field_and_the_problem(raw: Any, expect: type[dict[Any, Any]] | type[list[Any]],
+                                                            of: str, message: str) -> None:
+    with pytest.raises(RecordError) as caught:
+        parse_json(raw, key="ns:k", field="f", expect=expect, of=of)
+    assert str(caught.value) == message
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

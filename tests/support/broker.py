@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from letsfrag.broker import ClusterBroker
 from letsfrag.config import BrokerConfig
@@ -86,7 +86,7 @@ class Deployment:
     async def running(self) -> dict[str, dict[int, int]]:
         """``running`` of every registered host, as its record says."""
         out: dict[str, dict[int, int]] = {}
-        for host in await self.redis.smembers(self.keys.hosts):
+        for host in cast("set[str]", await self.redis.smembers(self.keys.hosts)):
             raw = await self.redis.hget(self.keys.host(host), "running")
             out[host] = {int(c): e for c, e in json.loads(raw or "{}").items()}
         return out
@@ -101,7 +101,7 @@ class Deployment:
         return all(live[h] == {c for c, o in owners.items() if o == h} for h in expected)
 
     async def events(self, kind: str) -> list[dict[str, str]]:
-        entries = await self.redis.xrange(self.keys.events)
+        entries = cast("list[tuple[str, dict[str, str]]]", await self.redis.xrange(self.keys.events))
         return [data for _, data in entries if data.get("kind") == kind]
 
     async def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from letsfrag.cluster import ClusterMixin, ClusterShardClient
 from letsfrag.contract.keys import Keys
 from letsfrag.environment import ClusterEnvironment
 from letsfrag.sim import Simulator
-from support.waiting import scaled
+from support.waiting import scaled, wait_until
 
 NS = "lftest"
 KEYS = Keys(NS)
@@ -151,6 +152,21 @@ async def running(client: ClusterMixin) -> AsyncIterator[asyncio.Task[None]]:
         await client.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, timeout=scaled(10))
+    # a closed client leaves no heartbeat thread behind (it would outlive the test's event loop)
+    await wait_until(lambda: not keep_alive_threads(client), timeout=5,
+                     message="the client's discord.py keep-alive threads stopped")
+
+
+def keep_alive_threads(client: discord.Client) -> list[threading.Thread]:
+    """discord.py's keep-alive (heartbeat) threads, one per gateway connection, still running for ``client``."""
+    found = []
+    for thread in threading.enumerate():
+        ws = getattr(thread, "ws", None)
+        get_client = getattr(getattr(ws, "_connection", None), "_get_client", None)
+        if thread.name.startswith("keep-alive-handler") and thread.is_alive() and get_client is not None \
+                and get_client() is client:
+            found.append(thread)
+    return found
 
 
 class AnsweringClient(ClusterShardClient):

@@ -170,6 +170,26 @@ def settle(deployment: Rehearsal, timeout: float = 20.0) -> dict[str, int]:
     )
 
 
+def traffic_on(deployment: Rehearsal, rate: float, *, joins: float = 0.0, answered: int = 10,
+               timeout: float = 15.0) -> None:
+    """A fresh referee, then ``rate`` events a second (a ``joins`` share of member joins) until
+    :func:`traffic_off`; returns once ``answered`` of them were answered (the bot is serving)."""
+    reset_referee(deployment)
+    start_traffic(deployment, rate, joins=joins)
+    wait_until_sync(lambda: handling(deployment)["answered_once"] >= answered, timeout=timeout,
+                    message="traffic answered")
+
+
+def traffic_off(deployment: Rehearsal, *, more: float = 0, message: str = "traffic after") -> dict[str, int]:
+    """After ``more`` events more than were sent so far (0: at once), stop the traffic and :func:`settle`: the
+    handling counters once every event is answered or late."""
+    if more:
+        sent = handling(deployment)["sent"]
+        wait_until_sync(lambda: handling(deployment)["sent"] >= sent + more, timeout=10, message=message)
+    stop_traffic(deployment)
+    return settle(deployment)
+
+
 def cluster_states(deployment: Rehearsal, client: redis.Redis) -> dict[int, tuple[str, str, int]]:
     """cluster id -> (host, state, pid) from ``{ns}:status:cluster:{cid}``."""
     keys = Keys(deployment.settings.namespace)
@@ -206,20 +226,40 @@ def live_pids(pids: list[int]) -> list[int]:
 # ------------------------------------------------------------------------------------------ CLI
 
 
+def _cli_argv(args: tuple[str, ...]) -> list[str]:
+    return [sys.executable, "-m", "letsfrag", "--log-format", "plain", *args]
+
+
+def _cli_env(env: dict[str, str] | None) -> dict[str, str]:
+    return {**os.environ, **(env or {})}
+
+
 def letsfrag_cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m letsfrag ARGS`` to completion (text output)."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
+    """Run ``python -m letsfrag ARGS`` to completion (text output; ``env`` added to this process's)."""
     return subprocess.run(
-        [sys.executable, "-m", "letsfrag", "--log-format", "plain", *args],
-        env=full_env,
+        _cli_argv(args),
+        env=_cli_env(env),
         cwd=cwd or REPO,
         capture_output=True,
         text=True,
         timeout=scaled(timeout),
         stdin=subprocess.DEVNULL,
+    )
+
+
+def letsfrag_cli_popen(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[str]:
+    r""":func:`letsfrag_cli` in the background: the running command, its stdout and stderr text pipes (the caller
+    ``communicate()``\ s with it, and kills it if it is still running when the test ends)."""
+    return subprocess.Popen(
+        _cli_argv(args),
+        env=_cli_env(env),
+        cwd=cwd or REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

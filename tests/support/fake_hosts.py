@@ -26,7 +26,7 @@ import contextlib
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 
@@ -143,9 +143,9 @@ class FakeHost:
             self._keep_until = time.monotonic() + 2 * self.lease_ttl
             await self._register()
         await self.redis.set(self.keys.lease(self.id), self.incarnation, px=int(self.lease_ttl * 1000))
-        assignment = await self.redis.hgetall(self.keys.assignment)
-        ring = await self._successors(await self.redis.hgetall(self.keys.handover), assignment) \
-            if self.handovers else False
+        assignment = cast("dict[str, str]", await self.redis.hgetall(self.keys.assignment))
+        handovers = cast("dict[str, str]", await self.redis.hgetall(self.keys.handover)) if self.handovers else {}
+        ring = await self._successors(handovers, assignment) if self.handovers else False
         stopped = await self._apply(assignment)
         await self.redis.hset(self.keys.host(self.id), mapping={
             "heartbeat_at": f"{time.time():.3f}", "running": json.dumps({str(c): e for c, e in self.running.items()}),

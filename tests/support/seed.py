@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -124,13 +125,13 @@ def _seed_cluster(pipe: aioredis.client.Pipeline, keys: Keys, cid: int, info: Se
         "last_error": "json.decoder.JSONDecodeError: Expecting value" if is_failed else "",
         "exit_code": 1 if is_failed else "",
     }
-    pipe.hset(keys.cluster_status(cid), mapping=status)
+    pipe.hset(keys.cluster_status(cid), mapping=cast(Any, status))
     shards = {}
     for sid in ids:
         shard_state = "ready" if not is_failed else "disconnected"
         shards[str(sid)] = json.dumps({"status": shard_state, "latency": 0.040 + sid / 10000, "guilds": 250,
                                        "last_event_age": 0.5, "ts": round(now - 1, 3)})
-    pipe.hset(keys.shard_status(cid), mapping=shards)
+    pipe.hset(keys.shard_status(cid), mapping=cast(Any, shards))
     if is_failed:
         for i in range(3):
             pipe.rpush(keys.cluster_errors(cid), json.dumps({"ts": now - 60 - i * 30, "text": TRACEBACK}))
@@ -153,8 +154,8 @@ async def _seed_events(redis: aioredis.Redis, keys: Keys, info: Seeded, now: flo
             entry = {"severity": "warning", "kind": "cluster_slow", "message": f"cluster {cid} heartbeat is late"}
         else:
             entry = {"severity": "info", "kind": "cluster_ready", "message": f"cluster {cid} is ready"}
-        pipe.xadd(keys.events, {"ts": f"{ts:.3f}", "source": "host:" + info.hosts[cid % len(info.hosts)],
-                                "cluster": str(cid), **entry})
+        pipe.xadd(keys.events, cast(Any, {"ts": f"{ts:.3f}", "source": "host:" + info.hosts[cid % len(info.hosts)],
+                                          "cluster": str(cid), **entry}))
     for cid in info.unassigned:
         pipe.xadd(keys.events, {"ts": f"{now - 5:.3f}", "severity": "error", "kind": "cluster_unassigned",
                                 "message": f"cluster {cid} has no host (no capacity left)", "source": "broker:a",

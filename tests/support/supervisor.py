@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import redis.asyncio as aioredis
@@ -98,7 +98,7 @@ async def revoke(r: aioredis.Redis, cluster_id: int, host: str = HOST) -> None:
 
 
 async def status(r: aioredis.Redis, cluster_id: int) -> dict[str, str]:
-    return await r.hgetall(KEYS.cluster_status(cluster_id))  # type: ignore[misc,no-any-return]
+    return cast("dict[str, str]", await r.hgetall(KEYS.cluster_status(cluster_id)))  # type: ignore[misc]
 
 
 def gone(pid: int) -> bool:
