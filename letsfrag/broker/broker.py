@@ -173,7 +173,10 @@ class ClusterBroker:
                                       notify=self._notify, move_timeout=self.move_timeout, clock=self.clock,
                                       handover_timeout=self.handover_timeout)
         self._reconciler.recommended = lambda: self.recommended_shards
-        self._commands = BrokerCommands(self, self._reconciler)
+        self._commands = BrokerCommands(
+            self._reconciler, event=self._event, wake=self.wake, wait_tick=self.wait_tick,
+            recommended=lambda: self.recommended_shards, interval=self.interval, command_wait=self.command_wait,
+            max_command_wait=self.max_command_wait, handover_timeout=self.handover_timeout)
         self._redis_lost_at: float | None = None
         self.bus.on_state(self._on_bus_state)
         await self.bus.subscribe(self.keys.broker_inbox, self._on_inbox)

@@ -18,6 +18,7 @@ that host's own command, as before.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from letsfrag.contract.actions import BrokerAction
@@ -26,18 +27,33 @@ from letsfrag.contract.states import HostRecordState
 from letsfrag.events import Severity
 
 if TYPE_CHECKING:
-    from .broker import ClusterBroker
-    from .reconcile import Reconciler
+    from .reconcile import EventSink, Reconciler
 
 __all__ = ["BrokerCommands"]
 
 
 class BrokerCommands:
-    """Executes one command payload against the broker's reconcile state."""
+    """Executes one command payload against the broker's reconcile state.
 
-    def __init__(self, broker: ClusterBroker, reconciler: Reconciler) -> None:
-        self.broker = broker
+    Given the reconciler and callbacks into the broker, like the :class:`~letsfrag.broker.reconcile.Reconciler`
+    (it does not know the broker): ``event`` emits an operator event, ``wake`` runs the broker's next tick now,
+    ``wait_tick(timeout)`` waits until that tick finished, ``recommended()`` is the shard count ``/gateway/bot``
+    recommended (None: unknown). ``interval`` is the broker's tick interval; ``command_wait``,
+    ``max_command_wait`` and ``handover_timeout`` are the broker's settings of those names.
+    """
+
+    def __init__(self, reconciler: Reconciler, *, event: EventSink, wake: Callable[[], None],
+                 wait_tick: Callable[[float], Awaitable[None]], recommended: Callable[[], int | None],
+                 interval: float, command_wait: float, max_command_wait: float, handover_timeout: float) -> None:
         self.rec = reconciler
+        self._event = event
+        self._wake = wake
+        self._wait_tick = wait_tick
+        self._recommended = recommended
+        self.interval = interval
+        self.command_wait = command_wait
+        self.max_command_wait = max_command_wait
+        self.handover_timeout = handover_timeout
 
     async def handle(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Dispatch on ``payload["action"]``."""
@@ -75,13 +91,13 @@ class BrokerCommands:
             return {"ok": False, "refused": True, "executed": False,
                     "message": f"reshard: expected \"shards\" (a number) or \"recommended\": true, found {shards!r}"}
         plan_args: dict[str, Any] = {"shards": shards if not use_recommended else None,
-                                     "recommended": self.broker.recommended_shards,
+                                     "recommended": self._recommended(),
                                      "use_recommended": use_recommended}
         if payload.get("execute") is not True:
             return {**self.rec.plan_reshard(**plan_args).to_dict(), "executed": False}
         timeout = payload.get("timeout")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            timeout = self.broker.handover_timeout
+            timeout = self.handover_timeout
         rec = self.rec
         serial = rec.request_reshard(float(timeout), **plan_args)
         entry = rec.reshards[serial]
@@ -103,19 +119,19 @@ class BrokerCommands:
     def _wait_of(self, payload: dict[str, Any]) -> float:
         wait = payload.get("wait")
         if isinstance(wait, bool) or not isinstance(wait, int | float) or wait <= 0:
-            return self.broker.command_wait
-        return min(float(wait), self.broker.max_command_wait)
+            return self.command_wait
+        return min(float(wait), self.max_command_wait)
 
     async def _wait(self, done: Any, wait: float | None = None) -> bool:
         """Wait tick by tick until ``done()`` is true or ``wait`` (default ``command_wait``) passed."""
         loop_time = asyncio.get_running_loop().time
-        deadline = loop_time() + (self.broker.command_wait if wait is None else wait)
+        deadline = loop_time() + (self.command_wait if wait is None else wait)
         while not done():
             left = deadline - loop_time()
             if left <= 0:
                 return False
-            self.broker.wake()
-            await self.broker.wait_tick(min(left, self.broker.interval * 2))
+            self._wake()
+            await self._wait_tick(min(left, self.interval * 2))
         return True
 
     async def drain(self, host: str) -> dict[str, Any]:
@@ -127,8 +143,8 @@ class BrokerCommands:
         rec.drain_why.pop(host, None)
         await rec.store.hset(rec.store.keys.host(host), {"state": HostRecordState.DRAINING})
         total = len(rec.held_by(host))
-        await self.broker._event(Severity.INFO, "drain", f"draining host {host}: {total} cluster(s) to move",
-                                 host=host)
+        await self._event(Severity.INFO, "drain", f"draining host {host}: {total} cluster(s) to move",
+                          host=host)
         finished = await self._wait(lambda: not rec.held_by(host) or host in rec.drain_blocked)
         left = len(rec.held_by(host))
         if left == 0:
@@ -151,8 +167,8 @@ class BrokerCommands:
         rec.rebalance_blocked = False
         if rec.hosts[host].state == HostRecordState.DRAINING:
             await rec.store.hset(rec.store.keys.host(host), {"state": HostRecordState.UP})
-        self.broker.wake()
-        await self.broker._event(Severity.INFO, "undrain", f"host {host} accepts clusters again", host=host)
+        self._wake()
+        await self._event(Severity.INFO, "undrain", f"host {host} accepts clusters again", host=host)
         return {"ok": True, "message": f"host {host} undrained" if was else f"host {host} was not draining"}
 
     async def rebalance(self) -> dict[str, Any]:
@@ -160,7 +176,7 @@ class BrokerCommands:
         rec = self.rec
         rec.rebalance_requested = True
         rec.rebalance_blocked = False
-        await self.broker._event(Severity.INFO, "rebalance", "rebalance requested")
+        await self._event(Severity.INFO, "rebalance", "rebalance requested")
         done = await self._wait(lambda: not rec.rebalance_requested and not rec.moves.pending and not rec.handovers)
         if done and rec.rebalance_blocked:
             return {"ok": False, "done": False, "message": "rebalance stopped: a handover was refused or rolled back "
@@ -202,8 +218,8 @@ class BrokerCommands:
             return {"ok": False, "message": f"rolling_restart: {refused}"}
         op = rec.operation
         assert op is not None
-        await self.broker._event(Severity.INFO, "rolling_restart",
-                                 f"rolling restart of host {host}: {op['total']} cluster(s)", host=host)
+        await self._event(Severity.INFO, "rolling_restart",
+                          f"rolling restart of host {host}: {op['total']} cluster(s)", host=host)
         finished = await self._wait(lambda: op["state"] != "running", wait)
         rec.finish_operation()
         total, done, steps, skipped = op["total"], op["done"], op["steps"], op["skipped"]

@@ -1,13 +1,15 @@
 """What a broker shows on ``/metrics``, ``/healthz`` and ``/readyz`` (see :mod:`letsfrag.metrics`).
 
 Read at each scrape from the broker's public state (leader or standby, the assignment as it last saw it, the
-hosts of its last snapshot) and from Redis: the identify coordinator's counters (``{ns}:identify:granted``,
-the bucket queues), Discord's identify budget (``{ns}:identify:budget``) and the last epoch handed out.
+hosts of its last snapshot), through the small :class:`MeasuredBroker` interface that :class:`ClusterBroker`
+implements (the metrics do not import the broker), and from Redis: the identify coordinator's counters
+(``{ns}:identify:granted``, the bucket queues), Discord's identify budget (``{ns}:identify:budget``) and the last
+epoch handed out.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -17,15 +19,53 @@ from letsfrag.contract.records import lenient_float
 from letsfrag.metrics import Families, Probe, bus_drops, liveness
 
 if TYPE_CHECKING:
-    from letsfrag.broker.broker import ClusterBroker
+    from letsfrag.broker.assignment import ClusterSpec
+    from letsfrag.broker.reconcile import Reconciler
+    from letsfrag.bus import Bus
+    from letsfrag.contract.keys import Keys
 
-__all__ = ["BrokerMetrics"]
+__all__ = ["BrokerMetrics", "MeasuredBroker"]
+
+
+class MeasuredBroker(Protocol):
+    """What the metrics read of a broker (implemented by :class:`ClusterBroker`)."""
+
+    broker_id: str
+    bus: Bus
+    keys: Keys
+
+    @property
+    def is_leader(self) -> bool:
+        """True while the broker holds the leader lock."""
+
+    @property
+    def layout(self) -> list[ClusterSpec]:
+        """The clusters of the live generation."""
+
+    @property
+    def assignment(self) -> dict[int, str | None]:
+        """Cluster id -> host id (``None``: unassigned), as the broker last saw or wrote it."""
+
+    @property
+    def buckets(self) -> int:
+        """IDENTIFY buckets of the layout."""
+
+    @property
+    def synced(self) -> bool:
+        """True once started and while Redis answered the last tick."""
+
+    @property
+    def reconciler(self) -> Reconciler | None:
+        """The decision state (None before the broker started)."""
+
+    def dead_loops(self) -> list[str]:
+        """Names of the broker's loops that ended."""
 
 
 class BrokerMetrics:
-    """The :class:`~letsfrag.metrics.MetricsSource` of one :class:`ClusterBroker`."""
+    """The :class:`~letsfrag.metrics.MetricsSource` of one broker (a :class:`ClusterBroker`)."""
 
-    def __init__(self, broker: ClusterBroker) -> None:
+    def __init__(self, broker: MeasuredBroker) -> None:
         self.broker = broker
         self._families = Families()
         self.registry = self._families.registry

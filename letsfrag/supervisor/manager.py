@@ -4,7 +4,9 @@ The manager is the shell around a pure core. Tasks report, one loop decides: pro
 lease loop, the sampler tick and bus commands put events on one queue; :meth:`ClusterManager._handle` feeds
 each to the cluster lifecycle (:class:`letsfrag.supervisor.lifecycle.Lifecycle`, no I/O), which changes the
 records and returns effects, and the manager carries them out (:meth:`ClusterManager._run`). The processes,
-their restart timers and stop tasks are the manager's, by cluster id, never the records'.
+their restart timers and stop tasks are the manager's, by cluster id, never the records'; the restart timers and
+the tick run on the injected clock (``clock``: :meth:`~letsfrag.clock.Clock.call_later`,
+:meth:`~letsfrag.clock.Clock.sleep`).
 Redis I/O never happens inside that loop (the :class:`Publisher` and :class:`HostAgent` do it), so a slow or
 dead Redis cannot delay a restart or a stop.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import random
@@ -32,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from letsfrag.bus import NO_REPLY, Bus
-from letsfrag.clock import Clock, SystemClock
+from letsfrag.clock import Clock, SystemClock, Timer
 from letsfrag.config import HostConfig
 from letsfrag.contract.envelope import Envelope, MessageType
 from letsfrag.contract.handover import SUCCESSORS_FIELD, HandoverRecord
@@ -101,7 +104,7 @@ class ClusterManager:
         self.lifecycle = lc.Lifecycle(config, self.host_id, self.state, rng or random.Random())
         #: the shell's resources, by cluster id: each cluster's process, its restart timer, its stop task
         self.processes: dict[int, ClusterProcess] = {}
-        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._timers: dict[int, Timer] = {}
         self._stops: dict[int, asyncio.Task[None]] = {}
         self._sampler = TreeSampler()
         self._signals = 0
@@ -433,8 +436,8 @@ class ClusterManager:
                 self.background(process.send(effect.op, **effect.fields))
         elif isinstance(effect, lc.StartTimer):
             self._cancel_timer(effect.cluster_id)
-            self._timers[effect.cluster_id] = asyncio.get_running_loop().call_later(
-                effect.delay, self._queue.put_nowait, RestartDue(effect.cluster_id, effect.token))
+            self._timers[effect.cluster_id] = self.clock.call_later(
+                effect.delay, functools.partial(self._queue.put_nowait, RestartDue(effect.cluster_id, effect.token)))
         elif isinstance(effect, lc.CancelTimer):
             self._cancel_timer(effect.cluster_id)
         elif isinstance(effect, lc.Note):
@@ -669,7 +672,7 @@ class ClusterManager:
         """The tick loop (a core task): every tick, check hangs, logs and (when due) sample, inside the loop."""
         interval = lc.tick_interval(self.config.sample_interval, self.config.limits.hang_timeout)
         while True:
-            await asyncio.sleep(interval)
+            await self.clock.sleep(interval)
             self.post(Call(self._on_tick))
 
     async def _on_tick(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 from textual import on, work
@@ -32,6 +32,9 @@ from .screens.cluster import ClusterScreen
 from .screens.confirm import ConfirmScreen
 from .screens.help import HelpScreen
 from .screens.overview import MainScreen
+
+if TYPE_CHECKING:
+    from .dashboard import Dashboard
 
 __all__ = ["LetsfragTop", "build_parser", "main", "run_from_args"]
 
@@ -188,6 +191,10 @@ class LetsfragTop(App[None]):
                     timeout=8 if outcome.get("ok") else 15, markup=False)
         self.request_read()
         return outcome
+
+
+if TYPE_CHECKING:  # mypy checks the app against what its screens ask of it
+    _AS_SEEN_BY_SCREENS: type[Dashboard] = LetsfragTop
 
 
 # ---------------------------------------------------------------------------------------------- entry points

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 from rich.text import Text
@@ -19,12 +18,10 @@ from ...logs import escape_control
 from ...snapshot.picture import ClusterDetail
 from ...snapshot.render import handover_text, plain, plain_lines, state_style
 from ...units import format_duration, format_size
+from ..dashboard import Dashboard
 from ..widgets.header import ConnectionBanner
 from ..widgets.sparklines import LabelledSparkline
 from ..widgets.tables import RestartsTable, ShardsTable
-
-if TYPE_CHECKING:
-    from ..app import LetsfragTop
 
 
 def _dur(value: float | None) -> str:
@@ -46,10 +43,9 @@ class ClusterScreen(Screen[None]):
         self._loading = False
 
     @property
-    def top(self) -> LetsfragTop:
-        from ..app import LetsfragTop
-
-        assert isinstance(self.app, LetsfragTop)
+    def top(self) -> Dashboard:
+        """The app, as a screen sees it."""
+        assert isinstance(self.app, Dashboard)
         return self.app
 
     def compose(self) -> ComposeResult:

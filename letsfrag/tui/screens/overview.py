@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from textual import on
 from textual.app import ComposeResult
@@ -14,12 +14,10 @@ from textual.widgets import DataTable, Footer, Input, Label
 
 from ...snapshot.picture import Snapshot
 from ...snapshot.render import CLUSTER_SORTS, cluster_cells, host_cells, matches
+from ..dashboard import Dashboard
 from ..widgets.events_pane import EventsPane
 from ..widgets.header import ConnectionBanner, SummaryHeader
 from ..widgets.tables import ClustersTable, HostsTable
-
-if TYPE_CHECKING:
-    from ..app import LetsfragTop
 
 SORTS = list(CLUSTER_SORTS)
 
@@ -47,10 +45,9 @@ class MainScreen(Screen[None]):
         self._clusters_title = ""
 
     @property
-    def top(self) -> LetsfragTop:
-        from ..app import LetsfragTop
-
-        assert isinstance(self.app, LetsfragTop)
+    def top(self) -> Dashboard:
+        """The app, as a screen sees it."""
+        assert isinstance(self.app, Dashboard)
         return self.app
 
     def compose(self) -> ComposeResult:
