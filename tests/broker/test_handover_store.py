@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,15 +15,6 @@ from letsfrag.contract.keys import Keys
 from letsfrag.contract.records import Grant
 
 KEYS = Keys("letsfrag")
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def _leader(r: aioredis.Redis, broker: str = "b1") -> Store:
