@@ -26,14 +26,13 @@ from typing import Any
 import aiohttp
 import yarl
 
+from ..contract.opcodes import GatewayOp
 from .session_records import SessionRecord
 
 #: Discord's epoch of snowflakes (ms)
 DISCORD_EPOCH_MS = 1_420_070_400_000
 #: seconds Discord gives a bot to answer an interaction
 INTERACTION_ANSWER_WINDOW = 3.0
-
-_DISPATCH, _HEARTBEAT, _RESUME, _RECONNECT, _INVALID_SESSION, _HELLO = 0, 1, 6, 7, 9, 10
 
 
 @dataclass
@@ -89,33 +88,33 @@ async def drain_session(record: SessionRecord, token: str, *, timeout: float = 1
                                           max_msg_size=0) as ws:
                 try:
                     hello = await _receive(ws)
-                    if hello.get("op") != _HELLO:
+                    if hello.get("op") != GatewayOp.HELLO:
                         replay.reason = f"the gateway did not start with HELLO (op {hello.get('op')})"
                         return replay
                     interval = float(hello["d"]["heartbeat_interval"]) / 1000.0
                     heartbeat = asyncio.create_task(_heartbeat(ws, interval, replay))
-                    await ws.send_str(json.dumps({"op": _RESUME, "d": {
+                    await ws.send_str(json.dumps({"op": GatewayOp.RESUME, "d": {
                         "token": token, "session_id": record.session_id, "seq": record.seq}}))
                     while True:
                         message = await _receive(ws)
                         op = message.get("op")
-                        if op == _DISPATCH:
+                        if op == GatewayOp.DISPATCH:
                             if isinstance(message.get("s"), int):
                                 replay.seq = message["s"]
                             if message.get("t") == "RESUMED":
                                 replay.resumed = True
                                 return replay
                             replay.events.append((str(message.get("t")), message.get("d")))
-                        elif op == _INVALID_SESSION:
+                        elif op == GatewayOp.INVALID_SESSION:
                             replay.events.clear()
                             replay.reason = "Discord no longer resumes this session (INVALID_SESSION on RESUME)"
                             return replay
-                        elif op == _RECONNECT:
+                        elif op == GatewayOp.RECONNECT:
                             replay.events.clear()
                             replay.reason = "the gateway asked to reconnect during the replay"
                             return replay
-                        elif op == _HEARTBEAT:
-                            await ws.send_str(json.dumps({"op": _HEARTBEAT, "d": replay.seq}))
+                        elif op == GatewayOp.HEARTBEAT:
+                            await ws.send_str(json.dumps({"op": GatewayOp.HEARTBEAT, "d": replay.seq}))
                 finally:
                     if heartbeat is not None:
                         heartbeat.cancel()
@@ -141,4 +140,4 @@ async def _heartbeat(ws: aiohttp.ClientWebSocketResponse, interval: float, repla
     with contextlib.suppress(Exception):
         while not ws.closed:
             await asyncio.sleep(interval)
-            await ws.send_str(json.dumps({"op": _HEARTBEAT, "d": replay.seq}))
+            await ws.send_str(json.dumps({"op": GatewayOp.HEARTBEAT, "d": replay.seq}))

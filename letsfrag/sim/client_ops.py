@@ -6,9 +6,10 @@ import logging
 from typing import Any
 
 from letsfrag.contract.exitcodes import CloseCode
+from letsfrag.contract.opcodes import GatewayOp
 from letsfrag.sim import payloads
 from letsfrag.sim.core import SimCore
-from letsfrag.sim.protocol import PRIVILEGED_INTENTS, VALID_INTENTS, Intent, Op
+from letsfrag.sim.protocol import PRIVILEGED_INTENTS, VALID_INTENTS, Intent
 from letsfrag.sim.referee import IdentifyVerdict
 from letsfrag.sim.sessions import Link
 
@@ -32,17 +33,18 @@ def _is_int(value: Any) -> bool:
 
 def handle_command(core: SimCore, link: Link, op: Any, data: Any) -> None:
     """Act on one decoded client frame."""
-    if op == Op.HEARTBEAT:
+    if op == GatewayOp.HEARTBEAT:
         return  # the connection records the time and schedules the ACK itself
-    if op == Op.IDENTIFY:
+    if op == GatewayOp.IDENTIFY:
         identify(core, link, data)
-    elif op == Op.RESUME:
+    elif op == GatewayOp.RESUME:
         resume(core, link, data)
-    elif link.session is None and op in (Op.PRESENCE_UPDATE, Op.VOICE_STATE_UPDATE, Op.REQUEST_GUILD_MEMBERS):
+    elif link.session is None and op in (GatewayOp.PRESENCE_UPDATE, GatewayOp.VOICE_STATE_UPDATE,
+                                         GatewayOp.REQUEST_GUILD_MEMBERS):
         core.close_link(link, CloseCode.NOT_AUTHENTICATED, "Not authenticated.")
-    elif op == Op.REQUEST_GUILD_MEMBERS:
+    elif op == GatewayOp.REQUEST_GUILD_MEMBERS:
         request_members(core, link, data)
-    elif op in (Op.PRESENCE_UPDATE, Op.VOICE_STATE_UPDATE):
+    elif op in (GatewayOp.PRESENCE_UPDATE, GatewayOp.VOICE_STATE_UPDATE):
         return  # accepted and ignored
     else:
         core.close_link(link, CloseCode.UNKNOWN_OPCODE, f"Unknown opcode {op!r}.")

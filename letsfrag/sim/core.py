@@ -13,9 +13,10 @@ from typing import Any
 
 from letsfrag.clock import Clock, SystemClock
 from letsfrag.contract.exitcodes import CloseCode
+from letsfrag.contract.opcodes import GatewayOp
 from letsfrag.sim import payloads
 from letsfrag.sim.options import SimulatorOptions
-from letsfrag.sim.protocol import Intent, Op
+from letsfrag.sim.protocol import Intent
 from letsfrag.sim.referee import Referee
 from letsfrag.sim.sessions import Link, Session, SessionRegistry
 from letsfrag.sim.world import Guild, World, recommended_shards
@@ -156,7 +157,7 @@ class SimCore:
 
     def send_invalid_session(self, link: Link, *, resumable: bool) -> None:
         """Send op 9; a live session of the connection stops being live (and is forgotten unless resumable)."""
-        link.send(payloads.op_frame(Op.INVALID_SESSION, resumable))
+        link.send(payloads.op_frame(GatewayOp.INVALID_SESSION, resumable))
         self.referee.count("invalid_sessions")
         session = link.session
         if session is not None and session.link is link:
@@ -165,7 +166,7 @@ class SimCore:
 
     def send_reconnect(self, link: Link) -> None:
         """Send op 7; the session waits, resumable, for the client to come back."""
-        link.send(payloads.op_frame(Op.RECONNECT))
+        link.send(payloads.op_frame(GatewayOp.RECONNECT))
         self.referee.count("reconnects")
         session = link.session
         if session is not None and session.link is link:

@@ -12,18 +12,19 @@ from aiohttp import WSMsgType, web
 
 from letsfrag.contract.exitcodes import CloseCode
 from letsfrag.contract.handover import GATEWAY_PARAM
+from letsfrag.contract.opcodes import GatewayOp
 from letsfrag.sim import payloads
 from letsfrag.sim.client_ops import handle_command
 from letsfrag.sim.compression import Compressor, make_compressor
 from letsfrag.sim.core import SimCore
-from letsfrag.sim.protocol import SUPPORTED_API_VERSIONS, Op
+from letsfrag.sim.protocol import SUPPORTED_API_VERSIONS
 from letsfrag.sim.rest import CORE_KEY, json_response
 from letsfrag.sim.sessions import Session
 
 log = logging.getLogger(__name__)
 _conn_ids = itertools.count(1)
 _RATE_PERIOD = 60.0
-_ACK_FRAME = payloads.op_frame(Op.HEARTBEAT_ACK)
+_ACK_FRAME = payloads.op_frame(GatewayOp.HEARTBEAT_ACK)
 #: a close the peer does not complete (it stopped reading) ends in a TCP reset after this long
 _CLOSE_GRACE = 30.0
 
@@ -97,7 +98,7 @@ class GatewayConnection:
         self._writer = asyncio.create_task(self._write_loop(), name=f"sim-gateway-writer-{self.conn_id}")
         client_code: int | None = None
         hello = {"heartbeat_interval": int(self.core.options.heartbeat_interval * 1000), "_trace": ["letsfrag-sim"]}
-        self.send(payloads.op_frame(Op.HELLO, hello))
+        self.send(payloads.op_frame(GatewayOp.HELLO, hello))
         try:
             while True:
                 msg = await self.ws.receive()
@@ -164,7 +165,7 @@ class GatewayConnection:
             self.core.close_link(self, CloseCode.DECODE_ERROR, "Payload must be an object.")
             return
         op, data = message.get("op"), message.get("d")
-        if op == Op.HEARTBEAT:
+        if op == GatewayOp.HEARTBEAT:
             self.last_heartbeat = self.core.clock()
             self._schedule_ack()
         try:

@@ -5,22 +5,6 @@ from __future__ import annotations
 import enum
 
 
-class Op(enum.IntEnum):
-    """Gateway opcodes."""
-
-    DISPATCH = 0
-    HEARTBEAT = 1
-    IDENTIFY = 2
-    PRESENCE_UPDATE = 3
-    VOICE_STATE_UPDATE = 4
-    RESUME = 6
-    RECONNECT = 7
-    REQUEST_GUILD_MEMBERS = 8
-    INVALID_SESSION = 9
-    HELLO = 10
-    HEARTBEAT_ACK = 11
-
-
 class Intent(enum.IntFlag):
     """The gateway intents the simulator looks at (the privileged ones)."""
 

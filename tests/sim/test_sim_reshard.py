@@ -9,10 +9,10 @@ import pytest
 from support.sim import FakeLink
 
 from letsfrag.clock import FakeClock
+from letsfrag.contract.opcodes import GatewayOp
 from letsfrag.sim import SimulatorOptions, payloads
 from letsfrag.sim.client_ops import handle_command
 from letsfrag.sim.core import SimCore
-from letsfrag.sim.protocol import Op
 from letsfrag.sim.referee import Referee
 from letsfrag.sim.world import recommended_shards
 
@@ -36,7 +36,7 @@ def _core(**options: object) -> SimCore:
 def _identify(core: SimCore, shard: list[int]) -> FakeLink:
     link = FakeLink(core.clock())
     core.link_opened(link)
-    handle_command(core, link, Op.IDENTIFY, {"token": "t", "intents": _INTENTS, "shard": shard})
+    handle_command(core, link, GatewayOp.IDENTIFY, {"token": "t", "intents": _INTENTS, "shard": shard})
     return link
 
 
