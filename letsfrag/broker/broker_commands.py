@@ -17,7 +17,6 @@ that host's own command, as before.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -123,11 +122,12 @@ class BrokerCommands:
         return min(float(wait), self.max_command_wait)
 
     async def _wait(self, done: Any, wait: float | None = None) -> bool:
-        """Wait tick by tick until ``done()`` is true or ``wait`` (default ``command_wait``) passed."""
-        loop_time = asyncio.get_running_loop().time
-        deadline = loop_time() + (self.command_wait if wait is None else wait)
+        """Wait tick by tick until ``done()`` is true or ``wait`` (default ``command_wait``) passed on the
+        reconciler's clock."""
+        now = self.rec.clock.monotonic
+        deadline = now() + (self.command_wait if wait is None else wait)
         while not done():
-            left = deadline - loop_time()
+            left = deadline - now()
             if left <= 0:
                 return False
             self._wake()
