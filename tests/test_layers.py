@@ -157,6 +157,24 @@ def test_imports_follow_the_layer_table() -> None:
     assert not wrong, "imports against the layer table:\n" + "\n".join(wrong)
 
 
+#: what the simulator may import besides itself: the contract it serves (close codes, gateway opcodes, the handover
+#: parameter) and the foundations that do no I/O of the deployment (no Redis, no bus, no config of letsfrag)
+SIM_MAY_IMPORT = frozenset({"letsfrag.contract", "letsfrag.errors", "letsfrag.clock", "letsfrag.units",
+                            "letsfrag.lifeline"})
+
+
+def test_the_simulator_stands_on_the_contract_and_io_free_foundations_only() -> None:
+    """The simulated Discord shares the wire with the product, not its parts: it must not see Redis, the bus or a
+    letsfrag config, so a test against it cannot pass because the simulator peeked at the deployment."""
+    def ok(target: str) -> bool:
+        return target.startswith("letsfrag.sim") or any(
+            target == allowed or target.startswith(allowed + ".") for allowed in SIM_MAY_IMPORT)
+
+    wrong = sorted(f"{i.importer} (line {i.line}) imports {i.target}" for i in all_imports()
+                   if i.importer.startswith("letsfrag.sim") and not ok(i.target))
+    assert not wrong, "the simulator imports beyond SIM_MAY_IMPORT:\n" + "\n".join(wrong)
+
+
 def test_known_wrong_way_imports_are_still_there() -> None:
     """Fixing one of them means deleting it from KNOWN_WRONG_WAY, so the table stays honest."""
     seen = {(i.importer, i.target) for i in all_imports()}
