@@ -55,7 +55,9 @@ async def test_restart_timers_run_on_the_managers_clock(redis_url: str, r: aiore
                                                         tmp_path: Path) -> None:
     """The backoff waits on the injected clock: with a fake one and a 30 s backoff, the next spawn comes as soon as
     the test advances the clock past the delay (30, then 60 s), which no wall-clock timer would do within the
-    wait. The lease is long, so the advances do not fence the host."""
+    wait. The lease is long, so the advances do not fence the host. A backoff is waited for by its
+    ``next_restart_at`` (set with its timer), not only by the state: a spawn counts itself while the state still says
+    BACKOFF, until its process started."""
     set_modes(tmp_path, default="crash")
     clock = FakeClock()
     config = host_config(redis_url, tmp_path, restart={
@@ -65,7 +67,8 @@ async def test_restart_timers_run_on_the_managers_clock(redis_url: str, r: aiore
     async with ClusterManager(config, clock=clock) as manager:
         for spawns, delay in ((1, 30.0), (2, 60.0)):
             await wait_until(lambda n=spawns: 0 in manager.clusters and manager.clusters[0].spawns == n
-                             and manager.clusters[0].state is ClusterState.BACKOFF, message=f"backoff {spawns}")
+                             and manager.clusters[0].state is ClusterState.BACKOFF
+                             and manager.clusters[0].next_restart_at is not None, message=f"backoff {spawns}")
             clock.advance(delay)
             await wait_until(lambda n=spawns: manager.clusters[0].spawns == n + 1,
                              message=f"spawn {spawns + 1}")
