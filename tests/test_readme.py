@@ -12,10 +12,10 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
-    assert "pip install -e '.[dev]' && python -m pytest" in README
+    assert "pip install -e '.[dev]' && python -m pytest -n 2" in README
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pip install --quiet -e '.[dev]'" in ci
-    assert ci.rstrip().endswith("python -m pytest")
+    assert ci.rstrip().endswith("python -m pytest -n 2")
 
 
 def test_every_command_is_documented() -> None:
