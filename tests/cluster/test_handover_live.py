@@ -106,6 +106,8 @@ async def test_planned_handover_loses_nothing_and_answers_nothing_twice(redis_ur
                     sim.stop_traffic()
                     handling = await wait_until(lambda: _settled(sim), timeout=15, message="every event answered")
                     assert not new_task.done()
+            await old_ipc.close()
+            await new_ipc.close()
             assert handling["answered_twice_or_more"] == 0, handling
             assert handling["undeliverable"] == 0 and handling["unanswered_live"] == 0, handling
             assert handling["answered_once"] == handling["sent"] and handling["sent_join"] > 0, handling
@@ -143,6 +145,8 @@ async def test_a_graceful_stop_never_loses_a_claimed_event(redis_url: str, r: ai
                 sim.stop_traffic()
 
                 handling = await wait_until(lambda: _settled(sim), timeout=15, message="every event answered")
+            for channel in channels:
+                await channel.close()
         assert handling["answered_twice_or_more"] == handling["unanswered_live"] == handling["undeliverable"] == 0, \
             handling
         assert handling["answered_once"] == handling["sent"] == stopping.handled + staying.handled, handling
