@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from support.cluster import KEYS, NS, RecordingClient, grant, lease_kept, make_env, running, write_layout
-from support.waiting import scaled, wait_until
+from support.waiting import wait_until
 
 from letsfrag.contract.records import ROUTING_FIELDS, LayoutRecord
 from letsfrag.errors import BusError, LetsfragError, RemoteError, RequestTimeout
@@ -81,13 +81,17 @@ async def test_request_broadcast_request_guild_and_fetch(redis_url: str, r: aior
 
 
 async def test_broadcast_with_an_unreachable_cluster_times_out_for_that_one(redis_url: str, r: aioredis.Redis) -> None:
+    """The partial result comes at the caller's timeout: a broadcast with a 2 s longer timeout takes clearly longer
+    (an ordering, not a window: on a CPU oversubscribed four times, each call carried over 3 s of loop lag)."""
     async with two_clusters(redis_url, r, cluster_count=3) as (_, c0, _c1):
-        started = time.monotonic()
-        results = await c0.cluster.broadcast("stats", timeout=1.0)
-        elapsed = time.monotonic() - started
-        assert elapsed < 1.0 + scaled(1.0)
-        assert results[0].ok and results[1].ok
-        assert results[2].status == "timeout"
+        took: dict[float, float] = {}
+        for timeout in (0.5, 2.5):
+            started = time.monotonic()
+            results = await c0.cluster.broadcast("stats", timeout=timeout)
+            took[timeout] = time.monotonic() - started
+            assert results[0].ok and results[1].ok
+            assert results[2].status == "timeout"
+        assert 0.5 <= took[0.5] < took[2.5] - 1.0 and took[2.5] >= 2.5, took
         with pytest.raises(RequestTimeout):
             await c0.cluster.request(2, "stats", timeout=0.5)
 
