@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from support.cluster import KEYS
-from support.waiting import wait_until
+from support.waiting import scaled, wait_until
 
 from letsfrag.cluster.identify import IdentifyCoordinator, IdentifyTimeout, budget_from_gateway
 from letsfrag.events import recent
@@ -22,8 +22,9 @@ async def _seq_at_least(r: aioredis.Redis, n: int) -> bool:
     return int(await r.get(KEYS.identify("seq")) or 0) >= n
 
 
-def coordinator(r: aioredis.Redis, max_concurrency: int = 1, **kwargs: Any) -> IdentifyCoordinator:
-    return IdentifyCoordinator(r, KEYS, max_concurrency=max_concurrency, window=WINDOW, margin=0.02,
+def coordinator(r: aioredis.Redis, max_concurrency: int = 1, window: float = WINDOW,
+                **kwargs: Any) -> IdentifyCoordinator:
+    return IdentifyCoordinator(r, KEYS, max_concurrency=max_concurrency, window=window, margin=0.02,
                                poll_interval=0.01, **kwargs)
 
 
@@ -58,17 +59,20 @@ async def test_fifo_and_one_grant_per_window_across_processes(r: aioredis.Redis,
 
 async def test_confirm_restarts_the_window_from_the_identify(r: aioredis.Redis) -> None:
     """A grant taken before a slow connection: confirming just before IDENTIFY pushes the next grant of the
-    bucket a whole window past the IDENTIFY, not past the grant; an expired slot is not confirmed."""
-    coord = coordinator(r)
+    bucket a whole window past the IDENTIFY, not past the grant; an expired slot is not confirmed. The window
+    scales (the confirmation comes half a window after the grant: on a CPU oversubscribed four times a 0.2 s
+    window's last quarter was not enough for the event loop to get there)."""
+    window = scaled(0.5)
+    coord = coordinator(r, window=window)
     await coord.acquire(0, "a", timeout=5)
     granted = time.monotonic()
-    await wait_until(lambda: time.monotonic() - granted >= WINDOW * 0.75, message="a slow connect")
+    await wait_until(lambda: time.monotonic() - granted >= window * 0.5, message="a slow connect")
     assert await coord.confirm(0, "a") is True
     confirmed = time.monotonic()
-    await coord.acquire(1, "b", timeout=5)  # same bucket (max_concurrency 1)
-    assert time.monotonic() - confirmed >= WINDOW, "the next grant waits a window after the confirmation"
+    await coord.acquire(1, "b", timeout=scaled(5))  # same bucket (max_concurrency 1)
+    assert time.monotonic() - confirmed >= window, "the next grant waits a window after the confirmation"
     assert await coord.confirm(0, "a") is False, "b holds the slot now"
-    await wait_until(lambda: time.monotonic() - confirmed >= 3 * WINDOW, message="the slot expired")
+    await wait_until(lambda: time.monotonic() - confirmed >= 3 * window, message="the slot expired")
     assert await coord.confirm(1, "b") is False, "an expired slot is not confirmed: acquire again"
 
 
