@@ -94,7 +94,13 @@ async def test_lost_clusters_wait_for_capacity(deployment: Deployment) -> None:
     await wait_until(lambda: dep.events("cluster_unassigned"), timeout=5, message="an unassigned error event")
     assert await dep.owners() == {2: "h2", 3: "h2"}
     await dep.host("h3", capacity=4)
-    await wait_until(lambda: dep.settled({"h2": 2, "h3": 2}), message="h3 takes the orphans")
+    # the orphans go to h3 first; then ``rebalance: on-join`` weighs the capacities (2 and 4) and moves one of h2's
+    # clusters over too. (The test used to wait for the moment between the two, which a busy machine skipped.)
+    await wait_until(lambda: dep.settled({"h2": 1, "h3": 3}), message="h3 takes the orphans, then one more")
+    assignment = await dep.assignment()
+    epochs = {c: epoch for c, (_, epoch) in assignment.items()}
+    moved = next(c for c in (2, 3) if assignment[c][0] == "h3")
+    assert max(epochs[0], epochs[1]) < epochs[moved], f"the orphans were granted before the rebalance: {epochs}"
     assert dep.ledger.violations == []
 
 
