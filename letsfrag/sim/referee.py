@@ -319,6 +319,7 @@ class Referee:
             "session_start_remaining": self.session_start_remaining,
             "session_start_rejections": self.counters["session_start_rejections"],
             "unknown_routes": self.counters["unknown_routes"],
+            "nonce_deduped": self.counters["nonce_deduped"],
             "rest_requests": self.counters["rest_requests"],
             "gateway_rate_limited": self.counters["gateway_rate_limited"],
             "member_chunk_requests": self.counters["member_chunk_requests"],
