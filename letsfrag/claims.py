@@ -45,6 +45,7 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -320,6 +321,11 @@ class ClaimedHandling:
         if self._parsed and not self._tasks and not self.finished:
             self.finished = True
             self._on_done(self.identity, not self.cancelled)
+
+
+#: the handling of a won claim, inside its parse and in every task it starts (its handlers, and what they dispatch
+#: later: a command's ``command_completion`` / ``command_error``); set by the cluster (``letsfrag.cluster.client``)
+current_handling: ContextVar[ClaimedHandling | None] = ContextVar("letsfrag_claimed_parse", default=None)
 
 
 class SeqFloor:

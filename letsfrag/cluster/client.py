@@ -48,7 +48,6 @@ import socket
 import sys
 import traceback
 from collections.abc import Awaitable, Coroutine
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -60,7 +59,7 @@ from discord.shard import EventType
 from redis.exceptions import RedisError
 
 from ..bus import NO_REPLY, Bus
-from ..claims import ClaimedHandling, Claimer, ClaimSequencer, SeqFloor, claim_identity
+from ..claims import ClaimedHandling, Claimer, ClaimSequencer, SeqFloor, claim_identity, current_handling
 from ..clock import Clock, SystemClock
 from ..connection import create_redis
 from ..contract.exitcodes import FATAL_CLOSE_CODES, ExitCode
@@ -96,10 +95,9 @@ _REIDENTIFY_WAIT = 50.0
 #: seconds a graceful stop waits for the claims in flight and the handlers they started (below the supervisor's
 #: ``stop_timeout / 2``)
 DEFAULT_STOP_GRACE = 2.0
-#: the handling of a won claim, inside its parse and in every task it starts (its handlers, and what they dispatch
-#: later: a command's ``command_completion`` / ``command_error``): an owner that is not exclusive yet dispatches
-#: them; the claim is done when they have finished; the messages they send carry the event's nonces
-_claimed_parse: ContextVar[ClaimedHandling | None] = ContextVar("letsfrag_claimed_parse", default=None)
+#: the handling of a won claim (:data:`letsfrag.claims.current_handling`): an owner that is not exclusive yet
+#: dispatches what it dispatches; the claim is done when its tasks have finished; its messages carry its nonces
+_claimed_parse = current_handling
 #: how long a SIGTERM waits for the IPC hang-up that tells a dead supervisor from a planned stop
 _SIGTERM_PROBE = 1.0
 
@@ -286,7 +284,7 @@ class ClusterMixin(_Base):
         gateway_hooks.install()
         gateway_hooks.wrap_parsers(self._connection.parsers, self._lf_parse)
         if self._lf_claim_events:
-            reply_nonces.install(self.http, _claimed_parse.get)
+            reply_nonces.install()
         self._lf_active = True
         self._lf_parent_pid = os.getppid()
         if self._lf_ipc is not None:

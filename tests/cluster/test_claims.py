@@ -4,11 +4,15 @@ done scripts (the two phases), the handling of a won claim, its reply nonces and
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import types
+from typing import Any
 
+import discord
+import discord.abc
 import pytest
 import redis.asyncio as aioredis
-from discord.http import handle_message_parameters
 from support.cluster import KEYS, grant
 
 from letsfrag.claims import (
@@ -24,10 +28,11 @@ from letsfrag.claims import (
     SeqFloor,
     check_claim_events,
     claim_identity,
+    current_handling,
     parse_owner,
     reply_nonce,
 )
-from letsfrag.cluster.reply_nonces import with_nonce
+from letsfrag.cluster import reply_nonces
 from letsfrag.environment import ClusterEnvironment
 from letsfrag.errors import NotInClusterError
 
@@ -284,19 +289,38 @@ def test_session_records_stay_before_the_oldest_unfinished_handling() -> None:
     assert floor.recordable(0, 41) == 41 and floor.recordable(1, 12) == 8
 
 
-def test_reply_nonce_goes_into_json_and_multipart_payloads() -> None:
-    import io
+class FakeChannel(discord.abc.Messageable):
+    """A Messageable whose messages are recorded, not sent: ``sent`` holds each request's parameters."""
 
-    import discord
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        http = types.SimpleNamespace(send_message=self._send_message)
+        self._state = types.SimpleNamespace(allowed_mentions=None, http=http,  # type: ignore[assignment]
+                                            create_message=lambda channel, data: data)
 
-    counter = iter(["n0", "n1", "n2"])
-    plain = with_nonce(handle_message_parameters(content="pong 1"), lambda: next(counter))
-    assert plain.payload is not None and (plain.payload["nonce"], plain.payload["enforce_nonce"]) == ("n0", True)
-    own = handle_message_parameters(content="x", nonce="mine")
-    assert with_nonce(own, lambda: next(counter)).payload == own.payload  # the bot's own nonce is kept
-    files = handle_message_parameters(content="file", file=discord.File(io.BytesIO(b"x"), "x.txt"))
-    sent = with_nonce(files, lambda: next(counter))
-    assert sent.multipart is not None and files.multipart is not None
-    part = json.loads(sent.multipart[0]["value"])
-    assert (part["nonce"], part["enforce_nonce"], part["content"]) == ("n1", True, "file")
-    assert "nonce" not in json.loads(files.multipart[0]["value"])  # the original is unchanged
+    async def _get_channel(self) -> Any:
+        return types.SimpleNamespace(id=1)
+
+    async def _send_message(self, channel_id: int, *, params: Any) -> dict[str, Any]:
+        payload = params.payload if params.payload is not None else json.loads(params.multipart[0]["value"])
+        self.sent.append(payload)
+        return payload
+
+
+async def test_messages_sent_while_a_claim_is_handled_carry_the_event_nonce() -> None:
+    reply_nonces.install()
+    assert reply_nonces.install() is False  # once
+    channel = FakeChannel()
+    await channel.send("outside")  # discord.py's random nonce
+    token = current_handling.set(ClaimedHandling("MESSAGE_CREATE:5", lambda identity, completed: None))
+    try:
+        await channel.send("pong 5")
+        await channel.send("mine", nonce="own")  # the bot's own nonce is kept
+        await channel.send("file", file=discord.File(io.BytesIO(b"x"), "x.txt"))  # multipart
+    finally:
+        current_handling.reset(token)
+    outside, first, own, second = channel.sent
+    assert outside["enforce_nonce"] is True and outside["nonce"] not in (reply_nonce("MESSAGE_CREATE:5", 0),)
+    assert (first["nonce"], first["enforce_nonce"]) == (reply_nonce("MESSAGE_CREATE:5", 0), True)
+    assert own["nonce"] == "own"
+    assert (second["nonce"], second["content"]) == (reply_nonce("MESSAGE_CREATE:5", 1), "file")
