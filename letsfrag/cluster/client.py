@@ -731,21 +731,18 @@ class ClusterMixin(_Base):
 
     def _lf_claimed(self, parse: Any, identity: str, lane: Any = None, seq: int | None = None) -> Any:
         """``parse`` run as the handling of a won claim (:class:`~letsfrag.claims.ClaimedHandling`): its dispatches
-        run in an owner that is not exclusive, the tasks it starts (discord.py's handler tasks, an app command's or
-        a view's task) are counted, and the claim is done once they have all finished. ``seq``: the event's seq in
-        shard ``lane``'s session, which the session records do not pass until then."""
+        run in an owner that is not exclusive, the handler tasks discord.py schedules for them (and those these
+        schedule in turn) are counted (:meth:`_schedule_event`), and the claim is done once they have all finished.
+        ``seq``: the event's seq in shard ``lane``'s session, which the session records do not pass until then."""
         def claimed() -> None:
             handling = ClaimedHandling(identity, self._lf_claim_done)
             if seq is not None:
                 self._lf_seq_floor.begin(lane, identity, seq)
             token = _claimed_parse.set(handling)
-            before = asyncio.all_tasks()
             try:
                 parse()
             finally:
                 _claimed_parse.reset(token)
-                for task in asyncio.all_tasks() - before:
-                    handling.add(task)
                 handling.parsed()
         return claimed
 
