@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from .contract.keys import Keys
 from .loops import cancel_and_wait
@@ -188,6 +189,8 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
+_SHAS = {script: hashlib.sha1(script.encode()).hexdigest() for script in (CLAIM_SCRIPT, DONE_SCRIPT)}
+
 
 class Claimer:
     """Claims (:data:`CLAIM_SCRIPT`) and their completion (:data:`DONE_SCRIPT`) for one owner ``<cluster>/<epoch>``.
@@ -206,8 +209,6 @@ class Claimer:
         self.ttl_ms = int(ttl * 1000)
         #: claims won by taking over a pending claim of an owner no longer live
         self.taken_over = 0
-        self._claim_script = redis.register_script(CLAIM_SCRIPT)
-        self._done_script = redis.register_script(DONE_SCRIPT)
         self._batch: list[tuple[str, str, asyncio.Future[bool]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -228,24 +229,42 @@ class Claimer:
             task.add_done_callback(self._sending.discard)
         return future
 
-    def _call(self, kind: str, identity: str, client: Any) -> Any:
+    def _command(self, kind: str, identity: str) -> tuple[str, list[Any]]:
+        """The script and its ``numkeys, *keys, *args`` of one request."""
         key = self.keys.claim(identity)
         if kind == "claim":
-            return self._claim_script(keys=[key, self.keys.assignment, self.keys.handover],
-                                      args=[self.pending_value, self.ttl_ms, self._cluster, self._epoch],
-                                      client=client)
-        return self._done_script(keys=[key], args=[self.pending_value, self.done_value, self.ttl_ms], client=client)
+            return CLAIM_SCRIPT, [3, key, self.keys.assignment, self.keys.handover, self.pending_value, self.ttl_ms,
+                                  self._cluster, self._epoch]
+        return DONE_SCRIPT, [1, key, self.pending_value, self.done_value, self.ttl_ms]
+
+    async def _eval(self, script: str, args: list[Any]) -> Any:
+        """EVALSHA, or EVAL (which caches the script) when Redis does not know it yet (first use, a restart)."""
+        try:
+            return await self.redis.evalsha(_SHAS[script], *args)  # type: ignore[misc]
+        except NoScriptError:
+            return await self.redis.eval(script, *args)  # type: ignore[misc]
+
+    async def _execute(self, batch: list[tuple[str, str, asyncio.Future[bool]]]) -> list[Any]:
+        commands = [self._command(kind, identity) for kind, identity, _ in batch]
+        if len(commands) == 1:
+            return [await self._eval(*commands[0])]
+        # EVALSHA in a plain pipeline: redis-py's Script objects would add a SCRIPT EXISTS round trip to every
+        # pipeline; a command refused with NOSCRIPT did not run, so only those are sent again (with EVAL)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for script, args in commands:
+                pipe.evalsha(_SHAS[script], *args)
+            results = await pipe.execute(raise_on_error=False)
+        for index, result in enumerate(results):
+            if isinstance(result, NoScriptError):
+                results[index] = await self.redis.eval(commands[index][0], *commands[index][1])  # type: ignore[misc]
+            elif isinstance(result, Exception):
+                raise result
+        return list(results)
 
     async def _send(self) -> None:
         batch, self._batch = self._batch, []
         try:
-            if len(batch) == 1:
-                results = [await self._call(batch[0][0], batch[0][1], self.redis)]
-            else:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for kind, identity, _ in batch:
-                        await self._call(kind, identity, pipe)  # queued (the pipeline loads the scripts)
-                    results = await pipe.execute()
+            results = await self._execute(batch)
         except BaseException as exc:
             for _, _, future in batch:
                 if not future.done():

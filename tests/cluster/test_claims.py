@@ -324,3 +324,17 @@ async def test_messages_sent_while_a_claim_is_handled_carry_the_event_nonce() ->
     assert (first["nonce"], first["enforce_nonce"]) == (reply_nonce("MESSAGE_CREATE:5", 0), True)
     assert own["nonce"] == "own"
     assert (second["nonce"], second["content"]) == (reply_nonce("MESSAGE_CREATE:5", 1), "file")
+
+
+async def test_claims_after_redis_forgot_the_scripts(r: aioredis.Redis) -> None:
+    """A pipeline whose EVALSHA is refused with NOSCRIPT (Redis restarted) sends those commands again, once."""
+    claimer = Claimer(r, KEYS, "0/1")
+    assert await claimer.claim("MESSAGE_CREATE:20") is True
+    await r.script_flush()
+    answers = await asyncio.gather(claimer.claim("MESSAGE_CREATE:20"), claimer.claim("MESSAGE_CREATE:21"),
+                                   claimer.done("MESSAGE_CREATE:20"))
+    assert answers == [False, True, True]
+    await r.script_flush()
+    assert await claimer.claim("MESSAGE_CREATE:22") is True
+    assert await r.mget([KEYS.claim(f"MESSAGE_CREATE:{n}") for n in (20, 21, 22)]) == [
+        "done:0/1", "pending:0/1", "pending:0/1"]
