@@ -67,6 +67,8 @@ class SimCore:
         self._traffic_index = itertools.count()
         #: (author id, nonce) -> (when, the message created): a second post within NONCE_WINDOW returns it
         self.nonces: dict[tuple[int, str], tuple[float, dict[str, Any]]] = {}
+        #: interactions already answered (a callback is accepted once, like Discord's)
+        self.acknowledged: set[int] = set()
 
     # --- ids ------------------------------------------------------------------------------------------
     def new_message_id(self) -> int:
@@ -360,6 +362,15 @@ class SimCore:
         if enforced is not None:
             self.nonces[enforced] = (self.clock(), message)
         return message
+
+    def interaction_callback(self, interaction_id: int) -> bool:
+        """The callback (response) of an interaction: True the first time, False after (Discord's 40060)."""
+        if interaction_id in self.acknowledged:
+            self.referee.count("interaction_already_acknowledged")
+            return False
+        self.acknowledged.add(interaction_id)
+        self.referee.count("interaction_callbacks")
+        return True
 
     # --- control ----------------------------------------------------------------------------------------
     def _check_shard(self, shard_id: int, shard_count: int | None = None) -> None:

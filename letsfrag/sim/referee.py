@@ -320,6 +320,8 @@ class Referee:
             "session_start_rejections": self.counters["session_start_rejections"],
             "unknown_routes": self.counters["unknown_routes"],
             "nonce_deduped": self.counters["nonce_deduped"],
+            "interaction_callbacks": self.counters["interaction_callbacks"],
+            "interaction_already_acknowledged": self.counters["interaction_already_acknowledged"],
             "rest_requests": self.counters["rest_requests"],
             "gateway_rate_limited": self.counters["gateway_rate_limited"],
             "member_chunk_requests": self.counters["member_chunk_requests"],
