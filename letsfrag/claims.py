@@ -220,6 +220,12 @@ class Claimer:
         """Mark this owner's pending claim done (True when it still was this owner's pending claim)."""
         return self._queue("done", identity)
 
+    async def flush(self, timeout: float) -> int:
+        """Wait (at most ``timeout`` seconds) for the requests already sent; return how many batches are still out."""
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=timeout)
+        return len(self._sending)
+
     def _queue(self, kind: str, identity: str) -> asyncio.Future[bool]:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._batch.append((kind, identity, future))

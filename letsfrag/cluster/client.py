@@ -176,7 +176,7 @@ class ClusterMixin(_Base):
         self._lf_supervisor_gone = asyncio.Event()
         self._lf_claim_events = frozenset(environment.claim_events if environment else ())
         self._lf_claimer: Claimer | None = None
-        #: per shard, the seqs of claimable events not finished yet: the session records stay before the oldest
+        #: per shard, the seqs of claimed events whose handlers still run: the session records stay before them
         self._lf_seq_floor = SeqFloor()
         self._lf_claims = ClaimSequencer(self._lf_claim, self._lf_admit, retry=self._lf_claim_carefully)
         self._lf_replaying = False  # a predecessor's replayed events are being handed to the claims
@@ -676,6 +676,8 @@ class ClusterMixin(_Base):
         if waiting or pending:
             log.warning("cluster %s: stopping with %d claimed events unresolved and %d handlers still running "
                         "after %.1fs", self.cluster.id, waiting, len(pending), self._lf_stop_grace)
+        if self._lf_claimer is not None:  # the handlers' done callbacks (run before this wait returned) sent the
+            await self._lf_claimer.flush(max(0.1, deadline - loop.time()))  # done marks: they land before the close
 
     async def _lf_save_final_sessions(self) -> None:
         """The session records of a graceful stop, marked ended (:meth:`_lf_end_sessions`), after a fresh check

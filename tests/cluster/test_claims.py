@@ -338,3 +338,11 @@ async def test_claims_after_redis_forgot_the_scripts(r: aioredis.Redis) -> None:
     assert await claimer.claim("MESSAGE_CREATE:22") is True
     assert await r.mget([KEYS.claim(f"MESSAGE_CREATE:{n}") for n in (20, 21, 22)]) == [
         "done:0/1", "pending:0/1", "pending:0/1"]
+
+
+async def test_flush_waits_for_the_marks_in_flight(r: aioredis.Redis) -> None:
+    claimer = Claimer(r, KEYS, "0/1")
+    assert await claimer.claim("MESSAGE_CREATE:30") is True
+    mark = claimer.done("MESSAGE_CREATE:30")
+    assert await claimer.flush(5.0) == 0 and mark.done() and mark.result() is True
+    assert await claimer.flush(5.0) == 0  # nothing out
