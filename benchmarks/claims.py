@@ -1,8 +1,9 @@
 """The cost of claim before handle: the latency a claim adds to a handled event, against a raw redis-py round trip.
 
 Run ``python -m benchmarks.claims [--events 2000 --burst 20]``. A private redis-server; the cluster's own parts
-(:class:`~letsfrag.claims.ClaimSequencer` feeding parses, :class:`~letsfrag.claims.Claimer` doing the
-``SET NX PX``) on one redis-py client, as in a cluster process. Measured per event, from the moment the parse
+(:class:`~letsfrag.claims.ClaimSequencer` feeding parses, :class:`~letsfrag.claims.Claimer` running the claim
+script, :data:`~letsfrag.claims.CLAIM_SCRIPT`: ``GET``, then ``SET PX`` when absent) on one redis-py client, as in a
+cluster process. Measured per event, from the moment the parse
 is submitted (what discord.py's parser call does) to the moment it runs:
 
 - ``single``: one claimable event at a time on an idle shard;

@@ -16,7 +16,10 @@ What the mixin adds to discord.py 2.7 (see also :mod:`.gateway`):
   sessions, tells the supervisor (IPC ``fenced``) and exits 75.
 - the dispatch guard (:mod:`.guard`) holds every parse and dispatch past the lease horizon.
 - claim before handle (:mod:`letsfrag.claims`): the parse of an event in ``LETSFRAG_CLAIM_EVENTS`` runs only in the
-  session that wins its claim in Redis, so two sessions of one shard handle it once.
+  session that wins its claim in Redis, so two sessions of one shard handle it once. The claim is pending until
+  the handler tasks its parse started have finished, then done; a pending claim of a process no longer live is
+  taken over by a replay. Messages those handlers send carry a nonce derived from the event (:mod:`.reply_nonces`),
+  so a reply sent twice (a woken process and the new owner) is one message.
 - health to the supervisor and Redis, fatal close codes -> exit 77, graceful stop on SIGTERM or IPC ``stop``: no
   new claims, the claims in flight and their handlers finish (``stop_grace`` seconds at most), then close (1000).
 - planned handover (:mod:`letsfrag.contract.handover`): a successor (``LETSFRAG_HANDOVER=1``) identifies beside the
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import faulthandler
 import logging
 import os
@@ -44,7 +48,6 @@ import socket
 import sys
 import traceback
 from collections.abc import Awaitable, Coroutine
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -56,7 +59,7 @@ from discord.shard import EventType
 from redis.exceptions import RedisError
 
 from ..bus import NO_REPLY, Bus
-from ..claims import Claimer, ClaimSequencer, claim_identity
+from ..claims import ClaimedHandling, Claimer, ClaimSequencer, SeqFloor, claim_identity, current_handling
 from ..clock import Clock, SystemClock
 from ..connection import create_redis
 from ..contract.exitcodes import FATAL_CLOSE_CODES, ExitCode
@@ -70,7 +73,7 @@ from ..ipc import IpcChannel
 from ..logs import JsonFormatter, mask, register_secrets_in, set_log_context
 from ..rpc.caller import RpcCaller, cluster_node
 from ..units import format_shard_range
-from . import gateway_hooks
+from . import gateway_hooks, reply_nonces
 from .context import ClusterContext
 from .guard import DispatchGuard, DispatchVerdict, Ownership, default_margin
 from .handover_gate import DEFAULT_CHECK_INTERVAL, GatePhase, GuildStream, HandoverGate
@@ -92,9 +95,9 @@ _REIDENTIFY_WAIT = 50.0
 #: seconds a graceful stop waits for the claims in flight and the handlers they started (below the supervisor's
 #: ``stop_timeout / 2``)
 DEFAULT_STOP_GRACE = 2.0
-#: True inside the parse of a won claim and in every task it starts (its handlers, and what they dispatch later:
-#: a command's ``command_completion`` / ``command_error``): an owner that is not exclusive yet dispatches them
-_claimed_parse: ContextVar[bool] = ContextVar("letsfrag_claimed_parse", default=False)
+#: the handling of a won claim (:data:`letsfrag.claims.current_handling`): an owner that is not exclusive yet
+#: dispatches what it dispatches; the claim is done when its tasks have finished; its messages carry its nonces
+_claimed_parse = current_handling
 #: how long a SIGTERM waits for the IPC hang-up that tells a dead supervisor from a planned stop
 _SIGTERM_PROBE = 1.0
 
@@ -173,7 +176,10 @@ class ClusterMixin(_Base):
         self._lf_supervisor_gone = asyncio.Event()
         self._lf_claim_events = frozenset(environment.claim_events if environment else ())
         self._lf_claimer: Claimer | None = None
+        #: per shard, the seqs of claimed events whose handlers still run: the session records stay before them
+        self._lf_seq_floor = SeqFloor()
         self._lf_claims = ClaimSequencer(self._lf_claim, self._lf_admit, retry=self._lf_claim_carefully)
+        self._lf_replaying = False  # a predecessor's replayed events are being handed to the claims
         self._lf_verifying: asyncio.Task[bool | None] | None = None
         self._lf_gate = HandoverGate(self._lf_clock, successor=bool(environment and environment.handover),
                                      check_interval=handover_check_interval)
@@ -277,6 +283,8 @@ class ClusterMixin(_Base):
         self._lf_health = HealthReporter(self, self._lf_redis, keys, env.cluster_id, self._lf_tracker, self._lf_ipc)
         gateway_hooks.install()
         gateway_hooks.wrap_parsers(self._connection.parsers, self._lf_parse)
+        if self._lf_claim_events:
+            reply_nonces.install()
         self._lf_active = True
         self._lf_parent_pid = os.getppid()
         if self._lf_ipc is not None:
@@ -434,11 +442,28 @@ class ClusterMixin(_Base):
             return super().dispatch(event, *args, **kwargs)
         if self._lf_tracker.on_event(event, args):
             self._lf_shard_state_changed()
+        handling = _claimed_parse.get()
         if not self._lf_gate.exclusive and not self._lf_gate.allows_dispatch(
-                event, args, claimed=_claimed_parse.get()):
+                event, args, claimed=handling is not None):
             return
         parent = super().dispatch
-        self._lf_admit(lambda: parent(event, *args, **kwargs))
+        if handling is None:
+            self._lf_admit(lambda: parent(event, *args, **kwargs))
+            return
+        # a dispatch held by the guard runs later, outside the parse: it keeps the handling (and holds it open)
+        admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        handling.add(admitted)
+
+        def claimed_dispatch() -> None:
+            token = _claimed_parse.set(handling)
+            try:
+                parent(event, *args, **kwargs)
+            finally:
+                _claimed_parse.reset(token)
+                if not admitted.done():
+                    admitted.set_result(None)
+
+        self._lf_admit(claimed_dispatch)
 
     @property
     def claim_stats(self) -> dict[str, int]:
@@ -461,11 +486,35 @@ class ClusterMixin(_Base):
         if (identity is not None or not self._lf_gate.exclusive) and not self._lf_gate_parse(event, lane, identity,
                                                                                               parse):
             return
-        if identity is not None and not self._lf_gate.exclusive:
-            parse = self._lf_claimed(parse)
+        if identity is not None:
+            parse = self._lf_claimed(parse, identity, lane, None if self._lf_replaying else self._lf_live_seq(lane))
         self._lf_claims.submit(lane, identity, parse)
         if event in ("READY", "RESUMED"):  # a new session is on record at once, not a heartbeat later
             self._lf_spawn(self._lf_save_sessions())
+
+    def _lf_live_seq(self, lane: Any) -> int | None:
+        """The seq of the dispatch being parsed on shard ``lane`` (discord.py sets it before parsing)."""
+        shard = self._AutoShardedClient__shards.get(lane)  # type: ignore[attr-defined]
+        seq = getattr(getattr(shard, "ws", None), "sequence", None)
+        return seq if isinstance(seq, int) else None
+
+    def _lf_claim_done(self, identity: str, completed: bool) -> None:
+        """Every handler task of a won claim ended: the claim becomes done (only if still this owner's pending
+        one) — unless a task was cancelled (the process is going away mid-handler): then it stays pending."""
+        self._lf_seq_floor.end(identity)
+        if self._lf_claimer is None or not completed:
+            return
+        try:
+            future = self._lf_claimer.done(identity)
+        except RuntimeError:  # no running loop (the client is shutting down)
+            return
+
+        def report(done: asyncio.Future[bool]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                log.warning("could not mark the claim of %s done (a replay may handle it again): %s", identity,
+                            done.exception())
+
+        future.add_done_callback(report)
 
     def _lf_claim(self, identity: str) -> Awaitable[bool]:
         """Claim one event: True when this session handles it. Inside the dispatch horizon the claim goes straight
@@ -627,6 +676,8 @@ class ClusterMixin(_Base):
         if waiting or pending:
             log.warning("cluster %s: stopping with %d claimed events unresolved and %d handlers still running "
                         "after %.1fs", self.cluster.id, waiting, len(pending), self._lf_stop_grace)
+        if self._lf_claimer is not None:  # the handlers' done callbacks (run before this wait returned) sent the
+            await self._lf_claimer.flush(max(0.1, deadline - loop.time()))  # done marks: they land before the close
 
     async def _lf_save_final_sessions(self) -> None:
         """The session records of a graceful stop, marked ended (:meth:`_lf_end_sessions`), after a fresh check
@@ -641,6 +692,9 @@ class ClusterMixin(_Base):
         if self._lf_active:  # a graceful stop lets them finish (a handler answering a claimed event)
             self._lf_handlers.add(task)
             task.add_done_callback(self._lf_handlers.discard)
+            handling = _claimed_parse.get()
+            if handling is not None:  # the claim is done when its handlers are
+                handling.add(task)
         return task
 
     # --- planned handover (the successor's gate, letsfrag.contract.handover) ---------------------------------------
@@ -677,14 +731,21 @@ class ClusterMixin(_Base):
                      self.cluster.id)
             self._lf_spawn(self._lf_ipc.send(IpcOp.READY))
 
-    def _lf_claimed(self, parse: Any) -> Any:
-        """``parse`` marked as the parse of a won claim: its dispatches run in an owner that is not exclusive."""
+    def _lf_claimed(self, parse: Any, identity: str, lane: Any = None, seq: int | None = None) -> Any:
+        """``parse`` run as the handling of a won claim (:class:`~letsfrag.claims.ClaimedHandling`): its dispatches
+        run in an owner that is not exclusive, the handler tasks discord.py schedules for them (and those these
+        schedule in turn) are counted (:meth:`_schedule_event`), and the claim is done once they have all finished.
+        ``seq``: the event's seq in shard ``lane``'s session, which the session records do not pass until then."""
         def claimed() -> None:
-            token = _claimed_parse.set(True)
+            handling = ClaimedHandling(identity, self._lf_claim_done)
+            if seq is not None:
+                self._lf_seq_floor.begin(lane, identity, seq)
+            token = _claimed_parse.set(handling)
             try:
                 parse()
             finally:
                 _claimed_parse.reset(token)
+                handling.parsed()
         return claimed
 
     def _lf_observe_handover(self, ownership: Ownership) -> None:
@@ -696,7 +757,7 @@ class ClusterMixin(_Base):
         before = gate.phase
         released = gate.observe(ownership)
         for item in released:
-            self._lf_claims.submit(item.lane, item.identity, self._lf_claimed(item.parse))
+            self._lf_claims.submit(item.lane, item.identity, self._lf_claimed(item.parse, item.identity))
         if gate.phase is not before:
             log.info("cluster %s: handover %s -> %s (%s; %d kept events submitted to the claims, %d overflowed)",
                      self.cluster.id, before, gate.phase, ownership.reason, len(released), gate.overflowed)
@@ -755,9 +816,13 @@ class ClusterMixin(_Base):
                 or not self._lf_gate.writes_allowed):
             return
         env = self.cluster.environment
-        # a shard with a parse still waiting for its claim keeps its older record: discord.py's seq already counts
-        # that event, and a successor replaying from it would never see the event (the claims drop the extra ones)
-        records = [record for record in live_sessions(self, env.shard_ids, env.epoch)
+        # a shard with a parse still waiting for its claim keeps its older record, and a record stays before the
+        # oldest claimed event whose handlers still run: discord.py's seq already counts those events, and a
+        # successor replaying from it would never see them (the claims drop the extra ones; a pending claim of this
+        # process is taken over)
+        floor = self._lf_seq_floor
+        records = [dataclasses.replace(record, seq=floor.recordable(record.shard_id, record.seq))
+                   for record in live_sessions(self, env.shard_ids, env.epoch)
                    if not self._lf_claims.pending(record.shard_id)]
         try:
             await self._lf_sessions.save(records)
@@ -871,6 +936,7 @@ class ClusterMixin(_Base):
         handed = expired = 0
         parsers = self._connection.parsers
         token = gateway_hooks.current_shard.set(replay.shard_id)
+        self._lf_replaying = True  # their seqs are the old session's, not this shard's
         try:
             for event, data in replay.events:
                 if event not in self._lf_claim_events or event not in parsers:
@@ -883,6 +949,7 @@ class ClusterMixin(_Base):
                 parsers[event](data)
                 handed += 1
         finally:
+            self._lf_replaying = False
             gateway_hooks.current_shard.reset(token)
         await emit(self._lf_redis, Keys(env.namespace), Severity.INFO, "session_replayed",
                    f"cluster {env.cluster_id}: shard {replay.shard_id}'s previous session replayed "

@@ -25,7 +25,8 @@ Keys
     ``{ns}:replay:{receiver}:{id}`` str "1", PX = 2 × signature window: a state-changing message id accepted
                                         by ``receiver`` (its target name, e.g. ``host:h0``, ``cluster:3``,
                                         ``broker``); a second copy is refused even after a restart
-    ``{ns}:claim:{event}:{id}``   str   claim of one handled event, value = cluster/epoch, TTL = 10 min
+    ``{ns}:claim:{event}:{id}``   str   claim of one handled event, value = pending:cluster/epoch while its
+                                        handlers run, then done:cluster/epoch; TTL = 10 min
                                         (see ``letsfrag.claims``)
     ``{ns}:handover``             hash  cluster id -> JSON HandoverRecord of a planned handover in progress
                                         (see ``letsfrag.contract.handover``; written by the leader broker only)

@@ -22,6 +22,8 @@ from letsfrag.sim.sessions import Link, Session, SessionRegistry
 from letsfrag.sim.world import Guild, World, recommended_shards
 
 _GUILD_MESSAGES = 1 << 9
+#: seconds Discord remembers a message nonce for ``enforce_nonce`` ("a few minutes")
+NONCE_WINDOW = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,10 @@ class SimCore:
         self._ping_guilds = itertools.count()
         self._ping_authors = itertools.count()
         self._traffic_index = itertools.count()
+        #: (author id, nonce) -> (when, the message created): a second post within NONCE_WINDOW returns it
+        self.nonces: dict[tuple[int, str], tuple[float, dict[str, Any]]] = {}
+        #: interactions already answered (a callback is accepted once, like Discord's)
+        self.acknowledged: set[int] = set()
 
     # --- ids ------------------------------------------------------------------------------------------
     def new_message_id(self) -> int:
@@ -305,11 +311,25 @@ class SimCore:
         return guild
 
     def post_message(self, channel_id: int, body: dict[str, Any]) -> dict[str, Any] | None:
-        """A bot posted a message: record it for the handling referee and answer like Discord (None: 404)."""
+        """A bot posted a message: record it for the handling referee and answer like Discord (None: 404).
+
+        With ``enforce_nonce: true`` and a nonce this author already used within :data:`NONCE_WINDOW` seconds,
+        the message created then is returned and nothing is created or counted (``nonce_deduped``)."""
         guild_id = self.world.by_channel.get(channel_id)
         if guild_id is None:
             return None
         guild = self.world.guilds[guild_id]
+        nonce = body.get("nonce")
+        enforced: tuple[int, str] | None = None
+        if body.get("enforce_nonce") is True and isinstance(nonce, str | int) and not isinstance(nonce, bool):
+            now = self.clock()
+            enforced = (int(self.world.bot_user["id"]), str(nonce))
+            earlier = self.nonces.get(enforced)
+            if earlier is not None and now - earlier[0] <= NONCE_WINDOW:
+                self.referee.count("nonce_deduped")
+                return earlier[1]
+            if len(self.nonces) > 10_000:
+                self.nonces = {k: v for k, v in self.nonces.items() if now - v[0] <= NONCE_WINDOW}
         reference = body.get("message_reference") if isinstance(body.get("message_reference"), dict) else None
         referenced_id: int | None = None
         if reference is not None:
@@ -329,8 +349,7 @@ class SimCore:
         self.referee.handling.reply(referenced_id, content)
         member_data = dict(self.world.member_payload(guild, int(self.world.bot_user["id"])))
         member_data.pop("user", None)
-        nonce = body.get("nonce")
-        return payloads.message(
+        message = payloads.message(
             message_id=self.new_message_id(),
             channel_id=channel_id,
             guild_id=guild_id,
@@ -341,6 +360,18 @@ class SimCore:
             message_reference=reference,
             nonce=nonce if isinstance(nonce, str | int) else None,
         )
+        if enforced is not None:
+            self.nonces[enforced] = (self.clock(), message)
+        return message
+
+    def interaction_callback(self, interaction_id: int) -> bool:
+        """The callback (response) of an interaction: True the first time, False after (Discord's 40060)."""
+        if interaction_id in self.acknowledged:
+            self.referee.count("interaction_already_acknowledged")
+            return False
+        self.acknowledged.add(interaction_id)
+        self.referee.count("interaction_callbacks")
+        return True
 
     # --- control ----------------------------------------------------------------------------------------
     def _check_shard(self, shard_id: int, shard_count: int | None = None) -> None:

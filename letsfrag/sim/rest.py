@@ -49,7 +49,9 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     is_api = request.path.startswith("/api/")
     if is_api:
         core.referee.count("rest_requests")
-        public = request.method == "GET" and request.path.rstrip("/").endswith("/gateway")
+        # the gateway URL, and interaction callbacks (authenticated by the interaction token in their path)
+        public = (request.method == "GET" and request.path.rstrip("/").endswith("/gateway")) or (
+            request.method == "POST" and "/interactions/" in request.path)
         if not public:
             auth = request.headers.get("Authorization", "")
             if not auth.startswith("Bot ") or not token_ok(core, auth):
@@ -119,6 +121,16 @@ async def post_message(request: web.Request) -> web.Response:
     return json_response(message)
 
 
+async def interaction_callback(request: web.Request) -> web.Response:
+    """An interaction's response: accepted once (204); a second one is Discord's 40060."""
+    interaction_id = _int_param(request, "interaction_id")
+    if interaction_id is None:
+        return discord_error(404, "Unknown interaction", 10062)
+    if not _core(request).interaction_callback(interaction_id):
+        return discord_error(400, "Interaction has already been acknowledged.", 40060)
+    return web.Response(status=204)
+
+
 async def get_channel(request: web.Request) -> web.Response:
     world = _core(request).world
     channel_id = _int_param(request, "channel_id")
@@ -167,6 +179,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(API + "/gateway", gateway)
     r.add_get(API + "/gateway/bot", gateway_bot)
     r.add_post(API + "/channels/{channel_id}/messages", post_message)
+    r.add_post(API + "/interactions/{interaction_id}/{token}/callback", interaction_callback)
     r.add_get(API + "/channels/{channel_id}", get_channel)
     r.add_get(API + "/guilds/{guild_id}", get_guild)
     r.add_get(API + "/applications/{app_id}/commands", list_commands)

@@ -164,3 +164,15 @@ async def test_bad_control_input_is_a_clear_400(
         async with http.post(sim.base_url + path, json=body) as response:
             assert response.status == 400
             assert needle in (await response.json())["error"]
+
+
+async def test_an_interaction_is_answered_once(http: aiohttp.ClientSession) -> None:
+    """Like Discord: the first callback of an interaction is accepted, a second one fails with 40060."""
+    async with Simulator() as sim:
+        url = sim.api_url + "/interactions/1234/some-interaction-token/callback"
+        async with http.post(url, json={"type": 4, "data": {"content": "pong"}}) as response:
+            assert response.status == 204
+        async with http.post(url, json={"type": 4, "data": {"content": "pong"}}) as response:
+            assert response.status == 400 and (await response.json())["code"] == 40060
+        stats = sim.stats()
+        assert (stats["interaction_callbacks"], stats["interaction_already_acknowledged"]) == (1, 1)

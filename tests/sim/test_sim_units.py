@@ -265,3 +265,22 @@ def test_core_reaps_silent_links_and_expires_sessions_on_its_clock() -> None:
     clock.advance(30)
     core.reap()
     assert core.stats()["sessions_resumable"] == 0
+
+
+def test_enforce_nonce_returns_the_first_message_and_counts_one_answer() -> None:
+    clock = FakeClock()
+    core = SimCore(SimulatorOptions(shards=1, guilds=1), clock=clock)
+    channel = next(iter(core.world.guilds.values())).text_channel_id
+    n = core.send_ping()
+    reply = {"content": f"pong {n}", "nonce": "lfabc", "enforce_nonce": True}
+    first = core.post_message(channel, reply)
+    again = core.post_message(channel, dict(reply))  # a second process sends the same reply
+    assert first is not None and again == first
+    assert core.stats()["nonce_deduped"] == 1 and core.stats()["handling"]["answered_once"] == 1
+    core.post_message(channel, {**reply, "nonce": "lfother"})  # another nonce is another message
+    assert core.stats()["handling"]["answered_twice_or_more"] == 1
+    core.post_message(channel, {"content": f"pong {n}", "nonce": "lfabc"})  # no enforce_nonce: a new message
+    clock.advance(301.0)
+    later = core.post_message(channel, reply)  # the window has passed: a new message
+    assert later is not None and later["id"] != first["id"]
+    assert core.stats()["nonce_deduped"] == 1 and core.stats()["handling"]["replies"] == 4

@@ -20,6 +20,8 @@ SMALL: dict[str, Any] = {"hosts": 2, "shards": 8, "shards_per_cluster": 2, "max_
 
 #: the chaos test bot: examples/bot.py with one fault switched on by ``CHAOS_*`` variables
 FAULTY_BOT = [sys.executable, str(Path(__file__).resolve().parents[1] / "chaos" / "programs" / "faulty_bot.py")]
+#: the example bot answering ``SLOW_SECONDS`` after each event (handlers running when a host dies)
+SLOW_BOT = [sys.executable, str(Path(__file__).resolve().parents[1] / "chaos" / "programs" / "slow_bot.py")]
 
 
 def wait_ready(deployment: Rehearsal, timeout: float = 60.0, message: str = "every shard READY") -> None:
