@@ -26,6 +26,7 @@ import contextlib
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 
 from benchmarks.report import fmt_spread, print_rich_table, spread, work_root, write_result
@@ -93,11 +95,33 @@ def _settings(args: argparse.Namespace, launcher: str = "fork") -> RehearsalSett
                              launcher=launcher)
 
 
+#: the deployment's processes by role, for the CPU columns
+ROLES = ("broker", "supervisors", "launchers", "clusters")
+
+
+def cpu_by_role(deployment: Rehearsal) -> dict[str, float]:
+    """CPU seconds (user + system) each role of a deployment has used so far: the broker, the supervisors, their
+    pre-fork launchers and the cluster processes (children of the supervisors, forked or exec'd)."""
+    launchers = set(deployment.launcher_pids())
+    used = dict.fromkeys(ROLES, 0.0)
+    roots = [("broker", process) for process in deployment.brokers.values()]
+    roots += [("supervisors", process) for process in deployment.hosts.values()]
+    for role, root in roots:
+        for index, process in enumerate(deployment.tree(root)):
+            kind = role if index == 0 or role == "broker" else "launchers" if process.pid in launchers else "clusters"
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                used[kind] += times.user + times.system
+    return {role: round(seconds, 3) for role, seconds in used.items()}
+
+
 def _wait_all_ready(deployment: Rehearsal, started: float, timeout: float,
-                    on_poll: Callable[[float], None] | None = None) -> dict[str, Any]:
+                    on_poll: Callable[[float], None] | None = None,
+                    on_stats: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Poll the simulator until every shard is READY; return timings (from ``started``) and referee counts.
 
-    ``on_poll(now)`` runs before every poll (starting delayed processes, watching Redis).
+    ``on_poll(now)`` runs before every poll (starting delayed processes, watching Redis), ``on_stats(stats)``
+    after it with the simulator's counters.
     """
     shards = deployment.settings.shards
     first_ready: float | None = None
@@ -106,6 +130,8 @@ def _wait_all_ready(deployment: Rehearsal, started: float, timeout: float,
         if on_poll is not None:
             on_poll(time.monotonic())
         stats = deployment.sim_stats()
+        if on_stats is not None:
+            on_stats(stats)
         now = time.monotonic()
         ready = len(stats.get("shards_ready", []))
         if ready and first_ready is None:
@@ -117,7 +143,10 @@ def _wait_all_ready(deployment: Rehearsal, started: float, timeout: float,
                                f"(logs in {deployment.workdir})")
         time.sleep(0.05)
     assert first_ready is not None
+    # the simulator stamps every IDENTIFY on the same monotonic clock as ours (CLOCK_MONOTONIC is system-wide)
+    identified = [float(t) for t in stats.get("identified_at", {}).values()]
     return {"seconds": now - started, "first_ready": first_ready - started, "spread": now - first_ready,
+            "first_identify": (min(identified) if identified else first_ready) - started,
             "violations": int(stats["identify_violations"]["total"]), "identifies": int(stats["identifies"]["total"]),
             "duplicates": int(stats["duplicate_sessions"]["count"])}
 
@@ -132,16 +161,23 @@ def run_letsfrag(args: argparse.Namespace, workdir: Path, launcher: str = "fork"
         client = redis.Redis.from_url(deployment.redis_url, decode_responses=True)
         key, clusters = f"{deployment.settings.namespace}:assignment", deployment.settings.clusters
         granted: list[float] = []
+        cpu_first: list[dict[str, float]] = []
 
         def watch(now: float) -> None:
             if not granted and client is not None and client.hlen(key) >= clusters:
                 granted.append(now - started)
 
+        def first_identify(stats: dict[str, Any]) -> None:  # the first poll that sees an IDENTIFY
+            if not cpu_first and stats.get("identified_at"):
+                cpu_first.append(cpu_by_role(deployment))
+
         started = time.monotonic()
         deployment.start_broker("b0")
         for index in range(args.hosts):
             deployment.start_host(f"h{index}")
-        sample = _wait_all_ready(deployment, started, args.timeout, watch)
+        sample = _wait_all_ready(deployment, started, args.timeout, watch, first_identify)
+        sample["cpu_all_ready"] = cpu_by_role(deployment)
+        sample["cpu_first_identify"] = cpu_first[0] if cpu_first else sample["cpu_all_ready"]
         sample["all_granted"] = granted[0] if granted else sample["first_ready"]
         return sample
     finally:
@@ -185,8 +221,11 @@ def _variant(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {"seconds_to_all_ready": spread([s["seconds"] for s in samples]),
             "seconds_to_first_ready": spread([s["first_ready"] for s in samples]),
             "first_to_last_ready": spread([s["spread"] for s in samples]),
+            "seconds_to_first_identify": spread([s["first_identify"] for s in samples]),
             **({"seconds_to_all_granted": spread([s["all_granted"] for s in samples])}
                if all("all_granted" in s for s in samples) else {}),
+            **{f"cpu_{moment}": {role: statistics.median(s[f"cpu_{moment}"][role] for s in samples) for role in ROLES}
+               for moment in ("first_identify", "all_ready") if all(f"cpu_{moment}" in s for s in samples)},
             "identify_violations": max(s["violations"] for s in samples),
             "identifies": max(s["identifies"] for s in samples),
             "duplicate_sessions": max(s["duplicates"] for s in samples), "repeats": len(samples)}
@@ -206,7 +245,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for index, (name, run) in enumerate(plans):
             sample = run(root / f"run-{index}")
             samples.setdefault(name, []).append(sample)
-            print(f"  {name}: {sample['seconds']:.2f} s, {sample['violations']} violations", file=sys.stderr)
+            granted = f", all granted {sample['all_granted']:.2f} s" if "all_granted" in sample else ""
+            if "cpu_first_identify" in sample:
+                granted += f", CPU before the first IDENTIFY {_fmt_cpu(sample['cpu_first_identify'])}"
+            print(f"  {name}: {sample['seconds']:.2f} s{granted}, first IDENTIFY {sample['first_identify']:.2f} s, "
+                  f"first → last READY {sample['spread']:.2f} s, {sample['violations']} violations (load "
+                  f"{os.getloadavg()[0]:.2f})", file=sys.stderr)
     variants = {name: _variant(found) for name, found in samples.items()}
     ours = variants["letsfrag"]
     goal = round(GOAL_FACTOR * limit, 3)
@@ -231,6 +275,8 @@ def _print(result: dict[str, Any]) -> None:
         first = fmt_spread(variant["seconds_to_first_ready"])
         if "seconds_to_all_granted" in variant:
             first += f"\n(all granted {fmt_spread(variant['seconds_to_all_granted'])})"
+        if "seconds_to_first_identify" in variant:
+            first += f"\n(first IDENTIFY {fmt_spread(variant['seconds_to_first_identify'])})"
         body.append([name, fmt_spread(variant["seconds_to_all_ready"]), first,
                      fmt_spread(variant["first_to_last_ready"]), f"{median / limit:.2f} ×" if limit else "—",
                      str(variant["identify_violations"])])
@@ -239,8 +285,16 @@ def _print(result: dict[str, Any]) -> None:
                      f"{p['max_concurrency']}, window {p['identify_window']:g} s (median, min–max)",
                      ["variant", "start → all READY", "start → first READY", "first → last READY", "vs limit",
                       "violations"], body)
+    for name, variant in result["variants"].items():
+        if "cpu_first_identify" in variant:
+            print(f"{name}: CPU (user + system, median) before the first IDENTIFY "
+                  f"{_fmt_cpu(variant['cpu_first_identify'])}; until all READY {_fmt_cpu(variant['cpu_all_ready'])}")
     verdict = "met" if result["met"] else "NOT met"
     print(f"goal {result['goal']['text']} (≤ {result['goal']['seconds']:.2f} s): {verdict}")
+
+
+def _fmt_cpu(used: dict[str, float]) -> str:
+    return f"{sum(used.values()):.2f} s (" + ", ".join(f"{role} {used[role]:.2f}" for role in ROLES) + ")"
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:

@@ -34,9 +34,13 @@ _SECRET_ENV_WORDS = ("TOKEN", "PASSWORD", "PASSWD", "SECRET", "KEY", "CREDENTIAL
 
 
 class StrictModel(BaseModel):
-    """Base of every config model: unknown keys are errors, and so are infinite or NaN numbers."""
+    """Base of every config model: unknown keys are errors, and so are infinite or NaN numbers.
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    Validators are built on first use (``defer_build``), so importing :mod:`letsfrag.config` stays cheap and a
+    process builds only the documents it reads (a broker never builds the host models).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, defer_build=True)
 
 
 def _whole_number(value: Any) -> Any:

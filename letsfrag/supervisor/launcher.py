@@ -2,7 +2,8 @@
 
 Started by the supervisor (:class:`letsfrag.supervisor.prefork.Launcher`) as ``python -m letsfrag.supervisor.launcher``
 with one end of a ``SOCK_SEQPACKET`` socketpair as ``LETSFRAG_LAUNCHER_FD``. It imports :data:`PRELOAD`
-(discord.py, aiohttp, redis-py, letsfrag's cluster side and config model; never the user's bot module) with the
+(discord.py, aiohttp, redis-py, letsfrag's cluster side and config model; never the user's bot module) and builds
+the validators of the config models a cluster uses (:data:`PREBUILD`; the others stay unbuilt) with the
 garbage collector off, freezes the heap (``gc.freeze()``: the collector never writes to those
 objects, so their pages stay shared copy-on-write; each cluster turns it on again) and then only answers
 requests; it holds no event loop, no thread and no socket but the control socket. ``letsfrag supervise`` starts
@@ -40,14 +41,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ENV_CONTROL_FD", "PRELOAD", "LaunchReply", "LaunchRequest", "fork_supported", "main", "start_launcher",
-           "stop_launcher"]
+__all__ = ["ENV_CONTROL_FD", "PREBUILD", "PRELOAD", "LaunchReply", "LaunchRequest", "fork_supported", "main",
+           "start_launcher", "stop_launcher"]
 
 ENV_CONTROL_FD = "LETSFRAG_LAUNCHER_FD"
 #: imported once by the launcher, shared by every cluster process it forks
 #: (``letsfrag.config``: a cluster reads its Redis settings into the config model, pydantic and all)
 PRELOAD = ("asyncio", "aiohttp", "discord", "discord.ext.commands", "redis.asyncio", "letsfrag.cluster.client",
            "letsfrag.ipc", "letsfrag.rpc.caller", "letsfrag.config", "letsfrag.environment", "letsfrag.connection")
+#: config models a cluster validates (``ClusterEnvironment.redis_settings``): the config models build their
+#: validators on first use (``defer_build``), so the launcher builds these once for every cluster it forks
+PREBUILD = (("letsfrag.config", "RedisSettings"),)
 #: the largest request accepted (the environment of one cluster)
 MAX_REQUEST = 1024 * 1024
 #: descriptors per request: IPC, stdout, stderr
@@ -153,6 +157,13 @@ def stop_launcher(process: subprocess.Popen[bytes], sock: socket.socket) -> None
 def _preload() -> None:
     for name in PRELOAD:
         importlib.import_module(name)
+    _prebuild()
+
+
+def _prebuild() -> None:
+    """Build the validators of :data:`PREBUILD` now (in the launcher, so its clusters share them)."""
+    for module, model in PREBUILD:
+        getattr(importlib.import_module(module), model).model_rebuild()
 
 
 def _prctl(option: int, value: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,20 @@ def test_fork_needs_a_module(tmp_path: Path) -> None:
     assert launcher_mode(host_config("redis://127.0.0.1:1/0", tmp_path, launcher="exec")) == "exec"
     exec_module = host_config("redis://127.0.0.1:1/0", tmp_path, bot={"module": "m", "launcher": "exec"})
     assert launcher_mode(exec_module) == "exec"
+
+
+@pytest.mark.integration
+def test_the_launcher_builds_the_config_models_a_cluster_validates_and_no_others() -> None:
+    # a fresh interpreter: in this one, other tests have long built every model
+    code = (
+        "import letsfrag.config as c\n"
+        "from letsfrag.supervisor.launcher import PREBUILD, _prebuild\n"
+        "assert PREBUILD == (('letsfrag.config', 'RedisSettings'),), PREBUILD\n"
+        "assert not c.RedisSettings.__pydantic_complete__, 'built at import: defer_build is off'\n"
+        "_prebuild()\n"
+        "assert c.RedisSettings.__pydantic_complete__\n"
+        "assert not c.HostConfig.__pydantic_complete__ and not c.BrokerConfig.__pydantic_complete__\n"
+        "c.RedisSettings.model_validate({'url': 'redis://127.0.0.1:1/0'})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
