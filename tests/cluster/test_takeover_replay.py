@@ -65,6 +65,9 @@ async def test_a_cluster_whose_supervisor_dies_leaves_its_sessions_for_the_repla
                 async def replayed() -> bool:
                     return len([e for e in await recent(r, KEYS) if e.kind == "session_replayed"]) == 2
                 await wait_until(replayed, timeout=10, message="two session_replayed events")
+                # the bot recorded its answers when it sent them; they reach the simulator a moment later
+                await wait_until(lambda: sim.stats()["handling"]["pending"] == 0, timeout=10,
+                                 message="every answer at the simulator")
                 kinds = [e.kind for e in await recent(r, KEYS)]
                 stats = sim.stats()
             assert sorted(second.messages) == sorted(f"!ping {n}" for n in missed)
