@@ -121,9 +121,13 @@ PENDING, DONE = "pending", "done"
 _RUN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.")
 
 
+def _is_run(run: str) -> bool:
+    return bool(run) and set(run) <= _RUN_CHARS
+
+
 def check_run(run: str) -> str:
     """``run`` when it is a valid run identity (letters, digits and dots, not empty); ``ValueError`` otherwise."""
-    if not run or not set(run) <= _RUN_CHARS:
+    if not _is_run(run):
         raise ValueError(f"a run identity is letters, digits and dots, found {run!r}")
     return run
 
@@ -160,7 +164,7 @@ class ClaimValue:
         if state not in (PENDING, DONE) or len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[:2]):
             return None
         run = parts[2] if len(parts) == 3 else None
-        if run is not None and (not run or not set(run) <= _RUN_CHARS):
+        if run is not None and not _is_run(run):
             return None
         return cls(state, int(parts[0]), int(parts[1]), run)
 
