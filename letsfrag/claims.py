@@ -5,15 +5,19 @@ in one script (:data:`CLAIM_SCRIPT`, one round trip like ``SET NX``), and only t
 sessions of one shard (a takeover, a replay after RESUME, a woken process next to its successor) therefore
 answer an event once. A claim has two phases (:class:`ClaimValue`, the value of ``{ns}:claim:<event>:<identity>``):
 
-- ``pending:<cluster>/<epoch>`` from the claim until every handler task its parse started has finished;
-- ``done:<cluster>/<epoch>`` after (:data:`DONE_SCRIPT`, written only over the writer's own pending value: a
+- ``pending:<cluster>/<epoch>/<run>`` from the claim until every handler task its parse started has finished
+  (``<run>``: the process run, :data:`~letsfrag.environment.ClusterEnvironment.run`);
+- ``done:<cluster>/<epoch>/<run>`` after (:data:`DONE_SCRIPT`, written only over the writer's own pending value: a
   fenced or old process never turns another owner's claim into done).
 
 A claim is won when the key is absent, or when it is *pending* for an owner that is no longer live — its epoch is
 neither the cluster's current grant in ``{ns}:assignment`` nor the source of a handover in progress in
 ``{ns}:handover`` (a dead, frozen or fenced host's process: its handler may have died mid-way) — and the claimant
-is itself the current grant of its cluster. A *done* claim, a pending one of a live owner, and a value of the
-older one-phase format (``<cluster>/<epoch>``) always lose. While the handlers of a won claim run,
+is itself the current grant of its cluster. A pending claim of the claimant's own cluster and epoch is also won
+when its run is one the claimant's supervisor reaped (``dead_runs``: a cluster crashed and restarted in place
+keeps its epoch). A *done* claim, a pending one of a live owner (of the claimant's own epoch: a run not known
+dead, or the two-part ``pending:<cluster>/<epoch>`` of an earlier version, run unknown), and a value of the older
+one-phase format (``<cluster>/<epoch>``) always lose. While the handlers of a won claim run,
 :class:`ClaimedHandling` counts the messages they send: the k-th gets the nonce :func:`reply_nonce` (identity,
 k), so a reply sent again by whoever takes the claim over (or by a woken process finishing its handler) is the
 same message at Discord (``enforce_nonce``). The identity of each claimable event
@@ -113,17 +117,36 @@ def claim_identity(event: str, data: Any) -> str | None:
 PENDING, DONE = "pending", "done"
 
 
+#: the characters of a run identity (the scripts below match it with ``[%w%.]+``)
+_RUN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.")
+
+
+def _is_run(run: str) -> bool:
+    return bool(run) and set(run) <= _RUN_CHARS
+
+
+def check_run(run: str) -> str:
+    """``run`` when it is a valid run identity (letters, digits and dots, not empty); ``ValueError`` otherwise."""
+    if not _is_run(run):
+        raise ValueError(f"a run identity is letters, digits and dots, found {run!r}")
+    return run
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimValue:
-    """The value of ``{ns}:claim:<event>:<identity>``: ``<state>:<cluster>/<epoch>`` (the format, both ways; the
-    scripts below match it with ``^pending:(%d+)/(%d+)$``)."""
+    """The value of ``{ns}:claim:<event>:<identity>``: ``<state>:<cluster>/<epoch>/<run>`` (the format, both ways;
+    the scripts below match it with ``^pending:(%d+)/(%d+)/([%w%.]+)$``). ``run`` None: the two-part
+    ``<state>:<cluster>/<epoch>`` of an earlier version (run unknown)."""
 
     state: str
     cluster: int
     epoch: int
+    run: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.state}:{self.cluster}/{self.epoch}"
+        if self.run is None:
+            return f"{self.state}:{self.cluster}/{self.epoch}"
+        return f"{self.state}:{self.cluster}/{self.epoch}/{self.run}"
 
     @property
     def owner(self) -> str:
@@ -137,10 +160,13 @@ class ClaimValue:
             return None
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         state, _, owner = text.partition(":")
-        cluster, _, epoch = owner.partition("/")
-        if state not in (PENDING, DONE) or not cluster.isdigit() or not epoch.isdigit():
+        parts = owner.split("/")
+        if state not in (PENDING, DONE) or len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[:2]):
             return None
-        return cls(state, int(cluster), int(epoch))
+        run = parts[2] if len(parts) == 3 else None
+        if run is not None and not _is_run(run):
+            return None
+        return cls(state, int(parts[0]), int(parts[1]), run)
 
 
 def parse_owner(owner: str) -> tuple[int, int]:
@@ -152,8 +178,9 @@ def parse_owner(owner: str) -> tuple[int, int]:
 
 
 #: KEYS: claim key, assignment hash, handover hash; ARGV: the pending value, ttl ms, claimant cluster, claimant
-#: epoch. Returns 1 (won: the key was absent), 2 (won: a pending claim of an owner no longer live taken over) or
-#: 0 (lost). The common case is GET + SET: one round trip, like ``SET NX``.
+#: epoch, the claimant's dead runs (comma list, may be empty). Returns 1 (won: the key was absent), 2 (won: a
+#: pending claim of an owner no longer live, or of a dead run of the claimant's own cluster and epoch, taken over)
+#: or 0 (lost). The common case is GET + SET: one round trip, like ``SET NX``.
 CLAIM_SCRIPT = """
 local old = redis.call('GET', KEYS[1])
 if not old then
@@ -161,7 +188,10 @@ if not old then
   return 1
 end
 if old == ARGV[1] then return 0 end
-local cluster, epoch = string.match(old, '^pending:(%d+)/(%d+)$')
+local cluster, epoch, run = string.match(old, '^pending:(%d+)/(%d+)/([%w%.]+)$')
+if not cluster then
+  cluster, epoch = string.match(old, '^pending:(%d+)/(%d+)$')
+end
 if not cluster then return 0 end
 local function grant_epoch(cid)
   local raw = redis.call('HGET', KEYS[2], cid)
@@ -169,6 +199,12 @@ local function grant_epoch(cid)
   local ok, v = pcall(cjson.decode, raw)
   if ok and type(v) == 'table' then return tonumber(v.epoch) end
   return nil
+end
+if run and cluster == ARGV[3] and tonumber(epoch) == tonumber(ARGV[4])
+    and string.find(',' .. ARGV[5] .. ',', ',' .. run .. ',', 1, true) then
+  if grant_epoch(ARGV[3]) ~= tonumber(ARGV[4]) then return 0 end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
 end
 if grant_epoch(cluster) == tonumber(epoch) then return 0 end
 local handover = redis.call('HGET', KEYS[3], cluster)
@@ -193,18 +229,23 @@ _SHAS = {script: hashlib.sha1(script.encode()).hexdigest() for script in (CLAIM_
 
 
 class Claimer:
-    """Claims (:data:`CLAIM_SCRIPT`) and their completion (:data:`DONE_SCRIPT`) for one owner ``<cluster>/<epoch>``.
+    """Claims (:data:`CLAIM_SCRIPT`) and their completion (:data:`DONE_SCRIPT`) for one owner ``<cluster>/<epoch>``
+    in the process run ``run``; ``dead_runs``: earlier runs of the same cluster and epoch that have exited (their
+    pending claims are taken over).
 
     Requests made in the same turn of the event loop go to Redis together in one pipeline (a burst of events
     costs one round trip, not one each)."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, owner: str, ttl: float = CLAIM_TTL) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, owner: str, ttl: float = CLAIM_TTL, *,
+                 run: str | None = None, dead_runs: Iterable[str] = ()) -> None:
         self.redis = redis
         self.keys = keys
         self.owner = owner
         cluster, epoch = parse_owner(owner)
-        self.pending_value = str(ClaimValue(PENDING, cluster, epoch))
-        self.done_value = str(ClaimValue(DONE, cluster, epoch))
+        self.run = check_run(run) if run is not None else None
+        self.dead_runs = ",".join(check_run(dead) for dead in dead_runs)
+        self.pending_value = str(ClaimValue(PENDING, cluster, epoch, self.run))
+        self.done_value = str(ClaimValue(DONE, cluster, epoch, self.run))
         self._cluster, self._epoch = str(cluster), epoch
         self.ttl_ms = int(ttl * 1000)
         #: claims won by taking over a pending claim of an owner no longer live
@@ -240,7 +281,7 @@ class Claimer:
         key = self.keys.claim(identity)
         if kind == "claim":
             return CLAIM_SCRIPT, [3, key, self.keys.assignment, self.keys.handover, self.pending_value, self.ttl_ms,
-                                  self._cluster, self._epoch]
+                                  self._cluster, self._epoch, self.dead_runs]
         return DONE_SCRIPT, [1, key, self.pending_value, self.done_value, self.ttl_ms]
 
     async def _eval(self, script: str, args: list[Any]) -> Any:

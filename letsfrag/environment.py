@@ -9,6 +9,8 @@ Secrets (bot token, Redis password, signing secret) travel in the environment, n
 ``LETSFRAG_HOST_ID``               host (supervisor) id
 ``LETSFRAG_HOST_INCARNATION``      the supervisor run's incarnation (its lease value)
 ``LETSFRAG_EPOCH``                 epoch of the grant this process runs under
+``LETSFRAG_RUN``                   this process run's identity (letters, digits, dots; unique per supervisor run)
+``LETSFRAG_DEAD_RUNS``             comma list of earlier runs of this cluster and epoch the supervisor reaped
 ``LETSFRAG_REDIS_URL``             Redis URL without credentials
 ``LETSFRAG_REDIS``                 JSON of the full Redis settings (username, password, TLS, Sentinel)
 ``LETSFRAG_NAMESPACE``             key and channel prefix
@@ -38,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .claims import DEFAULT_CLAIM_EVENTS, check_claim_events
+from .claims import DEFAULT_CLAIM_EVENTS, check_claim_events, check_run
 from .contract.envelope import DEFAULT_MAX_BYTES, DEFAULT_WINDOW
 from .errors import NotInClusterError
 
@@ -78,8 +80,18 @@ class ClusterEnvironment:
     claim_events: tuple[str, ...] = DEFAULT_CLAIM_EVENTS
     #: a handover successor (``LETSFRAG_HANDOVER=1``): identifies beside the current owner, gated until the switch
     handover: bool = False
+    #: this process run's identity (``LETSFRAG_RUN``; empty: unknown, an older supervisor): in its claims' values
+    run: str = ""
+    #: earlier runs of this cluster and epoch that have exited (``LETSFRAG_DEAD_RUNS``, reaped by the supervisor):
+    #: their pending claims are taken over (``letsfrag.claims``)
+    dead_runs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        try:
+            for run in (*((self.run,) if self.run else ()), *self.dead_runs):  # run empty: not given
+                check_run(run)
+        except ValueError as exc:
+            raise ValueError(f"LETSFRAG_RUN / LETSFRAG_DEAD_RUNS: {exc}") from None
         try:
             object.__setattr__(self, "claim_events", check_claim_events(self.claim_events))
         except ValueError as exc:
@@ -124,6 +136,10 @@ class ClusterEnvironment:
         }
         if self.handover:
             env["LETSFRAG_HANDOVER"] = "1"
+        if self.run:
+            env["LETSFRAG_RUN"] = self.run
+        if self.dead_runs:
+            env["LETSFRAG_DEAD_RUNS"] = ",".join(self.dead_runs)
         if self.secret:
             env["LETSFRAG_SECRET"] = self.secret
         if self.discord_api_url:
@@ -164,6 +180,8 @@ class ClusterEnvironment:
                 log_format="json" if env.get("LETSFRAG_LOG_FORMAT") == "json" else "plain",
                 claim_events=_claim_events(env.get("LETSFRAG_CLAIM_EVENTS")),
                 handover=env.get("LETSFRAG_HANDOVER") == "1",
+                run=env.get("LETSFRAG_RUN", ""),
+                dead_runs=tuple(r for r in (p.strip() for p in env.get("LETSFRAG_DEAD_RUNS", "").split(",")) if r),
             )
         except (KeyError, ValueError) as exc:
             raise NotInClusterError(f"the letsfrag environment is incomplete or invalid ({exc}); {HOW_TO_RUN}") from exc

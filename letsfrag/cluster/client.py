@@ -277,7 +277,8 @@ class ClusterMixin(_Base):
             self._lf_ipc = await IpcChannel.from_socket(self._lf_ipc_socket)
         else:
             self._lf_ipc = await IpcChannel.from_env()
-        self._lf_claimer = Claimer(self._lf_redis, keys, f"{env.cluster_id}/{env.epoch}")
+        self._lf_claimer = Claimer(self._lf_redis, keys, f"{env.cluster_id}/{env.epoch}", run=env.run or None,
+                                   dead_runs=env.dead_runs)
         self._lf_sessions = SessionStore(self._lf_redis, keys, env.cluster_id, owner=(env.host_id, env.epoch))
         await self._lf_load_orphans()
         self._lf_health = HealthReporter(self, self._lf_redis, keys, env.cluster_id, self._lf_tracker, self._lf_ipc)

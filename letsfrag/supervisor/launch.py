@@ -80,11 +80,15 @@ def cluster_environment(
     identify_window: float,
     broker_allows_eval: bool = False,
     handover: bool = False,
+    run: str = "",
+    dead_runs: tuple[str, ...] = (),
 ) -> ClusterEnvironment:
     """The environment contract of one cluster process (see :mod:`letsfrag.environment`).
 
     The cluster's bus gets this host's ``signature_window`` and ``max_message_bytes``; ``allow_eval`` is set only
     when both this host's config and the broker's (``broker_allows_eval``, from ``{ns}:layout``) allow it.
+    ``run`` / ``dead_runs``: this process run's identity and the earlier runs of the cluster and epoch that were
+    reaped (:func:`run_identity`).
     """
     return ClusterEnvironment(
         cluster_id=cluster_id,
@@ -108,8 +112,15 @@ def cluster_environment(
         claim_events=tuple(config.claim_events),
         allow_eval=config.allow_eval and broker_allows_eval,
         handover=handover,
+        run=run,
+        dead_runs=dead_runs,
         log_format="json" if active_log_format() == "json" else "plain",
     )
+
+
+def run_identity(prefix: str, token: int) -> str:
+    """The identity of one process run (``LETSFRAG_RUN``): the supervisor run's ``prefix`` and the run's token."""
+    return f"{prefix}.{token}"
 
 
 def build_env(config: HostConfig, environment: ClusterEnvironment, ipc_fd: int,

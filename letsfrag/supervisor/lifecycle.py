@@ -76,6 +76,8 @@ __all__ = [
 
 #: the lines of a crash report kept in ``{ns}:errors:cluster:{cid}``
 CRASH_TAIL_LINES = 30
+#: the most earlier runs of one epoch a new run is told are dead (``Spawn.dead_runs``; a crash loop keeps the newest)
+MAX_DEAD_RUNS = 16
 #: after SIGUSR1 (stack dump) a hung cluster gets this long before it is stopped
 HANG_DUMP_WAIT = 0.5
 
@@ -104,6 +106,8 @@ class Spawn:
     shard_ids: tuple[int, ...]
     epoch: int
     token: int
+    #: tokens of earlier runs of this cluster and epoch whose process was reaped (``LETSFRAG_DEAD_RUNS``)
+    dead_runs: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +360,14 @@ class Lifecycle:
         return [StateChanged(record.cluster_id, state, reason, changed)]
 
     def begin_run(self, record: ClusterRecord, *, epoch: int | None = None, token: int | None = None) -> None:
-        """A new run of ``record`` (a spawn, or a promoted successor): a new token, the per-run fields cleared."""
+        """A new run of ``record`` (a spawn, or a promoted successor): a new token, the per-run fields cleared.
+
+        ``dead_runs`` keeps the earlier runs of the same epoch whose process was reaped (plus the previous run when
+        it was: a restart in place); a new epoch starts with none."""
+        if epoch is not None and epoch != record.epoch:
+            record.dead_runs = ()
+        elif record.token and record.reaped_token == record.token:
+            record.dead_runs = (*record.dead_runs, record.token)[-MAX_DEAD_RUNS:]
         if epoch is not None:
             record.epoch = epoch
         record.token = self.next_token() if token is None else token
@@ -396,7 +407,7 @@ class Lifecycle:
         assert record.epoch is not None
         record.started_at = now.wall
         record.started_mono = now.mono
-        return [Spawn(record.cluster_id, record.shard_ids, record.epoch, record.token)]
+        return [Spawn(record.cluster_id, record.shard_ids, record.epoch, record.token, record.dead_runs)]
 
     def spawned(self, cluster_id: int, token: int, pid: int, now: Instant) -> list[Effect]:
         """The process of a :class:`Spawn` started."""
@@ -642,6 +653,7 @@ class Lifecycle:
         if record is None or record.token != token:
             return []
         pid, record.pid, record.stopping = record.pid, None, False
+        record.reaped_token = token
         info = policy.ExitInfo.from_returncode(returncode, fatal_reason=record.fatal_reason)
         record.exit_code, record.exit_signal = info.code, info.signal
         record.cpu_percent, record.rss, record.threads, record.pss, record.uss = 0.0, 0, 0, 0, 0

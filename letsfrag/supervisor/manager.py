@@ -28,6 +28,7 @@ import inspect
 import logging
 import random
 import signal
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,13 @@ from letsfrag.loops import cancel_and_wait, supervised
 from letsfrag.supervisor import lifecycle as lc
 from letsfrag.supervisor.handoff import SuccessorBook
 from letsfrag.supervisor.host import HostAgent
-from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, register_config_secrets
+from letsfrag.supervisor.launch import (
+    build_argv,
+    build_env,
+    cluster_environment,
+    register_config_secrets,
+    run_identity,
+)
 from letsfrag.supervisor.logfile import ClusterLog, log_path
 from letsfrag.supervisor.prefork import Launcher, launcher_mode
 from letsfrag.supervisor.process import ClusterProcess, run_stop
@@ -102,6 +109,9 @@ class ClusterManager:
         self.state = HostState()
         #: the pure core: every decision about a cluster (supervisor/lifecycle.py)
         self.lifecycle = lc.Lifecycle(config, self.host_id, self.state, rng or random.Random())
+        #: this supervisor run's part of every process run identity (``LETSFRAG_RUN``: ``<prefix>.<token>``): a
+        #: restarted supervisor counts tokens from 1 again, so its runs never look like an earlier supervisor's
+        self.run_prefix = uuid.uuid4().hex[:12]
         #: the shell's resources, by cluster id: each cluster's process, its restart timer, its stop task
         self.processes: dict[int, ClusterProcess] = {}
         self._timers: dict[int, Timer] = {}
@@ -613,9 +623,11 @@ class ClusterManager:
         await self._run(self.lifecycle.promote(cluster_id, successor, self._now()))
 
     async def launch(self, cluster_id: int, shard_ids: tuple[int, ...], epoch: int, token: int, *,
-                      handover: bool = False, layout: LayoutRecord | None = None) -> ClusterProcess:
+                     handover: bool = False, layout: LayoutRecord | None = None,
+                     dead_runs: tuple[int, ...] = ()) -> ClusterProcess:
         """Start one process of ``cluster_id`` (a cluster, or with ``handover`` a successor) in ``layout``
-        (default the live one; a reshard's cluster runs in its generation's); raises ``OSError``."""
+        (default the live one; a reshard's cluster runs in its generation's); ``dead_runs``: the tokens of earlier
+        runs of this cluster and epoch whose process was reaped. Raises ``OSError``."""
         assert self.state.layout is not None and self.agent is not None
         layout = layout or self.state.layout
         environment = cluster_environment(
@@ -623,7 +635,8 @@ class ClusterManager:
             host_id=self.host_id, incarnation=self.agent.incarnation, epoch=epoch,
             heartbeat_interval=layout.heartbeat_interval, lease_ttl=layout.lease_ttl,
             max_concurrency=layout.max_concurrency, identify_window=layout.identify_window,
-            broker_allows_eval=layout.allow_eval, handover=handover)
+            broker_allows_eval=layout.allow_eval, handover=handover, run=run_identity(self.run_prefix, token),
+            dead_runs=tuple(run_identity(self.run_prefix, dead) for dead in dead_runs))
         process = ClusterProcess(
             cluster_id, token, argv=self.argv, cwd=self.config.bot.cwd,
             env_for_fd=lambda fd: build_env(self.config, environment, fd),
@@ -642,7 +655,8 @@ class ClusterManager:
 
     async def _spawn(self, spawn: lc.Spawn) -> None:
         try:
-            process = await self.launch(spawn.cluster_id, spawn.shard_ids, spawn.epoch, spawn.token)
+            process = await self.launch(spawn.cluster_id, spawn.shard_ids, spawn.epoch, spawn.token,
+                                        dead_runs=spawn.dead_runs)
         except OSError as exc:
             await self._run(self.lifecycle.spawn_failed(spawn.cluster_id, spawn.token, str(exc), self.program(),
                                                         self._now()))

@@ -87,7 +87,8 @@ class Shell(Protocol):
         """``process`` (a successor) is now the cluster's process: the lifecycle's ``promote``, carried out."""
 
     async def launch(self, cluster_id: int, shard_ids: tuple[int, ...], epoch: int, token: int, *,
-                     handover: bool = False, layout: LayoutRecord | None = None) -> ClusterProcess:
+                     handover: bool = False, layout: LayoutRecord | None = None,
+                     dead_runs: tuple[int, ...] = ()) -> ClusterProcess:
         """Start one process of ``cluster_id`` (raises ``OSError``)."""
 
     def program(self) -> str:

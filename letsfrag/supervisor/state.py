@@ -136,6 +136,11 @@ class ClusterRecord:
     pid: int | None = None
     #: increases with every spawn; events carry it so late events of an old process are ignored
     token: int = 0
+    #: the token of the last run whose process this supervisor reaped (``exited``)
+    reaped_token: int | None = None
+    #: tokens of earlier runs of this epoch whose process was reaped (the newest last): the current run may take
+    #: over the claims they left pending (``LETSFRAG_DEAD_RUNS``)
+    dead_runs: tuple[int, ...] = ()
     spawns: int = 0
     restarts: int = 0
     reason: str = ""

@@ -6,19 +6,23 @@ and ends with: each event answered exactly once (0 lost, 0 twice), 0 identify vi
 event per shard whose process went away (no ``replay_refused``/``replay_failed``), no IDENTIFY beyond the fresh
 sessions of the moved shards, every shard READY, and (the fixture) no process left behind. The first tests
 disturb it between two events; the ``while_handlers_run`` ones run a bot that answers 1.5 s after each event and
-kill or freeze the host while dozens of handlers run: their claims are still pending, the new owner takes them
-over in its replay, and a woken process's late reply is the same message (its nonce) as the new owner's.
+kill or freeze the host (or SIGKILL one cluster process, restarted in place at the same epoch) while dozens of
+handlers run: their claims are still pending, the new owner (or the new run, which its supervisor told the old one
+is dead) takes them over in its replay, and a woken process's late reply is the same message (its nonce) as the
+new owner's.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.chaos import FAULTY_BOT, SLOW_BOT
+from support.chaos import FAULTY_BOT, SLOW_BOT, cluster_pids_by_id
 from support.exactly_once import (
     SecuredRehearsal,
     all_clusters_ready,
@@ -271,5 +275,45 @@ def test_host_frozen_while_handlers_run_loses_nothing(deploy: Callable[..., Secu
         print(f"{len(pending)} claims pending at the freeze: {outcome}; replies deduped by nonce: {deduped}")
         assert outcome["still_pending"] == 0 and outcome["taken_over"] > 0, outcome
         assert deduped > 0, "the woken handlers' replies were the new owner's messages (same nonce)"
+    finally:
+        client.close()
+
+
+def test_cluster_sigkill_while_handlers_run_restarted_in_place_loses_nothing(
+        deploy: Callable[..., SecuredRehearsal]) -> None:
+    """One cluster process SIGKILLed with handlers running: its supervisor reaps it and restarts it in place (same
+    epoch); the new run was told the old run is dead (``LETSFRAG_DEAD_RUNS``) and takes its pending claims over in
+    its replay."""
+    deployment = deploy(**SHAPE, **SLOW).start()
+    client = deployment.redis_client()
+    try:
+        _traffic_flowing(deployment)
+        before = deployment.assignment(client)
+        victim = min(cid for cid, (host, _) in before.items() if host == "h0")
+        owner = (victim, before[victim][1])
+        pid = cluster_pids_by_id(deployment)[victim]
+        identifies = deployment.sim_stats()["identifies"]["total"]
+        since = time.time()
+        pending = wait_until_sync(lambda: {key: v for key, v in _claims(deployment, client).items()
+                                           if v is not None and v.state == PENDING and (v.cluster, v.epoch) == owner},
+                                  timeout=10, interval=0.05, message="handlers running in the victim")
+        os.kill(pid, signal.SIGKILL)
+        wait_until_sync(lambda: not live_pids([pid]), timeout=10, interval=0.05, message="the victim is gone")
+        wait_until_sync(lambda: all_clusters_ready(deployment, client), timeout=40, interval=0.2,
+                        message="the killed cluster READY again")
+        assert deployment.assignment(client) == before, "restarted in place: same host, same epoch"
+        _ends_with_nothing_lost(deployment, since=since, replays=deployment.settings.shards_per_cluster,
+                                identifies_before=identifies, fresh_sessions=deployment.settings.shards_per_cluster)
+        claims = _claims(deployment, client)
+        outcome = {"taken_over": 0, "done_by_old": 0, "still_pending": 0}
+        for key, old in pending.items():
+            value = claims.get(key)
+            if value is None or value.state != DONE:
+                outcome["still_pending"] += 1
+            else:
+                outcome["done_by_old" if value.run == old.run else "taken_over"] += 1
+        print(f"{len(pending)} claims pending at the kill: {outcome}")
+        assert all(v.run for v in pending.values()), "the claims name their run"
+        assert outcome["still_pending"] == 0 and outcome["taken_over"] > 0, outcome
     finally:
         client.close()

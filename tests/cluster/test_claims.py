@@ -197,7 +197,12 @@ def test_claim_values_both_ways() -> None:
     assert str(ClaimValue(PENDING, 3, 17)) == "pending:3/17" and ClaimValue.parse("pending:3/17") == ClaimValue(
         PENDING, 3, 17)
     assert ClaimValue.parse(b"done:0/1") == ClaimValue(DONE, 0, 1) and ClaimValue(DONE, 0, 1).owner == "0/1"
-    for raw in (None, "0/1", "pending:0", "pending:a/1", "claimed:0/1", "pending:0/1/2", ""):
+    assert str(ClaimValue(PENDING, 3, 17, "ab12.4")) == "pending:3/17/ab12.4"
+    assert ClaimValue.parse("pending:3/17/ab12.4") == ClaimValue(PENDING, 3, 17, "ab12.4")
+    assert ClaimValue.parse(b"done:0/1/x.2") == ClaimValue(DONE, 0, 1, "x.2")
+    assert ClaimValue.parse("pending:3/17") == ClaimValue(PENDING, 3, 17, None)  # an earlier two-part value
+    for raw in (None, "0/1", "pending:0", "pending:a/1", "claimed:0/1", "pending:0/1/", "pending:0/1/a-b",
+                "pending:0/1/2/3", ""):
         assert ClaimValue.parse(raw) is None, raw  # absent, or an older one-phase claim
     assert parse_owner("12/40") == (12, 40)
     with pytest.raises(ValueError, match="<cluster>/<epoch>"):
@@ -237,6 +242,34 @@ async def test_a_stale_claimant_or_a_live_handover_source_cannot_take_over(r: ai
     await r.hdel(KEYS.handover, "0")  # the old process is gone
     assert await Claimer(r, KEYS, "0/2").claim("MESSAGE_CREATE:8") is True
     assert await r.get(KEYS.claim("MESSAGE_CREATE:8")) == "pending:0/2"
+
+
+async def test_a_restarted_run_takes_over_the_pending_claims_of_its_dead_runs(r: aioredis.Redis) -> None:
+    """A cluster restarted in place keeps its epoch: its new run takes over the pending claims of the runs its
+    supervisor reaped, never those of a run not known dead, of an unknown run, of another epoch still live, nor a
+    done one; and only while its own epoch is the grant."""
+    await grant(r, 0, "h0", 1)
+    await grant(r, 1, "h0", 3)
+    values = {"dead": "pending:0/1/s1.1", "live": "pending:0/1/s1.7", "unknown": "pending:0/1",
+              "done": "done:0/1/s1.1", "other": "pending:1/3/s1.1"}
+    for name, value in values.items():
+        await r.set(KEYS.claim(f"MESSAGE_CREATE:{name}"), value)
+    restarted = Claimer(r, KEYS, "0/1", run="s1.2", dead_runs=("s1.0", "s1.1"))
+    answers = await asyncio.gather(*(restarted.claim(f"MESSAGE_CREATE:{name}") for name in values))
+    assert dict(zip(values, answers, strict=True)) == {"dead": True, "live": False, "unknown": False, "done": False,
+                                                        "other": False}
+    assert restarted.taken_over == 1 and await r.get(KEYS.claim("MESSAGE_CREATE:dead")) == "pending:0/1/s1.2"
+    assert await restarted.done("MESSAGE_CREATE:dead") is True
+    assert await r.get(KEYS.claim("MESSAGE_CREATE:dead")) == "done:0/1/s1.2"
+    # the dead run's own late mark (a woken process) no longer matches: the claim stays the new run's
+    assert await Claimer(r, KEYS, "0/1", run="s1.1").done("MESSAGE_CREATE:dead") is False
+    # a run whose epoch is no longer the grant takes nothing over, even of its dead runs
+    await r.set(KEYS.claim("MESSAGE_CREATE:late"), "pending:0/1/s1.1")
+    await grant(r, 0, "h1", 2)
+    assert await restarted.claim("MESSAGE_CREATE:late") is False
+    assert await r.get(KEYS.claim("MESSAGE_CREATE:late")) == "pending:0/1/s1.1"
+    with pytest.raises(ValueError, match="run identity"):
+        Claimer(r, KEYS, "0/1", run="s1.2", dead_runs=("a,b",))
 
 
 def test_reply_nonces_are_per_event_and_index() -> None:

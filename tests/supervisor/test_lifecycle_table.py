@@ -351,3 +351,25 @@ def test_a_promoted_successor_becomes_the_run_and_ends_the_backoff(tmp_path: Pat
     assert any(isinstance(e, lc.Send) and e.op == "promote" and e.fields == {"epoch": 2} for e in shell.last)
     shell.advance(5)
     assert not any(isinstance(e, lc.Spawn) for e in shell.last)
+
+
+def test_a_restart_in_place_names_the_reaped_runs_of_its_epoch_dead(tmp_path: Path) -> None:
+    """The Spawn of a restart carries the earlier runs of the same epoch whose exit was seen (reaped); a new epoch
+    starts with none."""
+    shell = FakeShell(tmp_path)
+    shell.grant({0: 1})
+    first = next(e for e in shell.last if isinstance(e, lc.Spawn))
+    assert first.dead_runs == ()
+    shell.exit(1)
+    assert not any(isinstance(e, lc.Spawn) for e in shell.last), "no new run before the backoff"
+    shell.advance(BACKOFF)
+    second = next(e for e in shell.last if isinstance(e, lc.Spawn))
+    assert (second.epoch, second.dead_runs) == (1, (first.token,))
+    shell.exit(None)  # killed by a signal
+    shell.advance(1.0)
+    third = next(e for e in shell.last if isinstance(e, lc.Spawn))
+    assert (third.epoch, third.dead_runs) == (1, (first.token, second.token))
+    shell.exit(1)
+    shell.grant({0: 2})  # the grant moved on while in backoff: the new epoch's run has no dead runs
+    spawns = [e for e in shell.last if isinstance(e, lc.Spawn)]
+    assert [(s.epoch, s.dead_runs) for s in spawns] == [(2, ())], shell.last

@@ -79,9 +79,14 @@ async def test_the_bot_module_top_level_runs_once_in_each_cluster(redis_url: str
     lines = (tmp_path / "stub" / "toplevel.txt").read_text().split("\n")
     runs = [line.split() for line in lines if line]
     # once per cluster process, as __main__, in the cluster process itself (never in the launcher)
-    assert sorted(int(pid) for pid, _, _ in runs) == sorted([pids[0], pids[1], again[1]])
-    assert all(name == "__main__" and int(ppid) == os.getpid() for _, ppid, name in runs)
-    assert launcher not in {int(pid) for pid, _, _ in runs}
+    assert sorted(int(pid) for pid, *_ in runs) == sorted([pids[0], pids[1], again[1]])
+    assert all(name == "__main__" and int(ppid) == os.getpid() for _, ppid, name, *_ in runs)
+    assert launcher not in {int(pid) for pid, *_ in runs}
+    # the forked processes get the run identities too: the restart of cluster 1 is told its first run is dead
+    by_pid = {int(pid): (run, dead) for pid, _, _, run, dead in runs}
+    assert by_pid[pids[0]][1] == "-" and by_pid[pids[1]][1] == "-"
+    assert by_pid[again[1]][1] == by_pid[pids[1]][0] != "-"
+    assert len({run for run, _ in by_pid.values()}) == 3
 
 
 async def test_exit_codes_and_signals_are_exact(redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.supervisor import TOKEN, host_config
@@ -19,7 +20,7 @@ from letsfrag.errors import ConfigError, NotInClusterError
 from letsfrag.ipc import ENV_IPC_FD
 from letsfrag.supervisor import ClusterState, ClusterView
 from letsfrag.supervisor.host import fence_after, parse_assignment
-from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, plain_redis_settings
+from letsfrag.supervisor.launch import build_argv, build_env, cluster_environment, plain_redis_settings, run_identity
 from letsfrag.supervisor.lifecycle import tick_interval
 from letsfrag.supervisor.logfile import ClusterLog
 from letsfrag.supervisor.publish import status_fields
@@ -131,6 +132,24 @@ def test_cluster_environment_carries_the_bus_settings_and_both_eval_opt_ins(
     for name, bad in (("LETSFRAG_SIGNATURE_WINDOW", "0"), ("LETSFRAG_MAX_MESSAGE_BYTES", "lots")):
         with pytest.raises(NotInClusterError, match=name if bad == "0" else "invalid literal"):
             ClusterEnvironment.from_env({**env, name: bad})
+
+
+def test_the_run_and_its_dead_runs_travel_in_the_environment(tmp_path: Path) -> None:
+    config = host_config("redis://127.0.0.1:1/0", tmp_path)
+    common: dict[str, Any] = dict(cluster_id=0, shard_ids=(0,), shard_count=1, host_id="h", incarnation="inc",
+                                  epoch=1, heartbeat_interval=0.5, lease_ttl=3, max_concurrency=1, identify_window=5)
+    model = cluster_environment(config, **common, run=run_identity("ab12", 3),
+                                dead_runs=(run_identity("ab12", 1), run_identity("ab12", 2)))
+    env = build_env(config, model, 3, base={})
+    assert (env["LETSFRAG_RUN"], env["LETSFRAG_DEAD_RUNS"]) == ("ab12.3", "ab12.1,ab12.2")
+    back = ClusterEnvironment.from_env(env)
+    assert (back.run, back.dead_runs) == ("ab12.3", ("ab12.1", "ab12.2"))
+    first = build_env(config, cluster_environment(config, **common, run="ab12.1"), 3, base={})
+    assert "LETSFRAG_DEAD_RUNS" not in first and ClusterEnvironment.from_env(first).dead_runs == ()
+    older = {k: v for k, v in env.items() if k not in ("LETSFRAG_RUN", "LETSFRAG_DEAD_RUNS")}  # an older supervisor
+    assert (ClusterEnvironment.from_env(older).run, ClusterEnvironment.from_env(older).dead_runs) == ("", ())
+    with pytest.raises(NotInClusterError, match="LETSFRAG_RUN"):
+        ClusterEnvironment.from_env({**env, "LETSFRAG_DEAD_RUNS": "ab12.1,a b"})
 
 
 def test_cluster_processes_may_get_their_own_redis_user(tmp_path: Path) -> None:
