@@ -42,8 +42,12 @@ async def test_restart_of_one_cluster_hands_over_in_place(deployment: Deployment
     assert code == 0, out
     host, epoch = (await dep.assignment())[2]
     assert host == "h1" and epoch > before[1]
-    assert f"cluster 2: handing over to h1 (epoch {epoch})" in out.err
     assert f"switched to h1 (epoch {epoch}) in " in out.out
+    # the progress lines come from a poll of the handover record (every PROGRESS_INTERVAL): a switch within 0.1 s
+    # may pass between two polls (seen beside a CPU hog), so each line shown must name the new run, none is required
+    assert out.err.startswith("restarting cluster 2"), out.err
+    progress = [line for line in out.err.splitlines() if "handing over to" in line or "switched to" in line]
+    assert all(f"to h1 (epoch {epoch})" in line for line in progress), out.err
     await wait_until(lambda: _no_records(dep), message="the record is deleted once the old run stopped")
     assert (2, epoch) in dep.hosts["h1"].promoted and dep.hosts["h1"].running[2] == epoch
     assert ("stop", 2, "h1", before[1]) in dep.ledger.history
