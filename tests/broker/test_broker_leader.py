@@ -18,6 +18,7 @@ from letsfrag.cli.control import Control
 from letsfrag.contract.envelope import MessageType, split_frame
 from letsfrag.contract.records import Grant
 from letsfrag.errors import RequestTimeout
+from letsfrag.loops import cancel_and_wait
 from letsfrag.redis_server import RedisServer
 
 
@@ -47,7 +48,10 @@ async def test_standby_takes_over_within_leader_ttl_and_never_writes(deployment:
     before = await dep.assignment()
     # crash the leader: its loop dies without releasing the lock
     assert leader._loop_task is not None
-    leader._loop_task.cancel()
+    # cancelled again until it has ended: redis-py may swallow a cancel that lands inside a command, and a loop
+    # that lived on would keep renewing the lock (the takeover failed once so, in a quiet CI run)
+    await cancel_and_wait(leader._loop_task, wait=0.2)
+    assert leader._loop_task.done(), "the leader's loop did not end"
     crashed = time.monotonic()
     await wait_until(lambda: standby.is_leader, timeout=3, interval=0.02, message="b2 takes over")
     assert time.monotonic() - crashed <= config.leader_ttl + standby.interval + scaled(0.3)
