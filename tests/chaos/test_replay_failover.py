@@ -18,6 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +70,30 @@ def _replays_since(deployment: SecuredRehearsal, since: float) -> list[str]:
                                                                                         "replay_"))]
 
 
-def _ends_with_nothing_lost(deployment: SecuredRehearsal, *, since: float, replays: int, identifies_before: int,
-                            fresh_sessions: int) -> dict[str, int]:
-    """Wait for ``replays`` session_replayed events, run traffic a little longer, then check the whole run."""
+@dataclass(frozen=True)
+class Before:
+    """The run just before a fault: the sessions it must replay, the IDENTIFYs so far, the time."""
+
+    sessions: int
+    identifies: int
+    since: float
+
+
+def _before(deployment: SecuredRehearsal, sessions: int) -> Before:
+    return Before(sessions, deployment.sim_stats()["identifies"]["total"], time.time())
+
+
+def _before_h0_goes(deployment: SecuredRehearsal, client: Any) -> Before:
+    """Before h0 (or its supervisor) goes: its clusters' shards move to h1, each replayed there."""
+    moved = [cid for cid, (host, _) in deployment.assignment(client).items() if host == "h0"]
+    assert moved, "h0 runs clusters"
+    return _before(deployment, len(moved) * deployment.settings.shards_per_cluster)
+
+
+def _ends_with_nothing_lost(deployment: SecuredRehearsal, before: Before) -> dict[str, int]:
+    """Wait for a session_replayed event per session ``before`` names, run traffic a little longer, then check the
+    whole run: nothing lost or twice, and a fresh IDENTIFY only for each replayed session."""
+    since, replays = before.since, before.sessions
     try:
         wait_until_sync(lambda: len(_replays_since(deployment, since)) >= replays, timeout=20, interval=0.2,
                         message=f"{replays} sessions replayed")
@@ -90,7 +112,7 @@ def _ends_with_nothing_lost(deployment: SecuredRehearsal, *, since: float, repla
     assert counts["unanswered_live"] == 0 and counts["undeliverable"] == 0, counts
     assert counts["answered_once"] == counts["sent"] and counts["sent_join"] > 0, counts
     assert story == ["session_replayed"] * replays, story
-    assert stats["identifies"]["total"] - identifies_before == fresh_sessions, stats["identifies"]
+    assert stats["identifies"]["total"] - before.identifies == before.sessions, stats["identifies"]
     assert stats["identify_violations"]["total"] == 0, stats["identify_violations"]
     wait_until_sync(deployment.all_ready, timeout=30, interval=0.25, message="every shard READY at the end")
     return counts
@@ -101,16 +123,11 @@ def test_host_sigkill_loses_nothing(deploy: Callable[..., SecuredRehearsal]) -> 
     client = deployment.redis_client()
     try:
         _traffic_flowing(deployment)
-        moved = [cid for cid, (host, _) in deployment.assignment(client).items() if host == "h0"]
-        shards_moved = len(moved) * deployment.settings.shards_per_cluster
-        assert moved
-        identifies = deployment.sim_stats()["identifies"]["total"]
-        since = time.time()
+        before = _before_h0_goes(deployment, client)
         _between_events(deployment, lambda: deployment.kill_host("h0"))
         wait_until_sync(lambda: all_clusters_ready(deployment, client, host="h1"), timeout=40, interval=0.2,
                         message="h0's clusters READY on h1")
-        _ends_with_nothing_lost(deployment, since=since, replays=shards_moved, identifies_before=identifies,
-                                fresh_sessions=shards_moved)
+        _ends_with_nothing_lost(deployment, before)
     finally:
         client.close()
 
@@ -123,18 +140,14 @@ def test_host_frozen_past_its_lease_loses_nothing(deploy: Callable[..., SecuredR
     try:
         _traffic_flowing(deployment)
         frozen = deployment.cluster_pids("h0")
-        moved = [cid for cid, (host, _) in deployment.assignment(client).items() if host == "h0"]
-        shards_moved = len(moved) * deployment.settings.shards_per_cluster
-        assert frozen and moved
-        identifies = deployment.sim_stats()["identifies"]["total"]
-        since = time.time()
+        before = _before_h0_goes(deployment, client)
+        assert frozen
         _between_events(deployment, lambda: deployment.freeze_host("h0"))
         wait_until_sync(lambda: all_clusters_ready(deployment, client, host="h1"), timeout=40, interval=0.1,
                         message="h0's clusters READY on h1")
         deployment.thaw_host("h0")
         wait_until_sync(lambda: not live_pids(frozen), timeout=30, message="woken cluster processes exit")
-        _ends_with_nothing_lost(deployment, since=since, replays=shards_moved, identifies_before=identifies,
-                                fresh_sessions=shards_moved)
+        _ends_with_nothing_lost(deployment, before)
     finally:
         client.close()
 
@@ -149,16 +162,14 @@ def test_cluster_crash_restarted_in_place_loses_nothing(deploy: Callable[..., Se
     try:
         _traffic_flowing(deployment)
         before = deployment.assignment(client)
-        identifies = deployment.sim_stats()["identifies"]["total"]
-        since = time.time()
+        before = _before(deployment, deployment.settings.shards_per_cluster)
         _between_events(deployment, flag.touch)  # the victim exits 1 at once; its supervisor restarts it in place
         wait_until_sync(lambda: not flag.exists(), timeout=10, interval=0.05, message="the victim crashed")
         wait_until_sync(lambda: all_clusters_ready(deployment, client), timeout=40, interval=0.2,
                         message="the crashed cluster READY again")
         assert deployment.assignment(client) == before, "restarted in place: same host, same epoch"
-        _ends_with_nothing_lost(deployment, since=since, replays=deployment.settings.shards_per_cluster,
-                                identifies_before=identifies, fresh_sessions=deployment.settings.shards_per_cluster)
-        restarts = [e for e in deployment.events() if e.ts >= since and e.kind == "cluster_crash"]
+        _ends_with_nothing_lost(deployment, before)
+        restarts = [e for e in deployment.events() if e.ts >= before.since and e.kind == "cluster_crash"]
         assert restarts, "the supervisor saw the crash"
     finally:
         client.close()
@@ -171,18 +182,14 @@ def test_supervisor_sigkill_loses_nothing(deploy: Callable[..., SecuredRehearsal
     client = deployment.redis_client()
     try:
         _traffic_flowing(deployment)
-        moved = [cid for cid, (host, _) in deployment.assignment(client).items() if host == "h0"]
-        shards_moved = len(moved) * deployment.settings.shards_per_cluster
-        identifies = deployment.sim_stats()["identifies"]["total"]
-        since = time.time()
+        before = _before_h0_goes(deployment, client)
         orphans = deployment.kill_supervisor("h0")
         assert orphans
         wait_until_sync(lambda: not live_pids(orphans), timeout=5, interval=0.05,
                         message="h0's clusters exit by themselves")
         wait_until_sync(lambda: all_clusters_ready(deployment, client, host="h1"), timeout=40, interval=0.2,
                         message="h0's clusters READY on h1")
-        _ends_with_nothing_lost(deployment, since=since, replays=shards_moved, identifies_before=identifies,
-                                fresh_sessions=shards_moved)
+        _ends_with_nothing_lost(deployment, before)
     finally:
         client.close()
 
@@ -235,15 +242,11 @@ def test_host_sigkill_while_handlers_run_loses_nothing(deploy: Callable[..., Sec
     client = deployment.redis_client()
     try:
         _traffic_flowing(deployment)
-        moved = [cid for cid, (host, _) in deployment.assignment(client).items() if host == "h0"]
-        shards_moved = len(moved) * deployment.settings.shards_per_cluster
-        identifies = deployment.sim_stats()["identifies"]["total"]
-        since = time.time()
+        before = _before_h0_goes(deployment, client)
         pending, owners = _disturb_while_handlers_run(deployment, client, lambda: deployment.kill_host("h0"))
         wait_until_sync(lambda: all_clusters_ready(deployment, client, host="h1"), timeout=40, interval=0.2,
                         message="h0's clusters READY on h1")
-        _ends_with_nothing_lost(deployment, since=since, replays=shards_moved, identifies_before=identifies,
-                                fresh_sessions=shards_moved)
+        _ends_with_nothing_lost(deployment, before)
         outcome = _taken_over(deployment, client, pending, owners)
         print(f"{len(pending)} claims pending at the kill: {outcome}")
         assert outcome["still_pending"] == 0 and outcome["taken_over"] > 0, outcome
@@ -259,17 +262,13 @@ def test_host_frozen_while_handlers_run_loses_nothing(deploy: Callable[..., Secu
     try:
         _traffic_flowing(deployment)
         frozen = deployment.cluster_pids("h0")
-        moved = [cid for cid, (host, _) in deployment.assignment(client).items() if host == "h0"]
-        shards_moved = len(moved) * deployment.settings.shards_per_cluster
-        identifies = deployment.sim_stats()["identifies"]["total"]
-        since = time.time()
+        before = _before_h0_goes(deployment, client)
         pending, owners = _disturb_while_handlers_run(deployment, client, lambda: deployment.freeze_host("h0"))
         wait_until_sync(lambda: all_clusters_ready(deployment, client, host="h1"), timeout=40, interval=0.1,
                         message="h0's clusters READY on h1")
         deployment.thaw_host("h0")
         wait_until_sync(lambda: not live_pids(frozen), timeout=30, message="woken cluster processes exit")
-        _ends_with_nothing_lost(deployment, since=since, replays=shards_moved, identifies_before=identifies,
-                                fresh_sessions=shards_moved)
+        _ends_with_nothing_lost(deployment, before)
         outcome = _taken_over(deployment, client, pending, owners)
         deduped = deployment.sim_stats()["nonce_deduped"]
         print(f"{len(pending)} claims pending at the freeze: {outcome}; replies deduped by nonce: {deduped}")
@@ -292,8 +291,7 @@ def test_cluster_sigkill_while_handlers_run_restarted_in_place_loses_nothing(
         victim = min(cid for cid, (host, _) in before.items() if host == "h0")
         owner = (victim, before[victim][1])
         pid = cluster_pids_by_id(deployment)[victim]
-        identifies = deployment.sim_stats()["identifies"]["total"]
-        since = time.time()
+        before = _before(deployment, deployment.settings.shards_per_cluster)
         pending = wait_until_sync(lambda: {key: v for key, v in _claims(deployment, client).items()
                                            if v is not None and v.state == PENDING and (v.cluster, v.epoch) == owner},
                                   timeout=10, interval=0.05, message="handlers running in the victim")
@@ -302,8 +300,7 @@ def test_cluster_sigkill_while_handlers_run_restarted_in_place_loses_nothing(
         wait_until_sync(lambda: all_clusters_ready(deployment, client), timeout=40, interval=0.2,
                         message="the killed cluster READY again")
         assert deployment.assignment(client) == before, "restarted in place: same host, same epoch"
-        _ends_with_nothing_lost(deployment, since=since, replays=deployment.settings.shards_per_cluster,
-                                identifies_before=identifies, fresh_sessions=deployment.settings.shards_per_cluster)
+        _ends_with_nothing_lost(deployment, before)
         claims = _claims(deployment, client)
         outcome = {"taken_over": 0, "done_by_old": 0, "still_pending": 0}
         for key, old in pending.items():
