@@ -161,13 +161,13 @@ def test_cluster_crash_restarted_in_place_loses_nothing(deploy: Callable[..., Se
     client = deployment.redis_client()
     try:
         _traffic_flowing(deployment)
-        before = deployment.assignment(client)
+        assigned = deployment.assignment(client)
         before = _before(deployment, deployment.settings.shards_per_cluster)
         _between_events(deployment, flag.touch)  # the victim exits 1 at once; its supervisor restarts it in place
         wait_until_sync(lambda: not flag.exists(), timeout=10, interval=0.05, message="the victim crashed")
         wait_until_sync(lambda: all_clusters_ready(deployment, client), timeout=40, interval=0.2,
                         message="the crashed cluster READY again")
-        assert deployment.assignment(client) == before, "restarted in place: same host, same epoch"
+        assert deployment.assignment(client) == assigned, "restarted in place: same host, same epoch"
         _ends_with_nothing_lost(deployment, before)
         restarts = [e for e in deployment.events() if e.ts >= before.since and e.kind == "cluster_crash"]
         assert restarts, "the supervisor saw the crash"
@@ -287,9 +287,9 @@ def test_cluster_sigkill_while_handlers_run_restarted_in_place_loses_nothing(
     client = deployment.redis_client()
     try:
         _traffic_flowing(deployment)
-        before = deployment.assignment(client)
-        victim = min(cid for cid, (host, _) in before.items() if host == "h0")
-        owner = (victim, before[victim][1])
+        assigned = deployment.assignment(client)
+        victim = min(cid for cid, (host, _) in assigned.items() if host == "h0")
+        owner = (victim, assigned[victim][1])
         pid = cluster_pids_by_id(deployment)[victim]
         before = _before(deployment, deployment.settings.shards_per_cluster)
         pending = wait_until_sync(lambda: {key: v for key, v in _claims(deployment, client).items()
@@ -299,7 +299,7 @@ def test_cluster_sigkill_while_handlers_run_restarted_in_place_loses_nothing(
         wait_until_sync(lambda: not live_pids([pid]), timeout=10, interval=0.05, message="the victim is gone")
         wait_until_sync(lambda: all_clusters_ready(deployment, client), timeout=40, interval=0.2,
                         message="the killed cluster READY again")
-        assert deployment.assignment(client) == before, "restarted in place: same host, same epoch"
+        assert deployment.assignment(client) == assigned, "restarted in place: same host, same epoch"
         _ends_with_nothing_lost(deployment, before)
         claims = _claims(deployment, client)
         outcome = {"taken_over": 0, "done_by_old": 0, "still_pending": 0}
