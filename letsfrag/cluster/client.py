@@ -120,7 +120,7 @@ class ClusterMixin(_Base):
         ipc_socket: socket.socket | None = None,
         clock: Clock | None = None,
         guard_margin: float | None = None,
-        identify_margin: float = 0.1,
+        identify_margin: float | None = None,
         handover_check_interval: float = DEFAULT_CHECK_INTERVAL,
         stop_grace: float = DEFAULT_STOP_GRACE,
         **kwargs: Any,
@@ -399,11 +399,26 @@ class ClusterMixin(_Base):
         if granted_at is None or self._lf_clock.monotonic() - granted_at > self._lf_env.identify_window:
             self._lf_tracker.set(sid, "identifying")
             await self._lf_identify.acquire(sid, holder, timeout=_REIDENTIFY_WAIT)
-        # the window counts from the IDENTIFY itself, not from the grant before the connection was opened
-        while not await self._lf_identify.confirm(sid, holder):
+        # the window counts from the IDENTIFY itself, not from the grant before the connection was opened: the
+        # ownership check (a round trip) comes first, the confirmation last, just before discord.py sends it
+        while True:
+            await self._lf_require_owner(f"IDENTIFY of shard {sid}")
+            if await self._lf_identify.confirm(sid, holder):
+                return
             self._lf_tracker.set(sid, "identifying")
             await self._lf_identify.acquire(sid, holder, timeout=_REIDENTIFY_WAIT)
-        await self._lf_require_owner(f"IDENTIFY of shard {sid}")
+
+    async def _lf_after_identify(self, shard_id: int | None) -> None:
+        """The IDENTIFY of ``shard_id`` has left: its bucket's window restarts from now (``confirm``), so the next
+        IDENTIFY of the bucket follows this one by a whole window however late the event loop sent it."""
+        if not self._lf_active or self._lf_identify is None:
+            return
+        sid = shard_id or 0
+        try:
+            if not await self._lf_identify.confirm(sid, self._lf_holder(sid)):
+                log.warning("the identify slot of shard %s expired before its IDENTIFY left", sid)
+        except (RedisError, OSError) as exc:  # the slot still runs from the confirmation before the send
+            log.warning("could not restart the identify window of shard %s after its IDENTIFY: %s", sid, exc)
 
     async def _lf_before_resume(self, shard_id: int | None) -> None:
         self._lf_tracker.set(shard_id, "resuming")

@@ -6,9 +6,11 @@ websocket an ``AutoShardedClient`` opens — first launch, ``Shard.reidentify`` 
 ``discord.shard``. :func:`install` puts :class:`GuardedWebSocket` there: a subclass whose ``resume()`` first
 awaits the owning client's ``_lf_before_resume(shard_id)`` (the ownership check; it raises ``FencedError``
 when fenced), so no RESUME leaves a process that lost its shards. This replaces a name, not discord.py code;
-clients that are not letsfrag clients get the unchanged behaviour. It also stamps the time of the last
-received gateway message per shard (``last_event_age`` in the shard status). A connection whose RESUME or
-IDENTIFY fails inside ``from_client`` is closed there (discord.py would leave its keep-alive thread running).
+clients that are not letsfrag clients get the unchanged behaviour. Once an IDENTIFY has left, it awaits the
+client's ``_lf_after_identify(shard_id)`` (the bucket's identify window restarts from the send). It also stamps the
+time of the last received gateway message per shard (``last_event_age`` in the shard status). A connection whose
+RESUME or IDENTIFY fails inside ``from_client`` is closed there (discord.py would leave its keep-alive thread
+running).
 
 Parsers: discord.py parses a gateway dispatch (``ConnectionState.parse_*``) *before* calling
 ``Client.dispatch``, and some parsers act without dispatching (``INTERACTION_CREATE`` runs app commands and
@@ -79,6 +81,9 @@ class GuardedWebSocket(DiscordWebSocket):
         except BaseException:
             await self._lf_discard()
             raise
+        after = getattr(_client_of(self), "_lf_after_identify", None)
+        if after is not None:  # the IDENTIFY has left: its bucket's window restarts from now
+            await after(self.shard_id)
 
     async def _lf_discard(self) -> None:
         """``from_client`` failed after HELLO (a RESUME or IDENTIFY refused or postponed, the wait for it

@@ -5,6 +5,7 @@ Every cluster process of every host asks :class:`IdentifyCoordinator` before it 
 coordinator needs only Redis (no broker). Keys (docs/redis.md, "Identify coordinator")::
 
     {ns}:identify:slot:{bucket}    string PX window+margin   holder "<cluster>:<shard>" while the window is taken
+                                                         (restarted just before and just after the IDENTIFY)
     {ns}:identify:queue:{bucket}   zset                      waiting tickets, score = arrival order (FIFO)
     {ns}:identify:ticket:{id}      string, short PX          a live waiter; refreshed while it waits
     {ns}:identify:seq              int                       ticket counter
@@ -35,10 +36,14 @@ from ..events import Severity, emit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IdentifyCoordinator", "IdentifyTimeout", "budget_from_gateway"]
+__all__ = ["IdentifyCoordinator", "IdentifyTimeout", "budget_from_gateway", "default_identify_margin"]
 
 #: share of the daily budget kept in reserve; below it grants are paced until ``reset_at``
 RESERVE_FRACTION = 0.1
+#: the identify margin as a share of the window: 0.1 s of Discord's 5 s
+MARGIN_FRACTION = 0.02
+#: the least identify margin, for the short windows of tests and benchmarks (seconds)
+MIN_MARGIN = 0.05
 #: how often the budget error event may be emitted by one coordinator (seconds)
 _EVENT_INTERVAL = 60.0
 
@@ -109,6 +114,11 @@ return 1
 """
 
 
+def default_identify_margin(window: float) -> float:
+    """The slot's margin beyond the window: 2 % of it (0.1 s of Discord's 5 s), at least 50 ms."""
+    return max(MIN_MARGIN, MARGIN_FRACTION * window)
+
+
 class IdentifyTimeout(asyncio.TimeoutError):
     """No identify slot within the timeout (a ``TimeoutError``, so discord.py retries with backoff)."""
 
@@ -143,7 +153,7 @@ class IdentifyCoordinator:
         *,
         max_concurrency: int,
         window: float,
-        margin: float = 0.1,
+        margin: float | None = None,
         ticket_ttl: float = 3.0,
         poll_interval: float = 0.1,
         keep_place: float = 20.0,
@@ -151,6 +161,8 @@ class IdentifyCoordinator:
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, found {max_concurrency}")
+        if margin is None:
+            margin = default_identify_margin(window)
         if window < 0 or margin < 0:
             raise ValueError(f"window and margin cannot be negative, found {window} and {margin}")
         self.redis = redis
@@ -244,11 +256,13 @@ class IdentifyCoordinator:
             raise
 
     async def confirm(self, shard_id: int, holder: str) -> bool:
-        """Just before the IDENTIFY of ``shard_id`` leaves: restart the bucket's window from now if the slot
-        granted to ``holder`` is still its own, and say so (False: the slot expired — acquire again).
+        """Just before the IDENTIFY of ``shard_id`` leaves, and again just after: restart the bucket's window from
+        now if the slot granted to ``holder`` is still its own, and say so (False: the slot expired — acquire again).
 
         A grant is taken before the gateway connection is opened; on a busy machine that connection can take
-        longer than the margin, and the next grant of the bucket would follow this IDENTIFY too closely.
+        longer than the margin, and the next grant of the bucket would follow this IDENTIFY too closely. The
+        confirmation after the send makes the window count from the moment the IDENTIFY left, however long the
+        event loop took to send it, so the margin covers only its way to Discord.
         """
         slot_px = int((self.window + self.margin) * 1000)
         return bool(int(await self._confirm(keys=[self.keys.identify(f"slot:{self.bucket(shard_id)}")],

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import socket
+import time
 
 import redis.asyncio as aioredis
 from support.cluster import KEYS, RecordingClient, grant, lease_kept, make_env, running, write_layout
@@ -73,3 +76,41 @@ async def test_ipc_heartbeat_ready_and_stop(redis_url: str, r: aioredis.Redis) -
                 assert sim.stats()["connections"] == 0 or await wait_until(
                     lambda: sim.stats()["connections"] == 0, message="sessions closed")
             await supervisor.close()
+
+
+async def test_the_identify_window_restarts_once_the_identify_has_left(redis_url: str, r: aioredis.Redis) -> None:
+    """The bucket's window counts from the moment each IDENTIFY left, not from before it: the last restart of the
+    slot's expiry (a keyspace event of its PEXPIRE) comes after the simulator saw that IDENTIFY. Before, the slot was
+    confirmed and then the ownership checked (a round trip) before the send, so on a busy machine the next grant of
+    the bucket could follow the IDENTIFY by less than a window."""
+    await r.config_set("notify-keyspace-events", "Kg")
+    slot = KEYS.identify("slot:0")
+    restarts: list[float] = []
+    pubsub = r.pubsub()
+    await pubsub.subscribe(f"__keyspace@0__:{slot}")
+
+    async def listen() -> None:
+        async for message in pubsub.listen():
+            if message["type"] == "message" and message["data"] == "expire":
+                restarts.append(time.monotonic())
+
+    listener = asyncio.create_task(listen())
+    try:
+        async with Simulator(shards=2, guilds=4, max_concurrency=1, identify_window=0.3, heartbeat_interval=5.0,
+                             ack_delay=0.005) as sim:
+            await write_layout(r, 2, 2)
+            await grant(r, 0)
+            async with lease_kept(r):
+                client = RecordingClient(make_env(redis_url, sim, 0, (0, 1), 2, identify_window=0.3))
+                async with running(client):
+                    await wait_until(lambda: client.cluster.ready, timeout=15, message="ready")
+                    stats = sim.stats()
+                    assert stats["identify_violations"]["total"] == 0
+                    last_identify = max(stats["identified_at"].values())
+                    await wait_until(lambda: restarts and restarts[-1] >= last_identify, timeout=5,
+                                     message="the slot's window restarted after the last IDENTIFY")
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+        await pubsub.aclose()

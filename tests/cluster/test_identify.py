@@ -12,7 +12,12 @@ import redis.asyncio as aioredis
 from support.cluster import KEYS
 from support.waiting import scaled, wait_until
 
-from letsfrag.cluster.identify import IdentifyCoordinator, IdentifyTimeout, budget_from_gateway
+from letsfrag.cluster.identify import (
+    IdentifyCoordinator,
+    IdentifyTimeout,
+    budget_from_gateway,
+    default_identify_margin,
+)
 from letsfrag.events import recent
 
 WINDOW = 0.2
@@ -145,3 +150,16 @@ def test_budget_from_gateway() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="max_concurrency"):
         IdentifyCoordinator(None, KEYS, max_concurrency=0, window=5)  # type: ignore[arg-type]
+
+
+def test_the_margin_scales_with_the_window() -> None:
+    """0.1 s beyond Discord's 5 s window, 2 % of a longer one, never under 50 ms for the short windows of tests."""
+    assert default_identify_margin(5.0) == pytest.approx(0.1)
+    assert default_identify_margin(10.0) == pytest.approx(0.2)
+    assert default_identify_margin(1.0) == pytest.approx(0.05)
+    assert default_identify_margin(0.2) == pytest.approx(0.05)
+
+
+async def test_the_coordinator_takes_the_scaled_margin_by_default(r: aioredis.Redis) -> None:
+    assert IdentifyCoordinator(r, KEYS, max_concurrency=1, window=5.0).margin == pytest.approx(0.1)
+    assert IdentifyCoordinator(r, KEYS, max_concurrency=1, window=5.0, margin=0.3).margin == pytest.approx(0.3)
