@@ -21,7 +21,9 @@ from support.waiting import wait_until_sync
 from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.redis_server import RedisServer
 
-pytestmark = pytest.mark.integration
+# one deployment (a module-scoped fixture) serves these tests, some going on from the state the one before left:
+# with `--dist loadgroup` they run on one xdist worker, in this order
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("test_acl")]
 
 ACL_FILE = Path(__file__).resolve().parents[1] / "deploy" / "redis-acl.conf"
 NS = "letsfrag"  # the namespace the documented file is written for

@@ -9,13 +9,15 @@ from letsfrag.cli.main import HANDLERS, build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+#: the whole suite, as the README's first lines and the last line of .ci/run give it
+TEST_COMMAND = "python -m pytest -n 4 --dist loadgroup"
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
-    assert "pip install -e '.[dev]' && python -m pytest -n 2" in README
+    assert f"pip install -e '.[dev]' && {TEST_COMMAND}" in README
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pip install --quiet -e '.[dev]'" in ci
-    assert ci.rstrip().endswith("python -m pytest -n 2")
+    assert ci.rstrip().endswith(TEST_COMMAND)
 
 
 def test_every_command_is_documented() -> None:

@@ -27,7 +27,9 @@ from support.waiting import wait_until_sync
 
 from letsfrag.redis_server import RedisServer
 
-pytestmark = pytest.mark.chaos
+# one deployment (a module-scoped fixture) serves these tests, some going on from the state the one before left:
+# with `--dist loadgroup` they run on one xdist worker, in this order
+pytestmark = [pytest.mark.chaos, pytest.mark.xdist_group("test_bad_configs")]
 
 BROKER_OK = "shards: 4\nshards_per_cluster: 2\nmax_concurrency: 1\n"
 HOST_OK = "host:\n  id: h0\n  capacity: 2\nbot:\n  module: examples.bot\n  token: t0ken\n"

@@ -50,7 +50,9 @@ from letsfrag.cli.control import Control
 from letsfrag.contract.handover import HandoverRecord
 from letsfrag.events import Event
 
-pytestmark = pytest.mark.chaos
+# one deployment (a module-scoped fixture) serves these tests, some going on from the state the one before left:
+# with `--dist loadgroup` they run on one xdist worker, in this order
+pytestmark = [pytest.mark.chaos, pytest.mark.xdist_group("test_handover")]
 
 RATE = 20.0
 #: the share of member joins in the traffic

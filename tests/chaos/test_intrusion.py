@@ -36,7 +36,9 @@ from letsfrag.bus import Bus
 from letsfrag.contract.envelope import Codec, Envelope, MessageType, frame, split_frame
 from letsfrag.contract.keys import Keys
 
-pytestmark = pytest.mark.chaos
+# one deployment (a module-scoped fixture) serves these tests, some going on from the state the one before left:
+# with `--dist loadgroup` they run on one xdist worker, in this order
+pytestmark = [pytest.mark.chaos, pytest.mark.xdist_group("test_intrusion")]
 
 WINDOW = 3.0
 

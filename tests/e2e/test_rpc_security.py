@@ -27,7 +27,9 @@ from letsfrag.errors import LetsfragError, RemoteError
 from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.rpc.caller import RpcClient
 
-pytestmark = pytest.mark.integration
+# one deployment (a module-scoped fixture) serves these tests, some going on from the state the one before left:
+# with `--dist loadgroup` they run on one xdist worker, in this order
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("test_rpc_security")]
 
 HOST_BUS = "signature_window: 3s\nmax_message_bytes: 4KiB\nallow_eval: true\n"
 SECRET_PATHS = [
