@@ -20,12 +20,17 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import settings
 from support.waiting import scaled, time_scale
 
 from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.redis_server import RedisServer
 
 TESTS = Path(__file__).parent
+# no per-example deadline for the property tests: an example's wall time says nothing on a shared machine (an
+# example of tests/contract/test_record_roundtrip.py took 270 ms beside a CPU hog); speed lives in benchmarks/
+settings.register_profile("letsfrag", deadline=None)
+settings.load_profile("letsfrag")
 INTEGRATION_DIRS = frozenset({"chaos", "e2e"})
 """Folders of tests/ whose every test runs real processes."""
 INTEGRATION_FIXTURES = frozenset({"redis_server", "rehearsal"})
