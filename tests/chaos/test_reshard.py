@@ -153,8 +153,11 @@ def _reshard_through_a_leader_kill(dep: SecuredRehearsal, client: Any, shards: i
     command = letsfrag_cli_popen("reshard", "--shards", str(shards), "--timeout", "40s", "--redis", dep.redis_url,
                                  "--namespace", dep.settings.namespace, env={"LETSFRAG_SECRET": dep.secret})
     try:
-        wait_until_sync(lambda: client.exists(keys.reshard), timeout=20, interval=0.05,
-                        message=f"generation {generation} preparing")
+        # preparing: the record written and its event too (b0 writes them one after the other; a kill between the
+        # two loses the event, which happened beside a CPU hog)
+        wait_until_sync(lambda: client.exists(keys.reshard) and any(
+            e.kind == "reshard_started" and f"generation {generation}:" in e.message for e in dep.events()),
+            timeout=20, interval=0.05, message=f"generation {generation} preparing")
         dep.kill_broker("b0")
         wait_until_sync(lambda: _leader(dep, client) == "b1", timeout=15, interval=0.1, message="b1 leads")
 
