@@ -21,8 +21,8 @@ from support.waiting import wait_until_sync
 from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.redis_server import RedisServer
 
-# one deployment (a module-scoped fixture) serves these tests, some going on from the state the one before left:
-# with `--dist loadgroup` they run on one xdist worker, in this order
+# one deployment (a module-scoped fixture) serves these tests: with `--dist loadgroup` they run on one xdist
+# worker, in this order, and the deployment starts once
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("test_acl")]
 
 ACL_FILE = Path(__file__).resolve().parents[1] / "deploy" / "redis-acl.conf"

@@ -27,8 +27,8 @@ from support.waiting import wait_until_sync
 
 from letsfrag.redis_server import RedisServer
 
-# one deployment (a module-scoped fixture) serves these tests, some going on from the state the one before left:
-# with `--dist loadgroup` they run on one xdist worker, in this order
+# one redis-server (a module-scoped fixture) serves these tests: with `--dist loadgroup` they run on one xdist
+# worker, in this order, and the server starts once
 pytestmark = [pytest.mark.chaos, pytest.mark.xdist_group("test_bad_configs")]
 
 BROKER_OK = "shards: 4\nshards_per_cluster: 2\nmax_concurrency: 1\n"

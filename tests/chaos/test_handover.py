@@ -50,8 +50,8 @@ from letsfrag.cli.control import Control
 from letsfrag.contract.handover import HandoverRecord
 from letsfrag.events import Event
 
-# one deployment (a module-scoped fixture) serves these tests, some going on from the state the one before left:
-# with `--dist loadgroup` they run on one xdist worker, in this order
+# one deployment (a module-scoped fixture) serves these tests: with `--dist loadgroup` they run on one xdist
+# worker, in this order, and the deployment starts once
 pytestmark = [pytest.mark.chaos, pytest.mark.xdist_group("test_handover")]
 
 RATE = 20.0

@@ -36,8 +36,8 @@ from letsfrag.bus import Bus
 from letsfrag.contract.envelope import Codec, Envelope, MessageType, frame, split_frame
 from letsfrag.contract.keys import Keys
 
-# one deployment (a module-scoped fixture) serves these tests, some going on from the state the one before left:
-# with `--dist loadgroup` they run on one xdist worker, in this order
+# one deployment (a module-scoped fixture) serves these tests: with `--dist loadgroup` they run on one xdist
+# worker, in this order, and the deployment starts once
 pytestmark = [pytest.mark.chaos, pytest.mark.xdist_group("test_intrusion")]
 
 WINDOW = 3.0

@@ -43,8 +43,8 @@ from support.waiting import scaled, wait_until_sync
 from letsfrag.contract.keys import Keys
 from letsfrag.contract.reshard import retired_cluster_keys
 
-# one deployment (a module-scoped fixture) serves these tests, some going on from the state the one before left:
-# with `--dist loadgroup` they run on one xdist worker, in this order
+# one deployment (a module-scoped fixture) serves these tests, each going on from the generation the one before
+# left: with `--dist loadgroup` they run on one xdist worker, in this order
 pytestmark = [pytest.mark.chaos, pytest.mark.xdist_group("test_reshard")]
 
 RATE = 20.0

@@ -27,8 +27,8 @@ from letsfrag.errors import LetsfragError, RemoteError
 from letsfrag.lab.rehearsal import Rehearsal, RehearsalSettings
 from letsfrag.rpc.caller import RpcClient
 
-# one deployment (a module-scoped fixture) serves these tests, some going on from the state the one before left:
-# with `--dist loadgroup` they run on one xdist worker, in this order
+# one deployment (a module-scoped fixture) serves these tests: with `--dist loadgroup` they run on one xdist
+# worker, in this order, and the deployment starts once
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("test_rpc_security")]
 
 HOST_BUS = "signature_window: 3s\nmax_message_bytes: 4KiB\nallow_eval: true\n"
