@@ -88,7 +88,7 @@ class ClusterEnvironment:
 
     def __post_init__(self) -> None:
         try:
-            for run in (*((self.run,) if self.run else ()), *self.dead_runs):  # run empty: not given
+            for run in (self.run, *self.dead_runs) if self.run else self.dead_runs:  # run empty: not given
                 check_run(run)
         except ValueError as exc:
             raise ValueError(f"LETSFRAG_RUN / LETSFRAG_DEAD_RUNS: {exc}") from None
